@@ -1,0 +1,166 @@
+"""Train the built-in reference models on CIFAR-10, on the CPU.
+
+    OMP_NUM_THREADS=1 python benchmarks/train_reference.py --model hybrid-cifar10 --epochs 15 --seed 0
+
+Reads CIFAR-10 as JPEG files in ImageFolder layout (default: ~/.cache/edgevit/cifar10-images, unpacked
+from ../shared/data/cifar10/cifar10-jpg.tar.gz). Writes
+``edgevit/models/weights/<model>.safetensors`` and a JSON model card (accuracy, command, seed).
+Recipe: AdamW, 1 warm-up epoch then cosine, label smoothing 0.1, random crop (pad 4) + flip.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from edgevit.models.builtin import BUILTINS, WEIGHTS_DIR  # noqa: E402
+
+DEFAULT_DATA = Path.home() / ".cache" / "edgevit" / "cifar10-images"
+
+
+def load_split(root: Path, split: str, labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """All images of a split as uint8 NHWC plus int64 labels, cached as .npz beside the folder."""
+    cache = root.parent / f"cifar10-{split}.npz"
+    if cache.is_file():
+        z = np.load(cache)
+        return z["x"], z["y"]
+    xs, ys = [], []
+    for idx, label in enumerate(labels):
+        for path in sorted((root / split / label).iterdir()):
+            with Image.open(path) as im:
+                xs.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+            ys.append(idx)
+    x, y = np.stack(xs), np.asarray(ys, dtype=np.int64)
+    np.savez(cache, x=x, y=y)
+    return x, y
+
+
+def to_tensor(x: np.ndarray, mean, std) -> torch.Tensor:
+    t = torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(255.0)
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    return (t - m) / s
+
+
+def augment(x: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
+    """Random crop with zero padding + horizontal flip, on a uint8 NHWC batch."""
+    n, h, w, _ = x.shape
+    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    out = np.empty_like(x)
+    dy = rng.integers(0, 2 * pad + 1, n)
+    dx = rng.integers(0, 2 * pad + 1, n)
+    flip = rng.random(n) < 0.5
+    for i in range(n):
+        crop = padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+        out[i] = crop[:, ::-1] if flip[i] else crop
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, x, y, mean, std, batch=500) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch):
+        logits = model(to_tensor(x[i:i + batch], mean, std))
+        correct += int((logits.argmax(1) == torch.from_numpy(y[i:i + batch])).sum())
+    return correct / len(x)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, choices=sorted(BUILTINS))
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--wd", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=WEIGHTS_DIR)
+    p.add_argument("--log", type=Path, default=Path(__file__).parent / "logs")
+    args = p.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    spec = BUILTINS[args.model]
+    labels = list(spec.labels)
+    x_train, y_train = load_split(args.data, "train", labels)
+    x_test, y_test = load_split(args.data, "test", labels)
+
+    model = spec.build()
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd)
+    steps_per_epoch = len(x_train) // args.batch
+    total = steps_per_epoch * args.epochs
+    warmup = steps_per_epoch
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return args.lr * (step + 1) / warmup
+        t = (step - warmup) / max(1, total - warmup)
+        return args.lr * 0.5 * (1 + math.cos(math.pi * t))
+
+    args.log.mkdir(parents=True, exist_ok=True)
+    log_path = args.log / f"train-{args.model}.jsonl"
+    log = log_path.open("a")
+    step, t0 = 0, time.time()
+    for epoch in range(args.epochs):
+        model.train()
+        order = rng.permutation(len(x_train))
+        running, seen = 0.0, 0
+        for b in range(steps_per_epoch):
+            idx = order[b * args.batch:(b + 1) * args.batch]
+            xb = to_tensor(augment(x_train[idx], rng), spec.mean, spec.std)
+            yb = torch.from_numpy(y_train[idx])
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            loss = F.cross_entropy(model(xb), yb, label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            running += float(loss) * len(idx)
+            seen += len(idx)
+        acc = evaluate(model, x_test[::5], y_test[::5], spec.mean, spec.std)
+        rec = {"epoch": epoch + 1, "loss": running / seen, "test_top1_2k": acc,
+               "minutes": (time.time() - t0) / 60}
+        print(json.dumps(rec), flush=True)
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+        torch.save(model.state_dict(), args.log / f"{args.model}-last.pt")
+
+    top1 = evaluate(model, x_test, y_test, spec.mean, spec.std)
+    from safetensors.torch import save_file
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    tmp = args.out / f".{spec.name}.safetensors.tmp"
+    save_file(state, str(tmp))
+    os.replace(tmp, spec.weights_path if args.out == WEIGHTS_DIR else args.out / spec.weights_path.name)
+    card = {
+        "name": spec.name, "arch": spec.arch, "dataset": "CIFAR-10 (JPEG, ../shared/data/cifar10)",
+        "test_top1": top1, "test_images": int(len(x_test)), "epochs": args.epochs,
+        "batch": args.batch, "lr": args.lr, "weight_decay": args.wd, "seed": args.seed,
+        "threads": args.threads, "train_minutes": round((time.time() - t0) / 60, 1),
+        "params": sum(p.numel() for p in model.parameters()),
+        "labels": labels, "mean": list(spec.mean), "std": list(spec.std), "input_size": spec.input_size,
+        "command": "OMP_NUM_THREADS=1 python benchmarks/train_reference.py " + " ".join(sys.argv[1:]),
+        "torch": torch.__version__,
+    }
+    card_out = args.out / spec.card_path.name
+    card_out.write_text(json.dumps(card, indent=2) + "\n")
+    print(json.dumps({"final_test_top1": top1}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Python API: the same verbs as the CLI, and the same code path.
+
+    from edgevit.api import compress
+    result = compress("recipes/fp32_export.yaml", overrides=["validate.devices.0.threads=1"])
+    print(result.report["results"][1]["accuracy"]["top1"])
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from edgevit.errors import BadInput
+from edgevit.export.onnx import export_onnx, read_metadata
+from edgevit.models import load_model
+from edgevit.pipeline import RunResult, run, seed_everything
+from edgevit.recipe import DeviceConfig, ExportConfig, ModelConfig, Recipe, load_recipe
+from edgevit.validate import OrtRunner, TorchRunner
+from edgevit.validate.latency import measure
+
+
+def compress(recipe: Recipe | str | Path, overrides: list[str] = (), out: Path | str | None = None,
+             overwrite: bool = False) -> RunResult:
+    """Run a recipe (a file path, a shipped recipe name, or a Recipe) into ``out``
+    (default ``runs/<recipe name>``)."""
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, list(overrides))
+    out_dir = Path(out) if out else Path("runs") / recipe.name
+    return run(recipe, out_dir, overwrite=overwrite)
+
+
+def export_model(model: ModelConfig, out_dir: Path | str, precision: str = "fp32",
+                 opset: int = 17) -> dict:
+    """Export a model to ONNX without compression; returns the file and its parity vs PyTorch."""
+    seed_everything(0)
+    torch_model, info = load_model(model)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", info.source.split(":", 1)[1]).strip("-")
+    path = Path(out_dir) / f"{stem}-{precision}.onnx"
+    cfg = ExportConfig(precision=precision, opset=opset)
+    facts = export_onnx(torch_model, info, cfg, path, recipe_name="export")
+    x = np.random.default_rng(0).standard_normal((4, 3, info.input_size, info.input_size)).astype(np.float32)
+    diff = float(np.abs(OrtRunner(path)(x) - TorchRunner(torch_model)(x)).max())
+    return {"file": path, "max_abs_diff": diff, "size_bytes": path.stat().st_size, **facts}
+
+
+def bench(artifact: Path | str, device: DeviceConfig | None = None) -> dict:
+    """Latency of one ONNX artifact on a device profile (local ONNX Runtime)."""
+    device = device or DeviceConfig()
+    artifact = Path(artifact)
+    if not artifact.is_file():
+        raise BadInput(f"artifact not found: {artifact}")
+    if artifact.suffix != ".onnx":
+        raise BadInput(f"{artifact}: only .onnx artifacts can be benchmarked here (got '{artifact.suffix}')")
+    try:
+        meta = read_metadata(artifact)
+    except Exception as e:  # onnx raises DecodeError and others for a damaged file
+        raise BadInput(f"{artifact} is not a readable ONNX file: {type(e).__name__}") from None
+    size = json.loads(meta["input_size"])[-1] if "input_size" in meta else None
+    runner = OrtRunner(artifact, device.threads, device.providers)
+    if size is None:
+        shape = runner.session.get_inputs()[0].shape
+        size = shape[-1] if isinstance(shape[-1], int) else 224
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    return {"artifact": str(artifact), "size_bytes": Path(artifact).stat().st_size,
+            **measure(runner, x, device)}

@@ -1,0 +1,213 @@
+"""The ``edgevit`` command. Exit codes: 0 success, 1 runtime failure, 2 bad input."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.table import Table
+
+from edgevit.errors import BadInput, RunFailure
+from edgevit.progress import console, setup_logging
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode="markdown",
+                  help="Compress and export vision transformers (hybrids above all) for edge devices.")
+log = logging.getLogger("edgevit")
+
+
+def _guard(fn: Callable[[], int | None], debug: bool) -> None:
+    """Run a command body; turn errors into one line and the right exit code (tracebacks only with --debug)."""
+    setup_logging(debug)
+    try:
+        code = fn() or 0
+    except BadInput as e:
+        if debug:
+            raise
+        console.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    except (RunFailure, Exception) as e:
+        if debug:
+            raise
+        console.print(f"[red]error:[/red] {type(e).__name__ + ': ' if not isinstance(e, RunFailure) else ''}{e} "
+                      "(rerun with --debug for the traceback)", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    raise typer.Exit(code)
+
+
+def _abs(p: Optional[Path]) -> Optional[str]:
+    return str(p.expanduser().resolve()) if p is not None else None
+
+
+@app.command()
+def compress(
+    recipe: str = typer.Option(..., "--recipe", "-r", help="recipe file, or the name of a shipped recipe"),
+    model: Optional[str] = typer.Option(None, help="model source: builtin:NAME, timm:NAME or file:path.py:function"),
+    checkpoint: Optional[Path] = typer.Option(None, help="state dict for a timm:/file: model"),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="allow a pickled checkpoint (can run code)"),
+    calib: Optional[Path] = typer.Option(None, help="calibration images (ImageFolder or a flat folder)"),
+    eval: Optional[Path] = typer.Option(None, "--eval", help="labeled evaluation images (ImageFolder)"),
+    out: Optional[Path] = typer.Option(None, help="run folder [default: runs/<recipe name>]"),
+    set_: list[str] = typer.Option([], "--set", help="override any recipe key by dotted path, e.g. validate.devices.0.threads=1"),
+    overwrite: bool = typer.Option(False, help="replace an existing run folder"),
+    debug: bool = typer.Option(False, help="show tracebacks"),
+) -> None:
+    """Run a recipe: load the model, apply its stages, export, validate on real runtimes, report.
+
+    Example: `edgevit compress --recipe recipes/fp32_export.yaml --set validate.devices.0.threads=1`
+    """
+    def body() -> int:
+        from edgevit.api import compress as run_compress
+        from edgevit.recipe import load_recipe
+
+        overrides = []
+        if model:
+            overrides.append(f"model.source={model}")
+        if checkpoint:
+            overrides.append(f"model.checkpoint={_abs(checkpoint)}")
+        if trust_checkpoint:
+            overrides.append("model.trust_checkpoint=true")
+        if calib:
+            overrides.append(f"calibration.path={_abs(calib)}")
+        if eval:
+            overrides.append(f"validate.eval.path={_abs(eval)}")
+        rec = load_recipe(recipe, overrides + list(set_))
+        result = run_compress(rec, out=out, overwrite=overwrite)
+        _print_summary(result.report, result.out_dir)
+        return 0 if result.ok else 1
+
+    _guard(body, debug)
+
+
+def _print_summary(report: dict, out_dir: Path) -> None:
+    table = Table(title=f"{report['recipe']} -> {out_dir}")
+    for col in ("artifact", "runtime", "precision", "top-1", "Δ pts", "b1 median ms", "size"):
+        table.add_column(col)
+    for r in report["results"]:
+        acc = r.get("accuracy") or {}
+        lat = (r.get("latency") or [None])[0]
+        table.add_row(r["name"], r["runtime"], r["precision"],
+                      "n/a" if acc.get("top1") is None else f"{100 * acc['top1']:.2f} %",
+                      "n/a" if acc.get("delta_top1") is None else f"{100 * acc['delta_top1']:+.2f}",
+                      "n/a" if not lat else f"{lat['batch1']['median_ms']:.2f}",
+                      f"{r['size_bytes'] / 1e6:.2f} MB")
+    console.print(table)
+    for c in report["checks"]:
+        console.print(f"{'[green]PASS[/green]' if c['ok'] else '[red]FAIL[/red]'} {c['name']}: {c['detail']}")
+    console.print(f"report: {out_dir / 'report.md'}  (machine-readable: {out_dir / 'report.json'})")
+
+
+class ExportTarget(str, Enum):
+    onnx = "onnx"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+
+
+@app.command()
+def export(
+    model: str = typer.Option(..., help="model source: builtin:NAME, timm:NAME or file:path.py:function"),
+    checkpoint: Optional[Path] = typer.Option(None, help="state dict for a timm:/file: model"),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="allow a pickled checkpoint"),
+    to: ExportTarget = typer.Option(ExportTarget.onnx, help="target format"),
+    precision: Precision = typer.Option(Precision.fp32, help="fp32 or fp16"),
+    num_classes: Optional[int] = typer.Option(None, help="classes of a timm model [default: from the checkpoint]"),
+    out: Path = typer.Option(Path("exports"), help="output folder"),
+    debug: bool = typer.Option(False, help="show tracebacks"),
+) -> None:
+    """Export a model without compression (ONNX with labels and preprocessing in its metadata).
+
+    Example: `edgevit export --model builtin:vit-cifar10 --to onnx --out exports/`
+    """
+    def body() -> int:
+        from pydantic import ValidationError
+
+        from edgevit.api import export_model
+        from edgevit.recipe import ModelConfig
+
+        try:
+            cfg = ModelConfig(source=model, checkpoint=_abs(checkpoint), trust_checkpoint=trust_checkpoint,
+                              num_classes=num_classes)
+        except ValidationError as e:
+            raise BadInput(f"--model: {e.errors()[0]['msg']}") from None
+        res = export_model(cfg, out, precision.value)
+        console.print(f"wrote {res['file']} ({res['size_bytes'] / 1e6:.2f} MB, {res['nodes']} nodes, "
+                      f"max abs diff vs PyTorch in ORT {res['max_abs_diff']:.2e})")
+        return 0
+
+    _guard(body, debug)
+
+
+@app.command()
+def bench(
+    artifact: Path = typer.Argument(..., help="an .onnx file written by edgevit"),
+    device: Optional[Path] = typer.Option(None, help="device profile YAML [default: devices/local-ort-cpu.yaml]"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout"),
+    debug: bool = typer.Option(False, help="show tracebacks"),
+) -> None:
+    """Measure the latency of one artifact on a device (local ONNX Runtime for now).
+
+    Example: `edgevit bench runs/fp32_export/onnx-fp32.onnx --device devices/local-ort-cpu.yaml`
+    """
+    def body() -> int:
+        from edgevit.api import bench as run_bench
+        from edgevit.recipe import DeviceConfig, load_section
+
+        dev = load_section(device, DeviceConfig, "device profile") if device else DeviceConfig()
+        res = run_bench(artifact, dev)
+        if as_json:
+            sys.stdout.write(json.dumps(res, indent=2) + "\n")
+        else:
+            b1, tp = res["batch1"], res["throughput"]
+            console.print(f"{artifact} on {res['device']} ({res['threads']} threads): batch 1 median "
+                          f"{b1['median_ms']:.2f} ms, p90 {b1['p90_ms']:.2f} ms; batch {tp['batch']} "
+                          f"{tp['images_per_s']:.0f} images/s; size {res['size_bytes'] / 1e6:.2f} MB")
+        return 0
+
+    _guard(body, debug)
+
+
+@app.command()
+def recipes() -> None:
+    """List the shipped recipes, one line each.
+
+    Example: `edgevit recipes`
+    """
+    def body() -> int:
+        from edgevit.recipe import PROJECT_ROOT, shipped_recipes
+
+        for name, desc, path in shipped_recipes():
+            sys.stdout.write(f"{name:<20} {path.relative_to(PROJECT_ROOT)}  {desc}\n")
+        return 0
+
+    _guard(body, False)
+
+
+@app.command("recipe-schema")
+def recipe_schema() -> None:
+    """Print the JSON schema of a recipe (for editors and validation).
+
+    Example: `edgevit recipe-schema > recipe.schema.json`
+    """
+    def body() -> int:
+        from edgevit.recipe import recipe_schema as schema
+
+        sys.stdout.write(json.dumps(schema(), indent=2) + "\n")
+        return 0
+
+    _guard(body, False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

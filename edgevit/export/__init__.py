@@ -1,0 +1,1 @@
+"""Exporters: one per target runtime."""

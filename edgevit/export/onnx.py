@@ -1,0 +1,156 @@
+"""ONNX export: FP32 / FP16, simplified, checked, with the metadata a mobile app needs.
+
+Every ONNX file edgevit writes goes through :func:`write_onnx`, which stamps the metadata
+(``labels``, ``mean``, ``std`` as JSON lists on the 0-1 scale, ``input_size``, ``edgevit_version``,
+``recipe``), runs the ONNX checker and writes atomically (temp file + rename).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from edgevit import __version__
+from edgevit.errors import RunFailure
+
+log = logging.getLogger("edgevit")
+
+# onnxruntime 1.31 reads IR <= 13 while onnx 1.23 writes 14 by default (FACTS.md).
+MAX_IR_VERSION = 10
+
+
+def onnx_metadata(info, recipe_name: str, precision: str) -> dict[str, str]:
+    """The metadata_props every artifact carries; lists are JSON so any app can parse them."""
+    return {
+        "labels": json.dumps(list(info.labels)),
+        "mean": json.dumps([float(v) for v in info.mean]),
+        "std": json.dumps([float(v) for v in info.std]),
+        "input_size": json.dumps([3, info.input_size, info.input_size]),
+        "input_layout": "NCHW, RGB, scaled to 0-1 then (x - mean) / std",
+        "crop_pct": json.dumps(info.crop_pct),
+        "interpolation": info.interpolation,
+        "precision": precision,
+        "model_source": info.source,
+        "edgevit_version": __version__,
+        "recipe": recipe_name,
+    }
+
+
+def read_metadata(path: Path | str) -> dict[str, str]:
+    """metadata_props of an ONNX file as a dict."""
+    m = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in m.metadata_props}
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """How many nodes of each op type the main graph holds."""
+    return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
+
+
+def write_onnx(model: onnx.ModelProto, path: Path, metadata: dict[str, str]) -> Path:
+    """Stamp metadata, check, and write atomically. Returns the path."""
+    del model.metadata_props[:]
+    for k, v in metadata.items():
+        model.metadata_props.add(key=k, value=v)
+    model.producer_name = "edgevit"
+    model.producer_version = __version__
+    model.ir_version = min(model.ir_version, MAX_IR_VERSION)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        raise RunFailure(f"the exported ONNX for {path.name} fails the ONNX checker: {str(e).splitlines()[0]}") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(model.SerializeToString())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def torch_to_onnx(model: nn.Module, input_size: int, opset: int = 17, dynamic_batch: bool = True) -> onnx.ModelProto:
+    """Trace a model to ONNX with the TorchScript exporter (the dynamo one cannot hold opset 17
+    for mobilevit/levit/fastvit here, FACTS.md). nn.LayerNorm stays one LayerNormalization op."""
+    model = model.eval()
+    dummy = torch.zeros(1, 3, input_size, input_size)
+    buf = io.BytesIO()
+    axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(model, (dummy,), buf, opset_version=opset, input_names=["input"],
+                              output_names=["logits"], dynamic_axes=axes, dynamo=False,
+                              do_constant_folding=True)
+        except Exception as e:
+            raise RunFailure(f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    return onnx.load_from_string(buf.getvalue())
+
+
+def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """onnxsim (constant folding, shape inference, dead-node removal); the original if it fails."""
+    import onnxsim
+
+    try:
+        simplified, ok = onnxsim.simplify(model)
+    except Exception as e:  # onnxsim raises bare RuntimeErrors from C++
+        log.warning("onnxsim failed (%s); keeping the unsimplified graph", str(e).splitlines()[0])
+        return model, f"onnxsim failed: {str(e).splitlines()[0]}"
+    if not ok:
+        log.warning("onnxsim could not validate the simplified graph; keeping the original")
+        return model, "onnxsim check failed"
+    return simplified, f"onnxsim {onnxsim.__version__}"
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """FP16 weights and compute, FP32 inputs/outputs (ONNX Runtime's own converter)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    return topological_sort(half)
+
+
+def topological_sort(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Reorder graph nodes so each comes after its producers (the FP16 converter appends its
+    input/output Casts at the end, which ORT tolerates but the ONNX checker rejects)."""
+    graph = model.graph
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in ready for i in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise RunFailure(f"ONNX graph has a cycle or an undefined input near node {rest[0].name!r}")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+    return model
+
+
+def export_onnx(model: nn.Module, info, cfg, path: Path, recipe_name: str) -> dict:
+    """Export one ONNX artifact as an ``ExportConfig`` asks; returns facts for the report."""
+    proto = torch_to_onnx(model, info.input_size, cfg.opset, cfg.dynamic_batch)
+    simplifier = "off"
+    if cfg.simplify:
+        proto, simplifier = simplify(proto)
+    if cfg.precision == "fp16":
+        proto = to_fp16(proto)
+    write_onnx(proto, path, onnx_metadata(info, recipe_name, cfg.precision))
+    ops = op_counts(proto)
+    return {"opset": cfg.opset, "simplifier": simplifier, "ops": ops, "nodes": sum(ops.values())}

@@ -1,0 +1,233 @@
+"""Model sources: ``builtin:NAME``, ``timm:NAME`` (+ checkpoint) and ``file:path.py:function``."""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgevit.errors import BadInput
+from edgevit.models.builtin import BUILTINS
+
+
+@dataclass
+class ModelInfo:
+    """What the rest of the pipeline needs to know about a model besides its weights."""
+
+    source: str
+    arch: str
+    num_classes: int
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    labels: list[str]
+    crop_pct: float = 1.0
+    interpolation: str = "bilinear"
+    card: dict = field(default_factory=dict)
+
+    def preprocessing(self) -> dict:
+        """The preprocessing as plain data (for metadata and reports)."""
+        return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std),
+                "crop_pct": self.crop_pct, "interpolation": self.interpolation}
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def read_checkpoint(path: Path, trust: bool = False) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors or a torch file, safely (``weights_only=True`` unless trusted)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"checkpoint not found: {path} (check model.checkpoint / --checkpoint)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types
+            raise BadInput(f"checkpoint {path} is not a valid safetensors file: {e}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise BadInput(
+                f"checkpoint {path} contains pickled Python objects, and loading it could run "
+                "arbitrary code; re-save it as a plain state_dict or .safetensors, or, if you trust "
+                "its origin, pass --trust-checkpoint (model.trust_checkpoint: true)") from None
+        raise BadInput(f"checkpoint {path} cannot be read: {e}") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise BadInput(f"checkpoint {path} is not a readable PyTorch file: {str(e).splitlines()[0]}") from None
+    return _unwrap_state_dict(obj, path)
+
+
+def _unwrap_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_ema", "model", "module"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise BadInput(f"checkpoint {path} holds no state dict (expected a mapping of parameter names "
+                       "to tensors, optionally under 'state_dict' or 'model')")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path | str) -> None:
+    """Load a state dict strictly, turning a mismatch into a clear BadInput."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            parts.append(f"{len(wrong)} with another shape (e.g. {wrong[0]})")
+        raise BadInput(f"checkpoint {path} does not fit the model: " + "; ".join(parts)
+                       + " (is model.source the architecture it was trained with?)")
+    model.load_state_dict(state, strict=True)
+
+
+# --------------------------------------------------------------------------- sources
+
+def _builtin(name: str) -> tuple[nn.Module, ModelInfo]:
+    if name not in BUILTINS:
+        raise BadInput(f"unknown built-in model {name!r} (available: {', '.join(sorted(BUILTINS))})")
+    spec = BUILTINS[name]
+    if not spec.weights_path.is_file():
+        raise BadInput(f"built-in weights missing: {spec.weights_path} "
+                       "(train them with benchmarks/train_reference.py)")
+    model = spec.build()
+    from safetensors.torch import load_file
+
+    load_state(model, load_file(str(spec.weights_path)), spec.weights_path)
+    info = ModelInfo(source=f"builtin:{name}", arch=spec.arch, num_classes=len(spec.labels),
+                     input_size=spec.input_size, mean=spec.mean, std=spec.std,
+                     labels=list(spec.labels), card=spec.card())
+    return model, info
+
+
+def _classifier_rows(state: dict[str, torch.Tensor], classifier: str | tuple | list | None) -> int | None:
+    names = [classifier] if isinstance(classifier, str) else list(classifier or [])
+    for name in names:
+        w = state.get(f"{name}.weight")
+        if w is not None and w.dim() >= 1:
+            return int(w.shape[0])
+    return None
+
+
+def _timm(name: str, state: dict | None, num_classes: int | None) -> tuple[nn.Module, dict]:
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        raise BadInput(f"unknown timm model {name!r}" + (f" (similar: {', '.join(close)})" if close else ""))
+    cfg = timm.models.get_pretrained_cfg(name)
+    cfg = cfg.to_dict() if cfg is not None else {}
+    if num_classes is None and state is not None:
+        num_classes = _classifier_rows(state, cfg.get("classifier", "head"))
+    kwargs = {"num_classes": num_classes} if num_classes else {}
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    return model, dict(model.pretrained_cfg or cfg)
+
+
+def _python_file(spec: str) -> nn.Module:
+    body = spec[len("file:"):]
+    if ":" not in body:
+        raise BadInput(f"model source {spec!r}: expected file:path/to/model.py:function_name")
+    file, func = body.rsplit(":", 1)
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise BadInput(f"model source {spec!r}: file not found: {path}")
+    mod_spec = importlib.util.spec_from_file_location(f"edgevit_user_{path.stem}", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    try:
+        mod_spec.loader.exec_module(module)
+    except Exception as e:
+        raise BadInput(f"model source {spec!r}: importing {path} failed: {type(e).__name__}: {e}") from None
+    fn = getattr(module, func, None)
+    if fn is None or not callable(fn):
+        names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
+                 and inspect.getmodule(v) is module]
+        raise BadInput(f"model source {spec!r}: {path} has no function {func!r} (found: {', '.join(names)})")
+    model = fn()
+    if not isinstance(model, nn.Module):
+        raise BadInput(f"model source {spec!r}: {func}() returned {type(model).__name__}, not a torch nn.Module")
+    return model
+
+
+def _default_labels(n: int) -> list[str]:
+    if n == 1000:
+        from timm.data import ImageNetInfo
+
+        info = ImageNetInfo()
+        return [info.index_to_description(i).split(",")[0] for i in range(n)]
+    return [f"class_{i}" for i in range(n)]
+
+
+def load_model(cfg) -> tuple[nn.Module, ModelInfo]:
+    """Build the model a ``ModelConfig`` names, load its weights safely, and describe its inputs.
+
+    Preprocessing comes from the recipe when given, else from the model (built-in card or timm
+    config). Returns the model in eval mode on the CPU.
+    """
+    source = cfg.source
+    state = read_checkpoint(cfg.checkpoint, cfg.trust_checkpoint) if cfg.checkpoint else None
+    if source.startswith("builtin:"):
+        if state is not None:
+            raise BadInput("model.checkpoint is not used with builtin: models (use timm:NAME or file:...)")
+        model, info = _builtin(source[len("builtin:"):])
+    else:
+        if source.startswith("timm:"):
+            model, tcfg = _timm(source[len("timm:"):], state, cfg.num_classes)
+            arch = source[len("timm:"):]
+        else:
+            model, tcfg, arch = _python_file(source), {}, source
+        if state is not None:
+            load_state(model, state, cfg.checkpoint)
+        num_classes = _count_outputs(model)
+        size = tcfg.get("input_size", (3, 224, 224))[-1]
+        info = ModelInfo(source=source, arch=arch, num_classes=num_classes, input_size=int(size),
+                         mean=tuple(tcfg.get("mean", (0.485, 0.456, 0.406))),
+                         std=tuple(tcfg.get("std", (0.229, 0.224, 0.225))),
+                         labels=_default_labels(num_classes),
+                         crop_pct=float(tcfg.get("crop_pct", 0.875)),
+                         interpolation=str(tcfg.get("interpolation", "bilinear")))
+    if cfg.input_size:
+        info.input_size = cfg.input_size
+    if cfg.crop_pct:
+        info.crop_pct = cfg.crop_pct
+    if cfg.mean:
+        info.mean = tuple(cfg.mean)
+    if cfg.std:
+        info.std = tuple(cfg.std)
+    if cfg.labels:
+        if len(cfg.labels) != info.num_classes:
+            raise BadInput(f"model.labels has {len(cfg.labels)} names but the model has {info.num_classes} outputs")
+        info.labels = list(cfg.labels)
+    return model.eval(), info
+
+
+def _count_outputs(model: nn.Module) -> int:
+    n = getattr(model, "num_classes", None)
+    if isinstance(n, int) and n > 0:
+        return n
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(head, nn.Linear):
+        return head.out_features
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if last:
+        return last[-1].out_features
+    raise BadInput("cannot tell how many classes the model predicts; set model.num_classes and model.labels")

@@ -1,0 +1,152 @@
+"""Report writers: report.json (stable keys, for scripts) and report.md (for people), plus a plot."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+
+def _atomic_write(path: Path, text: str | bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(text.encode() if isinstance(text, str) else text)
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def _clean(o):
+    """inf/nan are not JSON: write them as null."""
+    if isinstance(o, float) and (math.isinf(o) or math.isnan(o)):
+        return None
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_clean(v) for v in o]
+    return o
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f} %"
+
+
+def _delta(v) -> str:
+    return "n/a" if v is None else f"{100 * v:+.2f}"
+
+
+def _size(n) -> str:
+    return "n/a" if n is None else (f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB")
+
+
+def _ms(lat: dict | None, key: str) -> str:
+    return "n/a" if not lat else f"{lat[key]:.2f}"
+
+
+def _throughput(tp: dict | None) -> str:
+    return "n/a" if not tp else f"{tp['images_per_s']:.0f} (batch {tp['batch']})"
+
+
+def markdown(report: dict) -> str:
+    """The human-readable report."""
+    m = report["model"]
+    lines = [f"# edgevit run: {report['recipe']}", ""]
+    if report.get("description"):
+        lines += [report["description"], ""]
+    status = "all checks passed" if report["status"] == "ok" else "**SOME CHECKS FAILED**"
+    lines += [f"Status: {status}. Model `{m['source']}` ({m['arch']}, {m['params']:,} parameters, "
+              f"{m['num_classes']} classes, input {m['preprocessing']['input_size']} px).", ""]
+    ev = report["data"]["eval"]
+    if ev:
+        lines.append(f"Evaluation: {ev['images']} images from `{ev['path']}` (labels {ev['label_mapping']}"
+                     + (f"; {ev['skipped']} unreadable image(s) skipped" if ev["skipped"] else "") + ").")
+    cal = report["data"]["calibration"]
+    if cal:
+        lines.append(f"Calibration: {cal['images']} images from `{cal['path']}`.")
+    lines.append("")
+    devices = sorted({d["device"] for r in report["results"] for d in r.get("latency", [])})
+    for dev in devices or [None]:
+        lines += [f"## Artifacts" + (f" on `{dev}`" if dev else ""), ""]
+        lines += ["| artifact | runtime | precision | top-1 | Δ top-1 vs FP32 (pts) | agreement | "
+                  "latency b1 median / p90 (ms) | throughput (img/s) | size |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in report["results"]:
+            acc = r.get("accuracy") or {}
+            lat = next((d for d in r.get("latency", []) if d["device"] == dev), None)
+            b1 = lat["batch1"] if lat else None
+            tp = lat["throughput"] if lat else None
+            lines.append(
+                f"| {r['name']} | {r['runtime']} | {r['precision']} | {_pct(acc.get('top1'))} | "
+                f"{_delta(acc.get('delta_top1'))} | {_pct(acc.get('top1_agreement'))} | "
+                f"{_ms(b1, 'median_ms')} / {_ms(b1, 'p90_ms')} | "
+                f"{_throughput(tp)} | {_size(r['size_bytes'])} |")
+        loads = [lat["load_average"] for r in report["results"] for lat in r.get("latency", []) if lat["device"] == dev]
+        if loads:
+            flat = [v for pair in loads for v in pair if v is not None]
+            if flat:
+                lines += ["", f"Load average during timing: {min(flat):.2f} to {max(flat):.2f} "
+                              "(timings on a shared machine vary; compare ratios measured in one run)."]
+        lines.append("")
+    if report.get("plots"):
+        lines += ["![top-1 vs latency](accuracy_latency.png)", ""]
+    lines += ["## Checks", ""]
+    for c in report["checks"]:
+        lines.append(f"- {'PASS' if c['ok'] else 'FAIL'}: {c['name']}: {c['detail']}")
+    if not report["checks"]:
+        lines.append("- none (no FP32 ONNX artifact or no evaluation set)")
+    lines += ["", "## Export details", ""]
+    for r in report["results"]:
+        if r.get("export"):
+            e = r["export"]
+            par = r.get("parity") or {}
+            lines.append(f"- `{r['file']}`: opset {e['opset']}, {e['nodes']} nodes, simplifier: {e['simplifier']}, "
+                         f"max abs logit diff vs PyTorch {par.get('max_abs_diff', float('nan')):.2e} "
+                         f"on {par.get('images', 0)} images")
+    env = report["environment"]
+    lines += ["", f"Environment: Python {env['python']}, torch {env['torch']}, timm {env['timm']}, "
+                  f"onnx {env['onnx']}, onnxruntime {env['onnxruntime']}, {env['cpu_count']} CPUs; "
+                  f"edgevit {env['edgevit']}; run took {report['elapsed_s']} s.", ""]
+    return "\n".join(lines)
+
+
+def plot_accuracy_latency(report: dict, path: Path) -> bool:
+    """Scatter of top-1 vs batch-1 median latency per artifact; False when there is nothing to plot."""
+    points = []
+    for r in report["results"]:
+        acc = (r.get("accuracy") or {}).get("top1")
+        lat = r.get("latency") or []
+        if acc is not None and lat:
+            points.append((lat[0]["batch1"]["median_ms"], 100 * acc, r["name"]))
+    if not points:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for x, y, name in points:
+        ax.scatter([x], [y])
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(f"batch-1 median latency (ms), {report['results'][0]['latency'][0]['device']}")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(f"{report['recipe']}: accuracy vs latency")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, metadata={"Software": None})
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True
+
+
+def write_reports(report: dict, out_dir: Path) -> None:
+    """Write report.json, accuracy_latency.png and report.md into ``out_dir``."""
+    report["plots"] = ["accuracy_latency.png"] if plot_accuracy_latency(report, out_dir / "accuracy_latency.png") else []
+    _atomic_write(out_dir / "report.md", markdown(report))
+    _atomic_write(out_dir / "report.json", json.dumps(_clean(report), indent=2, default=_json_default) + "\n")

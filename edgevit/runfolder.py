@@ -1,0 +1,43 @@
+"""Run folders that appear only when complete: built under a temporary name, renamed at the end."""
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from edgevit.errors import BadInput
+
+FINISHED_MARKER = "report.json"
+
+
+def check_target(out: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing run (or any non-empty folder) unless ``overwrite``."""
+    if out.exists() and not overwrite:
+        if out.is_dir() and not any(out.iterdir()):
+            return
+        what = "a finished run" if (out / FINISHED_MARKER).is_file() else "a folder that is not empty"
+        raise BadInput(f"{out} already holds {what}; pass --overwrite to replace it or --out to choose another folder")
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--out {out} is a file, not a folder")
+
+
+@contextmanager
+def staged_run_folder(out: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces ``out``, on failure it is removed."""
+    check_target(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(stage, out)
+    shutil.rmtree(old, ignore_errors=True)

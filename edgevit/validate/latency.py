@@ -1,0 +1,63 @@
+"""Latency: warm-up, then timed runs; median / p90 / p99 and throughput.
+
+Other jobs share small machines, so each figure is a median over many runs, and the load
+average is recorded beside it (FACTS.md: timings under load swing 10x).
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+import numpy as np
+
+
+def time_runs(run: Callable[[np.ndarray], object], x: np.ndarray, warmup: int, iters: int,
+              on_iter: Callable[[], None] | None = None) -> np.ndarray:
+    """Wall-clock milliseconds of ``iters`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        run(x)
+    times = np.empty(iters)
+    for i in range(iters):
+        t0 = time.perf_counter()
+        run(x)
+        times[i] = (time.perf_counter() - t0) * 1e3
+        if on_iter:
+            on_iter()
+    return times
+
+
+def summarize(times_ms: np.ndarray, batch: int) -> dict[str, float]:
+    """Median, p90, p99, mean in ms per call and images per second at the median."""
+    med = float(np.median(times_ms))
+    return {"batch": batch, "median_ms": med, "p90_ms": float(np.percentile(times_ms, 90)),
+            "p99_ms": float(np.percentile(times_ms, 99)), "mean_ms": float(times_ms.mean()),
+            "min_ms": float(times_ms.min()), "images_per_s": batch * 1e3 / med if med > 0 else None,
+            "runs": int(len(times_ms))}
+
+
+def load_average() -> float | None:
+    """1-minute load average (None where the OS does not report it)."""
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):
+        return None
+
+
+def measure(run: Callable[[np.ndarray], object], sample: np.ndarray, device,
+            on_iter: Callable[[], None] | None = None) -> dict:
+    """Batch-1 latency and throughput-batch latency of one runner on one device profile."""
+    one = sample[:1]
+    reps = -(-device.throughput_batch // len(sample))
+    big = np.concatenate([sample] * reps)[:device.throughput_batch]
+    load_before = load_average()
+    b1 = summarize(time_runs(run, one, device.warmup, device.iters, on_iter), 1)
+    iters_big = max(5, device.iters // 5)
+    bt = summarize(time_runs(run, big, max(1, device.warmup // 5), iters_big, on_iter), len(big))
+    return {"device": device.name, "threads": device.threads, "batch1": b1, "throughput": bt,
+            "load_average": [load_before, load_average()]}
+
+
+def timed_iterations(device) -> int:
+    """How many timed calls :func:`measure` makes (for progress bars)."""
+    return device.iters + max(5, device.iters // 5)
