@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,12 +53,14 @@ def read_checkpoint(path: Path, trust: bool = False) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if found:
             raise BadInput(
-                f"checkpoint {path} contains pickled Python objects, and loading it could run "
+                f"checkpoint {path} contains pickled Python objects ({found.group(1)}), and loading it could run "
                 "arbitrary code; re-save it as a plain state_dict or .safetensors, or, if you trust "
                 "its origin, pass --trust-checkpoint (model.trust_checkpoint: true)") from None
-        raise BadInput(f"checkpoint {path} cannot be read: {e}") from None
+        raise BadInput(f"checkpoint {path} is not a readable PyTorch or safetensors file "
+                       "(expected a state_dict saved with torch.save, or .safetensors)") from None
     except (RuntimeError, EOFError, OSError) as e:
         raise BadInput(f"checkpoint {path} is not a readable PyTorch file: {str(e).splitlines()[0]}") from None
     return _unwrap_state_dict(obj, path)

@@ -1,0 +1,30 @@
+"""Shared fixtures: small real image folders made from the shipped CIFAR-10 sample."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EVAL_DIR = ROOT / "calibration" / "builtin-eval"
+CALIB_DIR = ROOT / "calibration" / "builtin-calib"
+
+
+@pytest.fixture
+def small_imagefolder(tmp_path: Path) -> Path:
+    """An ImageFolder with 3 real JPEGs for each of the 10 CIFAR-10 classes."""
+    out = tmp_path / "images"
+    for cls in sorted(d.name for d in EVAL_DIR.iterdir()):
+        (out / cls).mkdir(parents=True)
+        for f in sorted((EVAL_DIR / cls).iterdir())[:3]:
+            shutil.copy(f, out / cls / f.name)
+    return out
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the real `edgevit` command line in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "edgevit.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)

@@ -1,0 +1,177 @@
+"""The `edgevit` command line, end to end on the built-in hybrid, with real ONNX Runtime."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, run_cli
+from edgevit.recipe import load_recipe
+
+FAST = ["--set", "validate.devices.0.iters=5", "--set", "validate.devices.0.warmup=1",
+        "--set", "validate.devices.0.throughput_batch=8"]
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("runs") / "fp32_export"
+    res = run_cli("compress", "--recipe", "recipes/fp32_export.yaml", "--out", str(out), *FAST)
+    return out, res
+
+
+def test_default_recipe_writes_validated_run(default_run):
+    out, res = default_run
+    assert res.returncode == 0, res.stderr
+    for name in ("report.json", "report.md", "recipe.lock.yaml", "onnx-fp32.onnx", "onnx-fp16.onnx",
+                 "accuracy_latency.png"):
+        assert (out / name).is_file(), name
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["status"] == "ok" and rep["model"]["source"] == "builtin:hybrid-cifar10"
+    rows = {r["name"]: r for r in rep["results"]}
+    torch_top1 = rows["pytorch-fp32"]["accuracy"]["top1"]
+    ort_top1 = rows["onnx-fp32"]["accuracy"]["top1"]
+    assert ort_top1 == torch_top1
+    assert rep["data"]["eval"]["images"] == 1000
+    card = rep["model"]["card"]["test_top1"]
+    assert abs(torch_top1 - card) < 0.05, (torch_top1, card)  # 1k-image sample vs the 10k test set
+    assert rows["onnx-fp32"]["parity"]["max_abs_diff"] < 1e-4
+    assert abs(rows["onnx-fp16"]["accuracy"]["delta_top1"]) < 0.02
+    lat = rows["onnx-fp32"]["latency"][0]
+    assert lat["device"] == "local-ort-cpu" and lat["batch1"]["median_ms"] > 0
+    assert lat["batch1"]["p90_ms"] >= lat["batch1"]["median_ms"]
+    assert rows["onnx-fp16"]["size_bytes"] < rows["onnx-fp32"]["size_bytes"]
+    md = (out / "report.md").read_text()
+    assert "| onnx-fp32 | onnxruntime | fp32 |" in md and f"{100 * ort_top1:.2f} %" in md
+    assert all(c["ok"] for c in rep["checks"]) and len(rep["checks"]) >= 2
+
+
+def test_lock_file_reproduces_recipe(default_run):
+    out, _ = default_run
+    lock = load_recipe(out / "recipe.lock.yaml")
+    assert lock.name == "fp32_export" and lock.validation.devices[0].iters == 5
+
+
+def test_finished_run_is_not_overwritten(default_run):
+    out, _ = default_run
+    before = (out / "report.json").read_bytes()
+    res = run_cli("compress", "--recipe", "recipes/fp32_export.yaml", "--out", str(out))
+    assert res.returncode == 2 and "--overwrite" in res.stderr
+    assert (out / "report.json").read_bytes() == before
+
+
+def test_same_recipe_same_onnx_bytes(default_run, tmp_path, small_imagefolder):
+    out, _ = default_run
+    again = tmp_path / "again"
+    res = run_cli("compress", "--recipe", "recipes/fp32_export.yaml", "--out", str(again),
+                  "--eval", str(small_imagefolder), *FAST)
+    assert res.returncode == 0, res.stderr
+    assert (again / "onnx-fp32.onnx").read_bytes() == (out / "onnx-fp32.onnx").read_bytes()
+
+
+def test_corrupt_image_is_skipped_and_reported(tmp_path, small_imagefolder):
+    (small_imagefolder / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    out = tmp_path / "run"
+    res = run_cli("compress", "--recipe", "recipes/fp32_export.yaml", "--out", str(out),
+                  "--eval", str(small_imagefolder), "--set", "export=[export/onnx-fp32.yaml]", *FAST)
+    assert res.returncode == 0, res.stderr
+    rep = json.loads((out / "report.json").read_text())
+    ev = rep["data"]["eval"]
+    assert ev["skipped"] == 1 and ev["images"] == 30 and ev["skipped_files"][0]["file"].endswith("broken.jpg")
+    assert "1 unreadable image(s) skipped" in (out / "report.md").read_text()
+
+
+def _pickled_checkpoint(tmp: Path) -> Path:
+    import timm
+
+    state = timm.create_model("vit_tiny_patch16_224", num_classes=3).state_dict()
+    torch.save({"model": state, "args": argparse.Namespace(lr=1)}, tmp / "pickled.pth")
+    return tmp / "pickled.pth"
+
+
+@pytest.mark.parametrize("case", ["malformed", "unknown_key", "missing_checkpoint", "pickled_checkpoint",
+                                  "empty_eval", "corrupt_only_eval", "bad_set"])
+def test_bad_input_exits_2_with_one_line_and_no_run_folder(case, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    args: list[str] = []
+    expect = ""
+    if case == "malformed":
+        recipe.write_text("name: x\nexport: [onnx\n")
+        expect = "malformed YAML"
+    elif case == "unknown_key":
+        recipe.write_text("name: x\nmodell: builtin:hybrid-cifar10\n")
+        expect = "unknown key 'modell'"
+    else:
+        recipe.write_text(yaml.safe_dump({"name": "x", "model": "builtin:hybrid-cifar10",
+                                          "validate": {"eval": str(ROOT / "calibration" / "builtin-val.yaml")}}))
+    if case == "missing_checkpoint":
+        args = ["--model", "timm:vit_tiny_patch16_224", "--checkpoint", str(tmp_path / "nope.pth")]
+        expect = "does not exist"
+    elif case == "pickled_checkpoint":
+        args = ["--model", "timm:vit_tiny_patch16_224", "--checkpoint", str(_pickled_checkpoint(tmp_path))]
+        expect = "--trust-checkpoint"
+    elif case == "empty_eval":
+        (tmp_path / "empty").mkdir()
+        args = ["--eval", str(tmp_path / "empty")]
+        expect = "no images"
+    elif case == "corrupt_only_eval":
+        (tmp_path / "bad" / "cat").mkdir(parents=True)
+        (tmp_path / "bad" / "cat" / "x.jpg").write_bytes(b"nope")
+        args = ["--eval", str(tmp_path / "bad")]
+        expect = "no readable image"
+    elif case == "bad_set":
+        args = ["--set", "validate.parity_images=-3"]
+        expect = "validate.parity_images"
+    out = tmp_path / "out"
+    res = run_cli("compress", "--recipe", str(recipe), "--out", str(out), *args)
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    assert "Traceback" not in res.stderr and expect in res.stderr
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.partial")]
+
+
+def test_debug_shows_traceback(tmp_path):
+    (tmp_path / "r.yaml").write_text("name: x\nmodell: 1\n")
+    res = run_cli("compress", "--recipe", str(tmp_path / "r.yaml"), "--debug")
+    assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+def test_export_then_bench(tmp_path):
+    res = run_cli("export", "--model", "builtin:vit-cifar10", "--to", "onnx", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    onnx_file = tmp_path / "vit-cifar10-fp32.onnx"
+    assert onnx_file.is_file()
+    dev = tmp_path / "dev.yaml"
+    dev.write_text("name: tiny\nthreads: 1\nwarmup: 1\niters: 5\nthroughput_batch: 4\n")
+    res = run_cli("bench", str(onnx_file), "--device", str(dev), "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["device"] == "tiny" and out["threads"] == 1 and out["batch1"]["runs"] == 5
+    assert out["throughput"]["batch"] == 4 and out["batch1"]["median_ms"] > 0
+    res = run_cli("bench", str(tmp_path / "missing.onnx"))
+    assert res.returncode == 2 and "not found" in res.stderr
+
+
+def test_recipes_and_schema_commands():
+    res = run_cli("recipes")
+    assert res.returncode == 0 and "fp32_export" in res.stdout
+    res = run_cli("recipe-schema")
+    assert res.returncode == 0 and "calibration" in json.loads(res.stdout)["properties"]
+    res = run_cli("compress", "--help")
+    assert res.returncode == 0 and "Example" in res.stdout
+
+
+def test_staged_folder_removed_on_failure(tmp_path):
+    from edgevit.runfolder import staged_run_folder
+
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError):
+        with staged_run_folder(out, overwrite=False) as stage:
+            (stage / "half.onnx").write_bytes(b"x")
+            raise RuntimeError("killed")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    shutil.rmtree(out, ignore_errors=True)

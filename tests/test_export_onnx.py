@@ -1,0 +1,83 @@
+"""ONNX export: opset, one LayerNormalization op, metadata, determinism, parity in ONNX Runtime."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from edgevit.export.onnx import export_onnx, read_metadata
+from edgevit.models import load_model
+from edgevit.recipe import ExportConfig, ModelConfig
+from edgevit.validate import OrtRunner, TorchRunner
+
+from conftest import EVAL_DIR
+from edgevit.data import Preprocess, open_image_set
+
+
+@pytest.fixture(scope="module", params=["hybrid-cifar10", "vit-cifar10"])
+def builtin(request):
+    return load_model(ModelConfig(source=f"builtin:{request.param}"))
+
+
+@pytest.fixture(scope="module")
+def real_images(builtin):
+    _, info = builtin
+    s = open_image_set(EVAL_DIR, num=16, seed=0)
+    x, _ = s.load(Preprocess(info.input_size, info.mean, info.std))
+    return x
+
+
+def test_fp32_export_graph_and_metadata(builtin, tmp_path):
+    model, info = builtin
+    path = tmp_path / "m.onnx"
+    facts = export_onnx(model, info, ExportConfig(), path, recipe_name="unit")
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == 17
+    n_ln = sum(1 for m in model.modules() if type(m).__name__ == "LayerNorm")
+    assert facts["ops"].get("LayerNormalization") == n_ln > 0
+    assert "ReduceMean" not in facts["ops"]
+    meta = read_metadata(path)
+    assert json.loads(meta["labels"]) == info.labels
+    assert json.loads(meta["mean"]) == pytest.approx(list(info.mean))
+    assert json.loads(meta["std"]) == pytest.approx(list(info.std))
+    assert json.loads(meta["input_size"]) == [3, 32, 32]
+    assert meta["recipe"] == "unit" and meta["edgevit_version"] and meta["precision"] == "fp32"
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+def test_fp32_parity_in_ort_on_real_images(builtin, real_images, tmp_path):
+    model, info = builtin
+    path = tmp_path / "m.onnx"
+    export_onnx(model, info, ExportConfig(), path, recipe_name="unit")
+    ort_out, ref = OrtRunner(path, threads=1)(real_images), TorchRunner(model)(real_images)
+    assert np.abs(ort_out - ref).max() < 1e-4
+    assert (ort_out.argmax(1) == ref.argmax(1)).all()
+
+
+def test_fp16_export_is_half_size_and_close(builtin, real_images, tmp_path):
+    model, info = builtin
+    p32, p16 = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    export_onnx(model, info, ExportConfig(), p32, recipe_name="unit")
+    export_onnx(model, info, ExportConfig(precision="fp16"), p16, recipe_name="unit")
+    assert p16.stat().st_size < 0.6 * p32.stat().st_size
+    proto = onnx.load(str(p16))
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
+    ref = TorchRunner(model)(real_images)
+    out = OrtRunner(p16, threads=1)(real_images)
+    assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max()
+    assert read_metadata(p16)["precision"] == "fp16"
+
+
+def test_export_is_byte_identical(builtin, tmp_path):
+    model, info = builtin
+    digests = []
+    for i in range(2):
+        p = tmp_path / f"m{i}.onnx"
+        export_onnx(model, info, ExportConfig(), p, recipe_name="unit")
+        digests.append(hashlib.sha256(p.read_bytes()).hexdigest())
+    assert digests[0] == digests[1]

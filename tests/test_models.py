@@ -1,0 +1,86 @@
+"""Model sources: built-in, timm + checkpoint (safe loading), a user's Python file."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from edgevit.errors import BadInput
+from edgevit.models import BUILTINS, load_model
+from edgevit.recipe import ModelConfig
+
+TIMM_SMALL = "timm:vit_tiny_patch16_224"
+
+
+@pytest.mark.parametrize("name", sorted(BUILTINS))
+def test_builtin_loads_with_card(name):
+    model, info = load_model(ModelConfig(source=f"builtin:{name}"))
+    assert info.num_classes == 10 and info.input_size == 32 and info.labels[0] == "airplane"
+    assert info.card["test_top1"] > 0.5 and "train_reference.py" in info.card["command"]
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def _timm_state(num_classes: int) -> dict:
+    import timm
+
+    return timm.create_model(TIMM_SMALL[5:], pretrained=False, num_classes=num_classes).state_dict()
+
+
+def test_timm_checkpoint_infers_num_classes(tmp_path):
+    state = _timm_state(7)
+    torch.save({"state_dict": state, "epoch": 3}, tmp_path / "ckpt.pth")
+    model, info = load_model(ModelConfig(source=TIMM_SMALL, checkpoint=tmp_path / "ckpt.pth"))
+    assert info.num_classes == 7 and len(info.labels) == 7 and info.input_size == 224
+    assert torch.equal(model.state_dict()["head.weight"], state["head.weight"])
+
+
+def test_timm_safetensors_and_recipe_preprocessing(tmp_path):
+    save_file(_timm_state(5), str(tmp_path / "w.safetensors"))
+    _, info = load_model(ModelConfig(source=TIMM_SMALL, checkpoint=tmp_path / "w.safetensors",
+                                     mean=[0.1, 0.2, 0.3], std=[0.3, 0.2, 0.1], input_size=160,
+                                     labels=list("abcde")))
+    assert info.mean == (0.1, 0.2, 0.3) and info.input_size == 160 and info.labels == list("abcde")
+
+
+def test_pickled_checkpoint_refused_unless_trusted(tmp_path):
+    path = tmp_path / "pickled.pth"
+    torch.save({"model": _timm_state(4), "args": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(BadInput) as e:
+        load_model(ModelConfig(source=TIMM_SMALL, checkpoint=path))
+    assert "--trust-checkpoint" in str(e.value)
+    _, info = load_model(ModelConfig(source=TIMM_SMALL, checkpoint=path, trust_checkpoint=True))
+    assert info.num_classes == 4
+
+
+def test_missing_corrupt_and_mismatched_checkpoints(tmp_path):
+    with pytest.raises(BadInput, match="not found"):
+        load_model(ModelConfig(source=TIMM_SMALL, checkpoint=tmp_path / "nope.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(BadInput, match="not a readable"):
+        load_model(ModelConfig(source=TIMM_SMALL, checkpoint=tmp_path / "junk.pth"))
+    torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "other.pth")
+    with pytest.raises(BadInput, match="does not fit the model"):
+        load_model(ModelConfig(source=TIMM_SMALL, checkpoint=tmp_path / "other.pth", num_classes=3))
+
+
+def test_unknown_models():
+    with pytest.raises(BadInput, match="unknown built-in"):
+        load_model(ModelConfig(source="builtin:nope"))
+    with pytest.raises(BadInput, match="unknown timm model"):
+        load_model(ModelConfig(source="timm:not_a_real_model_xyz"))
+
+
+def test_python_file_source(tmp_path):
+    (tmp_path / "net.py").write_text(
+        "import torch.nn as nn\n"
+        "def build():\n    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 6))\n"
+        "def not_a_model():\n    return 3\n")
+    model, info = load_model(ModelConfig(source=f"file:{tmp_path / 'net.py'}:build", input_size=16))
+    assert info.num_classes == 6 and info.input_size == 16
+    with pytest.raises(BadInput, match="not a torch nn.Module"):
+        load_model(ModelConfig(source=f"file:{tmp_path / 'net.py'}:not_a_model"))
+    with pytest.raises(BadInput, match="has no function"):
+        load_model(ModelConfig(source=f"file:{tmp_path / 'net.py'}:missing"))

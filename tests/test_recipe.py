@@ -1,0 +1,122 @@
+"""Recipe loading: composition, overrides, the lock file and one-line errors naming file and key."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edgevit.errors import BadInput
+from edgevit.recipe import Recipe, build_recipe, load_recipe, recipe_schema, recipe_to_yaml, shipped_recipes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_shipped_recipe_composes_referenced_files():
+    r = load_recipe(ROOT / "recipes" / "fp32_export.yaml")
+    assert r.name == "fp32_export"
+    assert r.model.source == "builtin:hybrid-cifar10"
+    assert r.calibration.num == 256 and r.calibration.path == (ROOT / "calibration" / "builtin-calib")
+    assert [e.precision for e in r.export] == ["fp32", "fp16"]
+    assert r.validation.eval.path == ROOT / "calibration" / "builtin-eval"
+    assert r.validation.devices[0].name == "local-ort-cpu"
+
+
+def test_shipped_recipe_by_name_and_listing():
+    assert load_recipe("fp32_export").name == "fp32_export"
+    names = [n for n, _, _ in shipped_recipes()]
+    assert "fp32_export" in names
+
+
+def test_overrides_parse_yaml_values_and_index_lists():
+    r = load_recipe(ROOT / "recipes" / "fp32_export.yaml",
+                    ["validate.devices.0.threads=1", "model.mean=[0.5, 0.5, 0.5]", "seed=7"])
+    assert r.validation.devices[0].threads == 1
+    assert r.model.mean == [0.5, 0.5, 0.5]
+    assert r.seed == 7
+
+
+def test_lock_file_round_trips(tmp_path):
+    r = load_recipe(ROOT / "recipes" / "fp32_export.yaml", ["validate.devices.0.iters=3"])
+    lock = write(tmp_path / "recipe.lock.yaml", recipe_to_yaml(r))
+    again = load_recipe(lock)
+    assert again == r
+
+
+def test_base_composition(tmp_path):
+    write(tmp_path / "parent.yaml", "name: parent\nseed: 3\nexport: [{precision: fp16}]\n")
+    child = write(tmp_path / "child.yaml", "base: parent.yaml\nname: child\n")
+    r = load_recipe(child)
+    assert (r.name, r.seed, r.export[0].precision) == ("child", 3, "fp16")
+
+
+def test_unknown_key_names_file_key_and_allowed(tmp_path):
+    p = write(tmp_path / "bad.yaml", "name: x\nmodel: {source: builtin:hybrid-cifar10, chekpoint: a.pt}\n")
+    with pytest.raises(BadInput) as e:
+        load_recipe(p)
+    msg = str(e.value)
+    assert str(p) in msg and "model.chekpoint" in msg and "unknown key" in msg
+    assert "checkpoint" in msg.split("allowed:")[1]
+
+
+def test_unknown_key_in_referenced_file_names_that_file(tmp_path):
+    dev = write(tmp_path / "dev.yaml", "name: d\nthreds: 2\n")
+    p = write(tmp_path / "r.yaml", f"name: x\nvalidate: {{devices: [{dev}]}}\n")
+    with pytest.raises(BadInput) as e:
+        load_recipe(p)
+    assert str(dev) in str(e.value) and "threds" in str(e.value)
+
+
+def test_wrong_type_is_one_line(tmp_path):
+    p = write(tmp_path / "bad.yaml", "name: x\nvalidate: {devices: [{threads: many}]}\n")
+    with pytest.raises(BadInput) as e:
+        load_recipe(p)
+    msg = str(e.value)
+    assert "validate.devices.0.threads" in msg and "integer" in msg and "\n" not in msg
+
+
+def test_malformed_yaml_gives_line(tmp_path):
+    p = write(tmp_path / "bad.yaml", "name: x\nmodel: [unclosed\n")
+    with pytest.raises(BadInput) as e:
+        load_recipe(p)
+    assert "malformed YAML" in str(e.value) and "line" in str(e.value)
+
+
+def test_missing_path_lists_where_it_looked(tmp_path):
+    p = write(tmp_path / "r.yaml", "name: x\ncalibration: {path: no/such/dir}\n")
+    with pytest.raises(BadInput) as e:
+        load_recipe(p)
+    assert "calibration.path" in str(e.value) and "does not exist" in str(e.value)
+
+
+def test_bad_model_prefix(tmp_path):
+    with pytest.raises(BadInput) as e:
+        build_recipe({"name": "x", "model": "hub:foo"})
+    assert "builtin:" in str(e.value)
+
+
+def test_bad_override_syntax():
+    with pytest.raises(BadInput):
+        load_recipe(ROOT / "recipes" / "fp32_export.yaml", ["seed"])
+    with pytest.raises(BadInput) as e:
+        load_recipe(ROOT / "recipes" / "fp32_export.yaml", ["validate.devices.5.threads=1"])
+    assert "index" in str(e.value)
+
+
+def test_schema_lists_sections():
+    s = recipe_schema()
+    assert {"name", "model", "calibration", "export", "validate"} <= set(s["properties"])
+    assert "name" in s["required"]
+
+
+def test_every_shipped_yaml_is_valid():
+    for folder in ("recipes",):
+        for p in (ROOT / folder).glob("*.yaml"):
+            assert isinstance(load_recipe(p), Recipe)
+    for p in (ROOT / "calibration").glob("*.yaml"):
+        assert "path" in yaml.safe_load(p.read_text())
