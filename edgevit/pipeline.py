@@ -5,8 +5,10 @@ import logging
 import platform
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -70,7 +72,9 @@ def _load_eval(recipe: Recipe, pre: Preprocess, info) -> dict | None:
     if cfg is None:
         return None
     images = open_image_set(cfg.path, cfg.num, cfg.seed)
-    x, y = images.load(pre, cfg.batch_size)
+    with new_progress() as progress:
+        task = progress.add_task("load eval images", total=len(images))
+        x, y = images.load(pre, cfg.batch_size, on_file=lambda: progress.advance(task))
     labels, mapping = map_labels(images.classes, y, info.labels)
     if images.skipped:
         log.warning("%d unreadable image(s) skipped in %s", len(images.skipped), cfg.path)
@@ -94,23 +98,24 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
     """Run a validated recipe into ``out_dir`` (created only when the run completes)."""
     seed_everything(recipe.seed)
     started = time.time()
-    model, info = load_model(recipe.model)
-    pre = Preprocess(info.input_size, info.mean, info.std, info.crop_pct, info.interpolation)
-    calib = _calibration_summary(recipe)
-    evalset = _load_eval(recipe, pre, info)
-    params = sum(p.numel() for p in model.parameters())
-    _artifact_files(recipe.export)
-
-    with staged_run_folder(out_dir, overwrite) as stage:
+    names = _artifact_files(recipe.export)
+    with staged_run_folder(out_dir, overwrite) as stage, _run_log(stage / "run.log"):
         (stage / "recipe.lock.yaml").write_text(recipe_to_yaml(recipe))
+        model, info = load_model(recipe.model)
+        log.info("model %s: %s, %d classes, input %d px", info.source, info.arch, info.num_classes, info.input_size)
+        pre = Preprocess(info.input_size, info.mean, info.std, info.crop_pct, info.interpolation)
+        calib = _calibration_summary(recipe)
+        evalset = _load_eval(recipe, pre, info)
+        params = sum(p.numel() for p in model.parameters())
         artifacts = []
         with new_progress() as progress:
             task = progress.add_task("export", total=len(recipe.export))
-            for cfg, name in zip(recipe.export, _artifact_files(recipe.export)):
+            for cfg, name in zip(recipe.export, names):
                 facts = export_onnx(model, info, cfg, stage / name, recipe.name)
                 artifacts.append({"name": cfg.name or name, "file": name, "format": cfg.format,
                                   "precision": cfg.precision, "runtime": "onnxruntime",
                                   "size_bytes": (stage / name).stat().st_size, "export": facts})
+                log.info("exported %s (%.2f MB, %s)", name, artifacts[-1]["size_bytes"] / 1e6, facts["simplifier"])
                 progress.advance(task)
         results, checks = _validate(recipe, model, info, params, artifacts, evalset, stage)
         report = {
@@ -129,8 +134,26 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
             "environment": environment(),
             "elapsed_s": round(time.time() - started, 1),
         }
+        for c in checks:
+            (log.info if c["ok"] else log.error)("%s %s: %s", "PASS" if c["ok"] else "FAIL", c["name"], c["detail"])
         write_reports(report, stage)
     return RunResult(out_dir=out_dir, report=report)
+
+
+@contextmanager
+def _run_log(path: Path) -> Iterator[None]:
+    """Copy the edgevit log into the run folder while the run lasts."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("edgevit")
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
 
 
 def _validate(recipe: Recipe, model, info, params: int, artifacts: list[dict], evalset: dict | None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -65,11 +65,14 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.files)
 
-    def batches(self, preprocess: Preprocess, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    def batches(self, preprocess: Preprocess, batch_size: int,
+                on_file: Callable[[], None] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """Preprocessed NCHW float32 batches (and labels). Unreadable files are skipped and recorded."""
         xs: list[np.ndarray] = []
         ys: list[int] = []
         for i, path in enumerate(self.files):
+            if on_file:
+                on_file()
             try:
                 with Image.open(path) as im:
                     im.load()
@@ -87,10 +90,11 @@ class ImageSet:
         if xs:
             yield np.stack(xs), (np.asarray(ys, np.int64) if self.labels is not None else None)
 
-    def load(self, preprocess: Preprocess, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
+    def load(self, preprocess: Preprocess, batch_size: int = 64,
+             on_file: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """All readable images as one array (+ labels); BadInput if none is readable."""
         xs, ys = [], []
-        for x, y in self.batches(preprocess, batch_size):
+        for x, y in self.batches(preprocess, batch_size, on_file):
             xs.append(x)
             if y is not None:
                 ys.append(y)
