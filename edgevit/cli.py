@@ -25,6 +25,9 @@ def _guard(fn: Callable[[], int | None], debug: bool) -> None:
     setup_logging(debug)
     try:
         code = fn() or 0
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/red]: nothing was written to the run folder")
+        raise typer.Exit(130)
     except BadInput as e:
         if debug:
             raise

@@ -239,28 +239,29 @@ def _apply_override(data: dict, parts: list[str], value: Any, item: str) -> None
 
 
 def _normalize(data: dict, path: Path | None, origins: dict[str, str]) -> dict:
+    """Expand shorthands and load the sections given as references to other YAML files."""
     origin = str(path) if path else "<recipe>"
+
+    def ref(value: Any, key: str) -> Any:
+        return _load_reference(value, path, key, origin, origins)
+
+    def ref_list(value: Any, key: str) -> Any:
+        items = [value] if isinstance(value, (str, dict)) else value
+        return [ref(v, f"{key}.{i}") for i, v in enumerate(items)] if isinstance(items, list) else value
+
     data = dict(data)
     if isinstance(data.get("model"), str):
         data["model"] = {"source": data["model"]}
     if "calibration" in data:
-        data["calibration"] = _load_reference(data["calibration"], path, "calibration", origin, origins)
-    exports = data.get("export")
-    if isinstance(exports, (str, dict)):
-        exports = [exports]
-    if isinstance(exports, list):
-        data["export"] = [_load_reference(e, path, f"export.{i}", origin, origins) for i, e in enumerate(exports)]
-    val = data.get("validate")
-    if isinstance(val, dict):
-        val = dict(val)
+        data["calibration"] = ref(data["calibration"], "calibration")
+    if "export" in data:
+        data["export"] = ref_list(data["export"], "export")
+    if isinstance(data.get("validate"), dict):
+        val = dict(data["validate"])
         if "eval" in val:
-            val["eval"] = _load_reference(val["eval"], path, "validate.eval", origin, origins)
-        devs = val.get("devices")
-        if isinstance(devs, (str, dict)):
-            devs = [devs]
-        if isinstance(devs, list):
-            val["devices"] = [_load_reference(d, path, f"validate.devices.{i}", origin, origins)
-                              for i, d in enumerate(devs)]
+            val["eval"] = ref(val["eval"], "validate.eval")
+        if "devices" in val:
+            val["devices"] = ref_list(val["devices"], "validate.devices")
         data["validate"] = val
     return data
 

@@ -23,11 +23,30 @@ def check_target(out: Path, overwrite: bool) -> None:
         raise BadInput(f"--out {out} is a file, not a folder")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_stages(out: Path) -> None:
+    """Delete what a killed run (SIGKILL, power loss) left beside ``out``: its process is gone."""
+    for stale in out.parent.glob(f".{out.name}.partial-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 @contextmanager
 def staged_run_folder(out: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces ``out``, on failure it is removed."""
     check_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_stages(out)
     stage = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()

@@ -175,3 +175,27 @@ def test_staged_folder_removed_on_failure(tmp_path):
             raise RuntimeError("killed")
     assert not out.exists() and list(tmp_path.iterdir()) == []
     shutil.rmtree(out, ignore_errors=True)
+
+
+def test_killed_run_leaves_no_run_folder_and_is_cleaned_up(tmp_path):
+    """SIGKILL mid-run: the run folder never appears; the next run removes the dead stage."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "edgevit.cli", "compress", "--recipe", "recipes/fp32_export.yaml",
+                             "--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stage = tmp_path / f".run.partial-{proc.pid}"
+    deadline = time.time() + 120
+    while not (stage / "recipe.lock.yaml").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert stage.exists() and not out.exists()
+    from edgevit.runfolder import staged_run_folder
+
+    with staged_run_folder(out, overwrite=False) as new_stage:
+        (new_stage / "report.json").write_text("{}")
+    assert not stage.exists() and (out / "report.json").is_file()
