@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import inspect
 import pickle
 import re
@@ -13,6 +14,8 @@ from torch import nn
 
 from edgevit.errors import BadInput
 from edgevit.models.builtin import BUILTINS
+
+log = logging.getLogger("edgevit")
 
 
 @dataclass
@@ -200,6 +203,9 @@ def load_model(cfg) -> tuple[nn.Module, ModelInfo]:
             model, tcfg, arch = _python_file(source), {}, source
         if state is not None:
             load_state(model, state, cfg.checkpoint)
+        else:
+            log.warning("%s has no checkpoint: random weights (fine for latency and export checks, "
+                        "meaningless for accuracy; pass --checkpoint)", source)
         num_classes = _count_outputs(model)
         size = tcfg.get("input_size", (3, 224, 224))[-1]
         info = ModelInfo(source=source, arch=arch, num_classes=num_classes, input_size=int(size),
