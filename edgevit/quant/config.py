@@ -1,0 +1,39 @@
+"""Typed configuration of post-training quantization (what a recipe's ``quantize:`` section holds)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WeightQuant(_Strict):
+    """Weights: signed symmetric (zero point 0) per output channel by default."""
+
+    bits: int = Field(8, ge=2, le=8)
+    granularity: Literal["channel", "tensor"] = "channel"
+    symmetric: bool = True
+    method: Literal["minmax", "mse"] = "mse"
+
+
+class ActivationQuant(_Strict):
+    """Activations: per tensor; unsigned asymmetric (ONNX Runtime's fast u8s8 path) by default."""
+
+    bits: int = Field(8, ge=2, le=8)
+    symmetric: bool = False
+    method: Literal["minmax", "percentile", "mse"] = "mse"
+    percentile: float = Field(99.99, gt=50, le=100)
+
+
+class QuantConfig(_Strict):
+    """Uniform post-training quantization of Linear/Conv inputs and weights and attention operands."""
+
+    weights: WeightQuant = Field(default_factory=WeightQuant)
+    activations: ActivationQuant = Field(default_factory=ActivationQuant)
+    attention: bool = Field(True, description="quantize Q, K, V and the softmax output of attention")
+    fold_bn: bool = True
+    skip: list[str] = Field(default_factory=list, description="module names (fnmatch patterns) kept in float")
+    calibration_batches: int | None = Field(None, gt=0, description="default: all calibration images")

@@ -1,0 +1,121 @@
+"""QuantPlan: site -> quantizer parameters, the single source of truth of a quantized model.
+
+``calibrate`` measures a model on calibration batches and returns a plan; ``apply_plan`` builds the
+fake-quant PyTorch model from a plan (the simulation, and what the ONNX exporter traces into
+QuantizeLinear/DequantizeLinear pairs); ``plan.to_dict()`` is what the report lists.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from edgevit.quant.config import QuantConfig
+from edgevit.quant.fold import fold_batchnorm
+from edgevit.quant.search import activation_range, weight_qparams
+from edgevit.quant.sites import act_sites, insert_sites, set_mode, weighted_sites
+from edgevit.quant.uniform import QParams, qparams_from_range
+
+
+@dataclass
+class QuantPlan:
+    """Everything needed to rebuild the quantized model from the float one."""
+
+    config: QuantConfig
+    activations: dict[str, dict] = field(default_factory=dict)
+    weights: dict[str, QParams] = field(default_factory=dict)
+    folded_bn: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    unobserved: list[str] = field(default_factory=list)
+
+    def to_dict(self, full: bool = False) -> dict:
+        """Plain data for report.json / plan.json (``full`` includes every per-channel scale)."""
+        def wsum(q: QParams) -> dict:
+            d = {"bits": q.bits, "symmetric": q.symmetric, "granularity": "tensor" if q.axis is None else "channel",
+                 "channels": int(q.scale.numel()), "scale_min": float(q.scale.min()),
+                 "scale_max": float(q.scale.max())}
+            if full:
+                d.update(scale=q.scale.tolist(), zero_point=q.zero_point.tolist())
+            return d
+
+        return {"config": self.config.model_dump(), "folded_batchnorm": self.folded_bn,
+                "skipped": self.skipped, "unobserved_sites": self.unobserved,
+                "activations": {k: {kk: vv for kk, vv in v.items() if kk != "qparams"} |
+                                {"scale": float(v["qparams"].scale), "zero_point": int(v["qparams"].zero_point),
+                                 "bits": v["qparams"].bits, "symmetric": v["qparams"].symmetric}
+                                for k, v in self.activations.items()},
+                "weights": {k: wsum(q) for k, q in self.weights.items()}}
+
+    def counts(self) -> dict[str, int]:
+        kinds: dict[str, int] = {}
+        for v in self.activations.values():
+            kinds[v["kind"]] = kinds.get(v["kind"], 0) + 1
+        return {"activation_sites": len(self.activations), "weight_tensors": len(self.weights),
+                "folded_batchnorm": len(self.folded_bn), "skipped_modules": len(self.skipped), **kinds}
+
+
+def _prepare(model: nn.Module, cfg: QuantConfig) -> tuple[nn.Module, list[str], list[str]]:
+    m = copy.deepcopy(model).eval()
+    folded = fold_batchnorm(m) if cfg.fold_bn else []
+    skipped = insert_sites(m, attention=cfg.attention, skip=cfg.skip)
+    return m, folded, skipped
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, cfg: QuantConfig, batches: Iterable[torch.Tensor],
+              on_batch: Callable[[int], None] | None = None) -> QuantPlan:
+    """Observe activations on calibration batches and choose every quantizer's parameters."""
+    m, folded, skipped = _prepare(model, cfg)
+    set_mode(m, "observe")
+    seen = 0
+    for i, x in enumerate(batches):
+        if cfg.calibration_batches is not None and i >= cfg.calibration_batches:
+            break
+        m(x)
+        seen += len(x)
+        if on_batch:
+            on_batch(len(x))
+    if seen == 0:
+        raise ValueError("no calibration images were given")
+    plan = QuantPlan(config=cfg, folded_bn=folded, skipped=skipped)
+    a = cfg.activations
+    for site in act_sites(m):
+        if site.observer is None or site.observer.empty:
+            plan.unobserved.append(site.site)
+            continue
+        obs = site.observer
+        symmetric = a.symmetric
+        if site.kind == "attn_softmax" and not a.symmetric:
+            lo, hi = 0.0, max(obs.max, 1e-8)  # probabilities: [0, max], no search below 0
+        else:
+            lo, hi = activation_range(obs, a.method, a.bits, symmetric, a.percentile)
+        plan.activations[site.site] = {"kind": site.kind, "observed": [obs.min, obs.max], "range": [lo, hi],
+                                       "qparams": qparams_from_range(torch.tensor(lo), torch.tensor(hi),
+                                                                     a.bits, symmetric)}
+    w = cfg.weights
+    for mod in weighted_sites(m):
+        plan.weights[mod.site] = weight_qparams(mod.inner.weight, w.bits, w.symmetric,
+                                                w.granularity == "channel", w.method)
+    return plan
+
+
+def apply_plan(model: nn.Module, plan: QuantPlan) -> nn.Module:
+    """The fake-quant model a plan describes (a copy; the float model is untouched)."""
+    m, _, _ = _prepare(model, plan.config)
+    for site in act_sites(m):
+        entry = plan.activations.get(site.site)
+        site.qparams = entry["qparams"] if entry else None
+    for mod in weighted_sites(m):
+        mod.weight_qparams = plan.weights.get(mod.site)
+    set_mode(m, "quant")
+    return m
+
+
+def quantize(model: nn.Module, cfg: QuantConfig, batches: Iterable[torch.Tensor],
+             on_batch: Callable[[int], None] | None = None) -> tuple[nn.Module, QuantPlan]:
+    """Calibrate and build the fake-quant model: ``qmodel, plan = quantize(model, cfg, batches)``."""
+    plan = calibrate(model, cfg, batches, on_batch)
+    return apply_plan(model, plan), plan

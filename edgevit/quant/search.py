@@ -1,0 +1,79 @@
+"""Choosing clipping ranges: min-max, percentile, and MSE search over candidate ranges.
+
+Activations (per tensor) are searched on the streamed histogram: the expected squared error of a
+candidate range is sum over bins of count * (center - fake_quant(center))^2. Weights (per output
+channel) are searched directly on the weight tensor.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from edgevit.quant.observers import HistogramObserver
+from edgevit.quant.uniform import QParams, qparams_from_range, qrange
+
+METHODS = ("minmax", "percentile", "mse")
+
+
+def _fake_quant_np(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int, symmetric: bool) -> np.ndarray:
+    """Fake-quantize x (bins,) under many candidate ranges (cands,) at once -> (cands, bins)."""
+    qmin, qmax = qrange(bits, symmetric)
+    lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
+    if symmetric:
+        scale = np.maximum(np.maximum(-lo, hi) / qmax, 1e-12)
+        zp = np.zeros_like(scale)
+    else:
+        scale = np.maximum((hi - lo) / (qmax - qmin), 1e-12)
+        zp = np.clip(np.round(qmin - lo / scale), qmin, qmax)
+    s, z = scale[:, None], zp[:, None]
+    return (np.clip(np.round(x[None, :] / s) + z, qmin, qmax) - z) * s
+
+
+def activation_range(obs: HistogramObserver, method: str, bits: int, symmetric: bool,
+                     percentile: float = 99.99, candidates: int = 32) -> tuple[float, float]:
+    """The clipping range [lo, hi] for one activation tensor."""
+    if obs.empty:
+        raise ValueError("the observer saw no data")
+    if method == "minmax":
+        return obs.min, obs.max
+    if method == "percentile":
+        return obs.percentile_range(percentile)
+    if method != "mse":
+        raise ValueError(f"unknown range method {method!r} (known: {', '.join(METHODS)})")
+    centers, counts = obs.centers(), obs.counts
+    keep = counts > 0
+    centers, counts = centers[keep], counts[keep]
+    fractions = np.linspace(0.2, 1.0, candidates)
+    lo0, hi0 = min(obs.min, 0.0), max(obs.max, 0.0)
+    if symmetric or lo0 == 0.0 or hi0 == 0.0:
+        lo, hi = lo0 * fractions, hi0 * fractions
+    else:  # both ends shrink independently: a grid of candidate pairs
+        fl, fh = np.meshgrid(fractions, fractions, indexing="ij")
+        lo, hi = lo0 * fl.ravel(), hi0 * fh.ravel()
+    err = ((_fake_quant_np(centers, lo, hi, bits, symmetric) - centers[None, :]) ** 2 * counts[None, :]).sum(1)
+    best = int(np.argmin(err))
+    return float(lo[best]), float(hi[best])
+
+
+def weight_qparams(w: torch.Tensor, bits: int, symmetric: bool, per_channel: bool, method: str,
+                   candidates: int = 40) -> QParams:
+    """Quantizer for a weight tensor (axis 0 = output channels); ``mse`` searches each channel's clip."""
+    w = w.detach().float()
+    flat = w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)
+    lo, hi = flat.min(1).values, flat.max(1).values
+    if method == "mse":
+        best_err = torch.full((flat.shape[0],), float("inf"))
+        best_lo, best_hi = lo.clone(), hi.clone()
+        for frac in torch.linspace(0.5, 1.0, candidates):
+            qp = qparams_from_range(lo * frac, hi * frac, bits, symmetric, axis=0)
+            err = ((qp.fake_quant(flat) - flat) ** 2).sum(1)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_lo = torch.where(better, lo * frac, best_lo)
+            best_hi = torch.where(better, hi * frac, best_hi)
+        lo, hi = best_lo, best_hi
+    elif method not in ("minmax", "percentile"):
+        raise ValueError(f"unknown weight range method {method!r} (known: minmax, mse)")
+    if per_channel:
+        return qparams_from_range(lo, hi, bits, symmetric, axis=0)
+    return qparams_from_range(lo[0], hi[0], bits, symmetric, axis=None)
