@@ -97,7 +97,7 @@ def _print_summary(report: dict, out_dir: Path) -> None:
                       "n/a" if acc.get("top1") is None else f"{100 * acc['top1']:.2f} %",
                       "n/a" if acc.get("delta_top1") is None else f"{100 * acc['delta_top1']:+.2f}",
                       "n/a" if not lat else f"{lat['batch1']['median_ms']:.2f}",
-                      f"{r['size_bytes'] / 1e6:.2f} MB")
+                      "n/a" if r["size_bytes"] is None else f"{r['size_bytes'] / 1e6:.2f} MB")
     console.print(table)
     for c in report["checks"]:
         console.print(f"{'[green]PASS[/green]' if c['ok'] else '[red]FAIL[/red]'} {c['name']}: {c['detail']}")

@@ -1,6 +1,7 @@
 """The one path every run takes: recipe -> model -> stages -> artifacts -> validation -> report."""
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import random
@@ -15,10 +16,11 @@ import torch
 
 from edgevit import __version__
 from edgevit.data import Preprocess, open_image_set
-from edgevit.errors import BadInput
+from edgevit.errors import BadInput, RunFailure
 from edgevit.export.onnx import export_onnx
 from edgevit.models import load_model
 from edgevit.progress import new_progress
+from edgevit.quant import quantize
 from edgevit.recipe import Recipe, recipe_to_yaml
 from edgevit.report import write_reports
 from edgevit.runfolder import staged_run_folder
@@ -85,12 +87,30 @@ def _load_eval(recipe: Recipe, pre: Preprocess, info) -> dict | None:
                         "labeled": labels is not None, "label_mapping": mapping}}
 
 
+def _quantize_stage(model, recipe: Recipe, pre: Preprocess, stage: Path) -> tuple[object, dict]:
+    """Calibrate on the recipe's images and build the fake-quant model; plan.json goes in the run."""
+    cfg = recipe.calibration
+    images = open_image_set(cfg.path, cfg.num, cfg.seed)
+    with new_progress() as progress:
+        task = progress.add_task("calibrate", total=len(images))
+        batches = (torch.from_numpy(x) for x, _ in images.batches(pre, cfg.batch_size))
+        t0 = time.time()
+        qmodel, plan = quantize(model, recipe.quantize, batches, lambda n: progress.advance(task, n))
+    if not plan.activations and not plan.weights:
+        raise RunFailure("quantize: found nothing to quantize in this model (no Linear/Conv2d layers)")
+    (stage / "plan.json").write_text(json.dumps(plan.to_dict(full=True), indent=1) + "\n")
+    log.info("quantized: %s", plan.counts())
+    summary = {"path": str(cfg.path), "images": len(images) - len(images.skipped), "skipped": len(images.skipped),
+               "used_by": ["quantize"]}
+    return qmodel, {"calibration": summary, "plan": plan.to_dict() | {"counts": plan.counts()},
+                    "seconds": round(time.time() - t0, 1)}
+
+
 def _calibration_summary(recipe: Recipe) -> dict | None:
     cfg = recipe.calibration
     if cfg is None:
         return None
     images = open_image_set(cfg.path, cfg.num, cfg.seed)
-    # No stage of this issue consumes calibration data yet; list it so a bad path fails early.
     return {"path": str(cfg.path), "images": len(images), "used_by": []}
 
 
@@ -104,20 +124,26 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
         model, info = load_model(recipe.model)
         log.info("model %s: %s, %d classes, input %d px", info.source, info.arch, info.num_classes, info.input_size)
         pre = Preprocess(info.input_size, info.mean, info.std, info.crop_pct, info.interpolation)
-        calib = _calibration_summary(recipe)
         evalset = _load_eval(recipe, pre, info)
         params = sum(p.numel() for p in model.parameters())
+        qmodel, quant = None, None
+        if recipe.quantize is not None:
+            qmodel, quant = _quantize_stage(model, recipe, pre, stage)
+            calib = quant.pop("calibration")
+        else:
+            calib = _calibration_summary(recipe)
         artifacts = []
         with new_progress() as progress:
             task = progress.add_task("export", total=len(recipe.export))
             for cfg, name in zip(recipe.export, names):
-                facts = export_onnx(model, info, cfg, stage / name, recipe.name)
+                source = qmodel if cfg.precision == "int8" else model
+                facts = export_onnx(source, info, cfg, stage / name, recipe.name)
                 artifacts.append({"name": cfg.name or name, "file": name, "format": cfg.format,
                                   "precision": cfg.precision, "runtime": "onnxruntime",
                                   "size_bytes": (stage / name).stat().st_size, "export": facts})
                 log.info("exported %s (%.2f MB, %s)", name, artifacts[-1]["size_bytes"] / 1e6, facts["simplifier"])
                 progress.advance(task)
-        results, checks = _validate(recipe, model, info, params, artifacts, evalset, stage)
+        results, checks = _validate(recipe, model, qmodel, info, params, artifacts, evalset, stage)
         report = {
             "schema_version": 1,
             "edgevit_version": __version__,
@@ -129,6 +155,7 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
                       "params": params, "labels": info.labels, "preprocessing": info.preprocessing(),
                       "card": info.card},
             "data": {"calibration": calib, "eval": evalset["summary"] if evalset else None},
+            "quantization": quant,
             "results": results,
             "checks": checks,
             "environment": environment(),
@@ -156,62 +183,82 @@ def _run_log(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def _validate(recipe: Recipe, model, info, params: int, artifacts: list[dict], evalset: dict | None,
+def _validate(recipe: Recipe, model, qmodel, info, params: int, artifacts: list[dict], evalset: dict | None,
               stage: Path) -> tuple[list[dict], list[dict]]:
-    """Accuracy of every artifact on its runtime against the FP32 PyTorch model, parity, latency."""
+    """Accuracy of every artifact on its runtime against the FP32 PyTorch model, parity, latency.
+
+    INT8 artifacts are compared with the fake-quant PyTorch model they were lowered from
+    (simulated vs deployed); FP32/FP16 ones with the float model.
+    """
     val = recipe.validation
     devices = val.devices
+    threads = devices[0].threads if devices else 2
+    providers = devices[0].providers if devices else None
     sample = evalset["x"][:max(1, min(len(evalset["x"]), 64))] if evalset else \
         np.random.default_rng(recipe.seed).standard_normal((8, 3, info.input_size, info.input_size)).astype(np.float32)
-    reference_row = {"name": "pytorch-fp32", "file": None, "format": "pytorch", "precision": "fp32",
-                     "runtime": "torch", "size_bytes": params * 4, "export": None}
-    rows = [reference_row] + artifacts
-    checks: list[dict] = []
+    rows = [{"name": "pytorch-fp32", "file": None, "format": "pytorch", "precision": "fp32",
+             "runtime": "torch", "size_bytes": params * 4, "export": None}]
+    runners = [TorchRunner(model, threads)]
+    if qmodel is not None:
+        rows.append({"name": "pytorch-int8-sim", "file": None, "format": "pytorch", "precision": "int8-sim",
+                     "runtime": "torch", "size_bytes": None, "export": None})
+        runners.append(TorchRunner(qmodel, threads))
+    for a in artifacts:
+        rows.append(a)
+        runners.append(OrtRunner(stage / a["file"], threads, providers))
+    timed = [r for r in rows if r["precision"] != "int8-sim"]
     n_eval = len(evalset["x"]) if evalset else 0
-    per_device = sum(timed_iterations(d) for d in devices)
+    logits: dict[str, np.ndarray] = {}
     with new_progress() as progress:
         t_eval = progress.add_task("evaluate", total=n_eval * len(rows))
-        t_lat = progress.add_task("benchmark", total=per_device * len(rows))
-        ref_logits = None
-        for row in rows:
-            threads = devices[0].threads if devices else 2
-            providers = devices[0].providers if devices else None
-            runner = TorchRunner(model, threads) if row["runtime"] == "torch" else \
-                OrtRunner(stage / row["file"], threads, providers)
+        t_lat = progress.add_task("benchmark", total=sum(timed_iterations(d) for d in devices) * len(timed))
+        for row, runner in zip(rows, runners):
+            row["accuracy"] = None
             if evalset:
-                logits = collect_logits(runner, evalset["x"], evalset["batch_size"],
-                                        lambda n: progress.advance(t_eval, n))
-                if ref_logits is None:
-                    ref_logits = logits
-                row["accuracy"] = accuracy_metrics(logits, evalset["labels"], ref_logits)
-            else:
-                row["accuracy"] = None
-            row["parity"] = _parity(runner, model, sample[:val.parity_images], val.parity_tolerance, row)
-            if row["parity"] is not None and row["precision"] == "fp32":
-                checks.append({"name": f"{row['name']}: FP32 ONNX matches PyTorch",
-                               "ok": row["parity"]["ok"],
-                               "detail": f"max abs logit diff {row['parity']['max_abs_diff']:.2e} "
-                                         f"(tolerance {val.parity_tolerance:g}) on {row['parity']['images']} images"})
-            row["latency"] = [measure(runner, sample, d, lambda: progress.advance(t_lat)) for d in devices]
-    ref_top1 = rows[0]["accuracy"]["top1"] if rows[0].get("accuracy") else None
+                logits[row["name"]] = collect_logits(runner, evalset["x"], evalset["batch_size"],
+                                                     lambda n: progress.advance(t_eval, n))
+                row["accuracy"] = accuracy_metrics(logits[row["name"]], evalset["labels"], logits["pytorch-fp32"])
+            origin = qmodel if row["precision"] == "int8" else model
+            row["parity"] = None if row["runtime"] == "torch" else \
+                _parity(runner, origin, sample[:val.parity_images], val.parity_tolerance, row["precision"])
+            row["latency"] = [] if row["precision"] == "int8-sim" else \
+                [measure(runner, sample, d, lambda: progress.advance(t_lat)) for d in devices]
+    ref_top1 = rows[0]["accuracy"]["top1"] if rows[0]["accuracy"] else None
     for row in rows:
-        acc = row.get("accuracy")
+        acc = row["accuracy"]
         if acc is not None:
             acc["delta_top1"] = (acc["top1"] - ref_top1) if (acc["top1"] is not None and ref_top1 is not None) else None
-    fp32_onnx = [r for r in rows if r["runtime"] == "onnxruntime" and r["precision"] == "fp32" and r.get("accuracy")]
-    for r in fp32_onnx:
-        if r["accuracy"]["top1"] is not None and ref_top1 is not None:
-            checks.append({"name": f"{r['name']}: top-1 in ORT equals PyTorch",
-                           "ok": abs(r["accuracy"]["top1"] - ref_top1) <= 1.0 / max(1, n_eval) + 1e-12,
-                           "detail": f"ORT {r['accuracy']['top1']:.4f} vs PyTorch {ref_top1:.4f} on {n_eval} images"})
-    return rows, checks
+    return rows, _checks(rows, logits, val, n_eval, ref_top1)
 
 
-def _parity(runner, model, x: np.ndarray, tol: float, row: dict) -> dict | None:
-    """Max abs logit difference of an artifact vs the PyTorch model on real images."""
-    if row["runtime"] == "torch":
-        return None
-    ref = TorchRunner(model)(x)
-    diff = float(np.abs(runner(x) - ref).max())
+def _checks(rows: list[dict], logits: dict, val, n_eval: int, ref_top1: float | None) -> list[dict]:
+    """Pass/fail statements: FP32 ONNX equals PyTorch; deployed INT8 agrees with its simulation."""
+    checks = []
+    for r in rows:
+        par = r.get("parity")
+        if r["runtime"] != "onnxruntime" or par is None:
+            continue
+        if r["precision"] == "fp32":
+            checks.append({"name": f"{r['name']}: FP32 ONNX matches PyTorch", "ok": par["ok"],
+                           "detail": f"max abs logit diff {par['max_abs_diff']:.2e} (tolerance {val.parity_tolerance:g}) "
+                                     f"on {par['images']} images"})
+            top1 = (r["accuracy"] or {}).get("top1")
+            if top1 is not None and ref_top1 is not None:
+                checks.append({"name": f"{r['name']}: top-1 in ORT equals PyTorch",
+                               "ok": abs(top1 - ref_top1) <= 1.0 / max(1, n_eval) + 1e-12,
+                               "detail": f"ORT {top1:.4f} vs PyTorch {ref_top1:.4f} on {n_eval} images"})
+        if r["precision"] == "int8" and "pytorch-int8-sim" in logits and r["name"] in logits:
+            agree = float((logits[r["name"]].argmax(1) == logits["pytorch-int8-sim"].argmax(1)).mean())
+            r["accuracy"]["agreement_with_simulation"] = agree
+            checks.append({"name": f"{r['name']}: deployed INT8 agrees with the simulation", "ok": agree >= 0.99,
+                           "detail": f"top-1 agreement ORT vs fake-quant PyTorch {100 * agree:.1f} % on {n_eval} "
+                                     "images (needs >= 99 %)"})
+    return checks
+
+
+def _parity(runner, origin, x: np.ndarray, tol: float, precision: str) -> dict:
+    """Max abs logit difference of an artifact vs the PyTorch model it came from, on real images."""
+    diff = float(np.abs(runner(x) - TorchRunner(origin)(x)).max())
     return {"images": int(len(x)), "max_abs_diff": diff, "tolerance": tol,
-            "ok": diff <= tol if row["precision"] == "fp32" else None}
+            "against": "pytorch-int8-sim" if precision == "int8" else "pytorch-fp32",
+            "ok": diff <= tol if precision == "fp32" else None}

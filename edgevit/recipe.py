@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgevit.errors import BadInput
+from edgevit.quant.config import QuantConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_RECIPES = PROJECT_ROOT / "recipes"
@@ -72,7 +73,7 @@ class ExportConfig(_Strict):
 
     name: str | None = None
     format: Literal["onnx"] = "onnx"
-    precision: Literal["fp32", "fp16"] = "fp32"
+    precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="int8: real QDQ from the quantize stage")
     opset: int = Field(17, ge=17, le=21)
     simplify: bool = True
     dynamic_batch: bool = True
@@ -108,8 +109,27 @@ class Recipe(_Strict):
     seed: int = 0
     model: ModelConfig = Field(default_factory=ModelConfig)
     calibration: DataConfig | None = None
+    quantize: QuantConfig | None = Field(None, description="post-training quantization (needs calibration)")
     export: list[ExportConfig] = Field(default_factory=lambda: [ExportConfig()])
     validation: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+
+    @model_validator(mode="after")
+    def _stages_fit_targets(self) -> "Recipe":
+        if self.quantize is not None and self.calibration is None:
+            raise ValueError("quantize: needs a calibration: section (images to calibrate on)")
+        for i, e in enumerate(self.export):
+            if e.precision != "int8":
+                continue
+            if self.quantize is None:
+                raise ValueError(f"export.{i}.precision: int8 needs a quantize: section")
+            bits = {"quantize.weights.bits": self.quantize.weights.bits,
+                    "quantize.activations.bits": self.quantize.activations.bits}
+            for key, b in bits.items():
+                if b != 8:
+                    raise ValueError(f"{key}: {b}-bit can be simulated but not exported as ONNX int8 "
+                                     f"(export.{i}): ONNX Runtime and TensorRT run 8-bit integer kernels only; "
+                                     "use 8 bits or drop the int8 export")
+        return self
 
 
 # --------------------------------------------------------------------------- loading
@@ -312,6 +332,8 @@ def _format_error(err: ValidationError, path: Path | None, origins: dict[str, st
         if key in origins:
             origin = origins[key]
             break
+    if e["type"] == "value_error" and not loc:
+        return f"{origin}: {e['msg'].removeprefix('Value error, ')}"
     if e["type"] == "extra_forbidden":
         owner = _model_at(loc, root)
         allowed = sorted((f.alias or n) for n, f in owner.model_fields.items()) if owner else []

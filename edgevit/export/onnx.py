@@ -146,11 +146,20 @@ def topological_sort(model: onnx.ModelProto) -> onnx.ModelProto:
 def export_onnx(model: nn.Module, info, cfg, path: Path, recipe_name: str) -> dict:
     """Export one ONNX artifact as an ``ExportConfig`` asks; returns facts for the report."""
     proto = torch_to_onnx(model, info.input_size, cfg.opset, cfg.dynamic_batch)
+    facts: dict = {}
+    if cfg.precision == "int8":
+        from edgevit.export.qdq import fold_weight_quantizers
+
+        facts["int8_weight_tensors"] = fold_weight_quantizers(proto)
     simplifier = "off"
     if cfg.simplify:
         proto, simplifier = simplify(proto)
     if cfg.precision == "fp16":
         proto = to_fp16(proto)
     write_onnx(proto, path, onnx_metadata(info, recipe_name, cfg.precision))
+    if cfg.precision == "int8":
+        from edgevit.export.qdq import ort_int8_audit
+
+        facts["ort_int8"] = ort_int8_audit(path)
     ops = op_counts(proto)
-    return {"opset": cfg.opset, "simplifier": simplifier, "ops": ops, "nodes": sum(ops.values())}
+    return {"opset": cfg.opset, "simplifier": simplifier, "ops": ops, "nodes": sum(ops.values()), **facts}

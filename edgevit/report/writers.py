@@ -94,6 +94,17 @@ def markdown(report: dict) -> str:
         lines.append("")
     if report.get("plots"):
         lines += ["![top-1 vs latency](accuracy_latency.png)", ""]
+    quant = report.get("quantization")
+    if quant:
+        c = quant["plan"]["counts"]
+        cfg = quant["plan"]["config"]
+        w, a = cfg["weights"], cfg["activations"]
+        lines += ["## Quantization", "",
+                  f"W{w['bits']}A{a['bits']}: weights {'symmetric' if w['symmetric'] else 'asymmetric'} per "
+                  f"{w['granularity']} ({w['method']}), activations {'symmetric' if a['symmetric'] else 'asymmetric'} "
+                  f"per tensor ({a['method']}); {c['activation_sites']} activation sites, {c['weight_tensors']} "
+                  f"weight tensors, {c['folded_batchnorm']} BatchNorms folded; calibration took {quant['seconds']} s. "
+                  "The full plan (every site's range, scale and zero point) is in `plan.json`.", ""]
     lines += ["## Checks", ""]
     for c in report["checks"]:
         lines.append(f"- {'PASS' if c['ok'] else 'FAIL'}: {c['name']}: {c['detail']}")
@@ -105,8 +116,14 @@ def markdown(report: dict) -> str:
             e = r["export"]
             par = r.get("parity") or {}
             lines.append(f"- `{r['file']}`: opset {e['opset']}, {e['nodes']} nodes, simplifier: {e['simplifier']}, "
-                         f"max abs logit diff vs PyTorch {par.get('max_abs_diff', float('nan')):.2e} "
-                         f"on {par.get('images', 0)} images")
+                         f"max abs logit diff vs {par.get('against', 'PyTorch')} "
+                         f"{par.get('max_abs_diff', float('nan')):.2e} on {par.get('images', 0)} images")
+            audit = e.get("ort_int8")
+            if audit:
+                ops = ", ".join(f"{k} {v}" for k, v in audit["int8_ops"].items()) or "none"
+                left = ", ".join(audit["float_left"][:12]) + (" ..." if len(audit["float_left"]) > 12 else "")
+                lines.append(f"  - ONNX Runtime runs {audit['int8_nodes']} compute nodes in INT8 ({ops}); "
+                             f"{audit['float_nodes']} left in float" + (f": {left}" if left else ""))
     env = report["environment"]
     lines += ["", f"Environment: Python {env['python']}, torch {env['torch']}, timm {env['timm']}, "
                   f"onnx {env['onnx']}, onnxruntime {env['onnxruntime']}, {env['cpu_count']} CPUs; "
