@@ -84,6 +84,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--wd", type=float, default=0.05)
+    p.add_argument("--clip-grad", type=float, default=0.0, help="max gradient norm (0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR)
@@ -127,9 +128,11 @@ def main() -> None:
             loss = F.cross_entropy(model(xb), yb, label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if args.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
             opt.step()
             step += 1
-            running += float(loss) * len(idx)
+            running += float(loss.detach()) * len(idx)
             seen += len(idx)
         acc = evaluate(model, x_test[::5], y_test[::5], spec.mean, spec.std)
         rec = {"epoch": epoch + 1, "loss": running / seen, "test_top1_2k": acc,
@@ -150,7 +153,7 @@ def main() -> None:
     card = {
         "name": spec.name, "arch": spec.arch, "dataset": "CIFAR-10 (JPEG, ../shared/data/cifar10)",
         "test_top1": top1, "test_images": int(len(x_test)), "epochs": args.epochs,
-        "batch": args.batch, "lr": args.lr, "weight_decay": args.wd, "seed": args.seed,
+        "batch": args.batch, "lr": args.lr, "weight_decay": args.wd, "clip_grad": args.clip_grad, "seed": args.seed,
         "threads": args.threads, "train_minutes": round((time.time() - t0) / 60, 1),
         "params": sum(p.numel() for p in model.parameters()),
         "labels": labels, "mean": list(spec.mean), "std": list(spec.std), "input_size": spec.input_size,

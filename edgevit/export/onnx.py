@@ -148,9 +148,10 @@ def export_onnx(model: nn.Module, info, cfg, path: Path, recipe_name: str) -> di
     proto = torch_to_onnx(model, info.input_size, cfg.opset, cfg.dynamic_batch)
     facts: dict = {}
     if cfg.precision == "int8":
-        from edgevit.export.qdq import fold_weight_quantizers
+        from edgevit.export.qdq import fold_weight_quantizers, fold_weight_transposes
 
         facts["int8_weight_tensors"] = fold_weight_quantizers(proto)
+        fold_weight_transposes(proto)
     simplifier = "off"
     if cfg.simplify:
         proto, simplifier = simplify(proto)

@@ -56,6 +56,41 @@ def fold_weight_quantizers(model: onnx.ModelProto) -> int:
     return folded
 
 
+def fold_weight_transposes(model: onnx.ModelProto) -> int:
+    """Store transposed int8 weights instead of DequantizeLinear -> Transpose (how the exporter writes
+    a Linear on 3-D input), so every MatMul reads its weight straight from a DequantizeLinear."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    uses: dict[str, int] = Counter(i for n in g.node for i in n.input)
+    removed = 0
+    for n in list(g.node):
+        if n.op_type != "Transpose":
+            continue
+        dq = producer.get(n.input[0])
+        perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), None)
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or perm != [1, 0] \
+                or uses[dq.output[0]] != 1 or uses[dq.input[0]] != 1:
+            continue
+        w = numpy_helper.to_array(inits[dq.input[0]])
+        if w.ndim != 2:
+            continue
+        inits[dq.input[0]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w.T), dq.input[0]))
+        axis = next((a for a in dq.attribute if a.name == "axis"), None)
+        if axis is not None:
+            axis.i = 1 - (axis.i % 2)
+        for m in g.node:
+            for k, i in enumerate(m.input):
+                if i == n.output[0]:
+                    m.input[k] = dq.output[0]
+        for o in g.output:
+            if o.name == n.output[0]:
+                o.name = dq.output[0]
+        g.node.remove(n)
+        removed += 1
+    return removed
+
+
 def _drop_unused(model: onnx.ModelProto) -> None:
     g = model.graph
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output}

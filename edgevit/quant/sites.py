@@ -111,7 +111,7 @@ class QuantAttention(nn.Module):
         q, k, v = qkv.unbind(0)
         q, k = a.q_norm(q), a.k_norm(k)
         q = self.q_quant(q * a.scale)
-        attn = q @ self.k_quant(k).transpose(-2, -1)
+        attn = q @ self.k_quant(k.transpose(-2, -1))  # Q/DQ right at the MatMul input
         attn = self.attn_quant(attn.softmax(dim=-1))
         x = attn @ self.v_quant(v)
         x = x.transpose(1, 2).reshape(B, N, -1)
