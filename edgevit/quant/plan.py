@@ -60,7 +60,7 @@ class QuantPlan:
 def _prepare(model: nn.Module, cfg: QuantConfig) -> tuple[nn.Module, list[str], list[str]]:
     m = copy.deepcopy(model).eval()
     folded = fold_batchnorm(m) if cfg.fold_bn else []
-    skipped = insert_sites(m, attention=cfg.attention, skip=cfg.skip)
+    skipped = insert_sites(m, attention=cfg.attention, skip=cfg.skip, conv_output=cfg.conv_output)
     return m, folded, skipped
 
 

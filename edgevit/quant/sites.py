@@ -78,15 +78,22 @@ class QuantLinear(_QuantWeighted):
 
 
 class QuantConv2d(_QuantWeighted):
-    """nn.Conv2d with a quantized input site and a per-channel quantized weight."""
+    """nn.Conv2d with a quantized input site, a per-channel quantized weight and, optionally, a
+    quantized output (ONNX Runtime turns DQ -> Conv -> Q into an integer QLinearConv)."""
+
+    def __init__(self, inner: nn.Module, name: str, quantize_output: bool = False):
+        super().__init__(inner, name)
+        self.output_quant = ActQuant(f"{name}.output", "conv_output") if quantize_output else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.inner
         x = self.input_quant(x)
         if c.padding_mode != "zeros":
             x = F.pad(x, c._reversed_padding_repeated_twice, mode=c.padding_mode)
-            return F.conv2d(x, self.weight(), c.bias, c.stride, 0, c.dilation, c.groups)
-        return F.conv2d(x, self.weight(), c.bias, c.stride, c.padding, c.dilation, c.groups)
+            y = F.conv2d(x, self.weight(), c.bias, c.stride, 0, c.dilation, c.groups)
+        else:
+            y = F.conv2d(x, self.weight(), c.bias, c.stride, c.padding, c.dilation, c.groups)
+        return self.output_quant(y) if self.output_quant is not None else y
 
 
 class QuantAttention(nn.Module):
@@ -129,7 +136,8 @@ def _is_timm_attention(m: nn.Module) -> bool:
     return type(m) is Attention
 
 
-def insert_sites(model: nn.Module, attention: bool = True, skip: list[str] = ()) -> list[str]:
+def insert_sites(model: nn.Module, attention: bool = True, skip: list[str] = (),
+                 conv_output: bool = False) -> list[str]:
     """Replace Linear/Conv2d (and timm Attention) modules by their quantized wrappers, in place.
 
     Returns the names of the modules left in float because they match a ``skip`` pattern.
@@ -145,7 +153,7 @@ def insert_sites(model: nn.Module, attention: bool = True, skip: list[str] = ())
             if isinstance(child, nn.Linear):
                 setattr(parent, child_name, QuantLinear(child, name))
             elif isinstance(child, nn.Conv2d):
-                setattr(parent, child_name, QuantConv2d(child, name))
+                setattr(parent, child_name, QuantConv2d(child, name, conv_output))
             else:
                 visit(child, f"{name}.")
                 if attention and _is_timm_attention(child):
