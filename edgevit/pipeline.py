@@ -95,7 +95,10 @@ def _quantize_stage(model, recipe: Recipe, pre: Preprocess, stage: Path) -> tupl
         task = progress.add_task("calibrate", total=len(images))
         batches = (torch.from_numpy(x) for x, _ in images.batches(pre, cfg.batch_size))
         t0 = time.time()
-        qmodel, plan = quantize(model, recipe.quantize, batches, lambda n: progress.advance(task, n))
+        try:
+            qmodel, plan = quantize(model, recipe.quantize, batches, lambda n: progress.advance(task, n))
+        except ValueError as e:
+            raise BadInput(f"calibration {cfg.path}: {e} ({len(images.skipped)} unreadable image(s))") from None
     if not plan.activations and not plan.weights:
         raise RunFailure("quantize: found nothing to quantize in this model (no Linear/Conv2d layers)")
     (stage / "plan.json").write_text(json.dumps(plan.to_dict(full=True), indent=1) + "\n")

@@ -121,3 +121,12 @@ def test_int8_recipe_end_to_end(tmp_path):
     assert plan["activations"] and all(len(v["scale"]) >= 1 for v in plan["weights"].values())
     md = (out / "report.md").read_text()
     assert "compute nodes in INT8" in md and "| pytorch-int8-sim |" in md
+
+
+def test_unreadable_calibration_images_fail_clearly(tmp_path):
+    bad = tmp_path / "calib"
+    bad.mkdir()
+    (bad / "a.jpg").write_bytes(b"not an image")
+    res = run_cli("compress", "--recipe", "recipes/int8_ptq.yaml", "--calib", str(bad), "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and "calibration" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "o").exists()
