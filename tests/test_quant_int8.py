@@ -130,3 +130,20 @@ def test_unreadable_calibration_images_fail_clearly(tmp_path):
     res = run_cli("compress", "--recipe", "recipes/int8_ptq.yaml", "--calib", str(bad), "--out", str(tmp_path / "o"))
     assert res.returncode == 2 and "calibration" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_conv_output_mode_runs_the_conv_trunk_in_int8(tmp_path):
+    model, info = load_model(ModelConfig(source="builtin:hybrid-cifar10"))
+    pre = Preprocess(info.input_size, info.mean, info.std)
+    calib = [torch.from_numpy(x) for x, _ in open_image_set(CALIB_DIR, num=128, seed=0).batches(pre, 64)]
+    qmodel, plan = quantize(model, QuantConfig(conv_output=True), calib)
+    counts = plan.counts()
+    assert counts["conv_output"] > 0 and counts["sigmoid_output"] > 0
+    path = tmp_path / "int8.onnx"
+    facts = export_onnx(qmodel, info, ExportConfig(precision="int8"), path, "unit")
+    ops = facts["ort_int8"]["int8_ops"]
+    assert ops.get("QLinearConv", 0) == counts["conv_output"]
+    x, _ = open_image_set(EVAL_DIR, num=300, seed=0).load(pre)
+    sim, dep = TorchRunner(qmodel)(x), OrtRunner(path, threads=1)(x)
+    assert (sim.argmax(1) == dep.argmax(1)).mean() >= 0.98
+    assert (TorchRunner(model)(x).argmax(1) == sim.argmax(1)).mean() >= 0.9

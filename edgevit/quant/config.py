@@ -34,7 +34,8 @@ class QuantConfig(_Strict):
     weights: WeightQuant = Field(default_factory=WeightQuant)
     activations: ActivationQuant = Field(default_factory=ActivationQuant)
     attention: bool = Field(True, description="quantize Q, K, V and the softmax output of attention")
-    conv_output: bool = Field(False, description="also quantize Conv outputs (lets ORT run QLinearConv)")
+    conv_output: bool = Field(False, description="also quantize Conv outputs and SiLU's sigmoid, so ONNX "
+                              "Runtime runs the conv trunk as integer ops (QLinearConv, QLinearSigmoid, QLinearMul)")
     fold_bn: bool = True
     skip: list[str] = Field(default_factory=list, description="module names (fnmatch patterns) kept in float")
     calibration_batches: int | None = Field(None, gt=0, description="default: all calibration images")

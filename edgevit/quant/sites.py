@@ -96,6 +96,20 @@ class QuantConv2d(_QuantWeighted):
         return self.output_quant(y) if self.output_quant is not None else y
 
 
+class QuantSiLU(nn.Module):
+    """SiLU as x * sigmoid(x) with the sigmoid output quantized, so that with quantized Conv
+    outputs ONNX Runtime runs Sigmoid and Mul as integer ops and keeps the conv trunk in NHWC int8
+    (a float op between two QLinearConv forces layout transposes around each of them)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.site = name
+        self.sigmoid_quant = ActQuant(f"{name}.sigmoid", "sigmoid_output")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.sigmoid_quant(torch.sigmoid(x))
+
+
 class QuantAttention(nn.Module):
     """timm ``Attention`` computed unfused, with sites on the operands of both matmuls."""
 
@@ -153,7 +167,12 @@ def insert_sites(model: nn.Module, attention: bool = True, skip: list[str] = (),
             if isinstance(child, nn.Linear):
                 setattr(parent, child_name, QuantLinear(child, name))
             elif isinstance(child, nn.Conv2d):
-                setattr(parent, child_name, QuantConv2d(child, name, conv_output))
+                # Only a conv inside a conv-norm-act unit feeds integer ops; a bare conv (e.g. MobileViT's
+                # conv_1x1 before unfolding into tokens) would push uint8 data into slow layout transposes.
+                in_unit = child_name == "conv" and hasattr(parent, "bn")
+                setattr(parent, child_name, QuantConv2d(child, name, conv_output and in_unit))
+            elif isinstance(child, nn.SiLU) and conv_output:
+                setattr(parent, child_name, QuantSiLU(name))
             else:
                 visit(child, f"{name}.")
                 if attention and _is_timm_attention(child):
