@@ -50,11 +50,16 @@ class ModelConfig(_Strict):
             raise ValueError(f"must start with one of {', '.join(MODEL_PREFIXES)} (got {v!r})")
         return v
 
-    @field_validator("std")
+    @field_validator("mean", "std")
     @classmethod
-    def _positive_std(cls, v):
-        if v is not None and min(v) <= 0:
+    def _zero_one_scale(cls, v, info):
+        if v is None:
+            return v
+        if info.field_name == "std" and min(v) <= 0:
             raise ValueError("std values must be > 0")
+        if max(abs(x) for x in v) > 1:
+            raise ValueError(f"{info.field_name} is on the 0-1 scale (got {v}); values on the 0-255 scale "
+                             "must be divided by 255")
         return v
 
 

@@ -120,3 +120,9 @@ def test_every_shipped_yaml_is_valid():
             assert isinstance(load_recipe(p), Recipe)
     for p in (ROOT / "calibration").glob("*.yaml"):
         assert "path" in yaml.safe_load(p.read_text())
+
+
+def test_mean_on_0_255_scale_is_caught():
+    with pytest.raises(BadInput) as e:
+        build_recipe({"name": "x", "model": {"mean": [123.7, 116.3, 103.5]}})
+    assert "model.mean" in str(e.value) and "255" in str(e.value)
