@@ -20,7 +20,8 @@ from edgevit.errors import BadInput, RunFailure
 from edgevit.export.onnx import export_onnx
 from edgevit.models import load_model
 from edgevit.progress import new_progress
-from edgevit.quant import quantize
+from edgevit.quant import apply_plan, quantize
+from edgevit.quant.lowering import lower_plan
 from edgevit.recipe import Recipe, recipe_to_yaml
 from edgevit.report import write_reports
 from edgevit.runfolder import staged_run_folder
@@ -28,6 +29,7 @@ from edgevit.validate import OrtRunner, TorchRunner, accuracy_metrics, collect_l
 from edgevit.validate.latency import timed_iterations
 
 log = logging.getLogger("edgevit")
+SIM_NAME = "pytorch-int8-sim"
 
 
 @dataclass
@@ -87,7 +89,7 @@ def _load_eval(recipe: Recipe, pre: Preprocess, info) -> dict | None:
                         "labeled": labels is not None, "label_mapping": mapping}}
 
 
-def _quantize_stage(model, recipe: Recipe, pre: Preprocess, stage: Path) -> tuple[object, dict]:
+def _quantize_stage(model, recipe: Recipe, pre: Preprocess, stage: Path) -> tuple[object, object, dict]:
     """Calibrate on the recipe's images and build the fake-quant model; plan.json goes in the run."""
     cfg = recipe.calibration
     images = open_image_set(cfg.path, cfg.num, cfg.seed)
@@ -105,8 +107,8 @@ def _quantize_stage(model, recipe: Recipe, pre: Preprocess, stage: Path) -> tupl
     log.info("quantized: %s", plan.counts())
     summary = {"path": str(cfg.path), "images": len(images) - len(images.skipped), "skipped": len(images.skipped),
                "used_by": ["quantize"]}
-    return qmodel, {"calibration": summary, "plan": plan.to_dict() | {"counts": plan.counts()},
-                    "seconds": round(time.time() - t0, 1)}
+    return qmodel, plan, {"calibration": summary, "plan": plan.to_dict() | {"counts": plan.counts()},
+                          "seconds": round(time.time() - t0, 1)}
 
 
 def _calibration_summary(recipe: Recipe) -> dict | None:
@@ -129,9 +131,10 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
         pre = Preprocess(info.input_size, info.mean, info.std, info.crop_pct, info.interpolation)
         evalset = _load_eval(recipe, pre, info)
         params = sum(p.numel() for p in model.parameters())
-        qmodel, quant = None, None
+        quant, sims = None, {}
         if recipe.quantize is not None:
-            qmodel, quant = _quantize_stage(model, recipe, pre, stage)
+            qmodel, plan, quant = _quantize_stage(model, recipe, pre, stage)
+            sims[SIM_NAME] = qmodel
             calib = quant.pop("calibration")
         else:
             calib = _calibration_summary(recipe)
@@ -139,14 +142,20 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
         with new_progress() as progress:
             task = progress.add_task("export", total=len(recipe.export))
             for cfg, name in zip(recipe.export, names):
-                source = qmodel if cfg.precision == "int8" else model
+                source, sim_name = model, None
+                if cfg.precision == "int8":
+                    sim_name = SIM_NAME if cfg.target == "onnxruntime" else f"{SIM_NAME}-{cfg.target}"
+                    if sim_name not in sims:
+                        sims[sim_name] = apply_plan(model, lower_plan(plan, cfg.target))
+                    source = sims[sim_name]
                 facts = export_onnx(source, info, cfg, stage / name, recipe.name)
                 artifacts.append({"name": cfg.name or name, "file": name, "format": cfg.format,
                                   "precision": cfg.precision, "runtime": "onnxruntime",
-                                  "size_bytes": (stage / name).stat().st_size, "export": facts})
+                                  "size_bytes": (stage / name).stat().st_size, "export": facts,
+                                  "simulated_by": sim_name})
                 log.info("exported %s (%.2f MB, %s)", name, artifacts[-1]["size_bytes"] / 1e6, facts["simplifier"])
                 progress.advance(task)
-        results, checks = _validate(recipe, model, qmodel, info, params, artifacts, evalset, stage)
+        results, checks = _validate(recipe, model, sims, info, params, artifacts, evalset, stage)
         report = {
             "schema_version": 1,
             "edgevit_version": __version__,
@@ -186,7 +195,7 @@ def _run_log(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def _validate(recipe: Recipe, model, qmodel, info, params: int, artifacts: list[dict], evalset: dict | None,
+def _validate(recipe: Recipe, model, sims: dict, info, params: int, artifacts: list[dict], evalset: dict | None,
               stage: Path) -> tuple[list[dict], list[dict]]:
     """Accuracy of every artifact on its runtime against the FP32 PyTorch model, parity, latency.
 
@@ -202,10 +211,10 @@ def _validate(recipe: Recipe, model, qmodel, info, params: int, artifacts: list[
     rows = [{"name": "pytorch-fp32", "file": None, "format": "pytorch", "precision": "fp32",
              "runtime": "torch", "size_bytes": params * 4, "export": None}]
     runners = [TorchRunner(model, threads)]
-    if qmodel is not None:
-        rows.append({"name": "pytorch-int8-sim", "file": None, "format": "pytorch", "precision": "int8-sim",
+    for sim_name, sim_model in sims.items():
+        rows.append({"name": sim_name, "file": None, "format": "pytorch", "precision": "int8-sim",
                      "runtime": "torch", "size_bytes": None, "export": None})
-        runners.append(TorchRunner(qmodel, threads))
+        runners.append(TorchRunner(sim_model, threads))
     for a in artifacts:
         rows.append(a)
         runners.append(OrtRunner(stage / a["file"], threads, providers))
@@ -221,9 +230,10 @@ def _validate(recipe: Recipe, model, qmodel, info, params: int, artifacts: list[
                 logits[row["name"]] = collect_logits(runner, evalset["x"], evalset["batch_size"],
                                                      lambda n: progress.advance(t_eval, n))
                 row["accuracy"] = accuracy_metrics(logits[row["name"]], evalset["labels"], logits["pytorch-fp32"])
-            origin = qmodel if row["precision"] == "int8" else model
+            origin = sims[row["simulated_by"]] if row.get("simulated_by") else model
             row["parity"] = None if row["runtime"] == "torch" else \
-                _parity(runner, origin, sample[:val.parity_images], val.parity_tolerance, row["precision"])
+                _parity(runner, origin, sample[:val.parity_images], val.parity_tolerance,
+                        row["precision"], row.get("simulated_by") or "pytorch-fp32")
             row["latency"] = [] if row["precision"] == "int8-sim" else \
                 [measure(runner, sample, d, lambda: progress.advance(t_lat)) for d in devices]
     ref_top1 = rows[0]["accuracy"]["top1"] if rows[0]["accuracy"] else None
@@ -250,18 +260,24 @@ def _checks(rows: list[dict], logits: dict, val, n_eval: int, ref_top1: float | 
                 checks.append({"name": f"{r['name']}: top-1 in ORT equals PyTorch",
                                "ok": abs(top1 - ref_top1) <= 1.0 / max(1, n_eval) + 1e-12,
                                "detail": f"ORT {top1:.4f} vs PyTorch {ref_top1:.4f} on {n_eval} images"})
-        if r["precision"] == "int8" and "pytorch-int8-sim" in logits and r["name"] in logits:
-            agree = float((logits[r["name"]].argmax(1) == logits["pytorch-int8-sim"].argmax(1)).mean())
+        sim = r.get("simulated_by")
+        if r["precision"] == "int8" and sim in logits and r["name"] in logits:
+            agree = float((logits[r["name"]].argmax(1) == logits[sim].argmax(1)).mean())
             r["accuracy"]["agreement_with_simulation"] = agree
             checks.append({"name": f"{r['name']}: deployed INT8 agrees with the simulation", "ok": agree >= 0.99,
-                           "detail": f"top-1 agreement ORT vs fake-quant PyTorch {100 * agree:.1f} % on {n_eval} "
+                           "detail": f"top-1 agreement ORT vs {sim} {100 * agree:.1f} % on {n_eval} "
                                      "images (needs >= 99 %)"})
+        if r["precision"] == "int8" and r["export"]["target"] == "tensorrt":
+            problems = r["export"]["tensorrt_problems"]
+            checks.append({"name": f"{r['name']}: QDQ graph follows TensorRT's explicit-quantization rules",
+                           "ok": not problems,
+                           "detail": "signed int8, zero point 0, int8 weights in -127..127, per-tensor activations"
+                                     if not problems else f"{len(problems)} problem(s), first: {problems[0]}"})
     return checks
 
 
-def _parity(runner, origin, x: np.ndarray, tol: float, precision: str) -> dict:
+def _parity(runner, origin, x: np.ndarray, tol: float, precision: str, against: str) -> dict:
     """Max abs logit difference of an artifact vs the PyTorch model it came from, on real images."""
     diff = float(np.abs(runner(x) - TorchRunner(origin)(x)).max())
-    return {"images": int(len(x)), "max_abs_diff": diff, "tolerance": tol,
-            "against": "pytorch-int8-sim" if precision == "int8" else "pytorch-fp32",
+    return {"images": int(len(x)), "max_abs_diff": diff, "tolerance": tol, "against": against,
             "ok": diff <= tol if precision == "fp32" else None}

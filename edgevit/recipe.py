@@ -79,6 +79,9 @@ class ExportConfig(_Strict):
     name: str | None = None
     format: Literal["onnx"] = "onnx"
     precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="int8: real QDQ from the quantize stage")
+    target: Literal["onnxruntime", "tensorrt"] = Field(
+        "onnxruntime", description="int8 only: the runtime the QDQ graph is lowered for (tensorrt: signed int8, "
+                                   "zero point 0 everywhere)")
     opset: int = Field(17, ge=17, le=21)
     simplify: bool = True
     dynamic_batch: bool = True

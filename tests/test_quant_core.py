@@ -113,3 +113,17 @@ def test_fold_batchnorm_is_exact():
     assert names == ["1", "4"]
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     torch.testing.assert_close(folded(x), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_weights_use_tensorrt_narrow_range():
+    from edgevit.quant.sites import clamp_weight, fake_quant_weight
+
+    torch.manual_seed(0)
+    w = torch.randn(4, 32)
+    w[0, 0] = -50.0  # an outlier the MSE search clips
+    q = weight_qparams(w, 8, True, True, "mse")
+    assert q.narrow and q.qmin == -127
+    assert q.quantize(w).min() >= -127
+    w2 = w.clone()
+    clamp_weight(w2, q)
+    torch.testing.assert_close(fake_quant_weight(w2, q), q.fake_quant(w))

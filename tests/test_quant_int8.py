@@ -112,7 +112,10 @@ def test_int8_recipe_end_to_end(tmp_path):
     assert res.returncode == 0, res.stderr
     rep = json.loads((out / "report.json").read_text())
     rows = {r["name"]: r for r in rep["results"]}
-    assert set(rows) == {"pytorch-fp32", "pytorch-int8-sim", "onnx-fp32", "onnx-int8"}
+    assert set(rows) == {"pytorch-fp32", "pytorch-int8-sim", "pytorch-int8-sim-tensorrt", "onnx-fp32", "onnx-int8",
+                         "onnx-int8-tensorrt"}
+    assert rows["onnx-int8-tensorrt"]["export"]["tensorrt_problems"] == []
+    assert rows["onnx-int8-tensorrt"]["accuracy"]["agreement_with_simulation"] >= 0.99
     assert rows["onnx-int8"]["accuracy"]["agreement_with_simulation"] >= 0.99
     assert abs(rows["onnx-int8"]["accuracy"]["delta_top1"]) <= 0.03
     assert rows["onnx-int8"]["export"]["ort_int8"]["int8_nodes"] > 0
@@ -147,3 +150,36 @@ def test_conv_output_mode_runs_the_conv_trunk_in_int8(tmp_path):
     sim, dep = TorchRunner(qmodel)(x), OrtRunner(path, threads=1)(x)
     assert (sim.argmax(1) == dep.argmax(1)).mean() >= 0.98
     assert (TorchRunner(model)(x).argmax(1) == sim.argmax(1)).mean() >= 0.9
+
+
+def test_tensorrt_lowering_and_rule_checker(quantized, tmp_path):
+    from edgevit.export.qdq import tensorrt_qdq_problems
+    from edgevit.quant import apply_plan
+    from edgevit.quant.lowering import lower_plan
+
+    model, info, qmodel, plan, _ = quantized
+    ort_path, trt_path = tmp_path / "ort.onnx", tmp_path / "trt.onnx"
+    ort_facts = export_onnx(qmodel, info, ExportConfig(precision="int8"), ort_path, "unit")
+    trt_model = apply_plan(model, lower_plan(plan, "tensorrt"))
+    trt_facts = export_onnx(trt_model, info, ExportConfig(precision="int8", target="tensorrt"), trt_path, "unit")
+    assert any("uint8" in p for p in ort_facts["tensorrt_problems"])
+    assert trt_facts["tensorrt_problems"] == []
+    proto = onnx.load(str(trt_path))
+    # break the rules on purpose: a nonzero zero point and a -128 weight code
+    dq = next(n for n in proto.graph.node if n.op_type == "DequantizeLinear"
+              and n.input[0] in {t.name for t in proto.graph.initializer})
+    w = next(t for t in proto.graph.initializer if t.name == dq.input[0])
+    arr = numpy_helper.to_array(w).copy()
+    arr.flat[0] = -128
+    w.CopyFrom(numpy_helper.from_array(arr, w.name))
+    problems = tensorrt_qdq_problems(proto)
+    assert any("-128" in p for p in problems)
+    q = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear")
+    bad_zp = numpy_helper.from_array(np.array(3, dtype=np.int8), q.input[2])
+    holder = next((t for t in proto.graph.initializer if t.name == q.input[2]), None)
+    if holder is not None:
+        holder.CopyFrom(bad_zp)
+    else:  # a Constant node
+        const = next(n for n in proto.graph.node if n.op_type == "Constant" and n.output[0] == q.input[2])
+        const.attribute[0].t.CopyFrom(bad_zp)
+    assert any("nonzero zero point" in p for p in tensorrt_qdq_problems(proto))

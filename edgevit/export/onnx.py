@@ -159,8 +159,10 @@ def export_onnx(model: nn.Module, info, cfg, path: Path, recipe_name: str) -> di
         proto = to_fp16(proto)
     write_onnx(proto, path, onnx_metadata(info, recipe_name, cfg.precision))
     if cfg.precision == "int8":
-        from edgevit.export.qdq import ort_int8_audit
+        from edgevit.export.qdq import ort_int8_audit, tensorrt_qdq_problems
 
+        facts["target"] = cfg.target
         facts["ort_int8"] = ort_int8_audit(path)
+        facts["tensorrt_problems"] = tensorrt_qdq_problems(proto)
     ops = op_counts(proto)
     return {"opset": cfg.opset, "simplifier": simplifier, "ops": ops, "nodes": sum(ops.values()), **facts}

@@ -127,3 +127,43 @@ def ort_int8_audit(path, threads: int = 1) -> dict:
     left = [f"{n.op_type}:{n.name}" for n in opt.graph.node if n.op_type in FLOAT_COMPUTE_OPS]
     return {"int8_nodes": sum(int8.values()), "int8_ops": dict(sorted(int8.items())),
             "float_nodes": len(left), "float_left": left}
+
+
+def tensorrt_qdq_problems(model: onnx.ModelProto) -> list[str]:
+    """Where a QDQ graph breaks TensorRT's explicit-quantization rules (empty list: it follows them).
+
+    Rules: Q/DQ are signed int8 with zero point 0; scales are positive constants; weights are int8
+    initializers in [-127, 127] read through DequantizeLinear, per-tensor or per output channel;
+    activations are quantized per tensor.
+    """
+    g = model.graph
+    consts = _constants(g)
+    inits = {t.name for t in g.initializer}
+    problems: list[str] = []
+    for n in g.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        where = f"{n.op_type} {n.name or n.output[0]}"
+        scale = consts.get(n.input[1])
+        if scale is None:
+            problems.append(f"{where}: scale is not a constant")
+        elif np.any(scale <= 0):
+            problems.append(f"{where}: scale <= 0")
+        zp = consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        if zp is None:
+            problems.append(f"{where}: zero point missing or not constant (its type sets int8 vs uint8)")
+        else:
+            if zp.dtype != np.int8:
+                problems.append(f"{where}: zero point type {zp.dtype} (TensorRT needs int8)")
+            if np.any(zp != 0):
+                problems.append(f"{where}: nonzero zero point (TensorRT quantization is symmetric)")
+        is_weight = n.op_type == "DequantizeLinear" and n.input[0] in inits
+        if is_weight:
+            w = consts[n.input[0]]
+            if w.dtype != np.int8:
+                problems.append(f"{where}: weight stored as {w.dtype}, not int8")
+            elif w.min(initial=0) < -127:
+                problems.append(f"{where}: weight code -128 (TensorRT int8 weights are -127..127)")
+        elif scale is not None and scale.size > 1:
+            problems.append(f"{where}: per-channel quantization of an activation (TensorRT: per tensor only)")
+    return problems

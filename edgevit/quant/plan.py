@@ -16,7 +16,7 @@ from torch import nn
 from edgevit.quant.config import QuantConfig
 from edgevit.quant.fold import fold_batchnorm
 from edgevit.quant.search import activation_range, weight_qparams
-from edgevit.quant.sites import act_sites, insert_sites, set_mode, weighted_sites
+from edgevit.quant.sites import act_sites, clamp_weight, insert_sites, set_mode, weighted_sites
 from edgevit.quant.uniform import QParams, qparams_from_range
 
 
@@ -110,6 +110,8 @@ def apply_plan(model: nn.Module, plan: QuantPlan) -> nn.Module:
         site.qparams = entry["qparams"] if entry else None
     for mod in weighted_sites(m):
         mod.weight_qparams = plan.weights.get(mod.site)
+        if mod.weight_qparams is not None and mod.weight_qparams.narrow:
+            clamp_weight(mod.inner.weight, mod.weight_qparams)
     set_mode(m, "quant")
     return m
 

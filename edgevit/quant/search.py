@@ -57,7 +57,8 @@ def activation_range(obs: HistogramObserver, method: str, bits: int, symmetric: 
 
 def weight_qparams(w: torch.Tensor, bits: int, symmetric: bool, per_channel: bool, method: str,
                    candidates: int = 40) -> QParams:
-    """Quantizer for a weight tensor (axis 0 = output channels); ``mse`` searches each channel's clip."""
+    """Quantizer for a weight tensor (axis 0 = output channels); ``mse`` searches each channel's clip.
+    Symmetric weights use the narrow range (int8: -127..127) that TensorRT requires."""
     w = w.detach().float()
     flat = w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)
     lo, hi = flat.min(1).values, flat.max(1).values
@@ -65,7 +66,7 @@ def weight_qparams(w: torch.Tensor, bits: int, symmetric: bool, per_channel: boo
         best_err = torch.full((flat.shape[0],), float("inf"))
         best_lo, best_hi = lo.clone(), hi.clone()
         for frac in torch.linspace(0.5, 1.0, candidates):
-            qp = qparams_from_range(lo * frac, hi * frac, bits, symmetric, axis=0)
+            qp = qparams_from_range(lo * frac, hi * frac, bits, symmetric, axis=0, narrow=True)
             err = ((qp.fake_quant(flat) - flat) ** 2).sum(1)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
@@ -75,5 +76,5 @@ def weight_qparams(w: torch.Tensor, bits: int, symmetric: bool, per_channel: boo
     elif method not in ("minmax", "percentile"):
         raise ValueError(f"unknown weight range method {method!r} (known: minmax, mse)")
     if per_channel:
-        return qparams_from_range(lo, hi, bits, symmetric, axis=0)
-    return qparams_from_range(lo[0], hi[0], bits, symmetric, axis=None)
+        return qparams_from_range(lo, hi, bits, symmetric, axis=0, narrow=True)
+    return qparams_from_range(lo[0], hi[0], bits, symmetric, axis=None, narrow=True)

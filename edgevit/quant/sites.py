@@ -47,11 +47,22 @@ class ActQuant(nn.Module):
 
 
 def fake_quant_weight(w: torch.Tensor, q: QParams) -> torch.Tensor:
-    """Fake-quantize a weight with the exportable torch op (per channel on axis 0, or per tensor)."""
+    """Fake-quantize a weight with the exportable torch op (per channel on axis 0, or per tensor).
+
+    The ONNX exporter only knows the full int8 range; narrow-range weights are clamped once when
+    the plan is applied (:func:`clamp_weight`), so the full range gives the same codes here."""
+    qmin = q.qmin - int(q.narrow)
     if q.axis is None:
-        return torch.fake_quantize_per_tensor_affine(w, float(q.scale), int(q.zero_point), q.qmin, q.qmax)
+        return torch.fake_quantize_per_tensor_affine(w, float(q.scale), int(q.zero_point), qmin, q.qmax)
     return torch.fake_quantize_per_channel_affine(w, q.scale.float(), q.zero_point.to(torch.int32), q.axis,
-                                                  q.qmin, q.qmax)
+                                                  qmin, q.qmax)
+
+
+@torch.no_grad()
+def clamp_weight(w: torch.Tensor, q: QParams) -> None:
+    """Clamp a weight in place at the value of its quantizer's lowest code (narrow range: -127)."""
+    low = q.dequantize(torch.full_like(q.scale, float(q.qmin)))
+    w.copy_(torch.maximum(w, q._view(low, w)))
 
 
 class _QuantWeighted(nn.Module):

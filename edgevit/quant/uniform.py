@@ -1,8 +1,9 @@
 """The uniform affine quantizer: q = clamp(round(x / s) + z, qmin, qmax), x_hat = (q - z) * s.
 
 Symmetric quantizers are signed with zero point 0, codes [-2^(b-1), 2^(b-1) - 1] and
-scale = amax / (2^(b-1) - 1), as TensorRT and the ONNX exporter expect; asymmetric ones are
-unsigned, [0, 2^b - 1] (the fast uint8-activation path of ONNX Runtime on x86).
+scale = amax / (2^(b-1) - 1), as TensorRT expects of activations; ``narrow`` ones (weights) use
+[-(2^(b-1) - 1), 2^(b-1) - 1], TensorRT's int8 weight range. Asymmetric quantizers are unsigned,
+[0, 2^b - 1] (the fast uint8-activation path of ONNX Runtime on x86).
 Per-tensor parameters are 0-d; per-channel parameters are 1-d along ``axis``.
 """
 from __future__ import annotations
@@ -12,12 +13,12 @@ from dataclasses import dataclass
 import torch
 
 
-def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
+def qrange(bits: int, symmetric: bool, narrow: bool = False) -> tuple[int, int]:
     """Integer code range of a quantizer."""
     if not 2 <= bits <= 8:
         raise ValueError(f"bit width must be 2..8, got {bits}")
     if symmetric:
-        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        return -(2 ** (bits - 1)) + int(narrow), 2 ** (bits - 1) - 1
     return 0, 2 ** bits - 1
 
 
@@ -30,10 +31,11 @@ class QParams:
     bits: int
     symmetric: bool
     axis: int | None = None
+    narrow: bool = False
 
     @property
     def qmin(self) -> int:
-        return qrange(self.bits, self.symmetric)[0]
+        return qrange(self.bits, self.symmetric, self.narrow)[0]
 
     @property
     def qmax(self) -> int:
@@ -60,12 +62,12 @@ class QParams:
         return self.dequantize(self.quantize(x))
 
     def to_dict(self) -> dict:
-        return {"bits": self.bits, "symmetric": self.symmetric, "axis": self.axis,
+        return {"bits": self.bits, "symmetric": self.symmetric, "narrow": self.narrow, "axis": self.axis,
                 "scale": self.scale.tolist(), "zero_point": self.zero_point.tolist()}
 
 
 def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool,
-                       axis: int | None = None) -> QParams:
+                       axis: int | None = None, narrow: bool = False) -> QParams:
     """Scale and zero point that cover [lo, hi] (the range always includes 0, so 0 is exact)."""
     lo = torch.minimum(torch.as_tensor(lo, dtype=torch.float32), torch.zeros(()))
     hi = torch.maximum(torch.as_tensor(hi, dtype=torch.float32), torch.zeros(()))
@@ -78,4 +80,5 @@ def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric:
     else:
         scale = torch.clamp((hi - lo) / (qmax - qmin), min=eps)
         zp = torch.clamp(torch.round(qmin - lo / scale), qmin, qmax)
-    return QParams(scale=scale, zero_point=zp, bits=bits, symmetric=symmetric, axis=axis)
+    return QParams(scale=scale, zero_point=zp, bits=bits, symmetric=symmetric, axis=axis,
+                   narrow=narrow and symmetric)

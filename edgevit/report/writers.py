@@ -124,6 +124,9 @@ def markdown(report: dict) -> str:
                 left = ", ".join(audit["float_left"][:12]) + (" ..." if len(audit["float_left"]) > 12 else "")
                 lines.append(f"  - ONNX Runtime runs {audit['int8_nodes']} compute nodes in INT8 ({ops}); "
                              f"{audit['float_nodes']} left in float" + (f": {left}" if left else ""))
+                trt = e.get("tensorrt_problems", [])
+                lines.append(f"  - lowered for {e['target']}; TensorRT explicit-quantization rules: "
+                             + ("followed" if not trt else f"{len(trt)} problem(s), e.g. {trt[0]}"))
     env = report["environment"]
     lines += ["", f"Environment: Python {env['python']}, torch {env['torch']}, timm {env['timm']}, "
                   f"onnx {env['onnx']}, onnxruntime {env['onnxruntime']}, {env['cpu_count']} CPUs; "
