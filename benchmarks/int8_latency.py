@@ -14,7 +14,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +37,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     args = ap.parse_args()
     torch.manual_seed(0)
-    print(f"| model | variant | INT8 nodes in ORT | float compute nodes | b1 median ms | FP32/variant |")
+    print("| model | variant | INT8 nodes in ORT | float compute nodes | b1 median ms | FP32/variant |")
     print("|---|---|---|---|---|---|")
     for src in args.models:
         model, info = load_model(ModelConfig(source=src, input_size=args.size))

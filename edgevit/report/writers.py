@@ -71,7 +71,7 @@ def markdown(report: dict) -> str:
     lines.append("")
     devices = sorted({d["device"] for r in report["results"] for d in r.get("latency", [])})
     for dev in devices or [None]:
-        lines += [f"## Artifacts" + (f" on `{dev}`" if dev else ""), ""]
+        lines += ["## Artifacts" + (f" on `{dev}`" if dev else ""), ""]
         lines += ["| artifact | runtime | precision | top-1 | Δ top-1 vs FP32 (pts) | agreement | "
                   "latency b1 median / p90 (ms) | throughput (img/s) | size |",
                   "|---|---|---|---|---|---|---|---|---|"]
