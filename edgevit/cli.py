@@ -33,7 +33,7 @@ def _guard(fn: Callable[[], int | None], debug: bool) -> None:
             raise
         console.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(2)
-    except (RunFailure, Exception) as e:
+    except Exception as e:
         if debug:
             raise
         console.print(f"[red]error:[/red] {type(e).__name__ + ': ' if not isinstance(e, RunFailure) else ''}{e} "

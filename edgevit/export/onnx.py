@@ -20,6 +20,8 @@ from torch import nn
 
 from edgevit import __version__
 from edgevit.errors import RunFailure
+from edgevit.export.qdq import (fold_weight_quantizers, fold_weight_transposes, ort_int8_audit,
+                                tensorrt_qdq_problems)
 
 log = logging.getLogger("edgevit")
 
@@ -148,8 +150,6 @@ def export_onnx(model: nn.Module, info, cfg, path: Path, recipe_name: str) -> di
     proto = torch_to_onnx(model, info.input_size, cfg.opset, cfg.dynamic_batch)
     facts: dict = {}
     if cfg.precision == "int8":
-        from edgevit.export.qdq import fold_weight_quantizers, fold_weight_transposes
-
         facts["int8_weight_tensors"] = fold_weight_quantizers(proto)
         fold_weight_transposes(proto)
     simplifier = "off"
@@ -159,8 +159,6 @@ def export_onnx(model: nn.Module, info, cfg, path: Path, recipe_name: str) -> di
         proto = to_fp16(proto)
     write_onnx(proto, path, onnx_metadata(info, recipe_name, cfg.precision))
     if cfg.precision == "int8":
-        from edgevit.export.qdq import ort_int8_audit, tensorrt_qdq_problems
-
         facts["target"] = cfg.target
         facts["ort_int8"] = ort_int8_audit(path)
         facts["tensorrt_problems"] = tensorrt_qdq_problems(proto)

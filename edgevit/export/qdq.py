@@ -7,7 +7,9 @@ quantization expects and what makes the file about 4x smaller.
 """
 from __future__ import annotations
 
+import tempfile
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -108,9 +110,6 @@ def ort_int8_audit(path, threads: int = 1) -> dict:
     Optimizes the model in an ORT session, then counts integer kernels (QLinearConv,
     MatMulIntegerToFloat, ...) and the float Conv/MatMul/Gemm left, by name.
     """
-    import tempfile
-    from pathlib import Path
-
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as tmp:

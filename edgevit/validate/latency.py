@@ -52,12 +52,15 @@ def measure(run: Callable[[np.ndarray], object], sample: np.ndarray, device,
     big = np.concatenate([sample] * reps)[:device.throughput_batch]
     load_before = load_average()
     b1 = summarize(time_runs(run, one, device.warmup, device.iters, on_iter), 1)
-    iters_big = max(5, device.iters // 5)
-    bt = summarize(time_runs(run, big, max(1, device.warmup // 5), iters_big, on_iter), len(big))
+    bt = summarize(time_runs(run, big, max(1, device.warmup // 5), _throughput_iters(device), on_iter), len(big))
     return {"device": device.name, "threads": device.threads, "batch1": b1, "throughput": bt,
             "load_average": [load_before, load_average()]}
 
 
+def _throughput_iters(device) -> int:
+    return max(5, device.iters // 5)
+
+
 def timed_iterations(device) -> int:
     """How many timed calls :func:`measure` makes (for progress bars)."""
-    return device.iters + max(5, device.iters // 5)
+    return device.iters + _throughput_iters(device)
