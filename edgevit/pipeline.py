@@ -21,7 +21,7 @@ from edgevit.export.onnx import export_onnx
 from edgevit.models import load_model
 from edgevit.progress import new_progress
 from edgevit.quant import apply_plan, quantize
-from edgevit.quant.lowering import lower_plan
+from edgevit.quant.lowering import has_nonuniform, lower_plan
 from edgevit.recipe import Recipe, recipe_to_yaml
 from edgevit.report import write_reports
 from edgevit.runfolder import staged_run_folder
@@ -30,6 +30,12 @@ from edgevit.validate.latency import timed_iterations
 
 log = logging.getLogger("edgevit")
 SIM_NAME = "pytorch-int8-sim"
+
+
+def _sim_name(cfg) -> str:
+    """The simulated model's row name: pytorch-int8-sim, or pytorch-w4a4-sim below 8 bits."""
+    w, a = cfg.weights.bits, cfg.activations.bits
+    return SIM_NAME if w == a == 8 else f"pytorch-w{w}a{a}-sim"
 
 
 @dataclass
@@ -134,7 +140,8 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
         quant, sims = None, {}
         if recipe.quantize is not None:
             qmodel, plan, quant = _quantize_stage(model, recipe, pre, stage)
-            sims[SIM_NAME] = qmodel
+            sim_base = _sim_name(recipe.quantize)
+            sims[sim_base] = qmodel
             calib = quant.pop("calibration")
         else:
             calib = _calibration_summary(recipe)
@@ -144,9 +151,14 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
             for cfg, name in zip(recipe.export, names):
                 source, sim_name = model, None
                 if cfg.precision == "int8":
-                    sim_name = SIM_NAME if cfg.target == "onnxruntime" else f"{SIM_NAME}-{cfg.target}"
+                    try:
+                        lowered = lower_plan(plan, cfg.target, cfg.lowering)
+                    except ValueError as e:
+                        raise BadInput(f"export {cfg.name or name}: {e}") from None
+                    sim_name = "-".join([sim_base] + [cfg.target] * (cfg.target != "onnxruntime")
+                                        + [cfg.lowering] * (has_nonuniform(plan) and cfg.lowering != "exact"))
                     if sim_name not in sims:
-                        sims[sim_name] = apply_plan(model, lower_plan(plan, cfg.target))
+                        sims[sim_name] = apply_plan(model, lowered)
                     source = sims[sim_name]
                 facts = export_onnx(source, info, cfg, stage / name, recipe.name)
                 artifacts.append({"name": cfg.name or name, "file": name, "format": cfg.format,

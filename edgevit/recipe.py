@@ -82,6 +82,10 @@ class ExportConfig(_Strict):
     target: Literal["onnxruntime", "tensorrt"] = Field(
         "onnxruntime", description="int8 only: the runtime the QDQ graph is lowered for (tensorrt: signed int8, "
                                    "zero point 0 everywhere)")
+    lowering: Literal["uniform", "exact", "float"] = Field(
+        "uniform", description="int8 only: how quantizers no integer kernel runs are written: uniform (log/tan "
+        "sites become the uniform 8-bit grid over their range), exact (a float decomposition that reproduces "
+        "the simulation, also for 4/6-bit plans; not for TensorRT) or float (log/tan sites left unquantized)")
     opset: int = Field(17, ge=17, le=21)
     simplify: bool = True
     dynamic_batch: bool = True
@@ -130,13 +134,16 @@ class Recipe(_Strict):
                 continue
             if self.quantize is None:
                 raise ValueError(f"export.{i}.precision: int8 needs a quantize: section")
+            if e.target == "tensorrt" and e.lowering == "exact":
+                raise ValueError(f"export.{i}.lowering: exact cannot target TensorRT, whose kernels take only "
+                                 "uniform int8 Q/DQ; use lowering: uniform or float")
             bits = {"quantize.weights.bits": self.quantize.weights.bits,
                     "quantize.activations.bits": self.quantize.activations.bits}
             for key, b in bits.items():
-                if b != 8:
-                    raise ValueError(f"{key}: {b}-bit can be simulated but not exported as ONNX int8 "
-                                     f"(export.{i}): ONNX Runtime and TensorRT run 8-bit integer kernels only; "
-                                     "use 8 bits or drop the int8 export")
+                if b != 8 and e.lowering != "exact":
+                    raise ValueError(f"{key}: {b}-bit can be simulated, but ONNX Runtime and TensorRT run 8-bit "
+                                     f"integer kernels only; set export.{i}.lowering: exact to export a graph "
+                                     "that reproduces the simulation, or quantize with 8 bits")
         return self
 
 

@@ -81,3 +81,25 @@ def test_export_is_byte_identical(builtin, tmp_path):
         export_onnx(model, info, ExportConfig(), p, recipe_name="unit")
         digests.append(hashlib.sha256(p.read_bytes()).hexdigest())
     assert digests[0] == digests[1]
+
+
+def test_compact_keeps_outputs_and_shrinks_the_file(builtin, real_images):
+    from edgevit.export.compact import compact, short_node_name
+    from edgevit.export.onnx import torch_to_onnx
+
+    model, info = builtin
+    raw = torch_to_onnx(model, info.input_size)
+    small = compact(onnx.load_from_string(raw.SerializeToString()))
+    onnx.checker.check_model(small)
+    assert len(small.SerializeToString()) < len(raw.SerializeToString())
+    assert not any(n.op_type == "Constant" for n in small.graph.node)
+    assert not small.graph.value_info
+    names = [n.name for n in small.graph.node]
+    assert len(set(names)) == len(names)  # still unique, so profiles and audits stay readable
+    assert [i.name for i in small.graph.input] == ["input"] and [o.name for o in small.graph.output] == ["logits"]
+    import onnxruntime as ort
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(  # noqa: E731
+        None, {"input": real_images})[0]
+    np.testing.assert_allclose(run(small), run(raw), atol=1e-5)
+    assert short_node_name("/stages/stages.2/stages.2.1/attn/MatMul") == "stages.2.1/attn/MatMul"
+    assert short_node_name("/blocks/blocks.0/norm1/LayerNormalization") == "blocks.0/norm1/LayerNormalization"

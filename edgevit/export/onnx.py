@@ -20,6 +20,7 @@ from torch import nn
 
 from edgevit import __version__
 from edgevit.errors import RunFailure
+from edgevit.export.compact import compact
 from edgevit.export.qdq import (fold_weight_quantizers, fold_weight_transposes, ort_int8_audit,
                                 tensorrt_qdq_problems)
 
@@ -157,6 +158,7 @@ def export_onnx(model: nn.Module, info, cfg, path: Path, recipe_name: str) -> di
         proto, simplifier = simplify(proto)
     if cfg.precision == "fp16":
         proto = to_fp16(proto)
+    compact(proto)
     write_onnx(proto, path, onnx_metadata(info, recipe_name, cfg.precision))
     if cfg.precision == "int8":
         facts["target"] = cfg.target

@@ -36,6 +36,16 @@ class QuantConfig(_Strict):
     attention: bool = Field(True, description="quantize Q, K, V and the softmax output of attention")
     conv_output: bool = Field(False, description="also quantize Conv outputs and SiLU's sigmoid, so ONNX "
                               "Runtime runs the conv trunk as integer ops (QLinearConv, QLinearSigmoid, QLinearMul)")
+    softmax: Literal["uniform", "log2", "logsqrt2", "adalog", "tanq"] = Field(
+        "uniform", description="quantizer of the attention probabilities: uniform over [0, max], log2, "
+        "log-sqrt2 (RepQ-ViT), adalog (searched log base, AdaLog) or tanq (tan compander, densest near 1)")
+    gelu: Literal["uniform", "adalog"] = Field(
+        "uniform", description="quantizer of the MLP's hidden activation (GELU/SiLU output, fc2 input); "
+        "adalog shifts it by -min(act) to make it non-negative and folds the shift into fc2's bias")
+    search_images: int = Field(32, gt=0, description="calibration images whose activations feed the "
+                               "output-error searches of the non-uniform quantizers")
+    keep_8bit: list[str] = Field(default_factory=list, description="module names (fnmatch patterns) whose "
+                                 "weight and input stay 8-bit when the rest is quantized lower (patch embedding, head)")
     fold_bn: bool = True
     skip: list[str] = Field(default_factory=list, description="module names (fnmatch patterns) kept in float")
     calibration_batches: int | None = Field(None, gt=0, description="default: all calibration images")

@@ -1,8 +1,19 @@
 """Per-runtime lowering of a QuantPlan: what each runtime's integer kernels can execute.
 
+Targets:
+
 * ``onnxruntime``: the plan as calibrated (uint8 asymmetric activations are ORT's fast x86 path).
 * ``tensorrt``: explicit quantization needs signed int8 with zero point 0 everywhere, so every
   activation quantizer becomes symmetric over the same calibrated range (weights already are).
+
+Policies for what no integer kernel runs (log/tan activation quantizers, fewer than 8 bits):
+
+* ``exact``: keep them; the exporter writes a float decomposition (log2, round, clip, exp2 ...)
+  and 8-bit Q/DQ + Clip for sub-8-bit grids, which reproduces the simulation in ONNX Runtime. For
+  validating a scheme, and for accelerators that implement it (see ``quant_params.json``).
+* ``uniform``: replace each log/tan quantizer by the uniform 8-bit grid over the range calibrated
+  for that site; sub-8-bit plans are refused.
+* ``float``: leave the log/tan sites unquantized; sub-8-bit plans are refused.
 """
 from __future__ import annotations
 
@@ -14,22 +25,50 @@ from edgevit.quant.plan import QuantPlan
 from edgevit.quant.uniform import qparams_from_range
 
 TARGETS = ("onnxruntime", "tensorrt")
+POLICIES = ("exact", "uniform", "float")
 
 
-def lower_plan(plan: QuantPlan, target: str) -> QuantPlan:
+def plan_bits(plan: QuantPlan) -> set[int]:
+    """Every bit width the plan uses (weights and activations)."""
+    return {q.bits for q in plan.weights.values()} | {e["qparams"].bits for e in plan.activations.values()}
+
+
+def has_nonuniform(plan: QuantPlan) -> bool:
+    return any(e.get("quantizer") is not None for e in plan.activations.values())
+
+
+def lower_plan(plan: QuantPlan, target: str, policy: str = "uniform") -> QuantPlan:
     """A copy of ``plan`` whose quantizers the target runtime can run as they are."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r} (known: {', '.join(TARGETS)})")
-    if target == "onnxruntime":
+    if policy not in POLICIES:
+        raise ValueError(f"unknown lowering {policy!r} (known: {', '.join(POLICIES)})")
+    if target == "tensorrt" and policy == "exact":
+        raise ValueError("lowering: exact cannot target TensorRT: its kernels (and fused attention) take only "
+                         "uniform int8 Q/DQ; use lowering: uniform or float")
+    low = sorted(b for b in plan_bits(plan) if b < 8)
+    if low and policy != "exact":
+        raise ValueError(f"the plan uses {low[0]}-bit quantizers, which no {target} integer kernel runs; "
+                         "export them with lowering: exact (a float decomposition that reproduces the "
+                         "simulation) or quantize with 8 bits")
+    if target == "onnxruntime" and (policy == "exact" or not has_nonuniform(plan)):
         return plan
     lowered = copy.deepcopy(plan)
-    for entry in lowered.activations.values():
-        q = entry["qparams"]
-        if not q.symmetric:
-            lo, hi = entry["range"]
-            entry["qparams"] = qparams_from_range(torch.tensor(lo), torch.tensor(hi), q.bits, symmetric=True)
-    for name, q in lowered.weights.items():
-        if not q.symmetric:
-            raise ValueError(f"TensorRT needs symmetric weights; {name} is asymmetric "
-                             "(set quantize.weights.symmetric: true)")
+    for name, entry in list(lowered.activations.items()):
+        if entry.get("quantizer") is None:
+            continue
+        if policy == "float":
+            del lowered.activations[name]
+        elif policy == "uniform":
+            entry.pop("quantizer")
+    if target == "tensorrt":
+        for entry in lowered.activations.values():
+            q = entry["qparams"]
+            if not q.symmetric:
+                lo, hi = entry["range"]
+                entry["qparams"] = qparams_from_range(torch.tensor(lo), torch.tensor(hi), q.bits, symmetric=True)
+        for name, q in lowered.weights.items():
+            if not q.symmetric:
+                raise ValueError(f"TensorRT needs symmetric weights; {name} is asymmetric "
+                                 "(set quantize.weights.symmetric: true)")
     return lowered

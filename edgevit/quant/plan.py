@@ -7,6 +7,7 @@ QuantizeLinear/DequantizeLinear pairs); ``plan.to_dict()`` is what the report li
 from __future__ import annotations
 
 import copy
+import fnmatch
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -15,8 +16,10 @@ from torch import nn
 
 from edgevit.quant.config import QuantConfig
 from edgevit.quant.fold import fold_batchnorm
+from edgevit.quant.nonuniform_search import search_post_activation, search_softmax
 from edgevit.quant.search import activation_range, weight_qparams
-from edgevit.quant.sites import act_sites, clamp_weight, insert_sites, set_mode, weighted_sites
+from edgevit.quant.sites import (QuantAttention, act_sites, clamp_weight, insert_sites, set_mode,
+                                 weighted_sites)
 from edgevit.quant.uniform import QParams, qparams_from_range
 
 
@@ -43,9 +46,10 @@ class QuantPlan:
 
         return {"config": self.config.model_dump(), "folded_batchnorm": self.folded_bn,
                 "skipped": self.skipped, "unobserved_sites": self.unobserved,
-                "activations": {k: {kk: vv for kk, vv in v.items() if kk != "qparams"} |
+                "activations": {k: {kk: vv for kk, vv in v.items() if kk not in ("qparams", "quantizer")} |
                                 {"scale": float(v["qparams"].scale), "zero_point": int(v["qparams"].zero_point),
-                                 "bits": v["qparams"].bits, "symmetric": v["qparams"].symmetric}
+                                 "bits": v["qparams"].bits, "symmetric": v["qparams"].symmetric} |
+                                ({"nonuniform": v["quantizer"].to_dict()} if v.get("quantizer") else {})
                                 for k, v in self.activations.items()},
                 "weights": {k: wsum(q) for k, q in self.weights.items()}}
 
@@ -53,6 +57,9 @@ class QuantPlan:
         kinds: dict[str, int] = {}
         for v in self.activations.values():
             kinds[v["kind"]] = kinds.get(v["kind"], 0) + 1
+        if v.get("quantizer") is not None:
+            key = f"nonuniform_{v['quantizer'].kind}"
+            kinds[key] = kinds.get(key, 0) + 1
         return {"activation_sites": len(self.activations), "weight_tensors": len(self.weights),
                 "folded_batchnorm": len(self.folded_bn), "skipped_modules": len(self.skipped), **kinds}
 
@@ -70,12 +77,14 @@ def calibrate(model: nn.Module, cfg: QuantConfig, batches: Iterable[torch.Tensor
     """Observe activations on calibration batches and choose every quantizer's parameters."""
     m, folded, skipped = _prepare(model, cfg)
     set_mode(m, "observe")
-    seen = 0
+    seen, kept = 0, []
     for i, x in enumerate(batches):
         if cfg.calibration_batches is not None and i >= cfg.calibration_batches:
             break
         m(x)
         seen += len(x)
+        if sum(len(k) for k in kept) < cfg.search_images:
+            kept.append(x)
         if on_batch:
             on_batch(len(x))
     if seen == 0:
@@ -87,19 +96,53 @@ def calibrate(model: nn.Module, cfg: QuantConfig, batches: Iterable[torch.Tensor
             plan.unobserved.append(site.site)
             continue
         obs = site.observer
-        symmetric = a.symmetric
+        bits = _bits(site.site.rsplit(".", 1)[0], a.bits, cfg)
         if site.kind == "attn_softmax" and not a.symmetric:
             lo, hi = 0.0, max(obs.max, 1e-8)  # probabilities: [0, max], no search below 0
         else:
-            lo, hi = activation_range(obs, a.method, a.bits, symmetric, a.percentile)
+            lo, hi = activation_range(obs, a.method, bits, a.symmetric, a.percentile)
         plan.activations[site.site] = {"kind": site.kind, "observed": [obs.min, obs.max], "range": [lo, hi],
                                        "qparams": qparams_from_range(torch.tensor(lo), torch.tensor(hi),
-                                                                     a.bits, symmetric)}
+                                                                     bits, a.symmetric)}
     w = cfg.weights
     for mod in weighted_sites(m):
-        plan.weights[mod.site] = weight_qparams(mod.inner.weight, w.bits, w.symmetric,
+        plan.weights[mod.site] = weight_qparams(mod.inner.weight, _bits(mod.site, w.bits, cfg), w.symmetric,
                                                 w.granularity == "channel", w.method)
+    if cfg.softmax != "uniform" or cfg.gelu != "uniform":
+        _search_nonuniform(m, plan, torch.cat(kept)[:cfg.search_images])
     return plan
+
+
+def _bits(module: str, bits: int, cfg: QuantConfig) -> int:
+    return 8 if any(fnmatch.fnmatch(module, p) for p in cfg.keep_8bit) else bits
+
+
+def _search_nonuniform(m: nn.Module, plan: QuantPlan, x: torch.Tensor) -> None:
+    """Capture the operands of the sites that get log/tan quantizers and search their parameters."""
+    cfg = plan.config
+    attns = [a for a in m.modules() if isinstance(a, QuantAttention)] if cfg.softmax != "uniform" else []
+    posts = [mod for mod in weighted_sites(m) if mod.input_quant.kind == "post_act"] if cfg.gelu != "uniform" else []
+    capture = [s for a in attns for s in (a.attn_quant, a.v_quant)] + [mod.input_quant for mod in posts]
+    for s in capture:
+        s.mode, s.samples = "capture", []
+    m(x)
+    for a in attns:
+        entry = plan.activations.get(a.attn_quant.site)
+        if entry is None:
+            continue
+        v_entry = plan.activations.get(a.v_quant.site)
+        entry["quantizer"] = search_softmax(cfg.softmax, entry["qparams"].bits, a.attn_quant.samples,
+                                            a.v_quant.samples, v_entry["qparams"] if v_entry else None)
+    for mod in posts:
+        entry = plan.activations.get(mod.input_quant.site)
+        if entry is None:
+            continue
+        wq = plan.weights[mod.site]
+        w_hat = wq.fake_quant(mod.inner.weight.detach())
+        entry["quantizer"] = search_post_activation(entry["qparams"].bits, torch.cat(mod.input_quant.samples),
+                                                    w_hat, mod.input_quant.shift)
+    for s in capture:
+        s.mode, s.samples = "off", []
 
 
 def apply_plan(model: nn.Module, plan: QuantPlan) -> nn.Module:
@@ -108,12 +151,28 @@ def apply_plan(model: nn.Module, plan: QuantPlan) -> nn.Module:
     for site in act_sites(m):
         entry = plan.activations.get(site.site)
         site.qparams = entry["qparams"] if entry else None
+        site.nonuniform = entry.get("quantizer") if entry else None
     for mod in weighted_sites(m):
         mod.weight_qparams = plan.weights.get(mod.site)
-        if mod.weight_qparams is not None and mod.weight_qparams.narrow:
+        if mod.weight_qparams is not None:
             clamp_weight(mod.inner.weight, mod.weight_qparams)
     set_mode(m, "quant")
+    for mod in weighted_sites(m):
+        shift = getattr(mod.input_quant.nonuniform, "shift", 0.0)
+        if shift:
+            _fold_shift_into_bias(mod, shift)
     return m
+
+
+@torch.no_grad()
+def _fold_shift_into_bias(mod, shift: float) -> None:
+    """The site passes on Q(x + shift); B' = B - W_hat (shift 1) keeps the Linear's output (AdaLog's reparam_bias)."""
+    lin = mod.inner
+    correction = mod.weight().sum(dim=1) * shift
+    if lin.bias is None:
+        lin.bias = nn.Parameter(-correction)
+    else:
+        lin.bias.sub_(correction)
 
 
 def quantize(model: nn.Module, cfg: QuantConfig, batches: Iterable[torch.Tensor],

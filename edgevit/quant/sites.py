@@ -21,7 +21,12 @@ from edgevit.quant.uniform import QParams
 
 
 class ActQuant(nn.Module):
-    """An activation quantization site: ``off``, ``observe`` (collect a histogram) or ``quant``."""
+    """An activation quantization site.
+
+    Modes: ``off``; ``observe`` (stream a histogram); ``capture`` (keep the tensors, for the
+    output-error searches of non-uniform quantizers); ``quant`` (fake-quantize with ``qparams``, or
+    with ``nonuniform`` when the plan gives this site a log/tan quantizer).
+    """
 
     def __init__(self, name: str, kind: str):
         super().__init__()
@@ -29,7 +34,10 @@ class ActQuant(nn.Module):
         self.kind = kind
         self.mode = "off"
         self.observer: HistogramObserver | None = None
+        self.samples: list[torch.Tensor] = []
         self.qparams: QParams | None = None
+        self.nonuniform = None  # LogQuantizer | TanQuantizer
+        self.shift = 0.0  # post-activation sites: -min(act), what a log quantizer adds before quantizing
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "observe":
@@ -37,32 +45,65 @@ class ActQuant(nn.Module):
                 self.observer = HistogramObserver()
             self.observer.update(x)
             return x
-        if self.mode == "quant" and self.qparams is not None:
-            q = self.qparams
-            return torch.fake_quantize_per_tensor_affine(x, float(q.scale), int(q.zero_point), q.qmin, q.qmax)
+        if self.mode == "capture":
+            self.samples.append(x.detach().clone())
+            return x
+        if self.mode != "quant":
+            return x
+        if self.nonuniform is not None:
+            # a shifted (post-GELU) site passes on x + shift: apply_plan folded -W shift into the consumer's bias
+            shift = getattr(self.nonuniform, "shift", 0.0)
+            return self.nonuniform.fake_quant(x + shift if shift else x)
+        if self.qparams is not None:
+            return fake_quant_activation(x, self.qparams)
         return x
 
     def extra_repr(self) -> str:
         return f"site={self.site!r}, kind={self.kind}, mode={self.mode}"
 
 
+def _container(q: QParams) -> tuple[int, int]:
+    """The 8-bit code range that holds a quantizer's codes (ONNX QuantizeLinear is 8-bit)."""
+    return (-128, 127) if q.symmetric else (0, 255)
+
+
+def fake_quant_activation(x: torch.Tensor, q: QParams) -> torch.Tensor:
+    """Per-tensor fake quantization with the exportable torch op.
+
+    Below 8 bits the codes are computed in the 8-bit container and the result clamped to the
+    quantizer's range: identical values, and it exports as QuantizeLinear/DequantizeLinear + Clip,
+    which ONNX Runtime runs exactly as the simulation (ONNX has no 4- or 6-bit QuantizeLinear in opset 17).
+    """
+    scale, zp = float(q.scale), int(q.zero_point)
+    if q.bits == 8:
+        return torch.fake_quantize_per_tensor_affine(x, scale, zp, q.qmin, q.qmax)
+    lo8, hi8 = _container(q)
+    y = torch.fake_quantize_per_tensor_affine(x, scale, zp, lo8, hi8)
+    s = torch.tensor(scale, dtype=torch.float32)
+    low = torch.tensor(float(q.qmin - zp), dtype=torch.float32) * s
+    high = torch.tensor(float(q.qmax - zp), dtype=torch.float32) * s
+    return torch.clamp(y, low, high)
+
+
 def fake_quant_weight(w: torch.Tensor, q: QParams) -> torch.Tensor:
     """Fake-quantize a weight with the exportable torch op (per channel on axis 0, or per tensor).
 
-    The ONNX exporter only knows the full int8 range; narrow-range weights are clamped once when
-    the plan is applied (:func:`clamp_weight`), so the full range gives the same codes here."""
-    qmin = q.qmin - int(q.narrow)
+    The ONNX exporter only knows the full 8-bit ranges; weights are clamped into the quantizer's
+    range once when the plan is applied (:func:`clamp_weight`), so the 8-bit container range gives
+    the same codes here, at any bit width."""
+    qmin, qmax = _container(q)
     if q.axis is None:
-        return torch.fake_quantize_per_tensor_affine(w, float(q.scale), int(q.zero_point), qmin, q.qmax)
+        return torch.fake_quantize_per_tensor_affine(w, float(q.scale), int(q.zero_point), qmin, qmax)
     return torch.fake_quantize_per_channel_affine(w, q.scale.float(), q.zero_point.to(torch.int32), q.axis,
-                                                  qmin, q.qmax)
+                                                  qmin, qmax)
 
 
 @torch.no_grad()
 def clamp_weight(w: torch.Tensor, q: QParams) -> None:
-    """Clamp a weight in place at the value of its quantizer's lowest code (narrow range: -127)."""
+    """Clamp a weight in place into its quantizer's range (lowest code: -127 for narrow int8)."""
     low = q.dequantize(torch.full_like(q.scale, float(q.qmin)))
-    w.copy_(torch.maximum(w, q._view(low, w)))
+    high = q.dequantize(torch.full_like(q.scale, float(q.qmax)))
+    w.copy_(torch.minimum(torch.maximum(w, q._view(low, w)), q._view(high, w)))
 
 
 class _QuantWeighted(nn.Module):
@@ -190,7 +231,24 @@ def insert_sites(model: nn.Module, attention: bool = True, skip: list[str] = (),
                     setattr(parent, child_name, QuantAttention(child, name))
 
     visit(model, "")
+    mark_post_activation_sites(model)
     return skipped
+
+
+def activation_floor(act: nn.Module) -> float:
+    """-min act(x): the shift that makes the activation's output non-negative (GELU: 0.16997)."""
+    x = torch.linspace(-20.0, 5.0, 250_001, dtype=torch.float64)
+    with torch.no_grad():
+        return max(0.0, -float(act(x).min()))
+
+
+def mark_post_activation_sites(model: nn.Module) -> None:
+    """Mark the input of an MLP's second Linear (fc1 -> act -> fc2, timm ``Mlp``) as ``post_act``."""
+    for m in model.modules():
+        fc2, act = getattr(m, "fc2", None), getattr(m, "act", None)
+        if isinstance(fc2, QuantLinear) and isinstance(act, nn.Module) and not isinstance(act, nn.Identity):
+            fc2.input_quant.kind = "post_act"
+            fc2.input_quant.shift = activation_floor(act)
 
 
 def act_sites(model: nn.Module) -> list[ActQuant]:

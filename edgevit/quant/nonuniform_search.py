@@ -1,0 +1,94 @@
+"""Parameter search for the non-uniform quantizers, against the error of the consuming layer's output.
+
+* Post-softmax (attention probabilities A, scale fixed at 1): the objective is
+  ||Q(A) V_hat - A V||^2 over the captured calibration samples (V_hat: V through its own quantizer).
+  AdaLog scans every base q in 10..138; TanQ scans its alpha and the top of its grid (P99.9, P99.99,
+  max of the probabilities, or 1); log2 / log-sqrt2 have nothing to search.
+* Post-activation (the MLP's hidden activation X, fc2 weight W): AdaLog on X + shift with FPCS
+  (AdaLog's fast progressive combining search, ALGORITHMS.md 2.2): scan all bases at the max
+  scale and keep 8; cross them with 16 percentile scales (P90..P100, plus the shift) and keep 32;
+  refine 5 rounds with 4 new scales around each survivor, shrinking the step 7.5x a round. The
+  objective is ||(Q(X + shift) - shift) W^T - X W^T||^2, the fc2 output error (bias cancels).
+"""
+from __future__ import annotations
+
+import torch
+
+from edgevit.quant.nonuniform import (ADALOG_Q_RANGE, LogQuantizer, TanQuantizer, adalog_quantizer,
+                                      log2_quantizer, logsqrt2_quantizer)
+from edgevit.quant.uniform import QParams
+
+FPCS_TOP_BASES = 8
+FPCS_SCALES = 16
+FPCS_KEEP = 32
+FPCS_ROUNDS = 5
+FPCS_NEW_SCALES = 4
+TANQ_ALPHAS = 30
+MAX_ROWS = 512  # token rows of the post-activation search (each candidate costs one fc2 matmul over them)
+
+
+def search_softmax(kind: str, bits: int, attn: list[torch.Tensor], v: list[torch.Tensor],
+                   v_qparams: QParams | None = None) -> LogQuantizer | TanQuantizer:
+    """The post-softmax quantizer of ``kind`` that best preserves attn @ V on the samples."""
+    if kind == "log2":
+        return log2_quantizer(bits)
+    if kind == "logsqrt2":
+        return logsqrt2_quantizer(bits)
+    v_hat = [v_qparams.fake_quant(t) if v_qparams is not None else t for t in v]
+    ref = [a @ vh for a, vh in zip(attn, v_hat)]
+
+    def err(q) -> float:
+        return float(sum(((q.fake_quant(a) @ vh - r) ** 2).sum() for a, vh, r in zip(attn, v_hat, ref)))
+
+    if kind == "adalog":
+        cands = [adalog_quantizer(bits, 1.0, q) for q in range(ADALOG_Q_RANGE[0], ADALOG_Q_RANGE[1] + 1)]
+    elif kind == "tanq":  # alpha and the top of the grid (attention rarely reaches 1)
+        flat = torch.cat([a.reshape(-1) for a in attn])
+        flat = flat[torch.randperm(len(flat), generator=torch.Generator().manual_seed(0))[:1_000_000]]
+        tops = sorted({min(1.0, float(t)) for t in torch.quantile(flat, torch.tensor([0.999, 0.9999, 1.0]))} | {1.0})
+        cands = [TanQuantizer(bits, float(a), t) for a in torch.linspace(0.05, 1.5, TANQ_ALPHAS) for t in tops]
+    else:
+        raise ValueError(f"unknown softmax quantizer {kind!r}")
+    return min(cands, key=err)
+
+
+def search_post_activation(bits: int, x: torch.Tensor, weight: torch.Tensor, shift: float) -> LogQuantizer:
+    """AdaLog for a post-GELU/SiLU activation ``x`` (rows x channels) feeding ``weight`` (out x channels)."""
+    x = x.reshape(-1, x.shape[-1]).float()
+    if len(x) > MAX_ROWS:
+        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:MAX_ROWS]]
+    w = weight.float()
+    ref = x @ w.t()
+    xs = x + shift
+
+    seen: dict[tuple[int, float], float] = {}
+
+    def err(base_q: int, scale: float) -> float:
+        if (base_q, scale) not in seen:
+            q = adalog_quantizer(bits, scale, base_q, shift)
+            seen[base_q, scale] = float((((q.fake_quant(xs) - shift) @ w.t() - ref) ** 2).sum())
+        return seen[base_q, scale]
+
+    top = float(xs.max())
+    bases = list(range(ADALOG_Q_RANGE[0], ADALOG_Q_RANGE[1] + 1))
+    bases = sorted(bases, key=lambda b: err(b, top))[:FPCS_TOP_BASES]
+    positive = xs[xs > 0]
+    pcts = torch.quantile(positive, torch.linspace(0.90, 1.0, FPCS_SCALES)).tolist()
+    scales = sorted({s for s in pcts + [shift] if s > 0})
+    pairs = sorted(((err(b, s), b, s) for b in bases for s in scales))[:FPCS_KEEP]
+    step = (max(scales) - min(scales)) / max(len(scales) - 1, 1)
+    for r in range(FPCS_ROUNDS):
+        offsets = (torch.linspace(0, 1, FPCS_NEW_SCALES) - 0.5) * step
+        cands = {(b, s) for _, b, s in pairs}
+        cands |= {(b, s + float(o)) for _, b, s in pairs for o in offsets if s + float(o) > 0}
+        keep = 1 if r == FPCS_ROUNDS - 1 else FPCS_KEEP
+        pairs = sorted((err(b, s), b, s) for b, s in cands)[:keep]
+        step /= 7.5
+    _, base_q, scale = pairs[0]
+    return adalog_quantizer(bits, scale, base_q, shift)
+
+
+def quantizer_mse(q, x: torch.Tensor) -> float:
+    """Mean squared quantization error of ``q`` on ``x`` (for the benchmark's quantizer table)."""
+    return float(((q.fake_quant(x) - x) ** 2).mean())
+
