@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/ptq_baselines.py [--models hybrid-cifar10 vit-cifar10] [--test DIR]
 
+edgevit runs the quantize: section of the shipped recipe (recipes/int8_ptq.yaml, int8_ptq_vit.yaml).
 Every method gets the same 256 calibration images (calibration/builtin-calib) and is evaluated in
 ONNX Runtime on the same test images (default: the 10,000 CIFAR-10 test images unpacked from
 ../shared/data/cifar10 into ~/.cache/edgevit). Latency: batch 1, 2 threads, all variants of a model
@@ -26,11 +27,12 @@ from edgevit.data import Preprocess, open_image_set  # noqa: E402
 from edgevit.export.onnx import export_onnx  # noqa: E402
 from edgevit.export.qdq import ort_int8_audit  # noqa: E402
 from edgevit.models import load_model  # noqa: E402
-from edgevit.quant import QuantConfig, quantize  # noqa: E402
-from edgevit.recipe import ExportConfig, ModelConfig  # noqa: E402
+from edgevit.quant import quantize  # noqa: E402
+from edgevit.recipe import ExportConfig, ModelConfig, load_recipe  # noqa: E402
 from edgevit.validate import OrtRunner, collect_logits, topk_accuracy  # noqa: E402
 from edgevit.validate.latency import load_average  # noqa: E402
 
+RECIPES = {"hybrid-cifar10": "int8_ptq.yaml", "vit-cifar10": "int8_ptq_vit.yaml"}  # edgevit's config = the shipped one
 DEFAULT_TEST = Path.home() / ".cache" / "edgevit" / "cifar10-images" / "test"
 
 
@@ -106,7 +108,8 @@ def main() -> None:
             seconds: dict[str, float] = {}
             export_onnx(model, info, ExportConfig(), paths["fp32"], "ptq_baselines")
             t0 = time.time()
-            qmodel, _ = quantize(model, QuantConfig(), [torch.from_numpy(calib[i:i + 64]) for i in range(0, len(calib), 64)])
+            qcfg = load_recipe(ROOT / "recipes" / RECIPES[name]).quantize
+            qmodel, _ = quantize(model, qcfg, [torch.from_numpy(calib[i:i + 64]) for i in range(0, len(calib), 64)])
             paths["edgevit-int8"] = tmp / "edgevit.onnx"
             export_onnx(qmodel, info, ExportConfig(precision="int8"), paths["edgevit-int8"], "ptq_baselines")
             seconds["edgevit-int8"] = time.time() - t0

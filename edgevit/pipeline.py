@@ -110,6 +110,7 @@ def _quantize_stage(model, recipe: Recipe, pre: Preprocess, stage: Path) -> tupl
     if not plan.activations and not plan.weights:
         raise RunFailure("quantize: found nothing to quantize in this model (no Linear/Conv2d layers)")
     (stage / "plan.json").write_text(json.dumps(plan.to_dict(full=True), indent=1) + "\n")
+    (stage / "quant_params.json").write_text(json.dumps(plan.quant_params(), indent=1) + "\n")
     log.info("quantized: %s", plan.counts())
     summary = {"path": str(cfg.path), "images": len(images) - len(images.skipped), "skipped": len(images.skipped),
                "used_by": ["quantize"]}
@@ -276,7 +277,7 @@ def _checks(rows: list[dict], logits: dict, val, n_eval: int, ref_top1: float | 
         if r["precision"] == "int8" and sim in logits and r["name"] in logits:
             agree = float((logits[r["name"]].argmax(1) == logits[sim].argmax(1)).mean())
             r["accuracy"]["agreement_with_simulation"] = agree
-            checks.append({"name": f"{r['name']}: deployed INT8 agrees with the simulation", "ok": agree >= 0.99,
+            checks.append({"name": f"{r['name']}: deployed model agrees with the simulation", "ok": agree >= 0.99,
                            "detail": f"top-1 agreement ORT vs {sim} {100 * agree:.1f} % on {n_eval} "
                                      "images (needs >= 99 %)"})
         if r["precision"] == "int8" and r["export"]["target"] == "tensorrt":

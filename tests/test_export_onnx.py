@@ -101,5 +101,8 @@ def test_compact_keeps_outputs_and_shrinks_the_file(builtin, real_images):
     run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(  # noqa: E731
         None, {"input": real_images})[0]
     np.testing.assert_allclose(run(small), run(raw), atol=1e-5)
+    ids = compact(onnx.load_from_string(raw.SerializeToString()), numbered=True)
+    assert len(ids.SerializeToString()) < len(small.SerializeToString())
+    np.testing.assert_allclose(run(ids), run(raw), atol=1e-5)
     assert short_node_name("/stages/stages.2/stages.2.1/attn/MatMul") == "stages.2.1/attn/MatMul"
     assert short_node_name("/blocks/blocks.0/norm1/LayerNormalization") == "blocks.0/norm1/LayerNormalization"

@@ -122,9 +122,7 @@ def test_gelu_shift_is_folded_into_fc2_bias_exactly():
     assert plan.activations[site.site]["quantizer"] is site.nonuniform
     x = torch.randn(16, 8)
     with torch.no_grad():
-        h = qm[0].act(qm[0].fc1(x))  # fc1 input is quantized inside fc1; recompute the hidden activation
-        h = qm[0].fc1(x)
-        h = qm[0].act(h)
+        h = qm[0].act(qm[0].fc1(x))
         shifted = site.nonuniform.fake_quant(h + GELU_SHIFT)
         w_hat = fc2.weight()
         expected = (shifted - GELU_SHIFT) @ w_hat.t() + model[0].fc2.bias
@@ -162,3 +160,94 @@ def test_sub_8bit_model_exports_exactly_to_onnx(tmp_path):
         want = qm(x).numpy()
     np.testing.assert_allclose(got, want, atol=1e-5)
     onnx.checker.check_model(proto)
+
+
+@pytest.mark.parametrize("method", ["reparam", "median", "mosf"])
+def test_layernorm_reparameterization_leaves_the_float_model_unchanged(method):
+    import copy
+
+    from edgevit.models import load_model
+    from edgevit.quant.reparam import channel_ranges, layernorm_linear_pairs, reparameterize
+    from edgevit.recipe import ModelConfig
+
+    torch.manual_seed(0)
+    model, _ = load_model(ModelConfig(source="builtin:vit-cifar10"))
+    x = torch.randn(16, 3, 32, 32)
+    re = copy.deepcopy(model).eval()
+    factors = reparameterize(re, [x[:8]], 4, method)
+    assert len(factors) == len(layernorm_linear_pairs(model)) == 12  # norm1 -> qkv, norm2 -> fc1 in 6 blocks
+    with torch.no_grad():
+        assert torch.max(torch.abs(re(x) - model(x))) <= 1e-5
+    f = factors["blocks.0.norm1"]
+    assert f["r"].shape == (128,) and torch.all(f["r"] > 0)
+    # after folding, the channel ranges of the LayerNorm output are alike: one layer-wise scale fits
+    (lo0, hi0), = channel_ranges(model, [model.blocks[0].norm1], [x[:8]])
+    (lo1, hi1), = channel_ranges(re, [re.blocks[0].norm1], [x[:8]])
+    spread = lambda lo, hi: float((hi - lo).max() / (hi - lo).median())  # noqa: E731
+    assert spread(lo1, hi1) < spread(lo0, hi0)
+
+
+def test_mosf_target_ignores_outlier_channel_scales():
+    from edgevit.quant.reparam import target_scale
+
+    scales = torch.cat([torch.full((60,), 0.01), torch.tensor([0.5, 0.8, 1.2, 2.0])])
+    assert target_scale(scales, "reparam") > 0.07  # the mean is dragged up by 4 outliers
+    assert target_scale(scales, "median") == pytest.approx(0.01)
+    assert target_scale(scales, "mosf") == pytest.approx(0.01)
+
+
+def test_lowering_policies_are_checked_per_target():
+    from edgevit.errors import BadInput
+    from edgevit.recipe import build_recipe
+
+    from conftest import CALIB_DIR
+
+    base = {"name": "x", "calibration": {"path": str(CALIB_DIR)}, "quantize": {"weights": {"bits": 4}}}
+    with pytest.raises(BadInput, match=r"quantize.weights.bits: 4-bit .*export.0.lowering: exact"):
+        build_recipe(base | {"export": [{"precision": "int8"}]})
+    with pytest.raises(BadInput, match="export.0.lowering: exact cannot target TensorRT"):
+        build_recipe(base | {"export": [{"precision": "int8", "target": "tensorrt", "lowering": "exact"}]})
+    ok = build_recipe(base | {"export": [{"precision": "int8", "lowering": "exact"}]})
+    assert ok.export[0].lowering == "exact"
+
+
+def test_uniform_and_float_lowering_of_a_log_plan():
+    from edgevit.quant.lowering import has_nonuniform, lower_plan
+
+    torch.manual_seed(0)
+    model = nn.Sequential(_Mlp())
+    _, plan = quantize(model, QuantConfig(gelu="adalog"), [torch.randn(64, 8)])
+    assert has_nonuniform(plan) and lower_plan(plan, "onnxruntime", "exact") is plan
+    uni = lower_plan(plan, "onnxruntime", "uniform")
+    site = next(k for k, v in plan.activations.items() if v.get("quantizer") is not None)
+    assert not has_nonuniform(uni) and uni.activations[site]["qparams"].bits == 8
+    flt = lower_plan(plan, "tensorrt", "float")
+    assert site not in flt.activations and all(e["qparams"].symmetric for e in flt.activations.values())
+    with pytest.raises(ValueError, match="4-bit"):
+        _, p4 = quantize(model, QuantConfig(weights={"bits": 4}), [torch.randn(64, 8)])
+        lower_plan(p4, "onnxruntime", "uniform")
+
+
+def test_w4a4_adalog_recipe_end_to_end(tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    out = tmp_path / "w4a4"
+    res = run_cli("compress", "--recipe", "recipes/w4a4_adalog.yaml", "--out", str(out),
+                  "--set", "calibration.num=64", "--set", "validate.eval.num=300",
+                  "--set", "validate.devices.0.iters=3", "--set", "validate.devices.0.warmup=1",
+                  "--set", "validate.devices.0.throughput_batch=4")
+    assert res.returncode == 0, res.stderr
+    rows = {r["name"]: r for r in json.loads((out / "report.json").read_text())["results"]}
+    assert {"pytorch-w4a4-sim", "onnx-qdq-exact", "onnx-fp32"} <= set(rows)
+    exact = rows["onnx-qdq-exact"]
+    assert exact["simulated_by"] == "pytorch-w4a4-sim" and exact["export"]["lowering"] == "exact"
+    # the exact lowering reproduces the simulation in ONNX Runtime
+    assert exact["accuracy"]["agreement_with_simulation"] >= 0.99
+    assert abs(exact["accuracy"]["top1"] - rows["pytorch-w4a4-sim"]["accuracy"]["top1"]) <= 0.01
+    params = json.loads((out / "quant_params.json").read_text())
+    ada = [v for v in params["activations"].values() if v["type"] == "adalog"]
+    assert ada and all(10 <= v["base_q"] <= 138 and len(v["table"]) == 37 for v in ada)
+    assert any(v["kind"] == "post_act" and v["shift"] > 0.16 for v in ada)
+    assert params["weights"] and "adalog (integer)" in params["dequantization"]

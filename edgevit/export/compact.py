@@ -7,10 +7,10 @@ is about 30 % of the file. :func:`compact` keeps node names (profiles and audits
 the graph's input/output names, and:
 
 * drops value_info (runtimes infer shapes themselves),
-* turns Constant nodes into initializers, one per distinct value,
-* renames intermediate tensors to short ids,
+* turns Constant nodes into initializers (Q/DQ nodes with equal scales / zero points share one),
 * drops the redundant scope prefixes of node names ("/stages/stages.2/stages.2.1/attn/MatMul" ->
-  "stages.2.1/attn/MatMul": each nested Sequential child repeats its parent's name).
+  "stages.2.1/attn/MatMul": each nested Sequential child repeats its parent's name), and of tensor
+  names, or renames tensors to short ids (INT8 artifacts).
 """
 from __future__ import annotations
 
@@ -24,10 +24,14 @@ def _has_subgraphs(graph: onnx.GraphProto) -> bool:
 
 
 def constants_to_initializers(graph: onnx.GraphProto) -> int:
-    """Replace ``Constant`` nodes by initializers, sharing one initializer per distinct value."""
+    """Replace ``Constant`` nodes by initializers (equal scalars share one); returns how many."""
+    # Only the scales and zero points of Q/DQ nodes are shared: a shared input of a compute node (a zero
+    # bias, the constant of a Mul) trips tools that edit weights, e.g. ONNX Runtime's quantize_static.
+    qdq_only = {o for o in (n.output[0] for n in graph.node if n.op_type == "Constant")}
+    for n in graph.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            qdq_only.difference_update(n.input)
     by_value: dict[tuple, str] = {}
-    for t in graph.initializer:
-        by_value.setdefault((t.data_type, tuple(t.dims), numpy_helper.to_array(t).tobytes()), t.name)
     rename: dict[str, str] = {}
     keep = []
     for n in graph.node:
@@ -36,12 +40,14 @@ def constants_to_initializers(graph: onnx.GraphProto) -> int:
             keep.append(n)
             continue
         t = attr.t
-        key = (t.data_type, tuple(t.dims), numpy_helper.to_array(t).tobytes())
-        if key in by_value:
+        value = numpy_helper.to_array(t)
+        key = (t.data_type, tuple(t.dims), value.tobytes())
+        if n.output[0] in qdq_only and key in by_value:
             rename[n.output[0]] = by_value[key]
         else:
-            by_value[key] = n.output[0]
-            graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(t), n.output[0]))
+            if n.output[0] in qdq_only:
+                by_value[key] = n.output[0]
+            graph.initializer.append(numpy_helper.from_array(value, n.output[0]))
     removed = len(graph.node) - len(keep)
     del graph.node[:]
     graph.node.extend(keep)
@@ -53,16 +59,36 @@ def constants_to_initializers(graph: onnx.GraphProto) -> int:
 
 
 def shorten_tensor_names(graph: onnx.GraphProto) -> None:
-    """Rename every tensor except the graph's inputs and outputs to a short id."""
+    """Drop the redundant scope prefixes of tensor names too (graph inputs and outputs keep theirs)."""
+    fixed = {v.name for v in graph.input} | {v.name for v in graph.output} | {""}
+    taken = set(fixed) | {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if name in fixed or not name.startswith("/"):
+            return name
+        if name not in names:
+            new = short_node_name(name)
+            names[name] = new if new not in taken else name
+            taken.add(names[name])
+        return names[name]
+
+    for t in graph.initializer:
+        t.name = short(t.name)
+    for n in graph.node:
+        n.input[:] = [short(i) for i in n.input]
+        n.output[:] = [short(o) for o in n.output]
+
+
+def number_tensors(graph: onnx.GraphProto) -> None:
+    """Rename every tensor except the graph's inputs and outputs to a short id ("t1f")."""
     fixed = {v.name for v in graph.input} | {v.name for v in graph.output} | {""}
     names: dict[str, str] = {}
 
     def short(name: str) -> str:
         if name in fixed:
             return name
-        if name not in names:
-            names[name] = format(len(names), "x")
-        return names[name]
+        return names.setdefault(name, f"t{len(names):x}")
 
     for t in graph.initializer:
         t.name = short(t.name)
@@ -78,8 +104,12 @@ def short_node_name(name: str) -> str:
     return "/".join(kept)
 
 
-def compact(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Drop value_info, fold Constant nodes into shared initializers, shorten tensor names (in place)."""
+def compact(model: onnx.ModelProto, numbered: bool = False) -> onnx.ModelProto:
+    """Drop value_info, turn Constant nodes into initializers, shorten names (in place).
+
+    ``numbered`` replaces tensor names by ids (smallest file; for INT8 QDQ artifacts). FP32/FP16 files
+    keep descriptive tensor names: with bare ids, ONNX Runtime's quantize_static fails on them
+    ("shared mode is not supported for weight"), and users quantize those files with other tools."""
     g = model.graph
     del g.value_info[:]
     for n in g.node:
@@ -88,5 +118,5 @@ def compact(model: onnx.ModelProto) -> onnx.ModelProto:
     if _has_subgraphs(g):  # names inside subgraphs may refer to outer tensors: leave them alone
         return model
     constants_to_initializers(g)
-    shorten_tensor_names(g)
+    (number_tensors if numbered else shorten_tensor_names)(g)
     return model

@@ -158,10 +158,11 @@ def export_onnx(model: nn.Module, info, cfg, path: Path, recipe_name: str) -> di
         proto, simplifier = simplify(proto)
     if cfg.precision == "fp16":
         proto = to_fp16(proto)
-    compact(proto)
+    compact(proto, numbered=cfg.precision == "int8")
     write_onnx(proto, path, onnx_metadata(info, recipe_name, cfg.precision))
     if cfg.precision == "int8":
         facts["target"] = cfg.target
+        facts["lowering"] = cfg.lowering
         facts["ort_int8"] = ort_int8_audit(path)
         facts["tensorrt_problems"] = tensorrt_qdq_problems(proto)
     ops = op_counts(proto)

@@ -18,6 +18,7 @@ from onnx import numpy_helper
 INT8_OPS = {"QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat",
             "QGemm", "DynamicQuantizeMatMul", "QAttention", "NhwcQLinearConv"}
 FLOAT_COMPUTE_OPS = {"Conv", "MatMul", "Gemm", "FusedConv", "FusedMatMul", "FusedGemm", "NchwcConv"}
+WEIGHT_ONLY_OPS = {"MatMulNBits"}  # quantized weights, activations quantized on the fly: not the simulation
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
@@ -124,8 +125,9 @@ def ort_int8_audit(path, threads: int = 1) -> dict:
     ops = Counter(n.op_type for n in opt.graph.node)
     int8 = {k: v for k, v in ops.items() if k in INT8_OPS}
     left = [f"{n.op_type}:{n.name}" for n in opt.graph.node if n.op_type in FLOAT_COMPUTE_OPS]
+    weight_only = [f"{n.op_type}:{n.name}" for n in opt.graph.node if n.op_type in WEIGHT_ONLY_OPS]
     return {"int8_nodes": sum(int8.values()), "int8_ops": dict(sorted(int8.items())),
-            "float_nodes": len(left), "float_left": left}
+            "float_nodes": len(left), "float_left": left, "weight_only": weight_only}
 
 
 def tensorrt_qdq_problems(model: onnx.ModelProto) -> list[str]:

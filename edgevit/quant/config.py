@@ -42,6 +42,10 @@ class QuantConfig(_Strict):
     gelu: Literal["uniform", "adalog"] = Field(
         "uniform", description="quantizer of the MLP's hidden activation (GELU/SiLU output, fc2 input); "
         "adalog shifts it by -min(act) to make it non-negative and folds the shift into fc2's bias")
+    layernorm: Literal["none", "reparam", "median", "mosf"] = Field(
+        "none", description="post-LayerNorm scale reparameterization (RepQ-ViT): channel-wise ranges folded into "
+        "the LayerNorm and the next Linear; target layer scale = mean (reparam), median, or mosf (mean of the "
+        "channel scales within 3 MAD of the median)")
     search_images: int = Field(32, gt=0, description="calibration images whose activations feed the "
                                "output-error searches of the non-uniform quantizers")
     keep_8bit: list[str] = Field(default_factory=list, description="module names (fnmatch patterns) whose "

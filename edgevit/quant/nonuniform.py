@@ -10,7 +10,7 @@ attention. A uniform grid spends its levels evenly; these quantizers place them 
   whose slope grows toward 1, so the grid is densest near 1 (DopQ-ViT's TanQ intent; the paper's own
   formula could not be read, see ALGORITHMS.md 3). ``alpha`` -> 0 is the uniform grid.
 
-Both compute ``fake_quant`` with plain torch ops (log2, round, clamp, exp2, where), so the ONNX
+Both compute ``fake_quant`` with plain torch ops (log, round, clamp, pow, where; tan, atan), so the ONNX
 exporter writes them as a float decomposition that reproduces the simulation exactly.
 """
 from __future__ import annotations
@@ -43,12 +43,13 @@ class LogQuantizer:
     def codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Integer codes (float tensor) and the mask of values that underflow to 0."""
         ratio = torch.clamp(x / self.scale, min=1e-30)  # x <= 0 -> huge code -> underflow
-        raw = torch.round(-torch.log2(ratio) / self.step)
+        # log(.) * constant rather than log2: the same ops (Log, Mul, Round) as the exported ONNX
+        raw = torch.round(torch.log(ratio) * (-1.0 / (math.log(2.0) * self.step)))
         underflow = raw > self.levels - 1
         return torch.clamp(raw, 0, self.levels - 1), underflow
 
     def dequantize(self, code: torch.Tensor, underflow: torch.Tensor) -> torch.Tensor:
-        value = self.scale * torch.exp2(-code * self.step)
+        value = self.scale * torch.pow(2.0, code * -self.step)  # exports as Pow (ONNX has no Exp2)
         return torch.where(underflow, torch.zeros_like(value), value)
 
     def fake_quant(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,11 +16,23 @@ from torch import nn
 
 from edgevit.quant.config import QuantConfig
 from edgevit.quant.fold import fold_batchnorm
+from edgevit.quant.nonuniform import adalog_table
+from edgevit.quant.reparam import apply_reparam, reparameterize
 from edgevit.quant.nonuniform_search import search_post_activation, search_softmax
 from edgevit.quant.search import activation_range, weight_qparams
 from edgevit.quant.sites import (QuantAttention, act_sites, clamp_weight, insert_sites, set_mode,
                                  weighted_sites)
 from edgevit.quant.uniform import QParams, qparams_from_range
+
+
+DEQUANT_RULES = {
+    "uniform": "x = (code - zero_point) * scale; weights per output channel (axis 0)",
+    "log2 / logsqrt2 / adalog": "x = scale * 2^(-code * step), code in 0..2^bits-1; values past the last code are 0",
+    "adalog (integer)": "code * base_q = 37 k + j; x = scale * table[j] / 2^k (table: fixed point, 2^(bits+1)-2 steps)",
+    "tanq": "x = scale * atan(code * tan(alpha) / (2^bits - 1)) / alpha",
+    "shift": "a site with shift quantizes x + shift; the consuming Linear's bias already holds -W shift",
+    "layernorm_reparam": "LayerNorm gamma/r, beta/r - b and the next Linear's W*r, B + W b are already folded in",
+}
 
 
 @dataclass
@@ -33,6 +45,7 @@ class QuantPlan:
     folded_bn: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     unobserved: list[str] = field(default_factory=list)
+    reparam: dict[str, dict] = field(default_factory=dict)  # LayerNorm name -> r, b, target scale
 
     def to_dict(self, full: bool = False) -> dict:
         """Plain data for report.json / plan.json (``full`` includes every per-channel scale)."""
@@ -44,7 +57,10 @@ class QuantPlan:
                 d.update(scale=q.scale.tolist(), zero_point=q.zero_point.tolist())
             return d
 
-        return {"config": self.config.model_dump(), "folded_batchnorm": self.folded_bn,
+        reparam = {k: {"target_scale": float(f["target_scale"]), "target_zero_point": int(f["target_zero_point"]),
+                       "r_min": float(f["r"].min()), "r_max": float(f["r"].max())} |
+                   ({"r": f["r"].tolist(), "b": f["b"].tolist()} if full else {}) for k, f in self.reparam.items()}
+        return {"config": self.config.model_dump(), "folded_batchnorm": self.folded_bn, "layernorm_reparam": reparam,
                 "skipped": self.skipped, "unobserved_sites": self.unobserved,
                 "activations": {k: {kk: vv for kk, vv in v.items() if kk not in ("qparams", "quantizer")} |
                                 {"scale": float(v["qparams"].scale), "zero_point": int(v["qparams"].zero_point),
@@ -52,6 +68,26 @@ class QuantPlan:
                                 ({"nonuniform": v["quantizer"].to_dict()} if v.get("quantizer") else {})
                                 for k, v in self.activations.items()},
                 "weights": {k: wsum(q) for k, q in self.weights.items()}}
+
+    def quant_params(self) -> dict:
+        """The sidecar an integer-only accelerator toolchain reads (quant_params.json): every site's
+        quantizer with its dequantization rule, per-channel weight scales, LayerNorm reparameterization."""
+        acts = {}
+        for name, v in self.activations.items():
+            q, nu = v["qparams"], v.get("quantizer")
+            if nu is None:
+                acts[name] = {"kind": v["kind"], "type": "uniform", "bits": q.bits, "symmetric": q.symmetric,
+                              "scale": float(q.scale), "zero_point": int(q.zero_point)}
+            else:
+                acts[name] = {"kind": v["kind"], **nu.to_dict()}
+                if nu.kind == "adalog":
+                    acts[name]["table"] = adalog_table(nu.bits).tolist()
+        return {"format": "edgevit.quant_params/1", "dequantization": DEQUANT_RULES, "activations": acts,
+                "weights": {k: q.to_dict() for k, q in self.weights.items()},
+                "layernorm_reparam": {k: {"r": f["r"].tolist(), "b": f["b"].tolist(),
+                                          "target_scale": float(f["target_scale"]),
+                                          "target_zero_point": int(f["target_zero_point"])}
+                                      for k, f in self.reparam.items()}}
 
     def counts(self) -> dict[str, int]:
         kinds: dict[str, int] = {}
@@ -61,12 +97,15 @@ class QuantPlan:
             key = f"nonuniform_{v['quantizer'].kind}"
             kinds[key] = kinds.get(key, 0) + 1
         return {"activation_sites": len(self.activations), "weight_tensors": len(self.weights),
+                "reparameterized_layernorms": len(self.reparam),
                 "folded_batchnorm": len(self.folded_bn), "skipped_modules": len(self.skipped), **kinds}
 
 
-def _prepare(model: nn.Module, cfg: QuantConfig) -> tuple[nn.Module, list[str], list[str]]:
+def _prepare(model: nn.Module, cfg: QuantConfig, reparam: dict | None = None) -> tuple[nn.Module, list[str], list[str]]:
     m = copy.deepcopy(model).eval()
     folded = fold_batchnorm(m) if cfg.fold_bn else []
+    if reparam:
+        apply_reparam(m, reparam)
     skipped = insert_sites(m, attention=cfg.attention, skip=cfg.skip, conv_output=cfg.conv_output)
     return m, folded, skipped
 
@@ -75,7 +114,14 @@ def _prepare(model: nn.Module, cfg: QuantConfig) -> tuple[nn.Module, list[str], 
 def calibrate(model: nn.Module, cfg: QuantConfig, batches: Iterable[torch.Tensor],
               on_batch: Callable[[int], None] | None = None) -> QuantPlan:
     """Observe activations on calibration batches and choose every quantizer's parameters."""
-    m, folded, skipped = _prepare(model, cfg)
+    factors = {}
+    if cfg.layernorm != "none":
+        batches = list(batches)[:cfg.calibration_batches]  # two passes: LayerNorm channel ranges, then sites
+        base = copy.deepcopy(model).eval()
+        if cfg.fold_bn:
+            fold_batchnorm(base)
+        factors = reparameterize(base, batches, cfg.activations.bits, cfg.layernorm)
+    m, folded, skipped = _prepare(model, cfg, factors)
     set_mode(m, "observe")
     seen, kept = 0, []
     for i, x in enumerate(batches):
@@ -89,7 +135,7 @@ def calibrate(model: nn.Module, cfg: QuantConfig, batches: Iterable[torch.Tensor
             on_batch(len(x))
     if seen == 0:
         raise ValueError("no calibration images were given")
-    plan = QuantPlan(config=cfg, folded_bn=folded, skipped=skipped)
+    plan = QuantPlan(config=cfg, folded_bn=folded, skipped=skipped, reparam=factors)
     a = cfg.activations
     for site in act_sites(m):
         if site.observer is None or site.observer.empty:
@@ -147,7 +193,7 @@ def _search_nonuniform(m: nn.Module, plan: QuantPlan, x: torch.Tensor) -> None:
 
 def apply_plan(model: nn.Module, plan: QuantPlan) -> nn.Module:
     """The fake-quant model a plan describes (a copy; the float model is untouched)."""
-    m, _, _ = _prepare(model, plan.config)
+    m, _, _ = _prepare(model, plan.config, plan.reparam)
     for site in act_sites(m):
         entry = plan.activations.get(site.site)
         site.qparams = entry["qparams"] if entry else None
@@ -156,6 +202,8 @@ def apply_plan(model: nn.Module, plan: QuantPlan) -> nn.Module:
         mod.weight_qparams = plan.weights.get(mod.site)
         if mod.weight_qparams is not None:
             clamp_weight(mod.inner.weight, mod.weight_qparams)
+            with torch.no_grad():  # weights on the grid: every rounding (torch, numpy, ORT) gives the same codes
+                mod.inner.weight.copy_(mod.weight_qparams.fake_quant(mod.inner.weight))
     set_mode(m, "quant")
     for mod in weighted_sites(m):
         shift = getattr(mod.input_quant.nonuniform, "shift", 0.0)
@@ -173,6 +221,17 @@ def _fold_shift_into_bias(mod, shift: float) -> None:
         lin.bias = nn.Parameter(-correction)
     else:
         lin.bias.sub_(correction)
+
+
+@torch.no_grad()
+def capture_activations(model: nn.Module, x: torch.Tensor, kinds: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The float activations at every site of the given kinds (e.g. ``attn_softmax``, ``post_act``) on ``x``."""
+    m, _, _ = _prepare(model, QuantConfig())
+    sites = [s for s in act_sites(m) if s.kind in kinds]
+    for s in sites:
+        s.mode = "capture"
+    m(x)
+    return {s.site: torch.cat(s.samples) for s in sites}
 
 
 def quantize(model: nn.Module, cfg: QuantConfig, batches: Iterable[torch.Tensor],

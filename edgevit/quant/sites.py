@@ -67,22 +67,39 @@ def _container(q: QParams) -> tuple[int, int]:
     return (-128, 127) if q.symmetric else (0, 255)
 
 
-def fake_quant_activation(x: torch.Tensor, q: QParams) -> torch.Tensor:
-    """Per-tensor fake quantization with the exportable torch op.
+class _QDQ(torch.autograd.Function):
+    """QuantizeLinear -> DequantizeLinear, computed as ONNX Runtime computes it: round(x / s) with a
+    division, half to even, then saturate. (torch's fake-quant op multiplies by 1/s, which rounds
+    differently at some code boundaries; at 4 bits such flips show in the logits.)"""
 
-    Below 8 bits the codes are computed in the 8-bit container and the result clamped to the
-    quantizer's range: identical values, and it exports as QuantizeLinear/DequantizeLinear + Clip,
-    which ONNX Runtime runs exactly as the simulation (ONNX has no 4- or 6-bit QuantizeLinear in opset 17).
+    # zero_point travels as a float: an int 0 argument trips the TorchScript exporter's peephole pass
+    @staticmethod
+    def forward(ctx, x, scale: float, zero_point: float, qmin: int, qmax: int):
+        return (torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax) - zero_point) * scale
+
+    @staticmethod
+    def symbolic(g, x, scale: float, zero_point: float, qmin: int, qmax: int):
+        zp_type = torch.int8 if qmin < 0 else torch.uint8
+        s = g.op("Constant", value_t=torch.tensor(scale, dtype=torch.float32))
+        z = g.op("Constant", value_t=torch.tensor(int(zero_point), dtype=zp_type))
+        return g.op("DequantizeLinear", g.op("QuantizeLinear", x, s, z), s, z)
+
+
+def fake_quant_activation(x: torch.Tensor, q: QParams) -> torch.Tensor:
+    """Per-tensor fake quantization that exports as QuantizeLinear/DequantizeLinear.
+
+    Below 8 bits the input is first clipped to the quantizer's range and then quantized in the 8-bit
+    container: identical values, and it exports as Clip -> Q -> DQ, which ONNX Runtime runs exactly as
+    the simulation (ONNX has no 4- or 6-bit QuantizeLinear in opset 17).
     """
     scale, zp = float(q.scale), int(q.zero_point)
     if q.bits == 8:
-        return torch.fake_quantize_per_tensor_affine(x, scale, zp, q.qmin, q.qmax)
+        return _QDQ.apply(x, scale, float(zp), q.qmin, q.qmax)
     lo8, hi8 = _container(q)
-    y = torch.fake_quantize_per_tensor_affine(x, scale, zp, lo8, hi8)
-    s = torch.tensor(scale, dtype=torch.float32)
-    low = torch.tensor(float(q.qmin - zp), dtype=torch.float32) * s
-    high = torch.tensor(float(q.qmax - zp), dtype=torch.float32) * s
-    return torch.clamp(y, low, high)
+    s = torch.tensor(scale, dtype=torch.float32)  # bounds = dequantized end codes, in float32 like DQ computes them
+    low = float(torch.tensor(float(q.qmin - zp), dtype=torch.float32) * s)
+    high = float(torch.tensor(float(q.qmax - zp), dtype=torch.float32) * s)
+    return _QDQ.apply(torch.clamp(x, low, high), scale, float(zp), lo8, hi8)
 
 
 def fake_quant_weight(w: torch.Tensor, q: QParams) -> torch.Tensor:
@@ -117,7 +134,12 @@ class _QuantWeighted(nn.Module):
 
     def weight(self) -> torch.Tensor:
         w = self.inner.weight
-        if self.quantize_weight and self.weight_qparams is not None:
+        site = self.input_quant
+        # Only behind a uniformly quantized input does the weight travel as int8 + DequantizeLinear. Behind
+        # a float or log/tan-quantized input, ONNX Runtime would rewrite DQ -> MatMul into MatMulNBits and
+        # quantize the activation on the fly; the weight (already on its grid, see apply_plan) stays float.
+        if self.quantize_weight and self.weight_qparams is not None and site.qparams is not None \
+                and site.nonuniform is None:
             return fake_quant_weight(w, self.weight_qparams)
         return w
 
