@@ -50,7 +50,10 @@ def ort_static(fp32: Path, out: Path, calib: np.ndarray, method: str) -> None:
             return next(self.it, None)
 
     pre = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(fp32), str(pre))
+    try:
+        quant_pre_process(str(fp32), str(pre))
+    except Exception:  # symbolic shape inference gives up on some graphs (efficientformerv2): ONNX's then
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=getattr(CalibrationMethod, method))

@@ -251,3 +251,30 @@ def test_w4a4_adalog_recipe_end_to_end(tmp_path):
     assert ada and all(10 <= v["base_q"] <= 138 and len(v["table"]) == 37 for v in ada)
     assert any(v["kind"] == "post_act" and v["shift"] > 0.16 for v in ada)
     assert params["weights"] and "adalog (integer)" in params["dequantization"]
+
+
+@pytest.mark.parametrize("make", [lambda: adalog_quantizer(4, 1.0, 23), lambda: logsqrt2_quantizer(4),
+                                  lambda: adalog_quantizer(4, 3.1, 17, GELU_SHIFT), lambda: TanQuantizer(4, 1.1, 0.6)])
+def test_exact_onnx_decomposition_of_a_log_or_tan_site_is_bit_exact(make):
+    import onnxruntime as ort
+
+    from edgevit.export.onnx import torch_to_onnx
+    from edgevit.quant.sites import ActQuant
+
+    class Site(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = ActQuant("s", "attn_softmax")
+            self.q.mode, self.q.nonuniform = "quant", make()
+
+        def forward(self, x):
+            return self.q(torch.softmax(x, dim=-1) * 3 - 0.1)
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 8, 8) * 4
+    proto = torch_to_onnx(Site(), 8)
+    got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        want = Site()(x).numpy()
+    assert np.array_equal(got, want), f"{np.sum(got != want)} of {got.size} values differ"

@@ -10,7 +10,7 @@ attention. A uniform grid spends its levels evenly; these quantizers place them 
   whose slope grows toward 1, so the grid is densest near 1 (DopQ-ViT's TanQ intent; the paper's own
   formula could not be read, see ALGORITHMS.md 3). ``alpha`` -> 0 is the uniform grid.
 
-Both compute ``fake_quant`` with plain torch ops (log, round, clamp, pow, where; tan, atan), so the ONNX
+Both compute ``fake_quant`` with plain torch ops (log, round, clamp, pow, where; tan and a table lookup), so the ONNX
 exporter writes them as a float decomposition that reproduces the simulation exactly.
 """
 from __future__ import annotations
@@ -100,7 +100,8 @@ def adalog_integer_dequantize(code: torch.Tensor, q: LogQuantizer, table: torch.
 
 @dataclass
 class TanQuantizer:
-    """code = round((2^b - 1) tan(alpha x / s) / tan(alpha)), x_hat = s atan(code tan(alpha) / (2^b - 1)) / alpha."""
+    """code = round((2^b - 1) tan(alpha x / s) / tan(alpha)), x_hat = s atan(code tan(alpha) / (2^b - 1)) / alpha
+    (dequantization by table lookup)."""
 
     bits: int
     alpha: float
@@ -116,13 +117,16 @@ class TanQuantizer:
         return torch.round(torch.tan(u * self.alpha) * (self.top / math.tan(self.alpha)))
 
     def dequantize(self, code: torch.Tensor) -> torch.Tensor:
-        return torch.atan(code * (math.tan(self.alpha) / self.top)) * (self.scale / self.alpha)
+        """A lookup in the 2^b-entry table (exported as Gather: bit-exact in any runtime, unlike atan)."""
+        table = self.grid().to(code.dtype if code.is_floating_point() else torch.float32)
+        return table[code.long()]
 
     def fake_quant(self, x: torch.Tensor) -> torch.Tensor:
         return self.dequantize(self.codes(x))
 
     def grid(self) -> torch.Tensor:
-        return self.dequantize(torch.arange(self.top + 1, dtype=torch.float64))
+        code = torch.arange(self.top + 1, dtype=torch.float64)
+        return torch.atan(code * (math.tan(self.alpha) / self.top)) * (self.scale / self.alpha)
 
     def to_dict(self) -> dict:
         return {"type": self.kind, "bits": self.bits, "alpha": self.alpha, "scale": self.scale}
