@@ -278,3 +278,21 @@ def test_exact_onnx_decomposition_of_a_log_or_tan_site_is_bit_exact(make):
     with torch.no_grad():
         want = Site()(x).numpy()
     assert np.array_equal(got, want), f"{np.sum(got != want)} of {got.size} values differ"
+
+
+def test_reparameterized_plan_rebuilds_the_same_simulation():
+    from edgevit.models import load_model
+    from edgevit.quant import apply_plan
+    from edgevit.recipe import ModelConfig
+
+    torch.manual_seed(0)
+    model, _ = load_model(ModelConfig(source="builtin:vit-cifar10"))
+    calib = [torch.randn(32, 3, 32, 32)]
+    qm, plan = quantize(model, QuantConfig(layernorm="mosf"), calib)
+    assert plan.counts()["reparameterized_layernorms"] == 12
+    assert len(plan.quant_params()["layernorm_reparam"]["blocks.0.norm1"]["r"]) == 128
+    x = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(apply_plan(model, plan)(x), qm(x))  # the plan alone rebuilds the model
+        agree = (qm(x).argmax(1) == model(x).argmax(1)).float().mean()
+    assert agree >= 0.8
