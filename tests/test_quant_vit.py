@@ -296,3 +296,34 @@ def test_reparameterized_plan_rebuilds_the_same_simulation():
         torch.testing.assert_close(apply_plan(model, plan)(x), qm(x))  # the plan alone rebuilds the model
         agree = (qm(x).argmax(1) == model(x).argmax(1)).float().mean()
     assert agree >= 0.8
+
+
+def test_plan_counts_the_log_quantizers():
+    torch.manual_seed(0)
+    _, plan = quantize(nn.Sequential(_Mlp()), QuantConfig(gelu="adalog"), [torch.randn(64, 8)])
+    assert plan.counts()["nonuniform_adalog"] == 1 and plan.counts()["post_act"] == 1
+
+
+def test_fpcs_uniform_search_lowers_the_consumer_output_error():
+    from edgevit.quant.nonuniform_search import fpcs_uniform
+
+    torch.manual_seed(0)
+    x = torch.randn(512, 32)
+    x[:, 3] *= 20  # one outlier channel: the min-max grid is far too coarse for the rest
+    w = torch.randn(16, 32) / 6
+    q = fpcs_uniform(4, x, w)
+    minmax = qparams_from_range(x.min(), x.max(), 4, False)
+
+    def out_err(qp):
+        return float(((qp.fake_quant(x) @ w.t() - x @ w.t()) ** 2).sum())
+
+    assert 0 <= q.zero_point <= 15 and q.bits == 4
+    assert out_err(q) < out_err(minmax)
+
+
+def test_fpcs_activation_method_replaces_linear_input_ranges():
+    torch.manual_seed(0)
+    _, plan = quantize(nn.Sequential(_Mlp()), QuantConfig(activations={"bits": 4, "method": "fpcs"}),
+                       [torch.randn(64, 8)])
+    searched = [k for k, v in plan.activations.items() if v.get("search") == "fpcs"]
+    assert sorted(searched) == ["0.fc1.input", "0.fc2.input"]

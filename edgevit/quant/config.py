@@ -24,7 +24,10 @@ class ActivationQuant(_Strict):
 
     bits: int = Field(8, ge=2, le=8)
     symmetric: bool = False
-    method: Literal["minmax", "percentile", "mse"] = "mse"
+    method: Literal["minmax", "percentile", "mse", "fpcs"] = Field(
+        "mse", description="range of each tensor: minmax, percentile, mse (of the tensor itself), or fpcs: "
+        "AdaLog's progressive (scale, zero point) search against the consuming Linear's output error "
+        "(Linear inputs; other sites use mse); fpcs needs symmetric: false")
     percentile: float = Field(99.99, gt=50, le=100)
 
 

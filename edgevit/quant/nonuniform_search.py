@@ -92,3 +92,46 @@ def quantizer_mse(q, x: torch.Tensor) -> float:
     """Mean squared quantization error of ``q`` on ``x`` (for the benchmark's quantizer table)."""
     return float(((q.fake_quant(x) - x) ** 2).mean())
 
+
+
+def fpcs_uniform(bits: int, x: torch.Tensor, weight: torch.Tensor, steps: int = 6, keep: int = 16,
+                 new_scales: int = 8, budget: int = 128) -> QParams:
+    """FPCS for a uniform asymmetric activation quantizer against the consuming Linear's output error.
+
+    Candidates: up to 16 consecutive zero points around 2^(b-1) x scales spaced from (P90 - P10) to
+    (max - min) over the levels (about 128 pairs); keep the best 16; then ``steps - 1`` rounds of 8
+    new scales around each survivor (its zero point kept), the step shrinking 7.5x a round, the last
+    round keeping one (ALGORITHMS.md 2.2)."""
+    from edgevit.quant.uniform import qrange
+
+    x = x.reshape(-1, x.shape[-1]).float()
+    if len(x) > MAX_ROWS:
+        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:MAX_ROWS]]
+    w = weight.float()
+    ref = x @ w.t()
+    qmin, qmax = qrange(bits, False)
+    levels = qmax - qmin
+    flat = x.reshape(-1)
+    p10, p90 = torch.quantile(flat[torch.randperm(len(flat), generator=torch.Generator().manual_seed(0))[:1_000_000]],
+                              torch.tensor([0.1, 0.9])).tolist()
+    lo_s = max((p90 - p10) / levels, 1e-8)
+    hi_s = max(float(flat.max() - flat.min()) / levels, lo_s * 1.01)
+    num_zp = min(16, 2 ** bits)
+    zps = [2 ** (bits - 1) - num_zp // 2 + i for i in range(num_zp)]
+    # the zero point that puts the tensor's minimum at code 0, so strongly one-sided tensors are covered
+    zps = sorted(set(zps) | {int(min(max(round(-float(flat.min()) / hi_s), qmin), qmax))})
+    scales = torch.linspace(lo_s, hi_s, max(2, budget // len(zps))).tolist()
+
+    def err(s: float, z: int) -> float:
+        q = QParams(torch.tensor(s), torch.tensor(float(z)), bits, False)
+        return float(((q.fake_quant(x) @ w.t() - ref) ** 2).sum())
+
+    pool = sorted((err(s, z), s, z) for s in scales for z in zps)[:keep]
+    delta = (hi_s - lo_s) / max(len(scales) - 1, 1)
+    for r in range(steps - 1):
+        offsets = (torch.linspace(0, 1, new_scales) - 0.5) * delta
+        cands = {(s, z) for _, s, z in pool} | {(s + float(o), z) for _, s, z in pool for o in offsets if s + float(o) > 0}
+        pool = sorted((err(s, z), s, z) for s, z in cands)[:1 if r == steps - 2 else keep]
+        delta /= 7.5
+    _, s, z = pool[0]
+    return QParams(torch.tensor(s), torch.tensor(float(z)), bits, False)

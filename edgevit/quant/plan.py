@@ -17,8 +17,8 @@ from torch import nn
 from edgevit.quant.config import QuantConfig
 from edgevit.quant.fold import fold_batchnorm
 from edgevit.quant.nonuniform import adalog_table
+from edgevit.quant.nonuniform_search import fpcs_uniform, search_post_activation, search_softmax
 from edgevit.quant.reparam import apply_reparam, reparameterize
-from edgevit.quant.nonuniform_search import search_post_activation, search_softmax
 from edgevit.quant.search import activation_range, weight_qparams
 from edgevit.quant.sites import (QuantAttention, act_sites, clamp_weight, insert_sites, set_mode,
                                  weighted_sites)
@@ -93,9 +93,9 @@ class QuantPlan:
         kinds: dict[str, int] = {}
         for v in self.activations.values():
             kinds[v["kind"]] = kinds.get(v["kind"], 0) + 1
-        if v.get("quantizer") is not None:
-            key = f"nonuniform_{v['quantizer'].kind}"
-            kinds[key] = kinds.get(key, 0) + 1
+            if v.get("quantizer") is not None:
+                key = f"nonuniform_{v['quantizer'].kind}"
+                kinds[key] = kinds.get(key, 0) + 1
         return {"activation_sites": len(self.activations), "weight_tensors": len(self.weights),
                 "reparameterized_layernorms": len(self.reparam),
                 "folded_batchnorm": len(self.folded_bn), "skipped_modules": len(self.skipped), **kinds}
@@ -146,7 +146,8 @@ def calibrate(model: nn.Module, cfg: QuantConfig, batches: Iterable[torch.Tensor
         if site.kind == "attn_softmax" and not a.symmetric:
             lo, hi = 0.0, max(obs.max, 1e-8)  # probabilities: [0, max], no search below 0
         else:
-            lo, hi = activation_range(obs, a.method, bits, a.symmetric, a.percentile)
+            lo, hi = activation_range(obs, "mse" if a.method == "fpcs" else a.method, bits, a.symmetric,
+                                      a.percentile)
         plan.activations[site.site] = {"kind": site.kind, "observed": [obs.min, obs.max], "range": [lo, hi],
                                        "qparams": qparams_from_range(torch.tensor(lo), torch.tensor(hi),
                                                                      bits, a.symmetric)}
@@ -154,9 +155,31 @@ def calibrate(model: nn.Module, cfg: QuantConfig, batches: Iterable[torch.Tensor
     for mod in weighted_sites(m):
         plan.weights[mod.site] = weight_qparams(mod.inner.weight, _bits(mod.site, w.bits, cfg), w.symmetric,
                                                 w.granularity == "channel", w.method)
+    if a.method == "fpcs":
+        _search_uniform_fpcs(m, plan, torch.cat(kept)[:cfg.search_images])
     if cfg.softmax != "uniform" or cfg.gelu != "uniform":
         _search_nonuniform(m, plan, torch.cat(kept)[:cfg.search_images])
     return plan
+
+
+def _search_uniform_fpcs(m: nn.Module, plan: QuantPlan, x: torch.Tensor) -> None:
+    """Re-search the input quantizer of every Linear against its output error (FPCS)."""
+    if plan.config.activations.symmetric:
+        raise ValueError("quantize.activations.method: fpcs searches asymmetric quantizers; set symmetric: false")
+    mods = [mod for mod in weighted_sites(m) if isinstance(mod.inner, nn.Linear)
+            and mod.input_quant.site in plan.activations
+            and not (mod.input_quant.kind == "post_act" and plan.config.gelu != "uniform")]
+    for mod in mods:
+        mod.input_quant.mode, mod.input_quant.samples = "capture", []
+    m(x)
+    for mod in mods:
+        entry = plan.activations[mod.input_quant.site]
+        w_hat = plan.weights[mod.site].fake_quant(mod.inner.weight.detach())
+        q = fpcs_uniform(entry["qparams"].bits, torch.cat(mod.input_quant.samples), w_hat)
+        entry["qparams"] = q
+        entry["range"] = [float((q.qmin - q.zero_point) * q.scale), float((q.qmax - q.zero_point) * q.scale)]
+        entry["search"] = "fpcs"
+        mod.input_quant.mode, mod.input_quant.samples = "off", []
 
 
 def _bits(module: str, bits: int, cfg: QuantConfig) -> int:
