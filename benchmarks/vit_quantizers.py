@@ -43,7 +43,7 @@ from edgevit.validate import OrtRunner, collect_logits, topk_accuracy  # noqa: E
 
 DEFAULT_TEST = Path.home() / ".cache" / "edgevit" / "cifar10-images" / "test"
 KEEP_8BIT = ["patch_embed*", "head*", "stem*"]
-# (bits, softmax, gelu, layernorm)
+# (bits, softmax, gelu, layernorm[, activation range method])
 CONFIGS = [
     (8, "uniform", "uniform", "none"), (8, "adalog", "adalog", "none"), (8, "adalog", "adalog", "reparam"),
     (6, "uniform", "uniform", "none"), (6, "adalog", "adalog", "none"), (6, "adalog", "adalog", "reparam"),
@@ -52,12 +52,13 @@ CONFIGS = [
     (4, "adalog", "uniform", "none"), (4, "tanq", "uniform", "none"), (4, "adalog", "adalog", "none"),
     (4, "tanq", "adalog", "none"), (4, "adalog", "adalog", "reparam"), (4, "adalog", "adalog", "mosf"),
     (4, "uniform", "uniform", "reparam"), (4, "uniform", "uniform", "mosf"),
+    (4, "uniform", "uniform", "none", "fpcs"), (4, "adalog", "adalog", "none", "fpcs"),
 ]
 EXACT = (4, "adalog", "adalog", "none")
 
 
-def config(bits: int, softmax: str, gelu: str, layernorm: str) -> QuantConfig:
-    return QuantConfig(weights={"bits": bits}, activations={"bits": bits}, softmax=softmax, gelu=gelu,
+def config(bits: int, softmax: str, gelu: str, layernorm: str, method: str = "mse") -> QuantConfig:
+    return QuantConfig(weights={"bits": bits}, activations={"bits": bits, "method": method}, softmax=softmax, gelu=gelu,
                        layernorm=layernorm, keep_8bit=KEEP_8BIT if bits < 8 else [])
 
 
@@ -161,15 +162,16 @@ def main() -> None:
 def print_tables(r: dict) -> None:
     models = list(dict.fromkeys(a["model"] for a in r["accuracy"]))
     fp = {a["model"]: a["top1"] for a in r["accuracy"] if a["config"] == "fp32"}
-    print("| W/A | softmax | GELU | LayerNorm | " + " | ".join(f"{m} top-1 (Δ)" for m in models) + " |")
-    print("|---|---|---|---|" + "---|" * len(models))
-    print("| FP32 | | | | " + " | ".join(f"{100 * fp[m]:.2f} %" for m in models) + " |")
+    print("| W/A | softmax | GELU | LayerNorm | ranges | " + " | ".join(f"{m} top-1 (Δ)" for m in models) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(models))
+    print("| FP32 | | | | | " + " | ".join(f"{100 * fp[m]:.2f} %" for m in models) + " |")
     for spec in CONFIGS:
         cells = []
         for m in models:
             a = next((a for a in r["accuracy"] if a["model"] == m and a["config"] == list(spec)), None)
             cells.append("" if a is None else f"{100 * a['top1']:.2f} % ({100 * a['delta']:+.2f})")
-        print(f"| W{spec[0]}A{spec[0]} | {spec[1]} | {spec[2]} | {spec[3]} | " + " | ".join(cells) + " |")
+        method = spec[4] if len(spec) > 4 else "mse"
+        print(f"| W{spec[0]}A{spec[0]} | {spec[1]} | {spec[2]} | {spec[3]} | {method} | " + " | ".join(cells) + " |")
     print("\n| model | config | simulated top-1 | ONNX Runtime top-1 (exact lowering) | difference | agreement | max abs logit diff |")
     print("|---|---|---|---|---|---|---|")
     for e in r["exact"]:
