@@ -8,7 +8,7 @@ Targets:
 
 Policies for what no integer kernel runs (log/tan activation quantizers, fewer than 8 bits):
 
-* ``exact``: keep them; the exporter writes a float decomposition (log2, round, clip, exp2 ...)
+* ``exact``: keep them; the exporter writes a float decomposition (Log, Round, Clip, Pow, Where ...)
   and 8-bit Q/DQ + Clip for sub-8-bit grids, which reproduces the simulation in ONNX Runtime. For
   validating a scheme, and for accelerators that implement it (see ``quant_params.json``).
 * ``uniform``: replace each log/tan quantizer by the uniform 8-bit grid over the range calibrated

@@ -1,4 +1,4 @@
-"""Parameter search for the non-uniform quantizers, against the error of the consuming layer's output.
+"""Output-error parameter searches: the non-uniform quantizers, and FPCS for uniform activations.
 
 * Post-softmax (attention probabilities A, scale fixed at 1): the objective is
   ||Q(A) V_hat - A V||^2 over the captured calibration samples (V_hat: V through its own quantizer).
@@ -16,7 +16,7 @@ import torch
 
 from edgevit.quant.nonuniform import (ADALOG_Q_RANGE, LogQuantizer, TanQuantizer, adalog_quantizer,
                                       log2_quantizer, logsqrt2_quantizer)
-from edgevit.quant.uniform import QParams
+from edgevit.quant.uniform import QParams, qrange
 
 FPCS_TOP_BASES = 8
 FPCS_SCALES = 16
@@ -102,8 +102,6 @@ def fpcs_uniform(bits: int, x: torch.Tensor, weight: torch.Tensor, steps: int = 
     (max - min) over the levels (about 128 pairs); keep the best 16; then ``steps - 1`` rounds of 8
     new scales around each survivor (its zero point kept), the step shrinking 7.5x a round, the last
     round keeping one (ALGORITHMS.md 2.2)."""
-    from edgevit.quant.uniform import qrange
-
     x = x.reshape(-1, x.shape[-1]).float()
     if len(x) > MAX_ROWS:
         x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:MAX_ROWS]]
