@@ -73,11 +73,15 @@ def shorten_tensor_names(graph: onnx.GraphProto) -> None:
             taken.add(names[name])
         return names[name]
 
+    _rename_tensors(graph, short)
+
+
+def _rename_tensors(graph: onnx.GraphProto, rename) -> None:
     for t in graph.initializer:
-        t.name = short(t.name)
+        t.name = rename(t.name)
     for n in graph.node:
-        n.input[:] = [short(i) for i in n.input]
-        n.output[:] = [short(o) for o in n.output]
+        n.input[:] = [rename(i) for i in n.input]
+        n.output[:] = [rename(o) for o in n.output]
 
 
 def number_tensors(graph: onnx.GraphProto) -> None:
@@ -90,11 +94,7 @@ def number_tensors(graph: onnx.GraphProto) -> None:
             return name
         return names.setdefault(name, f"t{len(names):x}")
 
-    for t in graph.initializer:
-        t.name = short(t.name)
-    for n in graph.node:
-        n.input[:] = [short(i) for i in n.input]
-        n.output[:] = [short(o) for o in n.output]
+    _rename_tensors(graph, short)
 
 
 def short_node_name(name: str) -> str:

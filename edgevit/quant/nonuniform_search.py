@@ -27,6 +27,24 @@ TANQ_ALPHAS = 30
 MAX_ROWS = 512  # token rows of the post-activation search (each candidate costs one fc2 matmul over them)
 
 
+def _sample(t: torch.Tensor, n: int) -> torch.Tensor:
+    """At most ``n`` rows of ``t`` (seeded, so a recipe always picks the same ones)."""
+    if len(t) <= n:
+        return t
+    return t[torch.randperm(len(t), generator=torch.Generator().manual_seed(0))[:n]]
+
+
+def _refine_scales(pool: list[tuple], err, step: float, rounds: int, new_scales: int, keep: int) -> tuple:
+    """FPCS refinement: ``rounds`` rounds of ``new_scales`` scales around each survivor (scale, tag) of
+    ``pool`` (entries (error, scale, tag)), the step shrinking 7.5x a round; returns the best entry."""
+    for r in range(rounds):
+        offsets = [float(o) for o in (torch.linspace(0, 1, new_scales) - 0.5) * step]
+        cands = {(sc, tag) for _, sc, tag in pool} | {(sc + o, tag) for _, sc, tag in pool for o in offsets if sc + o > 0}
+        pool = sorted((err(sc, tag), sc, tag) for sc, tag in cands)[:1 if r == rounds - 1 else keep]
+        step /= 7.5
+    return pool[0]
+
+
 def search_softmax(kind: str, bits: int, attn: list[torch.Tensor], v: list[torch.Tensor],
                    v_qparams: QParams | None = None) -> LogQuantizer | TanQuantizer:
     """The post-softmax quantizer of ``kind`` that best preserves attn @ V on the samples."""
@@ -43,8 +61,7 @@ def search_softmax(kind: str, bits: int, attn: list[torch.Tensor], v: list[torch
     if kind == "adalog":
         cands = [adalog_quantizer(bits, 1.0, q) for q in range(ADALOG_Q_RANGE[0], ADALOG_Q_RANGE[1] + 1)]
     elif kind == "tanq":  # alpha and the top of the grid (attention rarely reaches 1)
-        flat = torch.cat([a.reshape(-1) for a in attn])
-        flat = flat[torch.randperm(len(flat), generator=torch.Generator().manual_seed(0))[:1_000_000]]
+        flat = _sample(torch.cat([a.reshape(-1) for a in attn]), 1_000_000)
         tops = sorted({min(1.0, float(t)) for t in torch.quantile(flat, torch.tensor([0.999, 0.9999, 1.0]))} | {1.0})
         cands = [TanQuantizer(bits, float(a), t) for a in torch.linspace(0.05, 1.5, TANQ_ALPHAS) for t in tops]
     else:
@@ -54,44 +71,34 @@ def search_softmax(kind: str, bits: int, attn: list[torch.Tensor], v: list[torch
 
 def search_post_activation(bits: int, x: torch.Tensor, weight: torch.Tensor, shift: float) -> LogQuantizer:
     """AdaLog for a post-GELU/SiLU activation ``x`` (rows x channels) feeding ``weight`` (out x channels)."""
-    x = x.reshape(-1, x.shape[-1]).float()
-    if len(x) > MAX_ROWS:
-        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:MAX_ROWS]]
+    x = _sample(x.reshape(-1, x.shape[-1]).float(), MAX_ROWS)
     w = weight.float()
     ref = x @ w.t()
     xs = x + shift
 
-    seen: dict[tuple[int, float], float] = {}
+    seen: dict[tuple[float, int], float] = {}
 
-    def err(base_q: int, scale: float) -> float:
-        if (base_q, scale) not in seen:
+    def err(scale: float, base_q: int) -> float:
+        if (scale, base_q) not in seen:
             q = adalog_quantizer(bits, scale, base_q, shift)
-            seen[base_q, scale] = float((((q.fake_quant(xs) - shift) @ w.t() - ref) ** 2).sum())
-        return seen[base_q, scale]
+            seen[scale, base_q] = float((((q.fake_quant(xs) - shift) @ w.t() - ref) ** 2).sum())
+        return seen[scale, base_q]
 
     top = float(xs.max())
     bases = list(range(ADALOG_Q_RANGE[0], ADALOG_Q_RANGE[1] + 1))
-    bases = sorted(bases, key=lambda b: err(b, top))[:FPCS_TOP_BASES]
+    bases = sorted(bases, key=lambda b: err(top, b))[:FPCS_TOP_BASES]
     positive = xs[xs > 0]
     pcts = torch.quantile(positive, torch.linspace(0.90, 1.0, FPCS_SCALES)).tolist()
     scales = sorted({s for s in pcts + [shift] if s > 0})
-    pairs = sorted(((err(b, s), b, s) for b in bases for s in scales))[:FPCS_KEEP]
+    pool = sorted((err(s, b), s, b) for b in bases for s in scales)[:FPCS_KEEP]
     step = (max(scales) - min(scales)) / max(len(scales) - 1, 1)
-    for r in range(FPCS_ROUNDS):
-        offsets = (torch.linspace(0, 1, FPCS_NEW_SCALES) - 0.5) * step
-        cands = {(b, s) for _, b, s in pairs}
-        cands |= {(b, s + float(o)) for _, b, s in pairs for o in offsets if s + float(o) > 0}
-        keep = 1 if r == FPCS_ROUNDS - 1 else FPCS_KEEP
-        pairs = sorted((err(b, s), b, s) for b, s in cands)[:keep]
-        step /= 7.5
-    _, base_q, scale = pairs[0]
+    _, scale, base_q = _refine_scales(pool, err, step, FPCS_ROUNDS, FPCS_NEW_SCALES, FPCS_KEEP)
     return adalog_quantizer(bits, scale, base_q, shift)
 
 
 def quantizer_mse(q, x: torch.Tensor) -> float:
     """Mean squared quantization error of ``q`` on ``x`` (for the benchmark's quantizer table)."""
     return float(((q.fake_quant(x) - x) ** 2).mean())
-
 
 
 def fpcs_uniform(bits: int, x: torch.Tensor, weight: torch.Tensor, steps: int = 6, keep: int = 16,
@@ -102,16 +109,13 @@ def fpcs_uniform(bits: int, x: torch.Tensor, weight: torch.Tensor, steps: int = 
     (max - min) over the levels (about 128 pairs); keep the best 16; then ``steps - 1`` rounds of 8
     new scales around each survivor (its zero point kept), the step shrinking 7.5x a round, the last
     round keeping one (ALGORITHMS.md 2.2)."""
-    x = x.reshape(-1, x.shape[-1]).float()
-    if len(x) > MAX_ROWS:
-        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:MAX_ROWS]]
+    x = _sample(x.reshape(-1, x.shape[-1]).float(), MAX_ROWS)
     w = weight.float()
     ref = x @ w.t()
     qmin, qmax = qrange(bits, False)
     levels = qmax - qmin
     flat = x.reshape(-1)
-    p10, p90 = torch.quantile(flat[torch.randperm(len(flat), generator=torch.Generator().manual_seed(0))[:1_000_000]],
-                              torch.tensor([0.1, 0.9])).tolist()
+    p10, p90 = torch.quantile(_sample(flat, 1_000_000), torch.tensor([0.1, 0.9])).tolist()
     lo_s = max((p90 - p10) / levels, 1e-8)
     hi_s = max(float(flat.max() - flat.min()) / levels, lo_s * 1.01)
     num_zp = min(16, 2 ** bits)
@@ -126,10 +130,5 @@ def fpcs_uniform(bits: int, x: torch.Tensor, weight: torch.Tensor, steps: int = 
 
     pool = sorted((err(s, z), s, z) for s in scales for z in zps)[:keep]
     delta = (hi_s - lo_s) / max(len(scales) - 1, 1)
-    for r in range(steps - 1):
-        offsets = (torch.linspace(0, 1, new_scales) - 0.5) * delta
-        cands = {(s, z) for _, s, z in pool} | {(s + float(o), z) for _, s, z in pool for o in offsets if s + float(o) > 0}
-        pool = sorted((err(s, z), s, z) for s, z in cands)[:1 if r == steps - 2 else keep]
-        delta /= 7.5
-    _, s, z = pool[0]
+    _, s, z = _refine_scales(pool, err, delta, steps - 1, new_scales, keep)
     return QParams(torch.tensor(s), torch.tensor(float(z)), bits, False)

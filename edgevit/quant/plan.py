@@ -101,9 +101,13 @@ class QuantPlan:
                 "folded_batchnorm": len(self.folded_bn), "skipped_modules": len(self.skipped), **kinds}
 
 
-def _prepare(model: nn.Module, cfg: QuantConfig, reparam: dict | None = None) -> tuple[nn.Module, list[str], list[str]]:
+def _float_copy(model: nn.Module, cfg: QuantConfig) -> tuple[nn.Module, list[str]]:
     m = copy.deepcopy(model).eval()
-    folded = fold_batchnorm(m) if cfg.fold_bn else []
+    return m, fold_batchnorm(m) if cfg.fold_bn else []
+
+
+def _prepare(model: nn.Module, cfg: QuantConfig, reparam: dict | None = None) -> tuple[nn.Module, list[str], list[str]]:
+    m, folded = _float_copy(model, cfg)
     if reparam:
         apply_reparam(m, reparam)
     skipped = insert_sites(m, attention=cfg.attention, skip=cfg.skip, conv_output=cfg.conv_output)
@@ -117,10 +121,7 @@ def calibrate(model: nn.Module, cfg: QuantConfig, batches: Iterable[torch.Tensor
     factors = {}
     if cfg.layernorm != "none":
         batches = list(batches)[:cfg.calibration_batches]  # two passes: LayerNorm channel ranges, then sites
-        base = copy.deepcopy(model).eval()
-        if cfg.fold_bn:
-            fold_batchnorm(base)
-        factors = reparameterize(base, batches, cfg.activations.bits, cfg.layernorm)
+        factors = reparameterize(_float_copy(model, cfg)[0], batches, cfg.activations.bits, cfg.layernorm)
     m, folded, skipped = _prepare(model, cfg, factors)
     set_mode(m, "observe")
     seen, kept = 0, []
