@@ -31,6 +31,21 @@ class ActivationQuant(_Strict):
     percentile: float = Field(99.99, gt=50, le=100)
 
 
+class LayerSearch(_Strict):
+    """Q-HyViT's per-layer choice of activation granularity and scheme (quantize.search)."""
+
+    granularity: list[Literal["tensor", "channel"]] = Field(
+        ["tensor", "channel"], min_length=1, description="candidate activation granularities of each Conv/Linear "
+        "input: one scale per tensor, or one per channel (ONNX Runtime then runs that layer in float; "
+        "TensorRT's lowering makes it per tensor)")
+    symmetric: list[bool] = Field([False, True], min_length=1, description="candidate schemes: false = "
+                                  "asymmetric uint8, true = symmetric int8 with zero point 0")
+    bridges: bool = Field(True, description="for layers inside a bridge block (conv <-> attention), "
+                          "measure the error at the block's output instead of the layer's")
+    hessian: bool = Field(False, description="weight output errors by the squared gradients of "
+                          "KL(quantized || float predictions)")
+
+
 class QuantConfig(_Strict):
     """Uniform post-training quantization of Linear/Conv inputs and weights and attention operands."""
 
@@ -53,6 +68,8 @@ class QuantConfig(_Strict):
                                "output-error searches of the non-uniform quantizers")
     keep_8bit: list[str] = Field(default_factory=list, description="module names (fnmatch patterns) whose "
                                  "weight and input stay 8-bit when the rest is quantized lower (patch embedding, head)")
+    search: LayerSearch | None = Field(None, description="per-layer search of activation granularity and "
+                                       "scheme against layer / bridge-block output error (hybrid backbones)")
     fold_bn: bool = True
     skip: list[str] = Field(default_factory=list, description="module names (fnmatch patterns) kept in float")
     calibration_batches: int | None = Field(None, gt=0, description="default: all calibration images")

@@ -3,8 +3,9 @@
 Targets:
 
 * ``onnxruntime``: the plan as calibrated (uint8 asymmetric activations are ORT's fast x86 path).
-* ``tensorrt``: explicit quantization needs signed int8 with zero point 0 everywhere, so every
-  activation quantizer becomes symmetric over the same calibrated range (weights already are).
+* ``tensorrt``: explicit quantization needs signed int8 with zero point 0 everywhere and one scale
+  per activation tensor, so every activation quantizer becomes symmetric and per tensor over the
+  same calibrated range (the union of the channel ranges for channel-wise ones; weights already are).
 
 Policies for what no integer kernel runs (log/tan activation quantizers, fewer than 8 bits):
 
@@ -64,7 +65,7 @@ def lower_plan(plan: QuantPlan, target: str, policy: str = "uniform") -> QuantPl
     if target == "tensorrt":
         for entry in lowered.activations.values():
             q = entry["qparams"]
-            if not q.symmetric:
+            if not q.symmetric or q.axis is not None:  # TensorRT activations: one symmetric scale per tensor
                 lo, hi = entry["range"]
                 entry["qparams"] = qparams_from_range(torch.tensor(lo), torch.tensor(hi), q.bits, symmetric=True)
         for name, q in lowered.weights.items():

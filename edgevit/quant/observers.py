@@ -75,3 +75,22 @@ class HistogramObserver:
         lo = max(self.min, float(e[lo_i]))
         hi = min(self.max, float(e[min(hi_i + 1, self.bins)]))
         return lo, hi
+
+
+class ChannelRangeObserver:
+    """Running per-channel min and max along ``axis`` (channel-wise activation quantizers)."""
+
+    def __init__(self, axis: int):
+        self.axis = axis
+        self.min: torch.Tensor | None = None
+        self.max: torch.Tensor | None = None
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add one batch of activations."""
+        flat = x.detach().float().movedim(self.axis, 0)
+        flat = flat.reshape(flat.shape[0], -1)
+        if flat.shape[1] == 0:
+            return
+        mn, mx = flat.min(1).values, flat.max(1).values
+        self.min = mn if self.min is None else torch.minimum(self.min, mn)
+        self.max = mx if self.max is None else torch.maximum(self.max, mx)

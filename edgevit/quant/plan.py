@@ -16,6 +16,7 @@ from torch import nn
 
 from edgevit.quant.config import QuantConfig
 from edgevit.quant.fold import fold_batchnorm
+from edgevit.quant.granularity import search_granularity
 from edgevit.quant.nonuniform import adalog_table
 from edgevit.quant.nonuniform_search import fpcs_uniform, search_post_activation, search_softmax
 from edgevit.quant.reparam import apply_reparam, reparameterize
@@ -46,6 +47,7 @@ class QuantPlan:
     skipped: list[str] = field(default_factory=list)
     unobserved: list[str] = field(default_factory=list)
     reparam: dict[str, dict] = field(default_factory=dict)  # LayerNorm name -> r, b, target scale
+    bridges: list[dict] = field(default_factory=list)  # bridge blocks the granularity search used
 
     def to_dict(self, full: bool = False) -> dict:
         """Plain data for report.json / plan.json (``full`` includes every per-channel scale)."""
@@ -62,9 +64,9 @@ class QuantPlan:
                    ({"r": f["r"].tolist(), "b": f["b"].tolist()} if full else {}) for k, f in self.reparam.items()}
         return {"config": self.config.model_dump(), "folded_batchnorm": self.folded_bn, "layernorm_reparam": reparam,
                 "skipped": self.skipped, "unobserved_sites": self.unobserved,
+                "bridge_blocks": self.bridges,
                 "activations": {k: {kk: vv for kk, vv in v.items() if kk not in ("qparams", "quantizer")} |
-                                {"scale": float(v["qparams"].scale), "zero_point": int(v["qparams"].zero_point),
-                                 "bits": v["qparams"].bits, "symmetric": v["qparams"].symmetric} |
+                                _act_summary(v["qparams"], full) |
                                 ({"nonuniform": v["quantizer"].to_dict()} if v.get("quantizer") else {})
                                 for k, v in self.activations.items()},
                 "weights": {k: wsum(q) for k, q in self.weights.items()}}
@@ -76,8 +78,7 @@ class QuantPlan:
         for name, v in self.activations.items():
             q, nu = v["qparams"], v.get("quantizer")
             if nu is None:
-                acts[name] = {"kind": v["kind"], "type": "uniform", "bits": q.bits, "symmetric": q.symmetric,
-                              "scale": float(q.scale), "zero_point": int(q.zero_point)}
+                acts[name] = {"kind": v["kind"], "type": "uniform", **_act_summary(q, full=True)}
             else:
                 acts[name] = {"kind": v["kind"], **nu.to_dict()}
                 if nu.kind == "adalog":
@@ -99,6 +100,17 @@ class QuantPlan:
         return {"activation_sites": len(self.activations), "weight_tensors": len(self.weights),
                 "reparameterized_layernorms": len(self.reparam),
                 "folded_batchnorm": len(self.folded_bn), "skipped_modules": len(self.skipped), **kinds}
+
+
+def _act_summary(q: QParams, full: bool) -> dict:
+    """An activation quantizer as plain data: scalars per tensor; per channel the axis and the scale
+    range (with ``full``, every scale and zero point)."""
+    d = {"bits": q.bits, "symmetric": q.symmetric}
+    if q.axis is None:
+        return d | {"scale": float(q.scale), "zero_point": int(q.zero_point)}
+    d |= {"axis": q.axis, "channels": int(q.scale.numel()), "scale_min": float(q.scale.min()),
+          "scale_max": float(q.scale.max())}
+    return d | ({"scale": q.scale.tolist(), "zero_point": [int(z) for z in q.zero_point]} if full else {})
 
 
 def _float_copy(model: nn.Module, cfg: QuantConfig) -> tuple[nn.Module, list[str]]:
@@ -160,6 +172,12 @@ def calibrate(model: nn.Module, cfg: QuantConfig, batches: Iterable[torch.Tensor
         _search_uniform_fpcs(m, plan, torch.cat(kept)[:cfg.search_images])
     if cfg.softmax != "uniform" or cfg.gelu != "uniform":
         _search_nonuniform(m, plan, torch.cat(kept)[:cfg.search_images])
+    if cfg.search is not None:
+        s = cfg.search
+        observers = {site.site: (site.observer, site.channel_observer) for site in act_sites(m)}
+        plan.bridges = [b.to_dict() for b in search_granularity(
+            apply_plan(model, plan), plan, torch.cat(kept)[:cfg.search_images], observers, s.granularity,
+            s.symmetric, s.bridges, s.hessian)]
     return plan
 
 

@@ -55,18 +55,16 @@ def activation_range(obs: HistogramObserver, method: str, bits: int, symmetric: 
     return float(lo[best]), float(hi[best])
 
 
-def weight_qparams(w: torch.Tensor, bits: int, symmetric: bool, per_channel: bool, method: str,
-                   candidates: int = 40) -> QParams:
-    """Quantizer for a weight tensor (axis 0 = output channels); ``mse`` searches each channel's clip.
-    Symmetric weights use the narrow range (int8: -127..127) that TensorRT requires."""
-    w = w.detach().float()
-    flat = w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)
+def channel_ranges(flat: torch.Tensor, bits: int, symmetric: bool, method: str = "mse", narrow: bool = False,
+                   candidates: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row clipping ranges of ``flat`` (channels x values): min-max, or the ``mse`` search of each
+    row's clip fraction in 0.5..1."""
     lo, hi = flat.min(1).values, flat.max(1).values
     if method == "mse":
         best_err = torch.full((flat.shape[0],), float("inf"))
         best_lo, best_hi = lo.clone(), hi.clone()
         for frac in torch.linspace(0.5, 1.0, candidates):
-            qp = qparams_from_range(lo * frac, hi * frac, bits, symmetric, axis=0, narrow=True)
+            qp = qparams_from_range(lo * frac, hi * frac, bits, symmetric, axis=0, narrow=narrow)
             err = ((qp.fake_quant(flat) - flat) ** 2).sum(1)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
@@ -74,7 +72,17 @@ def weight_qparams(w: torch.Tensor, bits: int, symmetric: bool, per_channel: boo
             best_hi = torch.where(better, hi * frac, best_hi)
         lo, hi = best_lo, best_hi
     elif method not in ("minmax", "percentile"):
-        raise ValueError(f"unknown weight range method {method!r} (known: minmax, mse)")
+        raise ValueError(f"unknown per-channel range method {method!r} (known: minmax, mse)")
+    return lo, hi
+
+
+def weight_qparams(w: torch.Tensor, bits: int, symmetric: bool, per_channel: bool, method: str,
+                   candidates: int = 40) -> QParams:
+    """Quantizer for a weight tensor (axis 0 = output channels); ``mse`` searches each channel's clip.
+    Symmetric weights use the narrow range (int8: -127..127) that TensorRT requires."""
+    w = w.detach().float()
+    flat = w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)
+    lo, hi = channel_ranges(flat, bits, symmetric, method, narrow=True, candidates=candidates)
     if per_channel:
         return qparams_from_range(lo, hi, bits, symmetric, axis=0, narrow=True)
     return qparams_from_range(lo[0], hi[0], bits, symmetric, axis=None, narrow=True)

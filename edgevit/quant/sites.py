@@ -16,7 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgevit.quant.observers import HistogramObserver
+from edgevit.quant.observers import ChannelRangeObserver, HistogramObserver
+
+# Sites that may get one scale per channel: Conv inputs (axis 1). A Linear's MatMul reduces over its
+# input channels, so per-channel input scales cannot leave the integer accumulator (and ONNX Runtime's
+# MatMulIntegerToFloat fusion rejects a per-channel zero point at run time).
+CHANNEL_AXIS = {"conv_input": 1}
 from edgevit.quant.uniform import QParams
 
 
@@ -34,6 +39,7 @@ class ActQuant(nn.Module):
         self.kind = kind
         self.mode = "off"
         self.observer: HistogramObserver | None = None
+        self.channel_observer: ChannelRangeObserver | None = None
         self.samples: list[torch.Tensor] = []
         self.qparams: QParams | None = None
         self.nonuniform = None  # LogQuantizer | TanQuantizer
@@ -43,7 +49,11 @@ class ActQuant(nn.Module):
         if self.mode == "observe":
             if self.observer is None:
                 self.observer = HistogramObserver()
+                axis = CHANNEL_AXIS.get(self.kind)
+                self.channel_observer = ChannelRangeObserver(axis) if axis is not None and x.dim() > 1 else None
             self.observer.update(x)
+            if self.channel_observer is not None:
+                self.channel_observer.update(x)
             return x
         if self.mode == "capture":
             self.samples.append(x.detach().clone())
@@ -70,32 +80,56 @@ def _container(q: QParams) -> tuple[int, int]:
 class _QDQ(torch.autograd.Function):
     """QuantizeLinear -> DequantizeLinear, computed as ONNX Runtime computes it: round(x / s) with a
     division, half to even, then saturate. (torch's fake-quant op multiplies by 1/s, which rounds
-    differently at some code boundaries; at 4 bits such flips show in the logits.)"""
+    differently at some code boundaries; at 4 bits such flips show in the logits.) Per-tensor
+    (float scale) or per channel (1-d scale along ``axis``). The backward is the straight-through
+    estimator, for the Hessian-weighted searches."""
 
     # zero_point travels as a float: an int 0 argument trips the TorchScript exporter's peephole pass
+    # per channel, scale and zero_point are tuples of floats: constants to the exporter, not graph inputs
     @staticmethod
-    def forward(ctx, x, scale: float, zero_point: float, qmin: int, qmax: int):
+    def forward(ctx, x, scale, zero_point, qmin: int, qmax: int, axis: int | None = None):
+        if axis is not None:
+            shape = [1] * x.dim()
+            shape[axis] = -1
+            scale = torch.tensor(scale, dtype=torch.float32).view(shape)
+            zero_point = torch.tensor(zero_point, dtype=torch.float32).view(shape)
         return (torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax) - zero_point) * scale
 
     @staticmethod
-    def symbolic(g, x, scale: float, zero_point: float, qmin: int, qmax: int):
+    def backward(ctx, grad):
+        return grad, None, None, None, None, None
+
+    @staticmethod
+    def symbolic(g, x, scale, zero_point, qmin: int, qmax: int, axis: int | None = None):
         zp_type = torch.int8 if qmin < 0 else torch.uint8
+        if axis is None:
+            s = g.op("Constant", value_t=torch.tensor(scale, dtype=torch.float32))
+            z = g.op("Constant", value_t=torch.tensor(int(zero_point), dtype=zp_type))
+            return g.op("DequantizeLinear", g.op("QuantizeLinear", x, s, z), s, z)
         s = g.op("Constant", value_t=torch.tensor(scale, dtype=torch.float32))
-        z = g.op("Constant", value_t=torch.tensor(int(zero_point), dtype=zp_type))
-        return g.op("DequantizeLinear", g.op("QuantizeLinear", x, s, z), s, z)
+        z = g.op("Constant", value_t=torch.tensor([int(v) for v in zero_point], dtype=zp_type))
+        return g.op("DequantizeLinear", g.op("QuantizeLinear", x, s, z, axis_i=axis), s, z, axis_i=axis)
 
 
 def fake_quant_activation(x: torch.Tensor, q: QParams) -> torch.Tensor:
-    """Per-tensor fake quantization that exports as QuantizeLinear/DequantizeLinear.
+    """Fake quantization (per tensor, or per channel along ``q.axis``) that exports as
+    QuantizeLinear/DequantizeLinear.
 
     Below 8 bits the input is first clipped to the quantizer's range and then quantized in the 8-bit
-    container: identical values, and it exports as Clip -> Q -> DQ, which ONNX Runtime runs exactly as
-    the simulation (ONNX has no 4- or 6-bit QuantizeLinear in opset 17).
+    container: identical values, and it exports as Clip (Max/Min per channel) -> Q -> DQ, which ONNX
+    Runtime runs exactly as the simulation (ONNX has no 4- or 6-bit QuantizeLinear in opset 17).
     """
+    lo8, hi8 = (q.qmin, q.qmax) if q.bits == 8 else _container(q)
+    if q.axis is not None:
+        axis = q.axis % x.dim()
+        scale, zp = q.scale.float(), q.zero_point.float()
+        if q.bits < 8:
+            low, high = q._view((q.qmin - zp) * scale, x), q._view((q.qmax - zp) * scale, x)
+            x = torch.maximum(torch.minimum(x, high), low)
+        return _QDQ.apply(x, tuple(scale.tolist()), tuple(zp.tolist()), lo8, hi8, axis)
     scale, zp = float(q.scale), int(q.zero_point)
     if q.bits == 8:
         return _QDQ.apply(x, scale, float(zp), q.qmin, q.qmax)
-    lo8, hi8 = _container(q)
     s = torch.tensor(scale, dtype=torch.float32)  # bounds = dequantized end codes, in float32 like DQ computes them
     low = float(torch.tensor(float(q.qmin - zp), dtype=torch.float32) * s)
     high = float(torch.tensor(float(q.qmax - zp), dtype=torch.float32) * s)

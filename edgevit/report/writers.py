@@ -105,6 +105,7 @@ def markdown(report: dict) -> str:
                   f"per tensor ({a['method']}); {c['activation_sites']} activation sites, {c['weight_tensors']} "
                   f"weight tensors, {c['folded_batchnorm']} BatchNorms folded; calibration took {quant['seconds']} s. "
                   "The full plan (every site's range, scale and zero point) is in `plan.json`.", ""]
+        lines += _search_lines(quant["plan"])
     lines += ["## Checks", ""]
     for c in report["checks"]:
         lines.append(f"- {'PASS' if c['ok'] else 'FAIL'}: {c['name']}: {c['detail']}")
@@ -170,3 +171,21 @@ def write_reports(report: dict, out_dir: Path) -> None:
     report["plots"] = ["accuracy_latency.png"] if plot_accuracy_latency(report, out_dir / "accuracy_latency.png") else []
     _atomic_write(out_dir / "report.md", markdown(report))
     _atomic_write(out_dir / "report.json", json.dumps(_clean(report), indent=2, default=_json_default) + "\n")
+
+
+def _search_lines(plan: dict) -> list[str]:
+    """The granularity/scheme search's choices and the bridge blocks it used (empty without a search)."""
+    chosen: dict[str, int] = {}
+    for site in plan["activations"].values():
+        if "granularity" in site:
+            key = f"{site['granularity']} / {site['scheme']}"
+            chosen[key] = chosen.get(key, 0) + 1
+    if not chosen:
+        return []
+    lines = ["Activation granularity and scheme chosen per layer (against layer or bridge-block output error): " +
+             ", ".join(f"{k}: {n}" for k, n in sorted(chosen.items())) + ".", ""]
+    if plan.get("bridge_blocks"):
+        lines += ["| bridge block | layers | transitions |", "|---|---|---|"]
+        lines += [f"| `{b['name']}` | {b['layers']} | {'; '.join(b['transitions'])} |" for b in plan["bridge_blocks"]]
+        lines.append("")
+    return lines
