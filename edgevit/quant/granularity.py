@@ -137,7 +137,6 @@ def search_granularity(qm: nn.Module, plan, x: torch.Tensor, observers: dict, gr
     ``qm`` is ``apply_plan(model, plan)``; its sites are updated with the choices too. ``observers``
     maps each site to its calibration (HistogramObserver, ChannelRangeObserver). Returns the bridge
     blocks used as objectives."""
-    sites = {s.site: s for s in act_sites(qm)}
     layers = [mod for mod in weighted_sites(qm)
               if mod.input_quant.kind in SEARCHED_KINDS and mod.input_quant.site in plan.activations
               and plan.activations[mod.input_quant.site].get("quantizer") is None]
