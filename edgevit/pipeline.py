@@ -118,6 +118,33 @@ def _quantize_stage(model, recipe: Recipe, pre: Preprocess, stage: Path) -> tupl
                           "seconds": round(time.time() - t0, 1)}
 
 
+def _fallback_stage(model, plan, recipe: Recipe, pre: Preprocess, evalset: dict | None, stage: Path):
+    """Keep the most sensitive layers in float until the top-1 drop on the evaluation images is within
+    ``quantize.max_accuracy_drop``; plan.json is rewritten with the result."""
+    from edgevit.quant.fallback import fit_budget
+
+    budget = recipe.quantize.max_accuracy_drop
+    x = evalset["x"]  # the recipe validator made sure there is an evaluation set
+    labels = evalset["labels"]
+    if labels is None:  # unlabeled images: agreement with the float model's top-1 stands in for accuracy
+        with torch.no_grad():
+            labels = collect_logits(TorchRunner(model), x, evalset["batch_size"]).argmax(1)
+    cfg = recipe.calibration
+    x_search, _ = open_image_set(cfg.path, min(recipe.quantize.search_images, cfg.num or 10**9), cfg.seed).load(pre)
+    t0 = time.time()
+    with new_progress() as progress:
+        task = progress.add_task("accuracy budget", total=None)
+        plan, facts = fit_budget(model, plan, x, labels, torch.from_numpy(x_search), budget,
+                                 lambda: progress.advance(task))
+    (stage / "plan.json").write_text(json.dumps(plan.to_dict(full=True), indent=1) + "\n")
+    (stage / "quant_params.json").write_text(json.dumps(plan.quant_params(), indent=1) + "\n")
+    facts["labels"] = "eval labels" if evalset["labels"] is not None else "float model's top-1"
+    facts["seconds"] = round(time.time() - t0, 1)
+    log.info("accuracy budget %.2f pts: %d layer(s) kept in float, top-1 %.2f -> %.2f (float %.2f)", budget,
+             len(plan.float_layers), facts["quantized_top1"], facts["final_top1"], facts["fp32_top1"])
+    return plan, facts
+
+
 def _calibration_summary(recipe: Recipe) -> dict | None:
     cfg = recipe.calibration
     if cfg is None:
@@ -139,30 +166,42 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
         evalset = _load_eval(recipe, pre, info)
         params = sum(p.numel() for p in model.parameters())
         quant, sims = None, {}
+        jobs = [(cfg, name, None, "") for cfg, name in zip(recipe.export, names)]
         if recipe.quantize is not None:
             qmodel, plan, quant = _quantize_stage(model, recipe, pre, stage)
             sim_base = _sim_name(recipe.quantize)
+            if recipe.quantize.max_accuracy_drop is not None:
+                full_plan = plan
+                plan, quant["fallback"] = _fallback_stage(model, plan, recipe, pre, evalset, stage)
+                if plan.float_layers:  # the all-quantized model too, so the report shows what the fallback costs
+                    qmodel = apply_plan(model, plan)
+                    first = next(((c, n) for c, n in zip(recipe.export, names) if c.precision == "int8"), None)
+                    if first:
+                        jobs.append((first[0], first[1].replace(".onnx", "-before-fallback.onnx"), full_plan,
+                                     "-before-fallback"))
             sims[sim_base] = qmodel
             calib = quant.pop("calibration")
         else:
             calib = _calibration_summary(recipe)
         artifacts = []
         with new_progress() as progress:
-            task = progress.add_task("export", total=len(recipe.export))
-            for cfg, name in zip(recipe.export, names):
+            task = progress.add_task("export", total=len(jobs))
+            for cfg, name, job_plan, suffix in jobs:
                 source, sim_name = model, None
                 if cfg.precision == "int8":
+                    job_plan = job_plan or plan
                     try:
-                        lowered = lower_plan(plan, cfg.target, cfg.lowering)
+                        lowered = lower_plan(job_plan, cfg.target, cfg.lowering)
                     except ValueError as e:
                         raise BadInput(f"export {cfg.name or name}: {e}") from None
                     sim_name = "-".join([sim_base] + [cfg.target] * (cfg.target != "onnxruntime")
-                                        + [cfg.lowering] * (has_nonuniform(plan) and cfg.lowering != "exact"))
+                                        + [cfg.lowering] * (has_nonuniform(plan) and cfg.lowering != "exact")) + suffix
                     if sim_name not in sims:
                         sims[sim_name] = apply_plan(model, lowered)
                     source = sims[sim_name]
                 facts = export_onnx(source, info, cfg, stage / name, recipe.name)
-                artifacts.append({"name": cfg.name or name, "file": name, "format": cfg.format,
+                artifacts.append({"name": (cfg.name or name.removesuffix(".onnx")) + suffix if suffix else
+                                  cfg.name or name, "file": name, "format": cfg.format,
                                   "precision": cfg.precision, "runtime": "onnxruntime",
                                   "size_bytes": (stage / name).stat().st_size, "export": facts,
                                   "simulated_by": sim_name})

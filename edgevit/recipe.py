@@ -129,6 +129,9 @@ class Recipe(_Strict):
     def _stages_fit_targets(self) -> "Recipe":
         if self.quantize is not None and self.calibration is None:
             raise ValueError("quantize: needs a calibration: section (images to calibrate on)")
+        if self.quantize is not None and self.quantize.max_accuracy_drop is not None and self.validation.eval is None:
+            raise ValueError("quantize.max_accuracy_drop: needs validate.eval (the images the drop is measured on, "
+                             "e.g. eval: calibration/builtin-val.yaml)")
         for i, e in enumerate(self.export):
             if e.precision != "int8":
                 continue

@@ -206,6 +206,8 @@ def load_model(cfg) -> tuple[nn.Module, ModelInfo]:
         else:
             log.warning("%s has no checkpoint: random weights (fine for latency and export checks, "
                         "meaningless for accuracy; pass --checkpoint)", source)
+        if source.startswith("timm:"):
+            model = _inference_form(model.eval())
         num_classes = _count_outputs(model)
         size = tcfg.get("input_size", (3, 224, 224))[-1]
         info = ModelInfo(source=source, arch=arch, num_classes=num_classes, input_size=int(size),
@@ -227,6 +229,17 @@ def load_model(cfg) -> tuple[nn.Module, ModelInfo]:
             raise BadInput(f"model.labels has {len(cfg.labels)} names but the model has {info.num_classes} outputs")
         info.labels = list(cfg.labels)
     return model.eval(), info
+
+
+def _inference_form(model: nn.Module) -> nn.Module:
+    """Fold train-time branches (FastViT, MobileOne, RepViT: ``reparameterize()``) into single convs,
+    the form that is quantized and exported; other models come back unchanged."""
+    if not any(hasattr(m, "reparameterize") for m in model.modules()):
+        return model
+    from timm.utils.model import reparameterize_model
+
+    log.info("re-parameterized %s into its inference form", type(model).__name__)
+    return reparameterize_model(model, inplace=True)
 
 
 def _count_outputs(model: nn.Module) -> int:

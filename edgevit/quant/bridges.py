@@ -88,7 +88,7 @@ def layer_domains(model: nn.Module, x: torch.Tensor) -> list[tuple[str, str]]:
     return order
 
 
-def _is_container(m: nn.Module, name: str) -> bool:
+def is_container(m: nn.Module, name: str) -> bool:
     """Modules that only sequence their children (their own forward adds no computation we can name)."""
     return name == "" or isinstance(m, CONTAINERS) or type(m).__name__.endswith("Stage")
 
@@ -99,7 +99,7 @@ def _holding(modules: dict, parent: str, layer: str) -> str:
         rest = layer[len(parent) + 1:] if parent else layer
         head = rest.split(".", 1)[0]
         child = f"{parent}.{head}" if parent else head
-        if child == layer or not _is_container(modules[child], child):
+        if child == layer or not is_container(modules[child], child):
             return child
         parent = child
 
@@ -123,7 +123,7 @@ def find_bridges(model: nn.Module, x: torch.Tensor) -> list[Bridge]:
                 break
             common.append(u)
         parent = ".".join(common)
-        if _is_container(modules[parent], parent):
+        if is_container(modules[parent], parent):
             start, end = _holding(modules, parent, a), _holding(modules, parent, b)
         else:
             start = end = parent

@@ -46,6 +46,19 @@ class LayerSearch(_Strict):
                           "KL(quantized || float predictions)")
 
 
+class Reconstruct(_Strict):
+    """Block reconstruction of the weight rounding (BRECQ + AdaRound + QDrop), for low-bit weights."""
+
+    images: int = Field(256, gt=0, description="calibration images used (the first ones of the calibration set)")
+    iters: int = Field(500, gt=0, description="optimizer steps per block")
+    batch: int = Field(32, gt=0)
+    lr: float = Field(1e-2, gt=0, description="Adam's step on the rounding variables (AdaRound's 1e-3 "
+                      "assumes 20,000 steps a block; a few hundred need more)")
+    drop_prob: float = Field(0.5, ge=0, le=1, description="QDrop: probability that an activation element "
+                             "skips its quantizer during reconstruction")
+    time_budget_s: float | None = Field(900, gt=0, description="wall-clock budget for all blocks (split evenly)")
+
+
 class QuantConfig(_Strict):
     """Uniform post-training quantization of Linear/Conv inputs and weights and attention operands."""
 
@@ -70,6 +83,11 @@ class QuantConfig(_Strict):
                                  "weight and input stay 8-bit when the rest is quantized lower (patch embedding, head)")
     search: LayerSearch | None = Field(None, description="per-layer search of activation granularity and "
                                        "scheme against layer / bridge-block output error (hybrid backbones)")
+    reconstruct: Reconstruct | None = Field(None, description="block reconstruction of the weight rounding "
+                                            "(bridge blocks and transformer blocks)")
+    max_accuracy_drop: float | None = Field(
+        None, ge=0, le=100, description="accuracy budget in top-1 points on the recipe's evaluation images: "
+        "the most quantization-sensitive layers go back to float until the drop is within it")
     fold_bn: bool = True
     skip: list[str] = Field(default_factory=list, description="module names (fnmatch patterns) kept in float")
     calibration_batches: int | None = Field(None, gt=0, description="default: all calibration images")

@@ -19,6 +19,7 @@ from edgevit.quant.fold import fold_batchnorm
 from edgevit.quant.granularity import search_granularity
 from edgevit.quant.nonuniform import adalog_table
 from edgevit.quant.nonuniform_search import fpcs_uniform, search_post_activation, search_softmax
+from edgevit.quant.reconstruct import reconstruct
 from edgevit.quant.reparam import apply_reparam, reparameterize
 from edgevit.quant.search import activation_range, weight_qparams
 from edgevit.quant.sites import (QuantAttention, act_sites, clamp_weight, insert_sites, set_mode,
@@ -48,6 +49,9 @@ class QuantPlan:
     unobserved: list[str] = field(default_factory=list)
     reparam: dict[str, dict] = field(default_factory=dict)  # LayerNorm name -> r, b, target scale
     bridges: list[dict] = field(default_factory=list)  # bridge blocks the granularity search used
+    float_layers: list[str] = field(default_factory=list)  # kept in float by the accuracy-budget fallback
+    rounded: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> int8 weight codes (reconstruction)
+    reconstruction: list[dict] = field(default_factory=list)  # per block: loss before/after, iterations
 
     def to_dict(self, full: bool = False) -> dict:
         """Plain data for report.json / plan.json (``full`` includes every per-channel scale)."""
@@ -63,7 +67,8 @@ class QuantPlan:
                        "r_min": float(f["r"].min()), "r_max": float(f["r"].max())} |
                    ({"r": f["r"].tolist(), "b": f["b"].tolist()} if full else {}) for k, f in self.reparam.items()}
         return {"config": self.config.model_dump(), "folded_batchnorm": self.folded_bn, "layernorm_reparam": reparam,
-                "skipped": self.skipped, "unobserved_sites": self.unobserved,
+                "skipped": self.skipped, "unobserved_sites": self.unobserved, "float_layers": self.float_layers,
+                "reconstruction": self.reconstruction,
                 "bridge_blocks": self.bridges,
                 "activations": {k: {kk: vv for kk, vv in v.items() if kk not in ("qparams", "quantizer")} |
                                 _act_summary(v["qparams"], full) |
@@ -118,7 +123,9 @@ def _float_copy(model: nn.Module, cfg: QuantConfig) -> tuple[nn.Module, list[str
     return m, fold_batchnorm(m) if cfg.fold_bn else []
 
 
-def _prepare(model: nn.Module, cfg: QuantConfig, reparam: dict | None = None) -> tuple[nn.Module, list[str], list[str]]:
+def prepare(model: nn.Module, cfg: QuantConfig, reparam: dict | None = None) -> tuple[nn.Module, list[str], list[str]]:
+    """A float copy of ``model`` (BatchNorm folded, LayerNorms reparameterized) with its sites inserted, all off;
+    returns it with the folded BatchNorms and the modules left unwrapped."""
     m, folded = _float_copy(model, cfg)
     if reparam:
         apply_reparam(m, reparam)
@@ -128,13 +135,14 @@ def _prepare(model: nn.Module, cfg: QuantConfig, reparam: dict | None = None) ->
 
 @torch.no_grad()
 def calibrate(model: nn.Module, cfg: QuantConfig, batches: Iterable[torch.Tensor],
-              on_batch: Callable[[int], None] | None = None) -> QuantPlan:
+              on_batch: Callable[[int], None] | None = None,
+              on_unit: Callable[[str, dict], None] | None = None) -> QuantPlan:
     """Observe activations on calibration batches and choose every quantizer's parameters."""
     factors = {}
     if cfg.layernorm != "none":
         batches = list(batches)[:cfg.calibration_batches]  # two passes: LayerNorm channel ranges, then sites
         factors = reparameterize(_float_copy(model, cfg)[0], batches, cfg.activations.bits, cfg.layernorm)
-    m, folded, skipped = _prepare(model, cfg, factors)
+    m, folded, skipped = prepare(model, cfg, factors)
     set_mode(m, "observe")
     seen, kept = 0, []
     for i, x in enumerate(batches):
@@ -142,7 +150,7 @@ def calibrate(model: nn.Module, cfg: QuantConfig, batches: Iterable[torch.Tensor
             break
         m(x)
         seen += len(x)
-        if sum(len(k) for k in kept) < cfg.search_images:
+        if sum(len(k) for k in kept) < max(cfg.search_images, cfg.reconstruct.images if cfg.reconstruct else 0):
             kept.append(x)
         if on_batch:
             on_batch(len(x))
@@ -178,6 +186,11 @@ def calibrate(model: nn.Module, cfg: QuantConfig, batches: Iterable[torch.Tensor
         plan.bridges = [b.to_dict() for b in search_granularity(
             apply_plan(model, plan), plan, torch.cat(kept)[:cfg.search_images], observers, s.granularity,
             s.symmetric, s.bridges, s.hessian)]
+    if cfg.reconstruct is not None:
+        r = cfg.reconstruct
+        plan.rounded, plan.reconstruction = reconstruct(
+            prepare(model, cfg, plan.reparam)[0], apply_plan(model, plan), torch.cat(kept)[:r.images], r.iters,
+            r.batch, r.lr, r.time_budget_s, drop_prob=r.drop_prob, on_unit=on_unit)
     return plan
 
 
@@ -235,7 +248,7 @@ def _search_nonuniform(m: nn.Module, plan: QuantPlan, x: torch.Tensor) -> None:
 
 def apply_plan(model: nn.Module, plan: QuantPlan) -> nn.Module:
     """The fake-quant model a plan describes (a copy; the float model is untouched)."""
-    m, _, _ = _prepare(model, plan.config, plan.reparam)
+    m, _, _ = prepare(model, plan.config, plan.reparam)
     for site in act_sites(m):
         entry = plan.activations.get(site.site)
         site.qparams = entry["qparams"] if entry else None
@@ -245,7 +258,9 @@ def apply_plan(model: nn.Module, plan: QuantPlan) -> nn.Module:
         if mod.weight_qparams is not None:
             clamp_weight(mod.inner.weight, mod.weight_qparams)
             with torch.no_grad():  # weights on the grid: every rounding (torch, numpy, ORT) gives the same codes
-                mod.inner.weight.copy_(mod.weight_qparams.fake_quant(mod.inner.weight))
+                codes = plan.rounded.get(mod.site)
+                mod.inner.weight.copy_(mod.weight_qparams.dequantize(codes.float()) if codes is not None
+                                       else mod.weight_qparams.fake_quant(mod.inner.weight))
     set_mode(m, "quant")
     for mod in weighted_sites(m):
         shift = getattr(mod.input_quant.nonuniform, "shift", 0.0)
@@ -268,7 +283,7 @@ def _fold_shift_into_bias(mod, shift: float) -> None:
 @torch.no_grad()
 def capture_activations(model: nn.Module, x: torch.Tensor, kinds: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """The float activations at every site of the given kinds (e.g. ``attn_softmax``, ``post_act``) on ``x``."""
-    m, _, _ = _prepare(model, QuantConfig())
+    m, _, _ = prepare(model, QuantConfig())
     sites = [s for s in act_sites(m) if s.kind in kinds]
     for s in sites:
         s.mode = "capture"
@@ -277,7 +292,9 @@ def capture_activations(model: nn.Module, x: torch.Tensor, kinds: tuple[str, ...
 
 
 def quantize(model: nn.Module, cfg: QuantConfig, batches: Iterable[torch.Tensor],
-             on_batch: Callable[[int], None] | None = None) -> tuple[nn.Module, QuantPlan]:
-    """Calibrate and build the fake-quant model: ``qmodel, plan = quantize(model, cfg, batches)``."""
-    plan = calibrate(model, cfg, batches, on_batch)
+             on_batch: Callable[[int], None] | None = None,
+             on_unit: Callable[[str, dict], None] | None = None) -> tuple[nn.Module, QuantPlan]:
+    """Calibrate and build the fake-quant model: ``qmodel, plan = quantize(model, cfg, batches)``
+    (``on_unit`` hears of each block reconstruction finished)."""
+    plan = calibrate(model, cfg, batches, on_batch, on_unit)
     return apply_plan(model, plan), plan

@@ -44,6 +44,7 @@ class ActQuant(nn.Module):
         self.qparams: QParams | None = None
         self.nonuniform = None  # LogQuantizer | TanQuantizer
         self.shift = 0.0  # post-activation sites: -min(act), what a log quantizer adds before quantizing
+        self.drop_prob = 0.0  # set during block reconstruction (QDrop), in training mode only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "observe":
@@ -65,7 +66,10 @@ class ActQuant(nn.Module):
             shift = getattr(self.nonuniform, "shift", 0.0)
             return self.nonuniform.fake_quant(x + shift if shift else x)
         if self.qparams is not None:
-            return fake_quant_activation(x, self.qparams)
+            y = fake_quant_activation(x, self.qparams)
+            if self.drop_prob:  # QDrop (set during block reconstruction only): elements keep their float value
+                return torch.where(torch.rand_like(x) < self.drop_prob, x, y)
+            return y
         return x
 
     def extra_repr(self) -> str:
@@ -157,7 +161,7 @@ def clamp_weight(w: torch.Tensor, q: QParams) -> None:
     w.copy_(torch.minimum(torch.maximum(w, q._view(low, w)), q._view(high, w)))
 
 
-class _QuantWeighted(nn.Module):
+class QuantWeighted(nn.Module):
     def __init__(self, inner: nn.Module, name: str):
         super().__init__()
         self.inner = inner
@@ -165,8 +169,11 @@ class _QuantWeighted(nn.Module):
         self.input_quant = ActQuant(f"{name}.input", "linear_input" if isinstance(inner, nn.Linear) else "conv_input")
         self.weight_qparams: QParams | None = None
         self.quantize_weight = False
+        self.weight_override = None  # block reconstruction: a callable giving the soft-rounded weight
 
     def weight(self) -> torch.Tensor:
+        if self.weight_override is not None:
+            return self.weight_override()
         w = self.inner.weight
         site = self.input_quant
         # Only behind a uniformly quantized input does the weight travel as int8 + DequantizeLinear. Behind
@@ -178,14 +185,14 @@ class _QuantWeighted(nn.Module):
         return w
 
 
-class QuantLinear(_QuantWeighted):
+class QuantLinear(QuantWeighted):
     """nn.Linear with a quantized input site and a per-channel quantized weight."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.input_quant(x), self.weight(), self.inner.bias)
 
 
-class QuantConv2d(_QuantWeighted):
+class QuantConv2d(QuantWeighted):
     """nn.Conv2d with a quantized input site, a per-channel quantized weight and, optionally, a
     quantized output (ONNX Runtime turns DQ -> Conv -> Q into an integer QLinearConv)."""
 
@@ -312,9 +319,9 @@ def act_sites(model: nn.Module) -> list[ActQuant]:
     return [m for m in model.modules() if isinstance(m, ActQuant)]
 
 
-def weighted_sites(model: nn.Module) -> list[_QuantWeighted]:
+def weighted_sites(model: nn.Module) -> list[QuantWeighted]:
     """All quantized Linear/Conv wrappers, in module order."""
-    return [m for m in model.modules() if isinstance(m, _QuantWeighted)]
+    return [m for m in model.modules() if isinstance(m, QuantWeighted)]
 
 
 def set_mode(model: nn.Module, mode: str) -> None:

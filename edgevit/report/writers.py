@@ -105,7 +105,7 @@ def markdown(report: dict) -> str:
                   f"per tensor ({a['method']}); {c['activation_sites']} activation sites, {c['weight_tensors']} "
                   f"weight tensors, {c['folded_batchnorm']} BatchNorms folded; calibration took {quant['seconds']} s. "
                   "The full plan (every site's range, scale and zero point) is in `plan.json`.", ""]
-        lines += _search_lines(quant["plan"])
+        lines += _search_lines(quant["plan"]) + _fallback_lines(quant.get("fallback"))
     lines += ["## Checks", ""]
     for c in report["checks"]:
         lines.append(f"- {'PASS' if c['ok'] else 'FAIL'}: {c['name']}: {c['detail']}")
@@ -189,3 +189,20 @@ def _search_lines(plan: dict) -> list[str]:
         lines += [f"| `{b['name']}` | {b['layers']} | {'; '.join(b['transitions'])} |" for b in plan["bridge_blocks"]]
         lines.append("")
     return lines
+
+
+def _fallback_lines(f: dict | None) -> list[str]:
+    """What the accuracy-budget fallback kept in float and what it measured."""
+    if not f:
+        return []
+    head = (f"Accuracy budget {f['budget_pts']:g} pts (top-1 on the evaluation images, {f['labels']}): float "
+            f"{f['fp32_top1']:.2f} %, all layers quantized {f['quantized_top1']:.2f} %")
+    if not f["float_layers"]:
+        return [head + ": within budget, no layer kept in float.", ""]
+    tried = ", ".join(f"{t['float_layers']} in float: {t['top1']:.2f} %" for t in f["tried"])
+    lines = [head + f"; {len(f['float_layers'])} most sensitive layer(s) kept in float: {f['final_top1']:.2f} % "
+             f"({'within' if f.get('met') else 'NOT within'} budget; tried {tried}). The `-before-fallback` "
+             "artifact is the all-quantized model, for the latency cost.", ""]
+    lines += ["| layer kept in float | sensitivity (KL reduction) |", "|---|---|"]
+    lines += [f"| `{name}` | {f['sensitivity'][name]:.4g} |" for name in f["float_layers"]]
+    return lines + [""]

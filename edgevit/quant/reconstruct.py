@@ -1,0 +1,187 @@
+"""Block reconstruction for low-bit weights (BRECQ with AdaRound rounding and QDrop), block by block.
+
+Rounding each weight to its nearest grid point is optimal for the weight, not for the block's output.
+For every block (see ``units``: conv blocks, bridge blocks such as MobileViT blocks, transformer
+blocks), in execution order:
+
+1. inputs: the float model's input to the unit (target side) and the quantized model's input, where
+   every unit before is already reconstructed (BRECQ); QDrop mixes the two element-wise (p = 0.5)
+   and, inside the unit, lets each activation element skip its quantizer with p = 0.5;
+2. AdaRound: each weight is s * clamp(floor(W / s) + h(V), qmin, qmax) with h(V) = clip(sigmoid(V)
+   (zeta - gamma) + gamma, 0, 1), V initialized so that h(V) = frac(W / s); Adam on V minimizes
+   ||unit_q(x) - unit_fp(x_fp)||^2 + lambda * sum(1 - |2 h(V) - 1|^beta), beta annealed 20 -> 2 after
+   a 20 % warm-up without the regularizer;
+3. the rounding is fixed (h(V) >= 0.5 -> up) and the integer codes go into the plan
+   (``plan.rounded``), so ``apply_plan`` and the ONNX export carry them.
+
+The recipe gives the iterations per unit, the images and a time budget (split evenly over units;
+a unit stops early when its share is spent).
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgevit.quant.bridges import is_container
+from edgevit.quant.sites import QuantWeighted, act_sites, set_mode, weighted_sites
+
+ZETA, GAMMA = 1.1, -0.1
+REG_WEIGHT = 0.01
+WARMUP = 0.2
+
+
+def units(qm: nn.Module, x: torch.Tensor) -> list[str]:
+    """The blocks to reconstruct, in execution order: the outermost modules that hold quantized weights
+    and are not plain containers (stem, each conv block, each bridge block such as a MobileViT block,
+    each transformer block, the head). Every quantized layer belongs to exactly one block, so errors
+    made early in the conv trunk are reconstructed too instead of reaching the bridges unchecked."""
+    names: list[str] = []
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        for child_name, child in module.named_children():
+            name = f"{prefix}{child_name}"
+            if not any(isinstance(m, QuantWeighted) for m in child.modules()):
+                continue
+            if is_container(child, name):
+                visit(child, f"{name}.")
+            else:
+                names.append(name)
+
+    visit(qm, "")
+    order: dict[str, int] = {}
+
+    def seen(name):
+        def fn(_m, _args):
+            order.setdefault(name, len(order))  # returns None: the input passes unchanged
+        return fn
+
+    handles = [qm.get_submodule(n).register_forward_pre_hook(seen(n)) for n in names]
+    set_mode(qm, "off")
+    with torch.no_grad():
+        qm(x[:1])
+    for h in handles:
+        h.remove()
+    set_mode(qm, "quant")
+    return sorted((n for n in names if n in order), key=order.get)
+
+
+def _h(v: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0, 1)
+
+
+class _AdaRound:
+    """Learnable rounding of one wrapped layer's weight on its quantizer's grid."""
+
+    def __init__(self, mod, w: torch.Tensor):
+        """``w``: the layer's float weight (``apply_plan`` already rounded ``mod``'s to nearest)."""
+        q = mod.weight_qparams
+        w = w.detach()
+        self.mod, self.q = mod, q
+        s, z = q._view(q.scale, w), q._view(q.zero_point, w)
+        self.s, self.z = s, z
+        scaled = w / s
+        self.floor = torch.floor(scaled)
+        rest = (scaled - self.floor).clamp(0.01, 0.99)
+        self.v = nn.Parameter(-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1))  # h(v) = rest
+
+    def soft(self) -> torch.Tensor:
+        codes = torch.clamp(self.floor + _h(self.v) + self.z, self.q.qmin, self.q.qmax)
+        return (codes - self.z) * self.s
+
+    def codes(self) -> torch.Tensor:
+        """The fixed integer codes (round up where h(V) >= 0.5)."""
+        up = (self.v.detach() >= 0).float()
+        return torch.clamp(self.floor + up + self.z, self.q.qmin, self.q.qmax).to(torch.int8)
+
+    def regularizer(self, beta: float) -> torch.Tensor:
+        return (1 - (2 * _h(self.v) - 1).abs().pow(beta)).sum()
+
+
+def _unit_io(model: nn.Module, unit: nn.Module, x: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and outputs of ``unit`` when ``model`` runs on ``x``."""
+    ins, outs = [], []
+
+    def fn(_m, args, out):
+        ins.append(args[0].detach())
+        outs.append(out.detach())
+
+    h = unit.register_forward_hook(fn)
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch):
+                model(x[i:i + batch])
+    finally:
+        h.remove()
+    return torch.cat(ins), torch.cat(outs)
+
+
+def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500, batch: int = 32,
+                lr: float = 1e-2, budget_s: float | None = None, seed: int = 0, drop_prob: float = 0.5,
+                on_unit: Callable[[str, dict], None] | None = None) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Reconstruct ``qm`` (``apply_plan`` output, modified in place) against ``fm`` (the float model with
+    the same structure: ``prepare`` output) on images ``x``. Returns the integer weight codes of every
+    reconstructed layer and one record per unit (loss before and after, iterations, seconds)."""
+    gen = torch.Generator().manual_seed(seed)
+    names = units(qm, x)
+    share = budget_s / max(len(names), 1) if budget_s else None
+    rounded: dict[str, torch.Tensor] = {}
+    records = []
+    for name in names:
+        t0 = time.time()
+        q_unit, f_unit = qm.get_submodule(name), fm.get_submodule(name)
+        set_mode(qm, "quant")
+        x_q, _ = _unit_io(qm, q_unit, x, batch)
+        x_fp, target = _unit_io(fm, f_unit, x, batch)
+        layers = [m for m in weighted_sites(q_unit) if m.weight_qparams is not None]
+        if not layers:
+            continue
+        float_w = {m.site: m.inner.weight for m in weighted_sites(f_unit)}
+        rounders = [_AdaRound(m, float_w[m.site]) for m in layers]
+        for m, r in zip(layers, rounders):
+            m.weight_override = r.soft
+        sites = act_sites(q_unit)
+        for s in sites:
+            s.drop_prob = drop_prob
+        opt = torch.optim.Adam([r.v for r in rounders], lr=lr)
+        before = _unit_loss(q_unit, x_q, target, batch)
+        done = 0
+        for it in range(iters):
+            if share is not None and time.time() - t0 > share:
+                break
+            idx = torch.randint(0, len(x_q), (min(batch, len(x_q)),), generator=gen)
+            inp = torch.where(torch.rand(x_q[idx].shape, generator=gen) < drop_prob, x_fp[idx], x_q[idx])
+            with torch.enable_grad():  # calibration runs under no_grad
+                loss = F.mse_loss(q_unit(inp), target[idx], reduction="sum") / len(idx)
+                progress = it / iters
+                if progress >= WARMUP:
+                    beta = 20 + (2 - 20) * (progress - WARMUP) / (1 - WARMUP)
+                    loss = loss + REG_WEIGHT * sum(r.regularizer(beta) for r in rounders)
+                opt.zero_grad()
+                loss.backward()
+            opt.step()
+            done = it + 1
+        for s in sites:
+            s.drop_prob = 0.0
+        for m, r in zip(layers, rounders):
+            codes = r.codes()
+            rounded[m.site] = codes
+            m.weight_override = None
+            with torch.no_grad():
+                m.inner.weight.copy_(m.weight_qparams.dequantize(codes.float()))
+        after = _unit_loss(q_unit, x_q, target, batch)
+        records.append({"unit": name, "layers": len(layers), "iters": done, "loss_before": before,
+                        "loss_after": after, "seconds": round(time.time() - t0, 1)})
+        if on_unit:
+            on_unit(name, records[-1])
+    return rounded, records
+
+
+@torch.no_grad()
+def _unit_loss(unit: nn.Module, x: torch.Tensor, target: torch.Tensor, batch: int) -> float:
+    total = sum(float(F.mse_loss(unit(x[i:i + batch]), target[i:i + batch], reduction="sum"))
+                for i in range(0, len(x), batch))
+    return total / len(x)

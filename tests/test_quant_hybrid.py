@@ -1,0 +1,269 @@
+"""Hybrid-backbone PTQ: timm model coverage, bridge blocks, the granularity/scheme search,
+per-channel activation export, and the TensorRT lowering of channel-wise plans."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from edgevit.export.onnx import export_onnx, read_metadata
+from edgevit.data import Preprocess, open_image_set
+from edgevit.errors import BadInput
+from edgevit.export.qdq import tensorrt_qdq_problems
+from edgevit.models import load_model
+from edgevit.quant import QuantConfig, apply_plan, quantize
+from edgevit.quant.bridges import find_bridges
+from edgevit.quant.config import LayerSearch, Reconstruct
+from edgevit.quant.fallback import fit_budget
+from edgevit.quant.lowering import lower_plan
+from edgevit.quant.sites import fake_quant_activation
+from edgevit.quant.uniform import qparams_from_range
+from edgevit.recipe import ExportConfig, ModelConfig, load_recipe
+from edgevit.validate import OrtRunner
+
+# every family the hybrid issue names, plus plain DeiT; random weights (no hub downloads)
+TIMM_MODELS = ["mobilevit_xxs", "mobilevitv2_050", "efficientformer_l1", "efficientformerv2_s0", "levit_128s",
+               "fastvit_t8", "efficientvit_m0", "tiny_vit_5m_224", "deit_tiny_patch16_224"]
+MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
+CALIB_DIR = Path(__file__).resolve().parents[1] / "calibration" / "builtin-calib"
+EVAL_DIR = Path(__file__).resolve().parents[1] / "calibration" / "builtin-eval"
+
+
+@pytest.fixture(scope="module")
+def builtin_hybrid():
+    return load_model(ModelConfig(source="builtin:hybrid-cifar10"))
+
+
+@pytest.fixture(scope="module")
+def calib_batch(builtin_hybrid):
+    _, info = builtin_hybrid
+    x, _ = open_image_set(CALIB_DIR, num=64, seed=0).load(Preprocess(info.input_size, info.mean, info.std))
+    return torch.from_numpy(x)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+# the granularity search (about 25 s a model at 224-256 px on one core) runs on one of them
+SEARCHED = {"mobilevit_xxs"}
+
+
+@pytest.mark.parametrize("name", TIMM_MODELS)
+def test_timm_model_w8a8_export_ort(name, tmp_path):
+    """compress W8A8 -> INT8 ONNX -> ORT: finite outputs that follow the simulation; the FP32 ONNX
+    matches PyTorch; the user's mean/std travel in the metadata."""
+    torch.manual_seed(0)
+    model, info = load_model(ModelConfig(source=f"timm:{name}", num_classes=10, mean=MEAN, std=STD))
+    assert all(getattr(m, "reparam_conv", 0) is not None for m in model.modules()), "FastViT-style branches unfused"
+    x = torch.randn(2, 3, info.input_size, info.input_size)
+
+    fp32 = tmp_path / "fp32.onnx"
+    export_onnx(model, info, ExportConfig(precision="fp32"), fp32, "test")
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert np.abs(OrtRunner(fp32, 1)(x.numpy()) - ref).max() <= 1e-3 * max(1.0, np.abs(ref).max())
+
+    cfg = QuantConfig(activations={"method": "percentile"}, search=LayerSearch() if name in SEARCHED else None)
+    qm, plan = quantize(model, cfg, [x])
+    layers = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
+    assert len(plan.weights) == layers  # every Conv2d/Linear quantized
+    if name in SEARCHED:
+        assert sum("granularity" in e for e in plan.activations.values()) > 0
+    int8 = tmp_path / "int8.onnx"
+    export_onnx(qm, info, ExportConfig(precision="int8"), int8, "test")
+    out = OrtRunner(int8, 1)(x.numpy())
+    with torch.no_grad():
+        sim = qm(x).numpy()
+    assert np.isfinite(out).all()
+    assert _cosine(out, sim).min() > 0.99
+    meta = read_metadata(int8)
+    assert json.loads(meta["mean"]) == pytest.approx(MEAN) and json.loads(meta["std"]) == pytest.approx(STD)
+
+
+@pytest.mark.parametrize("name,count", [("mobilevit_xxs", 3), ("mobilevitv2_050", 3), ("efficientformer_l1", 1),
+                                        ("levit_128s", 1), ("fastvit_t8", 0)])
+def test_bridge_blocks_found(name, count):
+    model, info = load_model(ModelConfig(source=f"timm:{name}", num_classes=10))
+    bridges = find_bridges(model, torch.randn(1, 3, info.input_size, info.input_size))
+    assert len(bridges) == count
+    for b in bridges:
+        assert any(t.startswith("grid->tokens") for t in b.transitions) and b.layers
+
+
+def test_mobilevit_bridge_is_the_mobilevit_block(builtin_hybrid):
+    model, info = builtin_hybrid
+    bridges = find_bridges(model, torch.randn(1, 3, info.input_size, info.input_size))
+    assert [b.name for b in bridges] == ["stages.2.1", "stages.3.1", "stages.4.1"]
+    assert all(type(model.get_submodule(b.end)).__name__ == "MobileVitBlock" for b in bridges)
+    # the way in and the way out of one block are merged into one unit
+    assert all(sorted(t.split(" ")[0] for t in b.transitions) == ["grid->tokens", "tokens->grid"] for b in bridges)
+
+
+def test_per_channel_activation_exports_exactly(tmp_path):
+    """Channel-wise fake quant (8 and 6 bits) exports as per-axis Q/DQ that ORT runs like PyTorch."""
+    torch.manual_seed(0)
+    scales = torch.logspace(-2, 2, 8)
+    for bits in (8, 6):
+        x = torch.randn(4, 8, 5, 5) * scales[None, :, None, None] + 0.3
+        flat = x.movedim(1, 0).reshape(8, -1)
+        q = qparams_from_range(flat.min(1).values, flat.max(1).values, bits, symmetric=False, axis=1)
+
+        class M(nn.Module):
+            def forward(self, t):
+                return fake_quant_activation(t, q) * 1.0
+
+        path = tmp_path / f"pc{bits}.onnx"
+        torch.onnx.export(M(), (x,), str(path), opset_version=17, dynamo=False)
+        proto = onnx.load(str(path))
+        qnodes = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+        assert qnodes and all(any(a.name == "axis" and a.i == 1 for a in n.attribute) for n in qnodes)
+        out = OrtRunner(path, 1)(x.numpy())
+        assert np.array_equal(out, M()(x).numpy())
+        # per-channel beats per-tensor by orders of magnitude on these ranges
+        qt = qparams_from_range(x.min(), x.max(), bits, symmetric=False)
+        small = scales[None, :4, None, None]
+        err_c = ((fake_quant_activation(x, q) - x)[:, :4] / small).abs().mean()
+        err_t = ((fake_quant_activation(x, qt) - x)[:, :4] / small).abs().mean()
+        assert err_c * 10 < err_t
+
+
+def test_all_positive_channels_have_no_zero_point_overflow():
+    lo, hi = torch.tensor([0.5, 2.0, 0.0]), torch.tensor([1.0, 9.0, 0.0])  # all-positive and an empty channel
+    for symmetric in (False, True):
+        q = qparams_from_range(lo, hi, 8, symmetric, axis=1)
+        assert ((q.zero_point >= q.qmin) & (q.zero_point <= q.qmax)).all()
+        assert (q.scale > 0).all()
+        x = torch.tensor([[0.5, 2.0, 0.0], [1.0, 9.0, 0.0]])[:, :, None, None]
+        assert (fake_quant_activation(x, q) - x).abs().max() <= q.scale.max() / 2 + 1e-6
+
+
+class _SpreadNet(nn.Module):
+    """conv -> depthwise conv whose input channels span four orders of magnitude (hybrid-style)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.head = nn.Linear(8, 4)
+        with torch.no_grad():
+            self.conv.weight.mul_(torch.logspace(-2, 2, 8)[:, None, None, None])
+
+    def forward(self, x):
+        return self.head(self.dw(self.conv(x)).mean((2, 3)))
+
+
+def test_search_picks_channel_scales_where_ranges_spread():
+    torch.manual_seed(0)
+    model = _SpreadNet().eval()
+    x = torch.randn(32, 3, 8, 8)
+    plain_m, _ = quantize(model, QuantConfig(), [x])
+    searched_m, plan = quantize(model, QuantConfig(search=LayerSearch()), [x])
+    entry = plan.activations["dw.input"]
+    assert entry["granularity"] == "channel" and entry["search"] == "layer"
+    assert entry["search_errors"]["channel/asymmetric"] < entry["search_errors"]["tensor/asymmetric"]
+    with torch.no_grad():
+        ref = model.dw(model.conv(x))
+        grab = {}
+        for name, m in (("plain", plain_m), ("searched", searched_m)):
+            m.dw.register_forward_hook(lambda _m, _i, o, n=name: grab.__setitem__(n, o))
+            m(x)
+    assert ((grab["searched"] - ref) ** 2).mean() * 3 < ((grab["plain"] - ref) ** 2).mean()
+    # the TensorRT lowering makes every activation one symmetric scale per tensor again
+    low = lower_plan(plan, "tensorrt")
+    assert all(e["qparams"].axis is None and e["qparams"].symmetric for e in low.activations.values())
+    assert apply_plan(model, low)(x).shape == (32, 4)
+
+
+def test_hybrid_search_bridge_objective_and_hessian(builtin_hybrid, calib_batch, tmp_path):
+    """On the built-in hybrid: layers inside MobileViT blocks are searched against the block output,
+    the Hessian-weighted variant runs, and the TensorRT lowering passes the rule checker."""
+    model, info = builtin_hybrid
+    x = calib_batch[:16]
+    cfg = QuantConfig(search=LayerSearch(hessian=True), search_images=16)
+    qm, plan = quantize(model, cfg, [x])
+    searched = {k: e for k, e in plan.activations.items() if "search" in e}
+    in_bridge = {k for k, e in searched.items() if e["search"] == "bridge"}
+    assert {e["bridge"] for e in searched.values() if "bridge" in e} == {"stages.2.1", "stages.3.1", "stages.4.1"}
+    assert "stages.2.1.transformer.0.attn.qkv.input" in in_bridge and "stages.0.0.conv1_1x1.conv.input" not in in_bridge
+    assert all(min(e["search_errors"].values()) == e["search_errors"][f"{e['granularity']}/{e['scheme']}"]
+               for e in searched.values())
+    low = lower_plan(plan, "tensorrt")
+    path = tmp_path / "trt.onnx"
+    export_onnx(apply_plan(model, low), info, ExportConfig(precision="int8", target="tensorrt"), path, "test")
+    assert tensorrt_qdq_problems(onnx.load(str(path))) == []
+    with torch.no_grad():
+        agree = (qm(calib_batch).argmax(1) == model(calib_batch).argmax(1)).float().mean()
+    assert agree >= 0.9
+
+
+def test_accuracy_budget_fallback_meets_the_budget(builtin_hybrid, calib_batch):
+    """W4A4 loses far more than 3 points; the fallback keeps the most sensitive layers in float until the
+    drop, re-measured here independently, is within 3 points."""
+    model, info = builtin_hybrid
+    x, y = open_image_set(EVAL_DIR, num=300, seed=0).load(Preprocess(info.input_size, info.mean, info.std))
+    cfg = QuantConfig(weights={"bits": 4}, activations={"bits": 4})
+    _, plan = quantize(model, cfg, [calib_batch])
+    fitted, facts = fit_budget(model, plan, x, y, calib_batch[:16], max_drop=3.0)
+
+    def top1(m):
+        with torch.no_grad():
+            return float((m(torch.from_numpy(x)).argmax(1).numpy() == y).mean() * 100)
+
+    fp, before, after = top1(model), top1(apply_plan(model, plan)), top1(apply_plan(model, fitted))
+    assert fp - before > 3.0 and fp - after <= 3.0 and facts["met"]
+    assert after == pytest.approx(facts["final_top1"]) and before == pytest.approx(facts["quantized_top1"])
+    kept = fitted.float_layers
+    assert 0 < len(kept) < len(plan.weights) and kept == list(facts["sensitivity"])[:len(kept)]
+    assert all(k not in fitted.weights and f"{k}.input" not in fitted.activations for k in kept)
+    assert plan.float_layers == []  # the input plan is untouched
+    # one layer fewer misses the budget (the search returns the fewest, as far as it tried)
+    fewer = [t for t in facts["tried"] if t["float_layers"] < len(kept)]
+    assert all(fp - t["top1"] > 3.0 for t in fewer)
+
+
+def test_accuracy_budget_needs_an_eval_set(tmp_path):
+    p = tmp_path / "r.yaml"
+    base = Path(__file__).resolve().parents[1] / "recipes" / "hybrid_w8a8.yaml"
+    p.write_text(f"name: x\nbase: {base}\nquantize: {{max_accuracy_drop: 0.5}}\nvalidate: {{eval: null}}\n")
+    with pytest.raises(BadInput) as e:
+        load_recipe(p)
+    assert "quantize.max_accuracy_drop" in str(e.value) and "validate.eval" in str(e.value)
+
+
+def test_block_reconstruction_beats_nearest_rounding(builtin_hybrid, calib_batch):
+    """W4A8: learned rounding (AdaRound per block, QDrop) agrees with the float model better than
+    round-to-nearest on held-out images, and the plan carries the codes that apply_plan rebuilds."""
+    model, info = builtin_hybrid
+    cfg = QuantConfig(weights={"bits": 4}, keep_8bit=["stem*", "head*"])
+    nearest, plan0 = quantize(model, cfg, [calib_batch])
+    cfg_r = cfg.model_copy(update={"reconstruct": Reconstruct(images=64, iters=80, time_budget_s=300)})
+    recon, plan = quantize(model, cfg_r, [calib_batch])
+    assert [r["unit"] for r in plan.reconstruction][:3] == ["stem", "stages.0.0", "stages.1.0"]
+    assert set(plan.rounded) == set(plan.weights)
+    changed = sum(int((plan.rounded[k].float() != plan0.weights[k].quantize(_float_weight(model, cfg, k))).sum())
+                  for k in plan.rounded)
+    assert changed > 0  # some weights round the other way
+    x, y = open_image_set(EVAL_DIR, num=300, seed=0).load(Preprocess(info.input_size, info.mean, info.std))
+    x = torch.from_numpy(x)
+    with torch.no_grad():
+        fp = model(x)
+
+        def kl(m):
+            return float(torch.nn.functional.kl_div(m(x).log_softmax(-1), fp.log_softmax(-1), log_target=True,
+                                                    reduction="batchmean"))
+
+        rebuilt = apply_plan(model, plan)
+        assert torch.equal(rebuilt(x[:8]), recon(x[:8]))
+        assert kl(recon) < kl(nearest)
+
+
+def _float_weight(model, cfg, site):
+    from edgevit.quant.plan import prepare
+    from edgevit.quant.sites import weighted_sites
+    return next(m.inner.weight for m in weighted_sites(prepare(model, cfg)[0]) if m.site == site).detach()
