@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgevit.quant.bridges import is_container
+from edgevit.quant.granularity import _Stop
 from edgevit.quant.sites import QuantWeighted, act_sites, set_mode, weighted_sites
 
 ZETA, GAMMA = 1.1, -0.1
@@ -108,12 +109,16 @@ def _unit_io(model: nn.Module, unit: nn.Module, x: torch.Tensor, batch: int) -> 
     def fn(_m, args, out):
         ins.append(args[0].detach())
         outs.append(out.detach())
+        raise _Stop  # nothing after the unit is needed
 
     h = unit.register_forward_hook(fn)
     try:
         with torch.no_grad():
             for i in range(0, len(x), batch):
-                model(x[i:i + batch])
+                try:
+                    model(x[i:i + batch])
+                except _Stop:
+                    pass
     finally:
         h.remove()
     return torch.cat(ins), torch.cat(outs)
