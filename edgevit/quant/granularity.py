@@ -40,7 +40,7 @@ from edgevit.quant.uniform import QParams, qparams_from_range
 SEARCHED_KINDS = ("conv_input", "linear_input", "post_act")
 
 
-class _Stop(Exception):
+class StopForward(Exception):
     """Raised by a forward hook once the output we need has been computed."""
 
 
@@ -117,12 +117,12 @@ def _output_of(qm: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tenso
 
     def fn(_m, _i, out):
         got["out"] = out.detach()
-        raise _Stop
+        raise StopForward
 
     h = module.register_forward_hook(fn)
     try:
         qm(x)
-    except _Stop:
+    except StopForward:
         pass
     finally:
         h.remove()
@@ -151,7 +151,8 @@ def search_granularity(qm: nn.Module, plan, x: torch.Tensor, observers: dict, gr
     if hessian:
         grads = _output_grads(qm, fp_logits, x, {mod.site: mod for mod in layers} |
                               {b.end: modules[b.end] for b in found})
-    bridge_ref = {b.end: _output_of(qm, modules[b.end], x) for b in found}  # all sites off: float
+    set_mode(qm, "off")  # the references: the float model's bridge outputs
+    bridge_ref = {b.end: _output_of(qm, modules[b.end], x) for b in found}
     for mod in layers:
         site = mod.input_quant
         entry = plan.activations[site.site]

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgevit.quant.bridges import is_container
-from edgevit.quant.granularity import _Stop
+from edgevit.quant.granularity import StopForward
 from edgevit.quant.sites import QuantWeighted, act_sites, set_mode, weighted_sites
 
 ZETA, GAMMA = 1.1, -0.1
@@ -109,7 +109,7 @@ def _unit_io(model: nn.Module, unit: nn.Module, x: torch.Tensor, batch: int) -> 
     def fn(_m, args, out):
         ins.append(args[0].detach())
         outs.append(out.detach())
-        raise _Stop  # nothing after the unit is needed
+        raise StopForward  # nothing after the unit is needed
 
     h = unit.register_forward_hook(fn)
     try:
@@ -117,7 +117,7 @@ def _unit_io(model: nn.Module, unit: nn.Module, x: torch.Tensor, batch: int) -> 
             for i in range(0, len(x), batch):
                 try:
                     model(x[i:i + batch])
-                except _Stop:
+                except StopForward:
                     pass
     finally:
         h.remove()
