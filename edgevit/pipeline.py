@@ -104,7 +104,9 @@ def _quantize_stage(model, recipe: Recipe, pre: Preprocess, stage: Path) -> tupl
         batches = (torch.from_numpy(x) for x, _ in images.batches(pre, cfg.batch_size))
         t0 = time.time()
         try:
-            qmodel, plan = quantize(model, recipe.quantize, batches, lambda n: progress.advance(task, n))
+            blocks = progress.add_task("reconstruct blocks", total=None, visible=recipe.quantize.reconstruct is not None)
+            qmodel, plan = quantize(model, recipe.quantize, batches, lambda n: progress.advance(task, n),
+                                    lambda name, rec: progress.advance(blocks))
         except ValueError as e:
             raise BadInput(f"calibration {cfg.path}: {e} ({len(images.skipped)} unreadable image(s))") from None
     if not plan.activations and not plan.weights:
