@@ -111,13 +111,18 @@ def _quantize_stage(model, recipe: Recipe, pre: Preprocess, stage: Path) -> tupl
             raise BadInput(f"calibration {cfg.path}: {e} ({len(images.skipped)} unreadable image(s))") from None
     if not plan.activations and not plan.weights:
         raise RunFailure("quantize: found nothing to quantize in this model (no Linear/Conv2d layers)")
-    (stage / "plan.json").write_text(json.dumps(plan.to_dict(full=True), indent=1) + "\n")
-    (stage / "quant_params.json").write_text(json.dumps(plan.quant_params(), indent=1) + "\n")
+    _write_plan(plan, stage)
     log.info("quantized: %s", plan.counts())
     summary = {"path": str(cfg.path), "images": len(images) - len(images.skipped), "skipped": len(images.skipped),
                "used_by": ["quantize"]}
     return qmodel, plan, {"calibration": summary, "plan": plan.to_dict() | {"counts": plan.counts()},
                           "seconds": round(time.time() - t0, 1)}
+
+
+def _write_plan(plan, stage: Path) -> None:
+    """plan.json (every quantizer) and quant_params.json (the accelerator sidecar) in the run folder."""
+    (stage / "plan.json").write_text(json.dumps(plan.to_dict(full=True), indent=1) + "\n")
+    (stage / "quant_params.json").write_text(json.dumps(plan.quant_params(), indent=1) + "\n")
 
 
 def _fallback_stage(model, plan, recipe: Recipe, pre: Preprocess, evalset: dict | None, stage: Path):
@@ -138,8 +143,7 @@ def _fallback_stage(model, plan, recipe: Recipe, pre: Preprocess, evalset: dict 
         task = progress.add_task("accuracy budget", total=None)
         plan, facts = fit_budget(model, plan, x, labels, torch.from_numpy(x_search), budget,
                                  lambda: progress.advance(task))
-    (stage / "plan.json").write_text(json.dumps(plan.to_dict(full=True), indent=1) + "\n")
-    (stage / "quant_params.json").write_text(json.dumps(plan.quant_params(), indent=1) + "\n")
+    _write_plan(plan, stage)
     facts["labels"] = "eval labels" if evalset["labels"] is not None else "float model's top-1"
     facts["seconds"] = round(time.time() - t0, 1)
     log.info("accuracy budget %.2f pts: %d layer(s) kept in float, top-1 %.2f -> %.2f (float %.2f)", budget,

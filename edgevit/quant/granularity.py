@@ -25,23 +25,18 @@ Runtime runs the consuming layer in float, TensorRT's lowering makes them per te
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from edgevit.quant.bridges import Bridge, find_bridges
 from edgevit.quant.observers import ChannelRangeObserver, HistogramObserver
+from edgevit.quant.partial import run_until
 from edgevit.quant.search import activation_range
 from edgevit.quant.sites import act_sites, fake_quant_activation, set_mode, weighted_sites
 from edgevit.quant.uniform import QParams, qparams_from_range
 
 SEARCHED_KINDS = ("conv_input", "linear_input", "post_act")
-
-
-class StopForward(Exception):
-    """Raised by a forward hook once the output we need has been computed."""
 
 
 def candidates(observer: HistogramObserver, channels: ChannelRangeObserver | None, bits: int,
@@ -110,28 +105,8 @@ def _weighted_err(out: torch.Tensor, ref: torch.Tensor, w: torch.Tensor | None) 
     return float((d * (w + 1e-12)).sum() if w is not None else d.sum())
 
 
-@torch.no_grad()
-def _output_of(qm: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Run ``qm`` on ``x`` only as far as ``module``'s output and return it."""
-    got = {}
-
-    def fn(_m, _i, out):
-        got["out"] = out.detach()
-        raise StopForward
-
-    h = module.register_forward_hook(fn)
-    try:
-        qm(x)
-    except StopForward:
-        pass
-    finally:
-        h.remove()
-    return got["out"]
-
-
 def search_granularity(qm: nn.Module, plan, x: torch.Tensor, observers: dict, granularities=("tensor", "channel"),
-                       schemes=(False, True), bridges: bool = True, hessian: bool = False,
-                       on_site: Callable[[], None] | None = None) -> list[Bridge]:
+                       schemes=(False, True), bridges: bool = True, hessian: bool = False) -> list[Bridge]:
     """Choose each Conv/Linear input quantizer of ``plan`` (in place) on the search images ``x``.
 
     ``qm`` is ``apply_plan(model, plan)``; its sites are updated with the choices too. ``observers``
@@ -152,14 +127,14 @@ def search_granularity(qm: nn.Module, plan, x: torch.Tensor, observers: dict, gr
         grads = _output_grads(qm, fp_logits, x, {mod.site: mod for mod in layers} |
                               {b.end: modules[b.end] for b in found})
     set_mode(qm, "off")  # the references: the float model's bridge outputs
-    bridge_ref = {b.end: _output_of(qm, modules[b.end], x) for b in found}
+    bridge_ref = {b.end: run_until(qm, modules[b.end], x)[1] for b in found}
+    a = plan.config.activations
+    method = "mse" if a.method == "fpcs" else a.method  # fpcs applies to Linear inputs, searched before
     for mod in layers:
         site = mod.input_quant
         entry = plan.activations[site.site]
         inp = torch.cat(site.samples)
         site.samples = []
-        a = plan.config.activations
-        method = "mse" if a.method == "fpcs" else a.method
         cands = candidates(*observers[site.site], entry["qparams"].bits, granularities, schemes, method, a.percentile)
         bridge = bridge_of.get(path[id(mod)])
         errors = {}
@@ -175,7 +150,7 @@ def search_granularity(qm: nn.Module, plan, x: torch.Tensor, observers: dict, gr
             end = modules[bridge.end]
             for key, q in cands.items():
                 site.qparams = q
-                errors[key] = _weighted_err(_output_of(qm, end, x), bridge_ref[bridge.end], grads.get(bridge.end))
+                errors[key] = _weighted_err(run_until(qm, end, x)[1], bridge_ref[bridge.end], grads.get(bridge.end))
         best = min(errors, key=errors.get)
         q = cands[best]
         site.qparams = q
@@ -184,8 +159,6 @@ def search_granularity(qm: nn.Module, plan, x: torch.Tensor, observers: dict, gr
                      search_errors={k: float(v) for k, v in errors.items()})
         if bridge is not None:
             entry["bridge"] = bridge.name
-        if on_site:
-            on_site()
     set_mode(qm, "quant")
     return found
 

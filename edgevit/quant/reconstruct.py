@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgevit.quant.bridges import is_container
-from edgevit.quant.granularity import StopForward
+from edgevit.quant.partial import run_until
 from edgevit.quant.sites import QuantWeighted, act_sites, set_mode, weighted_sites
 
 ZETA, GAMMA = 1.1, -0.1
@@ -103,24 +103,8 @@ class _AdaRound:
 
 
 def _unit_io(model: nn.Module, unit: nn.Module, x: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and outputs of ``unit`` when ``model`` runs on ``x``."""
-    ins, outs = [], []
-
-    def fn(_m, args, out):
-        ins.append(args[0].detach())
-        outs.append(out.detach())
-        raise StopForward  # nothing after the unit is needed
-
-    h = unit.register_forward_hook(fn)
-    try:
-        with torch.no_grad():
-            for i in range(0, len(x), batch):
-                try:
-                    model(x[i:i + batch])
-                except StopForward:
-                    pass
-    finally:
-        h.remove()
+    """Inputs and outputs of ``unit`` when ``model`` runs on ``x`` (in batches)."""
+    ins, outs = zip(*(run_until(model, unit, x[i:i + batch]) for i in range(0, len(x), batch)))
     return torch.cat(ins), torch.cat(outs)
 
 

@@ -1,0 +1,28 @@
+"""Partial forward passes: run a model only as far as one of its modules."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class StopForward(Exception):
+    """Raised by a forward hook once the output we need has been computed."""
+
+
+@torch.no_grad()
+def run_until(model: nn.Module, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``model`` on ``x`` only as far as ``module``; return that module's input and output."""
+    got = {}
+
+    def fn(_m, args, out):
+        got["in"], got["out"] = args[0].detach(), out.detach()
+        raise StopForward  # nothing after the module is needed
+
+    h = module.register_forward_hook(fn)
+    try:
+        model(x)
+    except StopForward:
+        pass
+    finally:
+        h.remove()
+    return got["in"], got["out"]
