@@ -52,6 +52,13 @@ def to_tensor(x: np.ndarray, mean, std) -> torch.Tensor:
     return (t - m) / s
 
 
+def resize_all(x: np.ndarray, size: int) -> np.ndarray:
+    """Upsample a uint8 NHWC set with PIL bilinear, the resampling edgevit's preprocessing uses at run time."""
+    if x.shape[1] == size:
+        return x
+    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in x])
+
+
 def augment(x: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
     """Random crop with zero padding + horizontal flip, on a uint8 NHWC batch."""
     n, h, w, _ = x.shape
@@ -98,6 +105,10 @@ def main() -> None:
     labels = list(spec.labels)
     x_train, y_train = load_split(args.data, "train", labels)
     x_test, y_test = load_split(args.data, "test", labels)
+    # Models wider than the 32 px CIFAR images see them upsampled, as at run time; the crop padding
+    # scales with them so that the augmentation is the same shift in the original pixels.
+    x_train, x_test = resize_all(x_train, spec.input_size), resize_all(x_test, spec.input_size)
+    pad = 4 * spec.input_size // 32
 
     model = spec.build()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd)
@@ -121,7 +132,7 @@ def main() -> None:
         running, seen = 0.0, 0
         for b in range(steps_per_epoch):
             idx = order[b * args.batch:(b + 1) * args.batch]
-            xb = to_tensor(augment(x_train[idx], rng), spec.mean, spec.std)
+            xb = to_tensor(augment(x_train[idx], rng, pad), spec.mean, spec.std)
             yb = torch.from_numpy(y_train[idx])
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)

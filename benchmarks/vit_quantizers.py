@@ -2,6 +2,7 @@
 LayerNorm reparameterization (RepQ mean, MOSF), at W8A8 / W6A6 / W4A4, on both built-in models.
 
     .venv/bin/python benchmarks/vit_quantizers.py [--models vit-cifar10 hybrid-cifar10] [--test DIR] [--limit N]
+                                                  [--merge]
 
 1. Top-1 of the simulated model (PyTorch fake quant) on the CIFAR-10 test images (default: all
    10,000, unpacked from ../shared/data/cifar10 into ~/.cache/edgevit) for every configuration.
@@ -122,9 +123,12 @@ def main() -> None:
     ap.add_argument("--test", type=Path, default=DEFAULT_TEST)
     ap.add_argument("--limit", type=int, default=None, help="evaluate on this many test images (default: all)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "vit_quantizers.json")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other models' rows already in --out and replace only the models run now")
     args = ap.parse_args()
-    results = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "accuracy": [], "exact": [],
-               "mse": {}}
+    results = {"accuracy": [], "exact": [], "mse": {}, "runs": {}}
+    if args.merge and args.out.exists():
+        results = drop_models(json.loads(args.out.read_text()), args.models)
     for name in args.models:
         torch.manual_seed(0)
         model, info = load_model(ModelConfig(source=f"builtin:{name}"))
@@ -133,6 +137,8 @@ def main() -> None:
         x, y = open_image_set(args.test, num=args.limit, seed=0).load(pre, 500)
         batches = [torch.from_numpy(calib[i:i + 64]) for i in range(0, len(calib), 64)]
         fp32 = topk_accuracy(sim_logits(model, x), y, 1)
+        results["runs"][name] = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
+                                 "test_images": len(y)}
         results["accuracy"].append({"model": name, "config": "fp32", "top1": fp32})
         print(f"[{name}] fp32 {100 * fp32:.2f} %", file=sys.stderr, flush=True)
         for spec in CONFIGS:
@@ -159,9 +165,22 @@ def main() -> None:
     args.out.write_text(json.dumps(results, indent=1) + "\n")
 
 
+def drop_models(results: dict, models: list[str]) -> dict:
+    """Earlier results without the rows of `models` (older files without per-model run records keep theirs
+    under the file-level date/command)."""
+    runs = results.get("runs") or {m: {"date": results.get("date"), "command": results.get("command")}
+                                    for m in dict.fromkeys(a["model"] for a in results["accuracy"])}
+    return {"accuracy": [a for a in results["accuracy"] if a["model"] not in models],
+            "exact": [e for e in results["exact"] if e["model"] not in models],
+            "mse": {m: v for m, v in results["mse"].items() if m not in models},
+            "runs": {m: v for m, v in runs.items() if m not in models}}
+
+
 def print_tables(r: dict) -> None:
     models = list(dict.fromkeys(a["model"] for a in r["accuracy"]))
     fp = {a["model"]: a["top1"] for a in r["accuracy"] if a["config"] == "fp32"}
+    for m, run in r["runs"].items():
+        print(f"{m}: {run.get('test_images', '?')} test images, {run['date']}, `{run['command']}`")
     print("| W/A | softmax | GELU | LayerNorm | ranges | " + " | ".join(f"{m} top-1 (Δ)" for m in models) + " |")
     print("|---|---|---|---|---|" + "---|" * len(models))
     print("| FP32 | | | | | " + " | ".join(f"{100 * fp[m]:.2f} %" for m in models) + " |")

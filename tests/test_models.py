@@ -17,10 +17,11 @@ TIMM_SMALL = "timm:vit_tiny_patch16_224"
 @pytest.mark.parametrize("name", sorted(BUILTINS))
 def test_builtin_loads_with_card(name):
     model, info = load_model(ModelConfig(source=f"builtin:{name}"))
-    assert info.num_classes == 10 and info.input_size == 32 and info.labels[0] == "airplane"
+    assert info.num_classes == 10 and info.input_size == BUILTINS[name].input_size and info.labels[0] == "airplane"
     assert info.card["test_top1"] > 0.5 and "train_reference.py" in info.card["command"]
+    assert info.card["input_size"] == info.input_size
     with torch.no_grad():
-        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+        assert model(torch.zeros(2, 3, info.input_size, info.input_size)).shape == (2, 10)
 
 
 def _timm_state(num_classes: int) -> dict:

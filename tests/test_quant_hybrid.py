@@ -2,6 +2,7 @@
 per-channel activation export, and the TensorRT lowering of channel-wise plans."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from edgevit.quant.bridges import find_bridges
 from edgevit.quant.config import LayerSearch, Reconstruct
 from edgevit.quant.fallback import fit_budget
 from edgevit.quant.lowering import lower_plan
-from edgevit.quant.sites import fake_quant_activation
+from edgevit.quant.sites import AttentionSites, fake_quant_activation, insert_sites, set_mode
 from edgevit.quant.uniform import qparams_from_range
 from edgevit.recipe import ExportConfig, ModelConfig, load_recipe
 from edgevit.validate import OrtRunner
@@ -84,6 +85,32 @@ def test_timm_model_w8a8_export_ort(name, tmp_path):
     assert _cosine(out, sim).min() > 0.99
     meta = read_metadata(int8)
     assert json.loads(meta["mean"]) == pytest.approx(MEAN) and json.loads(meta["std"]) == pytest.approx(STD)
+
+
+# attention modules whose matmul operands get sites (EfficientFormerV2's talking-heads attention,
+# MobileViTv2's linear attention and LeViT's strided attention keep float matmuls)
+ATTENTIONS = [("efficientvit_m0", 6), ("levit_128s", 9), ("tiny_vit_5m_224", 10), ("efficientformer_l1", 1),
+              ("mobilevit_xxs", 9)]
+
+
+@pytest.mark.parametrize("name,count", ATTENTIONS)
+def test_attention_sites_restate_the_float_attention(name, count):
+    """The unfused attentions with Q/K/V/softmax sites compute what timm's modules compute, and the
+    softmax sites are calibrated as probabilities."""
+    torch.manual_seed(0)
+    model, info = load_model(ModelConfig(source=f"timm:{name}", num_classes=10))
+    x = torch.randn(2, 3, info.input_size, info.input_size)
+    with torch.no_grad():
+        ref = model(x)
+    wrapped = copy.deepcopy(model)
+    insert_sites(wrapped)
+    set_mode(wrapped, "off")
+    assert sum(isinstance(m, AttentionSites) for m in wrapped.modules()) == count
+    with torch.no_grad():
+        assert (wrapped(x) - ref).abs().max() <= 1e-4 * max(1.0, float(ref.abs().max()))
+    _, plan = quantize(model, QuantConfig(), [x])
+    probs = [e for e in plan.activations.values() if e["kind"] == "attn_softmax"]
+    assert len(probs) == count and all(0.0 <= e["observed"][0] and e["observed"][1] <= 1.0 for e in probs)
 
 
 @pytest.mark.parametrize("name,count", [("mobilevit_xxs", 3), ("mobilevitv2_050", 3), ("efficientformer_l1", 1),

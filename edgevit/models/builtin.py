@@ -74,6 +74,17 @@ def build_vit_cifar10() -> nn.Module:
     )
 
 
+def build_efficientvit_cifar10() -> nn.Module:
+    """timm EfficientViT-M0 (conv stem, cascaded group attention, depthwise-conv FFNs) at 64 px.
+
+    A second hybrid of a different family than MobileViT; CIFAR images are upsampled to 64 px by the
+    preprocessing (bilinear), as the model card states.
+    """
+    import timm
+
+    return timm.create_model("efficientvit_m0", pretrained=False, num_classes=10)
+
+
 BUILTINS: dict[str, BuiltinSpec] = {
     spec.name: spec
     for spec in (
@@ -88,6 +99,13 @@ BUILTINS: dict[str, BuiltinSpec] = {
             arch="vit (patch 4, dim 128, depth 6, 4 heads)",
             build=build_vit_cifar10,
             description="plain DeiT-tiny-like ViT, CIFAR-10, 32x32, 64 tokens + CLS",
+        ),
+        BuiltinSpec(
+            name="efficientvit-cifar10",
+            arch="efficientvit_m0 (64 px, CIFAR upsampled)",
+            build=build_efficientvit_cifar10,
+            description="EfficientViT-M0 hybrid (conv + cascaded group attention), CIFAR-10 upsampled to 64x64",
+            input_size=64,
         ),
     )
 }

@@ -22,7 +22,7 @@ from edgevit.quant.nonuniform_search import fpcs_uniform, search_post_activation
 from edgevit.quant.reconstruct import reconstruct
 from edgevit.quant.reparam import apply_reparam, reparameterize
 from edgevit.quant.search import activation_range, weight_qparams
-from edgevit.quant.sites import (QuantAttention, act_sites, clamp_weight, insert_sites, set_mode,
+from edgevit.quant.sites import (AttentionSites, act_sites, clamp_weight, insert_sites, set_mode,
                                  weighted_sites)
 from edgevit.quant.uniform import QParams, qparams_from_range
 
@@ -221,7 +221,7 @@ def _bits(module: str, bits: int, cfg: QuantConfig) -> int:
 def _search_nonuniform(m: nn.Module, plan: QuantPlan, x: torch.Tensor) -> None:
     """Capture the operands of the sites that get log/tan quantizers and search their parameters."""
     cfg = plan.config
-    attns = [a for a in m.modules() if isinstance(a, QuantAttention)] if cfg.softmax != "uniform" else []
+    attns = [a for a in m.modules() if isinstance(a, AttentionSites)] if cfg.softmax != "uniform" else []
     posts = [mod for mod in weighted_sites(m) if mod.input_quant.kind == "post_act"] if cfg.gelu != "uniform" else []
     capture = [s for a in attns for s in (a.attn_quant, a.v_quant)] + [mod.input_quant for mod in posts]
     for s in capture:
