@@ -26,3 +26,22 @@ def run_until(model: nn.Module, module: nn.Module, x: torch.Tensor) -> tuple[tor
     finally:
         h.remove()
     return got["in"], got["out"]
+
+
+@torch.no_grad()
+def execution_order(model: nn.Module, modules: dict[str, nn.Module], x: torch.Tensor) -> list[str]:
+    """The names of ``modules`` that run when ``model`` sees ``x``, in the order they first run."""
+    order: dict[str, int] = {}
+
+    def seen(name):
+        def fn(_m, _args):
+            order.setdefault(name, len(order))  # returns None: the input passes unchanged
+        return fn
+
+    handles = [m.register_forward_pre_hook(seen(n)) for n, m in modules.items()]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return sorted(order, key=order.get)

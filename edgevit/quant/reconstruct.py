@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgevit.quant.bridges import is_container
-from edgevit.quant.partial import run_until
+from edgevit.quant.partial import execution_order, run_until
 from edgevit.quant.sites import QuantWeighted, act_sites, set_mode, weighted_sites
 
 ZETA, GAMMA = 1.1, -0.1
@@ -53,21 +53,11 @@ def units(qm: nn.Module, x: torch.Tensor) -> list[str]:
                 names.append(name)
 
     visit(qm, "")
-    order: dict[str, int] = {}
-
-    def seen(name):
-        def fn(_m, _args):
-            order.setdefault(name, len(order))  # returns None: the input passes unchanged
-        return fn
-
-    handles = [qm.get_submodule(n).register_forward_pre_hook(seen(n)) for n in names]
     set_mode(qm, "off")
-    with torch.no_grad():
-        qm(x[:1])
-    for h in handles:
-        h.remove()
-    set_mode(qm, "quant")
-    return sorted((n for n in names if n in order), key=order.get)
+    try:
+        return execution_order(qm, {n: qm.get_submodule(n) for n in names}, x[:1])
+    finally:
+        set_mode(qm, "quant")
 
 
 def _h(v: torch.Tensor) -> torch.Tensor:

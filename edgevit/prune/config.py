@@ -1,0 +1,86 @@
+"""Typed configuration of pruning (what a recipe's ``prune:`` section holds)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NMSparsity(_Strict):
+    """n:m semi-structured sparsity along the input dimension (2:4: NVIDIA sparse tensor cores)."""
+
+    n: int = Field(2, gt=0, description="weights pruned in every group of m consecutive input channels")
+    m: int = Field(4, gt=1)
+    criterion: Literal["magnitude", "sparsegpt"] = Field(
+        "sparsegpt", description="magnitude (no data, NVIDIA ASP) or sparsegpt (second-order one-shot: "
+        "Hessian of the calibration inputs, OBS weight updates, layer by layer)")
+
+    @model_validator(mode="after")
+    def _n_below_m(self) -> "NMSparsity":
+        if self.n >= self.m:
+            raise ValueError(f"n ({self.n}) must be smaller than m ({self.m})")
+        return self
+
+
+class BlockSparsity(_Strict):
+    """Block pruning (LPViT): blocks of a Linear / 1x1-conv weight zeroed, per-layer sparsity allocated
+    under a global budget from each layer's measured output distortion."""
+
+    sparsity: float = Field(0.5, gt=0, lt=1, description="fraction of the prunable weights removed overall")
+    block: list[int] | Literal["row", "column"] = Field(
+        [16, 16], description="[rows, columns] of a block of the [out, in] weight, or row (whole output "
+        "units) or column (whole input channels)")
+    criterion: Literal["magnitude", "obs"] = Field(
+        "obs", description="block score: sum of w^2 (magnitude) or the OBS saliency w^2 / [H^-1]_jj, with OBS "
+        "compensation of the kept weights")
+    allocation: Literal["distortion", "uniform"] = Field(
+        "distortion", description="per-layer sparsity: from measured output-distortion curves under the global "
+        "budget (LPViT), or the same for every layer")
+    min_layer_sparsity: float = Field(0.05, ge=0, lt=1)
+    max_layer_sparsity: float = Field(0.9, gt=0, le=1)
+
+    @field_validator("block")
+    @classmethod
+    def _two_sides(cls, v):
+        if isinstance(v, list) and (len(v) != 2 or min(v) < 1):
+            raise ValueError("block is [rows, columns] with both >= 1, or 'row' / 'column'")
+        return v
+
+
+class StructuredPruning(_Strict):
+    """Whole MLP hidden units and attention heads removed; the layers are physically shrunk."""
+
+    mlp_hidden: float = Field(0.3, ge=0, lt=1, description="fraction of every MLP's hidden units removed")
+    heads: float = Field(0.0, ge=0, lt=1, description="fraction of every attention's heads removed")
+    criterion: Literal["magnitude", "obs"] = Field(
+        "obs", description="unit score: weight norm (magnitude) or the OBS saliency of the unit's outgoing "
+        "weights; obs also refits the next layer to the removed units' contribution (least squares)")
+    multiple_of: int = Field(8, gt=0, description="kept hidden units rounded to a multiple of this")
+
+
+class PruneConfig(_Strict):
+    """One pruning method, applied once before quantization."""
+
+    nm: NMSparsity | None = None
+    block: BlockSparsity | None = None
+    structured: StructuredPruning | None = None
+    images: int = Field(128, gt=0, description="calibration images used (the first ones of the calibration set)")
+    damp: float = Field(0.01, gt=0, description="Hessian damping, as a fraction of its mean diagonal")
+    exclude: list[str] = Field(["head*", "*.head*"], description="module names (fnmatch patterns) never pruned "
+                               "(the classifier by default)")
+
+    @model_validator(mode="after")
+    def _one_method(self) -> "PruneConfig":
+        chosen = [k for k in ("nm", "block", "structured") if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            raise ValueError("give exactly one of nm, block or structured "
+                             f"(got {', '.join(chosen) if chosen else 'none'})")
+        return self
+
+    @property
+    def method(self) -> str:
+        return next(k for k in ("nm", "block", "structured") if getattr(self, k) is not None)

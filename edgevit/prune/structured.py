@@ -1,0 +1,144 @@
+"""Structured pruning: whole MLP hidden units and attention heads removed, layers physically shrunk.
+
+For every timm ``Mlp`` (fc1 -> act -> fc2) and ``Attention`` (qkv -> heads -> proj), in execution
+order on the model pruned so far:
+
+* score each hidden unit (a column of fc2) or head (a group of proj columns) by its OBS saliency,
+  the sum of ||W[:, j]||^2 / [H^-1]_jj over its columns, H the Hessian of the consuming layer's
+  inputs on the calibration images (or by the weight norms, ``criterion: magnitude``);
+* drop the lowest-scored units (the kept count rounded to ``multiple_of``) or heads;
+* (obs) refit the consuming layer to what the removed units contributed: least squares over the
+  calibration inputs, bias included (the OBS group update in closed form);
+* shrink: new, narrower fc1/fc2 (qkv/proj) modules replace the old ones, so every runtime runs
+  smaller dense matmuls. With ``shrink=False`` the same weights are masked instead (for tests).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from edgevit.prune.config import PruneConfig
+from edgevit.prune.layerwise import layer_hessian
+from edgevit.prune.obs import DAMP
+from edgevit.quant.partial import execution_order
+
+
+def _is_mlp(m: nn.Module) -> bool:
+    return all(isinstance(getattr(m, k, None), nn.Linear) for k in ("fc1", "fc2")) and \
+        isinstance(getattr(m, "norm", nn.Identity()), nn.Identity)
+
+
+def _is_attention(m: nn.Module) -> bool:
+    from timm.layers.attention import Attention
+
+    return type(m) is Attention and m.gate is None and isinstance(m.norm, nn.Identity)
+
+
+def input_hessian(model: nn.Module, layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """E[[x, 1]^T [x, 1]] over ``layer``'s inputs when ``model`` runs on ``x`` (bias column last)."""
+    h = layer_hessian(model, layer, x)
+    n = h.n
+    s = h.h.new_zeros(len(h.h) + 1, len(h.h) + 1)
+    s[:-1, :-1] = h.h
+    s[:-1, -1] = s[-1, :-1] = h.sums
+    s[-1, -1] = n
+    return s / max(n, 1)
+
+
+def unit_saliency(w: torch.Tensor, h_aug: torch.Tensor | None, groups: int, damp: float = DAMP) -> torch.Tensor:
+    """Score of each of ``groups`` equal column groups of ``w`` [out, in] (OBS or, without H, the norm)."""
+    if h_aug is None:
+        per_col = (w ** 2).sum(0)
+    else:
+        h = h_aug[:-1, :-1]
+        h = h + damp * torch.diag(h).mean().clamp_min(1e-12) * torch.eye(len(h), dtype=h.dtype)
+        inv_diag = torch.diag(torch.cholesky_inverse(torch.linalg.cholesky(h)))
+        per_col = (w.double() ** 2).sum(0) / inv_diag
+    return per_col.reshape(groups, -1).sum(1).float()
+
+
+def refit(w: torch.Tensor, b: torch.Tensor | None, h_aug: torch.Tensor, keep: torch.Tensor,
+          damp: float = DAMP) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares weights/bias on the kept input columns that reproduce the full layer's output."""
+    full = torch.cat([w.double(), (b.double() if b is not None else w.new_zeros(len(w)).double()).unsqueeze(1)], 1)
+    cols = torch.cat([keep, torch.tensor([len(h_aug) - 1])])
+    hss = h_aug[cols][:, cols]
+    hss = hss + damp * torch.diag(hss).mean() * torch.eye(len(cols), dtype=hss.dtype)
+    sol = torch.linalg.solve(hss, (full @ h_aug[:, cols]).t()).t()
+    return sol[:, :-1].float(), sol[:, -1].float()
+
+
+def _linear(w: torch.Tensor, b: torch.Tensor | None) -> nn.Linear:
+    lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+        if b is not None:
+            lin.bias.copy_(b)
+    return lin
+
+
+def _keep_count(total: int, ratio: float, multiple: int) -> int:
+    keep = total - int(round(ratio * total))
+    keep = int(round(keep / multiple)) * multiple if total >= 2 * multiple else keep
+    return min(total, max(keep, min(multiple, total)))
+
+
+def _narrow(consumer: nn.Linear, producer_rows: torch.Tensor, producer: nn.Linear, keep_cols: torch.Tensor,
+            h_aug: torch.Tensor | None, damp: float, shrink: bool) -> tuple[nn.Linear, nn.Linear]:
+    """New (producer, consumer) pair with only ``producer_rows`` / ``keep_cols`` (or masked, same shapes)."""
+    w, b = consumer.weight.detach(), consumer.bias.detach() if consumer.bias is not None else None
+    if h_aug is not None:
+        w_k, b_new = refit(w, b, h_aug, keep_cols, damp)
+    else:
+        w_k, b_new = w[:, keep_cols], b
+    pw, pb = producer.weight.detach(), producer.bias.detach() if producer.bias is not None else None
+    if shrink:
+        return _linear(pw[producer_rows], pb[producer_rows] if pb is not None else None), _linear(w_k, b_new)
+    pw_m, w_m = torch.zeros_like(pw), torch.zeros_like(w)
+    pw_m[producer_rows], w_m[:, keep_cols] = pw[producer_rows], w_k
+    pb_m = None
+    if pb is not None:
+        pb_m = torch.zeros_like(pb)
+        pb_m[producer_rows] = pb[producer_rows]
+    return _linear(pw_m, pb_m), _linear(w_m, b_new)
+
+
+def prune_structured(model: nn.Module, cfg: PruneConfig, x: torch.Tensor, shrink: bool = True,
+                     on_layer: Callable[[str], None] | None = None) -> dict:
+    """Remove MLP hidden units / attention heads from ``model`` in place; returns per-module records."""
+    s = cfg.structured
+    obs = s.criterion == "obs"
+    targets = {n: m for n, m in model.named_modules()
+               if (s.mlp_hidden > 0 and _is_mlp(m)) or (s.heads > 0 and _is_attention(m))}
+    records = []
+    for name in execution_order(model, targets, x[:1]):
+        m = targets[name]
+        if _is_mlp(m):
+            hidden = m.fc1.out_features
+            keep_n = _keep_count(hidden, s.mlp_hidden, s.multiple_of)
+            h_aug = input_hessian(model, m.fc2, x) if obs else None
+            score = unit_saliency(m.fc2.weight.detach(), h_aug, hidden, cfg.damp) if obs else \
+                m.fc1.weight.detach().norm(dim=1) * m.fc2.weight.detach().norm(dim=0)
+            keep = score.argsort(descending=True)[:keep_n].sort().values
+            m.fc1, m.fc2 = _narrow(m.fc2, keep, m.fc1, keep, h_aug, cfg.damp, shrink)
+            records.append({"module": name, "kind": "mlp", "units": hidden, "kept": keep_n})
+        else:
+            heads, hd = m.num_heads, m.head_dim
+            keep_n = max(1, heads - int(round(s.heads * heads)))
+            h_aug = input_hessian(model, m.proj, x) if obs else None
+            score = unit_saliency(m.proj.weight.detach(), h_aug, heads, cfg.damp)
+            keep_heads = score.argsort(descending=True)[:keep_n].sort().values
+            cols = (keep_heads.unsqueeze(1) * hd + torch.arange(hd)).reshape(-1)
+            rows = torch.cat([t * heads * hd + cols for t in range(3)])
+            m.qkv, m.proj = _narrow(m.proj, rows, m.qkv, cols, h_aug, cfg.damp, shrink)
+            if shrink:
+                m.num_heads, m.attn_dim = keep_n, keep_n * hd
+            records.append({"module": name, "kind": "attention", "units": heads, "kept": keep_n})
+        if on_layer:
+            on_layer(name)
+    if not records:
+        raise ValueError("structured pruning found no timm Mlp (fc1 -> act -> fc2) or Attention module to shrink")
+    return {"criterion": s.criterion, "mlp_hidden": s.mlp_hidden, "heads": s.heads, "shrunk": shrink,
+            "modules": records}
