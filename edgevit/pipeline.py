@@ -1,6 +1,7 @@
 """The one path every run takes: recipe -> model -> stages -> artifacts -> validation -> report."""
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import platform
@@ -18,8 +19,10 @@ from edgevit import __version__
 from edgevit.data import Preprocess, open_image_set
 from edgevit.errors import BadInput, RunFailure
 from edgevit.export.onnx import export_onnx
+from edgevit.export.sparsity import weight_sparsity
 from edgevit.models import load_model
 from edgevit.progress import new_progress
+from edgevit.prune import prune
 from edgevit.quant import apply_plan, quantize
 from edgevit.quant.lowering import has_nonuniform, lower_plan
 from edgevit.recipe import Recipe, recipe_to_yaml
@@ -30,6 +33,7 @@ from edgevit.validate.latency import timed_iterations
 
 log = logging.getLogger("edgevit")
 SIM_NAME = "pytorch-int8-sim"
+PRUNED_NAME = "pytorch-pruned"
 
 
 def _sim_name(cfg) -> str:
@@ -93,6 +97,26 @@ def _load_eval(recipe: Recipe, pre: Preprocess, info) -> dict | None:
                         "skipped": len(images.skipped),
                         "skipped_files": [{"file": f, "error": e} for f, e in images.skipped[:20]],
                         "labeled": labels is not None, "label_mapping": mapping}}
+
+
+def _prune_stage(model, recipe: Recipe, pre: Preprocess) -> tuple[object, dict]:
+    """Prune a copy of the model on the first calibration images; the dense model stays the reference."""
+    cfg = recipe.calibration
+    images = open_image_set(cfg.path, min(recipe.prune.images, cfg.num or 10**9), cfg.seed)
+    x, _ = images.load(pre)
+    pruned = copy.deepcopy(model)
+    t0 = time.time()
+    with new_progress() as progress:
+        task = progress.add_task(f"prune ({recipe.prune.method})", total=None)
+        try:
+            facts = prune(pruned, recipe.prune, torch.from_numpy(x), lambda name: progress.advance(task))
+        except ValueError as e:
+            raise BadInput(f"prune: {e}") from None
+    facts["seconds"] = round(time.time() - t0, 1)
+    s = facts["summary"]
+    log.info("pruned (%s): %d -> %d parameters, %.1f %% of Linear/Conv weights zero", recipe.prune.method,
+             facts["params_before"], s["params"], 100 * s["weight_sparsity"])
+    return pruned, facts
 
 
 def _quantize_stage(model, recipe: Recipe, pre: Preprocess, stage: Path) -> tuple[object, object, dict]:
@@ -171,7 +195,10 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
         pre = Preprocess(info.input_size, info.mean, info.std, info.crop_pct, info.interpolation)
         evalset = _load_eval(recipe, pre, info)
         params = sum(p.numel() for p in model.parameters())
-        quant, sims = None, {}
+        dense, pruning, quant, sims = model, None, None, {}
+        if recipe.prune is not None:
+            model, pruning = _prune_stage(model, recipe, pre)
+            sims[PRUNED_NAME] = model
         jobs = [(cfg, name, None, "") for cfg, name in zip(recipe.export, names)]
         if recipe.quantize is not None:
             qmodel, plan, quant = _quantize_stage(model, recipe, pre, stage)
@@ -193,7 +220,7 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
         with new_progress() as progress:
             task = progress.add_task("export", total=len(jobs))
             for cfg, name, job_plan, suffix in jobs:
-                source, sim_name = model, None
+                source, sim_name = model, PRUNED_NAME if pruning else None
                 if cfg.precision == "int8":
                     job_plan = job_plan or plan
                     try:
@@ -206,6 +233,11 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
                         sims[sim_name] = apply_plan(model, lowered)
                     source = sims[sim_name]
                 facts = export_onnx(source, info, cfg, stage / name, recipe.name)
+                if pruning:
+                    nm = recipe.prune.nm
+                    facts["sparsity"] = weight_sparsity(stage / name, *((nm.n, nm.m) if nm else (2, 4)))
+                    if nm:
+                        facts["sparsity"]["expected_nm_layers"] = len(pruning["layers"])
                 artifacts.append({"name": (cfg.name or name.removesuffix(".onnx")) + suffix if suffix else
                                   cfg.name or name, "file": name, "format": cfg.format,
                                   "precision": cfg.precision, "runtime": "onnxruntime",
@@ -213,7 +245,7 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
                                   "simulated_by": sim_name})
                 log.info("exported %s (%.2f MB, %s)", name, artifacts[-1]["size_bytes"] / 1e6, facts["simplifier"])
                 progress.advance(task)
-        results, checks = _validate(recipe, model, sims, info, params, artifacts, evalset, stage)
+        results, checks = _validate(recipe, dense, sims, info, params, artifacts, evalset, stage)
         report = {
             "schema_version": 1,
             "edgevit_version": __version__,
@@ -225,6 +257,7 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
                       "params": params, "labels": info.labels, "preprocessing": info.preprocessing(),
                       "card": info.card},
             "data": {"calibration": calib, "eval": evalset["summary"] if evalset else None},
+            "pruning": pruning,
             "quantization": quant,
             "results": results,
             "checks": checks,
@@ -270,8 +303,10 @@ def _validate(recipe: Recipe, model, sims: dict, info, params: int, artifacts: l
              "runtime": "torch", "size_bytes": params * 4, "export": None}]
     runners = [TorchRunner(model, threads)]
     for sim_name, sim_model in sims.items():
-        rows.append({"name": sim_name, "file": None, "format": "pytorch", "precision": "int8-sim",
-                     "runtime": "torch", "size_bytes": None, "export": None})
+        pruned = sim_name == PRUNED_NAME  # the float pruned model: timed like the dense one
+        rows.append({"name": sim_name, "file": None, "format": "pytorch", "precision": "fp32" if pruned else "int8-sim",
+                     "runtime": "torch", "export": None,
+                     "size_bytes": sum(p.numel() for p in sim_model.parameters()) * 4 if pruned else None})
         runners.append(TorchRunner(sim_model, threads))
     for a in artifacts:
         rows.append(a)
@@ -299,10 +334,10 @@ def _validate(recipe: Recipe, model, sims: dict, info, params: int, artifacts: l
         acc = row["accuracy"]
         if acc is not None:
             acc["delta_top1"] = (acc["top1"] - ref_top1) if (acc["top1"] is not None and ref_top1 is not None) else None
-    return rows, _checks(rows, logits, val, n_eval, ref_top1)
+    return rows, _checks(rows, logits, val, n_eval)
 
 
-def _checks(rows: list[dict], logits: dict, val, n_eval: int, ref_top1: float | None) -> list[dict]:
+def _checks(rows: list[dict], logits: dict, val, n_eval: int) -> list[dict]:
     """Pass/fail statements: FP32 ONNX equals PyTorch; deployed INT8 agrees with its simulation."""
     checks = []
     for r in rows:
@@ -314,10 +349,12 @@ def _checks(rows: list[dict], logits: dict, val, n_eval: int, ref_top1: float | 
                            "detail": f"max abs logit diff {par['max_abs_diff']:.2e} (tolerance {val.parity_tolerance:g}) "
                                      f"on {par['images']} images"})
             top1 = (r["accuracy"] or {}).get("top1")
-            if top1 is not None and ref_top1 is not None:
+            origin = next((o for o in rows if o["name"] == r.get("simulated_by")), rows[0])
+            ref = (origin["accuracy"] or {}).get("top1")
+            if top1 is not None and ref is not None:
                 checks.append({"name": f"{r['name']}: top-1 in ORT equals PyTorch",
-                               "ok": abs(top1 - ref_top1) <= 1.0 / max(1, n_eval) + 1e-12,
-                               "detail": f"ORT {top1:.4f} vs PyTorch {ref_top1:.4f} on {n_eval} images"})
+                               "ok": abs(top1 - ref) <= 1.0 / max(1, n_eval) + 1e-12,
+                               "detail": f"ORT {top1:.4f} vs PyTorch ({origin['name']}) {ref:.4f} on {n_eval} images"})
         sim = r.get("simulated_by")
         if r["precision"] == "int8" and sim in logits and r["name"] in logits:
             agree = float((logits[r["name"]].argmax(1) == logits[sim].argmax(1)).mean())
@@ -325,6 +362,13 @@ def _checks(rows: list[dict], logits: dict, val, n_eval: int, ref_top1: float | 
             checks.append({"name": f"{r['name']}: deployed model agrees with the simulation", "ok": agree >= 0.99,
                            "detail": f"top-1 agreement ORT vs {sim} {100 * agree:.1f} % on {n_eval} "
                                      "images (needs >= 99 %)"})
+        sp = (r["export"] or {}).get("sparsity") or {}
+        if "expected_nm_layers" in sp:
+            checks.append({"name": f"{r['name']}: {sp['pattern']} sparsity intact in the exported weights",
+                           "ok": sp["nm_layers"] >= sp["expected_nm_layers"],
+                           "detail": f"{sp['nm_layers']} weight tensors in the file follow {sp['pattern']} "
+                                     f"(pruned: {sp['expected_nm_layers']}); {100 * sp['weight_sparsity']:.1f} % "
+                                     "of all weights zero"})
         if r["precision"] == "int8" and r["export"]["target"] == "tensorrt":
             problems = r["export"]["tensorrt_problems"]
             checks.append({"name": f"{r['name']}: QDQ graph follows TensorRT's explicit-quantization rules",

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgevit.errors import BadInput
+from edgevit.prune.config import PruneConfig
 from edgevit.quant.config import QuantConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -121,6 +122,7 @@ class Recipe(_Strict):
     seed: int = 0
     model: ModelConfig = Field(default_factory=ModelConfig)
     calibration: DataConfig | None = None
+    prune: PruneConfig | None = Field(None, description="one-shot pruning before quantization (needs calibration)")
     quantize: QuantConfig | None = Field(None, description="post-training quantization (needs calibration)")
     export: list[ExportConfig] = Field(default_factory=lambda: [ExportConfig()])
     validation: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
@@ -129,6 +131,8 @@ class Recipe(_Strict):
     def _stages_fit_targets(self) -> "Recipe":
         if self.quantize is not None and self.calibration is None:
             raise ValueError("quantize: needs a calibration: section (images to calibrate on)")
+        if self.prune is not None and self.calibration is None:
+            raise ValueError("prune: needs a calibration: section (images whose activations guide the pruning)")
         if self.quantize is not None and self.quantize.max_accuracy_drop is not None and self.validation.eval is None:
             raise ValueError("quantize.max_accuracy_drop: needs validate.eval (the images the drop is measured on, "
                              "e.g. eval: calibration/builtin-val.yaml)")

@@ -13,7 +13,8 @@ class _Strict(BaseModel):
 class NMSparsity(_Strict):
     """n:m semi-structured sparsity along the input dimension (2:4: NVIDIA sparse tensor cores)."""
 
-    n: int = Field(2, gt=0, description="weights pruned in every group of m consecutive input channels")
+    n: int = Field(2, gt=0, description="weights kept (at most n non-zeros) in every group of m consecutive input "
+                   "channels")
     m: int = Field(4, gt=1)
     criterion: Literal["magnitude", "sparsegpt"] = Field(
         "sparsegpt", description="magnitude (no data, NVIDIA ASP) or sparsegpt (second-order one-shot: "

@@ -69,7 +69,7 @@ def nm_ineligible(module: nn.Module, m: int) -> str | None:
 
 
 def nm_violations(mat: torch.Tensor, n: int, m: int) -> int:
-    """How many groups of m consecutive columns hold more than n non-zeros."""
+    """How many groups of m consecutive columns hold more than n non-zeros (n:m keeps n of every m)."""
     out, cols = mat.shape
     if cols % m:
         raise ValueError(f"{cols} columns are not a multiple of {m}")

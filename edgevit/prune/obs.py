@@ -52,18 +52,18 @@ def inverse_cholesky(h: torch.Tensor, damp: float = DAMP) -> torch.Tensor:
 
 
 def nm_magnitude_mask(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """True where a weight is pruned: the n smallest |w| in every group of m consecutive columns."""
+    """True where a weight is pruned: all but the n largest |w| in every group of m consecutive columns."""
     out, cols = w.shape
     groups = w.abs().reshape(out, cols // m, m)
     drop = torch.zeros_like(groups, dtype=torch.bool)
-    drop.scatter_(2, groups.topk(n, dim=2, largest=False).indices, True)
+    drop.scatter_(2, groups.topk(m - n, dim=2, largest=False).indices, True)
     return drop.reshape(out, cols)
 
 
 def obs_prune(w: torch.Tensor, h: torch.Tensor, n: int = 2, m: int = 4, mask: torch.Tensor | None = None,
               damp: float = DAMP, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prune ``w`` [out, in] with the OBS sweep: n of every m columns (``mask`` None) or the given mask
-    (True = pruned). Returns the pruned, compensated weight and the mask."""
+    """Prune ``w`` [out, in] with the OBS sweep: keep n of every m columns (``mask`` None) or apply the
+    given mask (True = pruned). Returns the pruned, compensated weight and the mask."""
     w = w.double().clone()
     dead = torch.diag(h) == 0
     w[:, dead] = 0
@@ -79,7 +79,7 @@ def obs_prune(w: torch.Tensor, h: torch.Tensor, n: int = 2, m: int = 4, mask: to
             j = b0 + i
             if mask is None and j % m == 0:
                 sal = wb[:, i:i + m] ** 2 / torch.diag(ub)[i:i + m].unsqueeze(0) ** 2
-                idx = sal.topk(n, dim=1, largest=False).indices
+                idx = sal.topk(m - n, dim=1, largest=False).indices
                 chosen[:, j:j + m].scatter_(1, idx, True)
             col = wb[:, i]
             pruned = torch.where(chosen[:, j], torch.zeros_like(col), col)

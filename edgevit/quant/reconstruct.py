@@ -72,6 +72,7 @@ class _AdaRound:
         q = mod.weight_qparams
         w = w.detach()
         self.mod, self.q = mod, q
+        self.pruned = w == 0  # pruned weights (2:4, blocks) stay exactly zero whatever the rounding learns
         s, z = q._view(q.scale, w), q._view(q.zero_point, w)
         self.s, self.z = s, z
         scaled = w / s
@@ -81,12 +82,13 @@ class _AdaRound:
 
     def soft(self) -> torch.Tensor:
         codes = torch.clamp(self.floor + _h(self.v) + self.z, self.q.qmin, self.q.qmax)
-        return (codes - self.z) * self.s
+        return ((codes - self.z) * self.s).masked_fill(self.pruned, 0.0)
 
     def codes(self) -> torch.Tensor:
         """The fixed integer codes (round up where h(V) >= 0.5)."""
         up = (self.v.detach() >= 0).float()
-        return torch.clamp(self.floor + up + self.z, self.q.qmin, self.q.qmax).to(torch.int8)
+        codes = torch.clamp(self.floor + up + self.z, self.q.qmin, self.q.qmax)
+        return torch.where(self.pruned, self.z.expand_as(codes), codes).to(torch.int8)
 
     def regularizer(self, beta: float) -> torch.Tensor:
         return (1 - (2 * _h(self.v) - 1).abs().pow(beta)).sum()

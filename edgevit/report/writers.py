@@ -94,6 +94,7 @@ def markdown(report: dict) -> str:
         lines.append("")
     if report.get("plots"):
         lines += ["![top-1 vs latency](accuracy_latency.png)", ""]
+    lines += _pruning_lines(report.get("pruning"))
     quant = report.get("quantization")
     if quant:
         c = quant["plan"]["counts"]
@@ -119,6 +120,10 @@ def markdown(report: dict) -> str:
             lines.append(f"- `{r['file']}`: opset {e['opset']}, {e['nodes']} nodes, simplifier: {e['simplifier']}, "
                          f"max abs logit diff vs {par.get('against', 'PyTorch')} "
                          f"{par.get('max_abs_diff', float('nan')):.2e} on {par.get('images', 0)} images")
+            sp = e.get("sparsity")
+            if sp:
+                lines.append(f"  - weights in the file: {100 * sp['weight_sparsity']:.1f} % zero; {sp['nm_layers']} of "
+                             f"{len(sp['layers'])} weight tensors follow {sp['pattern']}")
             audit = e.get("ort_int8")
             if audit:
                 ops = ", ".join(f"{k} {v}" for k, v in audit["int8_ops"].items()) or "none"
@@ -206,3 +211,41 @@ def _fallback_lines(f: dict | None) -> list[str]:
     lines += ["| layer kept in float | sensitivity (KL reduction) |", "|---|---|"]
     lines += [f"| `{name}` | {f['sensitivity'][name]:.4g} |" for name in f["float_layers"]]
     return lines + [""]
+
+
+def _pruning_lines(p: dict | None) -> list[str]:
+    """The pruning section: what was pruned, how much, and what was left dense and why."""
+    if not p:
+        return []
+    s = p["summary"]
+    lines = ["## Pruning", ""]
+    if p["method"] == "nm":
+        what = f"{p['pattern']} semi-structured sparsity ({p['criterion']}) on {len(p['layers'])} layers"
+    elif p["method"] == "block":
+        block = p["block"] if isinstance(p["block"], str) else "x".join(map(str, p["block"]))
+        what = (f"block pruning ({block} blocks, {p['criterion']} scores, {p['allocation']} allocation) of "
+                f"{len(p['layers'])} layers: {100 * p['achieved']:.1f} % of their weights removed "
+                f"(target {100 * p['target']:.0f} %)")
+    else:
+        what = (f"structured pruning ({p['criterion']}): {len(p['modules'])} modules shrunk "
+                f"({100 * p['mlp_hidden']:.0f} % of MLP hidden units, {100 * p['heads']:.0f} % of heads)")
+    lines += [f"{what}, on {p['images']} calibration images in {p['seconds']} s. Parameters "
+              f"{p['params_before']:,} -> {s['params']:,}; {100 * s['weight_sparsity']:.1f} % of Linear/Conv "
+              "weights are zero.", ""]
+    if p["method"] == "block":
+        lines += ["| layer | shape | sparsity |", "|---|---|---|"]
+        lines += [f"| {r['layer']} | {'x'.join(map(str, r['shape']))} | {100 * r['sparsity']:.0f} % |"
+                  for r in p["layers"]]
+        lines.append("")
+    if p["method"] == "structured":
+        lines += ["| module | kind | kept / total |", "|---|---|---|"]
+        lines += [f"| {r['module']} | {r['kind']} | {r['kept']} / {r['units']} |" for r in p["modules"]]
+        lines.append("")
+    skipped = p.get("skipped") or {}
+    if skipped:
+        lines += [f"Left dense ({len(skipped)} layers):", ""]
+        lines += [f"- `{name}`: {why}" for name, why in list(skipped.items())[:20]]
+        if len(skipped) > 20:
+            lines.append(f"- ... and {len(skipped) - 20} more (report.json)")
+        lines.append("")
+    return lines

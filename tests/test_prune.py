@@ -1,0 +1,198 @@
+"""Pruning: n:m masks, SparseGPT vs magnitude, block allocation, structured shrinking, zeros kept
+through quantization (also AdaRound), the 2:4 pattern proven on exported ONNX files, and recipes."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import CALIB_DIR, run_cli
+from edgevit.data import Preprocess, open_image_set
+from edgevit.errors import BadInput
+from edgevit.export.onnx import export_onnx
+from edgevit.export.sparsity import weight_sparsity
+from edgevit.models import load_model
+from edgevit.prune import PruneConfig, prune
+from edgevit.prune.block import allocate, block_mask
+from edgevit.prune.layout import from_matrix, nm_ineligible, nm_violations, to_matrix
+from edgevit.prune.obs import Hessian, nm_magnitude_mask, obs_prune
+from edgevit.prune.structured import prune_structured
+from edgevit.quant import QuantConfig, quantize
+from edgevit.quant.config import Reconstruct
+from edgevit.recipe import ExportConfig, ModelConfig, load_recipe
+from edgevit.validate import OrtRunner
+
+FAST = ["--set", "validate.devices.0.iters=3", "--set", "validate.devices.0.warmup=1",
+        "--set", "validate.devices.0.throughput_batch=4", "--set", "validate.eval.num=200",
+        "--set", "calibration.num=64"]
+
+
+@pytest.fixture(scope="module")
+def vit():
+    return load_model(ModelConfig(source="builtin:vit-cifar10"))
+
+
+@pytest.fixture(scope="module")
+def calib(vit):
+    _, info = vit
+    x, _ = open_image_set(CALIB_DIR, num=64, seed=0).load(Preprocess(info.input_size, info.mean, info.std))
+    return torch.from_numpy(x)
+
+
+def _conv_groups_ok(w: torch.Tensor, n: int, m: int) -> bool:
+    """TensorRT's rule checked on the raw [K, C, R, S] tensor: at each (k, r, s), every m consecutive
+    input channels hold at most n non-zeros."""
+    k, c, r, s = w.shape
+    nz = (w != 0).reshape(k, c // m, m, r, s).sum(2)
+    return bool((nz <= n).all())
+
+
+def test_nm_masks_keep_exactly_n_of_m_along_inputs():
+    torch.manual_seed(0)
+    lin, conv = nn.Linear(32, 16), nn.Conv2d(16, 8, 3, padding=1)
+    for layer in (lin, conv):
+        mat = to_matrix(layer)
+        mask = nm_magnitude_mask(mat, 2, 4)
+        assert (mask.reshape(len(mat), -1, 4).sum(-1) == 2).all()  # exactly 2 pruned, 2 kept per group
+        kept = mat.masked_fill(mask, 0)
+        # the kept ones are the two largest |w| of their group
+        groups = mat.abs().reshape(len(mat), -1, 4)
+        assert torch.equal(kept.abs().reshape(len(mat), -1, 4).topk(2, -1).values, groups.topk(2, -1).values)
+        from_matrix(layer, kept)
+    assert nm_violations(to_matrix(lin), 2, 4) == 0 and _conv_groups_ok(conv.weight, 2, 4)
+    # 1:4 keeps one
+    assert ((~nm_magnitude_mask(to_matrix(nn.Linear(16, 8)), 1, 4)).reshape(8, -1, 4).sum(-1) == 1).all()
+    assert nm_ineligible(nn.Linear(30, 16), 4) and nm_ineligible(nn.Conv2d(16, 16, 3, groups=16), 4)
+    assert nm_ineligible(nn.Linear(64, 64), 4) is None
+
+
+def test_sparsegpt_beats_magnitude_on_correlated_inputs():
+    torch.manual_seed(0)
+    z = torch.randn(4096, 64)
+    x = z @ torch.randn(64, 64) * 0.3 + z  # strongly correlated input channels
+    w = torch.randn(48, 64)
+    h = Hessian(64)
+    h.add(x)
+    w_obs, mask = obs_prune(w, h.value, 2, 4)
+    w_mag = w.masked_fill(nm_magnitude_mask(w, 2, 4), 0)
+    err = {name: float(((x @ w.t() - x @ v.t()) ** 2).mean()) for name, v in (("obs", w_obs), ("mag", w_mag))}
+    assert nm_violations(w_obs, 2, 4) == 0 and float((w_obs == 0).float().mean()) == 0.5
+    assert torch.equal(w_obs == 0, mask)
+    assert err["obs"] < 0.75 * err["mag"], err  # measured: 35.3 vs 57.7
+
+
+def test_block_mask_and_allocation():
+    scores = torch.tensor([[1.0, 5.0], [3.0, 0.5]])
+    mask = block_mask(scores, (2, 4), 0.5)
+    assert mask.shape == (4, 8) and mask[:2, :4].all() and mask[2:, 4:].all() and not mask[:2, 4:].any()
+    levels = [0.0, 0.25, 0.5, 0.75]
+    # layer "a" is insensitive, "b" degrades fast: the budget goes to "a"
+    curves = {"a": [0.0, 0.01, 0.02, 0.03], "b": [0.0, 1.0, 5.0, 20.0]}
+    alloc = allocate(curves, {"a": 100, "b": 100}, levels, 0.375)
+    assert alloc["a"] == 0.75 and alloc["b"] == 0.0
+    assert (alloc["a"] * 100 + alloc["b"] * 100) / 200 >= 0.375
+
+
+def test_block_pruning_meets_budget_and_is_blockwise(vit, calib):
+    model = copy.deepcopy(vit[0])
+    cfg = PruneConfig(block={"sparsity": 0.3, "block": [16, 16], "allocation": "uniform"}, images=32)
+    rep = prune(model, cfg, calib)
+    assert abs(rep["achieved"] - 0.3) < 0.02 and rep["layers"]
+    for rec in rep["layers"]:
+        w = model.get_submodule(rec["layer"]).weight.detach()
+        blocks = (w != 0).reshape(w.shape[0] // 16, 16, w.shape[1] // 16, 16).sum(dim=(1, 3))
+        assert ((blocks == 0) | (blocks == 256)).all(), rec["layer"]  # whole 16x16 blocks, nothing partial
+
+
+def test_structured_shrink_equals_mask_and_is_smaller(vit, calib):
+    model = vit[0]
+    cfg = PruneConfig(structured={"mlp_hidden": 0.3, "heads": 0.25})
+    shrunk, masked = copy.deepcopy(model), copy.deepcopy(model)
+    rep = prune_structured(shrunk, cfg, calib)
+    prune_structured(masked, cfg, calib, shrink=False)
+    with torch.no_grad():
+        a, b, ref = shrunk(calib), masked(calib), model(calib)
+    assert (a - b).abs().max() <= 1e-4 * float(ref.abs().max())
+    mlp = [r for r in rep["modules"] if r["kind"] == "mlp"]
+    assert mlp and all(r["kept"] % 8 == 0 and r["kept"] < r["units"] for r in mlp)
+    assert shrunk.blocks[0].mlp.fc1.out_features == mlp[0]["kept"] and shrunk.blocks[0].attn.num_heads == 3
+    assert sum(p.numel() for p in shrunk.parameters()) < 0.85 * sum(p.numel() for p in model.parameters())
+    # the OBS refit keeps the logits closer to the dense model's than dropping the same units without it
+    plain = copy.deepcopy(model)
+    prune_structured(plain, PruneConfig(structured={"mlp_hidden": 0.3, "heads": 0.25, "criterion": "magnitude"}),
+                     calib)
+    with torch.no_grad():
+        assert ((a - ref) ** 2).mean() < ((plain(calib) - ref) ** 2).mean()
+
+
+def test_zeros_stay_zero_through_quantization_and_export(vit, calib, tmp_path):
+    model, info = vit
+    sparse = copy.deepcopy(model)
+    rep = prune(sparse, PruneConfig(nm={"criterion": "sparsegpt"}, images=32), calib)
+    assert rep["layers"] and "patch_embed.proj" in rep["skipped"]  # 3 input channels: no sparse kernels
+    cfg = QuantConfig(weights={"bits": 4}, keep_8bit=["patch_embed*", "head*"],
+                      reconstruct=Reconstruct(images=32, iters=20, batch=16))
+    qm, plan = quantize(sparse, cfg, [calib[:32]])
+    assert plan.rounded  # AdaRound ran and chose roundings
+    for r in rep["layers"]:
+        codes = plan.rounded[r["layer"]].reshape(plan.rounded[r["layer"]].shape[0], -1)
+        assert int((codes != 0).reshape(len(codes), -1, 4).sum(-1).max()) <= 2, r["layer"]
+    paths = {}
+    for precision, src in (("fp32", sparse), ("int8", qm)):
+        cfg8 = QuantConfig()
+        if precision == "int8":
+            src, _ = quantize(sparse, cfg8, [calib[:32]])
+        paths[precision] = tmp_path / f"{precision}.onnx"
+        export_onnx(src, info, ExportConfig(precision=precision), paths[precision], "test")
+        sp = weight_sparsity(paths[precision])
+        assert sp["nm_layers"] == len(rep["layers"]), precision
+        np.testing.assert_allclose(OrtRunner(paths[precision], 1)(calib[:4].numpy()).shape, (4, 10))
+    dense = tmp_path / "dense.onnx"
+    export_onnx(model, info, ExportConfig(precision="fp32"), dense, "test")
+    assert weight_sparsity(dense)["nm_layers"] == 0
+
+
+def test_checker_finds_a_broken_pattern(vit, calib, tmp_path):
+    model, info = vit
+    sparse = copy.deepcopy(model)
+    rep = prune(sparse, PruneConfig(nm={"criterion": "magnitude"}), calib)
+    fc1 = sparse.blocks[2].mlp.fc1
+    with torch.no_grad():
+        fc1.weight[0, :4] = 1.0  # one group of 4 all non-zero
+    path = tmp_path / "broken.onnx"
+    export_onnx(sparse, info, ExportConfig(precision="fp32"), path, "test")
+    sp = weight_sparsity(path)
+    assert sp["nm_layers"] == len(rep["layers"]) - 1
+    assert sum(r.get("nm_violations", 0) == 1 for r in sp["layers"]) == 1
+
+
+def test_recipe_errors_name_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nprune: {nm: {n: 4, m: 4}}\ncalibration: calibration/builtin.yaml\n")
+    with pytest.raises(BadInput, match=r"prune\.nm.*n \(4\) must be smaller than m"):
+        load_recipe(bad)
+    bad.write_text("name: bad\nprune: {nm: {}, block: {}}\ncalibration: calibration/builtin.yaml\n")
+    with pytest.raises(BadInput, match="exactly one of nm, block or structured"):
+        load_recipe(bad)
+    bad.write_text("name: bad\nprune: {structured: {}}\n")
+    with pytest.raises(BadInput, match="prune: needs a calibration"):
+        load_recipe(bad)
+    for name in ("sparse24_int8", "block_prune_int8", "structured_prune"):
+        assert load_recipe(name).prune is not None
+
+
+def test_sparse24_recipe_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    res = run_cli("compress", "--recipe", "recipes/sparse24_int8.yaml", "--out", str(out), *FAST)
+    assert res.returncode == 0, res.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["status"] == "ok"
+    names = [c["name"] for c in rep["checks"]]
+    assert sum("2:4 sparsity intact" in n for n in names) == 3
+    rows = {r["name"]: r for r in rep["results"]}
+    assert rows["pytorch-pruned"]["accuracy"]["top1"] > rows["pytorch-fp32"]["accuracy"]["top1"] - 0.05
+    assert "## Pruning" in (out / "report.md").read_text()
