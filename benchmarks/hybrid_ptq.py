@@ -1,6 +1,7 @@
 """Hybrid-backbone PTQ side by side: naive uniform PTQ vs the ViT recipe vs the hybrid recipes.
 
     .venv/bin/python benchmarks/hybrid_ptq.py [--models builtin:hybrid-cifar10 ...] [--limit N] [--threads 2]
+                                              [--merge]
 
 For every model and bit width (W8A8, W6A6, W4A8): top-1 of the simulated model (PyTorch fake quant,
 which the deployed ONNX matches; see the recipes' checks) on the CIFAR-10 test images (default: all
@@ -73,9 +74,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bits", nargs="+", default=["8/8", "6/6", "4/8"])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "hybrid_ptq.json")
+    ap.add_argument("--merge", action="store_true", help="keep the other models' rows already in --out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    rows = []
+    rows, runs = [], {}
+    if args.merge and args.out.exists():
+        old = json.loads(args.out.read_text())
+        rows = [r for r in old["rows"] if r["model"] not in args.models]
+        runs = {m: v for m, v in old.get("runs", {}).items() if m not in args.models}
     for source in args.models:
         torch.manual_seed(0)
         model, info = load_model(ModelConfig(source=source))
@@ -83,6 +89,8 @@ def main() -> None:
         calib, _ = open_image_set(ROOT / "calibration" / "builtin-calib").load(pre)
         batches = [torch.from_numpy(calib[i:i + 64]) for i in range(0, len(calib), 64)]
         x, y = open_image_set(args.test, num=args.limit, seed=0).load(pre, 500)
+        runs[source] = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "test_images": len(y),
+                        "threads": args.threads}
         fp = topk_accuracy(logits(model, x), y, 1)
         rows.append({"model": source, "bits": "fp32", "method": "fp32", "top1": fp})
         print(f"[{source}] fp32 {100 * fp:.2f} %", file=sys.stderr, flush=True)
@@ -103,9 +111,23 @@ def main() -> None:
         else:
             print(f"| {r['model']} | {r['bits']} | {r['method']} | {100 * r['top1']:.2f} % | "
                   f"{100 * r['delta']:+.2f} | {r['quantize_s']:.0f} s |")
+    recovery = recoveries(rows)
+    for r in recovery:
+        print(f"{r['model']} {r['bits']}: naive loses {100 * r['naive_loss']:.2f} pts; "
+              + ", ".join(f"{m} recovers {100 * v:.0f} %" for m, v in r["recovered"].items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
-                                    "rows": rows}, indent=1) + "\n")
+    args.out.write_text(json.dumps({"runs": runs, "rows": rows, "recovery": recovery}, indent=1) + "\n")
+
+
+def recoveries(rows: list[dict]) -> list[dict]:
+    """Where naive PTQ loses more than 2 points: the fraction of that loss each hybrid method wins back."""
+    out = []
+    for naive in (r for r in rows if r["method"] == "naive" and r["delta"] < -0.02):
+        same = [r for r in rows if r["model"] == naive["model"] and r["bits"] == naive["bits"]]
+        out.append({"model": naive["model"], "bits": naive["bits"], "naive_loss": -naive["delta"],
+                    "recovered": {r["method"]: (r["top1"] - naive["top1"]) / -naive["delta"]
+                                  for r in same if r["method"] in ("hybrid", "recon")}})
+    return out
 
 
 if __name__ == "__main__":

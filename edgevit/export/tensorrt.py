@@ -1,0 +1,158 @@
+"""TensorRT engines from our ONNX files: build (FP32 / FP16 / INT8 from QDQ, optional 2:4 sparse
+weights), read back which layers took sparse kernels, and time the engine on the GPU.
+
+TensorRT needs an NVIDIA GPU and the ``tensorrt`` package (``pip install edgevit[tensorrt]``); it is
+imported only here and only when called. ``unavailable()`` says why it cannot run on this machine.
+With ``sparse=True`` TensorRT considers sparse tactics for layers whose weights already follow 2:4
+and keeps them only where they are faster; its build log names both sets, and ``sparsity_from_log``
+reads them back.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+ELIGIBLE = re.compile(r"\(Sparsity\) Layers eligible for sparse math:(.*)")
+PICKED = re.compile(r"\(Sparsity\) TRT inference plan picked sparse implementation for layers:(.*)")
+
+
+def unavailable() -> str | None:
+    """Why TensorRT engines cannot be built here, or None when they can."""
+    try:
+        import tensorrt  # noqa: F401
+    except Exception as e:  # ImportError, or a missing libnvinfer behind the bindings
+        return f"TensorRT is not installed or does not load ({type(e).__name__}: {e}); pip install 'edgevit[tensorrt]'"
+    try:
+        import torch
+    except ImportError:
+        return "torch is needed to hold the engine's GPU buffers"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU visible (TensorRT engines are built and run on an NVIDIA GPU)"
+    return None
+
+
+def sparsity_from_log(lines: list[str]) -> dict:
+    """Layers TensorRT found eligible for sparse math and those it picked a sparse kernel for."""
+    out = {"eligible": [], "picked": []}
+    for line in lines:
+        for key, pattern in (("eligible", ELIGIBLE), ("picked", PICKED)):
+            m = pattern.search(line)
+            if m:
+                out[key] += [name.strip() for name in m.group(1).split(",") if name.strip()]
+    return out
+
+
+def build_engine(onnx_path: Path, engine_path: Path, precision: str = "fp16", sparse: bool = False,
+                 max_batch: int = 32, workspace_mb: int = 2048) -> dict:
+    """Build and write a serialized engine (atomically); returns the build facts incl. sparse layers."""
+    import tensorrt as trt
+
+    if precision not in ("fp32", "fp16", "int8"):
+        raise ValueError(f"precision must be fp32, fp16 or int8 (got {precision!r})")
+
+    class _Captured(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.lines: list[str] = []
+
+        def log(self, severity, msg):
+            if severity <= trt.ILogger.Severity.INFO:
+                self.lines.append(msg)
+
+    logger = _Captured()
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {'; '.join(errors[:3])}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)  # layers left in float run in FP16
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: the QDQ nodes give the scales
+    if sparse:
+        config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        inp = network.get_input(i)
+        dims = list(inp.shape)
+        if dims[0] == -1:
+            rest = dims[1:]
+            profile.set_shape(inp.name, [1] + rest, [1] + rest, [max_batch] + rest)
+    config.add_optimization_profile(profile)
+    t0 = time.time()
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise RuntimeError("TensorRT failed to build the engine: " + " | ".join(logger.lines[-5:]))
+    tmp = engine_path.with_name(f".{engine_path.name}.tmp")
+    tmp.write_bytes(bytes(plan))
+    os.replace(tmp, engine_path)
+    return {"tensorrt": trt.__version__, "precision": precision, "sparse_weights": sparse,
+            "build_s": round(time.time() - t0, 1), "size_bytes": engine_path.stat().st_size,
+            "sparsity": sparsity_from_log(logger.lines) if sparse else None}
+
+
+class EngineRunner:
+    """Runs a serialized engine on the GPU: ``runner(x)`` takes and returns numpy arrays (first output)."""
+
+    def __init__(self, engine_path: Path):
+        import tensorrt as trt
+        import torch
+
+        self.trt, self.torch = trt, torch
+        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(engine_path.read_bytes())
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        self.stream = torch.cuda.Stream()
+        self.buffers: dict = {}
+
+    def _bind(self, shape: tuple[int, ...]) -> None:
+        import numpy as np
+
+        if self.buffers and tuple(self.buffers[self.inputs[0]].shape) == tuple(shape):
+            return
+        self.context.set_input_shape(self.inputs[0], shape)
+        for name in self.inputs + self.outputs:
+            np_dtype = self.trt.nptype(self.engine.get_tensor_dtype(name))
+            dtype = self.torch.from_numpy(np.empty(0, dtype=np_dtype)).dtype
+            self.buffers[name] = self.torch.zeros(tuple(self.context.get_tensor_shape(name)), dtype=dtype,
+                                                  device="cuda")
+            self.context.set_tensor_address(name, self.buffers[name].data_ptr())
+
+    def launch(self) -> None:
+        self.context.execute_async_v3(self.stream.cuda_stream)
+
+    def __call__(self, x):
+        self._bind(tuple(x.shape))
+        self.buffers[self.inputs[0]].copy_(self.torch.from_numpy(x))
+        self.launch()
+        self.stream.synchronize()
+        return self.buffers[self.outputs[0]].float().cpu().numpy()
+
+
+def time_engine(engine_path: Path, shape: tuple[int, ...], warmup: int = 20, iters: int = 200) -> dict:
+    """Median / p90 GPU latency (ms) of one engine call on a zero input of ``shape`` (CUDA events)."""
+    import numpy as np
+    import torch
+
+    runner = EngineRunner(engine_path)
+    runner._bind(shape)
+    times = []
+    for i in range(warmup + iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record(runner.stream)
+        runner.launch()
+        end.record(runner.stream)
+        end.synchronize()
+        if i >= warmup:
+            times.append(start.elapsed_time(end))
+    t = np.asarray(times)
+    return {"batch": shape[0], "median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
+            "runs": len(t), "images_per_s": shape[0] * 1e3 / float(np.median(t))}

@@ -1,0 +1,58 @@
+"""TensorRT: the build-log parser (here), and on a machine with an NVIDIA GPU and TensorRT the real
+engine path: a 2:4-sparse INT8 QDQ model built with FP16/INT8/sparse-weights flags, run and timed."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import CALIB_DIR
+from edgevit.data import Preprocess, open_image_set
+from edgevit.export.onnx import export_onnx
+from edgevit.export.tensorrt import sparsity_from_log, unavailable
+from edgevit.models import load_model
+from edgevit.prune import PruneConfig, prune
+from edgevit.quant import QuantConfig, apply_plan, quantize
+from edgevit.quant.lowering import lower_plan
+from edgevit.recipe import ExportConfig, ModelConfig
+from edgevit.validate import OrtRunner
+
+
+def test_sparsity_read_from_the_build_log():
+    lines = ["[TRT] Detected 1 inputs and 1 output network tensors.",
+             "(Sparsity) Layers eligible for sparse math: Conv_22, MatMul_51 + Add_52, Gemm_725",
+             "(Sparsity) TRT inference plan picked sparse implementation for layers: Conv_22",
+             "(Sparsity) Layers eligible for sparse math: ",
+             ]
+    assert sparsity_from_log(lines) == {"eligible": ["Conv_22", "MatMul_51 + Add_52", "Gemm_725"],
+                                        "picked": ["Conv_22"]}
+    assert sparsity_from_log(["nothing about sparsity"]) == {"eligible": [], "picked": []}
+
+
+@pytest.mark.skipif(unavailable() is not None, reason=f"TensorRT engine tests need a GPU: {unavailable()}")
+def test_sparse_int8_engine_builds_runs_and_agrees(tmp_path):
+    from edgevit.export.tensorrt import EngineRunner, build_engine, time_engine
+
+    model, info = load_model(ModelConfig(source="builtin:vit-cifar10"))
+    x, _ = open_image_set(CALIB_DIR, num=64, seed=0).load(Preprocess(info.input_size, info.mean, info.std))
+    sparse = copy.deepcopy(model)
+    prune(sparse, PruneConfig(nm={"criterion": "sparsegpt"}, images=64), torch.from_numpy(x))
+    _, plan = quantize(sparse, QuantConfig(), [torch.from_numpy(x)])
+    qm = apply_plan(sparse, lower_plan(plan, "tensorrt", "uniform"))
+    onnx_path = tmp_path / "int8-trt.onnx"
+    export_onnx(qm, info, ExportConfig(precision="int8", target="tensorrt"), onnx_path, "test")
+    fp32_path = tmp_path / "fp32.onnx"
+    export_onnx(sparse, info, ExportConfig(precision="fp32"), fp32_path, "test")
+    facts = {}
+    for precision, src, flag in (("fp16", fp32_path, False), ("int8", onnx_path, True)):
+        engine = tmp_path / f"{precision}.engine"
+        facts[precision] = build_engine(src, engine, precision, sparse=flag)
+        assert engine.stat().st_size > 0
+    assert facts["int8"]["sparsity"] is not None and facts["fp16"]["sparsity"] is None
+    out = EngineRunner(tmp_path / "int8.engine")(x[:16])
+    ref = OrtRunner(onnx_path, 2)(x[:16])
+    assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.9
+    lat = time_engine(tmp_path / "int8.engine", (1, 3, info.input_size, info.input_size), iters=50)
+    assert lat["median_ms"] > 0 and np.isfinite(lat["p90_ms"])
