@@ -73,8 +73,11 @@ def environment() -> dict:
             "edgevit": __version__}
 
 
+SUFFIX = {"onnx": ".onnx", "coreml": ".mlpackage"}
+
+
 def _artifact_files(exports) -> list[str]:
-    names = [f"{cfg.name or f'{cfg.format}-{cfg.precision}'}.{cfg.format}" for cfg in exports]
+    names = [f"{cfg.name or f'{cfg.format}-{cfg.precision}'}{SUFFIX[cfg.format]}" for cfg in exports]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise BadInput(f"export: two artifacts would both be written as {dupes[0]}; give them distinct 'name's")
@@ -232,6 +235,11 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
                     if sim_name not in sims:
                         sims[sim_name] = apply_plan(model, lowered)
                     source = sims[sim_name]
+                if cfg.format == "coreml":
+                    artifacts.append(_coreml_artifact(source, info, cfg, stage / name, recipe.name, sim_name,
+                                                      len(pruning["layers"]) if pruning and recipe.prune.nm else None))
+                    progress.advance(task)
+                    continue
                 facts = export_onnx(source, info, cfg, stage / name, recipe.name)
                 if pruning:
                     nm = recipe.prune.nm
@@ -268,6 +276,25 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
             (log.info if c["ok"] else log.error)("%s %s: %s", "PASS" if c["ok"] else "FAIL", c["name"], c["detail"])
         write_reports(report, stage)
     return RunResult(out_dir=out_dir, report=report)
+
+
+def _coreml_artifact(model, info, cfg, path: Path, recipe_name: str, sim_name: str | None,
+                     nm_layers: int | None) -> dict:
+    """Convert to an .mlpackage; prediction needs macOS, so the row says what was checked here."""
+    from edgevit.export.coreml import export_coreml, unavailable
+
+    why = unavailable()
+    if why:
+        raise BadInput(f"export {cfg.name or path.name}: {why}")
+    facts = export_coreml(model, info, path, cfg.compression, cfg.precision, cfg.deployment_target, recipe_name)
+    facts["expected"] = {"input_size": info.input_size, "labels": list(info.labels),
+                         "sparse_layers": nm_layers if cfg.compression == "sparse" else None}
+    log.info("exported %s (%.2f MB, compressed weight ops: %s)", path.name, facts["size_bytes"] / 1e6,
+             facts["compressed_ops"] or "none")
+    return {"name": cfg.name or path.name.removesuffix(".mlpackage"), "file": path.name, "format": "coreml",
+            "precision": cfg.precision, "runtime": "coreml", "size_bytes": facts["size_bytes"], "export": facts,
+            "simulated_by": sim_name,
+            "not_measured": "accuracy and latency: CoreML prediction needs macOS (no Mac device profile here)"}
 
 
 @contextmanager
@@ -310,15 +337,18 @@ def _validate(recipe: Recipe, model, sims: dict, info, params: int, artifacts: l
         runners.append(TorchRunner(sim_model, threads))
     for a in artifacts:
         rows.append(a)
-        runners.append(OrtRunner(stage / a["file"], threads, providers))
-    timed = [r for r in rows if r["precision"] != "int8-sim"]
+        runners.append(OrtRunner(stage / a["file"], threads, providers) if a["runtime"] == "onnxruntime" else None)
+    timed = [r for r, run in zip(rows, runners) if r["precision"] != "int8-sim" and run is not None]
     n_eval = len(evalset["x"]) if evalset else 0
     logits: dict[str, np.ndarray] = {}
     with new_progress() as progress:
-        t_eval = progress.add_task("evaluate", total=n_eval * len(rows))
+        t_eval = progress.add_task("evaluate", total=n_eval * sum(r is not None for r in runners))
         t_lat = progress.add_task("benchmark", total=sum(timed_iterations(d) for d in devices) * len(timed))
         for row, runner in zip(rows, runners):
             row["accuracy"] = None
+            if runner is None:  # validated at export (CoreML spec); nothing runs here
+                row["parity"], row["latency"] = None, []
+                continue
             if evalset:
                 logits[row["name"]] = collect_logits(runner, evalset["x"], evalset["batch_size"],
                                                      lambda n: progress.advance(t_eval, n))
@@ -341,6 +371,8 @@ def _checks(rows: list[dict], logits: dict, val, n_eval: int) -> list[dict]:
     """Pass/fail statements: FP32 ONNX equals PyTorch; deployed INT8 agrees with its simulation."""
     checks = []
     for r in rows:
+        if r["runtime"] == "coreml":
+            checks += _coreml_checks(r)
         par = r.get("parity")
         if r["runtime"] != "onnxruntime" or par is None:
             continue
@@ -375,6 +407,33 @@ def _checks(rows: list[dict], logits: dict, val, n_eval: int) -> list[dict]:
                            "ok": not problems,
                            "detail": "signed int8, zero point 0, int8 weights in -127..127, per-tensor activations"
                                      if not problems else f"{len(problems)} problem(s), first: {problems[0]}"})
+    return checks
+
+
+COMPRESSION_OPS = {"w8": ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale"),
+                   "palettize4": ("constexpr_lut_to_dense",), "palettize6": ("constexpr_lut_to_dense",),
+                   "sparse": ("constexpr_sparse_to_dense", "constexpr_sparse_blockwise_shift_scale")}
+
+
+def _coreml_checks(r: dict) -> list[dict]:
+    """What a saved .mlpackage shows without macOS: a ready classifier, and weights stored compressed."""
+    e = r["export"]
+    want = e["expected"]
+    meta = e["metadata"]
+    ok = (e["input"]["type"] == "imageType" and e["input"]["width"] == e["input"]["height"] == want["input_size"]
+          and e["predicted_label"] in e["outputs"] and e["labels"] == want["labels"]
+          and all(k in meta for k in ("mean", "std", "labels", "input_size")))
+    checks = [{"name": f"{r['name']}: CoreML package is an image classifier Xcode can use", "ok": ok,
+               "detail": f"input {e['input']['name']} {e['input']['type']} {e['input']['width']}x"
+                         f"{e['input']['height']}, outputs {', '.join(e['outputs'])}, {len(e['labels'])} labels, "
+                         "preprocessing in the metadata"}]
+    kinds = COMPRESSION_OPS.get(e["compression"])
+    if kinds:
+        found = sum(e["compressed_ops"].get(k, 0) for k in kinds)
+        need = want["sparse_layers"] or 1
+        checks.append({"name": f"{r['name']}: weights stored {e['compression']}", "ok": found >= need,
+                       "detail": f"{found} {'/'.join(kinds)} ops in the program (needs >= {need}); "
+                                 f"package {e['size_bytes'] / 1e6:.2f} MB"})
     return checks
 
 

@@ -78,8 +78,14 @@ class ExportConfig(_Strict):
     """One exported artifact."""
 
     name: str | None = None
-    format: Literal["onnx"] = "onnx"
+    format: Literal["onnx", "coreml"] = Field("onnx", description="onnx (.onnx) or coreml (.mlpackage, an "
+                                              "image classifier for Xcode)")
     precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="int8: real QDQ from the quantize stage")
+    compression: Literal["none", "w8", "palettize4", "palettize6", "sparse"] = Field(
+        "none", description="coreml only: weight compression of the converted program: w8 (int8 per channel), "
+        "palettize4/6 (k-means look-up tables), sparse (the pruning stage's zeros stored sparse)")
+    deployment_target: Literal["iOS16", "iOS17", "iOS18"] = Field("iOS17", description="coreml only: minimum "
+                                                                  "deployment target")
     target: Literal["onnxruntime", "tensorrt"] = Field(
         "onnxruntime", description="int8 only: the runtime the QDQ graph is lowered for (tensorrt: signed int8, "
                                    "zero point 0 everywhere)")
@@ -137,6 +143,12 @@ class Recipe(_Strict):
             raise ValueError("quantize.max_accuracy_drop: needs validate.eval (the images the drop is measured on, "
                              "e.g. eval: calibration/builtin-val.yaml)")
         for i, e in enumerate(self.export):
+            if e.format == "coreml" and e.precision == "int8":
+                raise ValueError(f"export.{i}.precision: a CoreML artifact is fp16 or fp32; int8 weights are "
+                                 "compression: w8 (CoreML activation quantization is not built yet)")
+            if e.format == "onnx" and e.compression != "none":
+                raise ValueError(f"export.{i}.compression: only for format: coreml (ONNX compression comes "
+                                 "from the quantize and prune stages)")
             if e.precision != "int8":
                 continue
             if self.quantize is None:

@@ -193,6 +193,7 @@ def test_sparse24_recipe_end_to_end(tmp_path):
     assert rep["status"] == "ok"
     names = [c["name"] for c in rep["checks"]]
     assert sum("2:4 sparsity intact" in n for n in names) == 3
+    assert any(n == "coreml-sparse: weights stored sparse" for n in names)
     rows = {r["name"]: r for r in rep["results"]}
     assert rows["pytorch-pruned"]["accuracy"]["top1"] > rows["pytorch-fp32"]["accuracy"]["top1"] - 0.05
     assert "## Pruning" in (out / "report.md").read_text()

@@ -80,6 +80,10 @@ def markdown(report: dict) -> str:
             lat = next((d for d in r.get("latency", []) if d["device"] == dev), None)
             b1 = lat["batch1"] if lat else None
             tp = lat["throughput"] if lat else None
+            if r.get("not_measured"):
+                lines.append(f"| {r['name']} | {r['runtime']} | {r['precision']} | not measured: needs macOS | | | "
+                             f"| | {_size(r['size_bytes'])} |")
+                continue
             lines.append(
                 f"| {r['name']} | {r['runtime']} | {r['precision']} | {_pct(acc.get('top1'))} | "
                 f"{_delta(acc.get('delta_top1'))} | {_pct(acc.get('top1_agreement'))} | "
@@ -114,7 +118,13 @@ def markdown(report: dict) -> str:
         lines.append("- none (no FP32 ONNX artifact or no evaluation set)")
     lines += ["", "## Export details", ""]
     for r in report["results"]:
-        if r.get("export"):
+        if r.get("export") and r["format"] == "coreml":
+            e = r["export"]
+            ops = ", ".join(f"{k} {v}" for k, v in e["compressed_ops"].items()) or "none"
+            lines.append(f"- `{r['file']}`: CoreML mlprogram (spec {e['spec_version']}, {e['target']}), image input "
+                         f"{e['input']['width']}x{e['input']['height']}, {len(e['labels'])} labels, {e['ops']} ops, "
+                         f"weights {e['compression']} (compressed-weight ops: {ops}); {r['not_measured']}")
+        elif r.get("export"):
             e = r["export"]
             par = r.get("parity") or {}
             lines.append(f"- `{r['file']}`: opset {e['opset']}, {e['nodes']} nodes, simplifier: {e['simplifier']}, "

@@ -1,0 +1,148 @@
+"""CoreML export: an mlprogram classifier an iOS/macOS app drops into Xcode as it is.
+
+The model takes an RGB image (``ImageType``, 0-255 pixels at the model's input size) and returns the
+class label and a probability per label (``ClassifierConfig``). The per-channel normalization
+(x / 255 - mean) / std is folded into a first layer, since ``ImageType`` only has a scalar scale;
+labels and preprocessing also travel in the model's metadata. Weight compression is applied on the
+converted program with ``coremltools.optimize.coreml``:
+
+* ``w8``: int8 per-channel linear weights (``constexpr_blockwise_shift_scale`` / ``constexpr_affine_dequantize``);
+* ``palettize4`` / ``palettize6``: k-means look-up tables (``constexpr_lut_to_dense``);
+* ``sparse``: the zeros the pruning stage made are stored sparse (``constexpr_sparse_to_dense``) - a
+  threshold prune at 1e-12 that changes no value.
+
+Conversion runs on Linux; prediction needs macOS (``coremltools`` says so), so what is validated here
+is the saved package: input/output descriptions, metadata, and which compressed-weight ops it holds.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgevit import __version__
+
+COMPRESSED_OPS = ("constexpr_sparse_to_dense", "constexpr_lut_to_dense", "constexpr_affine_dequantize",
+                  "constexpr_blockwise_shift_scale", "constexpr_sparse_blockwise_shift_scale")
+
+
+def _coremltools():
+    """coremltools, imported quietly: on Linux it warns at import that prediction is unavailable, and it
+    logs every weight it leaves uncompressed; the report says both once."""
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    import coremltools
+
+    return coremltools
+
+
+def unavailable() -> str | None:
+    """Why CoreML export cannot run here, or None."""
+    try:
+        _coremltools()
+    except ImportError as e:
+        return f"coremltools is not installed ({e}); pip install 'edgevit[coreml]'"
+    return None
+
+
+class _Normalized(nn.Module):
+    """0-255 RGB in, the model's normalized input computed per channel, logits out."""
+
+    def __init__(self, model: nn.Module, mean, std):
+        super().__init__()
+        self.model = model
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("scale", 1.0 / (255.0 * std_t))
+        self.register_buffer("shift", -torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) / std_t)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image * self.scale + self.shift)
+
+
+def _compress(mlmodel, compression: str):
+    import coremltools.optimize.coreml as cto
+
+    if compression == "none":
+        return mlmodel
+    if compression == "w8":
+        op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
+                                         weight_threshold=512)
+        return cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
+    if compression.startswith("palettize"):
+        op = cto.OpPalettizerConfig(mode="kmeans", nbits=int(compression.removeprefix("palettize")),
+                                    weight_threshold=512)
+        return cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
+    if compression == "sparse":
+        op = cto.OpThresholdPrunerConfig(threshold=1e-12, minimum_sparsity_percentile=0.3, weight_threshold=512)
+        return cto.prune_weights(mlmodel, cto.OptimizationConfig(global_config=op))
+    raise ValueError(f"unknown CoreML compression {compression!r}")
+
+
+def export_coreml(model: nn.Module, info, path: Path, compression: str = "none", precision: str = "fp16",
+                  target: str = "iOS17", recipe: str = "") -> dict:
+    """Convert ``model`` to an ``.mlpackage`` at ``path`` (written beside, then renamed); returns facts."""
+    why = unavailable()
+    if why:
+        raise RuntimeError(why)
+    ct = _coremltools()
+    os.environ.setdefault("TQDM_DISABLE", "1")  # coremltools' own progress bars would break ours
+
+    size = info.input_size
+    wrapped = _Normalized(model, info.mean, info.std).eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer chatter about timm's shape asserts
+        traced = torch.jit.trace(wrapped, torch.rand(1, 3, size, size) * 255)
+    mlmodel = ct.convert(
+        traced, convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, target),
+        inputs=[ct.ImageType(name="image", shape=(1, 3, size, size), color_layout=ct.colorlayout.RGB)],
+        classifier_config=ct.ClassifierConfig(list(info.labels)),
+        compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32)
+    mlmodel = _compress(mlmodel, compression)
+    mlmodel.short_description = f"{info.arch} image classifier ({len(info.labels)} classes), edgevit {recipe}"
+    meta = {"labels": json.dumps(list(info.labels)), "mean": json.dumps(list(info.mean)),
+            "std": json.dumps(list(info.std)), "input_size": json.dumps([3, size, size]),
+            "crop_pct": str(info.crop_pct), "interpolation": info.interpolation, "model_source": info.source,
+            "edgevit_version": __version__, "recipe": recipe, "compression": compression, "precision": precision}
+    mlmodel.user_defined_metadata.update(meta)
+    tmp = path.with_name(f".tmp-{path.name}")  # coremltools wants the .mlpackage suffix
+    shutil.rmtree(tmp, ignore_errors=True)
+    mlmodel.save(str(tmp))
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return {"format": "coreml", "target": target, "compression": compression, "precision": precision} | \
+        inspect_package(path)
+
+
+def package_size(path: Path) -> int:
+    """Bytes on disk of an .mlpackage (a folder)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def inspect_package(path: Path) -> dict:
+    """What can be checked without macOS: descriptions, metadata, op kinds (compressed weights)."""
+    ct = _coremltools()
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    desc = spec.description
+    ops, labels = Counter(), []
+    for fn in spec.mlProgram.functions.values():
+        for block in fn.block_specializations.values():
+            for op in block.operations:
+                ops[op.type] += 1
+                if op.type == "classify":  # the labels the classifier returns, as stored in the program
+                    items = op.inputs["classes"].arguments[0].value.immediateValue.list.values
+                    labels = [v.immediateValue.tensor.strings.values[0] for v in items]
+    inp = desc.input[0]
+    return {"input": {"name": inp.name, "type": inp.type.WhichOneof("Type"),
+                      "width": inp.type.imageType.width, "height": inp.type.imageType.height},
+            "outputs": [o.name for o in desc.output], "predicted_label": desc.predictedFeatureName,
+            "labels": labels, "metadata": dict(desc.metadata.userDefined),
+            "compressed_ops": {k: ops[k] for k in COMPRESSED_OPS if ops[k]}, "ops": sum(ops.values()),
+            "spec_version": spec.specificationVersion, "size_bytes": package_size(path)}
+
