@@ -73,7 +73,7 @@ def environment() -> dict:
             "edgevit": __version__}
 
 
-SUFFIX = {"onnx": ".onnx", "coreml": ".mlpackage"}
+SUFFIX = {"onnx": ".onnx", "coreml": ".mlpackage", "tensorrt": ".engine"}
 
 
 def _artifact_files(exports) -> list[str]:
@@ -240,15 +240,24 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
                                                       len(pruning["layers"]) if pruning and recipe.prune.nm else None))
                     progress.advance(task)
                     continue
-                facts = export_onnx(source, info, cfg, stage / name, recipe.name)
+                onnx_name = name if cfg.format == "onnx" else name.removesuffix(".engine") + ".onnx"
+                facts = export_onnx(source, info, cfg, stage / onnx_name, recipe.name)
+                if cfg.target == "tensorrt" or cfg.format == "tensorrt":
+                    from edgevit.export.tensorrt import trtexec_command
+
+                    facts["trtexec"] = trtexec_command(onnx_name, cfg.precision, cfg.sparse or bool(
+                        pruning and recipe.prune.nm), info.input_size)
+                if cfg.format == "tensorrt":  # the engine is built from the ONNX just written
+                    facts["engine"] = _tensorrt_engine(stage / onnx_name, stage / name, cfg)
                 if pruning:
                     nm = recipe.prune.nm
-                    facts["sparsity"] = weight_sparsity(stage / name, *((nm.n, nm.m) if nm else (2, 4)))
+                    facts["sparsity"] = weight_sparsity(stage / onnx_name, *((nm.n, nm.m) if nm else (2, 4)))
                     if nm:
                         facts["sparsity"]["expected_nm_layers"] = len(pruning["layers"])
                 artifacts.append({"name": (cfg.name or name.removesuffix(".onnx")) + suffix if suffix else
                                   cfg.name or name, "file": name, "format": cfg.format,
-                                  "precision": cfg.precision, "runtime": "onnxruntime",
+                                  "precision": cfg.precision,
+                                  "runtime": "tensorrt" if cfg.format == "tensorrt" else "onnxruntime",
                                   "size_bytes": (stage / name).stat().st_size, "export": facts,
                                   "simulated_by": sim_name})
                 log.info("exported %s (%.2f MB, %s)", name, artifacts[-1]["size_bytes"] / 1e6, facts["simplifier"])
@@ -276,6 +285,21 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
             (log.info if c["ok"] else log.error)("%s %s: %s", "PASS" if c["ok"] else "FAIL", c["name"], c["detail"])
         write_reports(report, stage)
     return RunResult(out_dir=out_dir, report=report)
+
+
+def _tensorrt_engine(onnx_path: Path, engine_path: Path, cfg) -> dict:
+    """Build the engine on this machine's GPU (FP16 for fp16/fp32 exports, INT8 from the QDQ graph)."""
+    from edgevit.export.tensorrt import build_engine, unavailable
+
+    why = unavailable()
+    if why:
+        raise BadInput(f"export {cfg.name or engine_path.name}: {why}; export the ONNX (target: tensorrt) and "
+                       "build the engine on the device with the trtexec line in its report")
+    facts = build_engine(onnx_path, engine_path, "int8" if cfg.precision == "int8" else cfg.precision, cfg.sparse)
+    sp = facts["sparsity"]
+    if sp is not None:
+        log.info("TensorRT sparse kernels: %d layer(s) eligible, %d picked", len(sp["eligible"]), len(sp["picked"]))
+    return facts
 
 
 def _coreml_artifact(model, info, cfg, path: Path, recipe_name: str, sim_name: str | None,
@@ -337,7 +361,7 @@ def _validate(recipe: Recipe, model, sims: dict, info, params: int, artifacts: l
         runners.append(TorchRunner(sim_model, threads))
     for a in artifacts:
         rows.append(a)
-        runners.append(OrtRunner(stage / a["file"], threads, providers) if a["runtime"] == "onnxruntime" else None)
+        runners.append(_runner(a, stage, threads, providers))
     timed = [r for r, run in zip(rows, runners) if r["precision"] != "int8-sim" and run is not None]
     n_eval = len(evalset["x"]) if evalset else 0
     logits: dict[str, np.ndarray] = {}
@@ -367,6 +391,17 @@ def _validate(recipe: Recipe, model, sims: dict, info, params: int, artifacts: l
     return rows, _checks(rows, logits, val, n_eval)
 
 
+def _runner(artifact: dict, stage: Path, threads: int, providers):
+    """What runs an artifact here: ONNX Runtime, a TensorRT engine on the GPU, or nothing (CoreML)."""
+    if artifact["runtime"] == "onnxruntime":
+        return OrtRunner(stage / artifact["file"], threads, providers)
+    if artifact["runtime"] == "tensorrt":
+        from edgevit.export.tensorrt import EngineRunner
+
+        return EngineRunner(stage / artifact["file"])
+    return None
+
+
 def _checks(rows: list[dict], logits: dict, val, n_eval: int) -> list[dict]:
     """Pass/fail statements: FP32 ONNX equals PyTorch; deployed INT8 agrees with its simulation."""
     checks = []
@@ -374,7 +409,7 @@ def _checks(rows: list[dict], logits: dict, val, n_eval: int) -> list[dict]:
         if r["runtime"] == "coreml":
             checks += _coreml_checks(r)
         par = r.get("parity")
-        if r["runtime"] != "onnxruntime" or par is None:
+        if r["runtime"] not in ("onnxruntime", "tensorrt") or par is None:
             continue
         if r["precision"] == "fp32":
             checks.append({"name": f"{r['name']}: FP32 ONNX matches PyTorch", "ok": par["ok"],

@@ -78,8 +78,11 @@ class ExportConfig(_Strict):
     """One exported artifact."""
 
     name: str | None = None
-    format: Literal["onnx", "coreml"] = Field("onnx", description="onnx (.onnx) or coreml (.mlpackage, an "
-                                              "image classifier for Xcode)")
+    format: Literal["onnx", "coreml", "tensorrt"] = Field(
+        "onnx", description="onnx (.onnx), coreml (.mlpackage, an image classifier for Xcode) or tensorrt (.engine "
+        "built on this machine's NVIDIA GPU from the ONNX export, which is kept beside it)")
+    sparse: bool = Field(False, description="tensorrt only: let TensorRT use 2:4 sparse kernels for weights that "
+                         "follow the pattern (kSPARSE_WEIGHTS); the report lists the layers that took them")
     precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="int8: real QDQ from the quantize stage")
     compression: Literal["none", "w8", "palettize4", "palettize6", "sparse"] = Field(
         "none", description="coreml only: weight compression of the converted program: w8 (int8 per channel), "
@@ -146,7 +149,11 @@ class Recipe(_Strict):
             if e.format == "coreml" and e.precision == "int8":
                 raise ValueError(f"export.{i}.precision: a CoreML artifact is fp16 or fp32; int8 weights are "
                                  "compression: w8 (CoreML activation quantization is not built yet)")
-            if e.format == "onnx" and e.compression != "none":
+            if e.format == "tensorrt" and e.precision == "int8" and e.target != "tensorrt":
+                raise ValueError(f"export.{i}.target: a TensorRT engine needs the tensorrt lowering (target: tensorrt)")
+            if e.sparse and e.format != "tensorrt":
+                raise ValueError(f"export.{i}.sparse: only for format: tensorrt")
+            if e.format != "coreml" and e.compression != "none":
                 raise ValueError(f"export.{i}.compression: only for format: coreml (ONNX compression comes "
                                  "from the quantize and prune stages)")
             if e.precision != "int8":

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CALIB_DIR
+from conftest import CALIB_DIR, run_cli
 from edgevit.data import Preprocess, open_image_set
 from edgevit.export.onnx import export_onnx
-from edgevit.export.tensorrt import sparsity_from_log, unavailable
+from edgevit.export.tensorrt import sparsity_from_log, trtexec_command, unavailable
 from edgevit.models import load_model
 from edgevit.prune import PruneConfig, prune
 from edgevit.quant import QuantConfig, apply_plan, quantize
@@ -29,6 +29,24 @@ def test_sparsity_read_from_the_build_log():
     assert sparsity_from_log(lines) == {"eligible": ["Conv_22", "MatMul_51 + Add_52", "Gemm_725"],
                                         "picked": ["Conv_22"]}
     assert sparsity_from_log(["nothing about sparsity"]) == {"eligible": [], "picked": []}
+
+
+def test_trtexec_line_builds_the_same_engine():
+    line = trtexec_command("onnx-int8-tensorrt.onnx", "int8", sparse=True, input_size=32)
+    assert line.startswith("trtexec --onnx=onnx-int8-tensorrt.onnx --saveEngine=onnx-int8-tensorrt.engine")
+    for flag in ("--fp16", "--int8", "--sparsity=enable", "--minShapes=input:1x3x32x32", "--maxShapes=input:32x3x32x32"):
+        assert flag in line
+    assert "--int8" not in trtexec_command("m.onnx", "fp16") and "--fp16" not in trtexec_command("m.onnx", "fp32")
+
+
+@pytest.mark.skipif(unavailable() is None, reason="this machine can build engines")
+def test_engine_export_without_gpu_fails_clearly_and_leaves_nothing(tmp_path):
+    out = tmp_path / "run"
+    res = run_cli("compress", "--recipe", "recipes/fp32_export.yaml", "--out", str(out),
+                  "--set", "export=[export/tensorrt-fp16.yaml]", "--set", "validate.eval=null")
+    assert res.returncode == 2
+    assert "export tensorrt-fp16" in res.stderr and "trtexec" in res.stderr
+    assert list(tmp_path.iterdir()) == []  # no run folder, no staging folder
 
 
 @pytest.mark.skipif(unavailable() is not None, reason=f"TensorRT engine tests need a GPU: {unavailable()}")

@@ -44,6 +44,24 @@ def sparsity_from_log(lines: list[str]) -> dict:
     return out
 
 
+def trtexec_command(onnx_file: str, precision: str, sparse: bool = False, input_size: int | None = None,
+                    max_batch: int = 32) -> str:
+    """The ``trtexec`` line that builds the same engine on a device (e.g. a Jetson) from the ONNX file."""
+    engine = onnx_file.removesuffix(".onnx") + ".engine"
+    parts = ["trtexec", f"--onnx={onnx_file}", f"--saveEngine={engine}"]
+    if precision in ("fp16", "int8"):
+        parts.append("--fp16")
+    if precision == "int8":
+        parts.append("--int8")  # explicit quantization: scales come from the QDQ nodes
+    if sparse:
+        parts.append("--sparsity=enable")
+    if input_size:
+        shape = f"3x{input_size}x{input_size}"
+        parts += [f"--minShapes=input:1x{shape}", f"--optShapes=input:1x{shape}",
+                  f"--maxShapes=input:{max_batch}x{shape}"]
+    return " ".join(parts + ["--verbose"])
+
+
 def build_engine(onnx_path: Path, engine_path: Path, precision: str = "fp16", sparse: bool = False,
                  max_batch: int = 32, workspace_mb: int = 2048) -> dict:
     """Build and write a serialized engine (atomically); returns the build facts incl. sparse layers."""

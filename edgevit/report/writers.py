@@ -130,6 +130,16 @@ def markdown(report: dict) -> str:
             lines.append(f"- `{r['file']}`: opset {e['opset']}, {e['nodes']} nodes, simplifier: {e['simplifier']}, "
                          f"max abs logit diff vs {par.get('against', 'PyTorch')} "
                          f"{par.get('max_abs_diff', float('nan')):.2e} on {par.get('images', 0)} images")
+            eng = e.get("engine")
+            if eng:
+                sp_eng = eng.get("sparsity")
+                lines.append(f"  - TensorRT {eng['tensorrt']} engine ({eng['precision']}, sparse weights "
+                             f"{'on' if eng['sparse_weights'] else 'off'}) built in {eng['build_s']} s, "
+                             f"{eng['size_bytes'] / 1e6:.2f} MB" + (
+                                 f"; sparse kernels: {len(sp_eng['picked'])} of {len(sp_eng['eligible'])} eligible "
+                                 f"layers picked ({', '.join(sp_eng['picked'][:8]) or 'none'})" if sp_eng else ""))
+            if e.get("trtexec"):
+                lines.append(f"  - build on the device: `{e['trtexec']}`")
             sp = e.get("sparsity")
             if sp:
                 lines.append(f"  - weights in the file: {100 * sp['weight_sparsity']:.1f} % zero; {sp['nm_layers']} of "
