@@ -197,3 +197,26 @@ def test_sparse24_recipe_end_to_end(tmp_path):
     rows = {r["name"]: r for r in rep["results"]}
     assert rows["pytorch-pruned"]["accuracy"]["top1"] > rows["pytorch-fp32"]["accuracy"]["top1"] - 0.05
     assert "## Pruning" in (out / "report.md").read_text()
+
+
+def test_conv_hidden_channels_shrink_on_the_hybrid(calib):
+    """MobileViT's inverted residuals lose 30 % of their hidden channels (expand conv, BN, depthwise conv,
+    BN and the project conv's inputs): the shrunk model equals the masked one, and the OBS refit keeps
+    the logits closer to the dense model's than magnitude selection without refit."""
+    model, info = load_model(ModelConfig(source="builtin:hybrid-cifar10"))
+    cfg = PruneConfig(structured={"mlp_hidden": 0.0, "conv_hidden": 0.3})
+    shrunk, masked = copy.deepcopy(model), copy.deepcopy(model)
+    rep = prune_structured(shrunk, cfg, calib)
+    prune_structured(masked, cfg, calib, shrink=False)
+    convs = [r for r in rep["modules"] if r["kind"] == "conv"]
+    assert len(convs) == 7 and all(r["kept"] < r["units"] for r in convs)
+    block = shrunk.stages[1][0]
+    assert block.conv1_1x1.conv.out_channels == block.conv2_kxk.conv.groups == block.conv3_1x1.conv.in_channels \
+        == block.conv1_1x1.bn.num_features == convs[0]["kept"]
+    plain = copy.deepcopy(model)
+    prune_structured(plain, PruneConfig(structured={"mlp_hidden": 0.0, "conv_hidden": 0.3, "criterion": "magnitude"}),
+                     calib)
+    with torch.no_grad():
+        a, ref = shrunk(calib), model(calib)
+        assert (a - masked(calib)).abs().max() <= 1e-4 * float(ref.abs().max())
+        assert ((a - ref) ** 2).mean() < 0.5 * ((plain(calib) - ref) ** 2).mean()

@@ -57,6 +57,8 @@ class StructuredPruning(_Strict):
 
     mlp_hidden: float = Field(0.3, ge=0, lt=1, description="fraction of every MLP's hidden units removed")
     heads: float = Field(0.0, ge=0, lt=1, description="fraction of every attention's heads removed")
+    conv_hidden: float = Field(0.0, ge=0, lt=1, description="fraction of the hidden channels of every conv MLP / "
+                               "inverted residual (1x1 expand -> [depthwise] -> project) removed")
     criterion: Literal["magnitude", "obs"] = Field(
         "obs", description="unit score: weight norm (magnitude) or the OBS saliency of the unit's outgoing "
         "weights; obs also refits the next layer to the removed units' contribution (least squares)")

@@ -1,4 +1,5 @@
-"""Structured pruning: whole MLP hidden units and attention heads removed, layers physically shrunk.
+"""Structured pruning: whole MLP hidden units and attention heads (and, in ``channels``, conv hidden
+channels) removed, layers physically shrunk.
 
 For every timm ``Mlp`` (fc1 -> act -> fc2) and ``Attention`` (qkv -> heads -> proj), in execution
 order on the model pruned so far:
@@ -110,12 +111,19 @@ def prune_structured(model: nn.Module, cfg: PruneConfig, x: torch.Tensor, shrink
     """Remove MLP hidden units / attention heads from ``model`` in place; returns per-module records."""
     s = cfg.structured
     obs = s.criterion == "obs"
+    from edgevit.prune.channels import conv_units, narrow_conv_unit
+
     targets = {n: m for n, m in model.named_modules()
                if (s.mlp_hidden > 0 and _is_mlp(m)) or (s.heads > 0 and _is_attention(m))}
+    units = conv_units(model) if s.conv_hidden > 0 else {}
+    targets |= {n: model.get_submodule(n) for n in units}
     records = []
     for name in execution_order(model, targets, x[:1]):
         m = targets[name]
-        if _is_mlp(m):
+        if name in units:
+            hidden, kept = narrow_conv_unit(model, units[name], s.conv_hidden, s.multiple_of, obs, x, cfg.damp, shrink)
+            records.append({"module": name, "kind": "conv", "units": hidden, "kept": kept})
+        elif _is_mlp(m):
             hidden = m.fc1.out_features
             keep_n = _keep_count(hidden, s.mlp_hidden, s.multiple_of)
             h_aug = input_hessian(model, m.fc2, x) if obs else None
@@ -139,6 +147,8 @@ def prune_structured(model: nn.Module, cfg: PruneConfig, x: torch.Tensor, shrink
         if on_layer:
             on_layer(name)
     if not records:
-        raise ValueError("structured pruning found no timm Mlp (fc1 -> act -> fc2) or Attention module to shrink")
-    return {"criterion": s.criterion, "mlp_hidden": s.mlp_hidden, "heads": s.heads, "shrunk": shrink,
+        raise ValueError("structured pruning found no timm Mlp (fc1 -> act -> fc2), Attention or conv MLP / "
+                         "inverted residual to shrink")
+    return {"criterion": s.criterion, "mlp_hidden": s.mlp_hidden, "heads": s.heads, "conv_hidden": s.conv_hidden,
+            "shrunk": shrink,
             "modules": records}

@@ -248,7 +248,8 @@ def _pruning_lines(p: dict | None) -> list[str]:
                 f"(target {100 * p['target']:.0f} %)")
     else:
         what = (f"structured pruning ({p['criterion']}): {len(p['modules'])} modules shrunk "
-                f"({100 * p['mlp_hidden']:.0f} % of MLP hidden units, {100 * p['heads']:.0f} % of heads)")
+                f"({100 * p['mlp_hidden']:.0f} % of MLP hidden units, {100 * p['heads']:.0f} % of heads, "
+                f"{100 * p['conv_hidden']:.0f} % of conv hidden channels)")
     lines += [f"{what}, on {p['images']} calibration images in {p['seconds']} s. Parameters "
               f"{p['params_before']:,} -> {s['params']:,}; {100 * s['weight_sparsity']:.1f} % of Linear/Conv "
               "weights are zero.", ""]
