@@ -81,7 +81,9 @@ def main() -> None:
     if args.merge and args.out.exists():
         old = json.loads(args.out.read_text())
         rows = [r for r in old["rows"] if r["model"] not in args.models]
-        runs = {m: v for m, v in old.get("runs", {}).items() if m not in args.models}
+        earlier = old.get("runs") or {m: {"date": old.get("date"), "command": old.get("command")}
+                                      for m in dict.fromkeys(r["model"] for r in old["rows"])}
+        runs = {m: v for m, v in earlier.items() if m not in args.models}
     for source in args.models:
         torch.manual_seed(0)
         model, info = load_model(ModelConfig(source=source))
