@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from edgevit.prune.config import BlockSparsity, PruneConfig
-from edgevit.prune.layerwise import all_hessians, candidate_layers, sequential
+from edgevit.prune.layerwise import all_hessians, eligible_layers, sequential
 from edgevit.prune.layout import from_matrix, to_matrix
 from edgevit.prune.obs import DAMP, obs_prune
 
@@ -122,13 +122,7 @@ def prune_blocks(model: nn.Module, cfg: PruneConfig, x: torch.Tensor,
                  on_layer: Callable[[str], None] | None = None) -> dict:
     """Block-prune ``model`` in place; returns the allocation and per-layer records."""
     b: BlockSparsity = cfg.block
-    layers, skipped = [], {}
-    for name, mod in candidate_layers(model, cfg.exclude, x):
-        why = block_ineligible(mod, b.block)
-        if why:
-            skipped[name] = why
-        else:
-            layers.append((name, mod))
+    layers, skipped = eligible_layers(model, cfg.exclude, x, lambda mod: block_ineligible(mod, b.block))
     if not layers:
         raise ValueError("no layer can be block-pruned (Linear or 1x1 conv whose shape the block divides)")
     bshapes = {n: block_shape(b.block, tuple(m.weight.shape[:2])) for n, m in layers}

@@ -20,6 +20,19 @@ def candidate_layers(model: nn.Module, exclude: list[str], x: torch.Tensor) -> l
     return [(n, named[n]) for n in execution_order(model, named, x[:1])]
 
 
+def eligible_layers(model: nn.Module, exclude: list[str], x: torch.Tensor,
+                    ineligible: Callable[[nn.Module], str | None]) -> tuple[list[tuple[str, nn.Module]], dict[str, str]]:
+    """The candidate layers a method can prune, and the others with the reason ``ineligible`` gives."""
+    layers, skipped = [], {}
+    for name, mod in candidate_layers(model, exclude, x):
+        why = ineligible(mod)
+        if why:
+            skipped[name] = why
+        else:
+            layers.append((name, mod))
+    return layers, skipped
+
+
 @torch.no_grad()
 def layer_hessian(model: nn.Module, layer: nn.Module, x: torch.Tensor, batch: int = 32) -> Hessian:
     """H = X^T X / n of ``layer``'s inputs (pruning-order columns) when ``model`` runs on ``x``."""

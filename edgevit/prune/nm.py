@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from edgevit.prune.config import PruneConfig
-from edgevit.prune.layerwise import candidate_layers, sequential
+from edgevit.prune.layerwise import eligible_layers, sequential
 from edgevit.prune.layout import from_matrix, nm_ineligible, nm_violations, to_matrix
 from edgevit.prune.obs import nm_magnitude_mask, obs_prune
 
@@ -17,13 +17,7 @@ def prune_nm(model: nn.Module, cfg: PruneConfig, x: torch.Tensor,
     """Prune ``model`` in place to n:m along the input dimension; the layers TensorRT/CoreML could not run
     sparse are left dense and listed with the reason."""
     nm = cfg.nm
-    layers, skipped = [], {}
-    for name, mod in candidate_layers(model, cfg.exclude, x):
-        why = nm_ineligible(mod, nm.m)
-        if why:
-            skipped[name] = why
-        else:
-            layers.append((name, mod))
+    layers, skipped = eligible_layers(model, cfg.exclude, x, lambda mod: nm_ineligible(mod, nm.m))
 
     def one(name: str, mod: nn.Module, h) -> dict:
         mat = to_matrix(mod)
