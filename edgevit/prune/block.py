@@ -25,7 +25,7 @@ from torch import nn
 from edgevit.prune.config import BlockSparsity, PruneConfig
 from edgevit.prune.layerwise import all_hessians, eligible_layers, sequential
 from edgevit.prune.layout import from_matrix, to_matrix
-from edgevit.prune.obs import DAMP, obs_prune
+from edgevit.prune.obs import inverse_diag, obs_prune
 
 LEVELS = [i / 10 for i in range(10)]
 
@@ -47,12 +47,6 @@ def block_ineligible(mod: nn.Module, block) -> str | None:
     if out % bo or cin % bi:
         return f"shape {out}x{cin} is not a multiple of the {bo}x{bi} block"
     return None
-
-
-def inverse_diag(h: torch.Tensor, damp: float = DAMP) -> torch.Tensor:
-    """diag((H + damp mean(diag H) I)^-1)."""
-    h = h + damp * torch.diag(h).mean().clamp_min(1e-12) * torch.eye(len(h), dtype=h.dtype)
-    return torch.diag(torch.cholesky_inverse(torch.linalg.cholesky(h))).float()
 
 
 def block_scores(mat: torch.Tensor, bshape: tuple[int, int], inv_diag: torch.Tensor | None) -> torch.Tensor:

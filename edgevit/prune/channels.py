@@ -14,7 +14,7 @@ import copy
 import torch
 from torch import nn
 
-from edgevit.prune.structured import input_hessian, refit, unit_saliency
+from edgevit.prune.structured import input_hessian, keep_count, refit, unit_saliency
 
 
 def _conv_bn(m: nn.Module | None) -> tuple[nn.Conv2d, nn.BatchNorm2d] | None:
@@ -64,13 +64,11 @@ def _conv_like(conv: nn.Conv2d, weight: torch.Tensor, groups: int) -> nn.Conv2d:
 def narrow_conv_unit(model: nn.Module, unit: tuple, ratio: float, multiple: int, obs: bool, x: torch.Tensor,
                      damp: float, shrink: bool = True) -> tuple[int, int]:
     """Remove the lowest-scored ``ratio`` of the unit's hidden channels; returns (hidden, kept)."""
-    from edgevit.prune.structured import _keep_count
-
     producer, middle, consumer = unit
     pc, pbn = _conv_bn(producer)
     cc, cbn = _conv_bn(consumer)
     hidden = pc.out_channels
-    keep_n = _keep_count(hidden, ratio, multiple)
+    keep_n = keep_count(hidden, ratio, multiple)
     kernel = cc.weight.shape[2] * cc.weight.shape[3]
     w = cc.weight.detach().permute(0, 2, 3, 1).reshape(cc.out_channels, -1)  # [out, (r, s, c)]
     h_aug = input_hessian(model, cc, x) if obs else None

@@ -51,6 +51,12 @@ def inverse_cholesky(h: torch.Tensor, damp: float = DAMP) -> torch.Tensor:
     raise RuntimeError("the input Hessian is not positive definite even after damping")
 
 
+def inverse_diag(h: torch.Tensor, damp: float = DAMP) -> torch.Tensor:
+    """diag((H + damp mean(diag H) I)^-1)."""
+    h = h + damp * torch.diag(h).mean().clamp_min(1e-12) * torch.eye(len(h), dtype=h.dtype)
+    return torch.diag(torch.cholesky_inverse(torch.linalg.cholesky(h))).float()
+
+
 def nm_magnitude_mask(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """True where a weight is pruned: all but the n largest |w| in every group of m consecutive columns."""
     out, cols = w.shape

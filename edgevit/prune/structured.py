@@ -22,7 +22,7 @@ from torch import nn
 
 from edgevit.prune.config import PruneConfig
 from edgevit.prune.layerwise import layer_hessian
-from edgevit.prune.obs import DAMP
+from edgevit.prune.obs import DAMP, inverse_diag
 from edgevit.quant.partial import execution_order
 
 
@@ -53,10 +53,7 @@ def unit_saliency(w: torch.Tensor, h_aug: torch.Tensor | None, groups: int, damp
     if h_aug is None:
         per_col = (w ** 2).sum(0)
     else:
-        h = h_aug[:-1, :-1]
-        h = h + damp * torch.diag(h).mean().clamp_min(1e-12) * torch.eye(len(h), dtype=h.dtype)
-        inv_diag = torch.diag(torch.cholesky_inverse(torch.linalg.cholesky(h)))
-        per_col = (w.double() ** 2).sum(0) / inv_diag
+        per_col = (w.double() ** 2).sum(0) / inverse_diag(h_aug[:-1, :-1], damp).double()
     return per_col.reshape(groups, -1).sum(1).float()
 
 
@@ -80,7 +77,7 @@ def _linear(w: torch.Tensor, b: torch.Tensor | None) -> nn.Linear:
     return lin
 
 
-def _keep_count(total: int, ratio: float, multiple: int) -> int:
+def keep_count(total: int, ratio: float, multiple: int) -> int:
     keep = total - int(round(ratio * total))
     keep = int(round(keep / multiple)) * multiple if total >= 2 * multiple else keep
     return min(total, max(keep, min(multiple, total)))
@@ -125,7 +122,7 @@ def prune_structured(model: nn.Module, cfg: PruneConfig, x: torch.Tensor, shrink
             records.append({"module": name, "kind": "conv", "units": hidden, "kept": kept})
         elif _is_mlp(m):
             hidden = m.fc1.out_features
-            keep_n = _keep_count(hidden, s.mlp_hidden, s.multiple_of)
+            keep_n = keep_count(hidden, s.mlp_hidden, s.multiple_of)
             h_aug = input_hessian(model, m.fc2, x) if obs else None
             score = unit_saliency(m.fc2.weight.detach(), h_aug, hidden, cfg.damp) if obs else \
                 m.fc1.weight.detach().norm(dim=1) * m.fc2.weight.detach().norm(dim=0)
