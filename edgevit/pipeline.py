@@ -307,7 +307,7 @@ def _coreml_artifact(model, info, cfg, path: Path, recipe_name: str, sim_name: s
     """Convert to an .mlpackage; prediction needs macOS, so the row says what was checked here."""
     from edgevit.export.coreml import export_coreml, unavailable
 
-    why = unavailable()
+    why = unavailable(cfg.compression)
     if why:
         raise BadInput(f"export {cfg.name or path.name}: {why}")
     facts = export_coreml(model, info, path, cfg.compression, cfg.precision, cfg.deployment_target, recipe_name)

@@ -42,12 +42,17 @@ def _coremltools():
     return coremltools
 
 
-def unavailable() -> str | None:
-    """Why CoreML export cannot run here, or None."""
+def unavailable(compression: str = "none") -> str | None:
+    """Why CoreML export (with this weight compression) cannot run here, or None."""
     try:
         _coremltools()
     except ImportError as e:
         return f"coremltools is not installed ({e}); pip install 'edgevit[coreml]'"
+    if compression.startswith("palettize"):
+        try:
+            import sklearn  # noqa: F401  coremltools' k-means palettizer needs it
+        except ImportError:
+            return "CoreML palettization needs scikit-learn (k-means); pip install 'edgevit[coreml]'"
     return None
 
 
@@ -87,7 +92,7 @@ def _compress(mlmodel, compression: str):
 def export_coreml(model: nn.Module, info, path: Path, compression: str = "none", precision: str = "fp16",
                   target: str = "iOS17", recipe: str = "") -> dict:
     """Convert ``model`` to an ``.mlpackage`` at ``path`` (written beside, then renamed); returns facts."""
-    why = unavailable()
+    why = unavailable(compression)
     if why:
         raise RuntimeError(why)
     ct = _coremltools()
