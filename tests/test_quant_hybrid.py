@@ -265,7 +265,8 @@ def test_accuracy_budget_needs_an_eval_set(tmp_path):
 
 def test_block_reconstruction_beats_nearest_rounding():
     """W4A8: learned rounding (AdaRound per block, QDrop) agrees with the float model better than
-    round-to-nearest on held-out images, and the plan carries the codes that apply_plan rebuilds.
+    round-to-nearest on held-out images, and the plan carries the codes and learned weight scales that
+    apply_plan rebuilds.
     (The built-in ViT: the same code path as the hybrid's blocks at a fraction of the CPU time.)"""
     model, info = load_model(ModelConfig(source="builtin:vit-cifar10"))
     pre = Preprocess(info.input_size, info.mean, info.std)
@@ -279,6 +280,8 @@ def test_block_reconstruction_beats_nearest_rounding():
     changed = sum(int((plan.rounded[k].float() != plan0.weights[k].quantize(_float_weight(model, cfg, k))).sum())
                   for k in plan.rounded)
     assert changed > 0  # some weights round the other way
+    ratio = torch.cat([(plan.weights[k].scale / plan0.weights[k].scale).flatten() for k in plan.rounded])
+    assert 0.5 < float(ratio.min()) and float(ratio.max()) < 2 and float((ratio - 1).abs().max()) > 1e-3  # learned
     x = torch.from_numpy(open_image_set(EVAL_DIR, num=300, seed=0).load(pre)[0])
     with torch.no_grad():
         fp = model(x)

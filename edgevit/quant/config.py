@@ -56,6 +56,7 @@ class Reconstruct(_Strict):
                       "assumes 20,000 steps a block; a few hundred need more)")
     drop_prob: float = Field(0.5, ge=0, le=1, description="QDrop: probability that an activation element "
                              "skips its quantizer during reconstruction")
+    learn_scale: bool = Field(True, description="learn each layer's per-channel weight scales with the rounding")
     time_budget_s: float | None = Field(900, gt=0, description="wall-clock budget for all blocks (split evenly)")
 
 

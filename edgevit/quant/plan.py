@@ -188,9 +188,10 @@ def calibrate(model: nn.Module, cfg: QuantConfig, batches: Iterable[torch.Tensor
             s.symmetric, s.bridges, s.hessian)]
     if cfg.reconstruct is not None:
         r = cfg.reconstruct
-        plan.rounded, plan.reconstruction = reconstruct(
+        plan.rounded, learned, plan.reconstruction = reconstruct(
             prepare(model, cfg, plan.reparam)[0], apply_plan(model, plan), torch.cat(kept)[:r.images], r.iters,
-            r.batch, r.lr, r.time_budget_s, drop_prob=r.drop_prob, on_unit=on_unit)
+            r.batch, r.lr, r.time_budget_s, drop_prob=r.drop_prob, learn_scale=r.learn_scale, on_unit=on_unit)
+        plan.weights.update(learned)
     return plan
 
 

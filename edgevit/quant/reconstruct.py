@@ -11,8 +11,10 @@ blocks), in execution order:
    (zeta - gamma) + gamma, 0, 1), V initialized so that h(V) = frac(W / s); Adam on V minimizes
    ||unit_q(x) - unit_fp(x_fp)||^2 + lambda * sum(1 - |2 h(V) - 1|^beta), beta annealed 20 -> 2 after
    a 20 % warm-up without the regularizer;
-3. the rounding is fixed (h(V) >= 0.5 -> up) and the integer codes go into the plan
-   (``plan.rounded``), so ``apply_plan`` and the ONNX export carry them.
+   With ``learn_scale`` the weight scales (one per output channel) are learned too, as s * exp(g) with
+   g starting at 0 (the codes stay on the grid of the initial scale; only their step changes);
+3. the rounding is fixed (h(V) >= 0.5 -> up); the integer codes go into the plan (``plan.rounded``)
+   and the learned scales into its weight quantizers, so ``apply_plan`` and the ONNX export carry them.
 
 The recipe gives the iterations per unit, the images and a time budget (split evenly over units;
 a unit stops early when its share is spent).
@@ -20,6 +22,7 @@ a unit stops early when its share is spent).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -33,6 +36,7 @@ from edgevit.quant.sites import QuantWeighted, act_sites, set_mode, weighted_sit
 ZETA, GAMMA = 1.1, -0.1
 REG_WEIGHT = 0.01
 WARMUP = 0.2
+SCALE_LR_RATIO = 0.1  # the log-scale gains move ~10x slower than the rounding variables
 
 
 def units(qm: nn.Module, x: torch.Tensor) -> list[str]:
@@ -79,10 +83,15 @@ class _AdaRound:
         self.floor = torch.floor(scaled)
         rest = (scaled - self.floor).clamp(0.01, 0.99)
         self.v = nn.Parameter(-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1))  # h(v) = rest
+        self.gain = nn.Parameter(torch.zeros_like(q.scale))  # log of the learned scale's ratio to q.scale
 
     def soft(self) -> torch.Tensor:
         codes = torch.clamp(self.floor + _h(self.v) + self.z, self.q.qmin, self.q.qmax)
-        return ((codes - self.z) * self.s).masked_fill(self.pruned, 0.0)
+        return ((codes - self.z) * self.s * self.q._view(self.gain.exp(), self.s)).masked_fill(self.pruned, 0.0)
+
+    def qparams(self):
+        """The weight quantizer with the learned scale."""
+        return replace(self.q, scale=(self.q.scale * self.gain.detach().exp()).contiguous())
 
     def codes(self) -> torch.Tensor:
         """The fixed integer codes (round up where h(V) >= 0.5)."""
@@ -102,14 +111,17 @@ def _unit_io(model: nn.Module, unit: nn.Module, x: torch.Tensor, batch: int) -> 
 
 def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500, batch: int = 32,
                 lr: float = 1e-2, budget_s: float | None = None, seed: int = 0, drop_prob: float = 0.5,
-                on_unit: Callable[[str, dict], None] | None = None) -> tuple[dict[str, torch.Tensor], list[dict]]:
+                learn_scale: bool = True, on_unit: Callable[[str, dict], None] | None = None
+                ) -> tuple[dict[str, torch.Tensor], dict[str, object], list[dict]]:
     """Reconstruct ``qm`` (``apply_plan`` output, modified in place) against ``fm`` (the float model with
     the same structure: ``prepare`` output) on images ``x``. Returns the integer weight codes of every
-    reconstructed layer and one record per unit (loss before and after, iterations, seconds)."""
+    reconstructed layer, their weight quantizers (scales learned when ``learn_scale``) and one record per
+    unit (loss before and after, iterations, seconds)."""
     gen = torch.Generator().manual_seed(seed)
     names = units(qm, x)
     share = budget_s / max(len(names), 1) if budget_s else None
     rounded: dict[str, torch.Tensor] = {}
+    qparams: dict[str, object] = {}
     records = []
     for name in names:
         t0 = time.time()
@@ -127,7 +139,10 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
         sites = act_sites(q_unit)
         for s in sites:
             s.drop_prob = drop_prob
-        opt = torch.optim.Adam([r.v for r in rounders], lr=lr)
+        groups = [{"params": [r.v for r in rounders]}]
+        if learn_scale:
+            groups.append({"params": [r.gain for r in rounders], "lr": lr * SCALE_LR_RATIO})
+        opt = torch.optim.Adam(groups, lr=lr)
         before = _unit_loss(q_unit, x_q, target, batch)
         done = 0
         for it in range(iters):
@@ -149,8 +164,8 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
             s.drop_prob = 0.0
         for m, r in zip(layers, rounders):
             codes = r.codes()
-            rounded[m.site] = codes
-            m.weight_override = None
+            rounded[m.site], qparams[m.site] = codes, r.qparams()
+            m.weight_qparams, m.weight_override = qparams[m.site], None
             with torch.no_grad():
                 m.inner.weight.copy_(m.weight_qparams.dequantize(codes.float()))
         after = _unit_loss(q_unit, x_q, target, batch)
@@ -158,7 +173,7 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
                         "loss_after": after, "seconds": round(time.time() - t0, 1)})
         if on_unit:
             on_unit(name, records[-1])
-    return rounded, records
+    return rounded, qparams, records
 
 
 @torch.no_grad()

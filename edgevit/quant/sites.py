@@ -251,14 +251,18 @@ class AttentionSites(nn.Module):
         except AttributeError:
             return getattr(super().__getattr__("inner"), name)
 
-    def attend(self, q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor,
-               bias: torch.Tensor | None = None) -> torch.Tensor:
-        """softmax(q @ k_t + bias) @ v with Q/DQ right at each MatMul input; q already scaled,
-        k_t is K transposed (..., d, N), v is (..., N, d_v)."""
+    def probs(self, q: torch.Tensor, k_t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """The quantized attention probabilities softmax(q @ k_t + bias); q already scaled, k_t is K
+        transposed (..., d, N)."""
         attn = self.q_quant(q) @ self.k_quant(k_t)
         if bias is not None:
             attn = attn + bias
-        return self.attn_quant(attn.softmax(dim=-1)) @ self.v_quant(v)
+        return self.attn_quant(attn.softmax(dim=-1))
+
+    def attend(self, q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+        """softmax(q @ k_t + bias) @ v with Q/DQ right at each MatMul input; v is (..., N, d_v)."""
+        return self.probs(q, k_t, bias) @ self.v_quant(v)
 
 
 class QuantAttention(AttentionSites):

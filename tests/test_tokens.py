@@ -1,0 +1,147 @@
+"""Token reduction: ToMe merging and EViT pruning keep their invariants, r=0 is the identity, the adapter
+comes off cleanly, hybrids unmerge to the full grid, and the merged model exports and runs in ORT."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from edgevit.models import load_model
+from edgevit.recipe import ModelConfig
+from edgevit.tokens import (TokenBlock, TokenConfig, apply_tokens, bipartite_matching, remove_tokens, token_counts,
+                            top_k_pruning, unmerge)
+
+
+@pytest.fixture(scope="module")
+def vit():
+    return load_model(ModelConfig(source="builtin:vit-cifar10"))[0].eval()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def _tokens(n=17, c=8, b=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, n, c, generator=g), torch.randint(1, 5, (b, n, 1), generator=g).float()
+
+
+@pytest.mark.parametrize("n", [16, 17])
+def test_merge_keeps_the_size_weighted_mean_and_total_size(n):
+    x, size = _tokens(n)
+    red = bipartite_matching(torch.randn(3, n, 8), r=5, protected=1)
+    merged, new_size = red.merge(x, size)
+    assert merged.shape == (3, n - 5, 8) and new_size.shape == (3, n - 5, 1)
+    torch.testing.assert_close(new_size.sum(1), size.sum(1))
+    torch.testing.assert_close((merged * new_size).sum(1), (x * size).sum(1), rtol=1e-5, atol=1e-5)
+    # every input token lands in exactly one output token
+    source = red.track(torch.eye(n).expand(3, -1, -1))
+    torch.testing.assert_close(source.sum(1), torch.ones(3, n))
+
+
+def test_merge_pairs_the_most_similar_tokens():
+    """Tokens 2k and 2k+1 are near copies except pair 3: merging r=3 of 5 pairs merges copies only."""
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(5, 16, generator=g)
+    metric = torch.stack([base, base + 0.01 * torch.randn(5, 16, generator=g)], 1).reshape(1, 10, 16)
+    metric[0, 7] = -base[3]  # the partner of token 6 now points the other way
+    red = bipartite_matching(metric, r=3)
+    source = red.track(torch.eye(10).unsqueeze(0))[0]
+    groups = {tuple(torch.nonzero(row).flatten().tolist()) for row in source if row.sum() > 1}
+    assert len(groups) == 3 and all(b == a + 1 and a % 2 == 0 for a, b in groups) and (6, 7) not in groups
+
+
+def test_protected_tokens_never_merge():
+    n = 21
+    metric = torch.randn(2, n, 8)
+    metric[:, 0] = metric[:, 2]  # the class token is the best match of another token
+    metric[:, 1] = metric[:, 3]  # the distillation token likewise
+    red = bipartite_matching(metric, r=8, protected=2)
+    source = red.track(torch.eye(n).expand(2, -1, -1))
+    for b in range(2):
+        assert source[b, 0].tolist() == torch.eye(n)[0].tolist()  # class token first, alone
+        holder = int(torch.nonzero(source[b, :, 1])[0])
+        assert source[b, holder].sum() == 1  # distillation token alone wherever it went
+
+
+def test_pruning_keeps_the_top_tokens_and_fuses_the_rest():
+    x = torch.randn(2, 9, 4)
+    scores = torch.tensor([[0.0, 0.3, 0.1, 0.2, 0.05, 0.15, 0.02, 0.08, 0.1]] * 2)
+    red = top_k_pruning(scores, keep=3, protected=1)
+    out = red.apply(x)
+    assert out.shape == (2, 5, 4)
+    assert red.keep[0].tolist() == [0, 1, 3, 5]
+    dropped = [2, 4, 6, 7, 8]
+    torch.testing.assert_close(out[:, -1], (scores[:, dropped, None] * x[:, dropped]).sum(1))
+    assert top_k_pruning(scores, keep=3, protected=1, fuse=False).apply(x).shape == (2, 4, 4)
+
+
+def test_unmerge_restores_the_shape_and_copies_sources():
+    x, size = _tokens(16)
+    red = bipartite_matching(torch.randn(3, 16, 8), r=6)
+    merged, _ = red.merge(x, size)
+    source = red.track(torch.eye(16).expand(3, -1, -1))
+    full = unmerge(merged, source)
+    assert full.shape == x.shape
+    for b in range(3):
+        for j in range(16):
+            torch.testing.assert_close(full[b, j], merged[b, int(torch.nonzero(source[b, :, j])[0])])
+
+
+def test_r0_is_the_identity_and_remove_restores_the_model(vit, images):
+    ref = vit(images)
+    m = copy.deepcopy(vit)
+    apply_tokens(m, TokenConfig(r=0))
+    assert torch.equal(m(images), ref)
+    m = copy.deepcopy(vit)
+    records = apply_tokens(m, TokenConfig(r=8))
+    assert records[0]["merge"] == [8] * 6 and records[0]["protected"] == 1
+    assert isinstance(m.blocks[0], TokenBlock) and list(m.state_dict()) == list(vit.state_dict())
+    assert token_counts(m, {"blocks": 65})["blocks"] == [65, 57, 49, 41, 33, 25, 17]
+    assert not torch.equal(m(images), ref)
+    remove_tokens(m)
+    assert type(m.blocks[0]).__name__ == "Block" and torch.equal(m(images), ref)
+
+
+def test_schedules_and_evit_blocks():
+    assert TokenConfig(r=4, schedule="decreasing").merges(5) == [8, 6, 4, 2, 0]
+    assert TokenConfig(r=[1, 2, 3]).merges(3) == [1, 2, 3]
+    with pytest.raises(ValueError, match="lists 2 values but the stage has 3"):
+        TokenConfig(r=[1, 2]).merges(3)
+    assert TokenConfig(method="evit").pruning_blocks(12) == [3, 6, 9]
+
+
+def test_hybrid_stages_unmerge_to_the_full_grid():
+    model = load_model(ModelConfig(source="builtin:hybrid-cifar10"))[0].eval()
+    x = torch.randn(2, 3, 32, 32)
+    ref = model(x)
+    m = copy.deepcopy(model)
+    records = apply_tokens(m, TokenConfig(r=4))
+    assert [r["stage"] for r in records] == ["stages.2.1.transformer", "stages.3.1.transformer",
+                                             "stages.4.1.transformer"]
+    assert all(r["unmerge"] and r["protected"] == 0 for r in records)
+    seen = {}
+    m.stages[2][1].transformer.register_forward_hook(lambda mod, a, out: seen.update(shape=out.shape))
+    out = m(x)
+    assert seen["shape"] == (2 * 4, 16, 64) and out.shape == ref.shape and torch.isfinite(out).all()
+    assert not torch.allclose(out, ref)  # 16 -> 8 tokens in the first stage changes the result
+
+
+@pytest.mark.parametrize("cfg", [TokenConfig(r=8), TokenConfig(method="evit", keep_rate=0.6)], ids=["tome", "evit"])
+def test_reduced_model_exports_and_matches_in_onnx_runtime(vit, cfg, tmp_path):
+    m = copy.deepcopy(vit)
+    apply_tokens(m, cfg)
+    x = torch.randn(5, 3, 32, 32)
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(m, (x[:2],), str(path), input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert not ops & {"ScatterElements", "ScatterND", "Scatter"} and "TopK" in ops
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, m(x).detach().numpy(), rtol=1e-4, atol=1e-4)
