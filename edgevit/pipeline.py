@@ -26,6 +26,7 @@ from edgevit.prune import prune
 from edgevit.quant import apply_plan, quantize
 from edgevit.quant.lowering import has_nonuniform, lower_plan
 from edgevit.recipe import Recipe, recipe_to_yaml
+from edgevit.tokens import apply_tokens, summarize
 from edgevit.report import write_reports
 from edgevit.runfolder import staged_run_folder
 from edgevit.validate import OrtRunner, TorchRunner, accuracy_metrics, collect_logits, map_labels, measure
@@ -34,6 +35,8 @@ from edgevit.validate.latency import timed_iterations
 log = logging.getLogger("edgevit")
 SIM_NAME = "pytorch-int8-sim"
 PRUNED_NAME = "pytorch-pruned"
+TOKENS_NAME = "pytorch-tokens"
+FLOAT_STAGES = (PRUNED_NAME, TOKENS_NAME)  # float models made by a stage: timed like the dense one
 
 
 def _sim_name(cfg) -> str:
@@ -122,6 +125,21 @@ def _prune_stage(model, recipe: Recipe, pre: Preprocess) -> tuple[object, dict]:
     return pruned, facts
 
 
+def _token_stage(model, recipe: Recipe, info) -> tuple[object, dict]:
+    """Token merging/pruning on a copy of the model; the unreduced model stays the reference."""
+    reduced = copy.deepcopy(model)
+    try:
+        records = apply_tokens(reduced, recipe.tokens)
+    except ValueError as e:
+        raise BadInput(f"tokens: {e}") from None
+    x = torch.zeros(1, 3, info.input_size, info.input_size)
+    facts = {"method": recipe.tokens.method, "stages": records} | summarize(model, reduced, x)
+    log.info("tokens (%s): %s; FLOPs %.1f M -> %.1f M (%.2fx)", recipe.tokens.method,
+             "; ".join(f"{k}: {' -> '.join(map(str, v))}" for k, v in facts["tokens_per_block"].items()),
+             facts["flops"] / 1e6, facts["flops_reduced"] / 1e6, facts["flops"] / max(facts["flops_reduced"], 1))
+    return reduced, facts
+
+
 def _quantize_stage(model, recipe: Recipe, pre: Preprocess, stage: Path) -> tuple[object, object, dict]:
     """Calibrate on the recipe's images and build the fake-quant model; plan.json goes in the run."""
     cfg = recipe.calibration
@@ -198,10 +216,14 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
         pre = Preprocess(info.input_size, info.mean, info.std, info.crop_pct, info.interpolation)
         evalset = _load_eval(recipe, pre, info)
         params = sum(p.numel() for p in model.parameters())
-        dense, pruning, quant, sims = model, None, None, {}
+        dense, pruning, tokens, quant, sims = model, None, None, None, {}
+        float_sim = None  # the last float stage's model: what FP32/FP16 artifacts are compared with
         if recipe.prune is not None:
             model, pruning = _prune_stage(model, recipe, pre)
-            sims[PRUNED_NAME] = model
+            sims[PRUNED_NAME], float_sim = model, PRUNED_NAME
+        if recipe.tokens is not None:
+            model, tokens = _token_stage(model, recipe, info)
+            sims[TOKENS_NAME], float_sim = model, TOKENS_NAME
         jobs = [(cfg, name, None, "") for cfg, name in zip(recipe.export, names)]
         if recipe.quantize is not None:
             qmodel, plan, quant = _quantize_stage(model, recipe, pre, stage)
@@ -223,7 +245,7 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
         with new_progress() as progress:
             task = progress.add_task("export", total=len(jobs))
             for cfg, name, job_plan, suffix in jobs:
-                source, sim_name = model, PRUNED_NAME if pruning else None
+                source, sim_name = model, float_sim
                 if cfg.precision == "int8":
                     job_plan = job_plan or plan
                     try:
@@ -275,6 +297,7 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
                       "card": info.card},
             "data": {"calibration": calib, "eval": evalset["summary"] if evalset else None},
             "pruning": pruning,
+            "tokens": tokens,
             "quantization": quant,
             "results": results,
             "checks": checks,
@@ -354,10 +377,10 @@ def _validate(recipe: Recipe, model, sims: dict, info, params: int, artifacts: l
              "runtime": "torch", "size_bytes": params * 4, "export": None}]
     runners = [TorchRunner(model, threads)]
     for sim_name, sim_model in sims.items():
-        pruned = sim_name == PRUNED_NAME  # the float pruned model: timed like the dense one
-        rows.append({"name": sim_name, "file": None, "format": "pytorch", "precision": "fp32" if pruned else "int8-sim",
+        is_float = sim_name in FLOAT_STAGES  # pruned or token-reduced float model: timed like the dense one
+        rows.append({"name": sim_name, "file": None, "format": "pytorch", "precision": "fp32" if is_float else "int8-sim",
                      "runtime": "torch", "export": None,
-                     "size_bytes": sum(p.numel() for p in sim_model.parameters()) * 4 if pruned else None})
+                     "size_bytes": sum(p.numel() for p in sim_model.parameters()) * 4 if is_float else None})
         runners.append(TorchRunner(sim_model, threads))
     for a in artifacts:
         rows.append(a)

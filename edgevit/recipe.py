@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgevit.errors import BadInput
 from edgevit.prune.config import PruneConfig
+from edgevit.tokens.config import TokenConfig
 from edgevit.quant.config import QuantConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -132,6 +133,8 @@ class Recipe(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     calibration: DataConfig | None = None
     prune: PruneConfig | None = Field(None, description="one-shot pruning before quantization (needs calibration)")
+    tokens: TokenConfig | None = Field(None, description="training-free token merging (ToMe) or pruning (EViT), "
+                                       "after pruning and before quantization")
     quantize: QuantConfig | None = Field(None, description="post-training quantization (needs calibration)")
     export: list[ExportConfig] = Field(default_factory=lambda: [ExportConfig()])
     validation: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")

@@ -273,7 +273,8 @@ def test_block_reconstruction_beats_nearest_rounding():
     calib = torch.from_numpy(open_image_set(CALIB_DIR, num=64, seed=0).load(pre)[0])
     cfg = QuantConfig(weights={"bits": 4}, activations={"method": "percentile"}, keep_8bit=["patch_embed*", "head*"])
     nearest, plan0 = quantize(model, cfg, [calib])
-    cfg_r = cfg.model_copy(update={"reconstruct": Reconstruct(images=48, iters=40, batch=16, time_budget_s=120)})
+    cfg_r = cfg.model_copy(update={"reconstruct": Reconstruct(images=48, iters=40, batch=16, time_budget_s=120,
+                                                                       learn_scale=True)})
     recon, plan = quantize(model, cfg_r, [calib])
     assert [r["unit"] for r in plan.reconstruction] == ["patch_embed"] + [f"blocks.{i}" for i in range(6)] + ["head"]
     assert set(plan.rounded) == set(plan.weights)

@@ -3,14 +3,16 @@ comes off cleanly, hybrids unmerge to the full grid, and the merged model export
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 
+from conftest import run_cli
 from edgevit.models import load_model
-from edgevit.recipe import ModelConfig
+from edgevit.recipe import ModelConfig, load_recipe
 from edgevit.tokens import (TokenBlock, TokenConfig, apply_tokens, bipartite_matching, remove_tokens, token_counts,
                             top_k_pruning, unmerge)
 
@@ -145,3 +147,36 @@ def test_reduced_model_exports_and_matches_in_onnx_runtime(vit, cfg, tmp_path):
     assert not ops & {"ScatterElements", "ScatterND", "Scatter"} and "TopK" in ops
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
     np.testing.assert_allclose(got, m(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
+FAST = ["--set", "validate.devices.0.iters=3", "--set", "validate.devices.0.warmup=1",
+        "--set", "validate.devices.0.throughput_batch=4", "--set", "validate.eval.num=200",
+        "--set", "calibration.num=64"]
+
+
+def test_recipes_load():
+    assert load_recipe("tome_fp32").tokens.r == 8 and load_recipe("tome_fp32").quantize is None
+    assert load_recipe("tome_int8").tokens.method == "tome" and load_recipe("tome_int8").quantize is not None
+    assert load_recipe("evit_int8").tokens.method == "evit"
+
+
+def test_merge_then_quantize_recipe_end_to_end(tmp_path):
+    """tome_int8 with --set tokens.r=4: the merged model is quantized and exported as one INT8 QDQ model,
+    which runs in ORT and agrees with its fake-quant simulation; the report has the token section."""
+    out = tmp_path / "run"
+    res = run_cli("compress", "--recipe", "recipes/tome_int8.yaml", "--out", str(out), "--set", "tokens.r=4", *FAST)
+    assert res.returncode == 0, res.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["status"] == "ok", [c for c in rep["checks"] if not c["ok"]]
+    assert rep["tokens"]["tokens_per_block"]["blocks"] == [65, 61, 57, 53, 49, 45]
+    assert rep["tokens"]["flops_ratio"] < 0.85
+    rows = {r["name"]: r for r in rep["results"]}
+    assert {"pytorch-tokens", "pytorch-int8-sim"} <= set(rows)
+    merged, dense = rows["pytorch-tokens"]["accuracy"]["top1"], rows["pytorch-fp32"]["accuracy"]["top1"]
+    assert merged > dense - 0.03
+    int8 = [r for r in rep["results"] if r["precision"] == "int8" and r["runtime"] == "onnxruntime"]
+    assert int8 and all(r["simulated_by"].startswith("pytorch-int8-sim") for r in int8)
+    assert all(r["accuracy"]["top1"] > merged - 0.03 for r in int8)
+    sim_checks = [c for c in rep["checks"] if "onnx-int8" in c["name"]]
+    assert sim_checks and all(c["ok"] for c in sim_checks)  # deployed INT8 agrees with the merged simulation
+    assert "## Token reduction" in (out / "report.md").read_text()

@@ -56,7 +56,8 @@ class Reconstruct(_Strict):
                       "assumes 20,000 steps a block; a few hundred need more)")
     drop_prob: float = Field(0.5, ge=0, le=1, description="QDrop: probability that an activation element "
                              "skips its quantizer during reconstruction")
-    learn_scale: bool = Field(True, description="learn each layer's per-channel weight scales with the rounding")
+    learn_scale: bool = Field(False, description="also learn each layer's per-channel weight scales (LSQ-style); "
+                              "measured no better on the built-in hybrid (BENCHMARKS.md)")
     time_budget_s: float | None = Field(900, gt=0, description="wall-clock budget for all blocks (split evenly)")
 
 

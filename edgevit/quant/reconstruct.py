@@ -111,7 +111,7 @@ def _unit_io(model: nn.Module, unit: nn.Module, x: torch.Tensor, batch: int) -> 
 
 def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500, batch: int = 32,
                 lr: float = 1e-2, budget_s: float | None = None, seed: int = 0, drop_prob: float = 0.5,
-                learn_scale: bool = True, on_unit: Callable[[str, dict], None] | None = None
+                learn_scale: bool = False, on_unit: Callable[[str, dict], None] | None = None
                 ) -> tuple[dict[str, torch.Tensor], dict[str, object], list[dict]]:
     """Reconstruct ``qm`` (``apply_plan`` output, modified in place) against ``fm`` (the float model with
     the same structure: ``prepare`` output) on images ``x``. Returns the integer weight codes of every

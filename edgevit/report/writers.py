@@ -99,6 +99,7 @@ def markdown(report: dict) -> str:
     if report.get("plots"):
         lines += ["![top-1 vs latency](accuracy_latency.png)", ""]
     lines += _pruning_lines(report.get("pruning"))
+    lines += _token_lines(report.get("tokens"))
     quant = report.get("quantization")
     if quant:
         c = quant["plan"]["counts"]
@@ -270,3 +271,18 @@ def _pruning_lines(p: dict | None) -> list[str]:
             lines.append(f"- ... and {len(skipped) - 20} more (report.json)")
         lines.append("")
     return lines
+
+
+def _token_lines(t: dict | None) -> list[str]:
+    """The token-reduction section: tokens per block in each stage and the FLOPs saved."""
+    if not t:
+        return []
+    how = "ToMe bipartite merging" if t["method"] == "tome" else "EViT pruning (attention-ranked, rest fused)"
+    lines = ["## Token reduction", "",
+             f"{how}; FLOPs per image {t['flops'] / 1e6:.1f} M -> {t['flops_reduced'] / 1e6:.1f} M "
+             f"({100 * t['flops_ratio']:.0f} %). Token counts are fixed in the exported graph.", "",
+             "| stage | tokens entering each block | unmerged at the end |", "|---|---|---|"]
+    unmerged = {r["stage"]: r["unmerge"] for r in t["stages"]}
+    lines += [f"| `{name}` | {' -> '.join(map(str, counts))} | {'yes' if unmerged.get(name) else 'no'} |"
+              for name, counts in t["tokens_per_block"].items()]
+    return lines + [""]
