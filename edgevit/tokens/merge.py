@@ -6,10 +6,11 @@ data-dependent step is a ``TopK``, a ``Gather`` or a matmul with a one-hot matri
 indices with a constant range (``Equal``), and the number of tokens out of each step is fixed when
 the graph is traced.
 
-A reduction is a :class:`Reduction`: for each output token, which input tokens it sums. ``apply``
-sums (optionally weighted by token size, for ToMe's size-weighted average); the same reduction
-applied to a one-hot *source* matrix tracks which original tokens each output token stands for, and
-``unmerge`` copies every output token back to all of its sources.
+A reduction is a :class:`Reduction`: one (B, N', N) matrix saying which input tokens each output
+token sums, so applying it is a single matmul (few graph nodes: at batch 1 a small ViT pays for every
+node). ``merge`` averages weighted by token size (ToMe); the same matrix applied to a one-hot
+*source* map tracks which original tokens each output token stands for, and ``unmerge`` copies every
+output token back to all of its sources.
 """
 from __future__ import annotations
 
@@ -21,37 +22,34 @@ import torch.nn.functional as F
 
 def _one_hot(idx: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
     """(..., k) indices -> (..., k, n) one-hot, as Equal against a range (no OneHot/Scatter op)."""
-    return (idx.unsqueeze(-1) == torch.arange(n, device=idx.device)).to(dtype)
-
-
-def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Rows ``idx`` (B, k) of ``x`` (B, N, C)."""
-    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    return (idx.unsqueeze(-1) == torch.arange(n, device=idx.device, dtype=idx.dtype)).to(dtype)
 
 
 @dataclass
 class Reduction:
-    """Tokens out = [x[keep], then x[dst] + the x[src] assigned to each dst] (ToMe), or [x[keep], fused]
-    (EViT). ``keep`` (B, K) indices of tokens passed through; ``groups`` (B, G, N) weights of the
-    input tokens summed into each of the G other output tokens."""
+    """``assign`` (B, N', N): row i holds the weights of the input tokens summed into output token i
+    (one-hot rows for tokens passed through, several ones for a ToMe merge, EViT's fused token has the
+    attention weights of the tokens it replaces). Every step is one matmul."""
 
-    keep: torch.Tensor
-    groups: torch.Tensor
+    assign: torch.Tensor
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """Reduce (B, N, C) -> (B, K + G, C) by plain sums."""
-        return torch.cat([_gather(x, self.keep), self.groups @ x], dim=1)
+        """Reduce (B, N, C) -> (B, N', C) by plain (weighted) sums."""
+        return self.assign @ x
 
     def track(self, source: torch.Tensor) -> torch.Tensor:
-        """The source map (B, N, N0) after this reduction: which original tokens each output token holds
+        """The source map (B, N', N0) after this reduction: which original tokens each output token holds
         (EViT's fused token holds every token it pruned)."""
-        return torch.cat([_gather(source, self.keep), (self.groups > 0).to(source.dtype) @ source], dim=1)
+        return (self.assign > 0).to(source.dtype) @ source
 
-    def merge(self, x: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Size-weighted average of the merged tokens; returns the new tokens and sizes (B, N', 1)."""
-        total = self.apply(x * size)
+    def merge(self, x: torch.Tensor, size: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Size-weighted average of the merged tokens (``size`` None: every token has size 1); returns the
+        new tokens and sizes (B, N', 1)."""
+        if size is None:
+            new_size = self.assign.sum(dim=-1, keepdim=True)
+            return self.apply(x) / new_size, new_size
         new_size = self.apply(size)
-        return total / new_size, new_size
+        return self.apply(x * size) / new_size, new_size
 
 
 def tome_merges(n: int, r: int, protected: int = 0) -> int:
@@ -64,51 +62,43 @@ def tome_merges(n: int, r: int, protected: int = 0) -> int:
 def bipartite_matching(metric: torch.Tensor, r: int, protected: int = 0) -> Reduction:
     """ToMe's bipartite soft matching: split the tokens alternately into A and B, give each A token its
     most similar B token (cosine of ``metric``), and merge the ``r`` best-matched A tokens into their B
-    partners. The first ``protected`` tokens (class/distillation tokens) are never merged and stay
-    first; the other kept A tokens keep their order."""
-    B, N = metric.shape[0], int(metric.shape[1])  # token counts are static
-    metric = F.normalize(metric, dim=-1)
-    a, b = metric[:, ::2], metric[:, 1::2]
+    partners. Output: the unmerged A tokens in their order, then the B tokens. The first ``protected``
+    tokens (class/distillation tokens) are never merged and stay first."""
+    N = int(metric.shape[1])  # token counts are static
     n_a, n_b = (N + 1) // 2, N // 2
     r = tome_merges(N, r, protected)
-    scores = a @ b.transpose(-1, -2)
+    metric = F.normalize(metric, dim=-1)
+    scores = metric[:, ::2] @ metric[:, 1::2].transpose(-1, -2)  # (B, n_a, n_b)
     if protected:  # protected A tokens never merge away; protected B tokens receive no merges
         rows = torch.arange(n_a, device=scores.device).unsqueeze(1) < (protected + 1) // 2
         cols = torch.arange(n_b, device=scores.device).unsqueeze(0) < protected // 2
         scores = scores.masked_fill(rows | cols, -torch.inf)
     best, best_b = scores.max(dim=-1)  # (B, n_a)
     src = torch.topk(best, r, dim=-1).indices  # the r best-matched A tokens
-    is_src = _one_hot(src, n_a, metric.dtype).sum(dim=1)  # (B, n_a)
-    # unmerged A tokens in their original order: the n_a - r smallest of (index + n_a * merged)
-    order_key = torch.arange(n_a, device=metric.device, dtype=metric.dtype) + n_a * is_src
-    keep_a = torch.topk(order_key, n_a - r, dim=-1, largest=False).indices
-    dst = torch.gather(best_b, 1, src)  # (B, r)
-    # B token j = b_j + sum of its merged A tokens; as weights over all N input tokens (A at even, B at odd)
-    to_b = _one_hot(dst, n_b, metric.dtype).transpose(1, 2) @ _one_hot(src, n_a, metric.dtype)  # (B, n_b, n_a)
-    groups = _interleave(to_b, torch.eye(n_b, dtype=metric.dtype, device=metric.device).expand(B, -1, -1), N)
-    return Reduction(keep=2 * keep_a, groups=groups)
-
-
-def _interleave(even: torch.Tensor, odd: torch.Tensor, n: int) -> torch.Tensor:
-    """(B, G, n_a) and (B, G, n_b) column blocks -> (B, G, n) with A's columns at even, B's at odd."""
-    n_a, n_b = int(even.shape[-1]), int(odd.shape[-1])
-    if n_a > n_b:  # odd N: A has one column more
-        odd = F.pad(odd, (0, 1))
-    return torch.stack([even, odd], dim=-1).flatten(-2)[..., :n]
+    merged = _one_hot(src, n_a, metric.dtype).sum(dim=1)  # (B, n_a): 1 where the A token merges
+    # output position of each input token: kept A tokens 0..n_a-r-1 in order, B token j at n_a-r+j,
+    # a merged A token at its partner's position
+    kept_rank = torch.cumsum(1 - merged, dim=1) - 1
+    dest_a = torch.where(merged > 0, best_b.to(metric.dtype) + (n_a - r), kept_rank)
+    # back in token order (A at even positions, B at odd) with constants only: no shape-dependent ops
+    token = torch.arange(N, device=metric.device)
+    place_a = (token.unsqueeze(0) == 2 * torch.arange(n_a, device=metric.device).unsqueeze(1)).to(metric.dtype)
+    dest_b = ((token % 2) * (token // 2 + n_a - r)).to(metric.dtype)
+    dest = dest_a @ place_a + dest_b
+    return Reduction(assign=_one_hot(dest, N - r, metric.dtype).transpose(1, 2))
 
 
 def top_k_pruning(scores: torch.Tensor, keep: int, protected: int = 0, fuse: bool = True) -> Reduction:
     """EViT: keep the first ``protected`` tokens and the ``keep`` highest-scored others; with ``fuse``
     the rest become one token, their score-weighted sum (EViT does not renormalize)."""
     B, N = scores.shape[0], int(scores.shape[1])
-    rest = scores[:, protected:]
-    top = torch.topk(rest, keep, dim=-1).indices + protected
-    prefix = torch.arange(protected, device=scores.device).expand(B, -1)
-    kept = torch.cat([prefix, top], dim=1)
+    top = torch.topk(scores[:, protected:], keep, dim=-1).indices + protected
+    kept = torch.cat([torch.arange(protected, device=scores.device).expand(B, -1), top], dim=1)
+    rows = _one_hot(kept, N, scores.dtype)  # (B, protected + keep, N)
     if not fuse:
-        return Reduction(keep=kept, groups=scores.new_zeros(B, 0, N))
-    dropped = 1 - _one_hot(kept, N, scores.dtype).sum(dim=1)  # (B, N)
-    return Reduction(keep=kept, groups=(scores * dropped).unsqueeze(1))
+        return Reduction(assign=rows)
+    dropped = 1 - rows.sum(dim=1)  # (B, N)
+    return Reduction(assign=torch.cat([rows, (scores * dropped).unsqueeze(1)], dim=1))
 
 
 def unmerge(x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:

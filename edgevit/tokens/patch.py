@@ -30,9 +30,9 @@ def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None, want
     heads (ToMe's similarity metric) and, if asked, the attention probabilities averaged over heads."""
     sites = attn if isinstance(attn, AttentionSites) else None
     a = attn.inner if sites else attn
-    B, N, _ = x.shape
+    N = int(x.shape[1])  # batch left symbolic (-1), token count static: fewer shape ops in the graph
     gate = a.gate(x).sigmoid() if getattr(a, "gate", None) is not None else None
-    q, k, v = a.qkv(x).reshape(B, N, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k, v = a.qkv(x).reshape(-1, N, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = a.q_norm(q), a.k_norm(k)
     bias = size.log().transpose(1, 2).unsqueeze(1) if size is not None else None  # (B, 1, 1, N)
     if sites:
@@ -42,7 +42,7 @@ def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None, want
         logits = (q * a.scale) @ k.transpose(-2, -1)
         probs = (logits + bias if bias is not None else logits).softmax(dim=-1)
         out = a.attn_drop(probs) @ v
-    out = a.norm(out.transpose(1, 2).reshape(B, N, -1))
+    out = a.norm(out.transpose(1, 2).reshape(-1, N, a.num_heads * a.head_dim))
     if gate is not None:
         out = out * gate
     return a.proj_drop(a.proj(out)), k.mean(dim=1), probs.mean(dim=1) if want_probs else None
@@ -88,9 +88,10 @@ class TokenBlock(nn.Module):
         x = x + self.drop_path1(self.ls1(y))
         red = self._reduction(keys, probs, n)
         if red is not None:
-            if size is None:
-                size = x.new_ones(x.shape[0], n, 1)
-            x, size = red.merge(x, size) if self.merge else (red.apply(x), red.apply(size))
+            if self.merge:
+                x, size = red.merge(x, size)
+            else:
+                x, size = red.apply(x), (red.apply(size) if size is not None else red.assign.sum(-1, keepdim=True))
             if source is not None:
                 source = red.track(source)
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
