@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,8 +40,8 @@ DEFAULT_TEST = Path.home() / ".cache" / "edgevit" / "cifar10-images" / "test"
 KEEP_8BIT = ["stem*", "head*", "patch_embed*"]
 
 
-def configs(wbits: int, abits: int) -> dict[str, QuantConfig]:
-    """The methods compared at one bit width."""
+def configs(wbits: int, abits: int, recon: dict | None = None) -> dict[str, QuantConfig]:
+    """The methods compared at one bit width (``recon``: overrides of the recipe's reconstruct settings)."""
     low = {"keep_8bit": KEEP_8BIT} if min(wbits, abits) < 8 else {}
     hybrid = load_recipe(ROOT / "recipes" / ("hybrid_w6a6.yaml" if abits == 6 else "hybrid_w8a8.yaml")).quantize
     out = {
@@ -51,7 +52,10 @@ def configs(wbits: int, abits: int) -> dict[str, QuantConfig]:
         "hybrid": _with_bits(hybrid, wbits, abits, low),
     }
     if wbits < abits:
-        out["recon"] = _with_bits(load_recipe(ROOT / "recipes" / "hybrid_w4a8_recon.yaml").quantize, wbits, abits, low)
+        q = load_recipe(ROOT / "recipes" / "hybrid_w4a8_recon.yaml").quantize
+        if recon:
+            q = q.model_copy(update={"reconstruct": q.reconstruct.model_copy(update=recon)})
+        out["recon"] = _with_bits(q, wbits, abits, low)
     return out
 
 
@@ -75,7 +79,13 @@ def main() -> None:
     ap.add_argument("--bits", nargs="+", default=["8/8", "6/6", "4/8"])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "hybrid_ptq.json")
     ap.add_argument("--merge", action="store_true", help="keep the other models' rows already in --out")
+    ap.add_argument("--calib", type=Path, default=ROOT / "calibration" / "builtin-calib",
+                    help="calibration images (default: the shipped 256)")
+    ap.add_argument("--calib-num", type=int, default=None, help="use this many of them (seeded sample)")
+    ap.add_argument("--recon", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="override the recipe's reconstruct settings, e.g. iters=500 images=1024")
     args = ap.parse_args()
+    recon = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.recon)}
     torch.set_num_threads(args.threads)
     rows, runs = [], {}
     if args.merge and args.out.exists():
@@ -88,17 +98,17 @@ def main() -> None:
         torch.manual_seed(0)
         model, info = load_model(ModelConfig(source=source))
         pre = Preprocess(info.input_size, info.mean, info.std)
-        calib, _ = open_image_set(ROOT / "calibration" / "builtin-calib").load(pre)
+        calib, _ = open_image_set(args.calib, num=args.calib_num, seed=0).load(pre)
         batches = [torch.from_numpy(calib[i:i + 64]) for i in range(0, len(calib), 64)]
         x, y = open_image_set(args.test, num=args.limit, seed=0).load(pre, 500)
         runs[source] = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "test_images": len(y),
-                        "threads": args.threads}
+                        "threads": args.threads, "calibration_images": len(calib), "recon_overrides": recon}
         fp = topk_accuracy(logits(model, x), y, 1)
         rows.append({"model": source, "bits": "fp32", "method": "fp32", "top1": fp})
         print(f"[{source}] fp32 {100 * fp:.2f} %", file=sys.stderr, flush=True)
         for spec in args.bits:
             w, a = (int(b) for b in spec.split("/"))
-            for method, cfg in configs(w, a).items():
+            for method, cfg in configs(w, a, recon).items():
                 t0 = time.time()
                 qm, _ = quantize(model, cfg, batches)
                 seconds = time.time() - t0

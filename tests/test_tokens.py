@@ -149,6 +149,19 @@ def test_reduced_model_exports_and_matches_in_onnx_runtime(vit, cfg, tmp_path):
     np.testing.assert_allclose(got, m(x).detach().numpy(), rtol=1e-4, atol=1e-4)
 
 
+def test_merged_model_converts_to_coreml(tmp_path):
+    """The static-shape merge (TopK, Gather, one-hot matmuls, CumSum) converts with coremltools."""
+    from edgevit.export.coreml import export_coreml, unavailable
+
+    if unavailable():
+        pytest.skip(unavailable())
+    model, info = load_model(ModelConfig(source="builtin:vit-cifar10"))
+    apply_tokens(model, TokenConfig(r=8))
+    facts = export_coreml(model.eval(), info, tmp_path / "tome.mlpackage", recipe="test")
+    assert facts["labels"] == info.labels and facts["input"]["width"] == 32
+    assert (tmp_path / "tome.mlpackage").is_dir() and facts["size_bytes"] > 1e5
+
+
 FAST = ["--set", "validate.devices.0.iters=3", "--set", "validate.devices.0.warmup=1",
         "--set", "validate.devices.0.throughput_batch=4", "--set", "validate.eval.num=200",
         "--set", "calibration.num=64"]

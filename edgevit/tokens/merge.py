@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -70,9 +71,10 @@ def bipartite_matching(metric: torch.Tensor, r: int, protected: int = 0) -> Redu
     metric = F.normalize(metric, dim=-1)
     scores = metric[:, ::2] @ metric[:, 1::2].transpose(-1, -2)  # (B, n_a, n_b)
     if protected:  # protected A tokens never merge away; protected B tokens receive no merges
-        rows = torch.arange(n_a, device=scores.device).unsqueeze(1) < (protected + 1) // 2
-        cols = torch.arange(n_b, device=scores.device).unsqueeze(0) < protected // 2
-        scores = scores.masked_fill(rows | cols, -torch.inf)
+        guard = np.zeros((n_a, n_b), dtype=bool)  # a graph constant (numpy, not traced ops)
+        guard[: (protected + 1) // 2] = True
+        guard[:, : protected // 2] = True
+        scores = scores.masked_fill(torch.from_numpy(guard).to(scores.device), -torch.inf)
     best, best_b = scores.max(dim=-1)  # (B, n_a)
     src = torch.topk(best, r, dim=-1).indices  # the r best-matched A tokens
     merged = _one_hot(src, n_a, metric.dtype).sum(dim=1)  # (B, n_a): 1 where the A token merges
