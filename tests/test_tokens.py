@@ -149,6 +149,71 @@ def test_reduced_model_exports_and_matches_in_onnx_runtime(vit, cfg, tmp_path):
     np.testing.assert_allclose(got, m(x).detach().numpy(), rtol=1e-4, atol=1e-4)
 
 
+def test_position_biases_are_averaged_over_merged_positions():
+    from timm.models.efficientformer import Attention
+
+    from edgevit.tokens.patch import _position_bias
+
+    a = Attention(dim=32, key_dim=8, num_heads=2, attn_ratio=1, resolution=3)  # 9 positions
+    torch.nn.init.normal_(a.attention_biases)
+    groups = [[0, 1], [2], [3, 4, 5], [6, 7, 8]]
+    source = torch.zeros(1, 4, 9)
+    for i, g in enumerate(groups):
+        source[0, i, g] = 1
+    bias = a.get_attention_biases(a.attention_biases.device)
+    got = _position_bias(a, source)
+    assert got.shape == (1, 2, 4, 4)
+    for i, gi in enumerate(groups):
+        for j, gj in enumerate(groups):
+            torch.testing.assert_close(got[0, :, i, j], bias[:, gi][:, :, gj].mean(dim=(1, 2)))
+    torch.testing.assert_close(_position_bias(a, torch.eye(9).unsqueeze(0))[0], bias)
+
+
+def test_efficientformer_attention_stage_merges_and_exports(tmp_path):
+    """EfficientFormer-L1 (random weights, 224 px): the stage after Flat merges its 49 tokens with the
+    position biases averaged, unmerges before the mean pooling, r=0 is exact, and ORT matches."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("efficientformer_l1", pretrained=False, num_classes=10).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        ref = model(x)
+        m = copy.deepcopy(model)
+        apply_tokens(m, TokenConfig(r=0))
+        assert torch.equal(m(x), ref)
+        m = copy.deepcopy(model)
+        records = apply_tokens(m, TokenConfig(r=8))
+        assert [(r["stage"], r["merge"], r["unmerge"]) for r in records] == [("stages.3.blocks", [8], True)]
+        out = m(x)
+    assert not torch.equal(out, ref) and (out - ref).abs().max() < 0.2 * ref.abs().max()
+    path = tmp_path / "ef.onnx"
+    torch.onnx.export(m, (x[:1],), str(path), input_names=["input"], dynamic_axes={"input": {0: "batch"}},
+                      opset_version=17, dynamo=False)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, out.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_merged_hybrid_quantizes_and_runs_in_onnx_runtime(tmp_path):
+    """MobileViT with merge -> attention -> unmerge, then W8A8: the QDQ export follows the simulation."""
+    from conftest import CALIB_DIR
+    from edgevit.data import Preprocess, open_image_set
+    from edgevit.export.onnx import export_onnx
+    from edgevit.quant import QuantConfig, quantize
+    from edgevit.recipe import ExportConfig
+    from edgevit.validate import OrtRunner
+
+    model, info = load_model(ModelConfig(source="builtin:hybrid-cifar10"))
+    x = torch.from_numpy(open_image_set(CALIB_DIR, num=64).load(Preprocess(info.input_size, info.mean, info.std))[0])
+    apply_tokens(model, TokenConfig(r=4))
+    qmodel, _ = quantize(model, QuantConfig(), [x])
+    export_onnx(qmodel, info, ExportConfig(precision="int8"), tmp_path / "q.onnx", "test")
+    got = OrtRunner(tmp_path / "q.onnx", 1)(x.numpy())
+    sim = qmodel(x).detach().numpy()
+    assert (got.argmax(1) == sim.argmax(1)).mean() >= 0.95
+    assert np.abs(got - sim).max() < 0.1 * np.abs(sim).max()
+
+
 def test_merged_model_converts_to_coreml(tmp_path):
     """The static-shape merge (TopK, Gather, one-hot matmuls, CumSum) converts with coremltools."""
     from edgevit.export.coreml import export_coreml, unavailable

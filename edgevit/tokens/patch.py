@@ -15,6 +15,8 @@ import math
 from collections import OrderedDict
 
 import torch
+from timm.models.efficientformer import Attention as EfficientFormerAttention
+from timm.models.efficientformer import MetaBlock1d
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 from torch import nn
 
@@ -23,50 +25,86 @@ from edgevit.tokens.config import TokenConfig
 from edgevit.tokens.merge import Reduction, bipartite_matching, tome_merges, top_k_pruning, unmerge
 
 
-def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None, want_probs: bool
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """timm ``Attention`` (float, or wrapped with quantization sites) computed unfused, with ToMe's
-    proportional attention (log size added to the logits). Returns the output, the keys averaged over
-    heads (ToMe's similarity metric) and, if asked, the attention probabilities averaged over heads."""
+def _qkv(a: nn.Module, x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q, K, V (B, heads, N, d) of a timm ``Attention`` or an EfficientFormer ``Attention`` (one
+    projection split per head into key, key and value dims)."""
+    if hasattr(a, "attention_biases"):
+        qkv = a.qkv(x).reshape(-1, n, a.num_heads, 2 * a.key_dim + a.val_dim).permute(0, 2, 1, 3)
+        return qkv.split([a.key_dim, a.key_dim, a.val_dim], dim=3)
+    q, k, v = a.qkv(x).reshape(-1, n, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    return a.q_norm(q), a.k_norm(k), v
+
+
+def _position_bias(a: nn.Module, source: torch.Tensor | None) -> torch.Tensor | None:
+    """EfficientFormer's learned bias between token positions, averaged over the positions each
+    reduced token holds (``source`` (B, N', N0), None before any reduction): S B S^T / (n n^T)."""
+    if not hasattr(a, "attention_biases"):
+        return None
+    bias = a.get_attention_biases(a.attention_biases.device)  # (heads, N0, N0)
+    if source is None:
+        return bias
+    count = source.sum(dim=-1, keepdim=True)
+    s = source.unsqueeze(1)
+    return (s @ bias @ s.transpose(-1, -2)) / (count @ count.transpose(1, 2)).unsqueeze(1)
+
+
+def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None, source: torch.Tensor | None,
+               proportional: bool, want_probs: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The block's attention (float, or wrapped with quantization sites) computed unfused on merged
+    tokens: position biases merged, ToMe's proportional attention (log size added to the logits).
+    Returns the output, the keys averaged over heads (ToMe's similarity metric) and, if asked, the
+    attention probabilities averaged over heads."""
     sites = attn if isinstance(attn, AttentionSites) else None
     a = attn.inner if sites else attn
-    N = int(x.shape[1])  # batch left symbolic (-1), token count static: fewer shape ops in the graph
+    n = int(x.shape[1])  # batch left symbolic (-1), token count static: fewer shape ops in the graph
     gate = a.gate(x).sigmoid() if getattr(a, "gate", None) is not None else None
-    q, k, v = a.qkv(x).reshape(-1, N, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    q, k = a.q_norm(q), a.k_norm(k)
-    bias = size.log().transpose(1, 2).unsqueeze(1) if size is not None else None  # (B, 1, 1, N)
+    q, k, v = _qkv(a, x, n)
+    bias = _position_bias(a, source if size is not None else None)
+    if proportional and size is not None:
+        log_size = size.log().transpose(1, 2).unsqueeze(1)  # (B, 1, 1, N)
+        bias = log_size if bias is None else bias + log_size
     if sites:
         probs = sites.probs(q * a.scale, k.transpose(-2, -1), bias)
         out = probs @ sites.v_quant(v)
     else:
         logits = (q * a.scale) @ k.transpose(-2, -1)
         probs = (logits + bias if bias is not None else logits).softmax(dim=-1)
-        out = a.attn_drop(probs) @ v
-    out = a.norm(out.transpose(1, 2).reshape(-1, N, a.num_heads * a.head_dim))
+        out = (a.attn_drop(probs) if hasattr(a, "attn_drop") else probs) @ v
+    out = out.transpose(1, 2).reshape(-1, n, out.shape[1] * out.shape[3])
+    if hasattr(a, "attention_biases"):
+        return a.proj(out), k.mean(dim=1), probs.mean(dim=1) if want_probs else None
+    out = a.norm(out)
     if gate is not None:
         out = out * gate
     return a.proj_drop(a.proj(out)), k.mean(dim=1), probs.mean(dim=1) if want_probs else None
 
 
 class TokenBlock(nn.Module):
-    """A timm ``Block`` that reduces its tokens between attention and MLP.
+    """An attention block (timm ``Block``, EfficientFormer ``MetaBlock1d``) that reduces its tokens
+    between attention and MLP.
 
     ``merge``: ToMe merges this many tokens; ``keep_rate``: EViT keeps this fraction of the non-prefix
     tokens (None: no pruning here). With no reduction so far and none here it runs the block's own
     computation (bit-exact)."""
 
-    def __init__(self, block: Block, protected: int, merge: int = 0, keep_rate: float | None = None,
+    def __init__(self, block: nn.Module, protected: int, merge: int = 0, keep_rate: float | None = None,
                  fuse: bool = True, score: str = "cls", proportional: bool = True):
         super().__init__()
         for name, child in block.named_children():
             self.add_module(name, child)
         self.__dict__["original"] = block  # a plain attribute: not a submodule, not in state_dict
+        self.mixer = "attn" if hasattr(block, "attn") else "token_mixer"
         self.protected, self.merge, self.keep_rate = protected, merge, keep_rate
         self.fuse, self.score, self.proportional = fuse, score, proportional
 
     @property
     def reduces(self) -> bool:
         return self.merge > 0 or self.keep_rate is not None
+
+    @property
+    def needs_source(self) -> bool:
+        """Whether the attention needs the source map (position biases to merge)."""
+        return hasattr(_unwrap(getattr(self, self.mixer)), "attention_biases")
 
     def tokens_out(self, n: int) -> int:
         """Tokens leaving this block when ``n`` come in."""
@@ -79,11 +117,12 @@ class TokenBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, size: torch.Tensor | None = None, source: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        mixer = getattr(self, self.mixer)
         if size is None and not self.reduces:
-            x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+            x = x + self.drop_path1(self.ls1(mixer(self.norm1(x))))
             return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x)))), size, source
         n = int(x.shape[1])  # token counts are fixed when the graph is traced (static shapes)
-        y, keys, probs = _attention(self.attn, self.norm1(x), size if self.proportional else None,
+        y, keys, probs = _attention(mixer, self.norm1(x), size, source, self.proportional,
                                     want_probs=self.keep_rate is not None)
         x = x + self.drop_path1(self.ls1(y))
         red = self._reduction(keys, probs, n)
@@ -107,20 +146,22 @@ class TokenBlock(nn.Module):
 
 
 class TokenStage(nn.Sequential):
-    """A ``Sequential`` of blocks that carries token sizes (and, to unmerge, the source map) through
-    its :class:`TokenBlock`s."""
+    """A ``Sequential`` whose attention blocks are :class:`TokenBlock`s (other modules, such as
+    EfficientFormer's conv blocks and ``Flat``, may come first): carries token sizes and, to unmerge or
+    to merge position biases, the source map through them."""
 
     def __init__(self, stage: nn.Sequential, unmerge: bool):
         super().__init__(OrderedDict(stage.named_children()))
         self.__dict__["original"] = stage
         self.unmerge = unmerge
+        self.track = unmerge or any(isinstance(b, TokenBlock) and b.needs_source for b in self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = None
-        source = torch.eye(x.shape[1], dtype=x.dtype, device=x.device).expand(x.shape[0], -1, -1) \
-            if self.unmerge else None
+        size, source = None, None
         for block in self.children():
             if isinstance(block, TokenBlock):
+                if source is None and self.track:  # (N0, N0); broadcasts over the batch once reduced
+                    source = torch.eye(int(x.shape[1]), dtype=x.dtype, device=x.device)
                 x, size, source = block(x, size, source)
             else:
                 x = block(x)
@@ -129,11 +170,29 @@ class TokenStage(nn.Sequential):
         return x
 
 
+def _unwrap(m: nn.Module) -> nn.Module:
+    return m.inner if isinstance(m, AttentionSites) else m
+
+
+def _is_attention_block(b: nn.Module) -> bool:
+    """A timm ``Block`` with timm ``Attention``, or an EfficientFormer ``MetaBlock1d``."""
+    if isinstance(b, Block):
+        return isinstance(_unwrap(b.attn), Attention)
+    return isinstance(b, MetaBlock1d) and isinstance(_unwrap(b.token_mixer), EfficientFormerAttention)
+
+
 def find_stages(model: nn.Module) -> list[str]:
-    """Names of the Sequentials of timm attention ``Block``s (with timm ``Attention``)."""
-    return [name for name, m in model.named_modules()
-            if isinstance(m, nn.Sequential) and len(m) and all(isinstance(b, Block) for b in m)
-            and all(isinstance(b.attn, (Attention, AttentionSites)) for b in m)]
+    """Names of the Sequentials that end in attention blocks (timm ViT/MobileViT ``Block``s,
+    EfficientFormer's ``MetaBlock1d``s after its ``Flat``)."""
+    names = []
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.Sequential) or isinstance(m, TokenStage) or not len(m):
+            continue
+        flags = [_is_attention_block(b) for b in m]
+        first = flags.index(True) if True in flags else None
+        if first is not None and all(flags[first:]):
+            names.append(name)
+    return names
 
 
 def _prefix_tokens(model: nn.Module, stage: str) -> tuple[int, bool]:
@@ -148,21 +207,23 @@ def apply_tokens(model: nn.Module, cfg: TokenConfig) -> list[dict]:
     one record per stage (name, tokens merged or kept per block)."""
     stages = [s for s in find_stages(model) if any(fnmatch.fnmatch(s, p) for p in cfg.stages)]
     if not stages:
-        raise ValueError("tokens: the model has no attention stage of timm Blocks to reduce tokens in "
-                         f"(stages: {cfg.stages}); supported: ViT/DeiT and MobileViT (v1) transformer blocks")
+        raise ValueError("tokens: the model has no attention stage to reduce tokens in "
+                         f"(stages: {cfg.stages}); supported: timm ViT/DeiT, MobileViT (v1) and EfficientFormer "
+                         "(v1) attention blocks")
     records = []
     for name in stages:
         seq = model.get_submodule(name)
         protected, must_unmerge = _prefix_tokens(model, name)
-        depth = len(seq)
+        blocks = [i for i, b in enumerate(seq) if _is_attention_block(b)]
+        depth = len(blocks)
         merges = cfg.merges(depth) if cfg.method == "tome" else [0] * depth
         prunes = set(cfg.pruning_blocks(depth)) if cfg.method == "evit" else set()
         score = cfg.score if cfg.score != "auto" else ("cls" if protected else "received")
         if score == "cls" and not protected:
             raise ValueError(f"tokens.score: cls needs a class token; stage {name} has none (use received)")
-        for i in range(depth):
-            seq[i] = TokenBlock(seq[i], protected, merges[i], cfg.keep_rate if i in prunes else None,
-                                cfg.fuse, score, cfg.proportional_attention)
+        for i, at in enumerate(blocks):
+            seq[at] = TokenBlock(seq[at], protected, merges[i], cfg.keep_rate if i in prunes else None,
+                                 cfg.fuse, score, cfg.proportional_attention)
         _set(model, name, TokenStage(seq, unmerge=must_unmerge))
         records.append({"stage": name, "method": cfg.method, "protected": protected, "unmerge": must_unmerge,
                         "merge": merges, "prune_blocks": sorted(prunes)})
@@ -170,14 +231,15 @@ def apply_tokens(model: nn.Module, cfg: TokenConfig) -> list[dict]:
 
 
 def token_counts(model: nn.Module, tokens_in: dict[str, int]) -> dict[str, list[int]]:
-    """Tokens entering each block of each reducing stage, given the tokens entering the stage."""
+    """Tokens entering each attention block of each reducing stage, and leaving the last, given the
+    tokens entering its first attention block."""
     counts = {}
     for name, stage in model.named_modules():
         if isinstance(stage, TokenStage) and name in tokens_in:
             n, per = tokens_in[name], []
             for block in stage.children():
-                per.append(n)
                 if isinstance(block, TokenBlock):
+                    per.append(n)
                     n = block.tokens_out(n)
             counts[name] = per + [n]
     return counts
