@@ -63,8 +63,8 @@ def tome_merges(n: int, r: int, protected: int = 0) -> int:
 def bipartite_matching(metric: torch.Tensor, r: int, protected: int = 0) -> Reduction:
     """ToMe's bipartite soft matching: split the tokens alternately into A and B, give each A token its
     most similar B token (cosine of ``metric``), and merge the ``r`` best-matched A tokens into their B
-    partners. Output: the unmerged A tokens in their order, then the B tokens. The first ``protected``
-    tokens (class/distillation tokens) are never merged and stay first."""
+    partners. Output: the first ``protected`` tokens (class/distillation tokens: never merged, stay
+    where the head reads them), the unmerged A tokens in their order, then the B tokens."""
     N = int(metric.shape[1])  # token counts are static
     n_a, n_b = (N + 1) // 2, N // 2
     r = tome_merges(N, r, protected)
@@ -78,15 +78,22 @@ def bipartite_matching(metric: torch.Tensor, r: int, protected: int = 0) -> Redu
     best, best_b = scores.max(dim=-1)  # (B, n_a)
     src = torch.topk(best, r, dim=-1).indices  # the r best-matched A tokens
     merged = _one_hot(src, n_a, metric.dtype).sum(dim=1)  # (B, n_a): 1 where the A token merges
-    # output position of each input token: kept A tokens 0..n_a-r-1 in order, B token j at n_a-r+j,
-    # a merged A token at its partner's position
-    kept_rank = torch.cumsum(1 - merged, dim=1) - 1
-    dest_a = torch.where(merged > 0, best_b.to(metric.dtype) + (n_a - r), kept_rank)
-    # back in token order (A at even positions, B at odd) with constants only: no shape-dependent ops
-    token = torch.arange(N, device=metric.device)
-    place_a = (token.unsqueeze(0) == 2 * torch.arange(n_a, device=metric.device).unsqueeze(1)).to(metric.dtype)
-    dest_b = ((token % 2) * (token // 2 + n_a - r)).to(metric.dtype)
-    dest = dest_a @ place_a + dest_b
+    # Output position of each input token: the protected tokens first, in their order; then the kept
+    # A tokens in order; then the other B tokens (a merged A token goes where its partner goes).
+    p_a, p_b = (protected + 1) // 2, protected // 2
+    b_start = protected + (n_a - p_a - r) - p_b  # output position of B token j (j >= p_b) is b_start + j
+    kept_rank = torch.cumsum(1 - merged, dim=1) - 1 + (protected - p_a)
+    dest_a = torch.where(merged > 0, best_b.to(metric.dtype) + b_start, kept_rank)
+    if p_a:
+        first = torch.from_numpy(np.arange(n_a) < p_a).to(metric.device)
+        dest_a = torch.where(first, torch.arange(0, 2 * n_a, 2, device=metric.device).to(metric.dtype), dest_a)
+    # back in token order (A at even positions, B at odd) with graph constants: no shape-dependent ops
+    place_a = np.zeros((n_a, N), dtype=np.float32)
+    place_a[np.arange(n_a), np.arange(0, N, 2)] = 1
+    dest_b = np.zeros(N, dtype=np.float32)
+    j = np.arange(n_b)
+    dest_b[1::2] = np.where(j < p_b, 2 * j + 1, b_start + j)
+    dest = dest_a @ torch.from_numpy(place_a).to(metric) + torch.from_numpy(dest_b).to(metric)
     return Reduction(assign=_one_hot(dest, N - r, metric.dtype).transpose(1, 2))
 
 
