@@ -26,9 +26,9 @@ from edgevit.prune import prune
 from edgevit.quant import apply_plan, quantize
 from edgevit.quant.lowering import has_nonuniform, lower_plan
 from edgevit.recipe import Recipe, recipe_to_yaml
-from edgevit.tokens import apply_tokens, summarize
 from edgevit.report import write_reports
 from edgevit.runfolder import staged_run_folder
+from edgevit.tokens import apply_tokens, summarize
 from edgevit.validate import OrtRunner, TorchRunner, accuracy_metrics, collect_logits, map_labels, measure
 from edgevit.validate.latency import timed_iterations
 
