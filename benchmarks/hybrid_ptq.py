@@ -87,13 +87,15 @@ def main() -> None:
     args = ap.parse_args()
     recon = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.recon)}
     torch.set_num_threads(args.threads)
-    rows, runs = [], {}
-    if args.merge and args.out.exists():
+    rows, runs = [], {}  # runs: model -> the runs whose rows are in the file
+    if args.merge and args.out.exists():  # keep the rows of the (model, bits) pairs not rerun now
         old = json.loads(args.out.read_text())
-        rows = [r for r in old["rows"] if r["model"] not in args.models]
-        earlier = old.get("runs") or {m: {"date": old.get("date"), "command": old.get("command")}
-                                      for m in dict.fromkeys(r["model"] for r in old["rows"])}
-        runs = {m: v for m, v in earlier.items() if m not in args.models}
+        rerun = {(m, "W{}A{}".format(*b.split("/"))) for m in args.models for b in args.bits}
+        rows = [r for r in old["rows"] if (r["model"], r["bits"]) not in rerun
+                and not (r["model"] in args.models and r["bits"] == "fp32")]
+        runs = old.get("runs") or {m: {"date": old.get("date"), "command": old.get("command")}
+                                   for m in dict.fromkeys(r["model"] for r in old["rows"])}
+        runs = {m: v if isinstance(v, list) else [v] for m, v in runs.items()}
     for source in args.models:
         torch.manual_seed(0)
         model, info = load_model(ModelConfig(source=source))
@@ -101,10 +103,12 @@ def main() -> None:
         calib, _ = open_image_set(args.calib, num=args.calib_num, seed=0).load(pre)
         batches = [torch.from_numpy(calib[i:i + 64]) for i in range(0, len(calib), 64)]
         x, y = open_image_set(args.test, num=args.limit, seed=0).load(pre, 500)
-        runs[source] = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "test_images": len(y),
-                        "threads": args.threads, "calibration_images": len(calib), "recon_overrides": recon}
+        runs.setdefault(source, []).append({
+            "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "bits": args.bits,
+            "test_images": len(y), "threads": args.threads, "calibration_images": len(calib),
+            "recon_overrides": recon})
         fp = topk_accuracy(logits(model, x), y, 1)
-        rows.append({"model": source, "bits": "fp32", "method": "fp32", "top1": fp})
+        rows.insert(0, {"model": source, "bits": "fp32", "method": "fp32", "top1": fp})
         print(f"[{source}] fp32 {100 * fp:.2f} %", file=sys.stderr, flush=True)
         for spec in args.bits:
             w, a = (int(b) for b in spec.split("/"))
