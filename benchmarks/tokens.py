@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +36,7 @@ from edgevit.recipe import ExportConfig, ModelConfig  # noqa: E402
 from edgevit.tokens import TokenConfig, apply_tokens, count_flops  # noqa: E402
 from edgevit.validate import OrtRunner, topk_accuracy  # noqa: E402
 from ptq_baselines import alternate_latency  # noqa: E402
+from pruning import top1  # noqa: E402
 
 DEFAULT_TEST = Path.home() / ".cache" / "edgevit" / "cifar10-images" / "test"
 INT8 = QuantConfig(activations={"method": "percentile", "percentile": 99.999})
@@ -46,12 +46,6 @@ SWEEP = {f"tome r={r}": TokenConfig(r=r) for r in (2, 4, 6, 8, 10, 12)} | \
     {f"evit keep {k}": TokenConfig(method="evit", keep_rate=k) for k in (0.9, 0.7, 0.5)}
 WITH_INT8 = ("tome r=4", "tome r=8")
 THROUGHPUT_BATCH = 64
-
-
-@torch.no_grad()
-def top1(model, x: np.ndarray, y: np.ndarray, batch: int = 500) -> float:
-    logits = np.concatenate([model(torch.from_numpy(x[i:i + batch])).numpy() for i in range(0, len(x), batch)])
-    return topk_accuracy(logits, y, 1)
 
 
 def main() -> None:
