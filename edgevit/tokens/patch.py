@@ -1,11 +1,12 @@
 """Apply token reduction to a model by wrapping its attention stages, and take it off again.
 
-A *stage* is a ``Sequential`` of timm ``Block``s (a ViT's ``blocks``, a MobileViT block's
-``transformer``). :class:`TokenStage` takes its place in the parent and :class:`TokenBlock` takes the
+A *stage* is a ``Sequential`` that ends in attention blocks: timm ``Block``s (a ViT's ``blocks``, a
+MobileViT block's ``transformer``) or EfficientFormer's ``MetaBlock1d``s (after its ``Flat``). :class:`TokenStage` takes its place in the parent and :class:`TokenBlock` takes the
 place of each block; both register the wrapped module's children under the same names, so module
 names (``blocks.3.attn``) - and with them quantization sites and plans - do not change. Inside a
 block, tokens are reduced between attention and MLP (as ToMe and EViT do). A stage whose output goes
-back to a 2-D grid (MobileViT's fold, a ViT with average pooling) unmerges at its end, so the layers
+back to a 2-D grid or is pooled (MobileViT's fold, EfficientFormer, a ViT with average pooling)
+unmerges at its end, so the layers
 after it see every token. ``remove_tokens`` puts the original modules back.
 """
 from __future__ import annotations
