@@ -27,6 +27,12 @@ def images():
     return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
+def _reduced(model, **cfg):
+    """A copy of ``model`` with token reduction applied, and apply_tokens' records."""
+    m = copy.deepcopy(model)
+    return m, apply_tokens(m, TokenConfig(**cfg))
+
+
 def _tokens(n=17, c=8, b=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(b, n, c, generator=g), torch.randint(1, 5, (b, n, 1), generator=g).float()
@@ -95,11 +101,9 @@ def test_unmerge_restores_the_shape_and_copies_sources():
 
 def test_r0_is_the_identity_and_remove_restores_the_model(vit, images):
     ref = vit(images)
-    m = copy.deepcopy(vit)
-    apply_tokens(m, TokenConfig(r=0))
+    m, _ = _reduced(vit, r=0)
     assert torch.equal(m(images), ref)
-    m = copy.deepcopy(vit)
-    records = apply_tokens(m, TokenConfig(r=8))
+    m, records = _reduced(vit, r=8)
     assert records[0]["merge"] == [8] * 6 and records[0]["protected"] == 1
     assert isinstance(m.blocks[0], TokenBlock) and list(m.state_dict()) == list(vit.state_dict())
     assert token_counts(m, {"blocks": 65})["blocks"] == [65, 57, 49, 41, 33, 25, 17]
@@ -178,11 +182,9 @@ def test_efficientformer_attention_stage_merges_and_exports(tmp_path):
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         ref = model(x)
-        m = copy.deepcopy(model)
-        apply_tokens(m, TokenConfig(r=0))
+        m, _ = _reduced(model, r=0)
         assert torch.equal(m(x), ref)
-        m = copy.deepcopy(model)
-        records = apply_tokens(m, TokenConfig(r=8))
+        m, records = _reduced(model, r=8)
         assert [(r["stage"], r["merge"], r["unmerge"]) for r in records] == [("stages.3.blocks", [8], True)]
         out = m(x)
     assert not torch.equal(out, ref) and (out - ref).abs().max() < 0.2 * ref.abs().max()

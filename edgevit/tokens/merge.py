@@ -46,11 +46,12 @@ class Reduction:
     def merge(self, x: torch.Tensor, size: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Size-weighted average of the merged tokens (``size`` None: every token has size 1); returns the
         new tokens and sizes (B, N', 1)."""
-        if size is None:
-            new_size = self.assign.sum(dim=-1, keepdim=True)
-            return self.apply(x) / new_size, new_size
-        new_size = self.apply(size)
-        return self.apply(x * size) / new_size, new_size
+        new_size = self.sizes(size)
+        return (self.apply(x) if size is None else self.apply(x * size)) / new_size, new_size
+
+    def sizes(self, size: torch.Tensor | None) -> torch.Tensor:
+        """Token sizes (B, N', 1) after this reduction (``size`` None: every input token has size 1)."""
+        return self.assign.sum(dim=-1, keepdim=True) if size is None else self.apply(size)
 
 
 def tome_merges(n: int, r: int, protected: int = 0) -> int:

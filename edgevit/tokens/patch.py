@@ -131,7 +131,7 @@ class TokenBlock(nn.Module):
             if self.merge:
                 x, size = red.merge(x, size)
             else:
-                x, size = red.apply(x), (red.apply(size) if size is not None else red.assign.sum(-1, keepdim=True))
+                x, size = red.apply(x), red.sizes(size)
             if source is not None:
                 source = red.track(source)
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
