@@ -40,7 +40,11 @@ from pruning import top1  # noqa: E402
 
 DEFAULT_TEST = Path.home() / ".cache" / "edgevit" / "cifar10-images" / "test"
 INT8 = QuantConfig(activations={"method": "percentile", "percentile": 99.999})
-SWEEP = {f"tome r={r}": TokenConfig(r=r) for r in (2, 4, 6, 8, 10, 12)} | \
+# Every tome/evit row computes only the class token in the last block (head_only, exact); "r=0 (head
+# only)" shows what that alone gives and "r=8, every token to the end" what merging gives without it.
+SWEEP = {"tome r=0 (head only)": TokenConfig(r=0)} | \
+    {f"tome r={r}": TokenConfig(r=r) for r in (2, 4, 6, 7, 8, 10, 12)} | \
+    {"tome r=8, every token to the end": TokenConfig(r=8, head_only=False)} | \
     {f"tome r={r} decreasing": TokenConfig(r=r, schedule="decreasing") for r in (6, 8)} | \
     {"tome r=8 no prop. attn": TokenConfig(r=8, proportional_attention=False)} | \
     {f"evit keep {k}": TokenConfig(method="evit", keep_rate=k) for k in (0.9, 0.7, 0.5)}

@@ -13,8 +13,8 @@ import torch
 from conftest import run_cli
 from edgevit.models import load_model
 from edgevit.recipe import ModelConfig, load_recipe
-from edgevit.tokens import (TokenBlock, TokenConfig, apply_tokens, bipartite_matching, remove_tokens, token_counts,
-                            top_k_pruning, unmerge)
+from edgevit.tokens import (TokenBlock, TokenConfig, apply_tokens, bipartite_matching, count_flops, remove_tokens,
+                            token_counts, top_k_pruning, unmerge)
 
 
 @pytest.fixture(scope="module")
@@ -101,15 +101,34 @@ def test_unmerge_restores_the_shape_and_copies_sources():
 
 def test_r0_is_the_identity_and_remove_restores_the_model(vit, images):
     ref = vit(images)
-    m, _ = _reduced(vit, r=0)
+    m, _ = _reduced(vit, r=0, head_only=False)
     assert torch.equal(m(images), ref)
-    m, records = _reduced(vit, r=8)
+    m, records = _reduced(vit, r=8, head_only=False)
     assert records[0]["merge"] == [8] * 6 and records[0]["protected"] == 1
     assert isinstance(m.blocks[0], TokenBlock) and list(m.state_dict()) == list(vit.state_dict())
     assert token_counts(m, {"blocks": 65})["blocks"] == [65, 57, 49, 41, 33, 25, 17]
     assert not torch.equal(m(images), ref)
     remove_tokens(m)
     assert type(m.blocks[0]).__name__ == "Block" and torch.equal(m(images), ref)
+
+
+def test_head_only_last_block_changes_no_logit(vit, images):
+    """The last block computes only the class token the head reads: the same logits (up to float
+    rounding), fewer FLOPs; merging composes with it; an average-pooled ViT is left alone."""
+    ref = vit(images)
+    m, records = _reduced(vit, r=0)
+    assert records[0]["head_only"] and m.blocks[5].head_only and not m.blocks[4].head_only
+    assert token_counts(m, {"blocks": 65})["blocks"] == [65] * 6 + [1]
+    torch.testing.assert_close(m(images), ref, rtol=1e-5, atol=1e-5)
+    assert count_flops(m, images[:1]) < 0.9 * count_flops(vit, images[:1])
+    merged, _ = _reduced(vit, r=8, head_only=False)
+    m, _ = _reduced(vit, r=8)
+    assert token_counts(m, {"blocks": 65})["blocks"] == [65, 57, 49, 41, 33, 25, 1]
+    torch.testing.assert_close(m(images), merged(images), rtol=1e-5, atol=1e-5)
+    pooled = copy.deepcopy(vit)
+    pooled.global_pool = "avg"
+    _, records = _reduced(pooled, r=4)
+    assert not records[0]["head_only"] and records[0]["unmerge"]
 
 
 def test_schedules_and_evit_blocks():

@@ -32,6 +32,9 @@ class TokenConfig(BaseModel):
     score: Literal["auto", "cls", "received"] = Field(
         "auto", description="evit: rank tokens by the class token's attention (cls) or by the attention each "
         "token receives (received, for models without a class token); auto picks cls when there is one")
+    head_only: bool = Field(True, description="a ViT whose head reads the class token: its last block computes "
+                            "the attention output and MLP for the class/distillation tokens alone (exact: no logit "
+                            "changes; the other tokens' outputs were never read)")
     stages: list[str] = Field(["*"], min_length=1, description="which attention stages (module names, fnmatch "
                               "patterns) reduce tokens")
 

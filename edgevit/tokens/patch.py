@@ -50,17 +50,24 @@ def _position_bias(a: nn.Module, source: torch.Tensor | None) -> torch.Tensor | 
 
 
 def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None, source: torch.Tensor | None,
-               proportional: bool, want_probs: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+               proportional: bool, want_probs: bool, queries: int | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The block's attention (float, or wrapped with quantization sites) computed unfused on merged
     tokens: position biases merged, ToMe's proportional attention (log size added to the logits).
-    Returns the output, the keys averaged over heads (ToMe's similarity metric) and, if asked, the
-    attention probabilities averaged over heads."""
+    ``queries``: only the first tokens attend (their outputs alone are computed; every token is still
+    a key and a value). Returns the output, the keys averaged over heads (ToMe's similarity metric)
+    and, if asked, the attention probabilities averaged over heads."""
     sites = attn if isinstance(attn, AttentionSites) else None
     a = attn.inner if sites else attn
     n = int(x.shape[1])  # batch left symbolic (-1), token count static: fewer shape ops in the graph
     gate = a.gate(x).sigmoid() if getattr(a, "gate", None) is not None else None
     q, k, v = _qkv(a, x, n)
+    if queries is not None:
+        q, n = q[:, :, :queries], queries
+        gate = gate[:, :queries] if gate is not None else None
     bias = _position_bias(a, source if size is not None else None)
+    if bias is not None and queries is not None:
+        bias = bias[..., :queries, :]
     if proportional and size is not None:
         log_size = size.log().transpose(1, 2).unsqueeze(1)  # (B, 1, 1, N)
         bias = log_size if bias is None else bias + log_size
@@ -85,11 +92,13 @@ class TokenBlock(nn.Module):
     between attention and MLP.
 
     ``merge``: ToMe merges this many tokens; ``keep_rate``: EViT keeps this fraction of the non-prefix
-    tokens (None: no pruning here). With no reduction so far and none here it runs the block's own
-    computation (bit-exact)."""
+    tokens (None: no pruning here); ``head_only``: only the ``protected`` tokens (class/distillation)
+    leave the block - the last block of a ViT whose head reads the class token computes its attention
+    output and MLP for those alone, which changes no logit. With no reduction so far and none here it
+    runs the block's own computation (bit-exact)."""
 
     def __init__(self, block: nn.Module, protected: int, merge: int = 0, keep_rate: float | None = None,
-                 fuse: bool = True, score: str = "cls", proportional: bool = True):
+                 fuse: bool = True, score: str = "cls", proportional: bool = True, head_only: bool = False):
         super().__init__()
         for name, child in block.named_children():
             self.add_module(name, child)
@@ -97,10 +106,13 @@ class TokenBlock(nn.Module):
         self.mixer = "attn" if hasattr(block, "attn") else "token_mixer"
         self.protected, self.merge, self.keep_rate = protected, merge, keep_rate
         self.fuse, self.score, self.proportional = fuse, score, proportional
+        if head_only and not protected:
+            raise ValueError("head_only needs class/distillation tokens for the head to read")
+        self.head_only = head_only
 
     @property
     def reduces(self) -> bool:
-        return self.merge > 0 or self.keep_rate is not None
+        return self.merge > 0 or self.keep_rate is not None or self.head_only
 
     @property
     def needs_source(self) -> bool:
@@ -109,6 +121,8 @@ class TokenBlock(nn.Module):
 
     def tokens_out(self, n: int) -> int:
         """Tokens leaving this block when ``n`` come in."""
+        if self.head_only:
+            return self.protected
         if self.keep_rate is not None:
             return self.protected + self._kept(n) + (1 if self.fuse and self._kept(n) < n - self.protected else 0)
         return n - tome_merges(n, self.merge, self.protected)
@@ -123,6 +137,8 @@ class TokenBlock(nn.Module):
             x = x + self.drop_path1(self.ls1(mixer(self.norm1(x))))
             return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x)))), size, source
         n = int(x.shape[1])  # token counts are fixed when the graph is traced (static shapes)
+        if self.head_only:
+            return self._head_only(mixer, x, size, source)
         y, keys, probs = _attention(mixer, self.norm1(x), size, source, self.proportional,
                                     want_probs=self.keep_rate is not None)
         x = x + self.drop_path1(self.ls1(y))
@@ -136,6 +152,14 @@ class TokenBlock(nn.Module):
                 source = red.track(source)
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x, size, source
+
+    def _head_only(self, mixer: nn.Module, x: torch.Tensor, size: torch.Tensor | None,
+                   source: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        p = self.protected
+        y, _, _ = _attention(mixer, self.norm1(x), size, source, self.proportional, want_probs=False, queries=p)
+        x = x[:, :p] + self.drop_path1(self.ls1(y))
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return x, None if size is None else size[:, :p], None if source is None else source[..., :p, :]
 
     def _reduction(self, keys: torch.Tensor, probs: torch.Tensor | None, n: int) -> Reduction | None:
         if self.tokens_out(n) == n:
@@ -222,12 +246,13 @@ def apply_tokens(model: nn.Module, cfg: TokenConfig) -> list[dict]:
         score = cfg.score if cfg.score != "auto" else ("cls" if protected else "received")
         if score == "cls" and not protected:
             raise ValueError(f"tokens.score: cls needs a class token; stage {name} has none (use received)")
+        head_only = cfg.head_only and protected > 0 and not must_unmerge
         for i, at in enumerate(blocks):
             seq[at] = TokenBlock(seq[at], protected, merges[i], cfg.keep_rate if i in prunes else None,
-                                 cfg.fuse, score, cfg.proportional_attention)
+                                 cfg.fuse, score, cfg.proportional_attention, head_only and i == depth - 1)
         _set(model, name, TokenStage(seq, unmerge=must_unmerge))
         records.append({"stage": name, "method": cfg.method, "protected": protected, "unmerge": must_unmerge,
-                        "merge": merges, "prune_blocks": sorted(prunes)})
+                        "merge": merges, "prune_blocks": sorted(prunes), "head_only": head_only})
     return records
 
 
