@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgevit.errors import BadInput
+from edgevit.export.fp16 import layernorm_policy
 from edgevit.export.onnx import export_onnx, read_metadata
 from edgevit.models import load_model
 from edgevit.pipeline import RunResult, run, seed_everything
@@ -31,18 +32,34 @@ def compress(recipe: Recipe | str | Path, overrides: list[str] = (), out: Path |
     return run(recipe, out_dir, overwrite=overwrite)
 
 
-def export_model(model: ModelConfig, out_dir: Path | str, precision: str = "fp32",
-                 opset: int = 17) -> dict:
-    """Export a model to ONNX without compression; returns the file and its parity vs PyTorch."""
+def export_model(model: ModelConfig, out_dir: Path | str, precision: str = "fp32", opset: int = 17,
+                 to: str = "onnx", compression: str = "none", deployment_target: str = "iOS17") -> dict:
+    """Export a model without compression stages: ONNX (returns its parity vs PyTorch in ONNX Runtime)
+    or a CoreML classifier (``compression``: CoreML weight compression; checked as far as Linux allows).
+    With no images to measure them on, LayerNorms of FP16 artifacts stay in FP32."""
     seed_everything(0)
     torch_model, info = load_model(model)
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", info.source.split(":", 1)[1]).strip("-")
+    cfg = ExportConfig(format=to, precision=precision, opset=opset, compression=compression,
+                       deployment_target=deployment_target)
+    ln = layernorm_policy(torch_model, None, cfg.fp16_layernorm)
+    keep_ln = ln["keep_fp32"] and precision != "fp32"
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    if to == "coreml":
+        from edgevit.export.coreml import export_coreml, unavailable
+
+        why = unavailable(compression)
+        if why:
+            raise BadInput(why)
+        path = Path(out_dir) / f"{stem}-{precision}{'-' + compression if compression != 'none' else ''}.mlpackage"
+        facts = export_coreml(torch_model, info, path, compression, precision, deployment_target, "export", keep_ln)
+        return {"file": path, "max_abs_diff": None, "layernorm": ln, **facts,
+                "not_measured": "prediction (accuracy, parity, latency) needs macOS"}
     path = Path(out_dir) / f"{stem}-{precision}.onnx"
-    cfg = ExportConfig(precision=precision, opset=opset)
-    facts = export_onnx(torch_model, info, cfg, path, recipe_name="export")
+    facts = export_onnx(torch_model, info, cfg, path, recipe_name="export", layernorm_fp32=keep_ln)
     x = np.random.default_rng(0).standard_normal((4, 3, info.input_size, info.input_size)).astype(np.float32)
     diff = float(np.abs(OrtRunner(path)(x) - TorchRunner(torch_model)(x)).max())
-    return {"file": path, "max_abs_diff": diff, "size_bytes": path.stat().st_size, **facts}
+    return {"file": path, "max_abs_diff": diff, "size_bytes": path.stat().st_size, "layernorm": ln, **facts}
 
 
 def bench(artifact: Path | str, device: DeviceConfig | None = None) -> dict:

@@ -106,6 +106,15 @@ def _print_summary(report: dict, out_dir: Path) -> None:
 
 class ExportTarget(str, Enum):
     onnx = "onnx"
+    coreml = "coreml"
+
+
+class Compression(str, Enum):
+    none = "none"
+    w8 = "w8"
+    palettize4 = "palettize4"
+    palettize6 = "palettize6"
+    sparse = "sparse"
 
 
 class Precision(str, Enum):
@@ -119,14 +128,18 @@ def export(
     checkpoint: Optional[Path] = typer.Option(None, help="state dict for a timm:/file: model"),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="allow a pickled checkpoint"),
     to: ExportTarget = typer.Option(ExportTarget.onnx, help="target format"),
-    precision: Precision = typer.Option(Precision.fp32, help="fp32 or fp16"),
+    precision: Precision = typer.Option(Precision.fp32, help="fp32 or fp16 (coreml: compute precision)"),
+    compression: Compression = typer.Option(Compression.none, help="coreml only: weight compression"),
+    deployment_target: str = typer.Option("iOS17", help="coreml only: iOS16, iOS17 or iOS18"),
     num_classes: Optional[int] = typer.Option(None, help="classes of a timm model [default: from the checkpoint]"),
     out: Path = typer.Option(Path("exports"), help="output folder"),
     debug: bool = typer.Option(False, help="show tracebacks"),
 ) -> None:
-    """Export a model without compression (ONNX with labels and preprocessing in its metadata).
+    """Export a model without compression stages: ONNX, or a CoreML image classifier, with labels and
+    preprocessing in its metadata.
 
-    Example: `edgevit export --model builtin:vit-cifar10 --to onnx --out exports/`
+    Examples: `edgevit export --model builtin:vit-cifar10 --to onnx --out exports/`;
+    `edgevit export --model builtin:hybrid-cifar10 --to coreml --precision fp16 --compression w8`
     """
     def body() -> int:
         from pydantic import ValidationError
@@ -139,9 +152,21 @@ def export(
                               num_classes=num_classes)
         except ValidationError as e:
             raise BadInput(f"--model: {e.errors()[0]['msg']}") from None
-        res = export_model(cfg, out, precision.value)
-        console.print(f"wrote {res['file']} ({res['size_bytes'] / 1e6:.2f} MB, {res['nodes']} nodes, "
-                      f"max abs diff vs PyTorch in ORT {res['max_abs_diff']:.2e})")
+        if to != ExportTarget.coreml and compression != Compression.none:
+            raise BadInput("--compression: only with --to coreml (ONNX compression comes from `edgevit compress` "
+                           "recipes)")
+        if deployment_target not in ("iOS16", "iOS17", "iOS18"):
+            raise BadInput(f"--deployment-target: {deployment_target!r} is not one of iOS16, iOS17, iOS18")
+        res = export_model(cfg, out, precision.value, to=to.value, compression=compression.value,
+                           deployment_target=deployment_target)
+        if to == ExportTarget.coreml:
+            ops = ", ".join(f"{k} {v}" for k, v in res["compressed_ops"].items()) or "none"
+            console.print(f"wrote {res['file']} ({res['size_bytes'] / 1e6:.2f} MB CoreML classifier, "
+                          f"{len(res['labels'])} labels, compressed-weight ops: {ops}); {res['not_measured']}",
+                          soft_wrap=True)
+        else:
+            console.print(f"wrote {res['file']} ({res['size_bytes'] / 1e6:.2f} MB, {res['nodes']} nodes, "
+                          f"max abs diff vs PyTorch in ORT {res['max_abs_diff']:.2e})")
         return 0
 
     _guard(body, debug)

@@ -18,6 +18,7 @@ import torch
 from edgevit import __version__
 from edgevit.data import Preprocess, open_image_set
 from edgevit.errors import BadInput, RunFailure
+from edgevit.export.fp16 import layernorm_policy
 from edgevit.export.onnx import export_onnx
 from edgevit.export.sparsity import weight_sparsity
 from edgevit.models import load_model
@@ -25,6 +26,7 @@ from edgevit.progress import new_progress
 from edgevit.prune import prune
 from edgevit.quant import apply_plan, quantize
 from edgevit.quant.lowering import has_nonuniform, lower_plan
+from edgevit.quant.sites import act_sites
 from edgevit.recipe import Recipe, recipe_to_yaml
 from edgevit.report import write_reports
 from edgevit.runfolder import staged_run_folder
@@ -241,36 +243,45 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
             calib = quant.pop("calibration")
         else:
             calib = _calibration_summary(recipe)
-        artifacts = []
+        artifacts, ln_policies = [], {}
         with new_progress() as progress:
             task = progress.add_task("export", total=len(jobs))
             for cfg, name, job_plan, suffix in jobs:
+                keep_ln = False
+                if _runs_fp16(cfg):
+                    if cfg.fp16_layernorm not in ln_policies:
+                        ln_policies[cfg.fp16_layernorm] = _layernorm_policy(model, recipe, pre, evalset,
+                                                                            cfg.fp16_layernorm)
+                    keep_ln = ln_policies[cfg.fp16_layernorm]["keep_fp32"]
                 source, sim_name = model, float_sim
                 if cfg.precision == "int8":
                     job_plan = job_plan or plan
+                    target = "coreml" if cfg.format == "coreml" else cfg.target
                     try:
-                        lowered = lower_plan(job_plan, cfg.target, cfg.lowering)
+                        lowered = lower_plan(job_plan, target, cfg.lowering)
                     except ValueError as e:
                         raise BadInput(f"export {cfg.name or name}: {e}") from None
-                    sim_name = "-".join([sim_base] + [cfg.target] * (cfg.target != "onnxruntime")
+                    sim_name = "-".join([sim_base] + [target] * (target != "onnxruntime")
                                         + [cfg.lowering] * (has_nonuniform(plan) and cfg.lowering != "exact")) + suffix
                     if sim_name not in sims:
                         sims[sim_name] = apply_plan(model, lowered)
                     source = sims[sim_name]
                 if cfg.format == "coreml":
                     artifacts.append(_coreml_artifact(source, info, cfg, stage / name, recipe.name, sim_name,
-                                                      len(pruning["layers"]) if pruning and recipe.prune.nm else None))
+                                                      len(pruning["layers"]) if pruning and recipe.prune.nm else None,
+                                                      keep_ln))
                     progress.advance(task)
                     continue
                 onnx_name = name if cfg.format == "onnx" else name.removesuffix(".engine") + ".onnx"
-                facts = export_onnx(source, info, cfg, stage / onnx_name, recipe.name)
+                facts = export_onnx(source, info, cfg, stage / onnx_name, recipe.name, keep_ln)
                 if cfg.target == "tensorrt" or cfg.format == "tensorrt":
                     from edgevit.export.tensorrt import trtexec_command
 
                     facts["trtexec"] = trtexec_command(onnx_name, cfg.precision, cfg.sparse or bool(
-                        pruning and recipe.prune.nm), info.input_size)
+                        pruning and recipe.prune.nm), info.input_size,
+                        fp32_layers=facts["layernorm_nodes"] if keep_ln else ())
                 if cfg.format == "tensorrt":  # the engine is built from the ONNX just written
-                    facts["engine"] = _tensorrt_engine(stage / onnx_name, stage / name, cfg)
+                    facts["engine"] = _tensorrt_engine(stage / onnx_name, stage / name, cfg, keep_ln)
                 if pruning:
                     nm = recipe.prune.nm
                     facts["sparsity"] = weight_sparsity(stage / onnx_name, *((nm.n, nm.m) if nm else (2, 4)))
@@ -299,6 +310,7 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
             "pruning": pruning,
             "tokens": tokens,
             "quantization": quant,
+            "fp16_layernorm": ln_policies or None,
             "results": results,
             "checks": checks,
             "environment": environment(),
@@ -310,7 +322,27 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
     return RunResult(out_dir=out_dir, report=report)
 
 
-def _tensorrt_engine(onnx_path: Path, engine_path: Path, cfg) -> dict:
+def _runs_fp16(cfg) -> bool:
+    """Whether an export computes in FP16 somewhere (and so must decide about its LayerNorms)."""
+    if cfg.format == "onnx":
+        return cfg.precision == "fp16" or cfg.target == "tensorrt"  # TensorRT builds INT8 engines with FP16 on
+    return cfg.precision != "fp32"
+
+
+def _layernorm_policy(model, recipe: Recipe, pre: Preprocess, evalset: dict | None, mode: str) -> dict:
+    """Measure the LayerNorm ranges on up to 64 calibration (else eval) images; see export.fp16."""
+    images = None
+    if mode == "auto" and recipe.calibration is not None:
+        cfg = recipe.calibration
+        images = torch.from_numpy(open_image_set(cfg.path, min(cfg.num or 64, 64), cfg.seed).load(pre)[0])
+    elif mode == "auto" and evalset is not None:
+        images = torch.from_numpy(evalset["x"][:64])
+    policy = layernorm_policy(model, images, mode)
+    log.info("FP16 LayerNorm: %s (%s)", "kept in FP32" if policy["keep_fp32"] else "FP16", policy["reason"])
+    return policy
+
+
+def _tensorrt_engine(onnx_path: Path, engine_path: Path, cfg, layernorm_fp32: bool = False) -> dict:
     """Build the engine on this machine's GPU (FP16 for fp16/fp32 exports, INT8 from the QDQ graph)."""
     from edgevit.export.tensorrt import build_engine, unavailable
 
@@ -318,7 +350,11 @@ def _tensorrt_engine(onnx_path: Path, engine_path: Path, cfg) -> dict:
     if why:
         raise BadInput(f"export {cfg.name or engine_path.name}: {why}; export the ONNX (target: tensorrt) and "
                        "build the engine on the device with the trtexec line in its report")
-    facts = build_engine(onnx_path, engine_path, "int8" if cfg.precision == "int8" else cfg.precision, cfg.sparse)
+    facts = build_engine(onnx_path, engine_path, "int8" if cfg.precision == "int8" else cfg.precision, cfg.sparse,
+                         layernorm_fp32=layernorm_fp32)
+    if facts["layers"]["fell_back"]:
+        log.warning("TensorRT: %d math layer(s) did not run in %s: %s", len(facts["layers"]["fell_back"]),
+                    cfg.precision, ", ".join(facts["layers"]["fell_back"][:5]))
     sp = facts["sparsity"]
     if sp is not None:
         log.info("TensorRT sparse kernels: %d layer(s) eligible, %d picked", len(sp["eligible"]), len(sp["picked"]))
@@ -326,16 +362,19 @@ def _tensorrt_engine(onnx_path: Path, engine_path: Path, cfg) -> dict:
 
 
 def _coreml_artifact(model, info, cfg, path: Path, recipe_name: str, sim_name: str | None,
-                     nm_layers: int | None) -> dict:
+                     nm_layers: int | None, layernorm_fp32: bool = False) -> dict:
     """Convert to an .mlpackage; prediction needs macOS, so the row says what was checked here."""
     from edgevit.export.coreml import export_coreml, unavailable
 
     why = unavailable(cfg.compression)
     if why:
         raise BadInput(f"export {cfg.name or path.name}: {why}")
-    facts = export_coreml(model, info, path, cfg.compression, cfg.precision, cfg.deployment_target, recipe_name)
+    facts = export_coreml(model, info, path, cfg.compression, cfg.precision, cfg.deployment_target, recipe_name,
+                          layernorm_fp32)
     facts["expected"] = {"input_size": info.input_size, "labels": list(info.labels),
-                         "sparse_layers": nm_layers if cfg.compression == "sparse" else None}
+                         "sparse_layers": nm_layers if cfg.compression == "sparse" else None,
+                         "activation_sites": len(act_sites(model, quantized=True)) if cfg.precision == "int8"
+                         else None}
     log.info("exported %s (%.2f MB, compressed weight ops: %s)", path.name, facts["size_bytes"] / 1e6,
              facts["compressed_ops"] or "none")
     return {"name": cfg.name or path.name.removesuffix(".mlpackage"), "file": path.name, "format": "coreml",
@@ -485,6 +524,10 @@ def _coreml_checks(r: dict) -> list[dict]:
                "detail": f"input {e['input']['name']} {e['input']['type']} {e['input']['width']}x"
                          f"{e['input']['height']}, outputs {', '.join(e['outputs'])}, {len(e['labels'])} labels, "
                          "preprocessing in the metadata"}]
+    if want.get("activation_sites"):
+        n, need = e["activation_quantize_ops"], want["activation_sites"]
+        checks.append({"name": f"{r['name']}: activations quantized (W8A8)", "ok": n >= need,
+                       "detail": f"{n} quantize ops in the program for {need} quantized activation sites"})
     kinds = COMPRESSION_OPS.get(e["compression"])
     if kinds:
         found = sum(e["compressed_ops"].get(k, 0) for k in kinds)

@@ -84,7 +84,8 @@ class ExportConfig(_Strict):
         "built on this machine's NVIDIA GPU from the ONNX export, which is kept beside it)")
     sparse: bool = Field(False, description="tensorrt only: let TensorRT use 2:4 sparse kernels for weights that "
                          "follow the pattern (kSPARSE_WEIGHTS); the report lists the layers that took them")
-    precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="int8: real QDQ from the quantize stage")
+    precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="int8: real QDQ from the quantize stage "
+                                                       "(coreml: W8A8, quantize/dequantize ops with compression: w8)")
     compression: Literal["none", "w8", "palettize4", "palettize6", "sparse"] = Field(
         "none", description="coreml only: weight compression of the converted program: w8 (int8 per channel), "
         "palettize4/6 (k-means look-up tables), sparse (the pruning stage's zeros stored sparse)")
@@ -97,6 +98,10 @@ class ExportConfig(_Strict):
         "uniform", description="int8 only: how quantizers no integer kernel runs are written: uniform (log/tan "
         "sites become the uniform 8-bit grid over their range), exact (a float decomposition that reproduces "
         "the simulation, also for 4/6-bit plans; not for TensorRT) or float (log/tan sites left unquantized)")
+    fp16_layernorm: Literal["auto", "fp32", "fp16"] = Field(
+        "auto", description="FP16 artifacts (onnx fp16, coreml, tensorrt): auto keeps LayerNorm in FP32 when its "
+        "inputs, measured on the calibration (else eval) images, overflow FP16's range (or when there are no images "
+        "to measure); fp32 always; fp16 never")
     opset: int = Field(17, ge=17, le=21)
     simplify: bool = True
     dynamic_batch: bool = True
@@ -149,9 +154,10 @@ class Recipe(_Strict):
             raise ValueError("quantize.max_accuracy_drop: needs validate.eval (the images the drop is measured on, "
                              "e.g. eval: calibration/builtin-val.yaml)")
         for i, e in enumerate(self.export):
-            if e.format == "coreml" and e.precision == "int8":
-                raise ValueError(f"export.{i}.precision: a CoreML artifact is fp16 or fp32; int8 weights are "
-                                 "compression: w8 (CoreML activation quantization is not built yet)")
+            if e.format == "coreml" and e.precision == "int8" and e.compression != "w8":
+                raise ValueError(f"export.{i}.compression: a CoreML int8 artifact (W8A8: the quantize stage's "
+                                 "activation scales as quantize/dequantize ops) stores int8 weights; set "
+                                 "compression: w8")
             if e.format == "tensorrt" and e.precision == "int8" and e.target != "tensorrt":
                 raise ValueError(f"export.{i}.target: a TensorRT engine needs the tensorrt lowering (target: tensorrt)")
             if e.sparse and e.format != "tensorrt":
@@ -163,12 +169,17 @@ class Recipe(_Strict):
                 continue
             if self.quantize is None:
                 raise ValueError(f"export.{i}.precision: int8 needs a quantize: section")
-            if e.target == "tensorrt" and e.lowering == "exact":
-                raise ValueError(f"export.{i}.lowering: exact cannot target TensorRT, whose kernels take only "
-                                 "uniform int8 Q/DQ; use lowering: uniform or float")
+            if (e.target == "tensorrt" or e.format == "coreml") and e.lowering == "exact":
+                runtime = "CoreML" if e.format == "coreml" else "TensorRT"
+                raise ValueError(f"export.{i}.lowering: exact cannot target {runtime}, whose kernels take only "
+                                 "uniform int8 quantize/dequantize; use lowering: uniform or float")
             bits = {"quantize.weights.bits": self.quantize.weights.bits,
                     "quantize.activations.bits": self.quantize.activations.bits}
             for key, b in bits.items():
+                if b != 8 and e.format == "coreml":
+                    raise ValueError(f"{key}: {b}-bit activations or weights cannot go into a CoreML int8 "
+                                     f"artifact (8-bit quantize ops only); quantize with 8 bits, or export.{i}: "
+                                     "compression: palettize4 for 4-bit weights")
                 if b != 8 and e.lowering != "exact":
                     raise ValueError(f"{key}: {b}-bit can be simulated, but ONNX Runtime and TensorRT run 8-bit "
                                      f"integer kernels only; set export.{i}.lowering: exact to export a graph "

@@ -72,8 +72,117 @@ def test_clear_errors(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "coremltools", None)  # as if not installed
     assert "pip install 'edgevit[coreml]'" in cm.unavailable()
-    with pytest.raises(BadInput, match="export.0.precision: a CoreML artifact is fp16 or fp32"):
+    with pytest.raises(BadInput, match="export.0.compression: a CoreML int8 artifact .* set compression: w8"):
         build_recipe({"name": "x", "calibration": {"path": str(CALIB_DIR)}, "quantize": {},
                       "export": [{"format": "coreml", "precision": "int8"}]})
+    with pytest.raises(BadInput, match="export.0.precision: int8 needs a quantize: section"):
+        build_recipe({"name": "x", "export": [{"format": "coreml", "precision": "int8", "compression": "w8"}]})
+    with pytest.raises(BadInput, match="export.0.lowering: exact cannot target CoreML"):
+        build_recipe({"name": "x", "calibration": {"path": str(CALIB_DIR)}, "quantize": {},
+                      "export": [{"format": "coreml", "precision": "int8", "compression": "w8", "lowering": "exact"}]})
     with pytest.raises(BadInput, match="export.0.compression: only for format: coreml"):
         build_recipe({"name": "x", "export": [{"format": "onnx", "compression": "w8"}]})
+
+
+def test_w8a8_package_quantizes_activations_with_edgevits_scales(hybrid, tmp_path):
+    """W8A8: the quantize stage's model lowered for CoreML (symmetric int8 per tensor) converts with a
+    quantize op per activation site and int8 weights; traced with torch's quantize ops it predicts what
+    the simulation predicts."""
+    from edgevit.quant import QuantConfig, apply_plan, quantize
+    from edgevit.quant.lowering import lower_plan
+    from edgevit.quant.sites import act_sites, quantize_ops
+
+    model, info = hybrid
+    x, _ = open_image_set(CALIB_DIR, num=64, seed=0).load(Preprocess(info.input_size, info.mean, info.std))
+    x = torch.from_numpy(x)
+    _, plan = quantize(model, QuantConfig(), [x])
+    lowered = lower_plan(plan, "coreml")
+    assert all(e["qparams"].symmetric and e["qparams"].axis is None for e in lowered.activations.values())
+    qm = apply_plan(model, lowered)
+    with torch.no_grad():
+        sim = qm(x)
+        with quantize_ops():
+            ops = qm(x)
+    assert (sim.argmax(1) == ops.argmax(1)).float().mean() >= 0.95 and (sim - ops).abs().max() < 0.5
+    f = export_coreml(qm, info, tmp_path / "w8a8.mlpackage", "w8", "int8")
+    sites = len(act_sites(qm, quantized=True))
+    assert sites > 50 and f["activation_quantize_ops"] >= sites
+    assert f["compressed_ops"].get("constexpr_affine_dequantize", 0) >= 50
+    assert f["labels"] == info.labels and f["input"]["type"] == "imageType"
+    with pytest.raises(ValueError, match="needs a quantized model"):
+        export_coreml(model, info, tmp_path / "float.mlpackage", "w8", "int8")
+    assert not (tmp_path / "float.mlpackage").exists()
+
+
+def test_layernorm_kept_in_fp32_only_where_fp16_would_overflow(tmp_path):
+    """The LayerNorm policy measures ranges: the built-in ViT stays FP16; a ViT whose residual stream is
+    scaled past FP16's range keeps its LayerNorms in FP32 - in CoreML (layer_norm ops in fp32) and in
+    the FP16 ONNX (LayerNormalization between Casts, FP32 scale)."""
+    import onnx
+
+    from edgevit.export.fp16 import layernorm_policy
+    from edgevit.export.onnx import export_onnx
+    from edgevit.recipe import ExportConfig
+
+    model, info = load_model(ModelConfig(source="builtin:vit-cifar10"))
+    x, _ = open_image_set(CALIB_DIR, num=16, seed=0).load(Preprocess(info.input_size, info.mean, info.std))
+    x = torch.from_numpy(x)
+    assert not layernorm_policy(model, x)["keep_fp32"]
+    assert layernorm_policy(model, None)["keep_fp32"]  # nothing measured: FP32 to be safe
+    assert not layernorm_policy(model, None, "fp16")["keep_fp32"]
+    hot = copy.deepcopy(model)
+    with torch.no_grad():
+        hot.patch_embed.proj.weight.mul_(300.0)  # residual stream ~1e3: squared deviations overflow FP16
+        hot.patch_embed.proj.bias.mul_(300.0)
+    pol = layernorm_policy(hot, x)
+    assert pol["keep_fp32"] and "blocks.0.norm1" in pol["overflowing"] and "exceed FP16" in pol["reason"]
+    kept = export_coreml(hot, info, tmp_path / "kept.mlpackage", "none", "fp16", layernorm_fp32=True)
+    plain = export_coreml(hot, info, tmp_path / "plain.mlpackage", "none", "fp16")
+    assert kept["layer_norm_dtypes"] == {"float32": 13} and plain["layer_norm_dtypes"] == {"float16": 13}
+    path = tmp_path / "hot-fp16.onnx"
+    export_onnx(hot, info, ExportConfig(precision="fp16"), path, "test", layernorm_fp32=True)
+    g = onnx.load(str(path)).graph
+    init = {t.name: t.data_type for t in g.initializer}
+    norms = [n for n in g.node if n.op_type == "LayerNormalization"]
+    assert len(norms) == 13 and all(init[n.input[1]] == onnx.TensorProto.FLOAT for n in norms)
+    assert sum(t == onnx.TensorProto.FLOAT16 for t in init.values()) > 50  # the rest is FP16
+
+
+def test_export_cli_writes_a_coreml_classifier(tmp_path):
+    from conftest import run_cli
+
+    res = run_cli("export", "--model", "builtin:hybrid-cifar10", "--to", "coreml", "--compression", "palettize4",
+                  "--precision", "fp16", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    pkg = tmp_path / "hybrid-cifar10-fp16-palettize4.mlpackage"
+    assert pkg.is_dir() and "needs macOS" in res.stderr and "constexpr_lut_to_dense" in res.stderr
+    from edgevit.export.coreml import inspect_package
+
+    assert inspect_package(pkg)["metadata"]["compression"] == "palettize4"
+    res = run_cli("export", "--model", "builtin:hybrid-cifar10", "--compression", "w8", "--out", str(tmp_path))
+    assert res.returncode == 2 and "--compression: only with --to coreml" in res.stderr
+
+
+def test_coreml_recipe_end_to_end(tmp_path):
+    """recipes/coreml_mobile.yaml (FP32 ONNX and the W8A8 package, to keep the test short): the report
+    has a row per artifact, the W8A8 check passes and the CoreML row says what was not measured."""
+    import json
+
+    from conftest import run_cli
+
+    out = tmp_path / "run"
+    res = run_cli("compress", "--recipe", "recipes/coreml_mobile.yaml", "--out", str(out),
+                  "--set", "export=[export/onnx-fp32.yaml, export/coreml-w8a8.yaml]", "--set", "calibration.num=64",
+                  "--set", "validate.eval.num=100")
+    assert res.returncode == 0, res.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["status"] == "ok", [c for c in rep["checks"] if not c["ok"]]
+    rows = {r["name"]: r for r in rep["results"]}
+    w8a8 = rows["coreml-w8a8"]
+    assert w8a8["simulated_by"] == "pytorch-int8-sim-coreml" and "needs macOS" in w8a8["not_measured"]
+    assert rows["pytorch-int8-sim-coreml"]["accuracy"]["top1"] > rows["pytorch-fp32"]["accuracy"]["top1"] - 0.05
+    names = [c["name"] for c in rep["checks"] if c["ok"]]
+    assert "coreml-w8a8: activations quantized (W8A8)" in names and "coreml-w8a8: weights stored w8" in names
+    assert rep["fp16_layernorm"]["auto"]["keep_fp32"] is False  # measured on the calibration images
+    md = (out / "report.md").read_text()
+    assert "activations int8" in md and "Checked here:" in md and "FP16 LayerNorm (auto): FP16" in md

@@ -66,11 +66,50 @@ def test_sparse_int8_engine_builds_runs_and_agrees(tmp_path):
     facts = {}
     for precision, src, flag in (("fp16", fp32_path, False), ("int8", onnx_path, True)):
         engine = tmp_path / f"{precision}.engine"
-        facts[precision] = build_engine(src, engine, precision, sparse=flag)
-        assert engine.stat().st_size > 0
+        facts[precision] = build_engine(src, engine, precision, sparse=flag, layernorm_fp32=True)
+        assert engine.stat().st_size > 0 and (tmp_path / f"{precision}.timing.cache").stat().st_size > 0
     assert facts["int8"]["sparsity"] is not None and facts["fp16"]["sparsity"] is None
+    for f in facts.values():  # 13 LayerNorms pinned to FP32; the inspector saw every layer's precision
+        assert len(f["layernorm_fp32"]) == 13 and f["layers"]["layers"] > 0
+        assert "unknown" not in f["layers"]["by_input_precision"]
+    assert facts["int8"]["layers"]["by_input_precision"].get("int8", 0) > 0
+    rebuilt = build_engine(fp32_path, tmp_path / "fp16.engine", "fp16", layernorm_fp32=True)  # warm timing cache
+    assert rebuilt["build_s"] <= facts["fp16"]["build_s"] + 1
     out = EngineRunner(tmp_path / "int8.engine")(x[:16])
     ref = OrtRunner(onnx_path, 2)(x[:16])
     assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.9
     lat = time_engine(tmp_path / "int8.engine", (1, 3, info.input_size, info.input_size), iters=50)
     assert lat["median_ms"] > 0 and np.isfinite(lat["p90_ms"])
+
+
+def test_engine_inspector_report_flags_fallbacks_and_sparse_tactics():
+    """The inspector JSON (DETAILED verbosity, formats as TensorRT writes them): precisions counted per
+    layer, math layers outside the build precision flagged unless pinned on purpose, sparse tactics."""
+    from edgevit.export.tensorrt import layer_report
+
+    def layer(name, kind, fmt, tactic=""):
+        return {"Name": name, "LayerType": kind, "Inputs": [{"Format/Datatype": fmt}],
+                "Outputs": [{"Format/Datatype": fmt}], "TacticName": tactic}
+
+    info = {"Layers": [
+        layer("Reformatting CopyNode for Input Tensor 0", "Reformat", "Row major linear FP32 format"),
+        layer("/patch_embed/proj/Conv", "CaskConvolution", "Thirty-two wide channel vectorized row major Int8 format.",
+              "sm80_xmma_fprop_sparse_conv_interleaved_i8i8_i8i32_f32"),
+        layer("/blocks.0/attn/qkv/MatMul", "CaskGemmConvolution", "Row major linear FP16 format", "sm80_xmma_gemm_f16"),
+        layer("/blocks.0/norm1/LayerNormalization", "Normalization", "Row major linear FP32 format"),
+        layer("/head/Gemm", "CaskGemmConvolution", "Row major linear Int8 format", "sm80_xmma_gemm_i8"),
+    ]}
+    rep = layer_report(info, "int8", fp32_layers=["/blocks.0/norm1/LayerNormalization"])
+    assert rep["layers"] == 5 and rep["by_input_precision"] == {"int8": 2, "fp16": 1, "fp32": 1}
+    assert rep["fell_back"] == ["/blocks.0/attn/qkv/MatMul (fp16)"]
+    assert rep["sparse_tactics"] == ["/patch_embed/proj/Conv"]
+    assert layer_report(info, "fp16")["fell_back"] == []  # int8 inputs in an fp16 build are not a fallback
+    assert layer_report({"Layers": ["a", "b"]}, "int8")["layers"] == 2  # names-only verbosity
+
+
+def test_trtexec_line_pins_layernorms_and_keeps_a_timing_cache():
+    line = trtexec_command("m.onnx", "fp16", fp32_layers=["/norm1/LN", "/norm2/LN"])
+    assert "--timingCacheFile=m.timing.cache" in line and "--precisionConstraints=obey" in line
+    assert "--layerPrecisions=/norm1/LN:fp32,/norm2/LN:fp32" in line
+    assert "--layerOutputTypes=/norm1/LN:fp32,/norm2/LN:fp32" in line
+    assert "--precisionConstraints" not in trtexec_command("m.onnx", "fp32", fp32_layers=["/norm1/LN"])

@@ -11,6 +11,11 @@ converted program with ``coremltools.optimize.coreml``:
 * ``sparse``: the zeros the pruning stage made are stored sparse (``constexpr_sparse_to_dense``) - a
   threshold prune at 1e-12 that changes no value.
 
+``precision="int8"`` (W8A8) converts the quantize stage's model lowered for CoreML: every activation
+site becomes a CoreML ``quantize``/``dequantize`` pair with edgevit's calibrated scale (coremltools'
+own activation calibration would need macOS to run the model), and the weights, already on their
+int8 grid, are stored int8 per channel (``w8``) with the same codes.
+
 Conversion runs on Linux; prediction needs macOS (``coremltools`` says so), so what is validated here
 is the saved package: input/output descriptions, metadata, and which compressed-weight ops it holds.
 """
@@ -22,7 +27,9 @@ import os
 import shutil
 import warnings
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -70,6 +77,39 @@ class _Normalized(nn.Module):
         return self.model(image * self.scale + self.shift)
 
 
+def _compute_precision(ct, precision: str, layernorm_fp32: bool):
+    if precision == "fp32":
+        return ct.precision.FLOAT32
+    if layernorm_fp32:
+        return ct.transform.FP16ComputePrecision(op_selector=lambda op: op.op_type != "layer_norm")
+    return ct.precision.FLOAT16
+
+
+@contextmanager
+def _int8_graph(model: nn.Module, on: bool) -> Iterator[None]:
+    """While tracing a quantized model for W8A8: activation sites as torch quantize/dequantize ops, and
+    each quantized weight as a constant already on its int8 grid (a fake-quant op on a parameter
+    would be traced as an op coremltools does not convert)."""
+    if not on:
+        yield
+        return
+    from edgevit.quant.sites import QuantWeighted, quantize_ops
+
+    sites = [m for m in model.modules() if isinstance(m, QuantWeighted)]
+    if not any(m.input_quant.qparams is not None for m in sites):
+        raise ValueError("CoreML int8 needs a quantized model (the quantize stage's output)")
+    saved = [m.weight_override for m in sites]
+    for m in sites:
+        w = m.weight().detach().clone()
+        m.weight_override = lambda w=w: w
+    try:
+        with quantize_ops():
+            yield
+    finally:
+        for m, o in zip(sites, saved):
+            m.weight_override = o
+
+
 def _compress(mlmodel, compression: str):
     import coremltools.optimize.coreml as cto
 
@@ -90,24 +130,28 @@ def _compress(mlmodel, compression: str):
 
 
 def export_coreml(model: nn.Module, info, path: Path, compression: str = "none", precision: str = "fp16",
-                  target: str = "iOS17", recipe: str = "") -> dict:
-    """Convert ``model`` to an ``.mlpackage`` at ``path`` (written beside, then renamed); returns facts."""
+                  target: str = "iOS17", recipe: str = "", layernorm_fp32: bool = False) -> dict:
+    """Convert ``model`` to an ``.mlpackage`` at ``path`` (written beside, then renamed); returns facts.
+    ``layernorm_fp32``: FP16 compute everywhere but the ``layer_norm`` ops (see ``export.fp16``)."""
     why = unavailable(compression)
     if why:
         raise RuntimeError(why)
     ct = _coremltools()
     os.environ.setdefault("TQDM_DISABLE", "1")  # coremltools' own progress bars would break ours
 
+    if precision == "int8" and (compression != "w8" or target == "iOS16"):
+        raise ValueError("a CoreML int8 (W8A8) model needs compression w8 and deployment target iOS17 or later "
+                         "(the quantize op)")
     size = info.input_size
     wrapped = _Normalized(model, info.mean, info.std).eval()
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _int8_graph(model, precision == "int8"):
         warnings.simplefilter("ignore")  # tracer chatter about timm's shape asserts
         traced = torch.jit.trace(wrapped, torch.rand(1, 3, size, size) * 255)
     mlmodel = ct.convert(
         traced, convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, target),
         inputs=[ct.ImageType(name="image", shape=(1, 3, size, size), color_layout=ct.colorlayout.RGB)],
         classifier_config=ct.ClassifierConfig(list(info.labels)),
-        compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32)
+        compute_precision=_compute_precision(ct, precision, layernorm_fp32))
     mlmodel = _compress(mlmodel, compression)
     mlmodel.short_description = f"{info.arch} image classifier ({len(info.labels)} classes), edgevit {recipe}"
     meta = {"labels": json.dumps(list(info.labels)), "mean": json.dumps(list(info.mean)),
@@ -121,8 +165,8 @@ def export_coreml(model: nn.Module, info, path: Path, compression: str = "none",
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
-    return {"format": "coreml", "target": target, "compression": compression, "precision": precision} | \
-        inspect_package(path)
+    return {"format": "coreml", "target": target, "compression": compression, "precision": precision,
+            "layernorm_fp32": layernorm_fp32 and precision != "fp32"} | inspect_package(path)
 
 
 def package_size(path: Path) -> int:
@@ -135,11 +179,14 @@ def inspect_package(path: Path) -> dict:
     ct = _coremltools()
     spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
     desc = spec.description
-    ops, labels = Counter(), []
+    ops, labels, norm_types = Counter(), [], Counter()
     for fn in spec.mlProgram.functions.values():
         for block in fn.block_specializations.values():
             for op in block.operations:
                 ops[op.type] += 1
+                if op.type == "layer_norm":
+                    dtype = op.outputs[0].type.tensorType.dataType
+                    norm_types[ct.proto.MIL_pb2.DataType.Name(dtype).lower()] += 1
                 if op.type == "classify":  # the labels the classifier returns, as stored in the program
                     items = op.inputs["classes"].arguments[0].value.immediateValue.list.values
                     labels = [v.immediateValue.tensor.strings.values[0] for v in items]
@@ -149,5 +196,6 @@ def inspect_package(path: Path) -> dict:
             "outputs": [o.name for o in desc.output], "predicted_label": desc.predictedFeatureName,
             "labels": labels, "metadata": dict(desc.metadata.userDefined),
             "compressed_ops": {k: ops[k] for k in COMPRESSED_OPS if ops[k]}, "ops": sum(ops.values()),
+            "activation_quantize_ops": ops["quantize"], "layer_norm_dtypes": dict(norm_types),
             "spec_version": spec.specificationVersion, "size_bytes": package_size(path)}
 

@@ -113,14 +113,21 @@ def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     return simplified, f"onnxsim {onnxsim.__version__}"
 
 
-def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """FP16 weights and compute, FP32 inputs/outputs (ONNX Runtime's own converter)."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+def to_fp16(model: onnx.ModelProto, layernorm_fp32: bool = False) -> onnx.ModelProto:
+    """FP16 weights and compute, FP32 inputs/outputs (ONNX Runtime's own converter); with
+    ``layernorm_fp32`` the LayerNormalization nodes compute in FP32 between Casts."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
+    block = DEFAULT_OP_BLOCK_LIST + ["LayerNormalization"] * layernorm_fp32
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+        half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False, op_block_list=block)
     return topological_sort(half)
+
+
+def layernorm_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the LayerNormalization nodes (TensorRT names its layers after them)."""
+    return [n.name for n in model.graph.node if n.op_type == "LayerNormalization"]
 
 
 def topological_sort(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -146,8 +153,9 @@ def topological_sort(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def export_onnx(model: nn.Module, info, cfg, path: Path, recipe_name: str) -> dict:
-    """Export one ONNX artifact as an ``ExportConfig`` asks; returns facts for the report."""
+def export_onnx(model: nn.Module, info, cfg, path: Path, recipe_name: str, layernorm_fp32: bool = False) -> dict:
+    """Export one ONNX artifact as an ``ExportConfig`` asks; returns facts for the report.
+    ``layernorm_fp32``: an FP16 export keeps its LayerNorms in FP32 (see ``export.fp16``)."""
     proto = torch_to_onnx(model, info.input_size, cfg.opset, cfg.dynamic_batch)
     facts: dict = {}
     if cfg.precision == "int8":
@@ -157,8 +165,10 @@ def export_onnx(model: nn.Module, info, cfg, path: Path, recipe_name: str) -> di
     if cfg.simplify:
         proto, simplifier = simplify(proto)
     if cfg.precision == "fp16":
-        proto = to_fp16(proto)
+        proto = to_fp16(proto, layernorm_fp32)
+        facts["layernorm_fp32"] = layernorm_fp32
     compact(proto, numbered=cfg.precision == "int8")
+    facts["layernorm_nodes"] = layernorm_nodes(proto)
     write_onnx(proto, path, onnx_metadata(info, recipe_name, cfg.precision))
     if cfg.precision == "int8":
         facts["target"] = cfg.target

@@ -6,6 +6,9 @@ Targets:
 * ``tensorrt``: explicit quantization needs signed int8 with zero point 0 everywhere and one scale
   per activation tensor, so every activation quantizer becomes symmetric and per tensor over the
   same calibrated range (the union of the channel ranges for channel-wise ones; weights already are).
+* ``coreml``: the same symmetric int8 per-tensor activations (CoreML's W8A8 ``quantize`` /
+  ``dequantize`` ops; Apple's own activation quantizer is symmetric too) and symmetric per-channel
+  weights, which ``linear_quantize_weights`` stores as int8.
 
 Policies for what no integer kernel runs (log/tan activation quantizers, fewer than 8 bits):
 
@@ -25,8 +28,9 @@ import torch
 from edgevit.quant.plan import QuantPlan
 from edgevit.quant.uniform import qparams_from_range
 
-TARGETS = ("onnxruntime", "tensorrt")
+TARGETS = ("onnxruntime", "tensorrt", "coreml")
 POLICIES = ("exact", "uniform", "float")
+NAMES = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT", "coreml": "CoreML"}
 
 
 def plan_bits(plan: QuantPlan) -> set[int]:
@@ -44,9 +48,9 @@ def lower_plan(plan: QuantPlan, target: str, policy: str = "uniform") -> QuantPl
         raise ValueError(f"unknown target {target!r} (known: {', '.join(TARGETS)})")
     if policy not in POLICIES:
         raise ValueError(f"unknown lowering {policy!r} (known: {', '.join(POLICIES)})")
-    if target == "tensorrt" and policy == "exact":
-        raise ValueError("lowering: exact cannot target TensorRT: its kernels (and fused attention) take only "
-                         "uniform int8 Q/DQ; use lowering: uniform or float")
+    if target != "onnxruntime" and policy == "exact":
+        raise ValueError(f"lowering: exact cannot target {NAMES[target]}: its kernels take only uniform int8 "
+                         "quantize/dequantize pairs; use lowering: uniform or float")
     low = sorted(b for b in plan_bits(plan) if b < 8)
     if low and policy != "exact":
         raise ValueError(f"the plan uses {low[0]}-bit quantizers, which no {target} integer kernel runs; "
@@ -62,14 +66,14 @@ def lower_plan(plan: QuantPlan, target: str, policy: str = "uniform") -> QuantPl
             del lowered.activations[name]
         elif policy == "uniform":
             entry.pop("quantizer")
-    if target == "tensorrt":
+    if target != "onnxruntime":
         for entry in lowered.activations.values():
             q = entry["qparams"]
-            if not q.symmetric or q.axis is not None:  # TensorRT activations: one symmetric scale per tensor
+            if not q.symmetric or q.axis is not None:  # one symmetric int8 scale per activation tensor
                 lo, hi = entry["range"]
                 entry["qparams"] = qparams_from_range(torch.tensor(lo), torch.tensor(hi), q.bits, symmetric=True)
         for name, q in lowered.weights.items():
             if not q.symmetric:
-                raise ValueError(f"TensorRT needs symmetric weights; {name} is asymmetric "
+                raise ValueError(f"{NAMES[target]} needs symmetric weights; {name} is asymmetric "
                                  "(set quantize.weights.symmetric: true)")
     return lowered

@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import fnmatch
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -117,6 +119,32 @@ class _QDQ(torch.autograd.Function):
         return g.op("DequantizeLinear", g.op("QuantizeLinear", x, s, z, axis_i=axis), s, z, axis_i=axis)
 
 
+_QUANTIZE_OPS = False  # set by quantize_ops(): activations traced as torch's own quantize/dequantize
+
+
+@contextmanager
+def quantize_ops() -> Iterator[None]:
+    """Within this block, 8-bit per-tensor activation sites compute ``torch.quantize_per_tensor(...)
+    .dequantize()``: the ops coremltools converts into a CoreML ``quantize``/``dequantize`` pair (W8A8).
+    Same scales and grid as the simulation; torch multiplies by 1/scale where the simulation divides,
+    so a value on a rounding boundary can land one code over (logits differ by ~0.1 at most on the
+    built-in hybrid, predictions agree)."""
+    global _QUANTIZE_OPS
+    before, _QUANTIZE_OPS = _QUANTIZE_OPS, True
+    try:
+        yield
+    finally:
+        _QUANTIZE_OPS = before
+
+
+def _quantize_dequantize(x: torch.Tensor, q: QParams) -> torch.Tensor:
+    if q.bits != 8 or q.axis is not None:
+        raise ValueError(f"only 8-bit per-tensor activation quantizers become quantize ops (got {q.bits}-bit"
+                         f"{' per channel' if q.axis is not None else ''}); lower the plan for the target first")
+    dtype = torch.qint8 if q.symmetric else torch.quint8
+    return torch.quantize_per_tensor(x, float(q.scale), int(q.zero_point), dtype).dequantize()
+
+
 def fake_quant_activation(x: torch.Tensor, q: QParams) -> torch.Tensor:
     """Fake quantization (per tensor, or per channel along ``q.axis``) that exports as
     QuantizeLinear/DequantizeLinear.
@@ -125,6 +153,8 @@ def fake_quant_activation(x: torch.Tensor, q: QParams) -> torch.Tensor:
     container: identical values, and it exports as Clip (Max/Min per channel) -> Q -> DQ, which ONNX
     Runtime runs exactly as the simulation (ONNX has no 4- or 6-bit QuantizeLinear in opset 17).
     """
+    if _QUANTIZE_OPS:
+        return _quantize_dequantize(x, q)
     lo8, hi8 = (q.qmin, q.qmax) if q.bits == 8 else _container(q)
     if q.axis is not None:
         axis = q.axis % x.dim()
@@ -390,9 +420,12 @@ def mark_post_activation_sites(model: nn.Module) -> None:
             fc2.input_quant.shift = activation_floor(act)
 
 
-def act_sites(model: nn.Module) -> list[ActQuant]:
-    """All activation sites, in module order."""
-    return [m for m in model.modules() if isinstance(m, ActQuant)]
+def act_sites(model: nn.Module, quantized: bool = False) -> list[ActQuant]:
+    """All activation sites, in module order (``quantized``: only those that fake-quantize uniformly)."""
+    sites = [m for m in model.modules() if isinstance(m, ActQuant)]
+    if quantized:
+        return [m for m in sites if m.mode == "quant" and m.qparams is not None and m.nonuniform is None]
+    return sites
 
 
 def weighted_sites(model: nn.Module) -> list[QuantWeighted]:

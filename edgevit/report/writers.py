@@ -122,9 +122,14 @@ def markdown(report: dict) -> str:
         if r.get("export") and r["format"] == "coreml":
             e = r["export"]
             ops = ", ".join(f"{k} {v}" for k, v in e["compressed_ops"].items()) or "none"
+            acts = (f", activations int8 ({e['activation_quantize_ops']} quantize ops; accuracy expected as "
+                    f"`{r['simulated_by']}`)" if r["precision"] == "int8" else "")
+            norms = ", ".join(f"{v} {k}" for k, v in e.get("layer_norm_dtypes", {}).items())
             lines.append(f"- `{r['file']}`: CoreML mlprogram (spec {e['spec_version']}, {e['target']}), image input "
                          f"{e['input']['width']}x{e['input']['height']}, {len(e['labels'])} labels, {e['ops']} ops, "
-                         f"weights {e['compression']} (compressed-weight ops: {ops}); {r['not_measured']}")
+                         f"weights {e['compression']} (compressed-weight ops: {ops}){acts}"
+                         + (f", layer_norm ops: {norms}" if norms else "") + f". Checked here: {_coreml_checked(e)}. "
+                         f"Not checked: {r['not_measured']}")
         elif r.get("export"):
             e = r["export"]
             par = r.get("parity") or {}
@@ -139,6 +144,14 @@ def markdown(report: dict) -> str:
                              f"{eng['size_bytes'] / 1e6:.2f} MB" + (
                                  f"; sparse kernels: {len(sp_eng['picked'])} of {len(sp_eng['eligible'])} eligible "
                                  f"layers picked ({', '.join(sp_eng['picked'][:8]) or 'none'})" if sp_eng else ""))
+                lay = eng.get("layers")
+                if lay:
+                    prec = ", ".join(f"{v} {k}" for k, v in sorted(lay["by_input_precision"].items()))
+                    fell = lay["fell_back"]
+                    lines.append(f"  - engine layers by input precision: {prec}; LayerNorms pinned to FP32: "
+                                 f"{len(eng.get('layernorm_fp32', []))}; math layers not in {eng['precision']}: "
+                                 + (f"{len(fell)} ({', '.join(fell[:6])})" if fell else "none")
+                                 + f"; timing cache `{eng['timing_cache']}`")
             if e.get("trtexec"):
                 lines.append(f"  - build on the device: `{e['trtexec']}`")
             sp = e.get("sparsity")
@@ -154,11 +167,18 @@ def markdown(report: dict) -> str:
                 trt = e.get("tensorrt_problems", [])
                 lines.append(f"  - lowered for {e['target']}; TensorRT explicit-quantization rules: "
                              + ("followed" if not trt else f"{len(trt)} problem(s), e.g. {trt[0]}"))
+    for mode, pol in (report.get("fp16_layernorm") or {}).items():
+        lines.append(f"- FP16 LayerNorm ({mode}): {'kept in FP32' if pol['keep_fp32'] else 'FP16'}: {pol['reason']}")
     env = report["environment"]
     lines += ["", f"Environment: Python {env['python']}, torch {env['torch']}, timm {env['timm']}, "
                   f"onnx {env['onnx']}, onnxruntime {env['onnxruntime']}, {env['cpu_count']} CPUs; "
                   f"edgevit {env['edgevit']}; run took {report['elapsed_s']} s.", ""]
     return "\n".join(lines)
+
+
+def _coreml_checked(e: dict) -> str:
+    return ("the spec loads; image input, classifier outputs, labels and preprocessing metadata; the compressed "
+            "weight ops" + (" and activation quantize ops" if e["precision"] == "int8" else "") + "; the package size")
 
 
 def plot_accuracy_latency(report: dict, path: Path) -> bool:
