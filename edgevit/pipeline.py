@@ -273,11 +273,15 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
                     progress.advance(task)
                     continue
                 onnx_name = name if cfg.format == "onnx" else name.removesuffix(".engine") + ".onnx"
-                facts = export_onnx(source, info, cfg, stage / onnx_name, recipe.name, keep_ln)
+                # TensorRT builds FP16 engines from the FP32 graph (its own FP16 conversion, LayerNorms pinned)
+                onnx_cfg = cfg.model_copy(update={"precision": "fp32"}) if cfg.format == "tensorrt" and \
+                    cfg.precision == "fp16" else cfg
+                facts = export_onnx(source, info, onnx_cfg, stage / onnx_name, recipe.name, keep_ln)
                 if cfg.target == "tensorrt" or cfg.format == "tensorrt":
                     from edgevit.export.tensorrt import trtexec_command
 
-                    facts["trtexec"] = trtexec_command(onnx_name, cfg.precision, cfg.sparse or bool(
+                    engine_precision = "fp16" if cfg.format == "onnx" and cfg.precision == "fp32" else cfg.precision
+                    facts["trtexec"] = trtexec_command(onnx_name, engine_precision, cfg.sparse or bool(
                         pruning and recipe.prune.nm), info.input_size,
                         fp32_layers=facts["layernorm_nodes"] if keep_ln else ())
                 if cfg.format == "tensorrt":  # the engine is built from the ONNX just written

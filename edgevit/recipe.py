@@ -92,8 +92,9 @@ class ExportConfig(_Strict):
     deployment_target: Literal["iOS16", "iOS17", "iOS18"] = Field("iOS17", description="coreml only: minimum "
                                                                   "deployment target")
     target: Literal["onnxruntime", "tensorrt"] = Field(
-        "onnxruntime", description="int8 only: the runtime the QDQ graph is lowered for (tensorrt: signed int8, "
-                                   "zero point 0 everywhere)")
+        "onnxruntime", description="the runtime the ONNX is for: int8 QDQ graphs are lowered for it (tensorrt: "
+        "signed int8, zero point 0 everywhere); with tensorrt the report gives the trtexec line that builds the engine "
+        "on the device (an FP16 engine from an fp32 ONNX)")
     lowering: Literal["uniform", "exact", "float"] = Field(
         "uniform", description="int8 only: how quantizers no integer kernel runs are written: uniform (log/tan "
         "sites become the uniform 8-bit grid over their range), exact (a float decomposition that reproduces "

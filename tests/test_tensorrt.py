@@ -113,3 +113,22 @@ def test_trtexec_line_pins_layernorms_and_keeps_a_timing_cache():
     assert "--layerPrecisions=/norm1/LN:fp32,/norm2/LN:fp32" in line
     assert "--layerOutputTypes=/norm1/LN:fp32,/norm2/LN:fp32" in line
     assert "--precisionConstraints" not in trtexec_command("m.onnx", "fp32", fp32_layers=["/norm1/LN"])
+
+
+def test_jetson_recipe_writes_onnx_and_trtexec_lines(tmp_path):
+    """recipes/tensorrt_jetson.yaml on a machine without a GPU: the FP32 graph with the line for an FP16
+    engine, the QDQ graph (TensorRT's rules followed) with the line for an INT8 engine."""
+    import json
+
+    out = tmp_path / "run"
+    res = run_cli("compress", "--recipe", "recipes/tensorrt_jetson.yaml", "--out", str(out), "--set",
+                  "calibration.num=64", "--set", "validate.eval.num=100", "--set", "validate.devices=[]")
+    assert res.returncode == 0, res.stderr
+    rep = json.loads((out / "report.json").read_text())
+    rows = {r["name"]: r for r in rep["results"]}
+    fp32, int8 = rows["onnx-fp32-tensorrt"]["export"], rows["onnx-int8-tensorrt"]["export"]
+    assert "--fp16" in fp32["trtexec"] and "--int8" not in fp32["trtexec"]
+    assert "--fp16 --int8" in int8["trtexec"] and int8["tensorrt_problems"] == []
+    assert rows["onnx-fp32-tensorrt"]["precision"] == "fp32" and (out / "onnx-fp32-tensorrt.onnx").is_file()
+    assert rep["fp16_layernorm"]["auto"]["layernorms"] == 21 and "--layerPrecisions" not in fp32["trtexec"]
+    assert rows["onnx-int8-tensorrt"]["accuracy"]["agreement_with_simulation"] >= 0.98
