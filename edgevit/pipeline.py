@@ -489,6 +489,13 @@ def _checks(rows: list[dict], logits: dict, val, n_eval: int) -> list[dict]:
                                "ok": abs(top1 - ref) <= 1.0 / max(1, n_eval) + 1e-12,
                                "detail": f"ORT {top1:.4f} vs PyTorch ({origin['name']}) {ref:.4f} on {n_eval} images"})
         sim = r.get("simulated_by")
+        origin = sim or rows[0]["name"]
+        if r["precision"] == "fp16" and origin in logits and r["name"] in logits:
+            agree = float((logits[r["name"]].argmax(1) == logits[origin].argmax(1)).mean())
+            r["accuracy"]["agreement_with_fp32"] = agree
+            checks.append({"name": f"{r['name']}: FP16 predictions agree with FP32 PyTorch", "ok": agree >= 0.99,
+                           "detail": f"top-1 agreement with {origin} {100 * agree:.1f} % on {n_eval} images "
+                                     f"(needs >= 99 %); max abs logit diff {par['max_abs_diff']:.2e}"})
         if r["precision"] == "int8" and sim in logits and r["name"] in logits:
             agree = float((logits[r["name"]].argmax(1) == logits[sim].argmax(1)).mean())
             r["accuracy"]["agreement_with_simulation"] = agree

@@ -41,6 +41,8 @@ def test_default_recipe_writes_validated_run(default_run):
     assert abs(torch_top1 - card) < 0.05, (torch_top1, card)  # 1k-image sample vs the 10k test set
     assert rows["onnx-fp32"]["parity"]["max_abs_diff"] < 1e-4
     assert abs(rows["onnx-fp16"]["accuracy"]["delta_top1"]) < 0.02
+    assert rows["onnx-fp16"]["accuracy"]["agreement_with_fp32"] >= 0.99
+    assert "onnx-fp16: FP16 predictions agree with FP32 PyTorch" in {c["name"] for c in rep["checks"] if c["ok"]}
     lat = rows["onnx-fp32"]["latency"][0]
     assert lat["device"] == "local-ort-cpu" and lat["batch1"]["median_ms"] > 0
     assert lat["batch1"]["p90_ms"] >= lat["batch1"]["median_ms"]

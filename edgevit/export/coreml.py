@@ -77,6 +77,39 @@ class _Normalized(nn.Module):
         return self.model(image * self.scale + self.shift)
 
 
+def _convert(ct, traced, target: str, size: int, info, precision: str, layernorm_fp32: bool, compression: str):
+    mlmodel = ct.convert(
+        traced, convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, target),
+        inputs=[ct.ImageType(name="image", shape=(1, 3, size, size), color_layout=ct.colorlayout.RGB)],
+        classifier_config=ct.ClassifierConfig(list(info.labels)),
+        compute_precision=_compute_precision(ct, precision, layernorm_fp32))
+    return _compress(mlmodel, compression)
+
+
+@contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """coremltools draws tqdm bars (its modules hold ``tqdm`` by name; TQDM_DISABLE is read once, when
+    tqdm is first imported), which would tear through edgevit's own progress display: within this
+    block those names give disabled bars."""
+    import sys
+    from functools import partial
+
+    from tqdm import tqdm
+
+    patched = []
+    for name, mod in list(sys.modules.items()):
+        if name.startswith("coremltools") and mod is not None:
+            for attr in ("tqdm", "_tqdm"):
+                if getattr(mod, attr, None) is tqdm:
+                    patched.append((mod, attr))
+                    setattr(mod, attr, partial(tqdm, disable=True))
+    try:
+        yield
+    finally:
+        for mod, attr in patched:
+            setattr(mod, attr, tqdm)
+
+
 def _compute_precision(ct, precision: str, layernorm_fp32: bool):
     if precision == "fp32":
         return ct.precision.FLOAT32
@@ -137,7 +170,6 @@ def export_coreml(model: nn.Module, info, path: Path, compression: str = "none",
     if why:
         raise RuntimeError(why)
     ct = _coremltools()
-    os.environ.setdefault("TQDM_DISABLE", "1")  # coremltools' own progress bars would break ours
 
     if precision == "int8" and (compression != "w8" or target == "iOS16"):
         raise ValueError("a CoreML int8 (W8A8) model needs compression w8 and deployment target iOS17 or later "
@@ -147,12 +179,8 @@ def export_coreml(model: nn.Module, info, path: Path, compression: str = "none",
     with torch.no_grad(), warnings.catch_warnings(), _int8_graph(model, precision == "int8"):
         warnings.simplefilter("ignore")  # tracer chatter about timm's shape asserts
         traced = torch.jit.trace(wrapped, torch.rand(1, 3, size, size) * 255)
-    mlmodel = ct.convert(
-        traced, convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, target),
-        inputs=[ct.ImageType(name="image", shape=(1, 3, size, size), color_layout=ct.colorlayout.RGB)],
-        classifier_config=ct.ClassifierConfig(list(info.labels)),
-        compute_precision=_compute_precision(ct, precision, layernorm_fp32))
-    mlmodel = _compress(mlmodel, compression)
+    with _quiet_progress():
+        mlmodel = _convert(ct, traced, target, size, info, precision, layernorm_fp32, compression)
     mlmodel.short_description = f"{info.arch} image classifier ({len(info.labels)} classes), edgevit {recipe}"
     meta = {"labels": json.dumps(list(info.labels)), "mean": json.dumps(list(info.mean)),
             "std": json.dumps(list(info.std)), "input_size": json.dumps([3, size, size]),
