@@ -63,9 +63,12 @@ def export_model(model: ModelConfig, out_dir: Path | str, precision: str = "fp32
 
 
 def bench(artifact: Path | str, device: DeviceConfig | None = None) -> dict:
-    """Latency of one ONNX artifact on a device profile (local ONNX Runtime)."""
+    """Latency of one artifact on a device profile: local ONNX Runtime, or a device over SSH (ONNX
+    Runtime, TensorRT engine, CoreML package on a Mac)."""
     device = device or DeviceConfig()
     artifact = Path(artifact)
+    if device.kind == "ssh":
+        return _bench_remote(artifact, device)
     if not artifact.is_file():
         raise BadInput(f"artifact not found: {artifact}")
     if artifact.suffix != ".onnx":
@@ -82,3 +85,31 @@ def bench(artifact: Path | str, device: DeviceConfig | None = None) -> dict:
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     return {"artifact": str(artifact), "size_bytes": Path(artifact).stat().st_size,
             **measure(runner, x, device)}
+
+
+def _bench_remote(artifact: Path, device: DeviceConfig) -> dict:
+    from types import SimpleNamespace
+
+    from edgevit.devices.remote import SUFFIX, measure_remote
+
+    want = SUFFIX[device.runtime]
+    if artifact.suffix != want or not artifact.exists():
+        raise BadInput(f"{artifact}: device {device.name} runs {device.runtime}, which takes an existing {want} artifact")
+    meta = read_metadata(artifact) if want == ".onnx" else _coreml_metadata(artifact) if want == ".mlpackage" else {}
+    size = json.loads(meta["input_size"])[-1] if "input_size" in meta else 224
+    info = SimpleNamespace(labels=json.loads(meta.get("labels", "[]")), mean=json.loads(meta.get("mean", "[0, 0, 0]")),
+                           std=json.loads(meta.get("std", "[1, 1, 1]")))
+    x = np.random.default_rng(0).standard_normal((8, 3, size, size)).astype(np.float32)
+    out = measure_remote(device, [(artifact.stem, artifact)], x, None, info)
+    got = out["artifacts"][artifact.stem]
+    size_bytes = sum(f.stat().st_size for f in artifact.rglob("*") if f.is_file()) if artifact.is_dir() else \
+        artifact.stat().st_size
+    return {"artifact": str(artifact), "size_bytes": size_bytes, "device": device.name, "threads": device.threads,
+            "batch1": got["batch1"], "throughput": got["throughput"], "load_average": out["load_average"],
+            "remote": {"host": device.ssh.host, "runtime": out["runtime_version"], **out["machine"]}}
+
+
+def _coreml_metadata(path: Path) -> dict:
+    from edgevit.export.coreml import inspect_package
+
+    return inspect_package(path)["metadata"]

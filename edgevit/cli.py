@@ -174,12 +174,13 @@ def export(
 
 @app.command()
 def bench(
-    artifact: Path = typer.Argument(..., help="an .onnx file written by edgevit"),
+    artifact: Path = typer.Argument(..., help="an artifact written by edgevit (.onnx; .engine / .mlpackage on an "
+                                                  "SSH device with that runtime)"),
     device: Optional[Path] = typer.Option(None, help="device profile YAML [default: devices/local-ort-cpu.yaml]"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout"),
     debug: bool = typer.Option(False, help="show tracebacks"),
 ) -> None:
-    """Measure the latency of one artifact on a device (local ONNX Runtime for now).
+    """Measure the latency of one artifact on a device: this machine (ONNX Runtime) or a device over SSH.
 
     Example: `edgevit bench runs/fp32_export/onnx-fp32.onnx --device devices/local-ort-cpu.yaml`
     """

@@ -411,7 +411,7 @@ def _validate(recipe: Recipe, model, sims: dict, info, params: int, artifacts: l
     (simulated vs deployed); FP32/FP16 ones with the float model.
     """
     val = recipe.validation
-    devices = val.devices
+    devices = [d for d in val.devices if d.kind == "local"]
     threads = devices[0].threads if devices else 2
     providers = devices[0].providers if devices else None
     sample = evalset["x"][:max(1, min(len(evalset["x"]), 64))] if evalset else \
@@ -454,7 +454,47 @@ def _validate(recipe: Recipe, model, sims: dict, info, params: int, artifacts: l
         acc = row["accuracy"]
         if acc is not None:
             acc["delta_top1"] = (acc["top1"] - ref_top1) if (acc["top1"] is not None and ref_top1 is not None) else None
-    return rows, _checks(rows, logits, val, n_eval)
+    checks = _checks(rows, logits, val, n_eval)
+    for device in (d for d in val.devices if d.kind == "ssh"):
+        checks += _remote_device(device, rows, logits, evalset, sample, info, stage)
+    return rows, checks
+
+
+def _remote_device(device, rows: list[dict], logits: dict, evalset: dict | None, sample: np.ndarray, info,
+                   stage: Path) -> list[dict]:
+    """Every artifact the device's runtime runs, measured on the device in one session (interleaved);
+    adds a latency entry (with top-1 on the device's copy of the eval sample) to each row; checks that
+    ONNX Runtime on the device predicts what it predicted here."""
+    from edgevit.devices.remote import measure_remote, runs_on
+
+    todo = [r for r in rows if runs_on(device, r)]
+    if not todo:
+        log.warning("device %s: no artifact of this run runs on %s", device.name, device.runtime)
+        return []
+    n = min(device.eval_images, len(evalset["x"])) if evalset else 0
+    x = evalset["x"][:n] if n else sample
+    y = evalset["labels"][:n] if n and evalset["labels"] is not None else None
+    log.info("device %s: measuring %d artifact(s) over SSH (%s)", device.name, len(todo), device.ssh.host)
+    with new_progress() as progress:
+        progress.add_task(f"device {device.name} ({len(todo)} artifacts)", total=None)
+        out = measure_remote(device, [(r["name"], stage / r["file"]) for r in todo], x, y, info)
+    checks = []
+    for r in todo:
+        got = out["artifacts"][r["name"]]
+        preds = np.asarray(got.pop("predictions"))
+        origin = r["name"] if r["name"] in logits else (r.get("simulated_by") or "pytorch-fp32")
+        agree = float((preds == logits[origin][:len(preds)].argmax(1)).mean()) if n and origin in logits else None
+        r.setdefault("latency", []).append({
+            "device": device.name, "threads": device.threads, "batch1": got["batch1"], "throughput": got["throughput"],
+            "load_average": out["load_average"], "remote": {"host": device.ssh.host, "runtime": out["runtime_version"],
+                                                            **out["machine"]},
+            "accuracy": {"top1": got.get("top1"), "images": int(len(preds)), "agreement_with": origin,
+                         "agreement": agree}})
+        if device.runtime == "onnxruntime" and agree is not None:
+            checks.append({"name": f"{r['name']}: same predictions on device {device.name}", "ok": agree >= 0.99,
+                           "detail": f"top-1 agreement with {origin} here {100 * agree:.1f} % on {len(preds)} images "
+                                     "(needs >= 99 %)"})
+    return checks
 
 
 def _runner(artifact: dict, stage: Path, threads: int, providers):

@@ -108,17 +108,50 @@ class ExportConfig(_Strict):
     dynamic_batch: bool = True
 
 
-class DeviceConfig(_Strict):
-    """Where latency is measured."""
+class SshConfig(_Strict):
+    """How to reach a device over SSH (OpenSSH client; host keys checked strictly, key auth only)."""
 
-    name: str = "local-ort-cpu"
-    kind: Literal["local"] = "local"
-    runtime: Literal["onnxruntime"] = "onnxruntime"
+    host: str = Field(pattern=r"^[A-Za-z0-9._:-]+$", description="host name or IP address")
+    port: int = Field(22, ge=1, le=65535)
+    user: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    key_file: str = Field(description="private key for this device (ssh -i)")
+    known_hosts: str = Field(description="known_hosts file holding the device's host key (checked strictly)")
+    connect_timeout_s: int = Field(10, gt=0)
+    timeout_s: int = Field(600, gt=0, description="limit for each copy and for the benchmark run")
+
+
+class DeviceConfig(_Strict):
+    """Where latency (and, on a remote device, accuracy) is measured."""
+
+    name: str = Field("local-ort-cpu", pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: Literal["local", "ssh"] = Field("local", description="local: this machine; ssh: a device reached over SSH")
+    runtime: Literal["onnxruntime", "coreml", "tensorrt"] = Field(
+        "onnxruntime", description="what runs the artifacts on the device: onnxruntime (.onnx), coreml (.mlpackage, "
+        "macOS), tensorrt (.engine)")
     providers: list[str] = ["CPUExecutionProvider"]
     threads: int = Field(2, gt=0)
+    compute_units: Literal["all", "cpu_only", "cpu_and_gpu", "cpu_and_ne"] = Field(
+        "all", description="coreml only: where CoreML may run the model (cpu_and_ne: CPU + Neural Engine)")
+    ssh: SshConfig | None = None
+    work_dir: str = Field("/tmp", pattern=r"^[A-Za-z0-9_./~-]+$", description="ssh: where a temporary folder is "
+                          "made for each benchmark (removed afterwards)")
+    python: str = Field("python3", pattern=r"^[A-Za-z0-9_./~-]+$", description="ssh: the device's Python (needs "
+                        "numpy and the runtime)")
     warmup: int = Field(10, ge=0)
     iters: int = Field(50, gt=0)
     throughput_batch: int = Field(32, gt=0)
+    eval_images: int = Field(200, ge=0, description="ssh: evaluation images sent to the device for top-1 there")
+
+    @model_validator(mode="after")
+    def _where(self) -> "DeviceConfig":
+        if self.kind == "ssh" and self.ssh is None:
+            raise ValueError("ssh: a device of kind ssh needs an ssh: section (host, user, key_file, known_hosts)")
+        if self.kind == "local" and self.ssh is not None:
+            raise ValueError("ssh: only for kind: ssh")
+        if self.kind == "local" and self.runtime != "onnxruntime":
+            raise ValueError(f"runtime: a local device measures with ONNX Runtime (and TensorRT engines built here); "
+                             f"for {self.runtime} on another machine use kind: ssh")
+        return self
 
 
 class ValidateConfig(_Strict):

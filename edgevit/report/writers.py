@@ -69,7 +69,7 @@ def markdown(report: dict) -> str:
     if cal:
         lines.append(f"Calibration: {cal['images']} images from `{cal['path']}`.")
     lines.append("")
-    devices = sorted({d["device"] for r in report["results"] for d in r.get("latency", [])})
+    devices = sorted({d["device"] for r in report["results"] for d in r.get("latency", []) if not d.get("remote")})
     for dev in devices or [None]:
         lines += ["## Artifacts" + (f" on `{dev}`" if dev else ""), ""]
         lines += ["| artifact | runtime | precision | top-1 | Δ top-1 vs FP32 (pts) | agreement | "
@@ -96,6 +96,7 @@ def markdown(report: dict) -> str:
                 lines += ["", f"Load average during timing: {min(flat):.2f} to {max(flat):.2f} "
                               "(timings on a shared machine vary; compare ratios measured in one run)."]
         lines.append("")
+    lines += _remote_lines(report["results"])
     if report.get("plots"):
         lines += ["![top-1 vs latency](accuracy_latency.png)", ""]
     lines += _pruning_lines(report.get("pruning"))
@@ -176,34 +177,89 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _remote_lines(results: list[dict]) -> list[str]:
+    """One section per remote device: its machine and runtime, and each artifact measured there in one
+    session, with top-1 on the device and the speed ratio to the FP32 artifact measured beside it."""
+    lines = []
+    remote = {}
+    for r in results:
+        for d in r.get("latency", []):
+            if d.get("remote"):
+                remote.setdefault(d["device"], []).append((r, d))
+    for dev, entries in remote.items():
+        m = entries[0][1]["remote"]
+        base = next((d for r, d in entries if r["precision"] == "fp32"), None)
+        lines += [f"## On device `{dev}`", "",
+                  f"{m['host']}: {m['platform']} ({m['machine']}, {m['cpu_count']} CPUs), Python {m['python']}, "
+                  f"{m['runtime']}; every artifact below was timed in one session on the device, interleaved.", "",
+                  "| artifact | precision | top-1 on device | agreement | latency b1 median / p90 / p99 (ms) | "
+                  "throughput (img/s) | speed vs FP32 |", "|---|---|---|---|---|---|---|"]
+        for r, d in entries:
+            acc = d["accuracy"]
+            b1 = d["batch1"]
+            agree = f"{_pct(acc['agreement'])} vs {acc['agreement_with']}" if acc["agreement"] is not None else "n/a"
+            ratio = f"{base['batch1']['median_ms'] / b1['median_ms']:.2f}x" if base else "n/a"
+            lines.append(f"| {r['name']} | {r['precision']} | {_pct(acc['top1'])} ({acc['images']} images) | {agree} | "
+                         f"{b1['median_ms']:.2f} / {b1['p90_ms']:.2f} / {b1['p99_ms']:.2f} | "
+                         f"{_throughput(d['throughput'])} | {ratio} |")
+        loads = [v for v in entries[0][1]["load_average"] if v is not None]
+        if loads:
+            lines += ["", f"Device load average: {min(loads):.2f} to {max(loads):.2f}."]
+        lines.append("")
+    return lines
+
+
 def _coreml_checked(e: dict) -> str:
     return ("the spec loads; image input, classifier outputs, labels and preprocessing metadata; the compressed "
             "weight ops" + (" and activation quantize ops" if e["precision"] == "int8" else "") + "; the package size")
 
 
-def plot_accuracy_latency(report: dict, path: Path) -> bool:
-    """Scatter of top-1 vs batch-1 median latency per artifact; False when there is nothing to plot."""
-    points = []
+def accuracy_latency_points(report: dict) -> dict[str, list[tuple[float, float, str]]]:
+    """Per device: (batch-1 median ms, top-1 %, artifact) for every artifact timed there; a remote
+    device's top-1 is the one measured on the device."""
+    series: dict[str, list[tuple[float, float, str]]] = {}
     for r in report["results"]:
-        acc = (r.get("accuracy") or {}).get("top1")
-        lat = r.get("latency") or []
-        if acc is not None and lat:
-            points.append((lat[0]["batch1"]["median_ms"], 100 * acc, r["name"]))
-    if not points:
+        for d in r.get("latency") or []:
+            acc = (d.get("accuracy") or {}).get("top1") if d.get("remote") else (r.get("accuracy") or {}).get("top1")
+            if acc is not None:
+                series.setdefault(d["device"], []).append((d["batch1"]["median_ms"], 100 * acc, r["name"]))
+    return series
+
+
+def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """The points no other point beats on both latency (lower) and accuracy (higher), fastest first."""
+    front, best = [], -1.0
+    for p in sorted(points, key=lambda p: (p[0], -p[1])):
+        if p[1] > best:
+            front.append(p)
+            best = p[1]
+    return front
+
+
+def plot_accuracy_latency(report: dict, path: Path) -> bool:
+    """Top-1 vs batch-1 median latency, one series per device, with each device's Pareto front;
+    False when there is nothing to plot."""
+    series = accuracy_latency_points(report)
+    if not series:
         return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for x, y, name in points:
-        ax.scatter([x], [y])
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel(f"batch-1 median latency (ms), {report['results'][0]['latency'][0]['device']}")
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    for (device, points), marker in zip(series.items(), "osD^v<>"):
+        sc = ax.scatter([p[0] for p in points], [p[1] for p in points], marker=marker, label=device)
+        front = pareto(points)
+        ax.plot([p[0] for p in front], [p[1] for p in front], "--", lw=0.8, color=sc.get_facecolor()[0])
+        for x, y, name in points:
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("batch-1 median latency (ms, log scale)")
     ax.set_ylabel("top-1 (%)")
-    ax.set_title(f"{report['recipe']}: accuracy vs latency")
+    ax.set_title(f"{report['recipe']}: accuracy vs latency (dashed: Pareto front)")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, metadata={"Software": None})

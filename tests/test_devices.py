@@ -1,0 +1,221 @@
+"""Remote devices over real SSH: an OpenSSH server started on 127.0.0.1 (generated host and user keys),
+the remote runner end to end through `edgevit compress` and `edgevit bench`, and the ways it fails:
+unknown host key, refused connection, a silent server, a wrong key, a runtime missing on the device."""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import ROOT, run_cli
+from edgevit.devices.remote import measure_remote
+from edgevit.devices.ssh import DeviceError
+from edgevit.recipe import DeviceConfig
+
+SSHD = "/usr/sbin/sshd"
+pytestmark = pytest.mark.skipif(not os.access(SSHD, os.X_OK) or shutil.which("ssh") is None,
+                                reason="needs OpenSSH (server and client): bash scripts/system-deps.sh installs it")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """A real sshd on 127.0.0.1: key login for the current user only, its host key in a known_hosts file."""
+    d = tmp_path_factory.mktemp("sshd")
+    _keygen(d / "host_key")
+    _keygen(d / "id")
+    _keygen(d / "other_id")  # a key the server does not know
+    (d / "authorized_keys").write_text((d / "id.pub").read_text())
+    port = _free_port()
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {(d / 'host_key.pub').read_text()}")
+    (d / "sshd_config").write_text(f"""Port {port}
+ListenAddress 127.0.0.1
+HostKey {d / 'host_key'}
+AuthorizedKeysFile {d / 'authorized_keys'}
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PermitRootLogin prohibit-password
+PidFile {d / 'sshd.pid'}
+Subsystem sftp internal-sftp
+LogLevel ERROR
+""")
+    if os.geteuid() == 0:
+        os.makedirs("/run/sshd", exist_ok=True)  # privilege separation directory
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"sshd did not start: {proc.stderr.read()}")
+            time.sleep(0.1)
+    yield {"dir": d, "port": port}
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _profile(sshd, **over) -> dict:
+    d = sshd["dir"]
+    prof = {"name": "loopback-ort", "kind": "ssh", "runtime": "onnxruntime", "threads": 1, "warmup": 2, "iters": 20,
+            "throughput_batch": 8, "eval_images": 100, "python": sys.executable, "work_dir": str(d),
+            "ssh": {"host": "127.0.0.1", "port": sshd["port"], "user": getpass.getuser(),
+                    "key_file": str(d / "id"), "known_hosts": str(d / "known_hosts"), "connect_timeout_s": 3,
+                    "timeout_s": 120}}
+    for k, v in over.items():
+        if k in prof["ssh"]:
+            prof["ssh"][k] = v
+        else:
+            prof[k] = v
+    return prof
+
+
+def test_recipe_reports_local_and_ssh_device_side_by_side(sshd, tmp_path):
+    """The issue's done-when: int8_ptq with the local profile and an SSH profile to 127.0.0.1 gives one
+    report with both devices' figures; ONNX Runtime on the 'device' predicts what it did here."""
+    profile = tmp_path / "loopback.yaml"
+    profile.write_text(yaml.safe_dump(_profile(sshd)))
+    out = tmp_path / "run"
+    res = run_cli("compress", "--recipe", "recipes/int8_ptq.yaml", "--out", str(out),
+                  "--set", "validate.devices=[{name: local-ort-cpu, iters: 5, warmup: 1, throughput_batch: 8}, "
+                  f"{profile}]")
+    assert res.returncode == 0, res.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["status"] == "ok", [c for c in rep["checks"] if not c["ok"]]
+    rows = {r["name"]: r for r in rep["results"]}
+    for name in ("onnx-fp32", "onnx-int8", "onnx-int8-tensorrt"):
+        lat = {d["device"]: d for d in rows[name]["latency"]}
+        assert set(lat) == {"local-ort-cpu", "loopback-ort"}, name
+        remote = lat["loopback-ort"]
+        assert remote["remote"]["host"] == "127.0.0.1" and remote["remote"]["runtime"].startswith("onnxruntime")
+        assert remote["batch1"]["runs"] == 20 and 0 < remote["batch1"]["median_ms"] <= remote["batch1"]["p99_ms"]
+        assert remote["accuracy"]["images"] == 100 and remote["accuracy"]["agreement"] == 1.0
+    names = {c["name"] for c in rep["checks"] if c["ok"]}
+    assert "onnx-int8: same predictions on device loopback-ort" in names
+    assert "pytorch-fp32" not in {r["name"] for r in rep["results"] if any(d.get("remote") for d in r["latency"])}
+    md = (out / "report.md").read_text()
+    assert "## On device `loopback-ort`" in md and "## Artifacts on `local-ort-cpu`" in md
+    assert not any(p.name.startswith("edgevit-bench-") for p in sshd["dir"].iterdir())  # cleaned up on the device
+
+
+def test_bench_command_on_ssh_device(sshd, tmp_path):
+    from edgevit.export.onnx import export_onnx
+    from edgevit.models import load_model
+    from edgevit.recipe import ExportConfig, ModelConfig
+
+    model, info = load_model(ModelConfig(source="builtin:vit-cifar10"))
+    path = tmp_path / "vit.onnx"
+    export_onnx(model, info, ExportConfig(), path, "test")
+    profile = tmp_path / "p.yaml"
+    profile.write_text(yaml.safe_dump(_profile(sshd)))
+    res = run_cli("bench", str(path), "--device", str(profile), "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["device"] == "loopback-ort" and out["remote"]["host"] == "127.0.0.1"
+    assert out["batch1"]["median_ms"] > 0 and out["throughput"]["batch"] == 8
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory) -> Path:
+    import torch
+
+    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).eval()
+    torch.onnx.export(model, (torch.zeros(1, 3, 32, 32),), str(path), input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    return path
+
+
+@pytest.fixture
+def run_tiny(sshd, tiny_onnx):
+    from edgevit.models.builtin import BUILTINS
+
+    def run(**over):
+        device = DeviceConfig.model_validate(_profile(sshd, **over))
+        x = np.zeros((2, 3, 32, 32), np.float32)
+        return measure_remote(device, [("tiny", tiny_onnx)], x, None, BUILTINS["vit-cifar10"])
+    return run
+
+
+def test_tiny_artifact_runs_and_cleans_up(run_tiny, sshd):
+    out = run_tiny()
+    assert out["artifacts"]["tiny"]["predictions"] == [int(p) for p in out["artifacts"]["tiny"]["predictions"]]
+    assert len(out["artifacts"]["tiny"]["predictions"]) == 2 and "top1" not in out["artifacts"]["tiny"]
+    assert not any(p.name.startswith("edgevit-bench-") for p in sshd["dir"].iterdir())
+
+
+def test_unknown_host_key_is_refused(sshd, run_tiny, tmp_path):
+    other = tmp_path / "known_hosts"
+    _keygen(tmp_path / "fake_host")
+    other.write_text(f"[127.0.0.1]:{sshd['port']} {(tmp_path / 'fake_host.pub').read_text()}")
+    with pytest.raises(DeviceError, match="host key not accepted"):
+        run_tiny(known_hosts=str(other))
+
+
+def test_refused_connection_and_wrong_key(sshd, run_tiny):
+    with pytest.raises(DeviceError, match=r"127.0.0.1:\d+\): connection refused"):
+        run_tiny(port=_free_port())
+    with pytest.raises(DeviceError, match="authentication failed"):
+        run_tiny(key_file=str(sshd["dir"] / "other_id"))
+
+
+def test_silent_server_times_out(run_tiny):
+    """A port that accepts and never speaks SSH: ssh gives up after connect_timeout_s, not never."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    conns = []
+    threading.Thread(target=lambda: conns.append(srv.accept()), daemon=True).start()
+    t0 = time.time()
+    with pytest.raises(DeviceError, match="timed out"):
+        run_tiny(port=srv.getsockname()[1], connect_timeout_s=2)
+    assert time.time() - t0 < 30
+    srv.close()
+
+
+def test_missing_runtime_on_device(run_tiny):
+    with pytest.raises(DeviceError, match="tensorrt is not importable .* on the device"):
+        run_tiny(runtime="tensorrt")
+    with pytest.raises(DeviceError, match="no Python at '/nonexistent/python3'"):
+        run_tiny(python="/nonexistent/python3")
+
+
+def test_profiles_validate():
+    from edgevit.errors import BadInput
+    from edgevit.recipe import load_section
+
+    for name in ("local-ort-cpu", "raspberrypi-ort", "jetson-orin-trt", "mac-coreml"):
+        dev = load_section(ROOT / "devices" / f"{name}.yaml", DeviceConfig, "device profile")
+        assert dev.name == name
+    with pytest.raises(ValueError, match="needs an ssh: section"):
+        DeviceConfig(name="x", kind="ssh")
+    with pytest.raises(ValueError, match="use kind: ssh"):
+        DeviceConfig(name="x", runtime="coreml")
+    with pytest.raises(ValueError, match="host"):
+        DeviceConfig.model_validate({"name": "x", "kind": "ssh", "ssh": {"host": "a;rm -rf /", "user": "u",
+                                                                         "key_file": "k", "known_hosts": "h"}})
+    assert BadInput
