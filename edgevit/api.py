@@ -113,3 +113,20 @@ def _coreml_metadata(path: Path) -> dict:
     from edgevit.export.coreml import inspect_package
 
     return inspect_package(path)["metadata"]
+
+
+def rebuild_report(run_dir: Path | str) -> list[Path]:
+    """Rewrite a run's report.md, report.html and plot from its report.json (e.g. after an upgrade)."""
+    from edgevit.report import write_reports
+
+    run_dir = Path(run_dir)
+    path = run_dir / "report.json"
+    if not path.is_file():
+        raise BadInput(f"{run_dir}: no report.json (is it a finished edgevit run folder?)")
+    try:
+        report = json.loads(path.read_text())
+        report["results"], report["recipe"]  # noqa: B018 - the keys every writer needs
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise BadInput(f"{path}: not an edgevit report ({type(e).__name__}: {e})") from None
+    write_reports(report, run_dir)
+    return [run_dir / n for n in ("report.md", "report.html", *report.get("plots", []))]

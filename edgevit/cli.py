@@ -203,6 +203,25 @@ def bench(
 
 
 @app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="a finished run folder (holds report.json)"),
+    debug: bool = typer.Option(False, help="show tracebacks"),
+) -> None:
+    """Rebuild report.md, report.html and the plot of a run from its report.json.
+
+    Example: `edgevit report runs/int8_ptq`
+    """
+    def body() -> int:
+        from edgevit.api import rebuild_report
+
+        written = rebuild_report(run_dir)
+        console.print("wrote " + ", ".join(str(p) for p in written))
+        return 0
+
+    _guard(body, debug)
+
+
+@app.command()
 def recipes() -> None:
     """List the shipped recipes, one line each.
 

@@ -29,6 +29,7 @@ from edgevit.quant.lowering import has_nonuniform, lower_plan
 from edgevit.quant.sites import act_sites
 from edgevit.recipe import Recipe, recipe_to_yaml
 from edgevit.report import write_reports
+from edgevit.report.diagnostics import layer_errors, site_histograms
 from edgevit.runfolder import staged_run_folder
 from edgevit.tokens import apply_tokens, summarize
 from edgevit.validate import OrtRunner, TorchRunner, accuracy_metrics, collect_logits, map_labels, measure
@@ -156,14 +157,18 @@ def _quantize_stage(model, recipe: Recipe, pre: Preprocess, stage: Path) -> tupl
                                     lambda name, rec: progress.advance(blocks))
         except ValueError as e:
             raise BadInput(f"calibration {cfg.path}: {e} ({len(images.skipped)} unreadable image(s))") from None
+    seconds = round(time.time() - t0, 1)
     if not plan.activations and not plan.weights:
         raise RunFailure("quantize: found nothing to quantize in this model (no Linear/Conv2d layers)")
     _write_plan(plan, stage)
     log.info("quantized: %s", plan.counts())
+    x = torch.from_numpy(open_image_set(cfg.path, min(cfg.num or 32, 32), cfg.seed).load(pre)[0])
+    diagnostics = {"images": int(len(x)), "layer_error": layer_errors(model, qmodel, x),
+                   "histograms": site_histograms(model, qmodel, x)}
     summary = {"path": str(cfg.path), "images": len(images) - len(images.skipped), "skipped": len(images.skipped),
                "used_by": ["quantize"]}
     return qmodel, plan, {"calibration": summary, "plan": plan.to_dict() | {"counts": plan.counts()},
-                          "seconds": round(time.time() - t0, 1)}
+                          "seconds": seconds, "diagnostics": diagnostics}
 
 
 def _write_plan(plan, stage: Path) -> None:

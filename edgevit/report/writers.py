@@ -112,6 +112,13 @@ def markdown(report: dict) -> str:
                   f"per tensor ({a['method']}); {c['activation_sites']} activation sites, {c['weight_tensors']} "
                   f"weight tensors, {c['folded_batchnorm']} BatchNorms folded; calibration took {quant['seconds']} s. "
                   "The full plan (every site's range, scale and zero point) is in `plan.json`.", ""]
+        diag = quant.get("diagnostics") or {}
+        if diag.get("layer_error"):
+            worst = sorted(diag["layer_error"], key=lambda r: r["sqnr_db"])[:3]
+            lines += [f"Output SQNR per quantized layer ({diag['images']} calibration images): median "
+                      f"{sorted(r['sqnr_db'] for r in diag['layer_error'])[len(diag['layer_error']) // 2]:.1f} dB; "
+                      "lowest " + ", ".join(f"`{r['layer']}` {r['sqnr_db']:.1f} dB" for r in worst)
+                      + " (plots in report.html).", ""]
         lines += _search_lines(quant["plan"]) + _fallback_lines(quant.get("fallback"))
     lines += ["## Checks", ""]
     for c in report["checks"]:
@@ -236,12 +243,12 @@ def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, s
     return front
 
 
-def plot_accuracy_latency(report: dict, path: Path) -> bool:
-    """Top-1 vs batch-1 median latency, one series per device, with each device's Pareto front;
-    False when there is nothing to plot."""
+def accuracy_latency_figure(report: dict):
+    """Top-1 vs batch-1 median latency, one series per device, with each device's Pareto front (a
+    matplotlib figure), or None when nothing was both evaluated and timed."""
     series = accuracy_latency_points(report)
     if not series:
-        return False
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
@@ -261,6 +268,16 @@ def plot_accuracy_latency(report: dict, path: Path) -> bool:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_latency(report: dict, path: Path) -> bool:
+    """Write :func:`accuracy_latency_figure` as a PNG (atomically); False when there is nothing to plot."""
+    fig = accuracy_latency_figure(report)
+    if fig is None:
+        return False
+    import matplotlib.pyplot as plt
+
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, metadata={"Software": None})
     plt.close(fig)
@@ -269,10 +286,14 @@ def plot_accuracy_latency(report: dict, path: Path) -> bool:
 
 
 def write_reports(report: dict, out_dir: Path) -> None:
-    """Write report.json, accuracy_latency.png and report.md into ``out_dir``."""
+    """Write report.json, accuracy_latency.png, report.md and report.html (self-contained) into ``out_dir``."""
+    from edgevit.report.html import render_html
+
     report["plots"] = ["accuracy_latency.png"] if plot_accuracy_latency(report, out_dir / "accuracy_latency.png") else []
+    clean = _clean(report)
     _atomic_write(out_dir / "report.md", markdown(report))
-    _atomic_write(out_dir / "report.json", json.dumps(_clean(report), indent=2, default=_json_default) + "\n")
+    _atomic_write(out_dir / "report.html", render_html(json.loads(json.dumps(clean, default=_json_default))))
+    _atomic_write(out_dir / "report.json", json.dumps(clean, indent=2, default=_json_default) + "\n")
 
 
 def _search_lines(plan: dict) -> list[str]:
