@@ -32,8 +32,8 @@ from edgevit.report import write_reports
 from edgevit.report.diagnostics import layer_errors, site_histograms
 from edgevit.runfolder import staged_run_folder
 from edgevit.tokens import apply_tokens, summarize
-from edgevit.validate import OrtRunner, TorchRunner, accuracy_metrics, collect_logits, map_labels, measure
-from edgevit.validate.latency import timed_iterations
+from edgevit.validate import OrtRunner, TorchRunner, accuracy_metrics, collect_logits, map_labels
+from edgevit.validate.latency import measure_interleaved, timed_iterations
 
 log = logging.getLogger("edgevit")
 SIM_NAME = "pytorch-int8-sim"
@@ -433,7 +433,7 @@ def _validate(recipe: Recipe, model, sims: dict, info, params: int, artifacts: l
     for a in artifacts:
         rows.append(a)
         runners.append(_runner(a, stage, threads, providers))
-    timed = [r for r, run in zip(rows, runners) if r["precision"] != "int8-sim" and run is not None]
+    timed = [(r, run) for r, run in zip(rows, runners) if r["precision"] != "int8-sim" and run is not None]
     n_eval = len(evalset["x"]) if evalset else 0
     logits: dict[str, np.ndarray] = {}
     with new_progress() as progress:
@@ -452,8 +452,12 @@ def _validate(recipe: Recipe, model, sims: dict, info, params: int, artifacts: l
             row["parity"] = None if row["runtime"] == "torch" else \
                 _parity(runner, origin, sample[:val.parity_images], val.parity_tolerance,
                         row["precision"], row.get("simulated_by") or "pytorch-fp32")
-            row["latency"] = [] if row["precision"] == "int8-sim" else \
-                [measure(runner, sample, d, lambda: progress.advance(t_lat)) for d in devices]
+            row["latency"] = []
+        for d in devices:  # all artifacts interleaved: the FP32 baseline shares the load of each one
+            measured = measure_interleaved({r["name"]: run for r, run in timed}, sample, d,
+                                           lambda: progress.advance(t_lat))
+            for r, _ in timed:
+                r["latency"].append(measured[r["name"]])
     ref_top1 = rows[0]["accuracy"]["top1"] if rows[0]["accuracy"] else None
     for row in rows:
         acc = row["accuracy"]

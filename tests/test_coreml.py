@@ -151,14 +151,14 @@ def test_layernorm_kept_in_fp32_only_where_fp16_would_overflow(tmp_path):
 def test_export_cli_writes_a_coreml_classifier(tmp_path):
     from conftest import run_cli
 
-    res = run_cli("export", "--model", "builtin:hybrid-cifar10", "--to", "coreml", "--compression", "palettize4",
+    res = run_cli("export", "--model", "builtin:hybrid-cifar10", "--to", "coreml", "--compression", "w8",
                   "--precision", "fp16", "--out", str(tmp_path))
     assert res.returncode == 0, res.stderr
-    pkg = tmp_path / "hybrid-cifar10-fp16-palettize4.mlpackage"
-    assert pkg.is_dir() and "needs macOS" in res.stderr and "constexpr_lut_to_dense" in res.stderr
+    pkg = tmp_path / "hybrid-cifar10-fp16-w8.mlpackage"
+    assert pkg.is_dir() and "needs macOS" in res.stderr and "constexpr_affine_dequantize" in res.stderr
     from edgevit.export.coreml import inspect_package
 
-    assert inspect_package(pkg)["metadata"]["compression"] == "palettize4"
+    assert inspect_package(pkg)["metadata"]["compression"] == "w8"
     res = run_cli("export", "--model", "builtin:hybrid-cifar10", "--compression", "w8", "--out", str(tmp_path))
     assert res.returncode == 2 and "--compression: only with --to coreml" in res.stderr
 

@@ -41,3 +41,32 @@ def test_summarize_and_measure():
                   DeviceConfig(warmup=2, iters=10, throughput_batch=7))
     assert res["batch1"]["runs"] == 10 and res["throughput"]["batch"] == 7
     assert calls.count(1) == 12 and calls.count(7) == res["throughput"]["runs"] + 1
+
+
+def test_interleaved_timing_keeps_the_ratio_and_the_counts():
+    """Two runners, one sleeping twice as long: every runner gets its iterations, the rounds alternate
+    between them, and the measured ratio is the real one."""
+    import time
+
+    from edgevit.validate.latency import measure_interleaved, timed_iterations
+
+    order = []
+
+    def sleeper(name, ms):
+        def run(x):
+            order.append(name)
+            time.sleep(ms * len(x) / 1e3)
+        return run
+
+    dev = DeviceConfig(warmup=1, iters=12, throughput_batch=2)
+    ticks = []
+    out = measure_interleaved({"fast": sleeper("fast", 2), "slow": sleeper("slow", 4)},
+                              np.zeros((2, 3, 4, 4), np.float32), dev, lambda: ticks.append(1))
+    assert len(ticks) == 2 * timed_iterations(dev)
+    for k in ("fast", "slow"):
+        assert out[k]["batch1"]["runs"] == 12 and out[k]["throughput"]["runs"] == 5 and out[k]["interleaved_with"] == 2
+    ratio = out["slow"]["batch1"]["median_ms"] / out["fast"]["batch1"]["median_ms"]
+    assert 1.6 < ratio < 2.4
+    timed = order[2 * (1 + 1):]  # after the warm-up calls
+    switches = sum(a != b for a, b in zip(timed, timed[1:]))
+    assert switches >= 2 * 5 - 1  # alternated every round, not one runner after the other

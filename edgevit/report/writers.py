@@ -73,8 +73,9 @@ def markdown(report: dict) -> str:
     for dev in devices or [None]:
         lines += ["## Artifacts" + (f" on `{dev}`" if dev else ""), ""]
         lines += ["| artifact | runtime | precision | top-1 | Δ top-1 vs FP32 (pts) | agreement | "
-                  "latency b1 median / p90 (ms) | throughput (img/s) | size |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "latency b1 median / p90 (ms) | speed vs FP32 ONNX | throughput (img/s) | size |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        base = _baseline_latency(report["results"], dev)
         for r in report["results"]:
             acc = r.get("accuracy") or {}
             lat = next((d for d in r.get("latency", []) if d["device"] == dev), None)
@@ -82,12 +83,13 @@ def markdown(report: dict) -> str:
             tp = lat["throughput"] if lat else None
             if r.get("not_measured"):
                 lines.append(f"| {r['name']} | {r['runtime']} | {r['precision']} | not measured: needs macOS | | | "
-                             f"| | {_size(r['size_bytes'])} |")
+                             f"| | | {_size(r['size_bytes'])} |")
                 continue
+            ratio = f"{base / b1['median_ms']:.2f}x" if base and b1 and b1.get("median_ms") else "n/a"
             lines.append(
                 f"| {r['name']} | {r['runtime']} | {r['precision']} | {_pct(acc.get('top1'))} | "
                 f"{_delta(acc.get('delta_top1'))} | {_pct(acc.get('top1_agreement'))} | "
-                f"{_ms(b1, 'median_ms')} / {_ms(b1, 'p90_ms')} | "
+                f"{_ms(b1, 'median_ms')} / {_ms(b1, 'p90_ms')} | {ratio} | "
                 f"{_throughput(tp)} | {_size(r['size_bytes'])} |")
         loads = [lat["load_average"] for r in report["results"] for lat in r.get("latency", []) if lat["device"] == dev]
         if loads:
@@ -182,6 +184,16 @@ def markdown(report: dict) -> str:
                   f"onnx {env['onnx']}, onnxruntime {env['onnxruntime']}, {env['cpu_count']} CPUs; "
                   f"edgevit {env['edgevit']}; run took {report['elapsed_s']} s.", ""]
     return "\n".join(lines)
+
+
+def _baseline_latency(results: list[dict], dev: str | None) -> float | None:
+    """Batch-1 median of the FP32 ONNX artifact on ``dev`` (timed interleaved with the others)."""
+    for r in results:
+        if r["runtime"] == "onnxruntime" and r["precision"] == "fp32":
+            lat = next((d for d in r.get("latency", []) if d["device"] == dev), None)
+            if lat:
+                return lat["batch1"]["median_ms"]
+    return None
 
 
 def _remote_lines(results: list[dict]) -> list[str]:

@@ -57,6 +57,45 @@ def measure(run: Callable[[np.ndarray], object], sample: np.ndarray, device,
             "load_average": [load_before, load_average()]}
 
 
+def measure_interleaved(runs: dict[str, Callable[[np.ndarray], object]], sample: np.ndarray, device,
+                        on_iter: Callable[[], None] | None = None, per_round: int = 5) -> dict[str, dict]:
+    """:func:`measure` for several runners at once, interleaved round by round (``per_round`` batch-1
+    calls and one throughput call each per round), so that every artifact - the FP32 baseline included
+    - is timed under the same load and their ratios hold on a busy machine."""
+    one = sample[:1]
+    reps = -(-device.throughput_batch // len(sample))
+    big = np.concatenate([sample] * reps)[:device.throughput_batch]
+    for run in runs.values():
+        for _ in range(device.warmup):
+            run(one)
+        for _ in range(max(1, device.warmup // 5)):
+            run(big)
+    b1 = {k: [] for k in runs}
+    bt = {k: [] for k in runs}
+    load_before = load_average()
+    n_big = _throughput_iters(device)
+    while any(len(v) < device.iters for v in b1.values()) or any(len(v) < n_big for v in bt.values()):
+        for k, run in runs.items():
+            for _ in range(min(per_round, device.iters - len(b1[k]))):
+                b1[k].append(_timed(run, one))
+                if on_iter:
+                    on_iter()
+            if len(bt[k]) < n_big:
+                bt[k].append(_timed(run, big))
+                if on_iter:
+                    on_iter()
+    loads = [load_before, load_average()]
+    return {k: {"device": device.name, "threads": device.threads, "interleaved_with": len(runs),
+                "batch1": summarize(np.asarray(b1[k]), 1), "throughput": summarize(np.asarray(bt[k]), len(big)),
+                "load_average": loads} for k in runs}
+
+
+def _timed(run: Callable[[np.ndarray], object], x: np.ndarray) -> float:
+    t0 = time.perf_counter()
+    run(x)
+    return (time.perf_counter() - t0) * 1e3
+
+
 def _throughput_iters(device) -> int:
     return max(5, device.iters // 5)
 
