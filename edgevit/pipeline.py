@@ -499,6 +499,8 @@ def _remote_device(device, rows: list[dict], logits: dict, evalset: dict | None,
                                                             **out["machine"]},
             "accuracy": {"top1": got.get("top1"), "images": int(len(preds)), "agreement_with": origin,
                          "agreement": agree}})
+        if r.get("not_measured"):  # a CoreML package: not run here, but on this device
+            r["not_measured"] = f"here (needs macOS); measured on device {device.name}, see its section"
         if device.runtime == "onnxruntime" and agree is not None:
             checks.append({"name": f"{r['name']}: same predictions on device {device.name}", "ok": agree >= 0.99,
                            "detail": f"top-1 agreement with {origin} here {100 * agree:.1f} % on {len(preds)} images "

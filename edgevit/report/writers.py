@@ -82,8 +82,8 @@ def markdown(report: dict) -> str:
             b1 = lat["batch1"] if lat else None
             tp = lat["throughput"] if lat else None
             if r.get("not_measured"):
-                lines.append(f"| {r['name']} | {r['runtime']} | {r['precision']} | not measured: needs macOS | | | "
-                             f"| | | {_size(r['size_bytes'])} |")
+                lines.append(f"| {r['name']} | {r['runtime']} | {r['precision']} | not measured: {r['not_measured']} | "
+                             f"| | | | | {_size(r['size_bytes'])} |")
                 continue
             ratio = f"{base / b1['median_ms']:.2f}x" if base and b1 and b1.get("median_ms") else "n/a"
             lines.append(
