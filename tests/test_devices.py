@@ -219,3 +219,24 @@ def test_profiles_validate():
         DeviceConfig.model_validate({"name": "x", "kind": "ssh", "ssh": {"host": "a;rm -rf /", "user": "u",
                                                                          "key_file": "k", "known_hosts": "h"}})
     assert BadInput
+
+
+def test_coreml_device_path_reaches_prediction(sshd, tmp_path):
+    """A CoreML profile against this Linux 'device': the package is copied and loaded with the profile's
+    compute units; prediction itself needs macOS, and that is what the error says."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from edgevit.export.coreml import export_coreml, unavailable
+
+    if unavailable():
+        pytest.skip(unavailable())
+    info = SimpleNamespace(input_size=32, mean=[0.5] * 3, std=[0.25] * 3, labels=[f"c{i}" for i in range(10)],
+                           arch="tiny", crop_pct=1.0, interpolation="bilinear", source="test")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).eval()
+    pkg = tmp_path / "tiny.mlpackage"
+    export_coreml(model, info, pkg, "none", "fp16")
+    device = DeviceConfig.model_validate(_profile(sshd, runtime="coreml", compute_units="cpu_and_ne"))
+    with pytest.raises(DeviceError, match="benchmark failed on the device .*macOS"):
+        measure_remote(device, [("tiny", pkg)], np.zeros((2, 3, 32, 32), np.float32), None, info)
