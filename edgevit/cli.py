@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from edgevit.errors import BadInput, RunFailure
+from edgevit.errors import BadInput, RunFailure, one_line
 from edgevit.progress import console, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -31,12 +32,12 @@ def _guard(fn: Callable[[], int | None], debug: bool) -> None:
     except BadInput as e:
         if debug:
             raise
-        console.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(one_line(str(e)))}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(2)
     except Exception as e:
         if debug:
             raise
-        console.print(f"[red]error:[/red] {type(e).__name__ + ': ' if not isinstance(e, RunFailure) else ''}{e} "
+        console.print(f"[red]error:[/red] {type(e).__name__ + ': ' if not isinstance(e, RunFailure) else ''}{escape(one_line(str(e)))} "
                       "(rerun with --debug for the traceback)", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     raise typer.Exit(code)

@@ -1,4 +1,7 @@
 """The two kinds of failure the CLI distinguishes (exit code 2 and 1)."""
+from __future__ import annotations
+
+import re
 
 
 class BadInput(Exception):
@@ -7,3 +10,9 @@ class BadInput(Exception):
 
 class RunFailure(Exception):
     """Something failed while running a valid recipe: exit code 1."""
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters (newlines, NUL, ...) written as escapes: an error message that
+    quotes user input (a YAML key, a file name) stays one line."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgevit.errors import BadInput
+from edgevit.errors import BadInput, one_line
 from edgevit.prune.config import PruneConfig
 from edgevit.tokens.config import TokenConfig
 from edgevit.quant.config import QuantConfig
@@ -422,7 +422,7 @@ def _format_error(err: ValidationError, path: Path | None, origins: dict[str, st
             origin = origins[key]
             break
     if e["type"] == "value_error" and not loc:
-        return f"{origin}: {e['msg'].removeprefix('Value error, ')}"
+        return one_line(f"{origin}: {e['msg'].removeprefix('Value error, ')}")
     if e["type"] == "extra_forbidden":
         owner = _model_at(loc, root)
         allowed = sorted((f.alias or n) for n, f in owner.model_fields.items()) if owner else []
@@ -434,7 +434,7 @@ def _format_error(err: ValidationError, path: Path | None, origins: dict[str, st
         shown = json.dumps(got, default=str) if not isinstance(got, dict) else "a mapping"
         msg = f"{e['msg']} (got {shown[:80]})"
     more = f" [and {len(errors) - 1} more problem(s)]" if len(errors) > 1 else ""
-    return f"{origin}: {dotted or '<top>'}: {msg}{more}"
+    return one_line(f"{origin}: {dotted or '<top>'}: {msg}{more}")
 
 
 def build_recipe(data: dict, path: Path | None = None, overrides: list[str] = ()) -> Recipe:

@@ -77,8 +77,8 @@ class ImageSet:
                 with Image.open(path) as im:
                     im.load()
                     xs.append(preprocess(im))
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-                if (str(path), str(e)) not in self.skipped:
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+                if str(path) not in {f for f, _ in self.skipped}:  # once, also when the set is read again
                     self.skipped.append((str(path), f"{type(e).__name__}: {e}"))
                     log.warning("skipping unreadable image %s (%s)", path, type(e).__name__)
                 continue

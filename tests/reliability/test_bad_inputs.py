@@ -1,0 +1,179 @@
+"""Bad input never crashes: generated malformed recipes and broken image files each get one clear line
+(BadInput: exit code 2 from the CLI) or are skipped and reported, never a traceback or a hang."""
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from conftest import CALIB_DIR, ROOT
+from edgevit.data import Preprocess, open_image_set
+from edgevit.errors import BadInput
+from edgevit.recipe import build_recipe
+
+VALID = {
+    "name": "bad-input",
+    "model": "builtin:vit-cifar10",
+    "calibration": {"path": str(CALIB_DIR), "num": 8},
+    "prune": {"nm": {"n": 2, "m": 4}},
+    "tokens": {"method": "tome", "r": 4},
+    "quantize": {"weights": {"bits": 8}, "activations": {"bits": 8}},
+    "export": [{"format": "onnx", "precision": "int8"}, {"format": "coreml", "precision": "fp16"}],
+    "validate": {"devices": [{"name": "d", "threads": 1}]},
+}
+
+BAD_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12), st.lists(st.integers(-3, 3), max_size=3), st.dictionaries(st.text(max_size=5),
+                                                                                      st.integers(), max_size=2),
+    st.sampled_from(["../../etc/passwd", "no/such/file.yaml", "builtin:nope", "timm:", "file:x.py:f", "int4",
+                     "tensorrt", "coreml", "fp8", "-1", "1e9", "\x00", "ümlaut", "*", ""]),
+)
+
+
+def _paths(node, prefix=()):
+    """Every key path in a nested recipe mapping (list items by index)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield prefix + (k,)
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield prefix + (i,)
+            yield from _paths(v, prefix + (i,))
+
+
+PATHS = sorted(set(_paths(VALID)), key=str)
+
+
+@st.composite
+def bad_recipes(draw):
+    """The valid recipe with 1-3 mutations: a value replaced, an unknown key added, or a key removed."""
+    data = yaml.safe_load(yaml.safe_dump(VALID))
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(PATHS))
+        parent = data
+        try:
+            for k in path[:-1]:
+                parent = parent[k]
+            kind = draw(st.sampled_from(["replace", "unknown", "remove"]))
+            if kind == "replace":
+                parent[path[-1]] = draw(BAD_VALUES)
+            elif kind == "unknown" and isinstance(parent, dict):
+                parent[draw(st.text(min_size=1, max_size=8))] = draw(BAD_VALUES)
+            elif kind == "remove" and isinstance(parent, dict):
+                parent.pop(path[-1], None)
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier mutation removed or replaced this path's parent
+    return data
+
+
+def _one_clear_line(msg: str) -> None:
+    assert msg and "\n" not in msg.strip() and "Traceback" not in msg, msg
+    assert len(msg) < 600, msg
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bad_recipes())
+def test_generated_bad_recipes_give_one_clear_line(data):
+    """250 generated recipes: each validates or raises BadInput with one line that names where."""
+    try:
+        build_recipe(data, ROOT / "recipes" / "bad-input.yaml")
+    except BadInput as e:
+        _one_clear_line(str(e))
+        assert "bad-input.yaml" in str(e) or ":" in str(e), str(e)
+
+
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(bad_recipes())
+def test_bad_recipes_through_the_cli(tmp_path_factory, data):
+    """Generated bad recipes written to YAML and run with `edgevit compress`: exit code 2, one line on
+    stderr, no traceback, no run folder."""
+    tmp = tmp_path_factory.mktemp("cli")
+    try:
+        build_recipe(data, tmp / "r.yaml")
+        assume(False)  # valid by chance: not a bad input
+    except BadInput:
+        pass
+    path, out = tmp / "bad.yaml", tmp / "run"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    res = subprocess.run([sys.executable, "-m", "edgevit.cli", "compress", "--recipe", str(path), "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, (data, res.stderr[-500:])
+    _one_clear_line(res.stderr.strip())
+    assert not out.exists()
+
+
+def _image_bytes(kind: str, rng: np.random.Generator) -> bytes:
+    arr = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    if kind == "cmyk":
+        Image.fromarray(arr).convert("CMYK").save(buf, "JPEG")
+    elif kind == "gray":
+        Image.fromarray(arr).convert("L").save(buf, "PNG")
+    elif kind == "16bit":
+        Image.fromarray(arr[..., 0].astype(np.uint16) * 257).save(buf, "PNG")  # mode I;16
+    elif kind == "rgba":
+        Image.fromarray(np.dstack([arr, arr[..., :1]])).save(buf, "PNG")
+    elif kind == "huge":  # a decompression bomb: far more pixels than any calibration image
+        Image.new("L", (20000, 20000)).save(buf, "PNG")
+    else:
+        Image.fromarray(arr).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+GOOD_KINDS = ("rgb", "cmyk", "gray", "16bit", "rgba")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(GOOD_KINDS + ("truncated", "zero", "garbage", "text")),
+                          st.integers(0, 2**31)), min_size=1, max_size=8))
+def test_generated_image_folders_load_or_skip_each_file(tmp_path_factory, files):
+    """Folders of generated good and broken images: the good ones load as RGB at the model's size, each
+    broken one is skipped with its file name and reason; a folder with no readable image is BadInput."""
+    folder = tmp_path_factory.mktemp("imgs")
+    bad = set()
+    for i, (kind, seed) in enumerate(files):
+        rng = np.random.default_rng(seed)
+        name = folder / f"{i:02d}.{'png' if kind in ('gray', '16bit', 'rgba') else 'jpg'}"
+        if kind == "truncated":
+            data = _image_bytes("rgb", rng)
+            name.write_bytes(data[:max(1, int(len(data) * rng.uniform(0.05, 0.6)))])
+        elif kind == "zero":
+            name.write_bytes(b"")
+        elif kind == "garbage":
+            name.write_bytes(rng.integers(0, 256, int(rng.integers(1, 4000)), dtype=np.uint8).tobytes())
+        elif kind == "text":
+            name.write_text("not an image\n")
+        else:
+            name.write_bytes(_image_bytes(kind, rng))
+            continue
+        bad.add(name.name)
+    pre = Preprocess(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    images = open_image_set(folder)
+    if len(bad) == len(files):
+        with pytest.raises(BadInput) as e:
+            images.load(pre)
+        _one_clear_line(str(e.value))
+        return
+    x, _ = images.load(pre)
+    assert x.shape == (len(files) - len(bad), 3, 32, 32) and np.isfinite(x).all()
+    assert {f.split("/")[-1] for f, _ in images.skipped} == bad
+    assert all(reason for _, reason in images.skipped)
+
+
+def test_decompression_bomb_is_skipped_not_loaded(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "ok.jpg").write_bytes(_image_bytes("rgb", rng))
+    (tmp_path / "bomb.png").write_bytes(_image_bytes("huge", rng))
+    images = open_image_set(tmp_path)
+    x, _ = images.load(Preprocess(32, (0.5,) * 3, (0.25,) * 3))
+    assert len(x) == 1 and [f.split("/")[-1] for f, _ in images.skipped] == ["bomb.png"]
