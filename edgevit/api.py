@@ -77,12 +77,21 @@ def bench(artifact: Path | str, device: DeviceConfig | None = None) -> dict:
         meta = read_metadata(artifact)
     except Exception as e:  # onnx raises DecodeError and others for a damaged file
         raise BadInput(f"{artifact} is not a readable ONNX file: {type(e).__name__}") from None
-    size = json.loads(meta["input_size"])[-1] if "input_size" in meta else None
-    runner = OrtRunner(artifact, device.threads, device.providers)
-    if size is None:
-        shape = runner.session.get_inputs()[0].shape
-        size = shape[-1] if isinstance(shape[-1], int) else 224
-    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    try:
+        size = json.loads(meta["input_size"])[-1] if "input_size" in meta else None
+        runner = OrtRunner(artifact, device.threads, device.providers)
+        inputs = runner.session.get_inputs()
+        if size is None:
+            shape = inputs[0].shape if len(inputs) == 1 else []
+            if len(shape) != 4:
+                raise ValueError(f"expected one image input (N, 3, H, W), got {[i.shape for i in inputs]}")
+            size = shape[-1] if isinstance(shape[-1], int) else 224
+        x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+        runner(x)
+    except Exception as e:  # ORT's load/shape errors, bad metadata: the file is the problem, not the run
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise BadInput(f"{artifact}: ONNX Runtime cannot run it as an image model ({type(e).__name__}: {detail})") \
+            from None
     return {"artifact": str(artifact), "size_bytes": Path(artifact).stat().st_size,
             **measure(runner, x, device)}
 

@@ -30,7 +30,7 @@ from edgevit.quant.sites import act_sites
 from edgevit.recipe import Recipe, recipe_to_yaml
 from edgevit.report import write_reports
 from edgevit.report.diagnostics import layer_errors, site_histograms
-from edgevit.runfolder import staged_run_folder
+from edgevit.runfolder import mark, staged_run_folder
 from edgevit.tokens import apply_tokens, summarize
 from edgevit.validate import OrtRunner, TorchRunner, accuracy_metrics, collect_logits, map_labels
 from edgevit.validate.latency import measure_interleaved, timed_iterations
@@ -218,6 +218,7 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
     names = _artifact_files(recipe.export)
     with staged_run_folder(out_dir, overwrite) as stage, _run_log(stage / "run.log"):
         (stage / "recipe.lock.yaml").write_text(recipe_to_yaml(recipe))
+        mark(stage, "load", recipe=recipe.name)
         model, info = load_model(recipe.model)
         log.info("model %s: %s, %d classes, input %d px", info.source, info.arch, info.num_classes, info.input_size)
         pre = Preprocess(info.input_size, info.mean, info.std, info.crop_pct, info.interpolation)
@@ -226,13 +227,16 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
         dense, pruning, tokens, quant, sims = model, None, None, None, {}
         float_sim = None  # the last float stage's model: what FP32/FP16 artifacts are compared with
         if recipe.prune is not None:
+            mark(stage, "prune")
             model, pruning = _prune_stage(model, recipe, pre)
             sims[PRUNED_NAME], float_sim = model, PRUNED_NAME
         if recipe.tokens is not None:
+            mark(stage, "tokens")
             model, tokens = _token_stage(model, recipe, info)
             sims[TOKENS_NAME], float_sim = model, TOKENS_NAME
         jobs = [(cfg, name, None, "") for cfg, name in zip(recipe.export, names)]
         if recipe.quantize is not None:
+            mark(stage, "quantize")
             qmodel, plan, quant = _quantize_stage(model, recipe, pre, stage)
             sim_base = _sim_name(recipe.quantize)
             if recipe.quantize.max_accuracy_drop is not None:
@@ -251,6 +255,7 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
         artifacts, ln_policies = [], {}
         with new_progress() as progress:
             task = progress.add_task("export", total=len(jobs))
+            mark(stage, "export")
             for cfg, name, job_plan, suffix in jobs:
                 keep_ln = False
                 if _runs_fp16(cfg):
@@ -304,6 +309,7 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
                                   "simulated_by": sim_name})
                 log.info("exported %s (%.2f MB, %s)", name, artifacts[-1]["size_bytes"] / 1e6, facts["simplifier"])
                 progress.advance(task)
+        mark(stage, "validate")
         results, checks = _validate(recipe, dense, sims, info, params, artifacts, evalset, stage)
         report = {
             "schema_version": 1,
@@ -328,6 +334,7 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
         for c in checks:
             (log.info if c["ok"] else log.error)("%s %s: %s", "PASS" if c["ok"] else "FAIL", c["name"], c["detail"])
         write_reports(report, stage)
+        mark(stage, "done", status="complete", artifacts=[a["file"] for a in artifacts])
     return RunResult(out_dir=out_dir, report=report)
 
 

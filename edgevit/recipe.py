@@ -166,7 +166,9 @@ class ValidateConfig(_Strict):
 class Recipe(_Strict):
     """A whole run: model -> stages -> artifacts -> validation -> report."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=100,
+                      description="names the default run folder runs/<name>: letters, digits, _ . -, not starting "
+                      "with a dot (no '..', no hidden folder)")
     description: str = ""
     seed: int = 0
     model: ModelConfig = Field(default_factory=ModelConfig)

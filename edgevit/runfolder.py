@@ -1,8 +1,10 @@
 """Run folders that appear only when complete: built under a temporary name, renamed at the end."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -60,3 +62,20 @@ def staged_run_folder(out: Path, overwrite: bool) -> Iterator[Path]:
         os.replace(out, old)
     os.replace(stage, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+STATUS_FILE = "run.json"
+
+
+def mark(stage: Path, step: str, status: str = "running", **extra) -> None:
+    """Write ``run.json`` (atomically): which step the run is in, or ``status: complete`` once all is
+    written. A folder left by a killed run says ``running`` and the step it died in."""
+    path = stage / STATUS_FILE
+    try:
+        first = json.loads(path.read_text())
+    except (OSError, ValueError):
+        first = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pid": os.getpid()}
+    data = first | {"status": status, "step": step, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")} | extra
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)

@@ -91,7 +91,7 @@ def test_generated_bad_recipes_give_one_clear_line(data):
         assert "bad-input.yaml" in str(e) or ":" in str(e), str(e)
 
 
-@settings(max_examples=10, deadline=None,
+@settings(max_examples=6, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(bad_recipes())
 def test_bad_recipes_through_the_cli(tmp_path_factory, data):
@@ -177,3 +177,84 @@ def test_decompression_bomb_is_skipped_not_loaded(tmp_path):
     images = open_image_set(tmp_path)
     x, _ = images.load(Preprocess(32, (0.5,) * 3, (0.25,) * 3))
     assert len(x) == 1 and [f.split("/")[-1] for f, _ in images.skipped] == ["bomb.png"]
+
+
+@pytest.mark.parametrize("name", ["..", ".hidden", "../escape", "a/b", "x" * 101])
+def test_recipe_name_cannot_leave_the_runs_folder(name):
+    with pytest.raises(BadInput, match="name"):
+        build_recipe(VALID | {"name": name})
+
+
+class _Payload:
+    """A pickle that runs code when loaded (what a malicious checkpoint does)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_checkpoint_that_runs_code_is_refused_and_does_not_run(tmp_path):
+    import torch
+
+    from edgevit.models import load_model
+    from edgevit.recipe import ModelConfig
+
+    marker, ckpt = tmp_path / "pwned", tmp_path / "evil.pth"
+    torch.save({"model": {}, "payload": _Payload(marker)}, ckpt)
+    res = subprocess.run([sys.executable, "-m", "edgevit.cli", "export", "--model", "timm:vit_tiny_patch16_224",
+                          "--checkpoint", str(ckpt), "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2 and "--trust-checkpoint" in res.stderr and not marker.exists()
+    _one_clear_line(res.stderr.strip())
+    with pytest.raises(BadInput):
+        load_model(ModelConfig(source="timm:vit_tiny_patch16_224", checkpoint=str(ckpt)))
+    assert not marker.exists()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(["truncated", "garbage", "empty", "flipped"]), st.integers(0, 2**31))
+def test_malformed_onnx_given_to_bench_is_one_clear_line(tmp_path_factory, kind, seed):
+    """A real ONNX file, truncated / replaced by noise / emptied / with bytes flipped: `bench` answers
+    BadInput (one line) or, when the damage left a valid model, measures it; never a traceback."""
+    from edgevit.api import bench
+    from edgevit.recipe import DeviceConfig
+
+    rng = np.random.default_rng(seed)
+    data = bytearray(_tiny_onnx_bytes())
+    if kind == "truncated":
+        data = data[:int(rng.integers(1, len(data)))]
+    elif kind == "garbage":
+        data = bytearray(rng.integers(0, 256, int(rng.integers(1, 5000)), dtype=np.uint8).tobytes())
+    elif kind == "empty":
+        data = bytearray()
+    else:
+        for i in rng.integers(0, len(data), 8):
+            data[i] ^= 0xFF
+    path = tmp_path_factory.mktemp("onnx") / "m.onnx"
+    path.write_bytes(bytes(data))
+    try:
+        out = bench(path, DeviceConfig(warmup=0, iters=1, throughput_batch=1))
+        assert out["batch1"]["runs"] == 1
+    except BadInput as e:
+        _one_clear_line(str(e))
+
+
+_TINY: list[bytes] = []
+
+
+def _tiny_onnx_bytes() -> bytes:
+    if not _TINY:
+        import tempfile
+
+        import torch
+
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4)).eval()
+        with tempfile.TemporaryDirectory() as d:
+            p = f"{d}/t.onnx"
+            torch.onnx.export(model, (torch.zeros(1, 3, 8, 8),), p, input_names=["input"], dynamo=False)
+            _TINY.append(open(p, "rb").read())
+    return _TINY[0]

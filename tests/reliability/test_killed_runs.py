@@ -51,6 +51,10 @@ KILL_POINTS = {
 }
 
 
+STEPS = {"loading": ("load",), "quantized": ("quantize", "export"), "exporting": ("export",),
+         "validating": ("export", "validate")}
+
+
 def test_sigkill_at_each_stage_leaves_no_run_and_the_rerun_finishes(tmp_path):
     out = tmp_path / "run"
     for point, ready in KILL_POINTS.items():
@@ -59,10 +63,33 @@ def test_sigkill_at_each_stage_leaves_no_run_and_the_rerun_finishes(tmp_path):
         assert not out.exists(), point  # nothing under the run's name: no report, no artifact that looks final
         left = _stage(out)  # this run's staging folder; the next run's start removes the earlier dead ones
         assert len(left) == 1 and left[0] not in before and not (left[0] / "report.json").is_file(), point
+        status = json.loads((left[0] / "run.json").read_text())
+        assert status["status"] == "running" and status["step"] in STEPS[point], (point, status)
     res = subprocess.run([sys.executable, "-m", "edgevit.cli", "compress", *ARGS, "--out", str(out)], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert json.loads((out / "report.json").read_text())["status"] == "ok"
+    done = json.loads((out / "run.json").read_text())
+    assert done["status"] == "complete" and set(done["artifacts"]) <= {p.name for p in out.iterdir()}
     assert _stage(out) == []  # the dead runs' staging folders were removed
     assert not any(p.name.endswith(".tmp") for p in out.iterdir())
     assert os.path.getsize(out / "onnx-int8.onnx") > 0
+
+
+def test_same_recipe_twice_gives_identical_artifacts_and_numbers(tmp_path):
+    """Determinism: two runs of one recipe and seed write byte-identical ONNX files and plan.json, and
+    report the same accuracy figures (timings aside)."""
+    import hashlib
+
+    runs = []
+    for i in range(2):
+        out = tmp_path / f"run{i}"
+        res = subprocess.run([sys.executable, "-m", "edgevit.cli", "compress", *ARGS, "--out", str(out)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        runs.append(out)
+    digest = [{p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(r.glob("*.onnx"))} for r in runs]
+    assert len(digest[0]) == 3 and digest[0] == digest[1]
+    assert (runs[0] / "plan.json").read_bytes() == (runs[1] / "plan.json").read_bytes()
+    acc = [{r["name"]: r["accuracy"] for r in json.loads((run / "report.json").read_text())["results"]} for run in runs]
+    assert acc[0] == acc[1]
