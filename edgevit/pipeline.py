@@ -30,7 +30,7 @@ from edgevit.quant.sites import act_sites
 from edgevit.recipe import Recipe, recipe_to_yaml
 from edgevit.report import write_reports
 from edgevit.report.diagnostics import layer_errors, site_histograms
-from edgevit.runfolder import mark, staged_run_folder
+from edgevit.runfolder import STATUS_FILE, mark, staged_run_folder
 from edgevit.tokens import apply_tokens, summarize
 from edgevit.validate import OrtRunner, TorchRunner, accuracy_metrics, collect_logits, map_labels
 from edgevit.validate.latency import measure_interleaved, timed_iterations
@@ -216,7 +216,7 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
     seed_everything(recipe.seed)
     started = time.time()
     names = _artifact_files(recipe.export)
-    with staged_run_folder(out_dir, overwrite) as stage, _run_log(stage / "run.log"):
+    with staged_run_folder(out_dir, overwrite) as stage, _run_log(stage / "run.log"), _memory_errors(stage):
         (stage / "recipe.lock.yaml").write_text(recipe_to_yaml(recipe))
         mark(stage, "load", recipe=recipe.name)
         model, info = load_model(recipe.model)
@@ -356,6 +356,29 @@ def _layernorm_policy(model, recipe: Recipe, pre: Preprocess, evalset: dict | No
     policy = layernorm_policy(model, images, mode)
     log.info("FP16 LayerNorm: %s (%s)", "kept in FP32" if policy["keep_fp32"] else "FP16", policy["reason"])
     return policy
+
+
+OOM_HINTS = {"load": "validate.eval.num (evaluation images are held in memory)",
+             "prune": "prune.images", "quantize": "calibration.batch_size",
+             "export": "the model size / export list", "validate": "validate.eval.batch_size or the devices' "
+             "throughput_batch"}
+
+
+@contextmanager
+def _memory_errors(stage: Path) -> Iterator[None]:
+    """Out of memory becomes one line saying in which step and which setting to lower (the step from
+    run.json)."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "allocate" not in str(e) and "out of memory" not in str(e).lower():
+            raise
+        try:
+            step = json.loads((stage / STATUS_FILE).read_text())["step"]
+        except (OSError, ValueError, KeyError):
+            step = "load"
+        raise RunFailure(f"out of memory during {step} ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else 'no detail'}); "
+                         f"lower {OOM_HINTS.get(step, 'the batch sizes')}") from None
 
 
 def _tensorrt_engine(onnx_path: Path, engine_path: Path, cfg, layernorm_fp32: bool = False) -> dict:
