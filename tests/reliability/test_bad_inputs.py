@@ -258,3 +258,16 @@ def _tiny_onnx_bytes() -> bytes:
             torch.onnx.export(model, (torch.zeros(1, 3, 8, 8),), p, input_names=["input"], dynamo=False)
             _TINY.append(open(p, "rb").read())
     return _TINY[0]
+
+
+def test_cyclic_base_references_are_one_clear_line(tmp_path):
+    from edgevit.recipe import load_recipe
+
+    (tmp_path / "a.yaml").write_text("name: a\nbase: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("name: b\nbase: c.yaml\n")
+    (tmp_path / "c.yaml").write_text("name: c\nbase: a.yaml\n")
+    (tmp_path / "self.yaml").write_text("name: s\nbase: self.yaml\n")
+    for name in ("a.yaml", "self.yaml"):
+        with pytest.raises(BadInput, match="circular reference") as e:
+            load_recipe(tmp_path / name)
+        _one_clear_line(str(e.value))
