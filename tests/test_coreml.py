@@ -85,9 +85,8 @@ def test_clear_errors(monkeypatch):
 
 
 def test_w8a8_package_quantizes_activations_with_edgevits_scales(hybrid, tmp_path):
-    """W8A8: the quantize stage's model lowered for CoreML (symmetric int8 per tensor) converts with a
-    quantize op per activation site and int8 weights; traced with torch's quantize ops it predicts what
-    the simulation predicts."""
+    """W8A8: the quantize stage's model lowered for CoreML (symmetric int8 per tensor); traced with torch's
+    quantize ops it predicts what the simulation predicts; a float model is refused before converting."""
     from edgevit.quant import QuantConfig, apply_plan, quantize
     from edgevit.quant.lowering import lower_plan
     from edgevit.quant.sites import act_sites, quantize_ops
@@ -104,11 +103,7 @@ def test_w8a8_package_quantizes_activations_with_edgevits_scales(hybrid, tmp_pat
         with quantize_ops():
             ops = qm(x)
     assert (sim.argmax(1) == ops.argmax(1)).float().mean() >= 0.95 and (sim - ops).abs().max() < 0.5
-    f = export_coreml(qm, info, tmp_path / "w8a8.mlpackage", "w8", "int8")
-    sites = len(act_sites(qm, quantized=True))
-    assert sites > 50 and f["activation_quantize_ops"] >= sites
-    assert f["compressed_ops"].get("constexpr_affine_dequantize", 0) >= 50
-    assert f["labels"] == info.labels and f["input"]["type"] == "imageType"
+    assert len(act_sites(qm, quantized=True)) > 50  # the package's quantize ops: test_coreml_recipe_end_to_end
     with pytest.raises(ValueError, match="needs a quantized model"):
         export_coreml(model, info, tmp_path / "float.mlpackage", "w8", "int8")
     assert not (tmp_path / "float.mlpackage").exists()

@@ -100,7 +100,7 @@ def test_recipe_reports_local_and_ssh_device_side_by_side(sshd, tmp_path):
     profile = tmp_path / "loopback.yaml"
     profile.write_text(yaml.safe_dump(_profile(sshd)))
     out = tmp_path / "run"
-    res = run_cli("compress", "--recipe", "recipes/int8_ptq.yaml", "--out", str(out),
+    res = run_cli("compress", "--recipe", "recipes/int8_ptq.yaml", "--out", str(out), "--set", "validate.eval.num=200",
                   "--set", "validate.devices=[{name: local-ort-cpu, iters: 5, warmup: 1, throughput_batch: 8}, "
                   f"{profile}]")
     assert res.returncode == 0, res.stderr

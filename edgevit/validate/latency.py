@@ -47,14 +47,7 @@ def load_average() -> float | None:
 def measure(run: Callable[[np.ndarray], object], sample: np.ndarray, device,
             on_iter: Callable[[], None] | None = None) -> dict:
     """Batch-1 latency and throughput-batch latency of one runner on one device profile."""
-    one = sample[:1]
-    reps = -(-device.throughput_batch // len(sample))
-    big = np.concatenate([sample] * reps)[:device.throughput_batch]
-    load_before = load_average()
-    b1 = summarize(time_runs(run, one, device.warmup, device.iters, on_iter), 1)
-    bt = summarize(time_runs(run, big, max(1, device.warmup // 5), _throughput_iters(device), on_iter), len(big))
-    return {"device": device.name, "threads": device.threads, "batch1": b1, "throughput": bt,
-            "load_average": [load_before, load_average()]}
+    return measure_interleaved({"run": run}, sample, device, on_iter)["run"]
 
 
 def measure_interleaved(runs: dict[str, Callable[[np.ndarray], object]], sample: np.ndarray, device,

@@ -91,7 +91,7 @@ def test_generated_bad_recipes_give_one_clear_line(data):
         assert "bad-input.yaml" in str(e) or ":" in str(e), str(e)
 
 
-@settings(max_examples=6, deadline=None,
+@settings(max_examples=4, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(bad_recipes())
 def test_bad_recipes_through_the_cli(tmp_path_factory, data):
