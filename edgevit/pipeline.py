@@ -162,13 +162,19 @@ def _quantize_stage(model, recipe: Recipe, pre: Preprocess, stage: Path) -> tupl
         raise RunFailure("quantize: found nothing to quantize in this model (no Linear/Conv2d layers)")
     _write_plan(plan, stage)
     log.info("quantized: %s", plan.counts())
-    x = torch.from_numpy(open_image_set(cfg.path, min(cfg.num or 32, 32), cfg.seed).load(pre)[0])
+    x = _calibration_images(recipe, pre, 32)
     diagnostics = {"images": int(len(x)), "layer_error": layer_errors(model, qmodel, x),
                    "histograms": site_histograms(model, qmodel, x)}
     summary = {"path": str(cfg.path), "images": len(images) - len(images.skipped), "skipped": len(images.skipped),
                "used_by": ["quantize"]}
     return qmodel, plan, {"calibration": summary, "plan": plan.to_dict() | {"counts": plan.counts()},
                           "seconds": seconds, "diagnostics": diagnostics}
+
+
+def _calibration_images(recipe: Recipe, pre: Preprocess, n: int) -> torch.Tensor:
+    """The first ``n`` calibration images (no more than calibration.num), preprocessed."""
+    cfg = recipe.calibration
+    return torch.from_numpy(open_image_set(cfg.path, min(n, cfg.num or n), cfg.seed).load(pre)[0])
 
 
 def _write_plan(plan, stage: Path) -> None:
@@ -188,12 +194,11 @@ def _fallback_stage(model, plan, recipe: Recipe, pre: Preprocess, evalset: dict 
     if labels is None:  # unlabeled images: agreement with the float model's top-1 stands in for accuracy
         with torch.no_grad():
             labels = collect_logits(TorchRunner(model), x, evalset["batch_size"]).argmax(1)
-    cfg = recipe.calibration
-    x_search, _ = open_image_set(cfg.path, min(recipe.quantize.search_images, cfg.num or 10**9), cfg.seed).load(pre)
+    x_search = _calibration_images(recipe, pre, recipe.quantize.search_images)
     t0 = time.time()
     with new_progress() as progress:
         task = progress.add_task("accuracy budget", total=None)
-        plan, facts = fit_budget(model, plan, x, labels, torch.from_numpy(x_search), budget,
+        plan, facts = fit_budget(model, plan, x, labels, x_search, budget,
                                  lambda: progress.advance(task))
     _write_plan(plan, stage)
     facts["labels"] = "eval labels" if evalset["labels"] is not None else "float model's top-1"
@@ -349,8 +354,7 @@ def _layernorm_policy(model, recipe: Recipe, pre: Preprocess, evalset: dict | No
     """Measure the LayerNorm ranges on up to 64 calibration (else eval) images; see export.fp16."""
     images = None
     if mode == "auto" and recipe.calibration is not None:
-        cfg = recipe.calibration
-        images = torch.from_numpy(open_image_set(cfg.path, min(cfg.num or 64, 64), cfg.seed).load(pre)[0])
+        images = _calibration_images(recipe, pre, 64)
     elif mode == "auto" and evalset is not None:
         images = torch.from_numpy(evalset["x"][:64])
     policy = layernorm_policy(model, images, mode)

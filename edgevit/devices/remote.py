@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edgevit.devices.device_bench import MISSING_RUNTIME
 from edgevit.devices.ssh import DeviceError, SshDevice
 
 SCRIPT = Path(__file__).with_name("device_bench.py")
-MISSING_RUNTIME = 3
 SUFFIX = {"onnxruntime": ".onnx", "coreml": ".mlpackage", "tensorrt": ".engine"}
 
 
