@@ -73,8 +73,10 @@ def nncf_quantize(fp32: Path, out: Path, calib: np.ndarray) -> str | None:
     return None
 
 
-def alternate_latency(paths: dict[str, Path], x: np.ndarray, threads: int, rounds: int, per_round: int) -> dict:
-    """Median batch-1 latency per variant, the variants interleaved round by round."""
+def alternate_latency(paths: dict[str, Path], x: np.ndarray, threads: int, rounds: int, per_round: int,
+                      keep_times: bool = False) -> dict:
+    """Median batch-1 latency per variant, the variants interleaved round by round (``keep_times``:
+    also ``times_ms``, every run, round after round, ``per_round`` runs each)."""
     runners = {k: OrtRunner(p, threads) for k, p in paths.items()}
     for r in runners.values():
         for _ in range(5):
@@ -86,7 +88,8 @@ def alternate_latency(paths: dict[str, Path], x: np.ndarray, threads: int, round
                 t0 = time.perf_counter()
                 r(x)
                 times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90))} for k, v in times.items()}
+    return {k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90))}
+            | ({"times_ms": v} if keep_times else {}) for k, v in times.items()}
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ INT8 = QuantConfig(activations={"method": "percentile", "percentile": 99.999})
 # Every tome/evit row computes only the class token in the last block (head_only, exact); "r=0 (head
 # only)" shows what that alone gives and "r=8, every token to the end" what merging gives without it.
 SWEEP = {"tome r=0 (head only)": TokenConfig(r=0)} | \
-    {f"tome r={r}": TokenConfig(r=r) for r in (2, 4, 6, 7, 8, 10, 12)} | \
+    {f"tome r={r}": TokenConfig(r=r) for r in (2, 4, 6, 7, 8, 9, 10, 12)} | \
     {"tome r=8, every token to the end": TokenConfig(r=8, head_only=False)} | \
     {f"tome r={r} decreasing": TokenConfig(r=r, schedule="decreasing") for r in (6, 8)} | \
     {"tome r=8 no prop. attn": TokenConfig(r=8, proportional_attention=False)} | \
@@ -57,7 +58,7 @@ def main() -> None:
     ap.add_argument("--model", default="vit-cifar10")
     ap.add_argument("--test", type=Path, default=DEFAULT_TEST)
     ap.add_argument("--limit", type=int, default=None, help="evaluate on this many test images (default: all)")
-    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tokens.json")
     args = ap.parse_args()
@@ -73,12 +74,15 @@ def main() -> None:
         apply_tokens(variants[name], cfg)
     rows = []
     flops0 = count_flops(model, one)
+    correct = {}
     for name, m in variants.items():
         t0 = time.time()
-        acc = top1(m, x, y)
-        rows.append({"variant": name, "top1": acc, "flops": count_flops(m, one),
+        correct[name] = predictions(m, x) == y
+        rows.append({"variant": name, "top1": float(correct[name].mean()), "flops": count_flops(m, one),
                      "config": SWEEP[name].model_dump() if name in SWEEP else None})
-        print(f"{name}: {100 * acc:.2f} % ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+        print(f"{name}: {100 * rows[-1]['top1']:.2f} % ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+    for r in rows:
+        r["delta_top1_ci95"] = paired_ci(correct[r["variant"]], correct["unreduced"])
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
         for name, m in variants.items():
@@ -86,7 +90,7 @@ def main() -> None:
             export_onnx(m, info, ExportConfig(precision="fp32"), paths[name], "tokens")
         load = os.getloadavg()[0]
         lat = alternate_latency(paths, x[:1], args.threads, args.rounds, 10)
-        thr = alternate_latency(paths, x[:THROUGHPUT_BATCH], args.threads, args.rounds, 2)
+        thr = alternate_latency(paths, x[:THROUGHPUT_BATCH], args.threads, args.rounds, 2, keep_times=True)
         int8 = [quantized_row(model, name, SWEEP[name], info, calib, x, y, Path(tmp)) for name in WITH_INT8]
     for r in rows:
         r["latency_ms"] = lat[r["variant"]]["median_ms"]
@@ -96,7 +100,11 @@ def main() -> None:
         r["delta_top1"] = r["top1"] - base["top1"]
         r["latency_speedup"] = base["latency_ms"] / r["latency_ms"]
         r["throughput_speedup"] = r["throughput"] / base["throughput"]
+        r["throughput_speedup_rounds"] = per_round_speedups(thr[base["variant"]]["times_ms"],
+                                                            thr[r["variant"]]["times_ms"], args.rounds)
         r["flops_ratio"] = r["flops"] / flops0
+    for v in thr.values():
+        v.pop("times_ms")
     results = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "model": args.model,
                "images": int(len(y)), "threads": args.threads, "load_average": [load, os.getloadavg()[0]],
                "rows": rows, "int8": int8}
@@ -104,6 +112,28 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     plot(results, args.out.with_suffix(".png"))
+
+
+def predictions(model, x: np.ndarray, batch: int = 500) -> np.ndarray:
+    with torch.no_grad():
+        return np.concatenate([model(torch.from_numpy(x[i:i + batch])).argmax(1).numpy() for i in range(0, len(x), batch)])
+
+
+def per_round_speedups(base_ms: list[float], ms: list[float], rounds: int) -> list[float]:
+    """The throughput speedup in each round (median run of the round; the unreduced model ran in the same
+    round, so each ratio shares its load): the spread says how far one run's ratio can be trusted."""
+    base = np.median(np.reshape(base_ms, (rounds, -1)), axis=1)
+    return (base / np.median(np.reshape(ms, (rounds, -1)), axis=1)).tolist()
+
+
+def paired_ci(correct: np.ndarray, base: np.ndarray, draws: int = 2000) -> list[float]:
+    """95 % interval of the top-1 difference to the unreduced model, by a paired bootstrap over the test
+    images (the same resampled images for both): how much of a row's delta is which-images noise."""
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(base), size=(draws, len(base)))
+    diff = correct.astype(np.float32) - base.astype(np.float32)
+    means = diff[idx].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
 def quantized_row(model, name: str, cfg: TokenConfig, info, calib, x, y, tmp: Path) -> dict:
@@ -127,12 +157,16 @@ def quantized_row(model, name: str, cfg: TokenConfig, info, calib, x, y, tmp: Pa
 
 def print_table(r: dict) -> None:
     print(f"\n{r['model']}, {r['images']} test images, ORT CPU {r['threads']} threads\n")
-    print("| variant | top-1 | Δ | FLOPs | batch-1 latency | speedup | throughput (batch 64) | speedup |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| variant | top-1 | Δ | Δ 95 % interval | FLOPs | batch-1 latency | speedup | throughput (batch 64) | "
+          "speedup | per-round speedups, 10th-90th pct |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for x in r["rows"]:
+        lo, hi = x["delta_top1_ci95"]
+        p10, p90 = np.percentile(x["throughput_speedup_rounds"], [10, 90])
         print(f"| {x['variant']} | {100 * x['top1']:.2f} % | {100 * x['delta_top1']:+.2f} | "
+              f"[{100 * lo:+.2f}, {100 * hi:+.2f}] | "
               f"{100 * x['flops_ratio']:.0f} % | {x['latency_ms']:.3f} ms | {x['latency_speedup']:.2f}x | "
-              f"{x['throughput']:.0f} img/s | {x['throughput_speedup']:.2f}x |")
+              f"{x['throughput']:.0f} img/s | {x['throughput_speedup']:.2f}x | {p10:.2f}-{p90:.2f}x |")
     print("\n| merged + INT8 | simulated top-1 | ORT top-1 (first 1,000) | simulated, same images | agreement |")
     print("|---|---|---|---|---|")
     for x in r["int8"]:

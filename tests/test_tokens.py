@@ -63,6 +63,19 @@ def test_merge_pairs_the_most_similar_tokens():
     assert len(groups) == 3 and all(b == a + 1 and a % 2 == 0 for a, b in groups) and (6, 7) not in groups
 
 
+def test_merge_output_order_follows_tome():
+    """[class token, unmerged A tokens from the best matched to the least, B tokens in order]: ToMe's
+    reference order, which decides the next block's alternate split."""
+    g = torch.Generator().manual_seed(2)
+    b_tokens = torch.randn(4, 16, generator=g)
+    a_tokens = torch.stack([torch.randn(16, generator=g)] + [b_tokens[j] + eps * torch.randn(16, generator=g)
+                                                           for j, eps in ((0, 0.9), (1, 0.05), (2, 0.3))])
+    metric = torch.stack([a_tokens, b_tokens], 1).reshape(1, 8, 16)  # A = tokens 0, 2, 4, 6; B = 1, 3, 5, 7
+    source = bipartite_matching(metric, r=1, protected=1).track(torch.eye(8).unsqueeze(0))[0]
+    held = [torch.nonzero(row).flatten().tolist() for row in source]
+    assert held == [[0], [6], [2], [1], [3, 4], [5], [7]]  # token 4 merged (closest); 6 matches better than 2
+
+
 def test_protected_tokens_never_merge():
     n = 21
     metric = torch.randn(2, n, 8)

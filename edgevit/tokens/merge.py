@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 def _one_hot(idx: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
@@ -45,9 +44,11 @@ class Reduction:
 
     def merge(self, x: torch.Tensor, size: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Size-weighted average of the merged tokens (``size`` None: every token has size 1); returns the
-        new tokens and sizes (B, N', 1)."""
+        new tokens and sizes (B, N', 1). The weights are folded into the (small) assignment matrix, so the
+        tokens themselves go through one matmul and no elementwise op."""
         new_size = self.sizes(size)
-        return (self.apply(x) if size is None else self.apply(x * size)) / new_size, new_size
+        weights = self.assign if size is None else self.assign * size.transpose(1, 2)
+        return (weights / new_size) @ x, new_size
 
     def sizes(self, size: torch.Tensor | None) -> torch.Tensor:
         """Token sizes (B, N', 1) after this reduction (``size`` None: every input token has size 1)."""
@@ -64,38 +65,28 @@ def tome_merges(n: int, r: int, protected: int = 0) -> int:
 def bipartite_matching(metric: torch.Tensor, r: int, protected: int = 0) -> Reduction:
     """ToMe's bipartite soft matching: split the tokens alternately into A and B, give each A token its
     most similar B token (cosine of ``metric``), and merge the ``r`` best-matched A tokens into their B
-    partners. Output: the first ``protected`` tokens (class/distillation tokens: never merged, stay
-    where the head reads them), the unmerged A tokens in their order, then the B tokens."""
+    partners. Output, as in ToMe's reference code: the first ``protected`` tokens (class/distillation
+    tokens: never merged, stay where the head reads them), the unmerged A tokens from the best matched
+    to the least, then the B tokens in order."""
     N = int(metric.shape[1])  # token counts are static
     n_a, n_b = (N + 1) // 2, N // 2
+    p_a, p_b = (protected + 1) // 2, protected // 2  # protected tokens among A and B
     r = tome_merges(N, r, protected)
-    metric = F.normalize(metric, dim=-1)
+    metric = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # not F.normalize: no Expand node
     scores = metric[:, ::2] @ metric[:, 1::2].transpose(-1, -2)  # (B, n_a, n_b)
-    if protected:  # protected A tokens never merge away; protected B tokens receive no merges
-        guard = np.zeros((n_a, n_b), dtype=bool)  # a graph constant (numpy, not traced ops)
-        guard[: (protected + 1) // 2] = True
-        guard[:, : protected // 2] = True
-        scores = scores.masked_fill(torch.from_numpy(guard).to(scores.device), -torch.inf)
-    best, best_b = scores.max(dim=-1)  # (B, n_a)
-    src = torch.topk(best, r, dim=-1).indices  # the r best-matched A tokens
-    merged = _one_hot(src, n_a, metric.dtype).sum(dim=1)  # (B, n_a): 1 where the A token merges
-    # Output position of each input token: the protected tokens first, in their order; then the kept
-    # A tokens in order; then the other B tokens (a merged A token goes where its partner goes).
-    p_a, p_b = (protected + 1) // 2, protected // 2
-    b_start = protected + (n_a - p_a - r) - p_b  # output position of B token j (j >= p_b) is b_start + j
-    kept_rank = torch.cumsum(1 - merged, dim=1) - 1 + (protected - p_a)
-    dest_a = torch.where(merged > 0, best_b.to(metric.dtype) + b_start, kept_rank)
-    if p_a:
-        first = torch.from_numpy(np.arange(n_a) < p_a).to(metric.device)
-        dest_a = torch.where(first, torch.arange(0, 2 * n_a, 2, device=metric.device).to(metric.dtype), dest_a)
-    # back in token order (A at even positions, B at odd) with graph constants: no shape-dependent ops
-    place_a = np.zeros((n_a, N), dtype=np.float32)
-    place_a[np.arange(n_a), np.arange(0, N, 2)] = 1
-    dest_b = np.zeros(N, dtype=np.float32)
-    j = np.arange(n_b)
-    dest_b[1::2] = np.where(j < p_b, 2 * j + 1, b_start + j)
-    dest = dest_a @ torch.from_numpy(place_a).to(metric) + torch.from_numpy(dest_b).to(metric)
-    return Reduction(assign=_one_hot(dest, N - r, metric.dtype).transpose(1, 2))
+    # protected A tokens never merge away and protected B tokens receive nothing: leave them out
+    best, best_b = scores[:, p_a:, p_b:].max(dim=-1)
+    order = torch.topk(best, n_a - p_a, dim=-1).indices  # A tokens, best matched first (ToMe's argsort)
+    src, unm = order[:, :r], order[:, r:]
+    dst = best_b.gather(1, src)  # (B, r): the B token (after the protected) each merges into
+    # Rows of the reduction in output order; A token i is token 2i, B token j is token 2j + 1.
+    rows_b = np.zeros((n_b - p_b, N), dtype=np.float32)  # a graph constant: each B token keeps itself
+    rows_b[np.arange(n_b - p_b), 2 * np.arange(p_b, n_b) + 1] = 1
+    merged_in = _one_hot(dst, n_b - p_b, metric.dtype).transpose(1, 2) @ _one_hot(2 * (src + p_a), N, metric.dtype)
+    rows = [_one_hot(2 * (unm + p_a), N, metric.dtype), torch.from_numpy(rows_b).to(metric) + merged_in]
+    if protected:
+        rows.insert(0, torch.eye(protected, N, dtype=metric.dtype, device=metric.device).expand(metric.shape[0], -1, -1))
+    return Reduction(assign=torch.cat(rows, dim=1))
 
 
 def top_k_pruning(scores: torch.Tensor, keep: int, protected: int = 0, fuse: bool = True) -> Reduction:
