@@ -140,6 +140,8 @@ def _token_stage(model, recipe: Recipe, info) -> tuple[object, dict]:
     log.info("tokens (%s): %s; FLOPs %.1f M -> %.1f M (%.2fx)", recipe.tokens.method,
              "; ".join(f"{k}: {' -> '.join(map(str, v))}" for k, v in facts["tokens_per_block"].items()),
              facts["flops"] / 1e6, facts["flops_reduced"] / 1e6, facts["flops"] / max(facts["flops_reduced"], 1))
+    if "warning" in facts:
+        log.warning("tokens: %s", facts["warning"])
     return reduced, facts
 
 

@@ -291,3 +291,67 @@ def test_merge_then_quantize_recipe_end_to_end(tmp_path):
     sim_checks = [c for c in rep["checks"] if "onnx-int8" in c["name"]]
     assert sim_checks and all(c["ok"] for c in sim_checks)  # deployed INT8 agrees with the merged simulation
     assert "## Token reduction" in (out / "report.md").read_text()
+
+
+def test_efficientformerv2_merges_inside_attention_exactly_on_duplicate_tokens():
+    """GridTokenAttention on EfficientFormerV2's Attention2d: when merged positions are exact duplicates
+    (and the position biases and the talking heads' bias are zero) merging, proportional attention and
+    unmerging reproduce the unmerged attention; otherwise only the merged tokens' outputs move."""
+    from timm.models.efficientformer_v2 import Attention2d
+
+    from edgevit.tokens.patch import GridTokenAttention
+
+    torch.manual_seed(0)
+    attn = Attention2d(dim=32, key_dim=8, num_heads=2, attn_ratio=2, resolution=4)
+    attn.eval()  # Attention2d.train returns None
+    with torch.no_grad():
+        attn.attention_biases.zero_()
+        attn.talking_head2.bias.zero_()
+    x = torch.randn(2, 32, 4, 4)
+    x[..., 1::2] = x[..., 0::2]  # token 2i + 1 (a B token) duplicates token 2i (an A token)
+    merged = GridTokenAttention(attn, merge=5)
+    assert merged.tokens == (16, 11) and list(merged.state_dict()) == list(attn.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x), attn(x), rtol=1e-5, atol=1e-5)
+        y = torch.randn(2, 32, 4, 4)
+        assert not torch.allclose(merged(y), attn(y), atol=1e-3)
+
+
+def test_efficientformerv2_stages_merge_export_and_come_off(tmp_path):
+    """EfficientFormerV2-S0 (random weights, 224 px): both attention stages merge inside each attention,
+    the map stays whole for the convs, r=0 is exact, ORT matches PyTorch and remove_tokens restores it."""
+    import timm
+
+    from edgevit.report.writers import _token_lines
+    from edgevit.tokens import summarize
+
+    torch.manual_seed(0)
+    model = timm.create_model("efficientformerv2_s0", pretrained=False, num_classes=10).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        ref = model(x)
+        m, _ = _reduced(model, r=0)
+        assert torch.equal(m(x), ref)
+        m, records = _reduced(model, r=8)
+        assert [(r["stage"], r["inside_attention"], r["unmerge"]) for r in records] == \
+            [("stages.2.blocks", True, True), ("stages.3.blocks", True, True)]
+        assert list(m.state_dict()) == list(model.state_dict())
+        out = m(x)
+        facts = summarize(model, m, x)
+    assert facts["tokens_per_block"] == {"stages.2.blocks": [41, 41], "stages.3.blocks": [41, 41]}
+    # 49 tokens are too few: the one-hot matmuls cost more than the attention saves, and the summary says so
+    assert facts["flops_reduced"] > facts["flops"] and "more FLOPs" in facts["warning"]
+    lines = _token_lines({"method": "tome", "stages": records} | facts)
+    assert "| `stages.2.blocks` | attention over 41, 41 (merged inside each attention) | after each attention |" \
+        in lines and any(line.startswith("**Warning:**") for line in lines)
+    assert not torch.equal(out, ref) and (out - ref).abs().max() < 0.2 * ref.abs().max()
+    path = tmp_path / "ef2.onnx"
+    torch.onnx.export(m, (x[:1],), str(path), input_names=["input"], dynamic_axes={"input": {0: "batch"}},
+                      opset_version=17, dynamo=False)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, out.numpy(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="only be merged inside the attention"):
+        _reduced(model, method="evit")
+    remove_tokens(m)
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)

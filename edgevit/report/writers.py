@@ -391,7 +391,14 @@ def _token_lines(t: dict | None) -> list[str]:
              f"{how}; FLOPs per image {t['flops'] / 1e6:.1f} M -> {t['flops_reduced'] / 1e6:.1f} M "
              f"({100 * t['flops_ratio']:.0f} %). Token counts are fixed in the exported graph.", "",
              "| stage | tokens entering each block | unmerged at the end |", "|---|---|---|"]
-    unmerged = {r["stage"]: r["unmerge"] for r in t["stages"]}
-    lines += [f"| `{name}` | {' -> '.join(map(str, counts))} | {'yes' if unmerged.get(name) else 'no'} |"
-              for name, counts in t["tokens_per_block"].items()]
+    records = {r["stage"]: r for r in t["stages"]}
+    for name, counts in t["tokens_per_block"].items():
+        r = records.get(name, {})
+        if r.get("inside_attention"):  # EfficientFormerV2: the blocks see the whole map
+            lines.append(f"| `{name}` | attention over {', '.join(map(str, counts))} (merged inside each attention) "
+                         "| after each attention |")
+        else:
+            lines.append(f"| `{name}` | {' -> '.join(map(str, counts))} | {'yes' if r.get('unmerge') else 'no'} |")
+    if t.get("warning"):
+        lines += ["", f"**Warning:** {t['warning']}."]
     return lines + [""]

@@ -7,7 +7,10 @@ names (``blocks.3.attn``) - and with them quantization sites and plans - do not 
 block, tokens are reduced between attention and MLP (as ToMe and EViT do). A stage whose output goes
 back to a 2-D grid or is pooled (MobileViT's fold, EfficientFormer, a ViT with average pooling)
 unmerges at its end, so the layers
-after it see every token. ``remove_tokens`` puts the original modules back.
+after it see every token. EfficientFormerV2's attention works on the 2-D map and its MLP has a 3x3
+depthwise conv, so there :class:`GridTokenAttention` merges inside each attention alone (q, k, v
+projected on the full map, attention over the merged tokens, output unmerged back to the map: the
+tomesd pattern). ``remove_tokens`` puts the original modules back.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from collections import OrderedDict
 import torch
 from timm.models.efficientformer import Attention as EfficientFormerAttention
 from timm.models.efficientformer import MetaBlock1d
+from timm.models.efficientformer_v2 import Attention2d, EfficientFormerV2Block
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 from torch import nn
 
@@ -170,6 +174,64 @@ class TokenBlock(nn.Module):
         return top_k_pruning(scores, self._kept(n), self.protected, self.fuse)
 
 
+class GridTokenAttention(nn.Module):
+    """EfficientFormerV2's ``Attention2d`` with ToMe inside: q, k and v are projected on the full map
+    (and the local value conv runs there), ``merge`` tokens are merged by their keys' similarity, the
+    attention runs over the merged tokens (learned position biases averaged over the positions each
+    holds, proportional attention right before the softmax, after the first talking-head mix) and its
+    output is copied back to every position before the local value branch is added."""
+
+    def __init__(self, attn: nn.Module, merge: int, proportional: bool = True):
+        super().__init__()
+        for name, child in attn.named_children():
+            self.add_module(name, child)
+        for name, p in attn.named_parameters(recurse=False):  # the position biases keep their names
+            self.register_parameter(name, p)
+        for name, b in attn.named_buffers(recurse=False):
+            self.register_buffer(name, b, persistent=name not in attn._non_persistent_buffers_set)
+        self.__dict__["original"] = attn
+        self.merge, self.proportional = merge, proportional
+
+    @property
+    def tokens(self) -> tuple[int, int]:
+        """(tokens on the map, tokens the attention runs over)."""
+        n = self.original.N
+        return n, n - tome_merges(n, self.merge)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.original
+        if a.stride_conv is not None:  # children that are None are not registered: ask the original
+            x = self.stride_conv(x)
+        n, h = a.N, a.num_heads  # the map's size is fixed by the position biases
+        q = self.q(x).reshape(-1, h, a.key_dim, n).transpose(2, 3)  # (B, heads, N, key_dim)
+        k = self.k(x).reshape(-1, h, a.key_dim, n).transpose(2, 3)
+        v = self.v(x)
+        v_local = self.v_local(v)
+        v = v.reshape(-1, h, a.d, n).transpose(2, 3)
+        red = bipartite_matching(k.mean(dim=1), self.merge)
+        size = red.sizes(None)  # (B, N', 1)
+        average = (red.assign / size).unsqueeze(1)  # (B, 1, N', N): the same merge for every head
+        q, k, v = average @ q, average @ k, average @ v
+        source = red.assign  # 0/1: which positions each merged token holds
+        bias = a.get_attention_biases(a.attention_biases.device)  # (heads, N, N)
+        s = source.unsqueeze(1)
+        bias = (s @ bias @ s.transpose(-1, -2)) / (size @ size.transpose(1, 2)).unsqueeze(1)
+        attn = self.talking_head1((q @ k.transpose(-2, -1)) * a.scale + bias)
+        if self.proportional:
+            attn = attn + size.log().transpose(1, 2).unsqueeze(1)
+        attn = self.talking_head2(attn.softmax(dim=-1))
+        out = unmerge_heads(attn @ v, source)  # (B, heads, N, d)
+        x = out.transpose(2, 3).reshape(-1, a.dh, a.resolution[0], a.resolution[1]) + v_local
+        if a.upsample is not None:
+            x = self.upsample(x)
+        return self.proj(self.act(x))
+
+
+def unmerge_heads(x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """:func:`unmerge` for per-head tokens (B, heads, N', d) -> (B, heads, N, d)."""
+    return source.transpose(1, 2).unsqueeze(1) @ x
+
+
 class TokenStage(nn.Sequential):
     """A ``Sequential`` whose attention blocks are :class:`TokenBlock`s (other modules, such as
     EfficientFormer's conv blocks and ``Flat``, may come first): carries token sizes and, to unmerge or
@@ -200,9 +262,12 @@ def _unwrap(m: nn.Module) -> nn.Module:
 
 
 def _is_attention_block(b: nn.Module) -> bool:
-    """A timm ``Block`` with timm ``Attention``, or an EfficientFormer ``MetaBlock1d``."""
+    """A timm ``Block`` with timm ``Attention``, an EfficientFormer ``MetaBlock1d``, or an
+    EfficientFormerV2 block with attention."""
     if isinstance(b, Block):
         return isinstance(_unwrap(b.attn), Attention)
+    if isinstance(b, EfficientFormerV2Block):
+        return isinstance(b.token_mixer, (Attention2d, GridTokenAttention))
     return isinstance(b, MetaBlock1d) and isinstance(_unwrap(b.token_mixer), EfficientFormerAttention)
 
 
@@ -211,13 +276,18 @@ def find_stages(model: nn.Module) -> list[str]:
     EfficientFormer's ``MetaBlock1d``s after its ``Flat``)."""
     names = []
     for name, m in model.named_modules():
-        if not isinstance(m, nn.Sequential) or isinstance(m, TokenStage) or not len(m):
+        if not isinstance(m, nn.Sequential) or isinstance(m, TokenStage) or not len(m) or _merged_inside(m):
             continue
         flags = [_is_attention_block(b) for b in m]
         first = flags.index(True) if True in flags else None
         if first is not None and all(flags[first:]):
             names.append(name)
     return names
+
+
+def _merged_inside(seq: nn.Sequential) -> bool:
+    """Whether ``seq``'s attention already merges inside (EfficientFormerV2 after ``apply_tokens``)."""
+    return any(isinstance(getattr(b, "token_mixer", None), GridTokenAttention) for b in seq)
 
 
 def _prefix_tokens(model: nn.Module, stage: str) -> tuple[int, bool]:
@@ -242,6 +312,9 @@ def apply_tokens(model: nn.Module, cfg: TokenConfig) -> list[dict]:
         blocks = [i for i, b in enumerate(seq) if _is_attention_block(b)]
         depth = len(blocks)
         merges = cfg.merges(depth) if cfg.method == "tome" else [0] * depth
+        if isinstance(seq[blocks[0]], EfficientFormerV2Block):
+            records.append(_merge_inside_attention(seq, name, blocks, merges, cfg))
+            continue
         prunes = set(cfg.pruning_blocks(depth)) if cfg.method == "evit" else set()
         score = cfg.score if cfg.score != "auto" else ("cls" if protected else "received")
         if score == "cls" and not protected:
@@ -254,6 +327,20 @@ def apply_tokens(model: nn.Module, cfg: TokenConfig) -> list[dict]:
         records.append({"stage": name, "method": cfg.method, "protected": protected, "unmerge": must_unmerge,
                         "merge": merges, "prune_blocks": sorted(prunes), "head_only": head_only})
     return records
+
+
+def _merge_inside_attention(seq: nn.Sequential, name: str, blocks: list[int], merges: list[int],
+                            cfg: TokenConfig) -> dict:
+    """EfficientFormerV2: each attention merges inside itself (its MLP's depthwise conv needs the map)."""
+    if cfg.method != "tome":
+        raise ValueError(f"tokens.method: evit cannot prune stage {name}: EfficientFormerV2 attends on the 2-D "
+                         "map and its MLP convolves it, so tokens can only be merged inside the attention "
+                         "(use method: tome)")
+    for at, r in zip(blocks, merges):
+        if r:  # r=0 leaves the block untouched (bit-exact)
+            seq[at].token_mixer = GridTokenAttention(seq[at].token_mixer, r, cfg.proportional_attention)
+    return {"stage": name, "method": "tome", "protected": 0, "unmerge": True, "merge": merges,
+            "prune_blocks": [], "head_only": False, "inside_attention": True}
 
 
 def token_counts(model: nn.Module, tokens_in: dict[str, int]) -> dict[str, list[int]]:
@@ -273,6 +360,11 @@ def token_counts(model: nn.Module, tokens_in: dict[str, int]) -> dict[str, list[
 
 def remove_tokens(model: nn.Module) -> nn.Module:
     """Undo ``apply_tokens`` in place: the original stages and blocks, holding the current children."""
+    for name, m in list(model.named_modules()):
+        if isinstance(m, GridTokenAttention):
+            for n, c in m.named_children():
+                setattr(m.original, n, c)
+            _set(model, name, m.original)
     for name, stage in list(model.named_modules()):
         if isinstance(stage, TokenStage):
             seq = stage.original

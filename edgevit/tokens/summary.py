@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from edgevit.tokens.patch import TokenBlock, TokenStage
+from edgevit.tokens.patch import GridTokenAttention, TokenBlock, TokenStage
 
 
 @torch.no_grad()
@@ -27,7 +27,8 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> int:
 @torch.no_grad()
 def summarize(dense: nn.Module, reduced: nn.Module, x: torch.Tensor) -> dict:
     """Per reducing stage, the tokens entering each block and leaving the stage, measured on ``x``
-    (one image), and the FLOPs per image of both models."""
+    (one image), and the FLOPs per image of both models. EfficientFormerV2 stages list the tokens each
+    attention runs over (the blocks themselves see the whole map). ``warning`` when nothing is saved."""
     seen: dict[str, list[int]] = {}
     hooks = []
     for name, stage in reduced.named_modules():
@@ -37,11 +38,19 @@ def summarize(dense: nn.Module, reduced: nn.Module, x: torch.Tensor) -> dict:
                 if isinstance(block, TokenBlock):
                     hooks.append(block.register_forward_pre_hook(
                         lambda m, args, name=name: seen[name].append(int(args[0].shape[1]))))
+    for name, m in reduced.named_modules():
+        if isinstance(m, GridTokenAttention):  # merged inside the attention, unmerged right after it
+            seen.setdefault(name.rsplit(".", 2)[0], []).append(m.tokens[1])
     try:
         reduced(x[:1])
     finally:
         for h in hooks:
             h.remove()
     before, after = count_flops(dense, x[:1]), count_flops(reduced, x[:1])
-    return {"tokens_per_block": seen, "flops": before, "flops_reduced": after,
-            "flops_ratio": round(after / before, 4) if before else None}
+    facts = {"tokens_per_block": seen, "flops": before, "flops_reduced": after,
+             "flops_ratio": round(after / before, 4) if before else None}
+    if after >= before:
+        facts["warning"] = ("the reduced model needs more FLOPs than the original: its attention runs over too few "
+                            "tokens for merging to pay (the matching and the one-hot matmuls cost more than the "
+                            "attention saves); reduce tokens in larger-token stages or leave tokens off")
+    return facts
