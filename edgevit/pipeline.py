@@ -27,7 +27,7 @@ from edgevit.prune import prune
 from edgevit.quant import apply_plan, quantize
 from edgevit.quant.lowering import has_nonuniform, lower_plan
 from edgevit.quant.sites import act_sites
-from edgevit.recipe import Recipe, recipe_to_yaml
+from edgevit.recipe import ExportConfig, Recipe, recipe_to_yaml
 from edgevit.report import write_reports
 from edgevit.report.diagnostics import layer_errors, site_histograms
 from edgevit.runfolder import STATUS_FILE, mark, staged_run_folder
@@ -39,6 +39,7 @@ log = logging.getLogger("edgevit")
 SIM_NAME = "pytorch-int8-sim"
 PRUNED_NAME = "pytorch-pruned"
 TOKENS_NAME = "pytorch-tokens"
+REFERENCE_NAME, REFERENCE_FILE = "onnx-fp32-original", "reference/original-fp32.onnx"
 FLOAT_STAGES = (PRUNED_NAME, TOKENS_NAME)  # float models made by a stage: timed like the dense one
 
 
@@ -316,6 +317,8 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
                                   "simulated_by": sim_name})
                 log.info("exported %s (%.2f MB, %s)", name, artifacts[-1]["size_bytes"] / 1e6, facts["simplifier"])
                 progress.advance(task)
+        if (pruning or tokens) and any(a["runtime"] == "onnxruntime" for a in artifacts):
+            artifacts.append(_original_reference(dense, info, recipe.name, stage))
         mark(stage, "validate")
         results, checks = _validate(recipe, dense, sims, info, params, artifacts, evalset, stage)
         report = {
@@ -542,6 +545,19 @@ def _remote_device(device, rows: list[dict], logits: dict, evalset: dict | None,
                            "detail": f"top-1 agreement with {origin} here {100 * agree:.1f} % on {len(preds)} images "
                                      "(needs >= 99 %)"})
     return checks
+
+
+def _original_reference(model, info, recipe_name: str, stage: Path) -> dict:
+    """The model before pruning/token reduction as FP32 ONNX, timed interleaved with the artifacts so that
+    the report's speed column says what the stages bought on the runtime (kept under ``reference/``:
+    a yardstick, not a deliverable)."""
+    path = stage / REFERENCE_FILE
+    path.parent.mkdir(exist_ok=True)
+    facts = export_onnx(model, info, ExportConfig(precision="fp32"), path, recipe_name)
+    log.info("exported %s, the original model as the speed reference", REFERENCE_FILE)
+    return {"name": REFERENCE_NAME, "file": REFERENCE_FILE, "format": "onnx", "precision": "fp32",
+            "runtime": "onnxruntime", "size_bytes": path.stat().st_size, "export": facts, "simulated_by": None,
+            "reference": True}
 
 
 def _runner(artifact: dict, stage: Path, threads: int, providers):

@@ -290,7 +290,15 @@ def test_merge_then_quantize_recipe_end_to_end(tmp_path):
     assert all(r["accuracy"]["top1"] > merged - 0.03 for r in int8)
     sim_checks = [c for c in rep["checks"] if "onnx-int8" in c["name"]]
     assert sim_checks and all(c["ok"] for c in sim_checks)  # deployed INT8 agrees with the merged simulation
-    assert "## Token reduction" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "## Token reduction" in md
+    # the unreduced model, exported beside the artifacts and timed with them, is the speed yardstick
+    original = rows["onnx-fp32-original"]
+    assert original["reference"] and (out / original["file"]).is_file() and original["file"].startswith("reference/")
+    assert original["accuracy"]["top1"] == rows["pytorch-fp32"]["accuracy"]["top1"]
+    assert "| onnx-fp32-original | onnxruntime | fp32 |" in md and "speed vs original FP32 ONNX" in md
+    ratio = md.split("| onnx-fp32-original |")[1].split("|")[6].strip()
+    assert ratio == "1.00x"
 
 
 def test_efficientformerv2_merges_inside_attention_exactly_on_duplicate_tokens():

@@ -72,8 +72,9 @@ def markdown(report: dict) -> str:
     devices = sorted({d["device"] for r in report["results"] for d in r.get("latency", []) if not d.get("remote")})
     for dev in devices or [None]:
         lines += ["## Artifacts" + (f" on `{dev}`" if dev else ""), ""]
+        vs = "original FP32 ONNX" if any(r.get("reference") for r in report["results"]) else "FP32 ONNX"
         lines += ["| artifact | runtime | precision | top-1 | Δ top-1 vs FP32 (pts) | agreement | "
-                  "latency b1 median / p90 (ms) | speed vs FP32 ONNX | throughput (img/s) | size |",
+                  f"latency b1 median / p90 (ms) | speed vs {vs} | throughput (img/s) | size |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         base = _baseline_latency(report["results"], dev)
         for r in report["results"]:
@@ -187,8 +188,9 @@ def markdown(report: dict) -> str:
 
 
 def _baseline_latency(results: list[dict], dev: str | None) -> float | None:
-    """Batch-1 median of the FP32 ONNX artifact on ``dev`` (timed interleaved with the others)."""
-    for r in results:
+    """Batch-1 median of the FP32 ONNX artifact on ``dev`` (timed interleaved with the others): the
+    original model's when pruning or token reduction made one as a reference."""
+    for r in sorted(results, key=lambda r: not r.get("reference")):
         if r["runtime"] == "onnxruntime" and r["precision"] == "fp32":
             lat = next((d for d in r.get("latency", []) if d["device"] == dev), None)
             if lat:
@@ -207,7 +209,8 @@ def _remote_lines(results: list[dict]) -> list[str]:
                 remote.setdefault(d["device"], []).append((r, d))
     for dev, entries in remote.items():
         m = entries[0][1]["remote"]
-        base = next((d for r, d in entries if r["precision"] == "fp32"), None)
+        base = next((d for r, d in sorted(entries, key=lambda e: not e[0].get("reference"))
+                     if r["precision"] == "fp32"), None)
         lines += [f"## On device `{dev}`", "",
                   f"{m['host']}: {m['platform']} ({m['machine']}, {m['cpu_count']} CPUs), Python {m['python']}, "
                   f"{m['runtime']}; every artifact below was timed in one session on the device, interleaved.", "",
