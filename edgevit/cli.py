@@ -57,12 +57,15 @@ def compress(
     eval: Optional[Path] = typer.Option(None, "--eval", help="labeled evaluation images (ImageFolder)"),
     out: Optional[Path] = typer.Option(None, help="run folder [default: runs/<recipe name>]"),
     set_: list[str] = typer.Option([], "--set", help="override any recipe key by dotted path, e.g. validate.devices.0.threads=1"),
+    sweep: Optional[str] = typer.Option(None, help="run once per value and compare, e.g. tokens.r=4,8,12 "
+                                        "(runs in OUT/KEY=VALUE, table in OUT/sweep.md)"),
     overwrite: bool = typer.Option(False, help="replace an existing run folder"),
     debug: bool = typer.Option(False, help="show tracebacks"),
 ) -> None:
     """Run a recipe: load the model, apply its stages, export, validate on real runtimes, report.
 
-    Example: `edgevit compress --recipe recipes/fp32_export.yaml --set validate.devices.0.threads=1`
+    Example: `edgevit compress --recipe recipes/fp32_export.yaml --set validate.devices.0.threads=1`;
+    `--sweep tokens.r=4,8,12` runs it once per value and writes a table comparing them.
     """
     def body() -> int:
         from edgevit.api import compress as run_compress
@@ -79,6 +82,12 @@ def compress(
             overrides.append(f"calibration.path={_abs(calib)}")
         if eval:
             overrides.append(f"validate.eval.path={_abs(eval)}")
+        if sweep:
+            from edgevit.sweep import sweep as run_sweep
+
+            swept = run_sweep(recipe, sweep, overrides + list(set_), out=out, overwrite=overwrite)
+            _print_sweep(swept.summary, swept.out_dir)
+            return 0 if swept.ok else 1
         rec = load_recipe(recipe, overrides + list(set_))
         result = run_compress(rec, out=out, overwrite=overwrite)
         _print_summary(result.report, result.out_dir)
@@ -103,6 +112,24 @@ def _print_summary(report: dict, out_dir: Path) -> None:
     for c in report["checks"]:
         console.print(f"{'[green]PASS[/green]' if c['ok'] else '[red]FAIL[/red]'} {c['name']}: {c['detail']}")
     console.print(f"report: {out_dir / 'report.md'}  (machine-readable: {out_dir / 'report.json'})")
+
+
+def _print_sweep(summary: dict, out_dir: Path) -> None:
+    table = Table(title=f"{summary['recipe']}: sweep of {summary['key']} -> {out_dir}")
+    for col in ("value", "status", "artifact", "top-1", "Δ pts", "b1 speed", "throughput vs yardstick"):
+        table.add_column(col)
+    for v in summary["values"]:
+        for r in v["rows"]:
+            if r["reference"] or r["runtime"] == "torch":
+                continue
+            table.add_row(v["value"], v["status"], r["name"],
+                          "n/a" if r["top1"] is None else f"{100 * r['top1']:.2f} %",
+                          "n/a" if r["delta_top1"] is None else f"{100 * r['delta_top1']:+.2f}",
+                          "n/a" if r["speed_vs_reference"] is None else f"{r['speed_vs_reference']:.2f}x",
+                          "n/a" if r["throughput_vs_reference"] is None else f"{r['throughput_vs_reference']:.2f}x")
+    console.print(table)
+    console.print(f"table: {out_dir / 'sweep.md'}  (machine-readable: {out_dir / 'sweep.json'}); "
+                  f"each value's report in {out_dir}/<KEY=VALUE>/")
 
 
 class ExportTarget(str, Enum):

@@ -1,0 +1,50 @@
+"""--sweep: one run per value of a recipe key, validated before anything runs, and one table comparing them."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli
+from edgevit.errors import BadInput
+from edgevit.sweep import parse_sweep
+
+FAST = ["--set", "validate.devices.0.iters=3", "--set", "validate.devices.0.warmup=1",
+        "--set", "validate.devices.0.throughput_batch=4", "--set", "validate.eval.num=200"]
+
+
+def test_sweep_spec_keeps_bracketed_lists_whole():
+    assert parse_sweep("tokens.r=4,8, 12") == ("tokens.r", ["4", "8", "12"])
+    assert parse_sweep("tokens.r=[8,8,8],[4,4,4]") == ("tokens.r", ["[8,8,8]", "[4,4,4]"])
+    for bad in ("tokens.r", "tokens.r=", "tokens.r=4,,8", "=4,8", "tokens.r=[4,8", "tokens.r=4,4"):
+        with pytest.raises(BadInput, match="--sweep"):
+            parse_sweep(bad)
+
+
+def test_sweep_runs_each_value_and_tabulates_them(tmp_path):
+    """tome_fp32 over r=2 and r=8: a finished run per value, each with the original model's ONNX as its
+    speed yardstick; the table has both values, and more merging means fewer FLOPs."""
+    out = tmp_path / "sweep"
+    res = run_cli("compress", "--recipe", "recipes/tome_fp32.yaml", "--sweep", "tokens.r=2,8", "--out", str(out), *FAST)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "sweep.json").read_text())
+    assert summary["key"] == "tokens.r" and [v["value"] for v in summary["values"]] == ["2", "8"]
+    for v in summary["values"]:
+        assert v["status"] == "ok" and (out / v["folder"] / "report.json").is_file()
+        rows = {r["name"]: r for r in v["rows"]}
+        assert rows["onnx-fp32-original"]["reference"] and rows["onnx-fp32-original"]["speed_vs_reference"] == 1.0
+        assert rows["onnx-fp32"]["throughput_vs_reference"] > 0 and 0 < rows["onnx-fp32"]["top1"] <= 1
+        locked = (out / v["folder"] / "recipe.lock.yaml").read_text()
+        assert f"r: {v['value']}" in locked
+    r2, r8 = summary["values"]
+    assert r8["flops_ratio"] < r2["flops_ratio"] < 1
+    md = (out / "sweep.md").read_text()
+    assert "| `2` | ok |" in md and "| `8` | ok |" in md and "onnx-fp32-original" not in md
+
+
+def test_a_bad_sweep_value_stops_before_any_run(tmp_path):
+    out = tmp_path / "sweep"
+    res = run_cli("compress", "--recipe", "recipes/tome_fp32.yaml", "--sweep", "tokens.r=4,banana", "--out", str(out))
+    assert res.returncode != 0
+    assert "tokens.r=banana" in res.stdout + res.stderr
+    assert not out.exists() and not list(tmp_path.iterdir())
