@@ -204,6 +204,14 @@ def test_position_biases_are_averaged_over_merged_positions():
     torch.testing.assert_close(_position_bias(a, torch.eye(9).unsqueeze(0))[0], bias)
 
 
+def _assert_ort_matches(model, x, expected, path):
+    """Export ``model`` (batch left dynamic) and check ONNX Runtime's logits on ``x`` against ``expected``."""
+    torch.onnx.export(model, (x[:1],), str(path), input_names=["input"], dynamic_axes={"input": {0: "batch"}},
+                      opset_version=17, dynamo=False)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_efficientformer_attention_stage_merges_and_exports(tmp_path):
     """EfficientFormer-L1 (random weights, 224 px): the stage after Flat merges its 49 tokens with the
     position biases averaged, unmerges before the mean pooling, r=0 is exact, and ORT matches."""
@@ -220,11 +228,7 @@ def test_efficientformer_attention_stage_merges_and_exports(tmp_path):
         assert [(r["stage"], r["merge"], r["unmerge"]) for r in records] == [("stages.3.blocks", [8], True)]
         out = m(x)
     assert not torch.equal(out, ref) and (out - ref).abs().max() < 0.2 * ref.abs().max()
-    path = tmp_path / "ef.onnx"
-    torch.onnx.export(m, (x[:1],), str(path), input_names=["input"], dynamic_axes={"input": {0: "batch"}},
-                      opset_version=17, dynamo=False)
-    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
-    np.testing.assert_allclose(got, out.numpy(), rtol=1e-4, atol=1e-4)
+    _assert_ort_matches(m, x, out, tmp_path / "ef.onnx")
 
 
 def test_merged_hybrid_quantizes_and_runs_in_onnx_runtime(tmp_path):
@@ -353,11 +357,7 @@ def test_efficientformerv2_stages_merge_export_and_come_off(tmp_path):
     assert "| `stages.2.blocks` | attention over 41, 41 (merged inside each attention) | after each attention |" \
         in lines and any(line.startswith("**Warning:**") for line in lines)
     assert not torch.equal(out, ref) and (out - ref).abs().max() < 0.2 * ref.abs().max()
-    path = tmp_path / "ef2.onnx"
-    torch.onnx.export(m, (x[:1],), str(path), input_names=["input"], dynamic_axes={"input": {0: "batch"}},
-                      opset_version=17, dynamo=False)
-    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
-    np.testing.assert_allclose(got, out.numpy(), rtol=1e-4, atol=1e-4)
+    _assert_ort_matches(m, x, out, tmp_path / "ef2.onnx")
     with pytest.raises(ValueError, match="only be merged inside the attention"):
         _reduced(model, method="evit")
     remove_tokens(m)
