@@ -18,7 +18,7 @@ from pathlib import Path
 from edgevit.errors import BadInput
 from edgevit.pipeline import run
 from edgevit.recipe import Recipe, load_recipe
-from edgevit.report.writers import _atomic_write
+from edgevit.report.writers import atomic_write, yardsticks
 from edgevit.runfolder import staged_run_folder
 
 
@@ -76,8 +76,8 @@ def sweep(recipe: str | Path, spec: str, overrides: list[str] = (), out: Path | 
             summary["values"].append({"value": v, "folder": folder, "status": report["status"],
                                       "flops_ratio": (report.get("tokens") or {}).get("flops_ratio"),
                                       "rows": summary_rows(report)})
-        _atomic_write(stage / "sweep.json", json.dumps(summary, indent=1) + "\n")
-        _atomic_write(stage / "sweep.md", "\n".join(sweep_markdown(summary)) + "\n")
+        atomic_write(stage / "sweep.json", json.dumps(summary, indent=1) + "\n")
+        atomic_write(stage / "sweep.md", "\n".join(sweep_markdown(summary)) + "\n")
     return SweepResult(out_dir, summary)
 
 
@@ -91,8 +91,7 @@ def summary_rows(report: dict) -> list[dict]:
         lat = next((d for d in r.get("latency", []) if d["device"] == dev), None) or {}
         return (lat.get("batch1") or {}).get("median_ms"), (lat.get("throughput") or {}).get("images_per_s")
 
-    yardstick = next((r for r in sorted(report["results"], key=lambda r: not r.get("reference"))
-                      if r["runtime"] == "onnxruntime" and r["precision"] == "fp32"), None)
+    yardstick = next(iter(yardsticks(report["results"])), None)
     base_b1, base_tp = timing(yardstick) if yardstick else (None, None)
     rows = []
     for r in report["results"]:

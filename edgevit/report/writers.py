@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 
-def _atomic_write(path: Path, text: str | bytes) -> None:
+def atomic_write(path: Path, text: str | bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(text.encode() if isinstance(text, str) else text)
     os.replace(tmp, path)
@@ -187,14 +187,19 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def yardsticks(results: list[dict]) -> list[dict]:
+    """The FP32 ONNX rows that speeds are compared with, preferred first: the original model's (made when
+    pruning or token reduction ran), then the run's own FP32 ONNX artifacts."""
+    return [r for r in sorted(results, key=lambda r: not r.get("reference"))
+            if r["runtime"] == "onnxruntime" and r["precision"] == "fp32"]
+
+
 def _baseline_latency(results: list[dict], dev: str | None) -> float | None:
-    """Batch-1 median of the FP32 ONNX artifact on ``dev`` (timed interleaved with the others): the
-    original model's when pruning or token reduction made one as a reference."""
-    for r in sorted(results, key=lambda r: not r.get("reference")):
-        if r["runtime"] == "onnxruntime" and r["precision"] == "fp32":
-            lat = next((d for d in r.get("latency", []) if d["device"] == dev), None)
-            if lat:
-                return lat["batch1"]["median_ms"]
+    """Batch-1 median of the yardstick on ``dev`` (timed interleaved with the others)."""
+    for r in yardsticks(results):
+        lat = next((d for d in r.get("latency", []) if d["device"] == dev), None)
+        if lat:
+            return lat["batch1"]["median_ms"]
     return None
 
 
@@ -306,9 +311,9 @@ def write_reports(report: dict, out_dir: Path) -> None:
 
     report["plots"] = ["accuracy_latency.png"] if plot_accuracy_latency(report, out_dir / "accuracy_latency.png") else []
     clean = _clean(report)
-    _atomic_write(out_dir / "report.md", markdown(report))
-    _atomic_write(out_dir / "report.html", render_html(json.loads(json.dumps(clean, default=_json_default))))
-    _atomic_write(out_dir / "report.json", json.dumps(clean, indent=2, default=_json_default) + "\n")
+    atomic_write(out_dir / "report.md", markdown(report))
+    atomic_write(out_dir / "report.html", render_html(json.loads(json.dumps(clean, default=_json_default))))
+    atomic_write(out_dir / "report.json", json.dumps(clean, indent=2, default=_json_default) + "\n")
 
 
 def _search_lines(plan: dict) -> list[str]:

@@ -213,10 +213,7 @@ class GridTokenAttention(nn.Module):
         average = (red.assign / size).unsqueeze(1)  # (B, 1, N', N): the same merge for every head
         q, k, v = average @ q, average @ k, average @ v
         source = red.assign  # 0/1: which positions each merged token holds
-        bias = a.get_attention_biases(a.attention_biases.device)  # (heads, N, N)
-        s = source.unsqueeze(1)
-        bias = (s @ bias @ s.transpose(-1, -2)) / (size @ size.transpose(1, 2)).unsqueeze(1)
-        attn = self.talking_head1((q @ k.transpose(-2, -1)) * a.scale + bias)
+        attn = self.talking_head1((q @ k.transpose(-2, -1)) * a.scale + _position_bias(a, source))
         if self.proportional:
             attn = attn + size.log().transpose(1, 2).unsqueeze(1)
         attn = self.talking_head2(attn.softmax(dim=-1))
