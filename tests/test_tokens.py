@@ -212,18 +212,26 @@ def _assert_ort_matches(model, x, expected, path):
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_efficientformer_attention_stage_merges_and_exports(tmp_path):
-    """EfficientFormer-L1 (random weights, 224 px): the stage after Flat merges its 49 tokens with the
-    position biases averaged, unmerges before the mean pooling, r=0 is exact, and ORT matches."""
+def _random_timm_model_r0_exact(name: str):
+    """A timm model with random weights (10 classes), two 224 px inputs and its logits, after checking
+    that r=0 token reduction leaves the logits bit-exact."""
     import timm
 
     torch.manual_seed(0)
-    model = timm.create_model("efficientformer_l1", pretrained=False, num_classes=10).eval()
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         ref = model(x)
         m, _ = _reduced(model, r=0)
         assert torch.equal(m(x), ref)
+    return model, x, ref
+
+
+def test_efficientformer_attention_stage_merges_and_exports(tmp_path):
+    """EfficientFormer-L1 (random weights, 224 px): the stage after Flat merges its 49 tokens with the
+    position biases averaged, unmerges before the mean pooling, r=0 is exact, and ORT matches."""
+    model, x, ref = _random_timm_model_r0_exact("efficientformer_l1")
+    with torch.no_grad():
         m, records = _reduced(model, r=8)
         assert [(r["stage"], r["merge"], r["unmerge"]) for r in records] == [("stages.3.blocks", [8], True)]
         out = m(x)
@@ -332,18 +340,11 @@ def test_efficientformerv2_merges_inside_attention_exactly_on_duplicate_tokens()
 def test_efficientformerv2_stages_merge_export_and_come_off(tmp_path):
     """EfficientFormerV2-S0 (random weights, 224 px): both attention stages merge inside each attention,
     the map stays whole for the convs, r=0 is exact, ORT matches PyTorch and remove_tokens restores it."""
-    import timm
-
     from edgevit.report.writers import _token_lines
     from edgevit.tokens import summarize
 
-    torch.manual_seed(0)
-    model = timm.create_model("efficientformerv2_s0", pretrained=False, num_classes=10).eval()
-    x = torch.randn(2, 3, 224, 224)
+    model, x, ref = _random_timm_model_r0_exact("efficientformerv2_s0")
     with torch.no_grad():
-        ref = model(x)
-        m, _ = _reduced(model, r=0)
-        assert torch.equal(m(x), ref)
         m, records = _reduced(model, r=8)
         assert [(r["stage"], r["inside_attention"], r["unmerge"]) for r in records] == \
             [("stages.2.blocks", True, True), ("stages.3.blocks", True, True)]

@@ -264,7 +264,7 @@ def _is_attention_block(b: nn.Module) -> bool:
     if isinstance(b, Block):
         return isinstance(_unwrap(b.attn), Attention)
     if isinstance(b, EfficientFormerV2Block):
-        return isinstance(b.token_mixer, (Attention2d, GridTokenAttention))
+        return isinstance(b.token_mixer, Attention2d)
     return isinstance(b, MetaBlock1d) and isinstance(_unwrap(b.token_mixer), EfficientFormerAttention)
 
 
