@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from ptq_baselines import alternate_latency, ort_static  # noqa: E402
 
-from edgevit.export.onnx import export_onnx  # noqa: E402
-from edgevit.export.qdq import ort_int8_audit  # noqa: E402
+from edgevit.exporters.onnx import export_onnx  # noqa: E402
+from edgevit.exporters.qdq import ort_int8_audit  # noqa: E402
 from edgevit.models import load_model  # noqa: E402
 from edgevit.quant import QuantConfig, quantize  # noqa: E402
 from edgevit.recipe import ExportConfig, ModelConfig  # noqa: E402

@@ -24,8 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from edgevit.data import Preprocess, open_image_set  # noqa: E402
-from edgevit.export.onnx import export_onnx  # noqa: E402
-from edgevit.export.qdq import ort_int8_audit  # noqa: E402
+from edgevit.exporters.onnx import export_onnx  # noqa: E402
+from edgevit.exporters.qdq import ort_int8_audit  # noqa: E402
 from edgevit.models import load_model  # noqa: E402
 from edgevit.quant import quantize  # noqa: E402
 from edgevit.recipe import ExportConfig, ModelConfig, load_recipe  # noqa: E402

@@ -15,7 +15,7 @@ import onnxslim
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from edgevit.export.onnx import op_counts, torch_to_onnx  # noqa: E402
+from edgevit.exporters.onnx import op_counts, torch_to_onnx  # noqa: E402
 from edgevit.models import load_model  # noqa: E402
 from edgevit.recipe import ModelConfig  # noqa: E402
 

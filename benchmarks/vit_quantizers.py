@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from edgevit.data import Preprocess, open_image_set  # noqa: E402
-from edgevit.export.onnx import export_onnx  # noqa: E402
+from edgevit.exporters.onnx import export_onnx  # noqa: E402
 from edgevit.models import load_model  # noqa: E402
 from edgevit.quant import QuantConfig, quantize  # noqa: E402
 from edgevit.quant.nonuniform import log2_quantizer, logsqrt2_quantizer  # noqa: E402

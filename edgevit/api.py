@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from edgevit.errors import BadInput
-from edgevit.export.fp16 import layernorm_policy
-from edgevit.export.onnx import export_onnx, read_metadata
+from edgevit.exporters.fp16 import layernorm_policy
+from edgevit.exporters.onnx import export_onnx, read_metadata
 from edgevit.models import load_model
 from edgevit.pipeline import RunResult, run, seed_everything
 from edgevit.recipe import DeviceConfig, ExportConfig, ModelConfig, Recipe, load_recipe
@@ -32,6 +32,20 @@ def compress(recipe: Recipe | str | Path, overrides: list[str] = (), out: Path |
     return run(recipe, out_dir, overwrite=overwrite)
 
 
+def sweep(recipe: Recipe | str | Path, spec: str, overrides: list[str] = (), out: Path | str | None = None,
+          overwrite: bool = False):
+    """Run a recipe once per value of ``spec`` (``KEY=V1,V2,...``) and compare the runs (see edgevit.sweep)."""
+    from edgevit.sweep import sweep as run_sweep
+
+    return run_sweep(recipe, spec, overrides, out, overwrite)
+
+
+def export(model: ModelConfig | str, out_dir: Path | str, **options) -> dict:
+    """Export a model (a ModelConfig or a source such as ``timm:NAME``) without compression stages; the
+    options are those of :func:`export_model`."""
+    return export_model(ModelConfig(source=model) if isinstance(model, str) else model, out_dir, **options)
+
+
 def export_model(model: ModelConfig, out_dir: Path | str, precision: str = "fp32", opset: int = 17,
                  to: str = "onnx", compression: str = "none", deployment_target: str = "iOS17") -> dict:
     """Export a model without compression stages: ONNX (returns its parity vs PyTorch in ONNX Runtime)
@@ -46,7 +60,7 @@ def export_model(model: ModelConfig, out_dir: Path | str, precision: str = "fp32
     keep_ln = ln["keep_fp32"] and precision != "fp32"
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     if to == "coreml":
-        from edgevit.export.coreml import export_coreml, unavailable
+        from edgevit.exporters.coreml import export_coreml, unavailable
 
         why = unavailable(compression)
         if why:
@@ -76,7 +90,7 @@ def bench(artifact: Path | str, device: DeviceConfig | None = None) -> dict:
     try:
         meta = read_metadata(artifact)
     except Exception as e:  # onnx raises DecodeError and others for a damaged file
-        raise BadInput(f"{artifact} is not a readable ONNX file: {type(e).__name__}") from None
+        raise BadInput(f"{artifact} is not a readable ONNX file: {type(e).__name__}") from e
     try:
         size = json.loads(meta["input_size"])[-1] if "input_size" in meta else None
         runner = OrtRunner(artifact, device.threads, device.providers)
@@ -91,7 +105,7 @@ def bench(artifact: Path | str, device: DeviceConfig | None = None) -> dict:
     except Exception as e:  # ORT's load/shape errors, bad metadata: the file is the problem, not the run
         detail = (str(e).strip().splitlines() or [""])[0][:200]
         raise BadInput(f"{artifact}: ONNX Runtime cannot run it as an image model ({type(e).__name__}: {detail})") \
-            from None
+            from e
     return {"artifact": str(artifact), "size_bytes": Path(artifact).stat().st_size,
             **measure(runner, x, device)}
 
@@ -119,7 +133,7 @@ def _bench_remote(artifact: Path, device: DeviceConfig) -> dict:
 
 
 def _coreml_metadata(path: Path) -> dict:
-    from edgevit.export.coreml import inspect_package
+    from edgevit.exporters.coreml import inspect_package
 
     return inspect_package(path)["metadata"]
 
@@ -136,6 +150,6 @@ def rebuild_report(run_dir: Path | str) -> list[Path]:
         report = json.loads(path.read_text())
         report["results"], report["recipe"]  # noqa: B018 - the keys every writer needs
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise BadInput(f"{path}: not an edgevit report ({type(e).__name__}: {e})") from None
+        raise BadInput(f"{path}: not an edgevit report ({type(e).__name__}: {e})") from e
     write_reports(report, run_dir)
     return [run_dir / n for n in ("report.md", "report.html", *report.get("plots", []))]

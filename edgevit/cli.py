@@ -83,7 +83,7 @@ def compress(
         if eval:
             overrides.append(f"validate.eval.path={_abs(eval)}")
         if sweep:
-            from edgevit.sweep import sweep as run_sweep
+            from edgevit.api import sweep as run_sweep
 
             swept = run_sweep(recipe, sweep, overrides + list(set_), out=out, overwrite=overwrite)
             _print_sweep(swept.summary, swept.out_dir)
@@ -179,7 +179,7 @@ def export(
             cfg = ModelConfig(source=model, checkpoint=_abs(checkpoint), trust_checkpoint=trust_checkpoint,
                               num_classes=num_classes)
         except ValidationError as e:
-            raise BadInput(f"--model: {e.errors()[0]['msg']}") from None
+            raise BadInput(f"--model: {e.errors()[0]['msg']}") from e
         if to != ExportTarget.coreml and compression != Compression.none:
             raise BadInput("--compression: only with --to coreml (ONNX compression comes from `edgevit compress` "
                            "recipes)")
@@ -256,10 +256,10 @@ def recipes() -> None:
     Example: `edgevit recipes`
     """
     def body() -> int:
-        from edgevit.recipe import PROJECT_ROOT, shipped_recipes
+        from edgevit.recipe import SHIPPED_ROOT, shipped_recipes
 
         for name, desc, path in shipped_recipes():
-            sys.stdout.write(f"{name:<20} {path.relative_to(PROJECT_ROOT)}  {desc}\n")
+            sys.stdout.write(f"{name:<20} {path.relative_to(SHIPPED_ROOT)}  {desc}\n")
         return 0
 
     _guard(body, False)

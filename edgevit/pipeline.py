@@ -15,12 +15,12 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from edgevit import __version__
+from edgevit._version import __version__
 from edgevit.data import Preprocess, open_image_set
 from edgevit.errors import BadInput, RunFailure
-from edgevit.export.fp16 import layernorm_policy
-from edgevit.export.onnx import export_onnx
-from edgevit.export.sparsity import weight_sparsity
+from edgevit.exporters.fp16 import layernorm_policy
+from edgevit.exporters.onnx import export_onnx
+from edgevit.exporters.sparsity import weight_sparsity
 from edgevit.models import load_model
 from edgevit.progress import new_progress
 from edgevit.prune import prune
@@ -121,7 +121,7 @@ def _prune_stage(model, recipe: Recipe, pre: Preprocess) -> tuple[object, dict]:
         try:
             facts = prune(pruned, recipe.prune, torch.from_numpy(x), lambda name: progress.advance(task))
         except ValueError as e:
-            raise BadInput(f"prune: {e}") from None
+            raise BadInput(f"prune: {e}") from e
     facts["seconds"] = round(time.time() - t0, 1)
     s = facts["summary"]
     log.info("pruned (%s): %d -> %d parameters, %.1f %% of Linear/Conv weights zero", recipe.prune.method,
@@ -135,7 +135,7 @@ def _token_stage(model, recipe: Recipe, info) -> tuple[object, dict]:
     try:
         records = apply_tokens(reduced, recipe.tokens)
     except ValueError as e:
-        raise BadInput(f"tokens: {e}") from None
+        raise BadInput(f"tokens: {e}") from e
     x = torch.zeros(1, 3, info.input_size, info.input_size)
     facts = {"method": recipe.tokens.method, "stages": records} | summarize(model, reduced, x)
     log.info("tokens (%s): %s; FLOPs %.1f M -> %.1f M (%.2fx)", recipe.tokens.method,
@@ -159,7 +159,7 @@ def _quantize_stage(model, recipe: Recipe, pre: Preprocess, stage: Path) -> tupl
             qmodel, plan = quantize(model, recipe.quantize, batches, lambda n: progress.advance(task, n),
                                     lambda name, rec: progress.advance(blocks))
         except ValueError as e:
-            raise BadInput(f"calibration {cfg.path}: {e} ({len(images.skipped)} unreadable image(s))") from None
+            raise BadInput(f"calibration {cfg.path}: {e} ({len(images.skipped)} unreadable image(s))") from e
     seconds = round(time.time() - t0, 1)
     if not plan.activations and not plan.weights:
         raise RunFailure("quantize: found nothing to quantize in this model (no Linear/Conv2d layers)")
@@ -278,7 +278,7 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
                     try:
                         lowered = lower_plan(job_plan, target, cfg.lowering)
                     except ValueError as e:
-                        raise BadInput(f"export {cfg.name or name}: {e}") from None
+                        raise BadInput(f"export {cfg.name or name}: {e}") from e
                     sim_name = "-".join([sim_base] + [target] * (target != "onnxruntime")
                                         + [cfg.lowering] * (has_nonuniform(plan) and cfg.lowering != "exact")) + suffix
                     if sim_name not in sims:
@@ -296,7 +296,7 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
                     cfg.precision == "fp16" else cfg
                 facts = export_onnx(source, info, onnx_cfg, stage / onnx_name, recipe.name, keep_ln)
                 if cfg.target == "tensorrt" or cfg.format == "tensorrt":
-                    from edgevit.export.tensorrt import trtexec_command
+                    from edgevit.exporters.tensorrt import trtexec_command
 
                     engine_precision = "fp16" if cfg.format == "onnx" and cfg.precision == "fp32" else cfg.precision
                     facts["trtexec"] = trtexec_command(onnx_name, engine_precision, cfg.sparse or bool(
@@ -387,12 +387,12 @@ def _memory_errors(stage: Path) -> Iterator[None]:
         except (OSError, ValueError, KeyError):
             step = "load"
         raise RunFailure(f"out of memory during {step} ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else 'no detail'}); "
-                         f"lower {OOM_HINTS.get(step, 'the batch sizes')}") from None
+                         f"lower {OOM_HINTS.get(step, 'the batch sizes')}") from e
 
 
 def _tensorrt_engine(onnx_path: Path, engine_path: Path, cfg, layernorm_fp32: bool = False) -> dict:
     """Build the engine on this machine's GPU (FP16 for fp16/fp32 exports, INT8 from the QDQ graph)."""
-    from edgevit.export.tensorrt import build_engine, unavailable
+    from edgevit.exporters.tensorrt import build_engine, unavailable
 
     why = unavailable()
     if why:
@@ -412,7 +412,7 @@ def _tensorrt_engine(onnx_path: Path, engine_path: Path, cfg, layernorm_fp32: bo
 def _coreml_artifact(model, info, cfg, path: Path, recipe_name: str, sim_name: str | None,
                      nm_layers: int | None, layernorm_fp32: bool = False) -> dict:
     """Convert to an .mlpackage; prediction needs macOS, so the row says what was checked here."""
-    from edgevit.export.coreml import export_coreml, unavailable
+    from edgevit.exporters.coreml import export_coreml, unavailable
 
     why = unavailable(cfg.compression)
     if why:
@@ -565,7 +565,7 @@ def _runner(artifact: dict, stage: Path, threads: int, providers):
     if artifact["runtime"] == "onnxruntime":
         return OrtRunner(stage / artifact["file"], threads, providers)
     if artifact["runtime"] == "tensorrt":
-        from edgevit.export.tensorrt import EngineRunner
+        from edgevit.exporters.tensorrt import EngineRunner
 
         return EngineRunner(stage / artifact["file"])
     return None

@@ -4,8 +4,9 @@ A recipe is one YAML file. Sections may name other YAML files instead of holding
 ``calibration: calibration/builtin.yaml``, ``export: [export/onnx-fp32.yaml]``,
 ``validate: {eval: calibration/builtin-val.yaml, devices: [devices/local-ort-cpu.yaml]}``, and
 ``base: other_recipe.yaml`` inherits a whole recipe and overrides parts of it. Relative paths are
-looked up beside the file that names them, then in its parent folder (the project root for the
-shipped layout), then in the working directory. Every error names the file, the key and what
+looked up beside the file that names them, then in its parent folder, then in the working
+directory, then among the files shipped with the package (``export/onnx-int8.yaml`` works from any
+folder). Every error names the file, the key and what
 is allowed, and is raised as :class:`BadInput`.
 """
 from __future__ import annotations
@@ -22,9 +23,10 @@ from edgevit.errors import BadInput, one_line
 from edgevit.prune.config import PruneConfig
 from edgevit.tokens.config import TokenConfig
 from edgevit.quant.config import QuantConfig
+from edgevit.shipped import root as shipped_root
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHIPPED_RECIPES = PROJECT_ROOT / "recipes"
+SHIPPED_ROOT = shipped_root()
+SHIPPED_RECIPES = SHIPPED_ROOT / "recipes"
 MODEL_PREFIXES = ("builtin:", "timm:", "file:")
 
 
@@ -245,14 +247,14 @@ def _read_yaml(path: Path, what: str) -> Any:
     try:
         text = path.read_text()
     except OSError as e:
-        raise BadInput(f"{path}: cannot read {what}: {e.strerror}") from None
+        raise BadInput(f"{path}: cannot read {what}: {e.strerror}") from e
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise BadInput(f"{path}: malformed YAML{where}: {problem}") from None
+        raise BadInput(f"{path}: malformed YAML{where}: {problem}") from e
 
 
 def _resolve_path(value: str, base_file: Path | None, key: str, origin: str) -> Path:
@@ -263,7 +265,7 @@ def _resolve_path(value: str, base_file: Path | None, key: str, origin: str) -> 
         candidates = []
         if base_file is not None:
             candidates += [base_file.parent / p, base_file.parent.parent / p]
-        candidates.append(Path.cwd() / p)
+        candidates += [Path.cwd() / p, SHIPPED_ROOT / p]
     for c in candidates:
         if c.exists():
             return c.resolve()
@@ -451,7 +453,7 @@ def build_recipe(data: dict, path: Path | None = None, overrides: list[str] = ()
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        raise BadInput(_format_error(e, path, origins)) from None
+        raise BadInput(_format_error(e, path, origins)) from e
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
@@ -490,4 +492,4 @@ def load_section(path: str | Path, cls: type[BaseModel], what: str) -> BaseModel
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        raise BadInput(_format_error(e, p, {}, cls)) from None
+        raise BadInput(_format_error(e, p, {}, cls)) from e

@@ -66,7 +66,7 @@ def sweep(recipe: str | Path, spec: str, overrides: list[str] = (), out: Path | 
         try:
             recipes.append(load_recipe(recipe, list(overrides) + [f"{key}={v}"]))
         except BadInput as e:
-            raise BadInput(f"--sweep {key}={v}: {e}") from None
+            raise BadInput(f"--sweep {key}={v}: {e}") from e
     out_dir = Path(out) if out else Path("runs") / f"{recipes[0].name}-sweep"
     summary = {"recipe": recipes[0].name, "key": key, "values": []}
     with staged_run_folder(out_dir, overwrite) as stage:

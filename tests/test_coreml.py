@@ -13,7 +13,7 @@ import torch
 from conftest import CALIB_DIR
 from edgevit.data import Preprocess, open_image_set
 from edgevit.errors import BadInput
-from edgevit.export.coreml import _Normalized, export_coreml, unavailable
+from edgevit.exporters.coreml import _Normalized, export_coreml, unavailable
 from edgevit.models import load_model
 from edgevit.prune import PruneConfig, prune
 from edgevit.recipe import ModelConfig, build_recipe
@@ -68,7 +68,7 @@ def test_folded_preprocessing_equals_the_models(hybrid):
 
 
 def test_clear_errors(monkeypatch):
-    import edgevit.export.coreml as cm
+    import edgevit.exporters.coreml as cm
 
     monkeypatch.setitem(sys.modules, "coremltools", None)  # as if not installed
     assert "pip install 'edgevit[coreml]'" in cm.unavailable()
@@ -115,8 +115,8 @@ def test_layernorm_kept_in_fp32_only_where_fp16_would_overflow(tmp_path):
     the FP16 ONNX (LayerNormalization between Casts, FP32 scale)."""
     import onnx
 
-    from edgevit.export.fp16 import layernorm_policy
-    from edgevit.export.onnx import export_onnx
+    from edgevit.exporters.fp16 import layernorm_policy
+    from edgevit.exporters.onnx import export_onnx
     from edgevit.recipe import ExportConfig
 
     model, info = load_model(ModelConfig(source="builtin:vit-cifar10"))
@@ -151,7 +151,7 @@ def test_export_cli_writes_a_coreml_classifier(tmp_path):
     assert res.returncode == 0, res.stderr
     pkg = tmp_path / "hybrid-cifar10-fp16-w8.mlpackage"
     assert pkg.is_dir() and "needs macOS" in res.stderr and "constexpr_affine_dequantize" in res.stderr
-    from edgevit.export.coreml import inspect_package
+    from edgevit.exporters.coreml import inspect_package
 
     assert inspect_package(pkg)["metadata"]["compression"] == "w8"
     res = run_cli("export", "--model", "builtin:hybrid-cifar10", "--compression", "w8", "--out", str(tmp_path))

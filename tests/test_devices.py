@@ -123,7 +123,7 @@ def test_recipe_reports_local_and_ssh_device_side_by_side(sshd, tmp_path):
 
 
 def test_bench_command_on_ssh_device(sshd, tmp_path):
-    from edgevit.export.onnx import export_onnx
+    from edgevit.exporters.onnx import export_onnx
     from edgevit.models import load_model
     from edgevit.recipe import ExportConfig, ModelConfig
 
@@ -228,7 +228,7 @@ def test_coreml_device_path_reaches_prediction(sshd, tmp_path):
 
     import torch
 
-    from edgevit.export.coreml import export_coreml, unavailable
+    from edgevit.exporters.coreml import export_coreml, unavailable
 
     if unavailable():
         pytest.skip(unavailable())

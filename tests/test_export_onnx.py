@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from edgevit.export.onnx import export_onnx, read_metadata
+from edgevit.exporters.onnx import export_onnx, read_metadata
 from edgevit.models import load_model
 from edgevit.recipe import ExportConfig, ModelConfig
 from edgevit.validate import OrtRunner, TorchRunner
@@ -84,8 +84,8 @@ def test_export_is_byte_identical(builtin, tmp_path):
 
 
 def test_compact_keeps_outputs_and_shrinks_the_file(builtin, real_images):
-    from edgevit.export.compact import compact, short_node_name
-    from edgevit.export.onnx import torch_to_onnx
+    from edgevit.exporters.compact import compact, short_node_name
+    from edgevit.exporters.onnx import torch_to_onnx
 
     model, info = builtin
     raw = torch_to_onnx(model, info.input_size)

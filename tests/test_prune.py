@@ -13,8 +13,8 @@ from torch import nn
 from conftest import CALIB_DIR, run_cli
 from edgevit.data import Preprocess, open_image_set
 from edgevit.errors import BadInput
-from edgevit.export.onnx import export_onnx
-from edgevit.export.sparsity import weight_sparsity
+from edgevit.exporters.onnx import export_onnx
+from edgevit.exporters.sparsity import weight_sparsity
 from edgevit.models import load_model
 from edgevit.prune import PruneConfig, prune
 from edgevit.prune.block import allocate, block_mask

@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from edgevit.export.onnx import export_onnx, read_metadata
+from edgevit.exporters.onnx import export_onnx, read_metadata
 from edgevit.data import Preprocess, open_image_set
 from edgevit.errors import BadInput
-from edgevit.export.qdq import tensorrt_qdq_problems
+from edgevit.exporters.qdq import tensorrt_qdq_problems
 from edgevit.models import load_model
 from edgevit.quant import QuantConfig, apply_plan, quantize
 from edgevit.quant.bridges import find_bridges

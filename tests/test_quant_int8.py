@@ -13,7 +13,7 @@ from torch import nn
 from conftest import CALIB_DIR, EVAL_DIR, run_cli
 from edgevit.data import Preprocess, open_image_set
 from edgevit.errors import BadInput
-from edgevit.export.onnx import export_onnx, read_metadata
+from edgevit.exporters.onnx import export_onnx, read_metadata
 from edgevit.models import load_model
 from edgevit.quant import QuantConfig, quantize
 from edgevit.quant.sites import QuantAttention, QuantConv2d, QuantLinear
@@ -153,7 +153,7 @@ def test_conv_output_mode_runs_the_conv_trunk_in_int8(tmp_path):
 
 
 def test_tensorrt_lowering_and_rule_checker(quantized, tmp_path):
-    from edgevit.export.qdq import tensorrt_qdq_problems
+    from edgevit.exporters.qdq import tensorrt_qdq_problems
     from edgevit.quant import apply_plan
     from edgevit.quant.lowering import lower_plan
 

@@ -144,7 +144,7 @@ def test_sub_8bit_model_exports_exactly_to_onnx(tmp_path):
     import onnx
     import onnxruntime as ort
 
-    from edgevit.export.onnx import torch_to_onnx
+    from edgevit.exporters.onnx import torch_to_onnx
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), _Mlp().fc1.__class__(8 * 16, 10))
@@ -258,7 +258,7 @@ def test_w4a4_adalog_recipe_end_to_end(tmp_path):
 def test_exact_onnx_decomposition_of_a_log_or_tan_site_is_bit_exact(make):
     import onnxruntime as ort
 
-    from edgevit.export.onnx import torch_to_onnx
+    from edgevit.exporters.onnx import torch_to_onnx
     from edgevit.quant.sites import ActQuant
 
     class Site(nn.Module):

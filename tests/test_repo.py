@@ -25,3 +25,93 @@ def test_readme_main_command_uses_a_shipped_recipe():
     assert (ROOT / recipe).is_file()
     assert "-c constraints.txt" in main
     assert "torch==2.14.1" in (ROOT / "constraints.txt").read_text()
+
+
+def _tracked() -> list[str]:
+    import subprocess
+
+    return subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+
+
+def test_no_large_files_external_data_or_logs_tracked():
+    big = [f for f in _tracked() if (ROOT / f).is_file() and not (ROOT / f).is_symlink()
+           and (ROOT / f).stat().st_size > 1_000_000
+           and not f.startswith(("edgevit/models/weights/", "edgevit/shipped/calibration/"))]
+    assert big == []
+    assert [f for f in _tracked() if f.endswith(".data") or f.startswith(("benchmarks/logs/", "runs/"))] == []
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """edgevit module -> the edgevit modules it imports (at module level or inside functions)."""
+    import ast
+
+    mods = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+            for p in (ROOT / "edgevit").rglob("*.py")}
+    graph = {m: set() for m in mods}
+    for m, p in mods.items():
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("edgevit"):
+                for a in node.names:
+                    sub = f"{node.module}.{a.name}"
+                    graph[m].add(sub if sub in mods else node.module)
+            elif isinstance(node, ast.Import):
+                graph[m] |= {a.name for a in node.names if a.name in mods}
+    return graph
+
+
+def test_no_import_cycles():
+    graph = _import_graph()
+    cycles = []
+    for start in graph:  # depth-first search for a path back to ``start``
+        stack, seen = [(start, (start,))], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph.get(node, ()):
+                if nxt == start and node != start and start != "edgevit":
+                    cycles.append(path + (start,))
+                elif nxt not in seen and nxt in graph:
+                    seen.add(nxt)
+                    stack.append((nxt, path + (nxt,)))
+    assert cycles == []
+
+
+def test_sources_do_not_cite_files_outside_the_repository():
+    cited = [str(p.relative_to(ROOT)) for p in (ROOT / "edgevit").rglob("*")
+             if p.suffix in (".py", ".json", ".yaml") and re.search(r"ALGORITHMS\.md|FACTS\.md|DESIGN\.md|\.\./shared",
+                                                                    p.read_text(errors="replace"))]
+    assert cited == []
+
+
+def test_public_api_is_importable_from_the_package():
+    import edgevit
+    from edgevit import api
+
+    for verb in ("compress", "export", "bench", "sweep"):
+        assert getattr(edgevit, verb) is getattr(api, verb)
+
+
+def test_installed_wheel_runs_a_shipped_recipe_from_another_folder(tmp_path):
+    """A built (non-editable) package carries its recipes, presets, profiles and images."""
+    import subprocess
+    import sys
+    import zipfile
+
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "-w", str(tmp_path / "dist"), str(ROOT)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-2000:]
+    site = tmp_path / "site"
+    zipfile.ZipFile(next((tmp_path / "dist").glob("edgevit-*.whl"))).extractall(site)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
+    where = subprocess.run([sys.executable, "-c", "import edgevit.shipped as s; print(s.root())"], cwd=work, env=env,
+                           capture_output=True, text=True)
+    assert where.stdout.strip().startswith(str(site)), where.stdout + where.stderr
+    run = subprocess.run([sys.executable, "-m", "edgevit.cli", "compress", "--recipe", "int8_ptq",
+                          "--set", "calibration.num=64", "--set", "validate.eval.num=50",
+                          "--set", "validate.devices.0.iters=10", "--set", "validate.devices.0.warmup=1"],
+                         cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    out = work / "runs" / "int8_ptq"
+    assert {"onnx-fp32.onnx", "onnx-int8.onnx", "report.json"} <= {p.name for p in out.iterdir()}
+    assert '"status": "ok"' in (out / "report.json").read_text()

@@ -10,8 +10,8 @@ import torch
 
 from conftest import CALIB_DIR, run_cli
 from edgevit.data import Preprocess, open_image_set
-from edgevit.export.onnx import export_onnx
-from edgevit.export.tensorrt import sparsity_from_log, trtexec_command, unavailable
+from edgevit.exporters.onnx import export_onnx
+from edgevit.exporters.tensorrt import sparsity_from_log, trtexec_command, unavailable
 from edgevit.models import load_model
 from edgevit.prune import PruneConfig, prune
 from edgevit.quant import QuantConfig, apply_plan, quantize
@@ -51,7 +51,7 @@ def test_engine_export_without_gpu_fails_clearly_and_leaves_nothing(tmp_path):
 
 @pytest.mark.skipif(unavailable() is not None, reason=f"TensorRT engine tests need a GPU: {unavailable()}")
 def test_sparse_int8_engine_builds_runs_and_agrees(tmp_path):
-    from edgevit.export.tensorrt import EngineRunner, build_engine, time_engine
+    from edgevit.exporters.tensorrt import EngineRunner, build_engine, time_engine
 
     model, info = load_model(ModelConfig(source="builtin:vit-cifar10"))
     x, _ = open_image_set(CALIB_DIR, num=64, seed=0).load(Preprocess(info.input_size, info.mean, info.std))
@@ -85,7 +85,7 @@ def test_sparse_int8_engine_builds_runs_and_agrees(tmp_path):
 def test_engine_inspector_report_flags_fallbacks_and_sparse_tactics():
     """The inspector JSON (DETAILED verbosity, formats as TensorRT writes them): precisions counted per
     layer, math layers outside the build precision flagged unless pinned on purpose, sparse tactics."""
-    from edgevit.export.tensorrt import layer_report
+    from edgevit.exporters.tensorrt import layer_report
 
     def layer(name, kind, fmt, tactic=""):
         return {"Name": name, "LayerType": kind, "Inputs": [{"Format/Datatype": fmt}],

@@ -243,7 +243,7 @@ def test_merged_hybrid_quantizes_and_runs_in_onnx_runtime(tmp_path):
     """MobileViT with merge -> attention -> unmerge, then W8A8: the QDQ export follows the simulation."""
     from conftest import CALIB_DIR
     from edgevit.data import Preprocess, open_image_set
-    from edgevit.export.onnx import export_onnx
+    from edgevit.exporters.onnx import export_onnx
     from edgevit.quant import QuantConfig, quantize
     from edgevit.recipe import ExportConfig
     from edgevit.validate import OrtRunner
@@ -261,7 +261,7 @@ def test_merged_hybrid_quantizes_and_runs_in_onnx_runtime(tmp_path):
 
 def test_merged_model_converts_to_coreml(tmp_path):
     """The static-shape merge (TopK, Gather, one-hot matmuls, CumSum) converts with coremltools."""
-    from edgevit.export.coreml import export_coreml, unavailable
+    from edgevit.exporters.coreml import export_coreml, unavailable
 
     if unavailable():
         pytest.skip(unavailable())

@@ -59,9 +59,9 @@ class SshDevice:
                shlex.join(argv)]
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout or self.cfg.timeout_s)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as e:
             raise DeviceError(f"{self.where}: `{argv[0]}` did not finish within {timeout or self.cfg.timeout_s} s "
-                              "(ssh.timeout_s)") from None
+                              "(ssh.timeout_s)") from e
         if res.returncode == 255:  # ssh's own failure: connection, host key, authentication
             raise DeviceError(_diagnose(self.where, res.stderr))
         if check and res.returncode != 0:
@@ -75,7 +75,7 @@ class SshDevice:
                f"{self.cfg.user}@{self.cfg.host}:{remote_dir}/"]
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=self.cfg.timeout_s)
-        except subprocess.TimeoutExpired:
-            raise DeviceError(f"{self.where}: copying {len(files)} file(s) took more than {self.cfg.timeout_s} s") from None
+        except subprocess.TimeoutExpired as e:
+            raise DeviceError(f"{self.where}: copying {len(files)} file(s) took more than {self.cfg.timeout_s} s") from e
         if res.returncode != 0:
             raise DeviceError(_diagnose(f"{self.where}, copying to {remote_dir}", res.stderr))

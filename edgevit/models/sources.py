@@ -52,7 +52,7 @@ def read_checkpoint(path: Path, trust: bool = False) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except Exception as e:  # safetensors raises its own error types
-            raise BadInput(f"checkpoint {path} is not a valid safetensors file: {e}") from None
+            raise BadInput(f"checkpoint {path} is not a valid safetensors file: {e}") from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
@@ -61,11 +61,11 @@ def read_checkpoint(path: Path, trust: bool = False) -> dict[str, torch.Tensor]:
             raise BadInput(
                 f"checkpoint {path} contains pickled Python objects ({found.group(1)}), and loading it could run "
                 "arbitrary code; re-save it as a plain state_dict or .safetensors, or, if you trust "
-                "its origin, pass --trust-checkpoint (model.trust_checkpoint: true)") from None
+                "its origin, pass --trust-checkpoint (model.trust_checkpoint: true)") from e
         raise BadInput(f"checkpoint {path} is not a readable PyTorch or safetensors file "
-                       "(expected a state_dict saved with torch.save, or .safetensors)") from None
+                       "(expected a state_dict saved with torch.save, or .safetensors)") from e
     except (RuntimeError, EOFError, OSError) as e:
-        raise BadInput(f"checkpoint {path} is not a readable PyTorch file: {str(e).splitlines()[0]}") from None
+        raise BadInput(f"checkpoint {path} is not a readable PyTorch file: {str(e).splitlines()[0]}") from e
     return _unwrap_state_dict(obj, path)
 
 
@@ -162,7 +162,7 @@ def _python_file(spec: str) -> nn.Module:
     try:
         mod_spec.loader.exec_module(module)
     except Exception as e:
-        raise BadInput(f"model source {spec!r}: importing {path} failed: {type(e).__name__}: {e}") from None
+        raise BadInput(f"model source {spec!r}: importing {path} failed: {type(e).__name__}: {e}") from e
     fn = getattr(module, func, None)
     if fn is None or not callable(fn):
         names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")

@@ -14,7 +14,7 @@ import copy
 import torch
 from torch import nn
 
-from edgevit.prune.structured import input_hessian, keep_count, refit, unit_saliency
+from edgevit.prune.units import input_hessian, keep_count, refit, unit_saliency
 
 
 def _conv_bn(m: nn.Module | None) -> tuple[nn.Conv2d, nn.BatchNorm2d] | None:

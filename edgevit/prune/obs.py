@@ -6,7 +6,7 @@ columns left to right in blocks. For n:m, the mask of every group of m columns i
 sweep reaches it, from the saliency w^2 / U_jj^2 of the weights as updated so far; a fixed mask
 (block pruning) is applied as given. Each pruned weight's error (w - 0) / U_jj is spread over the
 columns not yet visited (W[:, j:] -= err * U[j, j:]), the OBS update that lets the remaining weights
-compensate. ../shared/ALGORITHMS.md section 8.3.
+compensate (Frantar & Alistarh, "Optimal Brain Compression", NeurIPS 2022).
 """
 from __future__ import annotations
 

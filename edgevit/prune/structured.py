@@ -20,9 +20,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from edgevit.prune.channels import conv_units, narrow_conv_unit
 from edgevit.prune.config import PruneConfig
-from edgevit.prune.layerwise import layer_hessian
-from edgevit.prune.obs import DAMP, inverse_diag
+from edgevit.prune.obs import DAMP
+from edgevit.prune.units import input_hessian, keep_count, refit, unit_saliency
 from edgevit.quant.partial import execution_order
 
 
@@ -37,37 +38,6 @@ def _is_attention(m: nn.Module) -> bool:
     return type(m) is Attention and m.gate is None and isinstance(m.norm, nn.Identity)
 
 
-def input_hessian(model: nn.Module, layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """E[[x, 1]^T [x, 1]] over ``layer``'s inputs when ``model`` runs on ``x`` (bias column last)."""
-    h = layer_hessian(model, layer, x)
-    n = h.n
-    s = h.h.new_zeros(len(h.h) + 1, len(h.h) + 1)
-    s[:-1, :-1] = h.h
-    s[:-1, -1] = s[-1, :-1] = h.sums
-    s[-1, -1] = n
-    return s / max(n, 1)
-
-
-def unit_saliency(w: torch.Tensor, h_aug: torch.Tensor | None, groups: int, damp: float = DAMP) -> torch.Tensor:
-    """Score of each of ``groups`` equal column groups of ``w`` [out, in] (OBS or, without H, the norm)."""
-    if h_aug is None:
-        per_col = (w ** 2).sum(0)
-    else:
-        per_col = (w.double() ** 2).sum(0) / inverse_diag(h_aug[:-1, :-1], damp).double()
-    return per_col.reshape(groups, -1).sum(1).float()
-
-
-def refit(w: torch.Tensor, b: torch.Tensor | None, h_aug: torch.Tensor, keep: torch.Tensor,
-          damp: float = DAMP) -> tuple[torch.Tensor, torch.Tensor]:
-    """Least-squares weights/bias on the kept input columns that reproduce the full layer's output."""
-    full = torch.cat([w.double(), (b.double() if b is not None else w.new_zeros(len(w)).double()).unsqueeze(1)], 1)
-    cols = torch.cat([keep, torch.tensor([len(h_aug) - 1])])
-    hss = h_aug[cols][:, cols]
-    hss = hss + damp * torch.diag(hss).mean() * torch.eye(len(cols), dtype=hss.dtype)
-    sol = torch.linalg.solve(hss, (full @ h_aug[:, cols]).t()).t()
-    return sol[:, :-1].float(), sol[:, -1].float()
-
-
 def _linear(w: torch.Tensor, b: torch.Tensor | None) -> nn.Linear:
     lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
     with torch.no_grad():
@@ -75,12 +45,6 @@ def _linear(w: torch.Tensor, b: torch.Tensor | None) -> nn.Linear:
         if b is not None:
             lin.bias.copy_(b)
     return lin
-
-
-def keep_count(total: int, ratio: float, multiple: int) -> int:
-    keep = total - int(round(ratio * total))
-    keep = int(round(keep / multiple)) * multiple if total >= 2 * multiple else keep
-    return min(total, max(keep, min(multiple, total)))
 
 
 def _narrow(consumer: nn.Linear, producer_rows: torch.Tensor, producer: nn.Linear, keep_cols: torch.Tensor,
@@ -108,7 +72,6 @@ def prune_structured(model: nn.Module, cfg: PruneConfig, x: torch.Tensor, shrink
     """Remove MLP hidden units / attention heads from ``model`` in place; returns per-module records."""
     s = cfg.structured
     obs = s.criterion == "obs"
-    from edgevit.prune.channels import conv_units, narrow_conv_unit
 
     targets = {n: m for n, m in model.named_modules()
                if (s.mlp_hidden > 0 and _is_mlp(m)) or (s.heads > 0 and _is_attention(m))}

@@ -1,6 +1,6 @@
 """Bridge blocks of hybrid backbones: where a conv (grid) trunk hands over to attention (tokens) and back.
 
-Q-HyViT (ALGORITHMS.md 6) found that hybrids break ViT PTQ mostly at these transitions, and quantizes
+Q-HyViT (Lee et al., 2023) found that hybrids break ViT PTQ mostly at these transitions, and quantizes
 the layers inside them against the error of the whole block's output. Detection follows the data:
 
 1. One forward pass records every Conv2d/Linear in execution order with its *domain*: ``grid`` for

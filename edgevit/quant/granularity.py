@@ -1,4 +1,4 @@
-"""Per-layer search of activation granularity and scheme (Q-HyViT, ALGORITHMS.md 6).
+"""Per-layer search of activation granularity and scheme (Q-HyViT, Lee et al., 2023).
 
 Hybrid backbones have activations whose channel ranges differ by orders of magnitude (depthwise
 convs, the convs around bridge blocks), and tensors that are entirely positive. For every Conv/Linear

@@ -1,4 +1,5 @@
-"""Non-uniform activation quantizers for post-softmax and post-GELU activations (ALGORITHMS.md 1-3).
+"""Non-uniform activation quantizers for post-softmax and post-GELU activations 
+(log2: FQ-ViT, Lin et al. 2022; AdaLog: Wu et al. 2024; TanQ: DopQ-ViT, Yang et al. 2024).
 
 Post-softmax values lie in [0, 1] and follow a power law: most are tiny, a few near 1 carry the
 attention. A uniform grid spends its levels evenly; these quantizers place them where they matter.
@@ -7,8 +8,8 @@ attention. A uniform grid spends its levels evenly; these quantizers place them 
   2^b or more underflows to 0. ``step`` = 1 is log2, 1/2 is RepQ-ViT's log-sqrt2 and ``base_q / 37``
   is AdaLog (base 2^(q/37), q an integer searched in 10..138).
 * ``TanQuantizer``: a compander ``code = round((2^b - 1) g(x/s) / g(1))`` with ``g(u) = tan(alpha u)``,
-  whose slope grows toward 1, so the grid is densest near 1 (DopQ-ViT's TanQ intent; the paper's own
-  formula could not be read, see ALGORITHMS.md 3). ``alpha`` -> 0 is the uniform grid.
+  whose slope grows toward 1, so the grid is densest near 1 (DopQ-ViT's TanQ intent; the paper's exact
+  formula is not reproduced here). ``alpha`` -> 0 is the uniform grid.
 
 Both compute ``fake_quant`` with plain torch ops (log, round, clamp, pow, where; tan and a table lookup), so the ONNX
 exporter writes them as a float decomposition that reproduces the simulation exactly.

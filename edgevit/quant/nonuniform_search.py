@@ -5,7 +5,7 @@
   AdaLog scans every base q in 10..138; TanQ scans its alpha and the top of its grid (P99.9, P99.99,
   max of the probabilities, or 1); log2 / log-sqrt2 have nothing to search.
 * Post-activation (the MLP's hidden activation X, fc2 weight W): AdaLog on X + shift with FPCS
-  (AdaLog's fast progressive combining search, ALGORITHMS.md 2.2): scan all bases at the max
+  (AdaLog's fast progressive combining search, Wu et al., ECCV 2024): scan all bases at the max
   scale and keep 8; cross them with 16 percentile scales (P90..P100, plus the shift) and keep 32;
   refine 5 rounds with 4 new scales around each survivor, shrinking the step 7.5x a round. The
   objective is ||(Q(X + shift) - shift) W^T - X W^T||^2, the fc2 output error (bias cancels).
@@ -108,7 +108,7 @@ def fpcs_uniform(bits: int, x: torch.Tensor, weight: torch.Tensor, steps: int = 
     Candidates: up to 16 consecutive zero points around 2^(b-1) x scales spaced from (P90 - P10) to
     (max - min) over the levels (about 128 pairs); keep the best 16; then ``steps - 1`` rounds of 8
     new scales around each survivor (its zero point kept), the step shrinking 7.5x a round, the last
-    round keeping one (ALGORITHMS.md 2.2)."""
+    round keeping one (AdaLog, Wu et al., ECCV 2024)."""
     x = _sample(x.reshape(-1, x.shape[-1]).float(), MAX_ROWS)
     w = weight.float()
     ref = x @ w.t()

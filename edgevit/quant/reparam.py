@@ -12,7 +12,7 @@ so the float model computes the same function and the LayerNorm output X'_c = X_
 quantized with one layer-wise (s~, z~). RepQ-ViT takes s~ = mean_c s_c; a few outlier channels
 drag that mean up. MOSF (MAD-guided optimal scaling factor) takes a robust statistic instead:
 ``median`` or ``mosf`` = the mean of the channel scales within k MAD of the median (k = 3). The
-paper's exact formula could not be read (ALGORITHMS.md 3); this is the documented stand-in.
+paper's exact formula could not be read; this is the documented stand-in.
 """
 from __future__ import annotations
 

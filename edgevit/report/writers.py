@@ -13,7 +13,7 @@ def atomic_write(path: Path, text: str | bytes) -> None:
     os.replace(tmp, path)
 
 
-def _json_default(o):
+def json_default(o):
     if isinstance(o, Path):
         return str(o)
     if hasattr(o, "item"):
@@ -21,14 +21,14 @@ def _json_default(o):
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
-def _clean(o):
+def jsonable(o):
     """inf/nan are not JSON: write them as null."""
     if isinstance(o, float) and (math.isinf(o) or math.isnan(o)):
         return None
     if isinstance(o, dict):
-        return {k: _clean(v) for k, v in o.items()}
+        return {k: jsonable(v) for k, v in o.items()}
     if isinstance(o, list):
-        return [_clean(v) for v in o]
+        return [jsonable(v) for v in o]
     return o
 
 
@@ -303,17 +303,6 @@ def plot_accuracy_latency(report: dict, path: Path) -> bool:
     plt.close(fig)
     os.replace(tmp, path)
     return True
-
-
-def write_reports(report: dict, out_dir: Path) -> None:
-    """Write report.json, accuracy_latency.png, report.md and report.html (self-contained) into ``out_dir``."""
-    from edgevit.report.html import render_html
-
-    report["plots"] = ["accuracy_latency.png"] if plot_accuracy_latency(report, out_dir / "accuracy_latency.png") else []
-    clean = _clean(report)
-    atomic_write(out_dir / "report.md", markdown(report))
-    atomic_write(out_dir / "report.html", render_html(json.loads(json.dumps(clean, default=_json_default))))
-    atomic_write(out_dir / "report.json", json.dumps(clean, indent=2, default=_json_default) + "\n")
 
 
 def _search_lines(plan: dict) -> list[str]:

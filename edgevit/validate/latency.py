@@ -1,7 +1,7 @@
 """Latency: warm-up, then timed runs; median / p90 / p99 and throughput.
 
 Other jobs share small machines, so each figure is a median over many runs, and the load
-average is recorded beside it (FACTS.md: timings under load swing 10x).
+average is recorded beside it (on a shared 2-core machine, timings under load swing up to 10x).
 """
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from edgevit import __version__
+from edgevit._version import __version__
 
 COMPRESSED_OPS = ("constexpr_sparse_to_dense", "constexpr_lut_to_dense", "constexpr_affine_dequantize",
                   "constexpr_blockwise_shift_scale", "constexpr_sparse_blockwise_shift_scale")

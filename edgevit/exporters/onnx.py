@@ -18,15 +18,15 @@ import onnx
 import torch
 from torch import nn
 
-from edgevit import __version__
+from edgevit._version import __version__
 from edgevit.errors import RunFailure
-from edgevit.export.compact import compact
-from edgevit.export.qdq import (fold_weight_quantizers, fold_weight_transposes, ort_int8_audit,
+from edgevit.exporters.compact import compact
+from edgevit.exporters.qdq import (fold_weight_quantizers, fold_weight_transposes, ort_int8_audit,
                                 tensorrt_qdq_problems)
 
 log = logging.getLogger("edgevit")
 
-# onnxruntime 1.31 reads IR <= 13 while onnx 1.23 writes 14 by default (FACTS.md).
+# onnxruntime 1.31 reads IR <= 13 while onnx 1.23 writes 14 by default.
 MAX_IR_VERSION = 10
 
 
@@ -69,7 +69,7 @@ def write_onnx(model: onnx.ModelProto, path: Path, metadata: dict[str, str]) -> 
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
-        raise RunFailure(f"the exported ONNX for {path.name} fails the ONNX checker: {str(e).splitlines()[0]}") from None
+        raise RunFailure(f"the exported ONNX for {path.name} fails the ONNX checker: {str(e).splitlines()[0]}") from e
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -82,7 +82,7 @@ def write_onnx(model: onnx.ModelProto, path: Path, metadata: dict[str, str]) -> 
 
 def torch_to_onnx(model: nn.Module, input_size: int, opset: int = 17, dynamic_batch: bool = True) -> onnx.ModelProto:
     """Trace a model to ONNX with the TorchScript exporter (the dynamo one cannot hold opset 17
-    for mobilevit/levit/fastvit here, FACTS.md). nn.LayerNorm stays one LayerNormalization op."""
+    for mobilevit/levit/fastvit here). nn.LayerNorm stays one LayerNormalization op."""
     model = model.eval()
     dummy = torch.zeros(1, 3, input_size, input_size)
     buf = io.BytesIO()
@@ -94,7 +94,7 @@ def torch_to_onnx(model: nn.Module, input_size: int, opset: int = 17, dynamic_ba
                               output_names=["logits"], dynamic_axes=axes, dynamo=False,
                               do_constant_folding=True)
         except Exception as e:
-            raise RunFailure(f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+            raise RunFailure(f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
     return onnx.load_from_string(buf.getvalue())
 
 
