@@ -7,18 +7,18 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from edgevit.errors import BadInput
-from edgevit.exporters.fp16 import layernorm_policy
-from edgevit.exporters.onnx import export_onnx, read_metadata
-from edgevit.models import load_model
-from edgevit.pipeline import RunResult, run, seed_everything
-from edgevit.recipe import DeviceConfig, ExportConfig, ModelConfig, Recipe, load_recipe
-from edgevit.validate import OrtRunner, TorchRunner
+from edgevit.errors import BadInput, RunFailure
+from edgevit.models.sources import ModelInfo
+from edgevit.pipeline import RunResult, run
+from edgevit.recipe import DeviceConfig, ModelConfig, Recipe, build_recipe, load_recipe
+from edgevit.runtimes import RUNTIMES, for_suffix, runtime
 from edgevit.validate.latency import measure
 
 
@@ -34,8 +34,8 @@ def compress(recipe: Recipe | str | Path, overrides: list[str] = (), out: Path |
 
 def sweep(recipe: Recipe | str | Path, spec: str, overrides: list[str] = (), out: Path | str | None = None,
           overwrite: bool = False):
-    """Run a recipe once per value of ``spec`` (``KEY=V1,V2,...``) and compare the runs (see edgevit.sweep)."""
-    from edgevit.sweep import sweep as run_sweep
+    """Run a recipe once per value of ``spec`` (``KEY=V1,V2,...``) and compare the runs (see edgevit.sweeps)."""
+    from edgevit.sweeps import sweep as run_sweep
 
     return run_sweep(recipe, spec, overrides, out, overwrite)
 
@@ -48,94 +48,104 @@ def export(model: ModelConfig | str, out_dir: Path | str, **options) -> dict:
 
 def export_model(model: ModelConfig, out_dir: Path | str, precision: str = "fp32", opset: int = 17,
                  to: str = "onnx", compression: str = "none", deployment_target: str = "iOS17") -> dict:
-    """Export a model without compression stages: ONNX (returns its parity vs PyTorch in ONNX Runtime)
-    or a CoreML classifier (``compression``: CoreML weight compression; checked as far as Linux allows).
-    With no images to measure them on, LayerNorms of FP16 artifacts stay in FP32."""
-    seed_everything(0)
-    torch_model, info = load_model(model)
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", info.source.split(":", 1)[1]).strip("-")
-    cfg = ExportConfig(format=to, precision=precision, opset=opset, compression=compression,
-                       deployment_target=deployment_target)
-    ln = layernorm_policy(torch_model, None, cfg.fp16_layernorm)
-    keep_ln = ln["keep_fp32"] and precision != "fp32"
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    if to == "coreml":
-        from edgevit.exporters.coreml import export_coreml, unavailable
-
-        why = unavailable(compression)
-        if why:
-            raise BadInput(why)
-        path = Path(out_dir) / f"{stem}-{precision}{'-' + compression if compression != 'none' else ''}.mlpackage"
-        facts = export_coreml(torch_model, info, path, compression, precision, deployment_target, "export", keep_ln)
-        return {"file": path, "max_abs_diff": None, "layernorm": ln, **facts,
-                "not_measured": "prediction (accuracy, parity, latency) needs macOS"}
-    path = Path(out_dir) / f"{stem}-{precision}.onnx"
-    facts = export_onnx(torch_model, info, cfg, path, recipe_name="export", layernorm_fp32=keep_ln)
-    x = np.random.default_rng(0).standard_normal((4, 3, info.input_size, info.input_size)).astype(np.float32)
-    diff = float(np.abs(OrtRunner(path)(x) - TorchRunner(torch_model)(x)).max())
-    return {"file": path, "max_abs_diff": diff, "size_bytes": path.stat().st_size, "layernorm": ln, **facts}
+    """Export a model without compression stages, through the same pipeline as ``compress``: the artifact
+    is written by its runtime and checked there (an FP32 ONNX must match PyTorch within the parity
+    tolerance on 8 seeded random images; a CoreML package is checked as far as Linux allows). With no
+    images to measure them on, LayerNorms of FP16 artifacts stay in FP32. Returns the export facts with
+    ``file``, ``size_bytes``, ``max_abs_diff`` (None where nothing ran), ``layernorm`` and ``checks``."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", model.source.split(":", 1)[1]).strip("-")
+    name = f"{stem}-{precision}" + (f"-{compression}" if compression != "none" else "")
+    entry = {"name": name, "format": to, "precision": precision}
+    entry |= {"compression": compression, "deployment_target": deployment_target} if to == "coreml" else \
+        {"opset": opset}
+    recipe = build_recipe({"name": "export", "model": model.model_dump(mode="json", exclude_none=True),
+                           "export": [entry], "validate": {"devices": []}})
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir / f".{name}.export-{os.getpid()}"
+    try:
+        report = run(recipe, work, overwrite=True).report
+        row = next(r for r in report["results"] if r["name"] == name)
+        failed = [c for c in report["checks"] if not c["ok"]]
+        if failed:
+            raise RunFailure(f"{failed[0]['name']}: {failed[0]['detail']}")
+        dest = out_dir / row["file"]
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        os.replace(work / row["file"], dest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    par = row.get("parity") or {}
+    return {"file": dest, "max_abs_diff": par.get("max_abs_diff"), "size_bytes": row["size_bytes"],
+            "layernorm": next(iter((report.get("fp16_layernorm") or {}).values()), None), **row["export"],
+            "checks": report["checks"], **({"not_measured": row["not_measured"].split(": ", 1)[-1]}
+                                           if row.get("not_measured") else {})}
 
 
 def bench(artifact: Path | str, device: DeviceConfig | None = None) -> dict:
-    """Latency of one artifact on a device profile: local ONNX Runtime, or a device over SSH (ONNX
-    Runtime, TensorRT engine, CoreML package on a Mac)."""
+    """Latency of one artifact on a device profile: this machine (the runtime the artifact's suffix names),
+    or a device over SSH (its profile's runtime: ONNX Runtime, TensorRT engine, CoreML package on a Mac,
+    ...)."""
     device = device or DeviceConfig()
     artifact = Path(artifact)
     if device.kind == "ssh":
         return _bench_remote(artifact, device)
-    if not artifact.is_file():
+    if not artifact.exists():
         raise BadInput(f"artifact not found: {artifact}")
-    if artifact.suffix != ".onnx":
-        raise BadInput(f"{artifact}: only .onnx artifacts can be benchmarked here (got '{artifact.suffix}')")
+    rt = for_suffix(artifact.suffix)
+    if rt is None or not rt.local_device:
+        local = ", ".join(r.suffix for r in RUNTIMES.values() if r.local_device)
+        raise BadInput(f"{artifact}: only {local} artifacts can be benchmarked here (got '{artifact.suffix}'); "
+                       "others need a device profile of kind ssh")
     try:
-        meta = read_metadata(artifact)
+        meta = rt.read_metadata(artifact)
     except Exception as e:  # onnx raises DecodeError and others for a damaged file
-        raise BadInput(f"{artifact} is not a readable ONNX file: {type(e).__name__}") from e
+        raise BadInput(f"{artifact} is not a readable {rt.file_noun} file: {type(e).__name__}") from e
     try:
         size = json.loads(meta["input_size"])[-1] if "input_size" in meta else None
-        runner = OrtRunner(artifact, device.threads, device.providers)
-        inputs = runner.session.get_inputs()
+        runner = rt.local_runner(artifact, device)
         if size is None:
-            shape = inputs[0].shape if len(inputs) == 1 else []
+            shape = rt.input_shape(runner)
             if len(shape) != 4:
-                raise ValueError(f"expected one image input (N, 3, H, W), got {[i.shape for i in inputs]}")
+                raise ValueError(f"expected one image input (N, 3, H, W), got {shape}")
             size = shape[-1] if isinstance(shape[-1], int) else 224
         x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
         runner(x)
-    except Exception as e:  # ORT's load/shape errors, bad metadata: the file is the problem, not the run
+    except Exception as e:  # the runtime's load/shape errors, bad metadata: the file is the problem, not the run
         detail = (str(e).strip().splitlines() or [""])[0][:200]
-        raise BadInput(f"{artifact}: ONNX Runtime cannot run it as an image model ({type(e).__name__}: {detail})") \
+        raise BadInput(f"{artifact}: {rt.label} cannot run it as an image model ({type(e).__name__}: {detail})") \
             from e
-    return {"artifact": str(artifact), "size_bytes": Path(artifact).stat().st_size,
-            **measure(runner, x, device)}
+    return {"artifact": str(artifact), "size_bytes": artifact_size(artifact), **measure(runner, x, device)}
+
+
+def artifact_size(path: Path) -> int:
+    """Bytes of an artifact: a file, a package folder, or an IR with its weights file beside it."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    rt = for_suffix(path.suffix)
+    return sum(p.stat().st_size for p in (rt.files(path) if rt else [path]))
 
 
 def _bench_remote(artifact: Path, device: DeviceConfig) -> dict:
-    from types import SimpleNamespace
+    from edgevit.devices.remote import measure_remote
 
-    from edgevit.devices.remote import SUFFIX, measure_remote
-
-    want = SUFFIX[device.runtime]
-    if artifact.suffix != want or not artifact.exists():
-        raise BadInput(f"{artifact}: device {device.name} runs {device.runtime}, which takes an existing {want} artifact")
-    meta = read_metadata(artifact) if want == ".onnx" else _coreml_metadata(artifact) if want == ".mlpackage" else {}
+    rt = runtime(device.runtime)
+    if artifact.suffix != rt.suffix or not artifact.exists():
+        raise BadInput(f"{artifact}: device {device.name} runs {device.runtime}, which takes an existing "
+                       f"{rt.suffix} artifact")
+    meta = rt.read_metadata(artifact)
     size = json.loads(meta["input_size"])[-1] if "input_size" in meta else 224
-    info = SimpleNamespace(labels=json.loads(meta.get("labels", "[]")), mean=json.loads(meta.get("mean", "[0, 0, 0]")),
-                           std=json.loads(meta.get("std", "[1, 1, 1]")))
+    labels = json.loads(meta.get("labels", "[]"))
+    preprocessing = ModelInfo(source=str(artifact), arch="", num_classes=len(labels), labels=labels,
+                              input_size=size, mean=tuple(json.loads(meta.get("mean", "[0, 0, 0]"))),
+                              std=tuple(json.loads(meta.get("std", "[1, 1, 1]"))))
     x = np.random.default_rng(0).standard_normal((8, 3, size, size)).astype(np.float32)
-    out = measure_remote(device, [(artifact.stem, artifact)], x, None, info)
+    out = measure_remote(device, [(artifact.stem, artifact)], x, None, preprocessing)
     got = out["artifacts"][artifact.stem]
-    size_bytes = sum(f.stat().st_size for f in artifact.rglob("*") if f.is_file()) if artifact.is_dir() else \
-        artifact.stat().st_size
-    return {"artifact": str(artifact), "size_bytes": size_bytes, "device": device.name, "threads": device.threads,
-            "batch1": got["batch1"], "throughput": got["throughput"], "load_average": out["load_average"],
+    return {"artifact": str(artifact), "size_bytes": artifact_size(artifact), "device": device.name,
+            "threads": device.threads, "batch1": got["batch1"], "throughput": got["throughput"],
+            "load_average": out["load_average"],
             "remote": {"host": device.ssh.host, "runtime": out["runtime_version"], **out["machine"]}}
-
-
-def _coreml_metadata(path: Path) -> dict:
-    from edgevit.exporters.coreml import inspect_package
-
-    return inspect_package(path)["metadata"]
 
 
 def rebuild_report(run_dir: Path | str) -> list[Path]:

@@ -14,15 +14,18 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError,
+                      field_validator, model_validator)
 
 from edgevit.errors import BadInput, one_line
 from edgevit.prune.config import PruneConfig
 from edgevit.tokens.config import TokenConfig
 from edgevit.quant.config import QuantConfig
+from edgevit.runtimes import RUNTIMES, ExportBase, formats, runtime
+from edgevit.runtimes.onnxruntime import OnnxExport
 from edgevit.shipped import root as shipped_root
 
 SHIPPED_ROOT = shipped_root()
@@ -77,37 +80,21 @@ class DataConfig(_Strict):
     batch_size: int = Field(64, gt=0)
 
 
-class ExportConfig(_Strict):
-    """One exported artifact."""
+def _export_tag(v: Any) -> str | None:
+    """The export entry's format (``onnx`` when not given)."""
+    if isinstance(v, dict):
+        return v.get("format", "onnx")
+    return getattr(v, "format", "onnx")
 
-    name: str | None = None
-    format: Literal["onnx", "coreml", "tensorrt"] = Field(
-        "onnx", description="onnx (.onnx), coreml (.mlpackage, an image classifier for Xcode) or tensorrt (.engine "
-        "built on this machine's NVIDIA GPU from the ONNX export, which is kept beside it)")
-    sparse: bool = Field(False, description="tensorrt only: let TensorRT use 2:4 sparse kernels for weights that "
-                         "follow the pattern (kSPARSE_WEIGHTS); the report lists the layers that took them")
-    precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="int8: real QDQ from the quantize stage "
-                                                       "(coreml: W8A8, quantize/dequantize ops with compression: w8)")
-    compression: Literal["none", "w8", "palettize4", "palettize6", "sparse"] = Field(
-        "none", description="coreml only: weight compression of the converted program: w8 (int8 per channel), "
-        "palettize4/6 (k-means look-up tables), sparse (the pruning stage's zeros stored sparse)")
-    deployment_target: Literal["iOS16", "iOS17", "iOS18"] = Field("iOS17", description="coreml only: minimum "
-                                                                  "deployment target")
-    target: Literal["onnxruntime", "tensorrt"] = Field(
-        "onnxruntime", description="the runtime the ONNX is for: int8 QDQ graphs are lowered for it (tensorrt: "
-        "signed int8, zero point 0 everywhere); with tensorrt the report gives the trtexec line that builds the engine "
-        "on the device (an FP16 engine from an fp32 ONNX)")
-    lowering: Literal["uniform", "exact", "float"] = Field(
-        "uniform", description="int8 only: how quantizers no integer kernel runs are written: uniform (log/tan "
-        "sites become the uniform 8-bit grid over their range), exact (a float decomposition that reproduces "
-        "the simulation, also for 4/6-bit plans; not for TensorRT) or float (log/tan sites left unquantized)")
-    fp16_layernorm: Literal["auto", "fp32", "fp16"] = Field(
-        "auto", description="FP16 artifacts (onnx fp16, coreml, tensorrt): auto keeps LayerNorm in FP32 when its "
-        "inputs, measured on the calibration (else eval) images, overflow FP16's range (or when there are no images "
-        "to measure); fp32 always; fp16 never")
-    opset: int = Field(17, ge=17, le=21)
-    simplify: bool = True
-    dynamic_batch: bool = True
+
+#: one exported artifact: the config class of its ``format``'s runtime (edgevit.runtimes)
+ExportEntry = Annotated[Union[tuple(Annotated[cls, Tag(fmt)] for fmt, cls in formats().items())],
+                        Discriminator(_export_tag)]
+
+
+def ExportConfig(**fields) -> ExportBase:  # noqa: N802 - reads like the config class it returns
+    """The config of one export entry: an instance of its format's class (``format`` defaults to onnx)."""
+    return TypeAdapter(ExportEntry).validate_python(fields)
 
 
 class SshConfig(_Strict):
@@ -127,9 +114,10 @@ class DeviceConfig(_Strict):
 
     name: str = Field("local-ort-cpu", pattern=r"^[A-Za-z0-9_.-]+$")
     kind: Literal["local", "ssh"] = Field("local", description="local: this machine; ssh: a device reached over SSH")
-    runtime: Literal["onnxruntime", "coreml", "tensorrt"] = Field(
-        "onnxruntime", description="what runs the artifacts on the device: onnxruntime (.onnx), coreml (.mlpackage, "
-        "macOS), tensorrt (.engine)")
+    runtime: str = Field("onnxruntime", description="what runs the artifacts on the device: onnxruntime (.onnx), "
+                         "coreml (.mlpackage, macOS), tensorrt (.engine), openvino (.xml), ...")
+    options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="settings of the device's runtime (openvino: device: CPU|GPU|NPU)")
     providers: list[str] = ["CPUExecutionProvider"]
     threads: int = Field(2, gt=0)
     compute_units: Literal["all", "cpu_only", "cpu_and_gpu", "cpu_and_ne"] = Field(
@@ -144,15 +132,22 @@ class DeviceConfig(_Strict):
     throughput_batch: int = Field(32, gt=0)
     eval_images: int = Field(200, ge=0, description="ssh: evaluation images sent to the device for top-1 there")
 
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, v: str) -> str:
+        runtime(v)  # raises ValueError naming the known ones
+        return v
+
     @model_validator(mode="after")
     def _where(self) -> "DeviceConfig":
         if self.kind == "ssh" and self.ssh is None:
             raise ValueError("ssh: a device of kind ssh needs an ssh: section (host, user, key_file, known_hosts)")
         if self.kind == "local" and self.ssh is not None:
             raise ValueError("ssh: only for kind: ssh")
-        if self.kind == "local" and self.runtime != "onnxruntime":
-            raise ValueError(f"runtime: a local device measures with ONNX Runtime (and TensorRT engines built here); "
-                             f"for {self.runtime} on another machine use kind: ssh")
+        local = sorted(n for n, rt in RUNTIMES.items() if rt.local_device)
+        if self.kind == "local" and self.runtime not in local:
+            raise ValueError(f"runtime: a local device measures with {' or '.join(local)} (and TensorRT engines "
+                             f"built here); for {self.runtime} on another machine use kind: ssh")
         return self
 
 
@@ -179,7 +174,7 @@ class Recipe(_Strict):
     tokens: TokenConfig | None = Field(None, description="training-free token merging (ToMe) or pruning (EViT), "
                                        "after pruning and before quantization")
     quantize: QuantConfig | None = Field(None, description="post-training quantization (needs calibration)")
-    export: list[ExportConfig] = Field(default_factory=lambda: [ExportConfig()])
+    export: list[ExportEntry] = Field(default_factory=lambda: [OnnxExport()])
     validation: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
 
     @model_validator(mode="after")
@@ -192,36 +187,16 @@ class Recipe(_Strict):
             raise ValueError("quantize.max_accuracy_drop: needs validate.eval (the images the drop is measured on, "
                              "e.g. eval: calibration/builtin-val.yaml)")
         for i, e in enumerate(self.export):
-            if e.format == "coreml" and e.precision == "int8" and e.compression != "w8":
-                raise ValueError(f"export.{i}.compression: a CoreML int8 artifact (W8A8: the quantize stage's "
-                                 "activation scales as quantize/dequantize ops) stores int8 weights; set "
-                                 "compression: w8")
-            if e.format == "tensorrt" and e.precision == "int8" and e.target != "tensorrt":
-                raise ValueError(f"export.{i}.target: a TensorRT engine needs the tensorrt lowering (target: tensorrt)")
-            if e.sparse and e.format != "tensorrt":
-                raise ValueError(f"export.{i}.sparse: only for format: tensorrt")
-            if e.format != "coreml" and e.compression != "none":
-                raise ValueError(f"export.{i}.compression: only for format: coreml (ONNX compression comes "
-                                 "from the quantize and prune stages)")
             if e.precision != "int8":
                 continue
             if self.quantize is None:
                 raise ValueError(f"export.{i}.precision: int8 needs a quantize: section")
-            if (e.target == "tensorrt" or e.format == "coreml") and e.lowering == "exact":
-                runtime = "CoreML" if e.format == "coreml" else "TensorRT"
-                raise ValueError(f"export.{i}.lowering: exact cannot target {runtime}, whose kernels take only "
-                                 "uniform int8 quantize/dequantize; use lowering: uniform or float")
             bits = {"quantize.weights.bits": self.quantize.weights.bits,
                     "quantize.activations.bits": self.quantize.activations.bits}
             for key, b in bits.items():
-                if b != 8 and e.format == "coreml":
-                    raise ValueError(f"{key}: {b}-bit activations or weights cannot go into a CoreML int8 "
-                                     f"artifact (8-bit quantize ops only); quantize with 8 bits, or export.{i}: "
-                                     "compression: palettize4 for 4-bit weights")
-                if b != 8 and e.lowering != "exact":
-                    raise ValueError(f"{key}: {b}-bit can be simulated, but ONNX Runtime and TensorRT run 8-bit "
-                                     f"integer kernels only; set export.{i}.lowering: exact to export a graph "
-                                     "that reproduces the simulation, or quantize with 8 bits")
+                problem = e.sub8bit_problem(key, b, i) if b != 8 else None
+                if problem:
+                    raise ValueError(problem)
         return self
 
 
@@ -395,13 +370,22 @@ def _resolve_paths(data: dict, path: Path | None, origins: dict[str, str]) -> No
 def _model_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
     """The pydantic class that owns the last key of a validation-error location."""
     cls: Any = root
+    export_formats = formats()
     for part in loc[:-1]:
         if isinstance(part, int):
+            continue
+        if cls is None:  # an export entry: the tag after its index names its format's config class
+            cls = export_formats.get(part)
+            if cls is None:
+                return None
             continue
         fields = {f.alias or n: f for n, f in cls.model_fields.items()} | cls.model_fields
         field = fields.get(part)
         if field is None:
             return None
+        if part == "export" and cls is Recipe:
+            cls = None  # resolved by the tag that follows
+            continue
         ann = field.annotation
         for arg in getattr(ann, "__args__", ()) + (ann,):
             inner = getattr(arg, "__args__", (arg,))[0] if getattr(arg, "__origin__", None) is list else arg
@@ -413,11 +397,24 @@ def _model_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
     return cls
 
 
+def _strip_tags(loc: tuple) -> tuple:
+    """A location without the format tags pydantic puts after an export entry's index."""
+    tags = formats()
+    return tuple(p for i, p in enumerate(loc) if not (p in tags and i > 0 and isinstance(loc[i - 1], int)))
+
+
+def _other_format(key: str, fmt: str) -> str | None:
+    """The export formats whose config has ``key`` (for 'only for format: X')."""
+    having = [f for f, cls in formats().items() if f != fmt and key in cls.model_fields]
+    return ", ".join(having) or None
+
+
 def _format_error(err: ValidationError, path: Path | None, origins: dict[str, str],
                   root: type[BaseModel] = Recipe) -> str:
     errors = err.errors()
     e = errors[0]
-    loc = tuple(e["loc"])
+    tagged = tuple(e["loc"])
+    loc = _strip_tags(tagged)
     dotted = ".".join(str(p) for p in loc)
     origin = str(path) if path else "<recipe>"
     for i in range(len(loc), 0, -1):
@@ -425,19 +422,33 @@ def _format_error(err: ValidationError, path: Path | None, origins: dict[str, st
         if key in origins:
             origin = origins[key]
             break
-    if e["type"] == "value_error" and not loc:
-        return one_line(f"{origin}: {e['msg'].removeprefix('Value error, ')}")
+    more = f" [and {len(errors) - 1} more problem(s)]" if len(errors) > 1 else ""
+    if e["type"] == "value_error":
+        msg = e["msg"].removeprefix("Value error, ")
+        if not loc:
+            return one_line(f"{origin}: {msg}")
+        key, sep, rest = msg.partition(": ")
+        if sep and key.isidentifier():  # "compression: ..." raised by the section's own validator
+            return one_line(f"{origin}: {dotted}.{key}: {rest}{more}")
+        return one_line(f"{origin}: {dotted}: {msg}{more}")
+    if e["type"] == "union_tag_invalid":
+        return one_line(f"{origin}: {dotted}.format: unknown format {e['ctx']['tag']!r} "
+                        f"(known: {e['ctx']['expected_tags']}){more}")
     if e["type"] == "extra_forbidden":
-        owner = _model_at(loc, root)
+        owner = _model_at(tagged, root)
         allowed = sorted((f.alias or n) for n, f in owner.model_fields.items()) if owner else []
-        msg = f"unknown key '{loc[-1]}'" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+        fmt = next((p for p in tagged if p in formats()), None) if loc and loc[0] == "export" else None
+        elsewhere = _other_format(str(loc[-1]), fmt) if fmt else None
+        if elsewhere:
+            msg = f"only for format: {elsewhere} (format {fmt} takes: {', '.join(allowed)})"
+        else:
+            msg = f"unknown key '{loc[-1]}'" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
     elif e["type"] == "missing":
         msg = "required key is missing"
     else:
         got = e.get("input")
         shown = json.dumps(got, default=str) if not isinstance(got, dict) else "a mapping"
         msg = f"{e['msg']} (got {shown[:80]})"
-    more = f" [and {len(errors) - 1} more problem(s)]" if len(errors) > 1 else ""
     return one_line(f"{origin}: {dotted or '<top>'}: {msg}{more}")
 
 

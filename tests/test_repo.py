@@ -96,8 +96,13 @@ def test_installed_wheel_runs_a_shipped_recipe_from_another_folder(tmp_path):
     import sys
     import zipfile
 
+    import shutil
+
+    src = tmp_path / "src"  # a copy, so the build leaves nothing in the checkout
+    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "build", "*.egg-info",
+                                                                            "__pycache__", ".pytest_cache"))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                            "-w", str(tmp_path / "dist"), str(ROOT)], capture_output=True, text=True)
+                            "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-2000:]
     site = tmp_path / "site"
     zipfile.ZipFile(next((tmp_path / "dist").glob("edgevit-*.whl"))).extractall(site)

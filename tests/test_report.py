@@ -15,7 +15,7 @@ from conftest import run_cli
 from edgevit.models import load_model
 from edgevit.quant import QuantConfig, quantize
 from edgevit.recipe import ModelConfig
-from edgevit.report.diagnostics import layer_errors, site_histograms
+from edgevit.quant.diagnostics import layer_errors, site_histograms
 from edgevit.report.writers import pareto
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

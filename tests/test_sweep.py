@@ -7,7 +7,7 @@ import pytest
 
 from conftest import run_cli
 from edgevit.errors import BadInput
-from edgevit.sweep import parse_sweep
+from edgevit.sweeps import parse_sweep
 
 FAST = ["--set", "validate.devices.0.iters=3", "--set", "validate.devices.0.warmup=1",
         "--set", "validate.devices.0.throughput_batch=4", "--set", "validate.eval.num=200"]

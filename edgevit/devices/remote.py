@@ -12,9 +12,10 @@ import numpy as np
 
 from edgevit.devices.device_bench import MISSING_RUNTIME
 from edgevit.devices.ssh import DeviceError, SshDevice
+from edgevit.runtimes import runtime
+from edgevit.runtimes.base import DEVICE_RUNNERS
 
 SCRIPT = Path(__file__).with_name("device_bench.py")
-SUFFIX = {"onnxruntime": ".onnx", "coreml": ".mlpackage", "tensorrt": ".engine"}
 
 
 def runs_on(device, artifact: dict) -> bool:
@@ -27,8 +28,13 @@ def measure_remote(device, artifacts: list[tuple[str, Path]], x: np.ndarray, y: 
     """Run ``artifacts`` (name, local path) on ``device``; returns the device's JSON result: per artifact
     batch-1 / throughput latency, predictions and top-1 on the sample, plus the machine and runtime."""
     dev = SshDevice(device.name, device.ssh)
+    rt = runtime(device.runtime)
+    if rt.device_runner is None:
+        raise DeviceError(f"{dev.where}: edgevit has no device runner for {rt.label}")
+    runner = DEVICE_RUNNERS / rt.device_runner
     remote = f"{device.work_dir.rstrip('/')}/edgevit-bench-{secrets.token_hex(4)}"
-    job = {"runtime": device.runtime, "threads": device.threads, "providers": device.providers,
+    job = {"runtime": device.runtime, "runner": runner.name, "options": device.options,
+           "threads": device.threads, "providers": device.providers,
            "compute_units": device.compute_units, "warmup": device.warmup, "iters": device.iters,
            "throughput_batch": device.throughput_batch, "labels": list(info.labels), "mean": list(info.mean),
            "std": list(info.std), "sample": f"{remote}/sample.npz",
@@ -39,7 +45,7 @@ def measure_remote(device, artifacts: list[tuple[str, Path]], x: np.ndarray, y: 
         job_file.write_text(json.dumps(job))
         dev.run(["mkdir", "-p", "--", remote])
         try:
-            dev.put([SCRIPT, job_file, sample, *[p for _, p in artifacts]], remote)
+            dev.put([SCRIPT, runner, job_file, sample, *[p for _, p in artifacts]], remote)
             res = dev.run([device.python, f"{remote}/{SCRIPT.name}", f"{remote}/job.json"], check=False)
         finally:
             dev.run(["rm", "-rf", "--", remote], check=False)
@@ -52,7 +58,7 @@ def measure_remote(device, artifacts: list[tuple[str, Path]], x: np.ndarray, y: 
                           "to the interpreter path (it needs numpy and the runtime)")
     if res.returncode == MISSING_RUNTIME:
         raise DeviceError(f"{dev.where}: {device.runtime} is not importable by {device.python} on the device "
-                          f"({out.get('detail', '')}); install it there (e.g. pip install {device.runtime}) or set "
+                          f"({out.get('detail', '')}); install it there (e.g. pip install {rt.name}) or set "
                           "the profile's python: to an interpreter that has it")
     if res.returncode != 0 or "artifacts" not in out:
         detail = out.get("detail") or (res.stderr.strip().splitlines() or ["no output"])[-1]

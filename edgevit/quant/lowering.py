@@ -26,11 +26,10 @@ import copy
 import torch
 
 from edgevit.quant.plan import QuantPlan
+from edgevit.quant.targets import LOWERINGS, Lowering
 from edgevit.quant.uniform import qparams_from_range
 
-TARGETS = ("onnxruntime", "tensorrt", "coreml")
 POLICIES = ("exact", "uniform", "float")
-NAMES = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT", "coreml": "CoreML"}
 
 
 def plan_bits(plan: QuantPlan) -> set[int]:
@@ -42,21 +41,23 @@ def has_nonuniform(plan: QuantPlan) -> bool:
     return any(e.get("quantizer") is not None for e in plan.activations.values())
 
 
-def lower_plan(plan: QuantPlan, target: str, policy: str = "uniform") -> QuantPlan:
-    """A copy of ``plan`` whose quantizers the target runtime can run as they are."""
-    if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r} (known: {', '.join(TARGETS)})")
+def lower_plan(plan: QuantPlan, target: str | Lowering, policy: str = "uniform") -> QuantPlan:
+    """A copy of ``plan`` whose quantizers the target kernels (a :class:`Lowering` or its name) run as they are."""
+    if isinstance(target, str):
+        if target not in LOWERINGS:
+            raise ValueError(f"unknown target {target!r} (known: {', '.join(LOWERINGS)})")
+        target = LOWERINGS[target]
     if policy not in POLICIES:
         raise ValueError(f"unknown lowering {policy!r} (known: {', '.join(POLICIES)})")
-    if target != "onnxruntime" and policy == "exact":
-        raise ValueError(f"lowering: exact cannot target {NAMES[target]}: its kernels take only uniform int8 "
+    if not target.exact and policy == "exact":
+        raise ValueError(f"lowering: exact cannot target {target.label}: its kernels take only uniform int8 "
                          "quantize/dequantize pairs; use lowering: uniform or float")
     low = sorted(b for b in plan_bits(plan) if b < 8)
     if low and policy != "exact":
-        raise ValueError(f"the plan uses {low[0]}-bit quantizers, which no {target} integer kernel runs; "
+        raise ValueError(f"the plan uses {low[0]}-bit quantizers, which no {target.name} integer kernel runs; "
                          "export them with lowering: exact (a float decomposition that reproduces the "
                          "simulation) or quantize with 8 bits")
-    if target == "onnxruntime" and (policy == "exact" or not has_nonuniform(plan)):
+    if not target.symmetric and (policy == "exact" or not has_nonuniform(plan)):
         return plan
     lowered = copy.deepcopy(plan)
     for name, entry in list(lowered.activations.items()):
@@ -66,7 +67,7 @@ def lower_plan(plan: QuantPlan, target: str, policy: str = "uniform") -> QuantPl
             del lowered.activations[name]
         elif policy == "uniform":
             entry.pop("quantizer")
-    if target != "onnxruntime":
+    if target.symmetric:
         for entry in lowered.activations.values():
             q = entry["qparams"]
             if not q.symmetric or q.axis is not None:  # one symmetric int8 scale per activation tensor
@@ -74,6 +75,6 @@ def lower_plan(plan: QuantPlan, target: str, policy: str = "uniform") -> QuantPl
                 entry["qparams"] = qparams_from_range(torch.tensor(lo), torch.tensor(hi), q.bits, symmetric=True)
         for name, q in lowered.weights.items():
             if not q.symmetric:
-                raise ValueError(f"{NAMES[target]} needs symmetric weights; {name} is asymmetric "
+                raise ValueError(f"{target.label} needs symmetric weights; {name} is asymmetric "
                                  "(set quantize.weights.symmetric: true)")
     return lowered

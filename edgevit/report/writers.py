@@ -130,7 +130,9 @@ def markdown(report: dict) -> str:
         lines.append("- none (no FP32 ONNX artifact or no evaluation set)")
     lines += ["", "## Export details", ""]
     for r in report["results"]:
-        if r.get("export") and r["format"] == "coreml":
+        if r.get("export") and r["export"].get("details"):  # a runtime that describes its own artifacts
+            lines += [f"- `{r['file']}`: {r['export']['details'][0]}"] + [f"  - {d}" for d in r["export"]["details"][1:]]
+        elif r.get("export") and r["format"] == "coreml":
             e = r["export"]
             ops = ", ".join(f"{k} {v}" for k, v in e["compressed_ops"].items()) or "none"
             acts = (f", activations int8 ({e['activation_quantize_ops']} quantize ops; accuracy expected as "

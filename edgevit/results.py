@@ -1,0 +1,91 @@
+"""Typed results of a run: what stages, artifacts and checks produce, and the report that holds them.
+
+``report.json`` is :class:`RunReport` dumped with the keys each part set (``schema_version`` 1: the
+keys are those of the untyped report before these types existed). The writers, the sweep, the CLI and
+the API read these types, or ``report.json`` validated back into them.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class _Open(BaseModel):
+    """Declared keys are checked; facts a runtime or a stage adds beside them are kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class CheckResult(BaseModel):
+    """One pass/fail statement about an artifact."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+class LatencyRecord(_Open):
+    """An artifact's timing on one device (batch 1 and throughput), measured interleaved with the others."""
+
+    device: str
+    threads: int | None = None
+    batch1: dict | None = None
+    throughput: dict | None = None
+    load_average: list[float | None] | None = None
+
+
+class ArtifactResult(_Open):
+    """A row of the report: the PyTorch reference, a simulated model, or an exported artifact."""
+
+    name: str
+    file: str | None = None
+    format: str
+    precision: str
+    runtime: str
+    size_bytes: int | None = None
+    export: dict | None = None
+    simulated_by: str | None = None
+    accuracy: dict | None = None
+    parity: dict | None = None
+    latency: list[LatencyRecord] = Field(default_factory=list)
+    reference: bool | None = None
+    not_measured: str | None = None
+
+
+class StageRecord(_Open):
+    """What a stage did (the report section of its name: pruning, tokens, quantization)."""
+
+    seconds: float | None = None
+
+
+class RunReport(_Open):
+    """Everything a run reports (written as report.json, report.md and report.html)."""
+
+    schema_version: int = SCHEMA_VERSION
+    edgevit_version: str
+    recipe: str
+    description: str = ""
+    seed: int = 0
+    status: str
+    model: dict
+    data: dict
+    pruning: StageRecord | None = None
+    tokens: StageRecord | None = None
+    quantization: StageRecord | None = None
+    fp16_layernorm: dict | None = None
+    results: list[ArtifactResult]
+    checks: list[CheckResult]
+    environment: dict
+    elapsed_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as a plain mapping with the keys that were set (report.json is this, with non-finite
+        numbers written as null)."""
+        return self.model_dump(exclude_unset=True)

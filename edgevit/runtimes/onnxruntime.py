@@ -1,0 +1,111 @@
+"""ONNX Runtime: ``format: onnx`` writes an ``.onnx`` file (FP32, FP16, or INT8 QDQ lowered for the
+runtime named by ``target``: ONNX Runtime itself, or TensorRT, which gets the ONNX and a trtexec line)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from edgevit.quant.targets import ONNXRUNTIME, TENSORRT
+from edgevit.runtimes.base import ExportBase, OnnxGraphFields, Runtime, register
+
+log = logging.getLogger("edgevit")
+
+
+class OnnxExport(ExportBase, OnnxGraphFields):
+    """An ONNX file."""
+
+    format: Literal["onnx"] = "onnx"
+    precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="int8: real QDQ from the quantize stage")
+    target: Literal["onnxruntime", "tensorrt"] = Field(
+        "onnxruntime", description="the runtime the ONNX is for: int8 QDQ graphs are lowered for it (tensorrt: "
+        "signed int8, zero point 0 everywhere); with tensorrt the report gives the trtexec line that builds the engine "
+        "on the device (an FP16 engine from an fp32 ONNX)")
+
+    @model_validator(mode="after")
+    def _lowering_fits_target(self) -> "OnnxExport":
+        if self.precision == "int8" and self.target == "tensorrt" and self.lowering == "exact":
+            raise ValueError("lowering: exact cannot target TensorRT, whose kernels take only uniform int8 "
+                             "quantize/dequantize; use lowering: uniform or float")
+        return self
+
+
+def write_graph(job, ctx, onnx_file: str, cfg, engine_precision: str | None = None, sparse: bool = False) -> dict:
+    """Write the ONNX graph of ``job`` as ``onnx_file``; facts for the report (with the trtexec line when
+    ``engine_precision`` is given, and the weights' sparsity after pruning)."""
+    from edgevit.exporters.onnx import export_onnx
+    from edgevit.exporters.sparsity import weight_sparsity
+
+    path = ctx.stage / onnx_file
+    facts = export_onnx(job.source, ctx.info, cfg, path, ctx.recipe.name, job.keep_layernorm_fp32)
+    if engine_precision:
+        from edgevit.exporters.tensorrt import trtexec_command
+
+        facts["trtexec"] = trtexec_command(onnx_file, engine_precision, sparse or bool(ctx.nm_layers),
+                                           ctx.info.input_size,
+                                           fp32_layers=facts["layernorm_nodes"] if job.keep_layernorm_fp32 else ())
+    if ctx.pruning:
+        nm = ctx.recipe.prune.nm
+        facts["sparsity"] = weight_sparsity(path, *((nm.n, nm.m) if nm else (2, 4)))
+        if nm:
+            facts["sparsity"]["expected_nm_layers"] = ctx.nm_layers
+    return facts
+
+
+def artifact_row(job, runtime: Runtime, file: str, size_bytes: int, facts: dict) -> dict:
+    """The result row of an exported artifact (accuracy, parity and latency are added by validation)."""
+    return {"name": job.name, "file": file, "format": job.cfg.format, "precision": job.cfg.precision,
+            "runtime": runtime.name, "size_bytes": size_bytes, "export": facts, "simulated_by": job.sim_name}
+
+
+def tensorrt_rules_check(row: dict) -> list[dict]:
+    """An INT8 graph lowered for TensorRT follows its explicit-quantization rules."""
+    e = row["export"]
+    if row["precision"] != "int8" or e.get("target") != "tensorrt":
+        return []
+    problems = e["tensorrt_problems"]
+    return [{"name": f"{row['name']}: QDQ graph follows TensorRT's explicit-quantization rules", "ok": not problems,
+             "detail": "signed int8, zero point 0, int8 weights in -127..127, per-tensor activations"
+                       if not problems else f"{len(problems)} problem(s), first: {problems[0]}"}]
+
+
+@register
+class OnnxRuntime(Runtime):
+    name, label, format, suffix, config = "onnxruntime", "ONNX Runtime", "onnx", ".onnx", OnnxExport
+    file_kind, file_noun, short = "FP32 ONNX", "ONNX", "ORT"
+    lowering = ONNXRUNTIME
+    device_runner = "onnxruntime_runner.py"
+    local_device = True
+
+    def lowering_for(self, cfg):
+        return TENSORRT if cfg.target == "tensorrt" else ONNXRUNTIME
+
+    def runs_fp16(self, cfg) -> bool:
+        return cfg.precision == "fp16" or cfg.target == "tensorrt"  # TensorRT builds INT8 engines with FP16 on
+
+    def export(self, job, ctx) -> dict:
+        engine = ("fp16" if job.cfg.precision == "fp32" else job.cfg.precision) if job.cfg.target == "tensorrt" \
+            else None
+        facts = write_graph(job, ctx, job.file, job.cfg, engine)
+        size = (ctx.stage / job.file).stat().st_size
+        log.info("exported %s (%.2f MB, %s)", job.file, size / 1e6, facts["simplifier"])
+        return artifact_row(job, self, job.file, size, facts)
+
+    def local_runner(self, path: Path, device):
+        from edgevit.validate.runners import OrtRunner
+
+        return OrtRunner(path, device.threads if device else 2, device.providers if device else None)
+
+    def read_metadata(self, path: Path) -> dict[str, str]:
+        from edgevit.exporters.onnx import read_metadata
+
+        return read_metadata(path)
+
+    def input_shape(self, runner) -> list:
+        inputs = runner.session.get_inputs()
+        return list(inputs[0].shape) if len(inputs) == 1 else [i.shape for i in inputs]
+
+    def checks(self, row: dict) -> list[dict]:
+        return tensorrt_rules_check(row)

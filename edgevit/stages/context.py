@@ -1,0 +1,81 @@
+"""The run context: what the stages read and change, with the images each size of sample loaded once."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgevit.data import Preprocess, open_image_set
+from edgevit.progress import new_progress
+from edgevit.validate import map_labels
+
+log = logging.getLogger("edgevit")
+
+
+@dataclass
+class EvalSet:
+    """The evaluation images, preprocessed, with labels mapped to the model's classes (None: unlabeled)."""
+
+    x: np.ndarray
+    labels: np.ndarray | None
+    batch_size: int
+    summary: dict
+
+
+@dataclass
+class RunContext:
+    """One run's state: the model each stage hands to the next, the simulated models to compare artifacts
+    with, and the stage records for the report."""
+
+    recipe: Any
+    stage: Path  # the run folder being written
+    info: Any
+    pre: Preprocess
+    model: Any  # the current float model (pruned / token-reduced copies replace it)
+    dense: Any  # the model as loaded: the FP32 reference
+    evalset: EvalSet | None = None
+    sims: dict = field(default_factory=dict)  # PyTorch rows beside the reference, by name
+    float_sim: str | None = None  # the last float stage's row: what FP32/FP16 artifacts are compared with
+    plan: Any = None  # the quantization plan (after the accuracy budget, if any)
+    full_plan: Any = None  # the plan before the budget kept layers in float (when it did)
+    sim_base: str | None = None
+    records: dict = field(default_factory=dict)  # report section -> StageRecord
+    calibration_summary: dict | None = None  # the report's data.calibration (set by the quantize stage)
+    _calibration: dict = field(default_factory=dict)
+
+    def calibration_images(self, n: int) -> torch.Tensor:
+        """The seeded sample of ``n`` calibration images (no more than calibration.num), preprocessed; each
+        sample size is read from disk once per run."""
+        cfg = self.recipe.calibration
+        n = min(n, cfg.num or n)
+        if n not in self._calibration:
+            self._calibration[n] = torch.from_numpy(open_image_set(cfg.path, n, cfg.seed).load(self.pre)[0])
+        return self._calibration[n]
+
+    def calibration_set(self):
+        """The calibration image set (opened, not loaded: the quantize stage streams it)."""
+        cfg = self.recipe.calibration
+        return open_image_set(cfg.path, cfg.num, cfg.seed)
+
+
+def load_eval(recipe, pre: Preprocess, info) -> EvalSet | None:
+    """The recipe's evaluation images, preprocessed and held in memory (None without validate.eval)."""
+    cfg = recipe.validation.eval
+    if cfg is None:
+        return None
+    images = open_image_set(cfg.path, cfg.num, cfg.seed)
+    with new_progress() as progress:
+        task = progress.add_task("load eval images", total=len(images))
+        x, y = images.load(pre, cfg.batch_size, on_file=lambda: progress.advance(task))
+    labels, mapping = map_labels(images.classes, y, info.labels)
+    if images.skipped:
+        log.warning("%d unreadable image(s) skipped in %s", len(images.skipped), cfg.path)
+    return EvalSet(x=x, labels=labels, batch_size=cfg.batch_size,
+                   summary={"path": str(cfg.path), "images": int(len(x)), "listed": len(images),
+                            "skipped": len(images.skipped),
+                            "skipped_files": [{"file": f, "error": e} for f, e in images.skipped[:20]],
+                            "labeled": labels is not None, "label_mapping": mapping})

@@ -1,0 +1,104 @@
+"""The export stage: every ``export:`` entry written by its runtime, INT8 ones from the plan lowered for
+that runtime's kernels; each artifact comes back as its result row."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from edgevit.errors import BadInput
+from edgevit.progress import new_progress
+from edgevit.quant import apply_plan
+from edgevit.quant.lowering import has_nonuniform, lower_plan
+from edgevit.runfolder import mark
+from edgevit.runtimes import for_format
+
+log = logging.getLogger("edgevit")
+
+
+@dataclass
+class ExportJob:
+    """One artifact to write: its config, file name, and (for INT8) the plan to lower."""
+
+    cfg: Any
+    file: str
+    plan: Any = None  # None: the run's plan
+    suffix: str = ""  # appended to the row name ("-before-fallback")
+    source: Any = None  # filled in: the PyTorch model the artifact is made from
+    sim_name: str | None = None  # filled in: the row the artifact is compared with
+    keep_layernorm_fp32: bool = False
+
+    @property
+    def name(self) -> str:
+        """The artifact's row name."""
+        stem = self.file.rsplit(".", 1)[0] if "." in self.file else self.file
+        return (self.cfg.name or stem) + self.suffix if self.suffix else self.cfg.name or self.file
+
+
+@dataclass
+class ExportContext:
+    """What the runtimes read while exporting."""
+
+    stage: Path
+    recipe: Any
+    info: Any
+    model: Any  # the float model after pruning / token reduction
+    float_sim: str | None  # the float stage row FP32/FP16 artifacts are compared with (None: pytorch-fp32)
+    sims: dict  # simulated PyTorch models by row name (the lowered ones are added here)
+    plan: Any = None
+    sim_base: str | None = None
+    pruning: dict | None = None
+    keep_layernorm: Callable[[Any], bool] = lambda cfg: False
+    policies: dict = field(default_factory=dict)
+
+    @property
+    def nm_layers(self) -> int | None:
+        """How many layers the pruning stage left N:M sparse (None without N:M pruning)."""
+        return len(self.pruning["layers"]) if self.pruning and self.recipe.prune.nm else None
+
+
+def artifact_files(exports) -> list[str]:
+    """The file name of each export entry (its name, else FORMAT-PRECISION, with the runtime's suffix)."""
+    names = [f"{cfg.name or f'{cfg.format}-{cfg.precision}'}{for_format(cfg.format).suffix}" for cfg in exports]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise BadInput(f"export: two artifacts would both be written as {dupes[0]}; give them distinct 'name's")
+    return names
+
+
+def prepare(job: ExportJob, ctx: ExportContext) -> ExportJob:
+    """Pick the model an artifact is made from: the float model, or the plan lowered for its runtime."""
+    rt = for_format(job.cfg.format)
+    job.keep_layernorm_fp32 = ctx.keep_layernorm(job.cfg) if rt.runs_fp16(job.cfg) else False
+    job.source, job.sim_name = ctx.model, ctx.float_sim
+    if job.cfg.precision != "int8":
+        return job
+    target = rt.lowering_for(job.cfg)
+    try:
+        lowered = lower_plan(job.plan or ctx.plan, target, job.cfg.lowering)
+    except ValueError as e:
+        raise BadInput(f"export {job.cfg.name or job.file}: {e}") from e
+    job.sim_name = "-".join([ctx.sim_base] + [target.name] * (target.name != "onnxruntime")
+                            + [job.cfg.lowering] * (has_nonuniform(ctx.plan) and job.cfg.lowering != "exact")) \
+        + job.suffix
+    if job.sim_name not in ctx.sims:
+        ctx.sims[job.sim_name] = apply_plan(ctx.model, lowered)
+    job.source = ctx.sims[job.sim_name]
+    return job
+
+
+def export_all(jobs: list[ExportJob], ctx: ExportContext) -> list[dict]:
+    """Write every artifact (in the recipe's order); returns their rows."""
+    rows = []
+    with new_progress() as progress:
+        task = progress.add_task("export", total=len(jobs))
+        mark(ctx.stage, "export")
+        for job in jobs:
+            rt = for_format(job.cfg.format)
+            why = rt.unavailable(job.cfg)
+            if why:
+                raise BadInput(f"export {job.cfg.name or job.file}: {why}")
+            rows.append(rt.export(prepare(job, ctx), ctx))
+            progress.advance(task)
+    return rows

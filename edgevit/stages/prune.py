@@ -1,0 +1,42 @@
+"""The pruning stage: a pruned copy of the model replaces it; the dense model stays the reference."""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+
+from edgevit.errors import BadInput
+from edgevit.progress import new_progress
+from edgevit.prune import prune
+from edgevit.results import StageRecord
+
+log = logging.getLogger("edgevit")
+PRUNED_NAME = "pytorch-pruned"
+
+
+class PruneStage:
+    """Prune on the first ``prune.images`` calibration images (see edgevit.prune)."""
+
+    section, step = "pruning", "prune"
+
+    def enabled(self, recipe) -> bool:
+        return recipe.prune is not None
+
+    def apply(self, ctx) -> StageRecord:
+        cfg = ctx.recipe.prune
+        x = ctx.calibration_images(cfg.images)
+        pruned = copy.deepcopy(ctx.model)
+        t0 = time.time()
+        with new_progress() as progress:
+            task = progress.add_task(f"prune ({cfg.method})", total=None)
+            try:
+                facts = prune(pruned, cfg, x, lambda name: progress.advance(task))
+            except ValueError as e:
+                raise BadInput(f"prune: {e}") from e
+        facts["seconds"] = round(time.time() - t0, 1)
+        s = facts["summary"]
+        log.info("pruned (%s): %d -> %d parameters, %.1f %% of Linear/Conv weights zero", cfg.method,
+                 facts["params_before"], s["params"], 100 * s["weight_sparsity"])
+        ctx.model = ctx.sims[PRUNED_NAME] = pruned
+        ctx.float_sim = PRUNED_NAME
+        return StageRecord(**facts)

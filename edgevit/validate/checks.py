@@ -1,0 +1,60 @@
+"""Pass/fail statements about measured artifacts. Checks read the rows; they never change them."""
+from __future__ import annotations
+
+from edgevit.results import CheckResult
+from edgevit.runtimes import RUNTIMES
+
+
+def _origin_row(rows: list[dict], r: dict) -> dict:
+    return next((o for o in rows if o["name"] == r.get("simulated_by")), rows[0])
+
+
+def artifact_checks(rows: list[dict], val, n_eval: int) -> list[CheckResult]:
+    """Every artifact's checks: FP32 equals PyTorch; FP16/BF16 and INT8 predictions agree with the model they
+    came from; pruned weights stay sparse; then the checks of the artifact's own runtime."""
+    checks: list[CheckResult] = []
+    for r in rows:
+        rt = RUNTIMES.get(r["runtime"])
+        if rt is None:  # the PyTorch rows
+            continue
+        par = r.get("parity")
+        if par is not None:
+            checks += _parity_checks(r, rows, rt, val, n_eval)
+        checks += [CheckResult(**c) for c in rt.checks(r)]
+    return checks
+
+
+def _parity_checks(r: dict, rows: list[dict], rt, val, n_eval: int) -> list[CheckResult]:
+    out = []
+    par, acc = r["parity"], r.get("accuracy") or {}
+    if r["precision"] == "fp32":
+        out.append(CheckResult(name=f"{r['name']}: {rt.file_kind} matches PyTorch", ok=par["ok"],
+                               detail=f"max abs logit diff {par['max_abs_diff']:.2e} (tolerance "
+                                      f"{val.parity_tolerance:g}) on {par['images']} images"))
+        origin = _origin_row(rows, r)
+        top1, ref = acc.get("top1"), (origin["accuracy"] or {}).get("top1")
+        if top1 is not None and ref is not None:
+            out.append(CheckResult(name=f"{r['name']}: top-1 in {rt.short} equals PyTorch",
+                                   ok=abs(top1 - ref) <= 1.0 / max(1, n_eval) + 1e-12,
+                                   detail=f"{rt.short} {top1:.4f} vs PyTorch ({origin['name']}) {ref:.4f} on "
+                                          f"{n_eval} images"))
+    origin = r.get("simulated_by") or rows[0]["name"]
+    if r["precision"] in ("fp16", "bf16") and "agreement_with_fp32" in acc:
+        agree = acc["agreement_with_fp32"]
+        out.append(CheckResult(name=f"{r['name']}: {r['precision'].upper()} predictions agree with FP32 PyTorch",
+                               ok=agree >= 0.99,
+                               detail=f"top-1 agreement with {origin} {100 * agree:.1f} % on {n_eval} images "
+                                      f"(needs >= 99 %); max abs logit diff {par['max_abs_diff']:.2e}"))
+    if r["precision"] == "int8" and "agreement_with_simulation" in acc:
+        agree = acc["agreement_with_simulation"]
+        out.append(CheckResult(name=f"{r['name']}: deployed model agrees with the simulation", ok=agree >= 0.99,
+                               detail=f"top-1 agreement {rt.short} vs {r['simulated_by']} {100 * agree:.1f} % on "
+                                      f"{n_eval} images (needs >= 99 %)"))
+    sp = (r["export"] or {}).get("sparsity") or {}
+    if "expected_nm_layers" in sp:
+        out.append(CheckResult(name=f"{r['name']}: {sp['pattern']} sparsity intact in the exported weights",
+                               ok=sp["nm_layers"] >= sp["expected_nm_layers"],
+                               detail=f"{sp['nm_layers']} weight tensors in the file follow {sp['pattern']} "
+                                      f"(pruned: {sp['expected_nm_layers']}); {100 * sp['weight_sparsity']:.1f} % "
+                                      "of all weights zero"))
+    return out
