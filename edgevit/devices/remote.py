@@ -45,7 +45,7 @@ def measure_remote(device, artifacts: list[tuple[str, Path]], x: np.ndarray, y: 
         job_file.write_text(json.dumps(job))
         dev.run(["mkdir", "-p", "--", remote])
         try:
-            dev.put([SCRIPT, runner, job_file, sample, *[p for _, p in artifacts]], remote)
+            dev.put([SCRIPT, runner, job_file, sample, *[f for _, p in artifacts for f in rt.files(p)]], remote)
             res = dev.run([device.python, f"{remote}/{SCRIPT.name}", f"{remote}/job.json"], check=False)
         finally:
             dev.run(["rm", "-rf", "--", remote], check=False)

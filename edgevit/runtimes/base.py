@@ -101,7 +101,8 @@ class Runtime:
         return []
 
     def files(self, path: Path) -> list[Path]:
-        """Every file the artifact consists of (an IR has its weights beside it)."""
+        """What is copied to a device for the artifact: the file or package folder, and any file it reads
+        beside it (an IR's weights)."""
         return [path]
 
     def checks(self, row: dict) -> list[dict]:

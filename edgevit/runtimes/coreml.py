@@ -88,9 +88,6 @@ class CoreML(Runtime):
 
         return inspect_package(path)["metadata"]
 
-    def files(self, path: Path) -> list[Path]:
-        return [f for f in path.rglob("*") if f.is_file()]
-
     def checks(self, r: dict) -> list[dict]:
         """What a saved .mlpackage shows without macOS: a ready classifier, and weights stored compressed."""
         e = r["export"]
