@@ -22,7 +22,6 @@ from torch import nn
 
 from edgevit.prune.channels import conv_units, narrow_conv_unit
 from edgevit.prune.config import PruneConfig
-from edgevit.prune.obs import DAMP
 from edgevit.prune.units import input_hessian, keep_count, refit, unit_saliency
 from edgevit.quant.partial import execution_order
 

@@ -1,7 +1,6 @@
 """Report writers: report.json (stable keys, for scripts) and report.md (for people), plus a plot."""
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path

@@ -1,5 +1,4 @@
 """Runs an .onnx artifact in ONNX Runtime on the device (copied there beside device_bench.py)."""
-import numpy as np
 
 
 class Runner:
