@@ -96,7 +96,7 @@ def test_w8a8_package_quantizes_activations_with_edgevits_scales(hybrid, tmp_pat
     x = torch.from_numpy(x)
     _, plan = quantize(model, QuantConfig(), [x])
     lowered = lower_plan(plan, "coreml")
-    assert all(e["qparams"].symmetric and e["qparams"].axis is None for e in lowered.activations.values())
+    assert all(e.qparams.symmetric and e.qparams.axis is None for e in lowered.activations.values())
     qm = apply_plan(model, lowered)
     with torch.no_grad():
         sim = qm(x)

@@ -75,7 +75,7 @@ def test_timm_model_w8a8_export_ort(name, tmp_path):
     layers = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
     assert len(plan.weights) == layers  # every Conv2d/Linear quantized
     if name in SEARCHED:
-        assert sum("granularity" in e for e in plan.activations.values()) > 0
+        assert sum(e.granularity is not None for e in plan.activations.values()) > 0
     int8 = tmp_path / "int8.onnx"
     export_onnx(qm, info, ExportConfig(precision="int8"), int8, "test")
     out = OrtRunner(int8, 1)(x.numpy())
@@ -109,8 +109,8 @@ def test_attention_sites_restate_the_float_attention(name, count):
     with torch.no_grad():
         assert (wrapped(x) - ref).abs().max() <= 1e-4 * max(1.0, float(ref.abs().max()))
     _, plan = quantize(model, QuantConfig(), [x])
-    probs = [e for e in plan.activations.values() if e["kind"] == "attn_softmax"]
-    assert len(probs) == count and all(0.0 <= e["observed"][0] and e["observed"][1] <= 1.0 for e in probs)
+    probs = [e for e in plan.activations.values() if e.kind == "attn_softmax"]
+    assert len(probs) == count and all(0.0 <= e.observed[0] and e.observed[1] <= 1.0 for e in probs)
 
 
 @pytest.mark.parametrize("name,count", [("mobilevit_xxs", 3), ("mobilevitv2_050", 3), ("efficientformer_l1", 1),
@@ -192,8 +192,8 @@ def test_search_picks_channel_scales_where_ranges_spread():
     plain_m, _ = quantize(model, QuantConfig(), [x])
     searched_m, plan = quantize(model, QuantConfig(search=LayerSearch()), [x])
     entry = plan.activations["dw.input"]
-    assert entry["granularity"] == "channel" and entry["search"] == "layer"
-    assert entry["search_errors"]["channel/asymmetric"] < entry["search_errors"]["tensor/asymmetric"]
+    assert entry.granularity == "channel" and entry.search == "layer"
+    assert entry.search_errors["channel/asymmetric"] < entry.search_errors["tensor/asymmetric"]
     with torch.no_grad():
         ref = model.dw(model.conv(x))
         grab = {}
@@ -203,7 +203,7 @@ def test_search_picks_channel_scales_where_ranges_spread():
     assert ((grab["searched"] - ref) ** 2).mean() * 3 < ((grab["plain"] - ref) ** 2).mean()
     # the TensorRT lowering makes every activation one symmetric scale per tensor again
     low = lower_plan(plan, "tensorrt")
-    assert all(e["qparams"].axis is None and e["qparams"].symmetric for e in low.activations.values())
+    assert all(e.qparams.axis is None and e.qparams.symmetric for e in low.activations.values())
     assert apply_plan(model, low)(x).shape == (32, 4)
 
 
@@ -214,11 +214,11 @@ def test_hybrid_search_bridge_objective_and_hessian(builtin_hybrid, calib_batch,
     x = calib_batch[:16]
     cfg = QuantConfig(search=LayerSearch(hessian=True), search_images=16)
     qm, plan = quantize(model, cfg, [x])
-    searched = {k: e for k, e in plan.activations.items() if "search" in e}
-    in_bridge = {k for k, e in searched.items() if e["search"] == "bridge"}
-    assert {e["bridge"] for e in searched.values() if "bridge" in e} == {"stages.2.1", "stages.3.1", "stages.4.1"}
+    searched = {k: e for k, e in plan.activations.items() if e.search is not None}
+    in_bridge = {k for k, e in searched.items() if e.search == "bridge"}
+    assert {e.bridge for e in searched.values() if e.bridge is not None} == {"stages.2.1", "stages.3.1", "stages.4.1"}
     assert "stages.2.1.transformer.0.attn.qkv.input" in in_bridge and "stages.0.0.conv1_1x1.conv.input" not in in_bridge
-    assert all(min(e["search_errors"].values()) == e["search_errors"][f"{e['granularity']}/{e['scheme']}"]
+    assert all(min(e.search_errors.values()) == e.search_errors[f"{e.granularity}/{e.scheme}"]
                for e in searched.values())
     low = lower_plan(plan, "tensorrt")
     path = tmp_path / "trt.onnx"

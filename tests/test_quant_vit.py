@@ -119,7 +119,7 @@ def test_gelu_shift_is_folded_into_fc2_bias_exactly():
     fc2 = qm[0].fc2
     site = fc2.input_quant
     assert site.kind == "post_act" and site.nonuniform is not None and site.nonuniform.kind == "adalog"
-    assert plan.activations[site.site]["quantizer"] is site.nonuniform
+    assert plan.activations[site.site].quantizer is site.nonuniform
     x = torch.randn(16, 8)
     with torch.no_grad():
         h = qm[0].act(qm[0].fc1(x))
@@ -219,10 +219,10 @@ def test_uniform_and_float_lowering_of_a_log_plan():
     _, plan = quantize(model, QuantConfig(gelu="adalog"), [torch.randn(64, 8)])
     assert has_nonuniform(plan) and lower_plan(plan, "onnxruntime", "exact") is plan
     uni = lower_plan(plan, "onnxruntime", "uniform")
-    site = next(k for k, v in plan.activations.items() if v.get("quantizer") is not None)
-    assert not has_nonuniform(uni) and uni.activations[site]["qparams"].bits == 8
+    site = next(k for k, v in plan.activations.items() if v.quantizer is not None)
+    assert not has_nonuniform(uni) and uni.activations[site].qparams.bits == 8
     flt = lower_plan(plan, "tensorrt", "float")
-    assert site not in flt.activations and all(e["qparams"].symmetric for e in flt.activations.values())
+    assert site not in flt.activations and all(e.qparams.symmetric for e in flt.activations.values())
     with pytest.raises(ValueError, match="4-bit"):
         _, p4 = quantize(model, QuantConfig(weights={"bits": 4}), [torch.randn(64, 8)])
         lower_plan(p4, "onnxruntime", "uniform")
@@ -325,5 +325,5 @@ def test_fpcs_activation_method_replaces_linear_input_ranges():
     torch.manual_seed(0)
     _, plan = quantize(nn.Sequential(_Mlp()), QuantConfig(activations={"bits": 4, "method": "fpcs"}),
                        [torch.randn(64, 8)])
-    searched = [k for k, v in plan.activations.items() if v.get("search") == "fpcs"]
+    searched = [k for k, v in plan.activations.items() if v.search == "fpcs"]
     assert sorted(searched) == ["0.fc1.input", "0.fc2.input"]

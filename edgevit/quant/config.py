@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from edgevit.quant import nonuniform_search  # noqa: F401  (registers the built-in non-uniform quantizers)
+from edgevit.quant.quantizers import post_activation_names, softmax_names
 
 
 class _Strict(BaseModel):
@@ -69,12 +72,22 @@ class QuantConfig(_Strict):
     attention: bool = Field(True, description="quantize Q, K, V and the softmax output of attention")
     conv_output: bool = Field(False, description="also quantize Conv outputs and SiLU's sigmoid, so ONNX "
                               "Runtime runs the conv trunk as integer ops (QLinearConv, QLinearSigmoid, QLinearMul)")
-    softmax: Literal["uniform", "log2", "logsqrt2", "adalog", "tanq"] = Field(
+    softmax: str = Field(
         "uniform", description="quantizer of the attention probabilities: uniform over [0, max], log2, "
-        "log-sqrt2 (RepQ-ViT), adalog (searched log base, AdaLog) or tanq (tan compander, densest near 1)")
-    gelu: Literal["uniform", "adalog"] = Field(
+        "log-sqrt2 (RepQ-ViT), adalog (searched log base, AdaLog) or tanq (tan compander, densest near 1); "
+        "any registered post-softmax quantizer", json_schema_extra={"enum": softmax_names()})
+    gelu: str = Field(
         "uniform", description="quantizer of the MLP's hidden activation (GELU/SiLU output, fc2 input); "
-        "adalog shifts it by -min(act) to make it non-negative and folds the shift into fc2's bias")
+        "adalog shifts it by -min(act) to make it non-negative and folds the shift into fc2's bias",
+        json_schema_extra={"enum": post_activation_names()})
+
+    @field_validator("softmax", "gelu")
+    @classmethod
+    def _registered(cls, v: str, info) -> str:
+        known = softmax_names() if info.field_name == "softmax" else post_activation_names()
+        if v not in known:
+            raise ValueError(f"Input should be {', '.join(repr(k) for k in known)}")
+        return v
     layernorm: Literal["none", "reparam", "median", "mosf"] = Field(
         "none", description="post-LayerNorm scale reparameterization (RepQ-ViT): channel-wise ranges folded into "
         "the LayerNorm and the next Linear; target layer scale = mean (reparam), median, or mosf (mean of the "

@@ -114,7 +114,7 @@ def search_granularity(qm: nn.Module, plan, x: torch.Tensor, observers: dict, gr
     blocks used as objectives."""
     layers = [mod for mod in weighted_sites(qm)
               if mod.input_quant.kind in SEARCHED_KINDS and mod.input_quant.site in plan.activations
-              and plan.activations[mod.input_quant.site].get("quantizer") is None]
+              and plan.activations[mod.input_quant.site].quantizer is None]
     found = find_bridges(qm, x[:1]) if bridges else []
     bridge_of = {layer: b for b in found for layer in b.layers}
     modules = dict(qm.named_modules())
@@ -135,7 +135,7 @@ def search_granularity(qm: nn.Module, plan, x: torch.Tensor, observers: dict, gr
         entry = plan.activations[site.site]
         inp = torch.cat(site.samples)
         site.samples = []
-        cands = candidates(*observers[site.site], entry["qparams"].bits, granularities, schemes, method, a.percentile)
+        cands = candidates(*observers[site.site], entry.qparams.bits, granularities, schemes, method, a.percentile)
         bridge = bridge_of.get(path[id(mod)])
         errors = {}
         if bridge is None:
@@ -154,11 +154,12 @@ def search_granularity(qm: nn.Module, plan, x: torch.Tensor, observers: dict, gr
         best = min(errors, key=errors.get)
         q = cands[best]
         site.qparams = q
-        entry.update(qparams=q, range=_qrange(q), granularity=best.split("/")[0], scheme=best.split("/")[1],
-                     search="bridge" if bridge is not None else "layer",
-                     search_errors={k: float(v) for k, v in errors.items()})
+        entry.qparams, entry.range = q, _qrange(q)
+        entry.granularity, entry.scheme = best.split("/")
+        entry.search = "bridge" if bridge is not None else "layer"
+        entry.search_errors = {k: float(v) for k, v in errors.items()}
         if bridge is not None:
-            entry["bridge"] = bridge.name
+            entry.bridge = bridge.name
     set_mode(qm, "quant")
     return found
 

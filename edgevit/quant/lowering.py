@@ -34,11 +34,12 @@ POLICIES = ("exact", "uniform", "float")
 
 def plan_bits(plan: QuantPlan) -> set[int]:
     """Every bit width the plan uses (weights and activations)."""
-    return {q.bits for q in plan.weights.values()} | {e["qparams"].bits for e in plan.activations.values()}
+    return {q.bits for q in plan.weights.values()} | {e.qparams.bits for e in plan.activations.values()}
 
 
 def has_nonuniform(plan: QuantPlan) -> bool:
-    return any(e.get("quantizer") is not None for e in plan.activations.values())
+    """Whether any site has a non-uniform (log/tan) quantizer."""
+    return any(e.quantizer is not None for e in plan.activations.values())
 
 
 def lower_plan(plan: QuantPlan, target: str | Lowering, policy: str = "uniform") -> QuantPlan:
@@ -61,18 +62,18 @@ def lower_plan(plan: QuantPlan, target: str | Lowering, policy: str = "uniform")
         return plan
     lowered = copy.deepcopy(plan)
     for name, entry in list(lowered.activations.items()):
-        if entry.get("quantizer") is None:
+        if entry.quantizer is None:
             continue
         if policy == "float":
             del lowered.activations[name]
         elif policy == "uniform":
-            entry.pop("quantizer")
+            entry.quantizer = None
     if target.symmetric:
         for entry in lowered.activations.values():
-            q = entry["qparams"]
+            q = entry.qparams
             if not q.symmetric or q.axis is not None:  # one symmetric int8 scale per activation tensor
-                lo, hi = entry["range"]
-                entry["qparams"] = qparams_from_range(torch.tensor(lo), torch.tensor(hi), q.bits, symmetric=True)
+                lo, hi = entry.range
+                entry.qparams = qparams_from_range(torch.tensor(lo), torch.tensor(hi), q.bits, symmetric=True)
         for name, q in lowered.weights.items():
             if not q.symmetric:
                 raise ValueError(f"{target.label} needs symmetric weights; {name} is asymmetric "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -33,9 +34,10 @@ class LogQuantizer:
     bits: int
     scale: float
     step: float
-    kind: str = "log2"  # log2 | logsqrt2 | adalog (for the report)
+    kind: str = "log2"  # log2 | logsqrt2 | adalog (its registry name)
     base_q: int | None = None  # AdaLog's q (step = q / 37)
     shift: float = 0.0  # added to the input before quantizing (post-GELU); see apply_plan for the bias fold
+    dequant_rule: ClassVar[str] = "x = scale * 2^(-code * step), code in 0..2^bits-1; values past the last code are 0"
 
     @property
     def levels(self) -> int:
@@ -49,9 +51,9 @@ class LogQuantizer:
         underflow = raw > self.levels - 1
         return torch.clamp(raw, 0, self.levels - 1), underflow
 
-    def dequantize(self, code: torch.Tensor, underflow: torch.Tensor) -> torch.Tensor:
+    def dequantize(self, code: torch.Tensor, underflow: torch.Tensor | None = None) -> torch.Tensor:
         value = self.scale * torch.pow(2.0, code * -self.step)  # exports as Pow (ONNX has no Exp2)
-        return torch.where(underflow, torch.zeros_like(value), value)
+        return value if underflow is None else torch.where(underflow, torch.zeros_like(value), value)
 
     def fake_quant(self, x: torch.Tensor) -> torch.Tensor:
         return self.dequantize(*self.codes(x))
@@ -108,22 +110,24 @@ class TanQuantizer:
     alpha: float
     scale: float = 1.0
     kind: str = "tanq"
+    dequant_rule: ClassVar[str] = "x = scale * atan(code * tan(alpha) / (2^bits - 1)) / alpha"
 
     @property
     def top(self) -> int:
         return 2 ** self.bits - 1
 
-    def codes(self, x: torch.Tensor) -> torch.Tensor:
+    def codes(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """Integer codes (float tensor); nothing underflows (code 0 is the value 0)."""
         u = torch.clamp(x / self.scale, 0.0, 1.0)
-        return torch.round(torch.tan(u * self.alpha) * (self.top / math.tan(self.alpha)))
+        return torch.round(torch.tan(u * self.alpha) * (self.top / math.tan(self.alpha))), None
 
-    def dequantize(self, code: torch.Tensor) -> torch.Tensor:
+    def dequantize(self, code: torch.Tensor, underflow: torch.Tensor | None = None) -> torch.Tensor:
         """A lookup in the 2^b-entry table (exported as Gather: bit-exact in any runtime, unlike atan)."""
         table = self.grid().to(code.dtype if code.is_floating_point() else torch.float32)
         return table[code.long()]
 
     def fake_quant(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dequantize(self.codes(x))
+        return self.dequantize(*self.codes(x))
 
     def grid(self) -> torch.Tensor:
         code = torch.arange(self.top + 1, dtype=torch.float64)

@@ -16,6 +16,7 @@ import torch
 
 from edgevit.quant.nonuniform import (ADALOG_Q_RANGE, LogQuantizer, TanQuantizer, adalog_quantizer,
                                       log2_quantizer, logsqrt2_quantizer)
+from edgevit.quant.quantizers import ActivationQuantizer, QuantizerEntry, quantizer, register
 from edgevit.quant.uniform import QParams, qrange
 
 FPCS_TOP_BASES = 8
@@ -46,27 +47,32 @@ def _refine_scales(pool: list[tuple], err, step: float, rounds: int, new_scales:
 
 
 def search_softmax(kind: str, bits: int, attn: list[torch.Tensor], v: list[torch.Tensor],
-                   v_qparams: QParams | None = None) -> LogQuantizer | TanQuantizer:
-    """The post-softmax quantizer of ``kind`` that best preserves attn @ V on the samples."""
-    if kind == "log2":
-        return log2_quantizer(bits)
-    if kind == "logsqrt2":
-        return logsqrt2_quantizer(bits)
+                   v_qparams: QParams | None = None) -> ActivationQuantizer:
+    """The post-softmax quantizer registered as ``kind`` that best preserves attn @ V on the samples."""
+    entry = quantizer(kind)
+    if entry.fixed is not None:
+        return entry.fixed(bits)
+    if entry.softmax_candidates is None:
+        raise ValueError(f"{kind} is not a post-softmax quantizer")
     v_hat = [v_qparams.fake_quant(t) if v_qparams is not None else t for t in v]
     ref = [a @ vh for a, vh in zip(attn, v_hat)]
 
     def err(q) -> float:
         return float(sum(((q.fake_quant(a) @ vh - r) ** 2).sum() for a, vh, r in zip(attn, v_hat, ref)))
 
-    if kind == "adalog":
-        cands = [adalog_quantizer(bits, 1.0, q) for q in range(ADALOG_Q_RANGE[0], ADALOG_Q_RANGE[1] + 1)]
-    elif kind == "tanq":  # alpha and the top of the grid (attention rarely reaches 1)
-        flat = _sample(torch.cat([a.reshape(-1) for a in attn]), 1_000_000)
-        tops = sorted({min(1.0, float(t)) for t in torch.quantile(flat, torch.tensor([0.999, 0.9999, 1.0]))} | {1.0})
-        cands = [TanQuantizer(bits, float(a), t) for a in torch.linspace(0.05, 1.5, TANQ_ALPHAS) for t in tops]
-    else:
-        raise ValueError(f"unknown softmax quantizer {kind!r}")
-    return min(cands, key=err)
+    return min(entry.softmax_candidates(bits, attn), key=err)
+
+
+def _adalog_softmax(bits: int, attn: list[torch.Tensor]) -> list[LogQuantizer]:
+    """Every AdaLog base (q = 10..138) at scale 1 (probabilities reach 1)."""
+    return [adalog_quantizer(bits, 1.0, q) for q in range(ADALOG_Q_RANGE[0], ADALOG_Q_RANGE[1] + 1)]
+
+
+def _tanq_softmax(bits: int, attn: list[torch.Tensor]) -> list[TanQuantizer]:
+    """TanQ's alpha and the top of its grid (attention rarely reaches 1: P99.9, P99.99, max, 1)."""
+    flat = _sample(torch.cat([a.reshape(-1) for a in attn]), 1_000_000)
+    tops = sorted({min(1.0, float(t)) for t in torch.quantile(flat, torch.tensor([0.999, 0.9999, 1.0]))} | {1.0})
+    return [TanQuantizer(bits, float(a), t) for a in torch.linspace(0.05, 1.5, TANQ_ALPHAS) for t in tops]
 
 
 def search_post_activation(bits: int, x: torch.Tensor, weight: torch.Tensor, shift: float) -> LogQuantizer:
@@ -132,3 +138,10 @@ def fpcs_uniform(bits: int, x: torch.Tensor, weight: torch.Tensor, steps: int = 
     delta = (hi_s - lo_s) / max(len(scales) - 1, 1)
     _, s, z = _refine_scales(pool, err, delta, steps - 1, new_scales, keep)
     return QParams(torch.tensor(s), torch.tensor(float(z)), bits, False)
+
+
+register(QuantizerEntry("log2", LogQuantizer.dequant_rule, fixed=log2_quantizer))
+register(QuantizerEntry("logsqrt2", LogQuantizer.dequant_rule, fixed=logsqrt2_quantizer))
+register(QuantizerEntry("adalog", LogQuantizer.dequant_rule, softmax_candidates=_adalog_softmax,
+                        post_activation=search_post_activation))
+register(QuantizerEntry("tanq", TanQuantizer.dequant_rule, softmax_candidates=_tanq_softmax))

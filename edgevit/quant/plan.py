@@ -18,7 +18,8 @@ from edgevit.quant.config import QuantConfig
 from edgevit.quant.fold import fold_batchnorm
 from edgevit.quant.granularity import search_granularity
 from edgevit.quant.nonuniform import adalog_table
-from edgevit.quant.nonuniform_search import fpcs_uniform, search_post_activation, search_softmax
+from edgevit.quant.nonuniform_search import fpcs_uniform, search_softmax
+from edgevit.quant.quantizers import QUANTIZERS, ActivationQuantizer, quantizer
 from edgevit.quant.reconstruct import reconstruct
 from edgevit.quant.reparam import apply_reparam, reparameterize
 from edgevit.quant.search import activation_range, weight_qparams
@@ -27,14 +28,41 @@ from edgevit.quant.sites import (AttentionSites, act_sites, clamp_weight, insert
 from edgevit.quant.uniform import QParams, qparams_from_range
 
 
-DEQUANT_RULES = {
-    "uniform": "x = (code - zero_point) * scale; weights per output channel (axis 0)",
-    "log2 / logsqrt2 / adalog": "x = scale * 2^(-code * step), code in 0..2^bits-1; values past the last code are 0",
-    "adalog (integer)": "code * base_q = 37 k + j; x = scale * table[j] / 2^k (table: fixed point, 2^(bits+1)-2 steps)",
-    "tanq": "x = scale * atan(code * tan(alpha) / (2^bits - 1)) / alpha",
-    "shift": "a site with shift quantizes x + shift; the consuming Linear's bias already holds -W shift",
-    "layernorm_reparam": "LayerNorm gamma/r, beta/r - b and the next Linear's W*r, B + W b are already folded in",
-}
+def dequant_rules() -> dict[str, str]:
+    """How every kind of quantizer in quant_params.json dequantizes (the registered ones included)."""
+    return {"uniform": "x = (code - zero_point) * scale; weights per output channel (axis 0)",
+            **{name: e.dequant_rule for name, e in sorted(QUANTIZERS.items())},
+            "adalog (integer)": "code * base_q = 37 k + j; x = scale * table[j] / 2^k (table: fixed point, "
+                                "2^(bits+1)-2 steps)",
+            "shift": "a site with shift quantizes x + shift; the consuming Linear's bias already holds -W shift",
+            "layernorm_reparam": "LayerNorm gamma/r, beta/r - b and the next Linear's W*r, B + W b are already "
+                                 "folded in"}
+
+
+@dataclass
+class PlanEntry:
+    """One activation site's quantizer: the uniform grid (``qparams``) over the chosen range, or a
+    registered non-uniform ``quantizer`` (the uniform grid then stands for it where a runtime needs
+    one), and how it was chosen."""
+
+    kind: str  # the site's kind: attn_softmax, post_act, linear_in, ...
+    observed: list[float]  # calibration min, max
+    range: list[float]  # the range the grid covers
+    qparams: QParams
+    quantizer: ActivationQuantizer | None = None
+    granularity: str | None = None  # set by the granularity / scheme search
+    scheme: str | None = None
+    search: str | None = None  # fpcs | layer | bridge: what chose the grid
+    search_errors: dict[str, float] | None = None
+    bridge: str | None = None
+
+    def summary(self, full: bool = False) -> dict:
+        """Plain data for plan.json / report.json (the searched fields only where a search ran)."""
+        d = {"kind": self.kind, "observed": self.observed, "range": self.range}
+        d |= {k: getattr(self, k) for k in ("granularity", "scheme", "search", "search_errors", "bridge")
+              if getattr(self, k) is not None}
+        return d | _act_summary(self.qparams, full) | (
+            {"nonuniform": self.quantizer.to_dict()} if self.quantizer is not None else {})
 
 
 @dataclass
@@ -42,7 +70,7 @@ class QuantPlan:
     """Everything needed to rebuild the quantized model from the float one."""
 
     config: QuantConfig
-    activations: dict[str, dict] = field(default_factory=dict)
+    activations: dict[str, PlanEntry] = field(default_factory=dict)
     weights: dict[str, QParams] = field(default_factory=dict)
     folded_bn: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -70,10 +98,7 @@ class QuantPlan:
                 "skipped": self.skipped, "unobserved_sites": self.unobserved, "float_layers": self.float_layers,
                 "reconstruction": self.reconstruction,
                 "bridge_blocks": self.bridges,
-                "activations": {k: {kk: vv for kk, vv in v.items() if kk not in ("qparams", "quantizer")} |
-                                _act_summary(v["qparams"], full) |
-                                ({"nonuniform": v["quantizer"].to_dict()} if v.get("quantizer") else {})
-                                for k, v in self.activations.items()},
+                "activations": {k: v.summary(full) for k, v in self.activations.items()},
                 "weights": {k: wsum(q) for k, q in self.weights.items()}}
 
     def quant_params(self) -> dict:
@@ -81,14 +106,14 @@ class QuantPlan:
         quantizer with its dequantization rule, per-channel weight scales, LayerNorm reparameterization."""
         acts = {}
         for name, v in self.activations.items():
-            q, nu = v["qparams"], v.get("quantizer")
+            q, nu = v.qparams, v.quantizer
             if nu is None:
-                acts[name] = {"kind": v["kind"], "type": "uniform", **_act_summary(q, full=True)}
+                acts[name] = {"kind": v.kind, "type": "uniform", **_act_summary(q, full=True)}
             else:
-                acts[name] = {"kind": v["kind"], **nu.to_dict()}
+                acts[name] = {"kind": v.kind, **nu.to_dict()}
                 if nu.kind == "adalog":
                     acts[name]["table"] = adalog_table(nu.bits).tolist()
-        return {"format": "edgevit.quant_params/1", "dequantization": DEQUANT_RULES, "activations": acts,
+        return {"format": "edgevit.quant_params/1", "dequantization": dequant_rules(), "activations": acts,
                 "weights": {k: q.to_dict() for k, q in self.weights.items()},
                 "layernorm_reparam": {k: {"r": f["r"].tolist(), "b": f["b"].tolist(),
                                           "target_scale": float(f["target_scale"]),
@@ -98,9 +123,9 @@ class QuantPlan:
     def counts(self) -> dict[str, int]:
         kinds: dict[str, int] = {}
         for v in self.activations.values():
-            kinds[v["kind"]] = kinds.get(v["kind"], 0) + 1
-            if v.get("quantizer") is not None:
-                key = f"nonuniform_{v['quantizer'].kind}"
+            kinds[v.kind] = kinds.get(v.kind, 0) + 1
+            if v.quantizer is not None:
+                key = f"nonuniform_{v.quantizer.kind}"
                 kinds[key] = kinds.get(key, 0) + 1
         return {"activation_sites": len(self.activations), "weight_tensors": len(self.weights),
                 "reparameterized_layernorms": len(self.reparam),
@@ -169,9 +194,9 @@ def calibrate(model: nn.Module, cfg: QuantConfig, batches: Iterable[torch.Tensor
         else:
             lo, hi = activation_range(obs, "mse" if a.method == "fpcs" else a.method, bits, a.symmetric,
                                       a.percentile)
-        plan.activations[site.site] = {"kind": site.kind, "observed": [obs.min, obs.max], "range": [lo, hi],
-                                       "qparams": qparams_from_range(torch.tensor(lo), torch.tensor(hi),
-                                                                     bits, a.symmetric)}
+        plan.activations[site.site] = PlanEntry(site.kind, [obs.min, obs.max], [lo, hi],
+                                                qparams_from_range(torch.tensor(lo), torch.tensor(hi), bits,
+                                                                   a.symmetric))
     w = cfg.weights
     for mod in weighted_sites(m):
         plan.weights[mod.site] = weight_qparams(mod.inner.weight, _bits(mod.site, w.bits, cfg), w.symmetric,
@@ -208,10 +233,10 @@ def _search_uniform_fpcs(m: nn.Module, plan: QuantPlan, x: torch.Tensor) -> None
     for mod in mods:
         entry = plan.activations[mod.input_quant.site]
         w_hat = plan.weights[mod.site].fake_quant(mod.inner.weight.detach())
-        q = fpcs_uniform(entry["qparams"].bits, torch.cat(mod.input_quant.samples), w_hat)
-        entry["qparams"] = q
-        entry["range"] = [float((q.qmin - q.zero_point) * q.scale), float((q.qmax - q.zero_point) * q.scale)]
-        entry["search"] = "fpcs"
+        q = fpcs_uniform(entry.qparams.bits, torch.cat(mod.input_quant.samples), w_hat)
+        entry.qparams = q
+        entry.range = [float((q.qmin - q.zero_point) * q.scale), float((q.qmax - q.zero_point) * q.scale)]
+        entry.search = "fpcs"
         mod.input_quant.mode, mod.input_quant.samples = "off", []
 
 
@@ -233,16 +258,16 @@ def _search_nonuniform(m: nn.Module, plan: QuantPlan, x: torch.Tensor) -> None:
         if entry is None:
             continue
         v_entry = plan.activations.get(a.v_quant.site)
-        entry["quantizer"] = search_softmax(cfg.softmax, entry["qparams"].bits, a.attn_quant.samples,
-                                            a.v_quant.samples, v_entry["qparams"] if v_entry else None)
+        entry.quantizer = search_softmax(cfg.softmax, entry.qparams.bits, a.attn_quant.samples,
+                                         a.v_quant.samples, v_entry.qparams if v_entry else None)
     for mod in posts:
         entry = plan.activations.get(mod.input_quant.site)
         if entry is None:
             continue
         wq = plan.weights[mod.site]
         w_hat = wq.fake_quant(mod.inner.weight.detach())
-        entry["quantizer"] = search_post_activation(entry["qparams"].bits, torch.cat(mod.input_quant.samples),
-                                                    w_hat, mod.input_quant.shift)
+        entry.quantizer = quantizer(cfg.gelu).post_activation(entry.qparams.bits, torch.cat(mod.input_quant.samples),
+                                                              w_hat, mod.input_quant.shift)
     for s in capture:
         s.mode, s.samples = "off", []
 
@@ -252,8 +277,8 @@ def apply_plan(model: nn.Module, plan: QuantPlan) -> nn.Module:
     m, _, _ = prepare(model, plan.config, plan.reparam)
     for site in act_sites(m):
         entry = plan.activations.get(site.site)
-        site.qparams = entry["qparams"] if entry else None
-        site.nonuniform = entry.get("quantizer") if entry else None
+        site.qparams = entry.qparams if entry else None
+        site.nonuniform = entry.quantizer if entry else None
     for mod in weighted_sites(m):
         mod.weight_qparams = plan.weights.get(mod.site)
         if mod.weight_qparams is not None:
