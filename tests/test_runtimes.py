@@ -20,7 +20,7 @@ NAMES = sorted(RUNTIMES)
 
 
 def test_the_shipped_runtimes_are_registered():
-    assert {"onnxruntime", "tensorrt", "coreml"} <= set(NAMES)
+    assert {"onnxruntime", "tensorrt", "coreml", "openvino"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)

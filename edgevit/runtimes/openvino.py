@@ -1,0 +1,190 @@
+"""OpenVINO: ``format: openvino`` writes an IR (``.xml`` + ``.bin``) converted with ``openvino.convert_model``
+from edgevit's ONNX graph: the FP32 graph (``precision: fp32``, run with f32 inference precision, or
+``bf16``: the same graph run in bfloat16, which AMX CPUs execute natively) or the INT8 QDQ graph
+(``precision: int8``: OpenVINO turns the Q/DQ pairs into FakeQuantize and runs the quantized layers on
+its integer kernels). The inference precision is stored in the IR (``runtime_options``), so an app
+that compiles it gets the precision that was validated; labels and preprocessing are stored under
+``edgevit`` in its rt_info. Runs on ``CPU`` here, and on ``GPU`` / ``NPU`` where a device profile's
+``options: {device: GPU}`` names them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from edgevit.quant.targets import ONNXRUNTIME
+from edgevit.runtimes.base import ExportBase, OnnxGraphFields, Runtime, register
+from edgevit.runtimes.onnxruntime import OnnxExport, artifact_row, write_graph
+
+log = logging.getLogger("edgevit")
+#: the OpenVINO name of each inference precision
+HINTS = {"fp32": "f32", "bf16": "bf16", "f16": "f16"}
+#: runtime layer types that do the model's arithmetic (what an INT8 artifact should run in integers)
+COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Deconvolution")
+
+
+class OpenVINOExport(ExportBase, OnnxGraphFields):
+    """An OpenVINO IR."""
+
+    format: Literal["openvino"] = "openvino"
+    precision: Literal["fp32", "bf16", "int8"] = Field(
+        "fp32", description="fp32 (f32 inference), bf16 (the FP32 graph run in bfloat16, weights stored FP16), "
+        "int8 (the QDQ graph from the quantize stage)")
+    inference_precision: Literal["auto", "f32", "bf16", "f16"] = Field(
+        "auto", description="the INFERENCE_PRECISION_HINT stored in the IR and used to validate it; auto: f32 for "
+        "fp32 and int8 (layers left in float compute as the simulation did), bf16 for bf16")
+
+    @model_validator(mode="after")
+    def _float_ops(self) -> "OpenVINOExport":
+        if self.precision == "bf16" and self.inference_precision not in ("auto", "bf16"):
+            raise ValueError("inference_precision: a bf16 artifact runs in bf16 (leave it auto)")
+        return self
+
+    @property
+    def hint(self) -> str:
+        """The inference precision the IR is compiled with."""
+        if self.inference_precision != "auto":
+            return self.inference_precision
+        return "bf16" if self.precision == "bf16" else "f32"
+
+
+def _openvino():
+    import openvino
+
+    return openvino
+
+
+def _compiled(path_or_model, device: str, hint: str | None, threads: int | None):
+    ov = _openvino()
+    core = ov.Core()
+    model = core.read_model(str(path_or_model)) if isinstance(path_or_model, (str, Path)) else path_or_model
+    config = {"PERFORMANCE_HINT": "LATENCY"}
+    if hint is None and model.has_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"]):
+        hint = model.get_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"]).astype(str)
+    if hint:
+        config["INFERENCE_PRECISION_HINT"] = hint
+    if threads and device == "CPU":
+        config["INFERENCE_NUM_THREADS"] = threads
+    return core.compile_model(model, device, config)
+
+
+class OpenVINORunner:
+    """An IR compiled on an OpenVINO device (the precision stored in it unless ``hint`` is given)."""
+
+    runtime = "openvino"
+
+    def __init__(self, path: Path | str, device: str = "CPU", threads: int | None = 2, hint: str | None = None):
+        self.compiled = _compiled(path, device, hint, threads)
+        self.request = self.compiled.create_infer_request()
+        self.output = self.compiled.output(0)
+
+    def __call__(self, x):
+        import numpy as np
+
+        return np.array(self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})[self.output],
+                        dtype=np.float32)
+
+
+def layer_precisions(compiled) -> dict:
+    """Compute layers of the compiled (runtime) model by the precision they execute in."""
+    counts: Counter = Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        kind = info["layerType"].astype(str)
+        if kind in COMPUTE_LAYERS:
+            counts[info["runtimePrecision"].astype(str)] += 1
+    return dict(sorted(counts.items()))
+
+
+def _metadata(info, recipe: str, precision: str) -> dict[str, str]:
+    from edgevit._version import __version__
+
+    return {"labels": json.dumps(list(info.labels)), "mean": json.dumps(list(info.mean)),
+            "std": json.dumps(list(info.std)), "input_size": json.dumps([3, info.input_size, info.input_size]),
+            "crop_pct": str(info.crop_pct), "interpolation": info.interpolation, "model_source": info.source,
+            "edgevit_version": __version__, "recipe": recipe, "precision": precision}
+
+
+@register
+class OpenVINO(Runtime):
+    name, label, format, suffix, config = "openvino", "OpenVINO", "openvino", ".xml", OpenVINOExport
+    file_kind, file_noun, short = "FP32 IR", "OpenVINO IR", "OpenVINO"
+    lowering = ONNXRUNTIME  # the same QDQ graph as ONNX Runtime's: one simulated model serves both
+    device_runner = "openvino_runner.py"
+    local_device = True
+
+    def unavailable(self, cfg=None) -> str | None:
+        try:
+            _openvino()
+        except ImportError as e:
+            return f"OpenVINO is not installed ({e}); pip install 'edgevit[openvino]'"
+        return None
+
+    def export(self, job, ctx) -> dict:
+        ov = _openvino()
+        cfg = job.cfg
+        graph = OnnxExport(precision="int8" if cfg.precision == "int8" else "fp32", lowering=cfg.lowering,
+                           opset=cfg.opset, simplify=cfg.simplify, dynamic_batch=cfg.dynamic_batch)
+        tmp = ctx.stage / f".{job.file}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            facts = write_graph(job, ctx, f"{tmp.name}/graph.onnx", graph)
+            model = ov.convert_model(str(tmp / "graph.onnx"))
+            for key, value in _metadata(ctx.info, ctx.recipe.name, cfg.precision).items():
+                model.set_rt_info(value, ["edgevit", key])
+            model.set_rt_info(cfg.hint, ["runtime_options", "INFERENCE_PRECISION_HINT"])
+            ov.save_model(model, str(tmp / job.file), compress_to_fp16=cfg.precision == "bf16")
+            xml, bin_ = ctx.stage / job.file, ctx.stage / job.file.replace(".xml", ".bin")
+            os.replace(tmp / bin_.name, bin_)
+            os.replace(tmp / job.file, xml)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        compiled = _compiled(xml, "CPU", cfg.hint, 1)
+        layers = layer_precisions(compiled)
+        facts |= {"openvino": ov.__version__, "inference_precision": cfg.hint, "weights": bin_.name,
+                  "runtime_layers": layers, "graph_nodes": facts.pop("nodes"), "graph_ops": facts.pop("ops")}
+        int8 = sum(n for p, n in layers.items() if p in ("i8", "u8"))
+        facts["details"] = [
+            f"OpenVINO {ov.__version__} IR with weights in `{bin_.name}`, converted from the {graph.precision.upper()} "
+            f"ONNX graph ({facts['graph_nodes']} nodes, simplifier: {facts['simplifier']}); inference precision "
+            f"{cfg.hint} (stored in the IR)",
+            "compute layers on CPU by precision: " + (", ".join(f"{n} {p}" for p, n in layers.items()) or "none")
+            + (f" ({int8} in INT8)" if cfg.precision == "int8" else "")]
+        size = sum(p.stat().st_size for p in self.files(xml))
+        log.info("exported %s + %s (%.2f MB, inference precision %s)", xml.name, bin_.name, size / 1e6, cfg.hint)
+        return artifact_row(job, self, job.file, size, facts)
+
+    def local_runner(self, path: Path, device):
+        if self.unavailable() is not None:
+            return None
+        options = device.options if device is not None and device.runtime == self.name else {}
+        return OpenVINORunner(path, str(options.get("device", "CPU")), device.threads if device else 2)
+
+    def read_metadata(self, path: Path) -> dict[str, str]:
+        model = _openvino().Core().read_model(str(path))
+        keys = ("labels", "mean", "std", "input_size", "crop_pct", "interpolation", "model_source", "precision")
+        return {k: model.get_rt_info(["edgevit", k]).astype(str) for k in keys if model.has_rt_info(["edgevit", k])}
+
+    def input_shape(self, runner) -> list:
+        shape = runner.compiled.input(0).get_partial_shape()
+        return [d.get_length() if d.is_static else None for d in shape]
+
+    def files(self, path: Path) -> list[Path]:
+        return [p for p in (path, path.with_suffix(".bin")) if p.exists()]
+
+    def checks(self, row: dict) -> list[dict]:
+        if row["precision"] != "int8":
+            return []
+        layers = row["export"]["runtime_layers"]
+        int8, total = sum(n for p, n in layers.items() if p in ("i8", "u8")), sum(layers.values())
+        return [{"name": f"{row['name']}: OpenVINO runs the quantized layers in INT8", "ok": int8 > 0,
+                 "detail": f"{int8} of {total} compute layers execute in INT8 on CPU "
+                           f"({', '.join(f'{n} {p}' for p, n in layers.items())})"}]

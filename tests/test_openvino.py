@@ -1,0 +1,121 @@
+"""OpenVINO as a runtime: IRs from the FP32 and the INT8 QDQ graph, validated and timed like every other
+artifact (here, and on a device over SSH), the BF16 inference precision, `edgevit bench` on an IR, and
+what is refused."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import run_cli
+from test_devices import SSHD, _profile, sshd  # noqa: F401  (the real-sshd fixture, shared)
+from edgevit.errors import BadInput
+from edgevit.recipe import build_recipe
+
+ov = pytest.importorskip("openvino", reason="pip install 'edgevit[openvino]'")
+
+
+@pytest.fixture(scope="module")
+def ov_run(tmp_path_factory):
+    """The shipped openvino_int8 recipe on 300 evaluation images."""
+    out = tmp_path_factory.mktemp("ov") / "run"
+    res = run_cli("compress", "--recipe", "openvino_int8", "--out", str(out), "--set", "validate.eval.num=300",
+                  "--set", "validate.devices.0.iters=10", "--set", "validate.devices.0.warmup=2")
+    assert res.returncode == 0, res.stderr
+    return out, json.loads((out / "report.json").read_text())
+
+
+def test_recipe_validates_every_openvino_artifact(ov_run):
+    out, rep = ov_run
+    assert rep["status"] == "ok", [c for c in rep["checks"] if not c["ok"]]
+    rows = {r["name"]: r for r in rep["results"]}
+    for name in ("openvino-fp32", "openvino-bf16", "openvino-int8"):
+        r = rows[name]
+        assert r["runtime"] == "openvino" and (out / r["file"]).is_file() and (out / r["export"]["weights"]).is_file()
+        assert r["size_bytes"] == (out / r["file"]).stat().st_size + (out / r["export"]["weights"]).stat().st_size
+        assert r["latency"][0]["device"] == "local-openvino-cpu" and r["latency"][0]["batch1"]["median_ms"] > 0
+    fp32, bf16, int8 = rows["openvino-fp32"], rows["openvino-bf16"], rows["openvino-int8"]
+    # FP32 IR equals PyTorch; BF16 is close; INT8 is the same simulated model as ONNX Runtime's INT8
+    assert fp32["parity"]["max_abs_diff"] < 1e-3 and fp32["accuracy"]["top1"] == rows["pytorch-fp32"]["accuracy"]["top1"]
+    assert 1e-4 < bf16["parity"]["max_abs_diff"] < 0.5 and bf16["accuracy"]["agreement_with_fp32"] >= 0.99
+    assert bf16["size_bytes"] < 0.6 * fp32["size_bytes"]  # weights stored FP16
+    assert int8["simulated_by"] == rows["onnx-int8"]["simulated_by"] == "pytorch-int8-sim"
+    assert int8["accuracy"]["agreement_with_simulation"] >= 0.99
+    layers = int8["export"]["runtime_layers"]
+    assert layers.get("u8", 0) + layers.get("i8", 0) > 0 and set(fp32["export"]["runtime_layers"]) == {"f32"}
+    assert bf16["export"]["runtime_layers"].keys() <= {"bf16", "f32"} and "bf16" in bf16["export"]["runtime_layers"]
+    names = {c["name"] for c in rep["checks"]}
+    assert {"openvino-fp32: FP32 IR matches PyTorch", "openvino-bf16: BF16 predictions agree with FP32 PyTorch",
+            "openvino-int8: deployed model agrees with the simulation",
+            "openvino-int8: OpenVINO runs the quantized layers in INT8"} <= names
+    md = (out / "report.md").read_text()
+    assert "| openvino-int8 | openvino | int8 |" in md and "OpenVINO " + ov.__version__.split("-")[0] in md
+
+
+def test_ir_carries_preprocessing_labels_and_precision(ov_run):
+    """An app loading the IR finds the labels, the preprocessing and the validated inference precision."""
+    out, _ = ov_run
+    model = ov.Core().read_model(str(out / "openvino-bf16.xml"))
+    assert json.loads(model.get_rt_info(["edgevit", "labels"]).astype(str))[:2] == ["airplane", "automobile"]
+    assert json.loads(model.get_rt_info(["edgevit", "input_size"]).astype(str)) == [3, 32, 32]
+    assert model.get_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"]).astype(str) == "bf16"
+    compiled = ov.Core().compile_model(str(out / "openvino-int8.xml"), "CPU")
+    x = np.zeros((2, 3, 32, 32), np.float32)
+    assert compiled(x)[0].shape == (2, 10)  # dynamic batch kept
+
+
+def test_bench_times_an_ir_locally(ov_run, tmp_path):
+    out, _ = ov_run
+    dev = tmp_path / "dev.yaml"
+    dev.write_text("name: ov\nruntime: openvino\noptions: {device: CPU}\nthreads: 1\nwarmup: 1\niters: 5\n"
+                   "throughput_batch: 4\n")
+    res = run_cli("bench", str(out / "openvino-int8.xml"), "--device", str(dev), "--json")
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    assert got["batch1"]["runs"] == 5 and got["throughput"]["batch"] == 4
+    assert got["size_bytes"] == (out / "openvino-int8.xml").stat().st_size + (out / "openvino-int8.bin").stat().st_size
+    bad = tmp_path / "broken.xml"
+    bad.write_text("<net>")
+    res = run_cli("bench", str(bad))
+    assert res.returncode == 2 and "not a readable OpenVINO IR file" in res.stderr
+
+
+@pytest.mark.skipif(not os.access(SSHD, os.X_OK) or shutil.which("ssh") is None,
+                    reason="needs OpenSSH (server and client): bash scripts/system-deps.sh installs it")
+def test_ssh_device_runs_the_irs(ov_run, sshd, tmp_path):
+    """A device profile with runtime: openvino over SSH: `edgevit bench` on an IR, and the three IRs timed in
+    one session there with the evaluation sample, predicting what OpenVINO predicts here."""
+    from edgevit.devices.remote import measure_remote
+    from edgevit.recipe import DeviceConfig
+    from edgevit.runtimes.openvino import OpenVINORunner
+
+    out, rep = ov_run
+    prof = _profile(sshd, name="loopback-ov", runtime="openvino", options={"device": "CPU"}, iters=10)
+    (tmp_path / "ov.yaml").write_text(yaml.safe_dump(prof))
+    res = run_cli("bench", str(out / "openvino-int8.xml"), "--device", str(tmp_path / "ov.yaml"), "--json")
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    assert got["device"] == "loopback-ov" and got["remote"]["runtime"].startswith("openvino")
+    x = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    names = ("openvino-fp32", "openvino-bf16", "openvino-int8")
+    info = type("Info", (), {"labels": [str(i) for i in range(10)], "mean": [0, 0, 0], "std": [1, 1, 1]})
+    remote = measure_remote(DeviceConfig.model_validate(prof), [(n, out / f"{n}.xml") for n in names], x, None, info)
+    for n in names:
+        here = OpenVINORunner(out / f"{n}.xml", "CPU", 1)(x).argmax(1)
+        assert remote["artifacts"][n]["predictions"] == here.tolist(), n
+        assert remote["artifacts"][n]["batch1"]["runs"] == 10
+
+
+def test_refusals():
+    with pytest.raises(BadInput, match="export.0.precision"):
+        build_recipe({"name": "x", "export": [{"format": "openvino", "precision": "fp16"}]})
+    with pytest.raises(BadInput, match="export.0.inference_precision: a bf16 artifact runs in bf16"):
+        build_recipe({"name": "x", "export": [{"format": "openvino", "precision": "bf16", "inference_precision": "f32"}]})
+    with pytest.raises(BadInput, match="export.0.compression: only for format: coreml"):
+        build_recipe({"name": "x", "export": [{"format": "openvino", "compression": "w8"}]})
+    with pytest.raises(BadInput, match="export.0.precision: int8 needs a quantize: section"):
+        build_recipe({"name": "x", "export": [{"format": "openvino", "precision": "int8"}]})
