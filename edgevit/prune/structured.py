@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from edgevit.models.families import attention_family
 from edgevit.prune.channels import conv_units, narrow_conv_unit
 from edgevit.prune.config import PruneConfig
 from edgevit.prune.units import input_hessian, keep_count, refit, unit_saliency
@@ -32,9 +33,8 @@ def _is_mlp(m: nn.Module) -> bool:
 
 
 def _is_attention(m: nn.Module) -> bool:
-    from timm.layers.attention import Attention
-
-    return type(m) is Attention and m.gate is None and isinstance(m.norm, nn.Identity)
+    family = attention_family(m)
+    return family is not None and family.prunable_heads(m)
 
 
 def _linear(w: torch.Tensor, b: torch.Tensor | None) -> nn.Linear:
@@ -92,16 +92,14 @@ def prune_structured(model: nn.Module, cfg: PruneConfig, x: torch.Tensor, shrink
             m.fc1, m.fc2 = _narrow(m.fc2, keep, m.fc1, keep, h_aug, cfg.damp, shrink)
             records.append({"module": name, "kind": "mlp", "units": hidden, "kept": keep_n})
         else:
-            heads, hd = m.num_heads, m.head_dim
+            family, heads = attention_family(m), m.num_heads
             keep_n = max(1, heads - int(round(s.heads * heads)))
             h_aug = input_hessian(model, m.proj, x) if obs else None
             score = unit_saliency(m.proj.weight.detach(), h_aug, heads, cfg.damp)
             keep_heads = score.argsort(descending=True)[:keep_n].sort().values
-            cols = (keep_heads.unsqueeze(1) * hd + torch.arange(hd)).reshape(-1)
-            rows = torch.cat([t * heads * hd + cols for t in range(3)])
-            m.qkv, m.proj = _narrow(m.proj, rows, m.qkv, cols, h_aug, cfg.damp, shrink)
-            if shrink:
-                m.num_heads, m.attn_dim = keep_n, keep_n * hd
+            producer, consumer, rows, cols = family.head_slices(m, keep_heads)
+            family.set_heads(m, keep_n if shrink else heads, *_narrow(consumer, rows, producer, cols, h_aug,
+                                                                       cfg.damp, shrink))
             records.append({"module": name, "kind": "attention", "units": heads, "kept": keep_n})
         if on_layer:
             on_layer(name)

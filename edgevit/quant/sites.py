@@ -5,10 +5,10 @@
   QuantizeLinear/DequantizeLinear pair, so simulation and export share one graph.
 * ``QuantLinear`` / ``QuantConv2d``: a Linear/Conv2d whose input is an ``ActQuant`` site and whose
   weight is fake-quantized per output channel.
-* ``AttentionSites`` and its subclasses: attention run unfused (softmax visible) with sites on Q,
-  K, V and the attention probabilities, the operands of the two attention matmuls: timm
-  ``Attention`` (ViT, MobileViT), EfficientViT's cascaded group attention, and the biased token
-  attention of LeViT, TinyViT and EfficientFormer.
+* ``QuantAttention``: attention run unfused (softmax visible) through its family adapter
+  (``edgevit.models.families``: timm ``Attention`` of ViT and MobileViT, EfficientViT's cascaded group
+  attention, the biased token attention of LeViT, TinyViT and EfficientFormer) with sites on Q, K, V
+  and the attention probabilities, the operands of the two attention matmuls.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgevit.models.families import attention_family
 from edgevit.quant.observers import ChannelRangeObserver, HistogramObserver
 
 # Sites that may get one scale per channel: Conv inputs (axis 1). A Linear's MatMul reduces over its
@@ -258,17 +259,15 @@ class QuantSiLU(nn.Module):
 
 
 class AttentionSites(nn.Module):
-    """Sites on the operands of an attention's two matmuls: Q, K, V and the softmax probabilities.
+    """An attention module run unfused through its family adapter (``edgevit.models.families``), with
+    sites on the operands of its two matmuls: Q, K, V and the softmax probabilities. All heads share
+    one site per operand (per-tensor, as TensorRT's fused attention wants)."""
 
-    Subclasses re-state one attention module's forward with :meth:`attend` in place of its
-    ``softmax(q @ k^T + bias) @ v``; all heads share one site per operand (per-tensor, as TensorRT's
-    fused attention wants).
-    """
-
-    def __init__(self, inner: nn.Module, name: str):
+    def __init__(self, inner: nn.Module, name: str, family=None):
         super().__init__()
         self.inner = inner
         self.site = name
+        self.__dict__["family"] = family  # a stateless adapter, not a submodule
         self.q_quant = ActQuant(f"{name}.q", "attn_q")
         self.k_quant = ActQuant(f"{name}.k", "attn_k")
         self.v_quant = ActQuant(f"{name}.v", "attn_v")
@@ -296,78 +295,13 @@ class AttentionSites(nn.Module):
 
 
 class QuantAttention(AttentionSites):
-    """timm ``Attention`` (ViT/DeiT, MobileViT's transformer blocks) computed unfused."""
+    """Any adapted attention (timm ViT/MobileViT, EfficientFormer, LeViT, TinyViT, EfficientViT-MSRA)
+    with its product quantized."""
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        a = self.inner
         if attn_mask is not None or is_causal:
             raise NotImplementedError("quantized attention with a mask is not supported")
-        B, N, _ = x.shape
-        gate = a.gate(x).sigmoid() if getattr(a, "gate", None) is not None else None
-        qkv = a.qkv(x).reshape(B, N, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q, k = a.q_norm(q), a.k_norm(k)
-        x = self.attend(q * a.scale, k.transpose(-2, -1), v)
-        x = x.transpose(1, 2).reshape(B, N, -1)
-        x = a.norm(x)
-        if gate is not None:
-            x = x * gate
-        return a.proj_drop(a.proj(x))
-
-
-class QuantCascadedAttention(AttentionSites):
-    """EfficientViT (MSRA) ``CascadedGroupAttention``: each head attends over its own channel group,
-    fed by the previous head's output, with learned relative-position biases."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.inner
-        B, C, H, W = x.shape
-        feats_in = x.chunk(len(a.qkvs), dim=1)
-        bias = a.get_attention_biases(x.device)
-        feats_out, feat = [], feats_in[0]
-        for head, (qkv, dws) in enumerate(zip(a.qkvs, a.dws)):
-            if head > 0:
-                feat = feat + feats_in[head]
-            q, k, v = qkv(feat).view(B, -1, H, W).split([a.key_dim, a.key_dim, a.val_dim], dim=1)
-            q, k, v = dws(q).flatten(2), k.flatten(2), v.flatten(2)
-            # v @ attn^T = (attn @ v^T)^T: the same product with V as the right-hand operand
-            feat = self.attend(q.transpose(-2, -1) * a.scale, k, v.transpose(-2, -1), bias[head])
-            feat = feat.transpose(-2, -1).reshape(B, a.val_dim, H, W)
-            feats_out.append(feat)
-        return a.proj(torch.cat(feats_out, 1))
-
-
-class QuantBiasedAttention(AttentionSites):
-    """Token attention with learned position biases: LeViT (linear mode), TinyViT, EfficientFormer."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.inner
-        bias = a.get_attention_biases(x.device)
-        x = a.norm(x) if hasattr(a, "norm") else x  # TinyViT normalizes inside the attention
-        B, N, _ = x.shape
-        q, k, v = a.qkv(x).view(B, N, a.num_heads, -1).permute(0, 2, 1, 3).split(
-            [a.key_dim, a.key_dim, a.val_dim], dim=3)
-        x = self.attend(q * a.scale, k.transpose(-2, -1), v, bias)
-        x = x.transpose(1, 2).reshape(B, N, -1)
-        return a.proj(x)
-
-
-def _attention_wrappers() -> dict[type, type[AttentionSites]]:
-    """Attention classes whose matmul operands get sites, by exact type (a subclass may differ)."""
-    from timm.layers.attention import Attention
-    from timm.models import efficientformer, efficientvit_msra, levit, tiny_vit
-
-    return {Attention: QuantAttention, efficientvit_msra.CascadedGroupAttention: QuantCascadedAttention,
-            tiny_vit.Attention: QuantBiasedAttention, efficientformer.Attention: QuantBiasedAttention,
-            levit.Attention: QuantBiasedAttention}
-
-
-def _attention_wrapper(m: nn.Module) -> type[AttentionSites] | None:
-    if type(m).__name__ not in {"Attention", "CascadedGroupAttention"}:
-        return None
-    if getattr(m, "use_conv", False):  # LeViT's conv mode lays heads out differently
-        return None
-    return _attention_wrappers().get(type(m))
+        return self.family.forward(self.inner, x, self.attend)
 
 
 def insert_sites(model: nn.Module, attention: bool = True, skip: list[str] = (),
@@ -395,9 +329,9 @@ def insert_sites(model: nn.Module, attention: bool = True, skip: list[str] = (),
                 setattr(parent, child_name, QuantSiLU(name))
             else:
                 visit(child, f"{name}.")
-                wrapper = _attention_wrapper(child) if attention else None
-                if wrapper is not None:
-                    setattr(parent, child_name, wrapper(child, name))
+                family = attention_family(child) if attention else None
+                if family is not None and family.unfused:
+                    setattr(parent, child_name, QuantAttention(child, name, family))
 
     visit(model, "")
     mark_post_activation_sites(model)

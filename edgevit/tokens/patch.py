@@ -19,34 +19,24 @@ import math
 from collections import OrderedDict
 
 import torch
-from timm.models.efficientformer import Attention as EfficientFormerAttention
 from timm.models.efficientformer import MetaBlock1d
 from timm.models.efficientformer_v2 import Attention2d, EfficientFormerV2Block
-from timm.models.vision_transformer import Attention, Block, VisionTransformer
+from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
+from edgevit.models.families import attention_family
 from edgevit.quant.sites import AttentionSites
 from edgevit.tokens.config import TokenConfig
 from edgevit.tokens.merge import Reduction, bipartite_matching, tome_merges, top_k_pruning, unmerge
 
 
-def _qkv(a: nn.Module, x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Q, K, V (B, heads, N, d) of a timm ``Attention`` or an EfficientFormer ``Attention`` (one
-    projection split per head into key, key and value dims)."""
-    if hasattr(a, "attention_biases"):
-        qkv = a.qkv(x).reshape(-1, n, a.num_heads, 2 * a.key_dim + a.val_dim).permute(0, 2, 1, 3)
-        return qkv.split([a.key_dim, a.key_dim, a.val_dim], dim=3)
-    q, k, v = a.qkv(x).reshape(-1, n, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    return a.q_norm(q), a.k_norm(k), v
-
-
 def _position_bias(a: nn.Module, source: torch.Tensor | None) -> torch.Tensor | None:
-    """EfficientFormer's learned bias between token positions, averaged over the positions each
-    reduced token holds (``source`` (B, N', N0), None before any reduction): S B S^T / (n n^T)."""
-    if not hasattr(a, "attention_biases"):
-        return None
-    bias = a.get_attention_biases(a.attention_biases.device)  # (heads, N0, N0)
-    if source is None:
+    """The attention's learned bias between token positions (EfficientFormer), averaged over the
+    positions each reduced token holds (``source`` (B, N', N0), None before any reduction):
+    S B S^T / (n n^T)."""
+    family = attention_family(a)
+    bias = family.position_bias(a) if family is not None else None
+    if bias is None or source is None:
         return bias
     count = source.sum(dim=-1, keepdim=True)
     s = source.unsqueeze(1)
@@ -57,18 +47,17 @@ def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None, sour
                proportional: bool, want_probs: bool, queries: int | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The block's attention (float, or wrapped with quantization sites) computed unfused on merged
-    tokens: position biases merged, ToMe's proportional attention (log size added to the logits).
-    ``queries``: only the first tokens attend (their outputs alone are computed; every token is still
-    a key and a value). Returns the output, the keys averaged over heads (ToMe's similarity metric)
-    and, if asked, the attention probabilities averaged over heads."""
+    tokens through its family adapter: position biases merged, ToMe's proportional attention (log size
+    added to the logits). ``queries``: only the first tokens attend (their outputs alone are computed;
+    every token is still a key and a value). Returns the output, the keys averaged over heads (ToMe's
+    similarity metric) and, if asked, the attention probabilities averaged over heads."""
     sites = attn if isinstance(attn, AttentionSites) else None
     a = attn.inner if sites else attn
+    family = attention_family(a)
     n = int(x.shape[1])  # batch left symbolic (-1), token count static: fewer shape ops in the graph
-    gate = a.gate(x).sigmoid() if getattr(a, "gate", None) is not None else None
-    q, k, v = _qkv(a, x, n)
+    q, k, v = family.qkv(a, x, -1, n)
     if queries is not None:
         q, n = q[:, :, :queries], queries
-        gate = gate[:, :queries] if gate is not None else None
     bias = _position_bias(a, source if size is not None else None)
     if bias is not None and queries is not None:
         bias = bias[..., :queries, :]
@@ -82,13 +71,7 @@ def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None, sour
         logits = (q * a.scale) @ k.transpose(-2, -1)
         probs = (logits + bias if bias is not None else logits).softmax(dim=-1)
         out = (a.attn_drop(probs) if hasattr(a, "attn_drop") else probs) @ v
-    out = out.transpose(1, 2).reshape(-1, n, out.shape[1] * out.shape[3])
-    if hasattr(a, "attention_biases"):
-        return a.proj(out), k.mean(dim=1), probs.mean(dim=1) if want_probs else None
-    out = a.norm(out)
-    if gate is not None:
-        out = out * gate
-    return a.proj_drop(a.proj(out)), k.mean(dim=1), probs.mean(dim=1) if want_probs else None
+    return family.output(a, out, x, -1, n), k.mean(dim=1), probs.mean(dim=1) if want_probs else None
 
 
 class TokenBlock(nn.Module):
@@ -121,7 +104,8 @@ class TokenBlock(nn.Module):
     @property
     def needs_source(self) -> bool:
         """Whether the attention needs the source map (position biases to merge)."""
-        return hasattr(_unwrap(getattr(self, self.mixer)), "attention_biases")
+        family = attention_family(_unwrap(getattr(self, self.mixer)))
+        return family is not None and family.position_biases
 
     def tokens_out(self, n: int) -> int:
         """Tokens leaving this block when ``n`` come in."""
@@ -259,13 +243,14 @@ def _unwrap(m: nn.Module) -> nn.Module:
 
 
 def _is_attention_block(b: nn.Module) -> bool:
-    """A timm ``Block`` with timm ``Attention``, an EfficientFormer ``MetaBlock1d``, or an
-    EfficientFormerV2 block with attention."""
-    if isinstance(b, Block):
-        return isinstance(_unwrap(b.attn), Attention)
+    """A block whose attention can run over reduced tokens (a timm ``Block`` or an EfficientFormer
+    ``MetaBlock1d`` whose attention's family adapter merges tokens), or an EfficientFormerV2 block with
+    attention (merged inside the attention)."""
     if isinstance(b, EfficientFormerV2Block):
         return isinstance(b.token_mixer, Attention2d)
-    return isinstance(b, MetaBlock1d) and isinstance(_unwrap(b.token_mixer), EfficientFormerAttention)
+    mixer = b.attn if isinstance(b, Block) else b.token_mixer if isinstance(b, MetaBlock1d) else None
+    family = attention_family(_unwrap(mixer)) if mixer is not None else None
+    return family is not None and family.merges_tokens
 
 
 def find_stages(model: nn.Module) -> list[str]:

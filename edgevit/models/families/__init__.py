@@ -1,0 +1,31 @@
+"""Model-family adapters: what the stages need to know about each family's attention, in one place.
+
+One module per family registers an adapter for its attention class(es): how Q, K and V are projected
+and laid out per head, the learned position biases, how the heads' output returns to channels and is
+projected, and the whole forward with the attention product injected (``attend(q, k_t, v, bias)``:
+softmax(q @ k_t + bias) @ v, where quantization puts its sites on the operands and token merging
+averages the biases). Quantization sites (``edgevit.quant.sites``), token merging
+(``edgevit.tokens.patch``) and bridge detection (``edgevit.quant.bridges``) read these adapters;
+no other module re-states a family's attention.
+"""
+from __future__ import annotations
+
+import importlib
+
+from torch import nn
+
+from edgevit.models.families.base import ADAPTERS, AttentionFamily, register
+
+for _m in ("vit", "efficientformer", "efficientformerv2", "levit", "tiny_vit", "efficientvit_msra"):
+    importlib.import_module(f"{__name__}.{_m}")
+
+
+def attention_family(m: nn.Module) -> AttentionFamily | None:
+    """The adapter of ``m``'s attention class (exact type: a subclass may compute differently), or None."""
+    for cls, adapter in ADAPTERS.items():
+        if type(m) is cls() and adapter.accepts(m):
+            return adapter
+    return None
+
+
+__all__ = ["ADAPTERS", "AttentionFamily", "attention_family", "register"]
