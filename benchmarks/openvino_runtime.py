@@ -24,6 +24,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from ptq_baselines import interleaved_latency  # noqa: E402
 
 from edgevit.api import compress  # noqa: E402
 from edgevit.data import Preprocess, open_image_set  # noqa: E402
@@ -65,21 +67,6 @@ def nncf_int8(xml: Path, calib: np.ndarray, out: Path) -> tuple[Path | None, str
     return None, notes
 
 
-def interleaved(runners: dict, x: np.ndarray, rounds: int, per_round: int) -> dict:
-    """Median and p90 batch-1 latency per variant, the variants interleaved round by round."""
-    for r in runners.values():
-        for _ in range(5):
-            r(x)
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(rounds):
-        for k, r in runners.items():
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                r(x)
-                times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90))} for k, v in times.items()}
-
-
 def run_model(key: str, work: Path, args) -> dict:
     src = SOURCES[key]
     overrides = [f"model.source={src}", f"export={json.dumps(EXPORTS)}", "validate.devices=[]",
@@ -108,7 +95,7 @@ def run_model(key: str, work: Path, args) -> dict:
     out = {"model": key, "source": src, "input_size": pre.input_size, "eval_images": int(len(x_eval)),
            "nncf": nncf_notes, "variants": {}}
     load_before = load_average()
-    lat = interleaved(runners, x_eval[:1], args.rounds, args.per_round)
+    lat = interleaved_latency(runners, x_eval[:1], args.rounds, args.per_round)
     load_after = load_average()
     files = {"ORT FP32": [run / "onnx-fp32.onnx"], "ORT INT8 (edgevit)": [run / "onnx-int8.onnx"],
              "OV FP32": [run / "openvino-fp32.xml", run / "openvino-fp32.bin"],

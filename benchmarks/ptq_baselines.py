@@ -77,7 +77,11 @@ def alternate_latency(paths: dict[str, Path], x: np.ndarray, threads: int, round
                       keep_times: bool = False) -> dict:
     """Median batch-1 latency per variant, the variants interleaved round by round (``keep_times``:
     also ``times_ms``, every run, round after round, ``per_round`` runs each)."""
-    runners = {k: OrtRunner(p, threads) for k, p in paths.items()}
+    return interleaved_latency({k: OrtRunner(p, threads) for k, p in paths.items()}, x, rounds, per_round, keep_times)
+
+
+def interleaved_latency(runners: dict, x: np.ndarray, rounds: int, per_round: int, keep_times: bool = False) -> dict:
+    """:func:`alternate_latency` for callables of any runtime."""
     for r in runners.values():
         for _ in range(5):
             r(x)

@@ -58,8 +58,12 @@ def export_model(model: ModelConfig, out_dir: Path | str, precision: str = "fp32
     entry = {"name": name, "format": to, "precision": precision}
     entry |= {"compression": compression, "deployment_target": deployment_target} if to == "coreml" else \
         {"opset": opset}
-    recipe = build_recipe({"name": "export", "model": model.model_dump(mode="json", exclude_none=True),
-                           "export": [entry], "validate": {"devices": []}})
+    try:
+        recipe = build_recipe({"name": "export", "model": model.model_dump(mode="json", exclude_none=True),
+                               "export": [entry], "validate": {"devices": []}})
+    except BadInput as e:  # name the command-line option, not the recipe key it became
+        raise BadInput(str(e).replace("<recipe>: export.0.", "--").replace("--deployment_target", "--deployment-target")
+                       .replace("<recipe>: ", "")) from e
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     work = out_dir / f".{name}.export-{os.getpid()}"
@@ -69,10 +73,11 @@ def export_model(model: ModelConfig, out_dir: Path | str, precision: str = "fp32
         failed = [c for c in report["checks"] if not c["ok"]]
         if failed:
             raise RunFailure(f"{failed[0]['name']}: {failed[0]['detail']}")
+        for path in runtime(row["runtime"]).files(work / row["file"]):  # an IR's weights come along
+            if (out_dir / path.name).is_dir():
+                shutil.rmtree(out_dir / path.name)
+            os.replace(path, out_dir / path.name)
         dest = out_dir / row["file"]
-        if dest.is_dir():
-            shutil.rmtree(dest)
-        os.replace(work / row["file"], dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     par = row.get("parity") or {}

@@ -132,9 +132,13 @@ def _print_sweep(summary: dict, out_dir: Path) -> None:
                   f"each value's report in {out_dir}/<KEY=VALUE>/")
 
 
-class ExportTarget(str, Enum):
-    onnx = "onnx"
-    coreml = "coreml"
+def _export_formats() -> dict[str, str]:
+    from edgevit.runtimes import formats
+
+    return {f: f for f in formats()}
+
+
+ExportTarget = Enum("ExportTarget", _export_formats(), type=str)  # every registered runtime's format
 
 
 class Compression(str, Enum):
@@ -148,6 +152,7 @@ class Compression(str, Enum):
 class Precision(str, Enum):
     fp32 = "fp32"
     fp16 = "fp16"
+    bf16 = "bf16"
 
 
 @app.command()
@@ -155,46 +160,49 @@ def export(
     model: str = typer.Option(..., help="model source: builtin:NAME, timm:NAME or file:path.py:function"),
     checkpoint: Optional[Path] = typer.Option(None, help="state dict for a timm:/file: model"),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="allow a pickled checkpoint"),
-    to: ExportTarget = typer.Option(ExportTarget.onnx, help="target format"),
-    precision: Precision = typer.Option(Precision.fp32, help="fp32 or fp16 (coreml: compute precision)"),
+    to: ExportTarget = typer.Option("onnx", help="target format (a registered runtime's)"),
+    precision: Precision = typer.Option(Precision.fp32, help="fp32, fp16 (onnx, coreml: compute precision, "
+                                        "tensorrt) or bf16 (openvino)"),
     compression: Compression = typer.Option(Compression.none, help="coreml only: weight compression"),
     deployment_target: str = typer.Option("iOS17", help="coreml only: iOS16, iOS17 or iOS18"),
     num_classes: Optional[int] = typer.Option(None, help="classes of a timm model [default: from the checkpoint]"),
     out: Path = typer.Option(Path("exports"), help="output folder"),
     debug: bool = typer.Option(False, help="show tracebacks"),
 ) -> None:
-    """Export a model without compression stages: ONNX, or a CoreML image classifier, with labels and
-    preprocessing in its metadata.
+    """Export a model without compression stages (ONNX, a CoreML image classifier, an OpenVINO IR, a
+    TensorRT engine), with labels and preprocessing in its metadata, checked on its runtime.
 
     Examples: `edgevit export --model builtin:vit-cifar10 --to onnx --out exports/`;
-    `edgevit export --model builtin:hybrid-cifar10 --to coreml --precision fp16 --compression w8`
+    `edgevit export --model builtin:hybrid-cifar10 --to coreml --precision fp16 --compression w8`;
+    `edgevit export --model builtin:hybrid-cifar10 --to openvino --precision bf16`
     """
     def body() -> int:
         from pydantic import ValidationError
 
         from edgevit.api import export_model
         from edgevit.recipe import ModelConfig
+        from edgevit.runtimes import for_format as runtime_of
 
         try:
             cfg = ModelConfig(source=model, checkpoint=_abs(checkpoint), trust_checkpoint=trust_checkpoint,
                               num_classes=num_classes)
         except ValidationError as e:
             raise BadInput(f"--model: {e.errors()[0]['msg']}") from e
-        if to != ExportTarget.coreml and compression != Compression.none:
+        if to.value != "coreml" and compression != Compression.none:
             raise BadInput("--compression: only with --to coreml (ONNX compression comes from `edgevit compress` "
                            "recipes)")
         if deployment_target not in ("iOS16", "iOS17", "iOS18"):
             raise BadInput(f"--deployment-target: {deployment_target!r} is not one of iOS16, iOS17, iOS18")
         res = export_model(cfg, out, precision.value, to=to.value, compression=compression.value,
                            deployment_target=deployment_target)
-        if to == ExportTarget.coreml:
+        facts = [f"{res['size_bytes'] / 1e6:.2f} MB"]
+        if res.get("labels") is not None and res.get("compressed_ops") is not None:  # a CoreML classifier
             ops = ", ".join(f"{k} {v}" for k, v in res["compressed_ops"].items()) or "none"
-            console.print(f"wrote {res['file']} ({res['size_bytes'] / 1e6:.2f} MB CoreML classifier, "
-                          f"{len(res['labels'])} labels, compressed-weight ops: {ops}); {res['not_measured']}",
-                          soft_wrap=True)
-        else:
-            console.print(f"wrote {res['file']} ({res['size_bytes'] / 1e6:.2f} MB, {res['nodes']} nodes, "
-                          f"max abs diff vs PyTorch in ORT {res['max_abs_diff']:.2e})")
+            facts.append(f"{len(res['labels'])} labels, compressed-weight ops: {ops}")
+        if res.get("max_abs_diff") is not None:
+            facts.append(f"max abs diff vs PyTorch in {runtime_of(to.value).label} {res['max_abs_diff']:.2e}")
+        console.print(f"wrote {res['file']} ({'; '.join(facts)})"
+                      + (f"; {res['not_measured']}" if res.get("not_measured") else ""), soft_wrap=True)
         return 0
 
     _guard(body, debug)

@@ -119,3 +119,16 @@ def test_refusals():
         build_recipe({"name": "x", "export": [{"format": "openvino", "compression": "w8"}]})
     with pytest.raises(BadInput, match="export.0.precision: int8 needs a quantize: section"):
         build_recipe({"name": "x", "export": [{"format": "openvino", "precision": "int8"}]})
+
+
+def test_export_command_writes_an_ir_checked_in_openvino(tmp_path):
+    """`edgevit export --to openvino` goes through the same pipeline: the IR and its weights land in --out,
+    the FP32 IR matches PyTorch in OpenVINO; a precision the format does not take names the option."""
+    res = run_cli("export", "--model", "builtin:hybrid-cifar10", "--to", "openvino", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hybrid-cifar10-fp32.bin", "hybrid-cifar10-fp32.xml"]
+    diff = float(res.stderr.split("max abs diff vs PyTorch in OpenVINO ")[1].split(")")[0])
+    assert diff < 1e-3
+    res = run_cli("export", "--model", "builtin:hybrid-cifar10", "--to", "onnx", "--precision", "bf16",
+                  "--out", str(tmp_path))
+    assert res.returncode == 2 and "--precision: Input should be" in res.stderr

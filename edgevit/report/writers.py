@@ -5,6 +5,8 @@ import math
 import os
 from pathlib import Path
 
+from edgevit.report.sections import fallback_lines, pruning_lines, search_lines, token_lines
+
 
 def atomic_write(path: Path, text: str | bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
@@ -101,8 +103,8 @@ def markdown(report: dict) -> str:
     lines += _remote_lines(report["results"])
     if report.get("plots"):
         lines += ["![top-1 vs latency](accuracy_latency.png)", ""]
-    lines += _pruning_lines(report.get("pruning"))
-    lines += _token_lines(report.get("tokens"))
+    lines += pruning_lines(report.get("pruning"))
+    lines += token_lines(report.get("tokens"))
     quant = report.get("quantization")
     if quant:
         c = quant["plan"]["counts"]
@@ -121,7 +123,7 @@ def markdown(report: dict) -> str:
                       f"{sorted(r['sqnr_db'] for r in diag['layer_error'])[len(diag['layer_error']) // 2]:.1f} dB; "
                       "lowest " + ", ".join(f"`{r['layer']}` {r['sqnr_db']:.1f} dB" for r in worst)
                       + " (plots in report.html).", ""]
-        lines += _search_lines(quant["plan"]) + _fallback_lines(quant.get("fallback"))
+        lines += search_lines(quant["plan"]) + fallback_lines(quant.get("fallback"))
     lines += ["## Checks", ""]
     for c in report["checks"]:
         lines.append(f"- {'PASS' if c['ok'] else 'FAIL'}: {c['name']}: {c['detail']}")
@@ -304,99 +306,3 @@ def plot_accuracy_latency(report: dict, path: Path) -> bool:
     plt.close(fig)
     os.replace(tmp, path)
     return True
-
-
-def _search_lines(plan: dict) -> list[str]:
-    """The granularity/scheme search's choices and the bridge blocks it used (empty without a search)."""
-    chosen: dict[str, int] = {}
-    for site in plan["activations"].values():
-        if "granularity" in site:
-            key = f"{site['granularity']} / {site['scheme']}"
-            chosen[key] = chosen.get(key, 0) + 1
-    if not chosen:
-        return []
-    lines = ["Activation granularity and scheme chosen per layer (against layer or bridge-block output error): " +
-             ", ".join(f"{k}: {n}" for k, n in sorted(chosen.items())) + ".", ""]
-    if plan.get("bridge_blocks"):
-        lines += ["| bridge block | layers | transitions |", "|---|---|---|"]
-        lines += [f"| `{b['name']}` | {b['layers']} | {'; '.join(b['transitions'])} |" for b in plan["bridge_blocks"]]
-        lines.append("")
-    return lines
-
-
-def _fallback_lines(f: dict | None) -> list[str]:
-    """What the accuracy-budget fallback kept in float and what it measured."""
-    if not f:
-        return []
-    head = (f"Accuracy budget {f['budget_pts']:g} pts (top-1 on the evaluation images, {f['labels']}): float "
-            f"{f['fp32_top1']:.2f} %, all layers quantized {f['quantized_top1']:.2f} %")
-    if not f["float_layers"]:
-        return [head + ": within budget, no layer kept in float.", ""]
-    tried = ", ".join(f"{t['float_layers']} in float: {t['top1']:.2f} %" for t in f["tried"])
-    lines = [head + f"; {len(f['float_layers'])} most sensitive layer(s) kept in float: {f['final_top1']:.2f} % "
-             f"({'within' if f.get('met') else 'NOT within'} budget; tried {tried}). The `-before-fallback` "
-             "artifact is the all-quantized model, for the latency cost.", ""]
-    lines += ["| layer kept in float | sensitivity (KL reduction) |", "|---|---|"]
-    lines += [f"| `{name}` | {f['sensitivity'][name]:.4g} |" for name in f["float_layers"]]
-    return lines + [""]
-
-
-def _pruning_lines(p: dict | None) -> list[str]:
-    """The pruning section: what was pruned, how much, and what was left dense and why."""
-    if not p:
-        return []
-    s = p["summary"]
-    lines = ["## Pruning", ""]
-    if p["method"] == "nm":
-        what = f"{p['pattern']} semi-structured sparsity ({p['criterion']}) on {len(p['layers'])} layers"
-    elif p["method"] == "block":
-        block = p["block"] if isinstance(p["block"], str) else "x".join(map(str, p["block"]))
-        what = (f"block pruning ({block} blocks, {p['criterion']} scores, {p['allocation']} allocation) of "
-                f"{len(p['layers'])} layers: {100 * p['achieved']:.1f} % of their weights removed "
-                f"(target {100 * p['target']:.0f} %)")
-    else:
-        what = (f"structured pruning ({p['criterion']}): {len(p['modules'])} modules shrunk "
-                f"({100 * p['mlp_hidden']:.0f} % of MLP hidden units, {100 * p['heads']:.0f} % of heads, "
-                f"{100 * p['conv_hidden']:.0f} % of conv hidden channels)")
-    lines += [f"{what}, on {p['images']} calibration images in {p['seconds']} s. Parameters "
-              f"{p['params_before']:,} -> {s['params']:,}; {100 * s['weight_sparsity']:.1f} % of Linear/Conv "
-              "weights are zero.", ""]
-    if p["method"] == "block":
-        lines += ["| layer | shape | sparsity |", "|---|---|---|"]
-        lines += [f"| {r['layer']} | {'x'.join(map(str, r['shape']))} | {100 * r['sparsity']:.0f} % |"
-                  for r in p["layers"]]
-        lines.append("")
-    if p["method"] == "structured":
-        lines += ["| module | kind | kept / total |", "|---|---|---|"]
-        lines += [f"| {r['module']} | {r['kind']} | {r['kept']} / {r['units']} |" for r in p["modules"]]
-        lines.append("")
-    skipped = p.get("skipped") or {}
-    if skipped:
-        lines += [f"Left dense ({len(skipped)} layers):", ""]
-        lines += [f"- `{name}`: {why}" for name, why in list(skipped.items())[:20]]
-        if len(skipped) > 20:
-            lines.append(f"- ... and {len(skipped) - 20} more (report.json)")
-        lines.append("")
-    return lines
-
-
-def _token_lines(t: dict | None) -> list[str]:
-    """The token-reduction section: tokens per block in each stage and the FLOPs saved."""
-    if not t:
-        return []
-    how = "ToMe bipartite merging" if t["method"] == "tome" else "EViT pruning (attention-ranked, rest fused)"
-    lines = ["## Token reduction", "",
-             f"{how}; FLOPs per image {t['flops'] / 1e6:.1f} M -> {t['flops_reduced'] / 1e6:.1f} M "
-             f"({100 * t['flops_ratio']:.0f} %). Token counts are fixed in the exported graph.", "",
-             "| stage | tokens entering each block | unmerged at the end |", "|---|---|---|"]
-    records = {r["stage"]: r for r in t["stages"]}
-    for name, counts in t["tokens_per_block"].items():
-        r = records.get(name, {})
-        if r.get("inside_attention"):  # EfficientFormerV2: the blocks see the whole map
-            lines.append(f"| `{name}` | attention over {', '.join(map(str, counts))} (merged inside each attention) "
-                         "| after each attention |")
-        else:
-            lines.append(f"| `{name}` | {' -> '.join(map(str, counts))} | {'yes' if r.get('unmerge') else 'no'} |")
-    if t.get("warning"):
-        lines += ["", f"**Warning:** {t['warning']}."]
-    return lines + [""]
