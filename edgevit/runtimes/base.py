@@ -3,7 +3,7 @@
 A runtime module (``edgevit/runtimes/<name>.py``) defines one export config class (the recipe's
 ``export:`` entry for its ``format``) and one :class:`Runtime` subclass registered with
 :func:`register`: how an artifact is written, how its INT8 plan is lowered, which checks it adds,
-what runs it here and which file runs it on a device (``edgevit/runtimes/device/<name>.py``). The
+what runs it here and which file runs it on a device (``edgevit/runtimes/device/<name>_runner.py``). The
 pipeline, the recipe schema, the device runner, ``edgevit bench`` and the report look runtimes up
 here instead of comparing names.
 """
@@ -90,6 +90,7 @@ class Runtime:
         return None
 
     def can_run_here(self) -> bool:
+        """Whether this machine can run the runtime's artifacts (its OS, its package, its GPU)."""
         return sys.platform in self.platforms and self.unavailable() is None
 
     def read_metadata(self, path: Path) -> dict[str, str]:
