@@ -340,7 +340,7 @@ def test_efficientformerv2_merges_inside_attention_exactly_on_duplicate_tokens()
 def test_efficientformerv2_stages_merge_export_and_come_off(tmp_path):
     """EfficientFormerV2-S0 (random weights, 224 px): both attention stages merge inside each attention,
     the map stays whole for the convs, r=0 is exact, ORT matches PyTorch and remove_tokens restores it."""
-    from edgevit.report.writers import _token_lines
+    from edgevit.report.sections import token_lines
     from edgevit.tokens import summarize
 
     model, x, ref = _random_timm_model_r0_exact("efficientformerv2_s0")
@@ -354,7 +354,7 @@ def test_efficientformerv2_stages_merge_export_and_come_off(tmp_path):
     assert facts["tokens_per_block"] == {"stages.2.blocks": [41, 41], "stages.3.blocks": [41, 41]}
     # 49 tokens are too few: the one-hot matmuls cost more than the attention saves, and the summary says so
     assert facts["flops_reduced"] > facts["flops"] and "more FLOPs" in facts["warning"]
-    lines = _token_lines({"method": "tome", "stages": records} | facts)
+    lines = token_lines({"method": "tome", "stages": records} | facts)
     assert "| `stages.2.blocks` | attention over 41, 41 (merged inside each attention) | after each attention |" \
         in lines and any(line.startswith("**Warning:**") for line in lines)
     assert not torch.equal(out, ref) and (out - ref).abs().max() < 0.2 * ref.abs().max()
