@@ -14,10 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pydantic import ValidationError
+
 from edgevit.errors import BadInput, RunFailure
 from edgevit.models.sources import ModelInfo
 from edgevit.pipeline import RunResult, run
 from edgevit.recipe import DeviceConfig, ModelConfig, Recipe, build_recipe, load_recipe
+from edgevit.results import RunReport
 from edgevit.runtimes import RUNTIMES, for_suffix, runtime
 from edgevit.validate.latency import measure
 
@@ -162,9 +165,10 @@ def rebuild_report(run_dir: Path | str) -> list[Path]:
     if not path.is_file():
         raise BadInput(f"{run_dir}: no report.json (is it a finished edgevit run folder?)")
     try:
-        report = json.loads(path.read_text())
-        report["results"], report["recipe"]  # noqa: B018 - the keys every writer needs
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise BadInput(f"{path}: not an edgevit report ({type(e).__name__}: {e})") from e
+        report = RunReport.model_validate_json(path.read_text()).to_dict()
+    except ValidationError as e:  # malformed JSON too
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "<top>"
+        raise BadInput(f"{path}: not an edgevit report ({where}: {first['msg']})") from e
     write_reports(report, run_dir)
     return [run_dir / n for n in ("report.md", "report.html", *report.get("plots", []))]

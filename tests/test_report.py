@@ -90,3 +90,9 @@ def test_report_command_rebuilds_from_json(int8_run, tmp_path):
     assert (run / "report.html").read_text().count("data:image/png") == 4
     res = run_cli("report", str(tmp_path / "nowhere"))
     assert res.returncode == 2 and "no report.json" in res.stderr
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    rep = json.loads((run / "report.json").read_text())
+    (broken / "report.json").write_text(json.dumps(rep | {"results": {"not": "a list"}}))
+    res = run_cli("report", str(broken))
+    assert res.returncode == 2 and "not an edgevit report (results: " in res.stderr
