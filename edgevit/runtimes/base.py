@@ -82,7 +82,8 @@ class Runtime:
         return None
 
     def export(self, job: Any, ctx: Any) -> dict:
-        """Write ``job``'s artifact into the run folder; returns its result row (see edgevit.stages.export)."""
+        """Write ``job``'s artifact into the run folder; returns its result row (see edgevit.stages.export).
+        A row's ``export.details`` (a list of Markdown lines) is what the report says of the artifact."""
         raise NotImplementedError
 
     def local_runner(self, path: Path, device: Any) -> Callable | None:
@@ -108,10 +109,6 @@ class Runtime:
 
     def checks(self, row: dict) -> list[dict]:
         """Checks of this runtime's own (beside the parity and agreement checks every artifact gets)."""
-        return []
-
-    def describe(self, row: dict) -> list[str]:
-        """Markdown lines for the report's export details."""
         return []
 
 

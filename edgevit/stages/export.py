@@ -3,7 +3,7 @@ that runtime's kernels; each artifact comes back as its result row."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,8 +49,7 @@ class ExportContext:
     plan: Any = None
     sim_base: str | None = None
     pruning: dict | None = None
-    keep_layernorm: Callable[[Any], bool] = lambda cfg: False
-    policies: dict = field(default_factory=dict)
+    keep_layernorm: Callable[[Any], bool] = lambda cfg: False  # FP16 artifacts: keep LayerNorms in FP32?
 
     @property
     def nm_layers(self) -> int | None:
