@@ -132,3 +132,27 @@ def test_jetson_recipe_writes_onnx_and_trtexec_lines(tmp_path):
     assert rows["onnx-fp32-tensorrt"]["precision"] == "fp32" and (out / "onnx-fp32-tensorrt.onnx").is_file()
     assert rep["fp16_layernorm"]["auto"]["layernorms"] == 21 and "--layerPrecisions" not in fp32["trtexec"]
     assert rows["onnx-int8-tensorrt"]["accuracy"]["agreement_with_simulation"] >= 0.98
+
+
+@pytest.mark.parametrize("name", ["mobilevit_xxs", "efficientformerv2_s0", "levit_128s", "efficientvit_m0"])
+def test_tensorrt_lowering_is_per_tensor_on_the_hybrids(name, tmp_path):
+    """Every hybrid's QDQ graph lowered for TensorRT follows its rules: weights the simplifier turned into
+    constants only after the first weight fold (mobilevit_xxs, efficientvit_m0) are folded too, so no
+    weight is left behind a per-channel QuantizeLinear that reads as a per-channel activation."""
+    import onnx
+    import timm
+
+    from edgevit.exporters.qdq import tensorrt_qdq_problems
+
+    torch.manual_seed(0)
+    size = 64
+    kw = {"img_size": size} if name != "mobilevit_xxs" else {}
+    model = timm.create_model(name, pretrained=False, num_classes=10, **kw).eval()
+    _, plan = quantize(model, QuantConfig(), [torch.randn(8, 3, size, size)])
+    info = type("Info", (), {"input_size": size, "labels": [str(i) for i in range(10)], "mean": (0.5,) * 3,
+                             "std": (0.5,) * 3, "crop_pct": 1.0, "interpolation": "bilinear", "source": name,
+                             "arch": name})
+    path = tmp_path / "trt.onnx"
+    export_onnx(apply_plan(model, lower_plan(plan, "tensorrt")), info,
+                ExportConfig(precision="int8", target="tensorrt"), path, "test")
+    assert tensorrt_qdq_problems(onnx.load(str(path))) == []

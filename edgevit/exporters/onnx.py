@@ -164,6 +164,9 @@ def export_onnx(model: nn.Module, info, cfg, path: Path, recipe_name: str, layer
     simplifier = "off"
     if cfg.simplify:
         proto, simplifier = simplify(proto)
+        if cfg.precision == "int8":  # weights the simplifier folded into constants only now (timm mobilevit_xxs)
+            facts["int8_weight_tensors"] += fold_weight_quantizers(proto)
+            fold_weight_transposes(proto)
     if cfg.precision == "fp16":
         proto = to_fp16(proto, layernorm_fp32)
         facts["layernorm_fp32"] = layernorm_fp32
