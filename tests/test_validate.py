@@ -70,3 +70,40 @@ def test_interleaved_timing_keeps_the_ratio_and_the_counts():
     timed = order[2 * (1 + 1):]  # after the warm-up calls
     switches = sum(a != b for a, b in zip(timed, timed[1:]))
     assert switches >= 2 * 5 - 1  # alternated every round, not one runner after the other
+
+
+def test_random_weights_are_judged_on_logit_sqnr_not_top1():
+    """With random weights (near-tie logits) a deployed INT8 / FP16 artifact passes on logit SQNR >= 20 dB
+    whatever its top-1 agreement; with a checkpoint the top-1 agreement rule (>= 99 %) stays."""
+    from types import SimpleNamespace
+
+    from edgevit.report.writers import markdown
+    from edgevit.validate.checks import RANDOM_WEIGHTS_SQNR_DB, artifact_checks
+
+    val = SimpleNamespace(parity_tolerance=1e-3)
+
+    def rows(agree: float, sqnr: float) -> list[dict]:
+        ref = {"name": "pytorch-fp32", "runtime": "torch", "precision": "fp32", "accuracy": None}
+        par = {"max_abs_diff": 0.1, "images": 8, "ok": None}
+        int8 = {"name": "onnx-int8", "runtime": "onnxruntime", "precision": "int8", "export": {"target": "onnxruntime"},
+                "simulated_by": "pytorch-int8-sim", "parity": par,
+                "accuracy": {"agreement_with_simulation": agree, "sqnr_db_vs_simulation": sqnr}}
+        fp16 = {"name": "onnx-fp16", "runtime": "onnxruntime", "precision": "fp16", "export": {}, "parity": par,
+                "accuracy": {"agreement_with_fp32": agree, "sqnr_db_vs_fp32": sqnr}}
+        return [ref, int8, fp16]
+
+    def oks(agree, sqnr, random_weights):
+        return [c.ok for c in artifact_checks(rows(agree, sqnr), val, 200, random_weights)]
+
+    assert oks(0.95, RANDOM_WEIGHTS_SQNR_DB + 10, True) == [True, True]
+    assert oks(1.0, RANDOM_WEIGHTS_SQNR_DB - 5, True) == [False, False]
+    assert oks(0.95, RANDOM_WEIGHTS_SQNR_DB + 10, False) == [False, False]
+    assert oks(0.995, 5.0, False) == [True, True]
+    detail = artifact_checks(rows(0.95, 30.0), val, 200, True)[0].detail
+    assert "random weights: logit SQNR vs pytorch-int8-sim 30.0 dB" in detail
+    report = {"recipe": "x", "status": "ok", "model": {"source": "timm:deit_tiny_patch16_224", "arch": "deit",
+              "params": 1, "num_classes": 1000, "preprocessing": {"input_size": 224}, "random_weights": True},
+              "data": {"eval": None, "calibration": None}, "results": [], "checks": [],
+              "environment": {"python": "3", "torch": "t", "timm": "t", "onnx": "o", "onnxruntime": "o",
+                              "cpu_count": 2, "edgevit": "0"}, "elapsed_s": 1.0}
+    assert "**Random weights** (no checkpoint): the top-1 figures below mean nothing" in markdown(report)

@@ -32,6 +32,7 @@ class ModelInfo:
     crop_pct: float = 1.0
     interpolation: str = "bilinear"
     card: dict = field(default_factory=dict)
+    random_weights: bool = False  # a timm architecture without a checkpoint: top-1 means nothing
 
     def preprocessing(self) -> dict:
         """The preprocessing as plain data (for metadata and reports)."""
@@ -215,7 +216,8 @@ def load_model(cfg) -> tuple[nn.Module, ModelInfo]:
                          std=tuple(tcfg.get("std", (0.229, 0.224, 0.225))),
                          labels=_default_labels(num_classes),
                          crop_pct=float(tcfg.get("crop_pct", 0.875)),
-                         interpolation=str(tcfg.get("interpolation", "bilinear")))
+                         interpolation=str(tcfg.get("interpolation", "bilinear")),
+                         random_weights=state is None and source.startswith("timm:"))
     if cfg.input_size:
         info.input_size = cfg.input_size
     if cfg.crop_pct:

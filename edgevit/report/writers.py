@@ -62,6 +62,9 @@ def markdown(report: dict) -> str:
     status = "all checks passed" if report["status"] == "ok" else "**SOME CHECKS FAILED**"
     lines += [f"Status: {status}. Model `{m['source']}` ({m['arch']}, {m['params']:,} parameters, "
               f"{m['num_classes']} classes, input {m['preprocessing']['input_size']} px).", ""]
+    if m.get("random_weights"):
+        lines += ["**Random weights** (no checkpoint): the top-1 figures below mean nothing; artifacts are judged "
+                  "by their logits (parity, and SQNR against the model they came from).", ""]
     ev = report["data"]["eval"]
     if ev:
         lines.append(f"Evaluation: {ev['images']} images from `{ev['path']}` (labels {ev['label_mapping']}"

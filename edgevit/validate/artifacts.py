@@ -12,7 +12,7 @@ from edgevit.exporters.onnx import export_onnx
 from edgevit.progress import new_progress
 from edgevit.runtimes import RUNTIMES
 from edgevit.runtimes.onnxruntime import OnnxExport
-from edgevit.validate.accuracy import accuracy_metrics, collect_logits
+from edgevit.validate.accuracy import accuracy_metrics, collect_logits, compare_logits
 from edgevit.validate.checks import artifact_checks
 from edgevit.validate.latency import measure_interleaved, timed_iterations
 from edgevit.validate.runners import TorchRunner
@@ -42,10 +42,11 @@ def _parity(runner, origin, x: np.ndarray, tol: float, precision: str, against: 
             "ok": diff <= tol if precision == "fp32" else None}
 
 
-def _agreement(logits: dict, name: str, origin: str | None) -> float | None:
+def _agreement(logits: dict, name: str, origin: str | None) -> dict | None:
+    """Top-1 agreement and logit SQNR of ``name`` against ``origin`` on the evaluation images."""
     if origin is None or origin not in logits or name not in logits:
         return None
-    return float((logits[name].argmax(1) == logits[origin].argmax(1)).mean())
+    return compare_logits(logits[name], logits[origin])
 
 
 def validate(recipe, model, sims: dict, info, params: int, artifacts: list[dict], evalset, stage: Path,
@@ -106,14 +107,14 @@ def validate(recipe, model, sims: dict, info, params: int, artifacts: list[dict]
         if row["runtime"] == "torch":
             continue
         if row["precision"] in ("fp16", "bf16"):
-            agree = _agreement(logits, row["name"], row.get("simulated_by") or rows[0]["name"])
-            if agree is not None:
-                acc["agreement_with_fp32"] = agree
+            cmp = _agreement(logits, row["name"], row.get("simulated_by") or rows[0]["name"])
+            if cmp is not None:
+                acc["agreement_with_fp32"], acc["sqnr_db_vs_fp32"] = cmp["top1_agreement"], cmp["sqnr_db"]
         if row["precision"] == "int8":
-            agree = _agreement(logits, row["name"], row.get("simulated_by"))
-            if agree is not None:
-                acc["agreement_with_simulation"] = agree
-    checks = [c.model_dump() for c in artifact_checks(rows, val, n_eval)]
+            cmp = _agreement(logits, row["name"], row.get("simulated_by"))
+            if cmp is not None:
+                acc["agreement_with_simulation"], acc["sqnr_db_vs_simulation"] = cmp["top1_agreement"], cmp["sqnr_db"]
+    checks = [c.model_dump() for c in artifact_checks(rows, val, n_eval, info.random_weights)]
     for device in (d for d in val.devices if d.kind == "ssh"):
         checks += remote_device(device, rows, logits, evalset, sample, info, stage)
     return rows, checks
