@@ -17,7 +17,6 @@ import torch
 from edgevit._version import __version__
 from edgevit.data import Preprocess
 from edgevit.errors import RunFailure
-from edgevit.exporters.fp16 import layernorm_policy
 from edgevit.models import load_model
 from edgevit.recipe import Recipe, recipe_to_yaml
 from edgevit.report import write_reports
@@ -25,7 +24,7 @@ from edgevit.results import SCHEMA_VERSION, RunReport
 from edgevit.runfolder import STATUS_FILE, mark, staged_run_folder
 from edgevit.stages import STAGES, RunContext
 from edgevit.stages.context import load_eval
-from edgevit.stages.export import ExportContext, ExportJob, artifact_files, export_all
+from edgevit.stages.export import ExportJob, artifact_files, export_all
 from edgevit.validate.artifacts import original_reference, validate
 
 log = logging.getLogger("edgevit")
@@ -86,14 +85,10 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
         jobs = [ExportJob(cfg, f) for cfg, f in zip(recipe.export, files)]
         first_int8 = next((j for j in jobs if j.cfg.precision == "int8"), None)
         if ctx.full_plan is not None and first_int8:  # what the accuracy budget's float layers cost
-            jobs.append(ExportJob(first_int8.cfg, first_int8.file.replace(".onnx", "-before-fallback.onnx"),
-                                  ctx.full_plan, "-before-fallback"))
-        policies: dict = {}
-        ex = ExportContext(stage=stage, recipe=recipe, info=info, model=ctx.model, float_sim=ctx.float_sim,
-                           sims=ctx.sims, plan=ctx.plan, sim_base=ctx.sim_base,
-                           pruning=_dump(ctx.records.get("pruning")),
-                           keep_layernorm=lambda cfg: _layernorm_policy(ctx, cfg.fp16_layernorm, policies)["keep_fp32"])
-        artifacts = export_all(jobs, ex)
+            stem, dot, suffix = first_int8.file.rpartition(".")
+            jobs.append(ExportJob(first_int8.cfg, f"{stem}-before-fallback{dot}{suffix}", ctx.full_plan,
+                                  "-before-fallback"))
+        artifacts = export_all(jobs, ctx)
         if (recipe.prune or recipe.tokens) and any(a["runtime"] == "onnxruntime" for a in artifacts):
             artifacts.append(original_reference(ctx.dense, info, recipe.name, stage))
         mark(stage, "validate")
@@ -109,7 +104,7 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
             data={"calibration": ctx.calibration_summary or _calibration_listing(ctx),
                   "eval": ctx.evalset.summary if ctx.evalset else None},
             pruning=ctx.records.get("pruning"), tokens=ctx.records.get("tokens"),
-            quantization=ctx.records.get("quantization"), fp16_layernorm=policies or None,
+            quantization=ctx.records.get("quantization"), fp16_layernorm=ctx.policies or None,
             results=results, checks=checks, environment=environment(),
             elapsed_s=round(time.time() - started, 1)).to_dict()
         for c in checks:
@@ -119,30 +114,11 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
     return RunResult(out_dir=out_dir, report=report)
 
 
-def _dump(record) -> dict | None:
-    return record.model_dump(exclude_unset=True) if record is not None else None
-
-
 def _calibration_listing(ctx: RunContext) -> dict | None:
     """data.calibration of a run that did not quantize: the folder and how many images it lists."""
     if ctx.recipe.calibration is None:
         return None
     return {"path": str(ctx.recipe.calibration.path), "images": len(ctx.calibration_set()), "used_by": []}
-
-
-def _layernorm_policy(ctx: RunContext, mode: str, decided: dict) -> dict:
-    """The FP16 LayerNorm decision for ``mode``, measured once per run on up to 64 calibration (else eval)
-    images; see exporters.fp16."""
-    if mode not in decided:
-        images = None
-        if mode == "auto" and ctx.recipe.calibration is not None:
-            images = ctx.calibration_images(64)
-        elif mode == "auto" and ctx.evalset is not None:
-            images = torch.from_numpy(ctx.evalset.x[:64])
-        decided[mode] = layernorm_policy(ctx.model, images, mode)
-        log.info("FP16 LayerNorm: %s (%s)", "kept in FP32" if decided[mode]["keep_fp32"] else "FP16",
-                 decided[mode]["reason"])
-    return decided[mode]
 
 
 @contextmanager

@@ -81,10 +81,6 @@ class RunReport(_Open):
     environment: dict
     elapsed_s: float
 
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
     def to_dict(self) -> dict[str, Any]:
         """The report as a plain mapping with the keys that were set (report.json is this, with non-finite
         numbers written as null)."""

@@ -46,7 +46,7 @@ def write_graph(job, ctx, onnx_file: str, cfg, engine_precision: str | None = No
         facts["trtexec"] = trtexec_command(onnx_file, engine_precision, sparse or bool(ctx.nm_layers),
                                            ctx.info.input_size,
                                            fp32_layers=facts["layernorm_nodes"] if job.keep_layernorm_fp32 else ())
-    if ctx.pruning:
+    if ctx.recipe.prune is not None:
         nm = ctx.recipe.prune.nm
         facts["sparsity"] = weight_sparsity(path, *((nm.n, nm.m) if nm else (2, 4)))
         if nm:

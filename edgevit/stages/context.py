@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from edgevit.data import Preprocess, open_image_set
+from edgevit.exporters.fp16 import layernorm_policy
 from edgevit.progress import new_progress
 from edgevit.validate import map_labels
 
@@ -45,7 +46,27 @@ class RunContext:
     sim_base: str | None = None
     records: dict = field(default_factory=dict)  # report section -> StageRecord
     calibration_summary: dict | None = None  # the report's data.calibration (set by the quantize stage)
+    policies: dict = field(default_factory=dict)  # FP16 LayerNorm decision by mode (the report's fp16_layernorm)
     _calibration: dict = field(default_factory=dict)
+
+    @property
+    def nm_layers(self) -> int | None:
+        """How many layers the pruning stage left N:M sparse (None without N:M pruning)."""
+        return len(self.records["pruning"].layers) if self.recipe.prune and self.recipe.prune.nm else None
+
+    def layernorm_policy(self, mode: str) -> dict:
+        """The FP16 LayerNorm decision for ``mode``, measured once per run on up to 64 calibration (else
+        eval) images; see exporters.fp16."""
+        if mode not in self.policies:
+            images = None
+            if mode == "auto" and self.recipe.calibration is not None:
+                images = self.calibration_images(64)
+            elif mode == "auto" and self.evalset is not None:
+                images = torch.from_numpy(self.evalset.x[:64])
+            self.policies[mode] = layernorm_policy(self.model, images, mode)
+            log.info("FP16 LayerNorm: %s (%s)", "kept in FP32" if self.policies[mode]["keep_fp32"] else "FP16",
+                     self.policies[mode]["reason"])
+        return self.policies[mode]
 
     def calibration_images(self, n: int) -> torch.Tensor:
         """The seeded sample of ``n`` calibration images (no more than calibration.num), preprocessed; each

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edgevit.errors import BadInput
 from edgevit.progress import new_progress
@@ -13,6 +12,7 @@ from edgevit.quant import apply_plan
 from edgevit.quant.lowering import has_nonuniform, lower_plan
 from edgevit.runfolder import mark
 from edgevit.runtimes import for_format
+from edgevit.stages.context import RunContext
 
 log = logging.getLogger("edgevit")
 
@@ -32,29 +32,9 @@ class ExportJob:
     @property
     def name(self) -> str:
         """The artifact's row name."""
-        stem = self.file.rsplit(".", 1)[0] if "." in self.file else self.file
-        return (self.cfg.name or stem) + self.suffix if self.suffix else self.cfg.name or self.file
-
-
-@dataclass
-class ExportContext:
-    """What the runtimes read while exporting."""
-
-    stage: Path
-    recipe: Any
-    info: Any
-    model: Any  # the float model after pruning / token reduction
-    float_sim: str | None  # the float stage row FP32/FP16 artifacts are compared with (None: pytorch-fp32)
-    sims: dict  # simulated PyTorch models by row name (the lowered ones are added here)
-    plan: Any = None
-    sim_base: str | None = None
-    pruning: dict | None = None
-    keep_layernorm: Callable[[Any], bool] = lambda cfg: False  # FP16 artifacts: keep LayerNorms in FP32?
-
-    @property
-    def nm_layers(self) -> int | None:
-        """How many layers the pruning stage left N:M sparse (None without N:M pruning)."""
-        return len(self.pruning["layers"]) if self.pruning and self.recipe.prune.nm else None
+        if self.suffix:
+            return (self.cfg.name or self.file.rsplit(".", 1)[0]) + self.suffix
+        return self.cfg.name or self.file
 
 
 def artifact_files(exports) -> list[str]:
@@ -66,10 +46,10 @@ def artifact_files(exports) -> list[str]:
     return names
 
 
-def prepare(job: ExportJob, ctx: ExportContext) -> ExportJob:
+def prepare(job: ExportJob, ctx: RunContext) -> ExportJob:
     """Pick the model an artifact is made from: the float model, or the plan lowered for its runtime."""
     rt = for_format(job.cfg.format)
-    job.keep_layernorm_fp32 = ctx.keep_layernorm(job.cfg) if rt.runs_fp16(job.cfg) else False
+    job.keep_layernorm_fp32 = rt.runs_fp16(job.cfg) and ctx.layernorm_policy(job.cfg.fp16_layernorm)["keep_fp32"]
     job.source, job.sim_name = ctx.model, ctx.float_sim
     if job.cfg.precision != "int8":
         return job
@@ -87,8 +67,8 @@ def prepare(job: ExportJob, ctx: ExportContext) -> ExportJob:
     return job
 
 
-def export_all(jobs: list[ExportJob], ctx: ExportContext) -> list[dict]:
-    """Write every artifact (in the recipe's order); returns their rows."""
+def export_all(jobs: list[ExportJob], ctx: RunContext) -> list[dict]:
+    """Write every artifact (in the recipe's order) into the run folder; returns their rows."""
     rows = []
     with new_progress() as progress:
         task = progress.add_task("export", total=len(jobs))
