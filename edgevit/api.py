@@ -21,7 +21,7 @@ from edgevit.models.sources import ModelInfo
 from edgevit.pipeline import RunResult, run
 from edgevit.recipe import DeviceConfig, ModelConfig, Recipe, build_recipe, load_recipe
 from edgevit.results import RunReport
-from edgevit.runtimes import RUNTIMES, for_suffix, runtime
+from edgevit.runtimes import RUNTIMES, for_suffix, formats, runtime
 from edgevit.validate.latency import measure
 
 
@@ -58,9 +58,9 @@ def export_model(model: ModelConfig, out_dir: Path | str, precision: str = "fp32
     ``file``, ``size_bytes``, ``max_abs_diff`` (None where nothing ran), ``layernorm`` and ``checks``."""
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", model.source.split(":", 1)[1]).strip("-")
     name = f"{stem}-{precision}" + (f"-{compression}" if compression != "none" else "")
-    entry = {"name": name, "format": to, "precision": precision}
-    entry |= {"compression": compression, "deployment_target": deployment_target} if to == "coreml" else \
-        {"opset": opset}
+    options = {"opset": opset, "compression": compression, "deployment_target": deployment_target}
+    takes = formats()[to].model_fields if to in formats() else {}  # each format's config has its own options
+    entry = {"name": name, "format": to, "precision": precision} | {k: v for k, v in options.items() if k in takes}
     try:
         recipe = build_recipe({"name": "export", "model": model.model_dump(mode="json", exclude_none=True),
                                "export": [entry], "validate": {"devices": []}})

@@ -12,20 +12,11 @@ from __future__ import annotations
 
 import importlib
 
-from torch import nn
 
-from edgevit.models.families.base import ADAPTERS, AttentionFamily, register
+from edgevit.models.families.base import ADAPTERS, AttentionFamily, attention_family, register
 
 for _m in ("vit", "efficientformer", "efficientformerv2", "levit", "tiny_vit", "efficientvit_msra"):
     importlib.import_module(f"{__name__}.{_m}")
-
-
-def attention_family(m: nn.Module) -> AttentionFamily | None:
-    """The adapter of ``m``'s attention class (exact type: a subclass may compute differently), or None."""
-    for cls, adapter in ADAPTERS.items():
-        if type(m) is cls() and adapter.accepts(m):
-            return adapter
-    return None
 
 
 __all__ = ["ADAPTERS", "AttentionFamily", "attention_family", "register"]

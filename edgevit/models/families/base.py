@@ -1,6 +1,7 @@
 """The attention adapter every family module fills in, and its registry."""
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -70,10 +71,23 @@ class AttentionFamily:
 ADAPTERS: dict[Callable[[], type], AttentionFamily] = {}
 
 
+@functools.cache
+def _by_class() -> dict[type, AttentionFamily]:
+    # resolved once: token merging asks on every forward pass
+    return {cls(): adapter for cls, adapter in ADAPTERS.items()}
+
+
+def attention_family(m: nn.Module) -> AttentionFamily | None:
+    """The adapter of ``m``'s attention class (exact type: a subclass may compute differently), or None."""
+    adapter = _by_class().get(type(m))
+    return adapter if adapter is not None and adapter.accepts(m) else None
+
+
 def register(cls: Callable[[], type]):
     """Class decorator: ``@register(lambda: timm.models.levit.Attention)`` makes the adapter known."""
     def wrap(adapter: type[AttentionFamily]) -> type[AttentionFamily]:
         ADAPTERS[cls] = adapter()
+        _by_class.cache_clear()  # a family registered later joins the class lookup
         return adapter
     return wrap
 
