@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from edgevit.config import (MODEL_PREFIXES, DataConfig, DeviceConfig, ExportConfig, ExportEntry, ModelConfig,
                             Recipe, SshConfig, ValidateConfig)
 from edgevit.errors import BadInput, one_line
+from edgevit.quant.config import PLACEMENT_MODES
 from edgevit.runtimes import formats
 from edgevit.shipped import root as shipped_root
 
@@ -36,7 +37,8 @@ __all__ = ["MODEL_PREFIXES", "DataConfig", "DeviceConfig", "ExportConfig", "Expo
 # --------------------------------------------------------------------------- loading
 
 # Sections that may be a reference to another YAML file, and which keys inside hold paths.
-_PATH_KEYS = {("model", "checkpoint"), ("calibration", "path"), ("validate", "eval", "path")}
+_PATH_KEYS = {("model", "checkpoint"), ("calibration", "path"), ("validate", "eval", "path"),
+              ("quantize", "placement")}
 
 
 def find_recipe(arg: str | Path) -> Path:
@@ -192,7 +194,7 @@ def _resolve_paths(data: dict, path: Path | None, origins: dict[str, str]) -> No
         node = data
         for k in keys[:-1]:
             node = node.get(k) if isinstance(node, dict) else None
-        if isinstance(node, dict) and isinstance(node.get(keys[-1]), str):
+        if isinstance(node, dict) and isinstance(node.get(keys[-1]), str) and node[keys[-1]] not in PLACEMENT_MODES:
             dotted = ".".join(keys)
             section = ".".join(keys[:-1])
             origin = origins.get(section, str(path) if path else "<recipe>")

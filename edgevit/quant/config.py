@@ -9,6 +9,9 @@ from edgevit.quant import nonuniform_search  # noqa: F401  (registers the built-
 from edgevit.quant.quantizers import post_activation_names, softmax_names
 
 
+PLACEMENT_MODES = ("auto", "all")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -81,6 +84,13 @@ class QuantConfig(_Strict):
         "adalog shifts it by -min(act) to make it non-negative and folds the shift into fc2's bias",
         json_schema_extra={"enum": post_activation_names()})
 
+    @field_validator("placement")
+    @classmethod
+    def _placement(cls, v: str) -> str:
+        if v not in PLACEMENT_MODES and not v.endswith(".json"):
+            raise ValueError("expected auto, all, or the path of a placement.json written by an earlier run")
+        return v
+
     @field_validator("softmax", "gelu")
     @classmethod
     def _registered(cls, v: str, info) -> str:
@@ -103,6 +113,16 @@ class QuantConfig(_Strict):
     max_accuracy_drop: float | None = Field(
         None, ge=0, le=100, description="accuracy budget in top-1 points on the recipe's evaluation images: "
         "the most quantization-sensitive layers go back to float until the drop is within it")
+    placement: str = Field(
+        "auto", description="where INT8 runs in each artifact for a runtime this machine can time: auto (a region "
+        "- conv unit, attention, MLP, bridge, head - stays INT8 only where the runtime's profile of the real "
+        "exported graph says INT8 is faster there than float; the candidates are then timed interleaved with the "
+        "FP32 graph, and the INT8 artifact ships only if faster than FP32; decisions in placement.json), all "
+        "(every quantizer, no timing), or the path of a placement.json (replays its decisions exactly)")
+    when_slower: Literal["fp32", "int8"] = Field(
+        "fp32", description="with placement auto, when no INT8 placement beats FP32 on the device: ship the FP32 "
+        "model under the INT8 artifact's name (fp32; the run's status is int8_not_faster, exit 3) or the fastest "
+        "INT8 placement anyway (int8; its not-slower check fails, exit 1)")
     fold_bn: bool = True
     skip: list[str] = Field(default_factory=list, description="module names (fnmatch patterns) kept in float")
     calibration_batches: int | None = Field(None, gt=0, description="default: all calibration images")

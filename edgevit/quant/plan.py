@@ -78,6 +78,7 @@ class QuantPlan:
     reparam: dict[str, dict] = field(default_factory=dict)  # LayerNorm name -> r, b, target scale
     bridges: list[dict] = field(default_factory=list)  # bridge blocks the granularity search used
     float_layers: list[str] = field(default_factory=list)  # kept in float by the accuracy-budget fallback
+    float_regions: list[str] = field(default_factory=list)  # left in float by the latency placement
     rounded: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> int8 weight codes (reconstruction)
     reconstruction: list[dict] = field(default_factory=list)  # per block: loss before/after, iterations
 
@@ -96,6 +97,7 @@ class QuantPlan:
                    ({"r": f["r"].tolist(), "b": f["b"].tolist()} if full else {}) for k, f in self.reparam.items()}
         return {"config": self.config.model_dump(), "folded_batchnorm": self.folded_bn, "layernorm_reparam": reparam,
                 "skipped": self.skipped, "unobserved_sites": self.unobserved, "float_layers": self.float_layers,
+                "float_regions": self.float_regions,
                 "reconstruction": self.reconstruction,
                 "bridge_blocks": self.bridges,
                 "activations": {k: v.summary(full) for k, v in self.activations.items()},

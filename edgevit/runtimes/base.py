@@ -68,6 +68,7 @@ class Runtime:
     device_runner: ClassVar[str | None] = None  # file under runtimes/device/ that runs it on a device
     platforms: ClassVar[tuple[str, ...]] = ("linux", "darwin", "win32")  # where it can predict
     local_device: ClassVar[bool] = False  # whether a `kind: local` device profile may name it
+    profiles: ClassVar[bool] = False  # whether profile() gives per-node times (INT8 placement needs them)
 
     def lowering_for(self, cfg: ExportBase) -> Lowering | None:
         """The plan lowering an int8 artifact of this config uses."""
@@ -89,6 +90,11 @@ class Runtime:
     def local_runner(self, path: Path, device: Any) -> Callable | None:
         """A callable (NCHW float32 batch -> logits) running the artifact here, or None when it cannot run here."""
         return None
+
+    def profile(self, path: Path, device: Any, x: Any, runs: int) -> dict[str, float]:
+        """Mean milliseconds per call of each node the runtime ran on ``x``, by the node's name in the
+        exported graph (fused nodes under the name of a node they replaced)."""
+        raise NotImplementedError
 
     def can_run_here(self) -> bool:
         """Whether this machine can run the runtime's artifacts (its OS, its package, its GPU)."""

@@ -78,6 +78,7 @@ class OnnxRuntime(Runtime):
     lowering = ONNXRUNTIME
     device_runner = "onnxruntime_runner.py"
     local_device = True
+    profiles = True
 
     def lowering_for(self, cfg):
         return TENSORRT if cfg.target == "tensorrt" else ONNXRUNTIME
@@ -97,6 +98,11 @@ class OnnxRuntime(Runtime):
         from edgevit.validate.runners import OrtRunner
 
         return OrtRunner(path, device.threads if device else 2, device.providers if device else None)
+
+    def profile(self, path: Path, device, x, runs: int) -> dict[str, float]:
+        from edgevit.validate.profiling import ort_node_times
+
+        return ort_node_times(path, device.threads, x, runs)
 
     def read_metadata(self, path: Path) -> dict[str, str]:
         from edgevit.exporters.onnx import read_metadata

@@ -47,7 +47,9 @@ class RunContext:
     records: dict = field(default_factory=dict)  # report section -> StageRecord
     calibration_summary: dict | None = None  # the report's data.calibration (set by the quantize stage)
     policies: dict = field(default_factory=dict)  # FP16 LayerNorm decision by mode (the report's fp16_layernorm)
+    placements: dict = field(default_factory=dict)  # INT8 artifact name -> its Placement (placement.json)
     _calibration: dict = field(default_factory=dict)
+    _placements: dict = field(default_factory=dict)
 
     @property
     def nm_layers(self) -> int | None:
@@ -76,6 +78,14 @@ class RunContext:
         if n not in self._calibration:
             self._calibration[n] = torch.from_numpy(open_image_set(cfg.path, n, cfg.seed).load(self.pre)[0])
         return self._calibration[n]
+
+    def saved_placements(self, path: str) -> dict:
+        """The placements of ``quantize.placement``'s file, by artifact name (read once per run)."""
+        if path not in self._placements:
+            from edgevit.stages.placement import saved_placements
+
+            self._placements[path] = saved_placements(Path(path))
+        return self._placements[path]
 
     def calibration_set(self):
         """The calibration image set (opened, not loaded: the quantize stage streams it)."""

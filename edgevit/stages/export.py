@@ -13,6 +13,7 @@ from edgevit.quant.lowering import has_nonuniform, lower_plan
 from edgevit.runfolder import mark
 from edgevit.runtimes import for_format
 from edgevit.stages.context import RunContext
+from edgevit.stages.placement import place, write_placements
 
 log = logging.getLogger("edgevit")
 
@@ -28,6 +29,7 @@ class ExportJob:
     source: Any = None  # filled in: the PyTorch model the artifact is made from
     sim_name: str | None = None  # filled in: the row the artifact is compared with
     keep_layernorm_fp32: bool = False
+    placement: Any = None  # filled in for INT8 artifacts: where INT8 runs (edgevit.stages.placement)
 
     @property
     def name(self) -> str:
@@ -61,6 +63,15 @@ def prepare(job: ExportJob, ctx: RunContext) -> ExportJob:
     job.sim_name = "-".join([ctx.sim_base] + [target.name] * (target.name != "onnxruntime")
                             + [job.cfg.lowering] * (has_nonuniform(ctx.plan) and job.cfg.lowering != "exact")) \
         + job.suffix
+    if not job.suffix:  # the before-fallback row shows the full plan: every quantizer, not placed
+        placed, job.placement = place(job, ctx, lowered)
+        ctx.placements[job.name] = job.placement
+        if placed is None:  # no INT8 placement beats FP32 and quantize.when_slower says ship the float model
+            job.cfg = job.cfg.model_copy(update={"precision": "fp32"})
+            job.source, job.sim_name = ctx.model, ctx.float_sim
+            return job
+        if placed is not lowered:
+            lowered, job.sim_name = placed, f"{job.sim_name}-placed-{job.name}"
     if job.sim_name not in ctx.sims:
         ctx.sims[job.sim_name] = apply_plan(ctx.model, lowered)
     job.source = ctx.sims[job.sim_name]
@@ -78,6 +89,10 @@ def export_all(jobs: list[ExportJob], ctx: RunContext) -> list[dict]:
             why = rt.unavailable(job.cfg)
             if why:
                 raise BadInput(f"export {job.cfg.name or job.file}: {why}")
-            rows.append(rt.export(prepare(job, ctx), ctx))
+            row = rt.export(prepare(job, ctx), ctx)
+            if job.placement is not None:
+                row["placement"] = job.placement.to_dict()
+            rows.append(row)
             progress.advance(task)
+    write_placements(ctx.stage, ctx.placements)
     return rows

@@ -1,0 +1,262 @@
+"""Where INT8 runs, chosen by measured latency on the runtime an artifact is for (``quantize.placement``).
+
+``auto``, for an INT8 artifact whose runtime a local device profile runs and profiles here:
+
+1. Candidate forms of the lowered plan: as calibrated, and (for an asymmetric plan, when the run has
+   evaluation images) with symmetric int8 activations, kept only when its simulated accuracy is within
+   ``ACCURACY_SLACK_PTS`` of the calibrated plan's (or within ``max_accuracy_drop`` of FP32; with random
+   weights, logit SQNR >= 20 dB against FP32).
+2. Each form's all-INT8 graph and the FP32 graph are exported and profiled by the runtime itself; each
+   region's (``edgevit.quant.regions``) node time in INT8 is compared with the same region's node time
+   in float. Regions slower in INT8 are left in float.
+3. The candidates (each form all-INT8 and with its slow regions in float) are timed interleaved with
+   the FP32 graph, batch 1. The fastest ships if it beats FP32 by ``MARGIN``; otherwise
+   ``quantize.when_slower`` decides (the FP32 model, or the fastest INT8 anyway), and the report says so.
+
+Decisions and every measured number go to ``placement.json``; ``placement: <that file>`` replays them
+without timing, so the artifact is byte-identical to the one the decision was measured on (``auto``
+itself depends on timing: two runs may choose differently). Leaving a region in float is taken to keep
+accuracy (it removes quantizers); the artifact is validated against its own simulation anyway.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgevit.errors import BadInput
+from edgevit.quant import apply_plan
+from edgevit.quant.lowering import has_nonuniform, lower_plan
+from edgevit.quant.regions import node_region, plan_regions, without_regions
+from edgevit.quant.targets import Lowering
+from edgevit.runtimes import for_format
+from edgevit.validate.accuracy import compare_logits
+from edgevit.validate.checks import RANDOM_WEIGHTS_SQNR_DB
+from edgevit.validate.profiling import interleaved_medians
+
+log = logging.getLogger("edgevit")
+PLACEMENT_FILE = "placement.json"
+MARGIN = 0.02  # INT8 ships only when its median is at least 2 % below FP32's (timed interleaved)
+ACCURACY_SLACK_PTS = 0.3  # a symmetric form may cost this many top-1 points against the calibrated plan
+PROFILE_RUNS = 30
+SYMMETRIC = Lowering("symmetric", "symmetric int8 activations", symmetric=True, exact=False)
+
+
+@dataclass
+class Placement:
+    """What one INT8 artifact runs in INT8, why, and the numbers the choice was made on."""
+
+    artifact: str
+    mode: str  # auto | all | replay
+    shipped: str = "int8"  # int8 | fp32
+    activations: str = "as calibrated"  # or "symmetric": signed int8, zero point 0, per tensor
+    float_regions: list[str] = field(default_factory=list)
+    runtime: str | None = None
+    lowering: str | None = None  # the integer kernels the plan was lowered for (its runtime's, or TensorRT's)
+    device: str | None = None
+    regions: list[dict] = field(default_factory=list)  # region, kind, sites, int8_ms, float_ms, decision
+    candidates: dict[str, float] = field(default_factory=dict)  # candidate -> batch-1 median ms (with fp32)
+    forms: list[dict] = field(default_factory=list)  # each activation form tried: accuracy, verdict
+    speedup: float | None = None  # FP32 median / the shipped candidate's median
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Placement":
+        return cls(**{k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}})
+
+
+def slow_regions(int8_ms: dict[str, float], float_ms: dict[str, float]) -> list[str]:
+    """The regions whose nodes take longer in the INT8 graph than in the float graph (these stay float)."""
+    return [r for r, t in int8_ms.items() if t > float_ms.get(r, 0.0)]
+
+
+def fastest(timings: dict[str, float], fp32: str = "fp32", margin: float = MARGIN) -> tuple[str, bool]:
+    """The fastest INT8 candidate of a timing table and whether it beats ``fp32`` by ``margin``."""
+    best = min((k for k in timings if k != fp32), key=lambda k: (timings[k], k))
+    return best, timings[best] <= timings[fp32] * (1 - margin)
+
+
+def region_times(node_ms: dict[str, float], regions) -> dict[str, float]:
+    """Per-node profile times summed by region (nodes in no region are left out)."""
+    out = {r: 0.0 for r in regions}
+    for node, ms in node_ms.items():
+        r = node_region(node, regions)
+        if r is not None:
+            out[r] += ms
+    return out
+
+
+def apply_placement(plan, placement: Placement, regions) -> object:
+    """``plan`` as ``placement`` says: symmetric activations if chosen, its float regions removed."""
+    unknown = [r for r in placement.float_regions if r not in regions]
+    if unknown:
+        raise BadInput(f"placement for {placement.artifact}: region {unknown[0]!r} is not in this model's plan "
+                       f"(regions: {', '.join(list(regions)[:6])}, ...); was the placement file made for another "
+                       "model or recipe?")
+    if placement.activations == "symmetric":
+        plan = lower_plan(plan, SYMMETRIC, "uniform")
+    return without_regions(plan, regions, placement.float_regions) if placement.float_regions else plan
+
+
+def saved_placements(path: Path) -> dict[str, Placement]:
+    """The placements a run wrote to its placement.json, by artifact name."""
+    try:
+        data = json.loads(Path(path).read_text())
+        return {name: Placement.from_dict(d) for name, d in data["artifacts"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BadInput(f"quantize.placement: {path} is not a placement.json written by edgevit ({e})") from e
+
+
+def write_placements(stage: Path, placements: dict[str, Placement]) -> None:
+    """placement.json in the run folder (nothing when no INT8 artifact was placed)."""
+    if placements:
+        (stage / PLACEMENT_FILE).write_text(json.dumps(
+            {"format": "edgevit.placement/1", "margin": MARGIN,
+             "artifacts": {k: p.to_dict() for k, p in placements.items()}}, indent=1) + "\n")
+
+
+def place(job, ctx, plan) -> tuple[object | None, Placement]:
+    """The plan ``job`` ships (None: the float model) and the placement record, as ``quantize.placement``
+    asks; ``plan`` is the run's plan lowered for the job's runtime."""
+    qcfg = ctx.recipe.quantize
+    rt = for_format(job.cfg.format)
+    target = rt.lowering_for(job.cfg)
+    if qcfg.placement == "all":
+        return plan, Placement(job.name, "all", runtime=rt.name, lowering=target.name,
+                               reason="quantize.placement: all (every quantizer, not timed)")
+    if qcfg.placement != "auto":
+        saved = ctx.saved_placements(qcfg.placement)
+        if job.name not in saved:
+            raise BadInput(f"quantize.placement: {qcfg.placement} has no entry for artifact {job.name} "
+                           f"(it has: {', '.join(saved) or 'none'})")
+        p = dataclasses.replace(saved[job.name], mode="replay", lowering=target.name,
+                                reason=f"replayed from {qcfg.placement}")
+        return (apply_placement(plan, p, plan_regions(ctx.model, plan)) if p.shipped == "int8" else None), p
+    device = next((d for d in ctx.recipe.validation.devices if d.kind == "local" and d.runtime == rt.name), None)
+    why = None
+    if target is not rt.lowering:
+        why = f"lowered for {target.label}, which this machine does not time: every quantizer kept"
+    elif device is None:
+        why = f"no local device profile runs {rt.label}: not timed, every quantizer kept"
+    elif not rt.can_run_here() or not rt.profiles:
+        why = f"{rt.label} cannot run or profile here: not timed, every quantizer kept"
+    if why:
+        return plan, Placement(job.name, "auto", runtime=rt.name, lowering=target.name, reason=why)
+    with tempfile.TemporaryDirectory(prefix="edgevit-placement-") as tmp:
+        return _search(job, ctx, plan, rt, device, Path(tmp))
+
+
+def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Placement]:
+    regions = plan_regions(ctx.model, plan)
+    x = _sample(ctx)
+    scratch = dataclasses.replace(ctx, stage=tmp)
+    files: dict[str, Path] = {}
+
+    def export(name: str, source, precision: str) -> Path:
+        j = dataclasses.replace(job, cfg=job.cfg.model_copy(update={"precision": precision}),
+                                file=f"{name}{rt.suffix}", source=source, suffix="")
+        rt.export(j, scratch)
+        files[name] = tmp / j.file
+        return files[name]
+
+    p = Placement(job.name, "auto", runtime=rt.name, lowering=rt.lowering.name, device=device.name)
+    fp32_nodes = rt.profile(export("fp32", ctx.model, "fp32"), device, x, PROFILE_RUNS)
+    float_ms = region_times(fp32_nodes, regions)
+    plans: dict[str, object] = {}
+    tables: dict[str, dict[str, float]] = {}  # form -> region -> INT8 node ms
+    for form, form_plan in _forms(ctx, plan, p).items():
+        all_name = "int8" if form == "as calibrated" else "int8-symmetric"
+        plans[all_name] = form_plan
+        nodes = rt.profile(export(all_name, apply_plan(ctx.model, form_plan), "int8"), device, x, PROFILE_RUNS)
+        tables[form] = region_times(nodes, regions)
+        slow = slow_regions(tables[form], float_ms)
+        if slow and len(slow) < len(regions):
+            placed = without_regions(form_plan, regions, slow)
+            plans[all_name + "-placed"] = placed
+            export(all_name + "-placed", apply_plan(ctx.model, placed), "int8")
+    runners = {k: rt.local_runner(f, device) for k, f in files.items()}
+    rounds = _rounds(runners["fp32"], x, len(runners))
+    p.candidates = {k: round(v, 4) for k, v in interleaved_medians(runners, x[:1], rounds).items()}
+    best, faster = fastest(p.candidates)
+    chosen = plans[best]
+    p.activations = "symmetric" if best.startswith("int8-symmetric") else "as calibrated"
+    p.float_regions = list(chosen.float_regions[len(plan.float_regions):])
+    p.speedup = round(p.candidates["fp32"] / p.candidates[best], 3)
+    p.regions = [{"region": r.name, "kind": r.kind, "sites": r.sites,
+                  "int8_ms": round(tables[p.activations][r.name], 4), "float_ms": round(float_ms[r.name], 4),
+                  "decision": "float" if r.name in p.float_regions else "int8"} for r in regions.values()]
+    summary = f"{best} {p.candidates[best]:.3f} ms vs FP32 {p.candidates['fp32']:.3f} ms ({p.speedup:.2f}x)"
+    if faster:
+        p.reason = f"fastest INT8 candidate beats FP32 by more than {100 * MARGIN:g} %: {summary}"
+        log.info("placement %s: %s", job.name, p.reason)
+        return chosen, p
+    when = ctx.recipe.quantize.when_slower
+    p.shipped = when
+    p.reason = (f"no INT8 placement beats FP32 by {100 * MARGIN:g} % on {device.name} (best: {summary}); "
+                f"quantize.when_slower: {when} shipped the {'FP32 model' if when == 'fp32' else 'fastest INT8'}")
+    log.warning("placement %s: %s", job.name, p.reason)
+    return (chosen if when == "int8" else None), p
+
+
+def _sample(ctx) -> np.ndarray:
+    """The image the graphs are profiled and timed on (batch 1)."""
+    if ctx.evalset is not None:
+        return ctx.evalset.x[:1]
+    return ctx.calibration_images(1).numpy()[:1]
+
+
+def _rounds(fp32_runner, x: np.ndarray, n: int, seconds: float = 6.0) -> int:
+    """Rounds of interleaved timing that take about ``seconds`` for ``n`` candidates (30 to 300)."""
+    est = min(interleaved_medians({"fp32": fp32_runner}, x[:1], 5, warmup=2).values()) / 1e3
+    return int(min(300, max(30, seconds / max(est * n, 1e-6))))
+
+
+def _forms(ctx, plan, p: Placement) -> dict[str, object]:
+    """The activation forms worth timing: the plan as calibrated, and symmetric int8 where its simulated
+    accuracy holds (see the module docstring)."""
+    forms = {"as calibrated": plan}
+    if plan.config.activations.symmetric or ctx.evalset is None or not plan.activations or has_nonuniform(plan):
+        return forms
+    try:
+        sym = lower_plan(plan, SYMMETRIC, "uniform")
+    except ValueError as e:  # asymmetric weights, sub-8-bit quantizers: no integer kernel runs it symmetric
+        p.forms.append({"activations": "symmetric", "tried": False, "why": str(e)})
+        return forms
+    ok, facts = _accuracy_holds(ctx, plan, sym)
+    p.forms.append({"activations": "symmetric", **facts, "tried": ok})
+    if ok:
+        forms["symmetric"] = sym
+    return forms
+
+
+@torch.no_grad()
+def _accuracy_holds(ctx, plan, candidate) -> tuple[bool, dict]:
+    """Whether ``candidate``'s simulation keeps the accuracy of ``plan``'s (top-1 on labeled images,
+    agreement with FP32's top-1 on unlabeled ones, logit SQNR with random weights)."""
+    ev = ctx.evalset
+    x = torch.from_numpy(ev.x[:1000])
+
+    def logits(m) -> np.ndarray:
+        return torch.cat([m(x[i:i + 256]) for i in range(0, len(x), 256)]).numpy()
+
+    fp, base, cand = logits(ctx.model), logits(apply_plan(ctx.model, plan)), logits(apply_plan(ctx.model, candidate))
+    if ctx.info.random_weights:
+        sqnr = compare_logits(cand, fp)["sqnr_db"]
+        return sqnr >= RANDOM_WEIGHTS_SQNR_DB, {"sqnr_db_vs_fp32": round(sqnr, 2)}
+    labels = ev.labels[:len(x)] if ev.labels is not None else fp.argmax(1)
+    top1 = {k: float((v.argmax(1) == labels).mean() * 100) for k, v in
+            (("fp32", fp), ("calibrated", base), ("candidate", cand))}
+    budget = ctx.recipe.quantize.max_accuracy_drop
+    ok = top1["fp32"] - top1["candidate"] <= budget if budget is not None else \
+        top1["calibrated"] - top1["candidate"] <= ACCURACY_SLACK_PTS
+    return ok, {"top1": round(top1["candidate"], 2), "calibrated_top1": round(top1["calibrated"], 2),
+                "fp32_top1": round(top1["fp32"], 2), "images": int(len(x))}

@@ -1,0 +1,87 @@
+"""Per-node time of an artifact on its runtime (the runtime's own profiler), and batch-1 medians of several
+artifacts timed interleaved in a shuffled order each round."""
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+
+def ort_node_times(path: Path | str, threads: int, x: np.ndarray, runs: int, warmup: int = 5) -> dict[str, float]:
+    """Mean milliseconds per call of every node ONNX Runtime ran (after its graph optimizations, so a fused
+    node carries the name of the node it replaced) on ``x``, by node name."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.log_severity_level = 3
+        warm = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        feed = {warm.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)}
+        for _ in range(warmup):
+            warm.run(None, feed)
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "profile")
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        for _ in range(warmup + runs):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+        scoped = _scoped_names(Path(so.optimized_model_filepath))
+    totals: dict[str, list[float]] = defaultdict(list)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            totals[e["name"][:-len("_kernel_time")]].append(e["dur"] / 1e3)
+    out: dict[str, float] = defaultdict(float)
+    for name, v in totals.items():  # the warm-up calls of the profiled session are dropped (one-off allocations)
+        out[scoped.get(name, name)] += float(np.sum(v[-runs:]) / runs)
+    return dict(out)
+
+
+def _scoped_names(optimized: Path) -> dict[str, str]:
+    """Node name -> a name with a module path, for the nodes ONNX Runtime created under names of its own
+    (``Gemm_4``, a MatMul + Add fused with Reshapes around it): the first of its tensor names that carries
+    a module path (``a.b/c/Add_output_0``), else the name of a parameter it reads (``a.b.fc1.bias``)."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(optimized), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - the names only refine attribution; without them nodes keep their own
+        return {}
+    out = {}
+    for n in graph.node:
+        if "/" in n.name:
+            continue
+        tensors = list(n.output) + list(n.input)
+        scoped = next((t for t in tensors if "/" in t), None) or \
+            next((t for t in n.input if "." in t and "::" not in t), None)  # a parameter: "a.b.fc1.bias"
+        if scoped is not None:
+            out[n.name] = scoped
+    return out
+
+
+def interleaved_medians(runners: dict[str, Callable[[np.ndarray], object]], x: np.ndarray, rounds: int,
+                        warmup: int = 5, seed: int = 0) -> dict[str, float]:
+    """Median batch-1 milliseconds of each runner, all timed in every round in a shuffled order (so no
+    runner always follows the same one) on the same input."""
+    for run in runners.values():
+        for _ in range(warmup):
+            run(x)
+    order = list(runners)
+    rng = random.Random(seed)
+    times: dict[str, list[float]] = {k: [] for k in order}
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for k in order:
+            t0 = time.perf_counter()
+            runners[k](x)
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: float(np.median(v)) for k, v in times.items()}
