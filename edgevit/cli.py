@@ -1,4 +1,5 @@
-"""The ``edgevit`` command. Exit codes: 0 success, 1 runtime failure, 2 bad input."""
+"""The ``edgevit`` command. Exit codes: 0 success, 1 runtime failure or a failed check, 2 bad input, 3 an INT8
+artifact shipped as FP32 because no INT8 placement was faster on its device."""
 from __future__ import annotations
 
 import json
@@ -14,11 +15,13 @@ from rich.table import Table
 
 from edgevit.errors import BadInput, RunFailure, one_line
 from edgevit.progress import console, setup_logging
+from edgevit.report.writers import status_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode="markdown",
                   help="Compress and export vision transformers (hybrids above all) for edge devices.")
 log = logging.getLogger("edgevit")
+STATUS_EXIT = {"ok": 0, "failed_checks": 1, "int8_not_faster": 3}
 
 
 def _guard(fn: Callable[[], int | None], debug: bool) -> None:
@@ -91,7 +94,7 @@ def compress(
         rec = load_recipe(recipe, overrides + list(set_))
         result = run_compress(rec, out=out, overwrite=overwrite)
         _print_summary(result.report, result.out_dir)
-        return 0 if result.ok else 1
+        return STATUS_EXIT[result.report["status"]]
 
     _guard(body, debug)
 
@@ -112,6 +115,7 @@ def _print_summary(report: dict, out_dir: Path) -> None:
     for c in report["checks"]:
         console.print(f"{'[green]PASS[/green]' if c['ok'] else '[red]FAIL[/red]'} {c['name']}: {c['detail']}")
     console.print(f"report: {out_dir / 'report.md'}  (machine-readable: {out_dir / 'report.json'})")
+    console.print(status_line(report), markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_sweep(summary: dict, out_dir: Path) -> None:

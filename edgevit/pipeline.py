@@ -97,7 +97,7 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
                                    recipe.seed)
         report = RunReport(
             schema_version=SCHEMA_VERSION, edgevit_version=__version__, recipe=recipe.name, description=recipe.description, seed=recipe.seed,
-            status="ok" if all(c["ok"] for c in checks) else "failed_checks",
+            status=run_status(checks, artifacts),
             model={"source": info.source, "arch": info.arch, "num_classes": info.num_classes, "params": params,
                    "labels": info.labels, "preprocessing": info.preprocessing(), "card": info.card,
                    "random_weights": info.random_weights},
@@ -112,6 +112,16 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
         write_reports(report, stage)
         mark(stage, "done", status="complete", artifacts=[a["file"] for a in artifacts])
     return RunResult(out_dir=out_dir, report=report)
+
+
+def run_status(checks: list[dict], artifacts: list[dict]) -> str:
+    """ok; failed_checks (a check failed); int8_not_faster (every check passed, but an INT8 artifact was
+    shipped as its FP32 model because no INT8 placement beat FP32 on its device)."""
+    if not all(c["ok"] for c in checks):
+        return "failed_checks"
+    if any((a.get("placement") or {}).get("shipped") == "fp32" for a in artifacts):
+        return "int8_not_faster"
+    return "ok"
 
 
 def _calibration_listing(ctx: RunContext) -> dict | None:

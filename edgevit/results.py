@@ -53,6 +53,7 @@ class ArtifactResult(_Open):
     latency: list[LatencyRecord] = Field(default_factory=list)
     reference: bool | None = None
     not_measured: str | None = None
+    placement: dict | None = None  # INT8 artifacts: where INT8 runs and why (edgevit.stages.placement.Placement)
 
 
 class StageRecord(_Open):

@@ -103,10 +103,13 @@ def test_recipe_reports_local_and_ssh_device_side_by_side(sshd, tmp_path):
     res = run_cli("compress", "--recipe", "recipes/int8_ptq.yaml", "--out", str(out), "--set", "validate.eval.num=200",
                   "--set", "validate.devices=[{name: local-ort-cpu, iters: 5, warmup: 1, throughput_batch: 8}, "
                   f"{profile}]")
-    assert res.returncode == 0, res.stderr
     rep = json.loads((out / "report.json").read_text())
-    assert rep["status"] == "ok", [c for c in rep["checks"] if not c["ok"]]
     rows = {r["name"]: r for r in rep["results"]}
+    # INT8 ships only where faster than FP32 here; otherwise the FP32 model ships and the run says so (exit 3)
+    shipped = rows["onnx-int8"]["placement"]["shipped"]
+    assert (res.returncode, rep["status"]) == ((0, "ok") if shipped == "int8" else (3, "int8_not_faster")), \
+        [c for c in rep["checks"] if not c["ok"]]
+    assert rows["onnx-int8"]["precision"] == shipped
     for name in ("onnx-fp32", "onnx-int8", "onnx-int8-tensorrt"):
         lat = {d["device"]: d for d in rows[name]["latency"]}
         assert set(lat) == {"local-ort-cpu", "loopback-ort"}, name

@@ -25,14 +25,19 @@ def ov_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ov") / "run"
     res = run_cli("compress", "--recipe", "openvino_int8", "--out", str(out), "--set", "validate.eval.num=300",
                   "--set", "validate.devices.0.iters=10", "--set", "validate.devices.0.warmup=2")
-    assert res.returncode == 0, res.stderr
-    return out, json.loads((out / "report.json").read_text())
+    rep = json.loads((out / "report.json").read_text())
+    shipped = next(r for r in rep["results"] if r["name"] == "openvino-int8")["placement"]["shipped"]
+    # INT8 ships only where OpenVINO runs it faster than FP32 here; else FP32 ships and the run says so (exit 3)
+    assert (res.returncode, rep["status"]) == ((0, "ok") if shipped == "int8" else (3, "int8_not_faster")), res.stderr
+    return out, rep
 
 
 def test_recipe_validates_every_openvino_artifact(ov_run):
     out, rep = ov_run
-    assert rep["status"] == "ok", [c for c in rep["checks"] if not c["ok"]]
     rows = {r["name"]: r for r in rep["results"]}
+    if rows["openvino-int8"]["precision"] == "fp32":
+        pytest.skip("OpenVINO INT8 was not faster than FP32 on this machine in this run: " +
+                    rows["openvino-int8"]["placement"]["reason"])
     for name in ("openvino-fp32", "openvino-bf16", "openvino-int8"):
         r = rows[name]
         assert r["runtime"] == "openvino" and (out / r["file"]).is_file() and (out / r["export"]["weights"]).is_file()
@@ -43,7 +48,9 @@ def test_recipe_validates_every_openvino_artifact(ov_run):
     assert fp32["parity"]["max_abs_diff"] < 1e-3 and fp32["accuracy"]["top1"] == rows["pytorch-fp32"]["accuracy"]["top1"]
     assert 1e-4 < bf16["parity"]["max_abs_diff"] < 0.5 and bf16["accuracy"]["agreement_with_fp32"] >= 0.99
     assert bf16["size_bytes"] < 0.6 * fp32["size_bytes"]  # weights stored FP16
-    assert int8["simulated_by"] == rows["onnx-int8"]["simulated_by"] == "pytorch-int8-sim"
+    assert int8["simulated_by"].startswith("pytorch-int8-sim") and int8["placement"]["device"] == "local-openvino-cpu"
+    assert int8["placement"]["candidates"]["fp32"] > 0 and "openvino-int8" in json.loads(
+        (out / "placement.json").read_text())["artifacts"]
     assert int8["accuracy"]["agreement_with_simulation"] >= 0.99
     layers = int8["export"]["runtime_layers"]
     assert layers.get("u8", 0) + layers.get("i8", 0) > 0 and set(fp32["export"]["runtime_layers"]) == {"f32"}

@@ -110,5 +110,8 @@ def render_html(report: dict) -> str:
         figures += [("Per-layer quantization error", layer_error_figure(diag)),
                     ("Activation histograms", histogram_figure(diag))]
     plots = "".join(f'<h2>{title}</h2><img alt="{title}" src="{_png(fig)}">' for title, fig in figures if fig)
+    # the plots right after the artifact tables, before the stage sections (a long placement table)
+    at = min((i for h in ("<h2>Pruning", "<h2>Token", "<h2>Quantization", "<h2>Checks") if (i := body.find(h)) >= 0),
+             default=len(body))
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>edgevit: {report["recipe"]}</title>'
-            f"<style>{STYLE}</style></head><body>{body}{plots}</body></html>\n")
+            f"<style>{STYLE}</style></head><body>{body[:at]}{plots}{body[at:]}</body></html>\n")

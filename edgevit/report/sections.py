@@ -37,6 +37,30 @@ def fallback_lines(f: dict | None) -> list[str]:
     return lines + [""]
 
 
+def placement_lines(results: list[dict]) -> list[str]:
+    """Where each INT8 artifact runs INT8: the decision, the timed candidates and the per-region profile."""
+    lines = []
+    for r in results:
+        p = r.get("placement")
+        if not p:
+            continue
+        lines += [f"INT8 placement of `{r['name']}` ({p['mode']}): shipped {p['shipped'].upper()}"
+                  + (f", activations {p['activations']}" if p["shipped"] == "int8" else "")
+                  + (f", {len(p['float_regions'])} region(s) left in float" if p["float_regions"] else "")
+                  + f". {p['reason']}.", ""]
+        if p.get("candidates"):
+            lines += ["Candidates timed interleaved on `" + str(p["device"]) + "` (batch 1, median ms): "
+                      + ", ".join(f"{k} {v:.3f}" for k, v in p["candidates"].items()) + ".", ""]
+        if p.get("regions"):
+            lines += ["| region | kind | quantizers | INT8 node time (ms) | float node time (ms) | faster in | shipped |",
+                      "|---|---|---|---|---|---|---|"]
+            lines += [f"| `{g['region']}` | {g['kind']} | {g['sites']} | {g['int8_ms']:.3f} | {g['float_ms']:.3f} | "
+                      f"{g.get('faster_in', '')} | {g['decision']} |" for g in p["regions"]]
+            lines += ["", "Node times are the runtime's own profile of the all-INT8 and the FP32 graph, summed over "
+                          "each region's nodes. Decisions are in `placement.json`.", ""]
+    return lines
+
+
 def pruning_lines(p: dict | None) -> list[str]:
     """The pruning section: what was pruned, how much, and what was left dense and why."""
     if not p:

@@ -5,7 +5,7 @@ import math
 import os
 from pathlib import Path
 
-from edgevit.report.sections import fallback_lines, pruning_lines, search_lines, token_lines
+from edgevit.report.sections import fallback_lines, placement_lines, pruning_lines, search_lines, token_lines
 
 
 def atomic_write(path: Path, text: str | bytes) -> None:
@@ -53,13 +53,29 @@ def _throughput(tp: dict | None) -> str:
     return "n/a" if not tp else f"{tp['images_per_s']:.0f} (batch {tp['batch']})"
 
 
+def _not_faster(report: dict) -> list[str]:
+    return [f"`{r['name']}` shipped as its FP32 model ({r['placement']['reason']})" for r in report["results"]
+            if (r.get("placement") or {}).get("shipped") == "fp32"]
+
+
+def status_line(report: dict) -> str:
+    """One line saying how the run ended (what the exit code says, in words)."""
+    failed = [c["name"] for c in report["checks"] if not c["ok"]]
+    if report["status"] == "failed_checks":
+        return f"status: FAILED {len(failed)} check(s): " + "; ".join(failed[:3]) + (" ..." if len(failed) > 3 else "")
+    if report["status"] == "int8_not_faster":
+        return "status: INT8 NOT FASTER: " + "; ".join(_not_faster(report))
+    return f"status: ok, all {len(report['checks'])} checks passed"
+
+
 def markdown(report: dict) -> str:
     """The human-readable report."""
     m = report["model"]
     lines = [f"# edgevit run: {report['recipe']}", ""]
     if report.get("description"):
         lines += [report["description"], ""]
-    status = "all checks passed" if report["status"] == "ok" else "**SOME CHECKS FAILED**"
+    status = {"ok": "all checks passed", "failed_checks": "**SOME CHECKS FAILED**",
+              "int8_not_faster": "**INT8 NOT FASTER**: " + "; ".join(_not_faster(report))}[report["status"]]
     lines += [f"Status: {status}. Model `{m['source']}` ({m['arch']}, {m['params']:,} parameters, "
               f"{m['num_classes']} classes, input {m['preprocessing']['input_size']} px).", ""]
     if m.get("random_weights"):
@@ -127,6 +143,7 @@ def markdown(report: dict) -> str:
                       "lowest " + ", ".join(f"`{r['layer']}` {r['sqnr_db']:.1f} dB" for r in worst)
                       + " (plots in report.html).", ""]
         lines += search_lines(quant["plan"]) + fallback_lines(quant.get("fallback"))
+        lines += placement_lines(report["results"])
     lines += ["## Checks", ""]
     for c in report["checks"]:
         lines.append(f"- {'PASS' if c['ok'] else 'FAIL'}: {c['name']}: {c['detail']}")

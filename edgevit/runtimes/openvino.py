@@ -61,11 +61,11 @@ def _openvino():
     return openvino
 
 
-def _compiled(path_or_model, device: str, hint: str | None, threads: int | None):
+def _compiled(path_or_model, device: str, hint: str | None, threads: int | None, profile: bool = False):
     ov = _openvino()
     core = ov.Core()
     model = core.read_model(str(path_or_model)) if isinstance(path_or_model, (str, Path)) else path_or_model
-    config = {"PERFORMANCE_HINT": "LATENCY"}
+    config = {"PERFORMANCE_HINT": "LATENCY"} | ({"PERF_COUNT": True} if profile else {})
     if hint is None and model.has_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"]):
         hint = model.get_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"]).astype(str)
     if hint:
@@ -90,6 +90,23 @@ class OpenVINORunner:
 
         return np.array(self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})[self.output],
                         dtype=np.float32)
+
+
+def node_times(path: Path, device: str, threads: int, x, runs: int, warmup: int = 5) -> dict[str, float]:
+    """Mean milliseconds per call of each node OpenVINO executed (its performance counters), by node name
+    (OpenVINO keeps the ONNX node names; a fused node carries one of them)."""
+    import numpy as np
+
+    request = _compiled(path, device, None, threads, profile=True).create_infer_request()
+    feed = {0: np.ascontiguousarray(x, dtype=np.float32)}
+    for _ in range(warmup):
+        request.infer(feed)
+    totals: Counter = Counter()
+    for _ in range(runs):
+        request.infer(feed)
+        for p in request.profiling_info:
+            totals[p.node_name] += p.real_time.total_seconds() * 1e3 / runs
+    return dict(totals)
 
 
 def layer_precisions(compiled) -> dict:
@@ -119,6 +136,7 @@ class OpenVINO(Runtime):
     lowering = ONNXRUNTIME  # the same QDQ graph as ONNX Runtime's: one simulated model serves both
     device_runner = "openvino_runner.py"
     local_device = True
+    profiles = True
 
     def unavailable(self, cfg=None) -> str | None:
         try:
@@ -167,6 +185,9 @@ class OpenVINO(Runtime):
             return None
         options = device.options if device is not None and device.runtime == self.name else {}
         return OpenVINORunner(path, str(options.get("device", "CPU")), device.threads if device else 2)
+
+    def profile(self, path: Path, device, x, runs: int) -> dict[str, float]:
+        return node_times(path, str(device.options.get("device", "CPU")), device.threads, x, runs)
 
     def read_metadata(self, path: Path) -> dict[str, str]:
         model = _openvino().Core().read_model(str(path))

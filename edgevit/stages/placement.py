@@ -32,7 +32,7 @@ import torch
 
 from edgevit.errors import BadInput
 from edgevit.quant import apply_plan
-from edgevit.quant.lowering import has_nonuniform, lower_plan
+from edgevit.quant.lowering import has_nonuniform, lower_plan, plan_bits
 from edgevit.quant.regions import node_region, plan_regions, without_regions
 from edgevit.quant.targets import Lowering
 from edgevit.runtimes import for_format
@@ -60,7 +60,7 @@ class Placement:
     runtime: str | None = None
     lowering: str | None = None  # the integer kernels the plan was lowered for (its runtime's, or TensorRT's)
     device: str | None = None
-    regions: list[dict] = field(default_factory=list)  # region, kind, sites, int8_ms, float_ms, decision
+    regions: list[dict] = field(default_factory=list)  # region, kind, sites, int8_ms, float_ms, faster_in, decision
     candidates: dict[str, float] = field(default_factory=dict)  # candidate -> batch-1 median ms (with fp32)
     forms: list[dict] = field(default_factory=list)  # each activation form tried: accuracy, verdict
     speedup: float | None = None  # FP32 median / the shipped candidate's median
@@ -141,12 +141,18 @@ def place(job, ctx, plan) -> tuple[object | None, Placement]:
         p = dataclasses.replace(saved[job.name], mode="replay", lowering=target.name,
                                 reason=f"replayed from {qcfg.placement}")
         return (apply_placement(plan, p, plan_regions(ctx.model, plan)) if p.shipped == "int8" else None), p
-    device = next((d for d in ctx.recipe.validation.devices if d.kind == "local" and d.runtime == rt.name), None)
+    local = [d for d in ctx.recipe.validation.devices if d.kind == "local"]
+    # like validation: a local profile of the artifact's runtime, else the first local profile's threads
+    device = next((d for d in local if d.runtime == rt.name), local[0] if local else None)
     why = None
     if target is not rt.lowering:
         why = f"lowered for {target.label}, which this machine does not time: every quantizer kept"
+    elif job.cfg.lowering == "exact" and (has_nonuniform(plan) or min(plan_bits(plan), default=8) < 8):
+        return plan, Placement(job.name, "auto", runtime=rt.name, lowering="exact", reason=(
+            "lowering: exact writes log/tan or sub-8-bit quantizers as a float decomposition that validates the "
+            f"scheme; no {rt.label} integer kernel runs it, so it is not timed against FP32"))
     elif device is None:
-        why = f"no local device profile runs {rt.label}: not timed, every quantizer kept"
+        why = "no local device profile: not timed, every quantizer kept"
     elif not rt.can_run_here() or not rt.profiles:
         why = f"{rt.label} cannot run or profile here: not timed, every quantizer kept"
     if why:
@@ -191,9 +197,12 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
     p.activations = "symmetric" if best.startswith("int8-symmetric") else "as calibrated"
     p.float_regions = list(chosen.float_regions[len(plan.float_regions):])
     p.speedup = round(p.candidates["fp32"] / p.candidates[best], 3)
+    slow = set(slow_regions(tables[p.activations], float_ms))
     p.regions = [{"region": r.name, "kind": r.kind, "sites": r.sites,
                   "int8_ms": round(tables[p.activations][r.name], 4), "float_ms": round(float_ms[r.name], 4),
-                  "decision": "float" if r.name in p.float_regions else "int8"} for r in regions.values()]
+                  "faster_in": "float" if r.name in slow else "int8",
+                  "decision": "float" if r.name in p.float_regions or not faster else "int8"}
+                 for r in regions.values()]
     summary = f"{best} {p.candidates[best]:.3f} ms vs FP32 {p.candidates['fp32']:.3f} ms ({p.speedup:.2f}x)"
     if faster:
         p.reason = f"fastest INT8 candidate beats FP32 by more than {100 * MARGIN:g} %: {summary}"
@@ -201,6 +210,9 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
         return chosen, p
     when = ctx.recipe.quantize.when_slower
     p.shipped = when
+    if when == "int8":
+        for r in p.regions:
+            r["decision"] = "float" if r["region"] in p.float_regions else "int8"
     p.reason = (f"no INT8 placement beats FP32 by {100 * MARGIN:g} % on {device.name} (best: {summary}); "
                 f"quantize.when_slower: {when} shipped the {'FP32 model' if when == 'fp32' else 'fastest INT8'}")
     log.warning("placement %s: %s", job.name, p.reason)

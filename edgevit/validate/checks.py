@@ -10,6 +10,7 @@ from edgevit.results import CheckResult
 from edgevit.runtimes import RUNTIMES
 
 RANDOM_WEIGHTS_SQNR_DB = 20.0
+SLOWER_MARGIN = 0.05  # an INT8 artifact fails "not slower" when its batch-1 median is > 5 % above FP32's
 
 
 def _origin_row(rows: list[dict], r: dict) -> dict:
@@ -28,7 +29,31 @@ def artifact_checks(rows: list[dict], val, n_eval: int, random_weights: bool = F
         if par is not None:
             checks += _parity_checks(r, rows, rt, val, n_eval, random_weights)
         checks += [CheckResult(**c) for c in rt.checks(r)]
-    return checks
+    return checks + not_slower_checks(rows)
+
+
+def not_slower_checks(rows: list[dict]) -> list[CheckResult]:
+    """Every INT8 artifact lowered for its own runtime is, on each device it was timed on, at most
+    ``SLOWER_MARGIN`` slower than that runtime's FP32 artifact timed interleaved with it."""
+    out = []
+    for r in rows:
+        pl = r.get("placement") or {}
+        rt = RUNTIMES.get(r["runtime"])
+        if r["precision"] != "int8" or rt is None or rt.lowering is None or pl.get("lowering") != rt.lowering.name:
+            continue
+        fp32 = next((o for o in rows if o["runtime"] == r["runtime"] and o["precision"] == "fp32"
+                     and not o.get("placement") and o.get("latency")), None)
+        for lat in r.get("latency") or []:
+            base = next((b for b in (fp32 or {}).get("latency", []) if b["device"] == lat["device"]), None)
+            if base is None or lat.get("remote"):
+                continue
+            mine, theirs = lat["batch1"]["median_ms"], base["batch1"]["median_ms"]
+            out.append(CheckResult(
+                name=f"{r['name']}: INT8 not slower than {fp32['name']} on {lat['device']}",
+                ok=mine <= theirs * (1 + SLOWER_MARGIN),
+                detail=f"batch-1 median {mine:.3f} ms vs {theirs:.3f} ms ({theirs / mine:.2f}x FP32's speed; "
+                       f"timed interleaved; noise margin {100 * SLOWER_MARGIN:g} %); placement: {pl.get('mode')}"))
+    return out
 
 
 def _agreement_check(name: str, agree: float, sqnr: float | None, against: str, n_eval: int,

@@ -48,8 +48,9 @@ def ort_node_times(path: Path | str, threads: int, x: np.ndarray, runs: int, war
 
 def _scoped_names(optimized: Path) -> dict[str, str]:
     """Node name -> a name with a module path, for the nodes ONNX Runtime created under names of its own
-    (``Gemm_4``, a MatMul + Add fused with Reshapes around it): the first of its tensor names that carries
-    a module path (``a.b/c/Add_output_0``), else the name of a parameter it reads (``a.b.fc1.bias``)."""
+    (``Gemm_4``, a MatMul + Add fused with Reshapes around it): the name of a parameter it reads
+    (``a.b.fc1.bias``), else the first of its output, then input, tensor names that carries a module path
+    (``a.b/c/Add_output_0``)."""
     import onnx
 
     try:
@@ -60,9 +61,8 @@ def _scoped_names(optimized: Path) -> dict[str, str]:
     for n in graph.node:
         if "/" in n.name:
             continue
-        tensors = list(n.output) + list(n.input)
-        scoped = next((t for t in tensors if "/" in t), None) or \
-            next((t for t in n.input if "." in t and "::" not in t), None)  # a parameter: "a.b.fc1.bias"
+        scoped = next((t for t in n.input if "." in t and "/" not in t and "::" not in t), None) or \
+            next((t for t in list(n.output) + list(n.input) if "/" in t), None)
         if scoped is not None:
             out[n.name] = scoped
     return out

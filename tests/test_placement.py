@@ -1,0 +1,151 @@
+"""INT8 placement by measured latency: regions of a plan, decisions from timing tables, the never-slower
+rule, and replay of a placement.json to identical bytes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import CALIB_DIR, ROOT
+from edgevit.config import ModelConfig
+from edgevit.errors import BadInput
+from edgevit.models.sources import load_model
+from edgevit.quant import QuantConfig, quantize
+from edgevit.quant.regions import node_region, plan_regions, without_regions
+from edgevit.recipe import load_recipe
+from edgevit.stages import placement as placement_mod
+from edgevit.stages.placement import Placement, fastest, region_times, slow_regions
+from edgevit.validate.checks import SLOWER_MARGIN, not_slower_checks
+
+
+@pytest.fixture(scope="module")
+def hybrid_plan():
+    model, _ = load_model(ModelConfig(source="builtin:hybrid-cifar10"))
+    torch.manual_seed(0)
+    _, plan = quantize(model, QuantConfig(conv_output=True), [torch.randn(8, 3, 32, 32)])
+    return model, plan
+
+
+def test_every_quantizer_is_in_one_region(hybrid_plan):
+    """Regions partition the plan: conv units, the MobileViT bridges, attention, MLPs, stem and head."""
+    model, plan = hybrid_plan
+    regions = plan_regions(model, plan)
+    weights = [w for r in regions.values() for w in r.weights]
+    acts = [a for r in regions.values() for a in r.activations]
+    assert sorted(weights) == sorted(plan.weights) and sorted(acts) == sorted(plan.activations)
+    kinds = {r.kind for r in regions.values()}
+    assert {"attention", "mlp", "bridge", "stem", "head", "block"} <= kinds
+    assert regions["stages.2.1.transformer.0.attn"].kind == "attention"
+    assert regions["stages.2.1"].kind == "bridge"  # conv_kxk / conv_1x1 / conv_proj / conv_fusion around it
+    assert "stages.2.1.transformer.0.attn.softmax" in regions["stages.2.1.transformer.0.attn"].activations
+    # ONNX node names (module path / op) and parameter names land in the region of their module
+    assert node_region("stages.2.1/transformer.0/attn/qkv/MatMul", regions) == "stages.2.1.transformer.0.attn"
+    assert node_region("stages.3.1.transformer.1.mlp.fc1.bias", regions) == "stages.3.1.transformer.1.mlp"
+    assert node_region("stages.2.1/conv_kxk/conv/Conv", regions) == "stages.2.1"
+    assert node_region("Transpose_token_4", regions) is None
+    # a region left in float loses all its quantizers and nothing else
+    left = without_regions(plan, regions, ["stages.2.1.transformer.0.attn"])
+    assert left.float_regions == ["stages.2.1.transformer.0.attn"]
+    assert len(plan.activations) - len(left.activations) == len(regions["stages.2.1.transformer.0.attn"].activations)
+    assert len(plan.weights) - len(left.weights) == 2
+
+
+def test_decisions_from_a_timing_table():
+    """Slow regions go to float; the fastest candidate ships only when it beats FP32 by the margin."""
+    regions = {"stem": None, "blocks.0.attn": None, "blocks.0.mlp": None}
+    node_ms = {"stem/conv/Conv": 0.5, "blocks.0/attn/qkv/MatMul": 0.2, "blocks.0/attn/MatMul_1": 0.2,
+               "blocks.0.mlp.fc1.bias": 0.1, "Reshape_7": 9.0}
+    int8 = region_times(node_ms, regions)
+    assert int8 == pytest.approx({"stem": 0.5, "blocks.0.attn": 0.4, "blocks.0.mlp": 0.1})
+    assert slow_regions(int8, {"stem": 0.2, "blocks.0.attn": 0.6, "blocks.0.mlp": 0.1}) == ["stem"]
+    assert fastest({"fp32": 1.0, "int8": 1.2, "int8-placed": 0.9}) == ("int8-placed", True)
+    assert fastest({"fp32": 1.0, "int8": 1.2, "int8-placed": 0.99}) == ("int8-placed", False)  # within the margin
+    assert fastest({"fp32": 1.0, "int8": 0.97, "int8-placed": 0.97}) == ("int8", True)  # ties: by name
+
+
+def _row(name, precision, ms, placement=None, runtime="onnxruntime"):
+    return {"name": name, "precision": precision, "runtime": runtime, "placement": placement,
+            "latency": [{"device": "local-ort-cpu", "batch1": {"median_ms": ms}}]}
+
+
+def test_not_slower_check_on_synthetic_rows():
+    """An INT8 artifact lowered for its own runtime fails when its median exceeds FP32's by the margin;
+    one lowered for TensorRT (timed here only as an ONNX) is not judged."""
+    own = {"mode": "all", "lowering": "onnxruntime"}
+    rows = [_row("onnx-fp32", "fp32", 1.0), _row("a", "int8", 1.0 + SLOWER_MARGIN / 2, own),
+            _row("b", "int8", 1.0 + 2 * SLOWER_MARGIN, own),
+            _row("c", "int8", 3.0, {"mode": "auto", "lowering": "tensorrt"})]
+    checks = {c.name.split(":")[0]: c.ok for c in not_slower_checks(rows)}
+    assert checks == {"a": True, "b": False}
+
+
+def _recipe(tmp_path, **quant):
+    sets = [f"quantize.{k}={v}" for k, v in quant.items()]
+    return load_recipe(str(ROOT / "recipes" / "int8_ptq.yaml"), sets + [
+        f"calibration.path={CALIB_DIR}", "calibration.num=64", "validate.eval.num=100",
+        "validate.devices.0.iters=5", "validate.devices.0.warmup=1", "validate.devices.0.throughput_batch=2",
+        "export=[export/onnx-fp32.yaml,export/onnx-int8.yaml]"])
+
+
+def test_auto_placement_from_injected_timings_and_replay(tmp_path, monkeypatch):
+    """With injected timings (profile and interleaved medians), auto leaves the regions the profile calls
+    slow in float and ships the placed INT8 graph; placement.json replays it to the same bytes. When no
+    candidate beats FP32, the FP32 model ships and the run's status says so."""
+    from edgevit.pipeline import run
+
+    def fake_profile(self, path, device, x, runs):
+        # INT8 is slower than float in the stem and the first stage, faster in the head
+        if path.name == "fp32.onnx":
+            return {"stem/conv/Conv": 0.1, "stages.0.0/conv1_1x1/conv/Conv": 0.1, "head/fc/Gemm": 0.3}
+        return {"stem/conv/Conv_quant": 0.3, "stages.0.0/conv1_1x1/conv/Conv_quant": 0.3, "head.fc.bias": 0.1}
+
+    table = {"fp32": 1.0, "int8": 1.1, "int8-placed": 0.8, "int8-symmetric": 1.3, "int8-symmetric-placed": 0.9}
+    monkeypatch.setattr("edgevit.runtimes.onnxruntime.OnnxRuntime.profile", fake_profile)
+    monkeypatch.setattr(placement_mod, "interleaved_medians", lambda runners, x, rounds, **kw:
+                        {k: table[k] for k in runners})
+    monkeypatch.setattr(placement_mod, "_rounds", lambda *a, **kw: 1)
+    first = run(_recipe(tmp_path), tmp_path / "auto")
+    saved = json.loads((tmp_path / "auto" / "placement.json").read_text())["artifacts"]["onnx-int8"]
+    assert saved["shipped"] == "int8" and saved["activations"] == "as calibrated"
+    assert saved["float_regions"] == ["stem", "stages.0.0"]
+    assert {r["region"]: r["decision"] for r in saved["regions"]}["head"] == "int8"
+    assert saved["candidates"] == {k: table[k] for k in saved["candidates"]} and saved["speedup"] == 1.25
+    plan = json.loads((tmp_path / "auto" / "plan.json").read_text())
+    row = next(r for r in first.report["results"] if r["name"] == "onnx-int8")
+    assert row["precision"] == "int8" and row["simulated_by"] == "pytorch-int8-sim-placed-onnx-int8"
+    assert plan["float_regions"] == []  # the run's plan itself is not placed; each artifact is
+
+    monkeypatch.undo()  # the replay times nothing
+    replay = run(_recipe(tmp_path, placement=str(tmp_path / "auto" / "placement.json")), tmp_path / "replay")
+    assert (tmp_path / "auto" / "onnx-int8.onnx").read_bytes() == (tmp_path / "replay" / "onnx-int8.onnx").read_bytes()
+    rp = next(r for r in replay.report["results"] if r["name"] == "onnx-int8")["placement"]
+    assert rp["mode"] == "replay" and rp["float_regions"] == ["stem", "stages.0.0"]
+
+    monkeypatch.setattr("edgevit.runtimes.onnxruntime.OnnxRuntime.profile", fake_profile)
+    monkeypatch.setattr(placement_mod, "interleaved_medians", lambda runners, x, rounds, **kw:
+                        {k: 1.0 if k == "fp32" else 0.995 for k in runners})
+    monkeypatch.setattr(placement_mod, "_rounds", lambda *a, **kw: 1)
+    slower = run(_recipe(tmp_path), tmp_path / "slower")
+    row = next(r for r in slower.report["results"] if r["name"] == "onnx-int8")
+    assert row["precision"] == "fp32" and row["placement"]["shipped"] == "fp32"
+    assert "no INT8 placement beats FP32" in row["placement"]["reason"]
+    assert slower.report["status"] == "int8_not_faster", [c for c in slower.report["checks"] if not c["ok"]]
+    assert "INT8 NOT FASTER" in (tmp_path / "slower" / "report.md").read_text()
+
+
+def test_placement_setting_errors(tmp_path):
+    """A placement that is neither auto, all nor a placement.json file is refused naming the key."""
+    with pytest.raises(BadInput, match="quantize.placement"):
+        _recipe(tmp_path, placement="fastest")
+    with pytest.raises(BadInput, match="quantize.placement"):
+        _recipe(tmp_path, placement=str(tmp_path / "missing.json"))
+    bad = tmp_path / "other.json"
+    bad.write_text(json.dumps({"format": "edgevit.placement/1", "artifacts": {"onnx-int8": {
+        "artifact": "onnx-int8", "mode": "auto", "float_regions": ["no.such.region"]}}}))
+    from edgevit.pipeline import run
+
+    with pytest.raises(BadInput, match="no.such.region"):
+        run(_recipe(tmp_path, placement=str(bad)), tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+    assert Placement.from_dict({"artifact": "x", "mode": "all", "unknown_key": 1}).artifact == "x"
