@@ -6,6 +6,7 @@ average is recorded beside it (on a shared 2-core machine, timings under load sw
 from __future__ import annotations
 
 import os
+import random
 import time
 from typing import Callable
 
@@ -53,8 +54,9 @@ def measure(run: Callable[[np.ndarray], object], sample: np.ndarray, device,
 def measure_interleaved(runs: dict[str, Callable[[np.ndarray], object]], sample: np.ndarray, device,
                         on_iter: Callable[[], None] | None = None, per_round: int = 5) -> dict[str, dict]:
     """:func:`measure` for several runners at once, interleaved round by round (``per_round`` batch-1
-    calls and one throughput call each per round), so that every artifact - the FP32 baseline included
-    - is timed under the same load and their ratios hold on a busy machine."""
+    calls and one throughput call each per round, in a shuffled order each round), so that every
+    artifact - the FP32 baseline included - is timed under the same load and their ratios hold on a busy
+    machine."""
     one = sample[:1]
     reps = -(-device.throughput_batch // len(sample))
     big = np.concatenate([sample] * reps)[:device.throughput_batch]
@@ -67,8 +69,12 @@ def measure_interleaved(runs: dict[str, Callable[[np.ndarray], object]], sample:
     bt = {k: [] for k in runs}
     load_before = load_average()
     n_big = _throughput_iters(device)
+    order = list(runs)
+    rng = random.Random(0)
     while any(len(v) < device.iters for v in b1.values()) or any(len(v) < n_big for v in bt.values()):
-        for k, run in runs.items():
+        rng.shuffle(order)  # no runner always follows the same one (a PyTorch row's threads can linger)
+        for k in order:
+            run = runs[k]
             for _ in range(min(per_round, device.iters - len(b1[k]))):
                 b1[k].append(_timed(run, one))
                 if on_iter:

@@ -48,21 +48,40 @@ def ort_node_times(path: Path | str, threads: int, x: np.ndarray, runs: int, war
 
 def _scoped_names(optimized: Path) -> dict[str, str]:
     """Node name -> a name with a module path, for the nodes ONNX Runtime created under names of its own
-    (``Gemm_4``, a MatMul + Add fused with Reshapes around it): the name of a parameter it reads
-    (``a.b.fc1.bias``), else the first of its output, then input, tensor names that carries a module path
-    (``a.b/c/Add_output_0``)."""
+    (``Gemm_4``: a MatMul + Add fused, with Reshapes around it): the first module-path name (``a.b/c/Add``
+    or a tensor ``a.b/c/Add_output_0``) found downstream within a few nodes, else among its inputs. Parameter
+    names are not used: equal initializers (zero biases of random weights) are shared under one name."""
     import onnx
 
     try:
         graph = onnx.load(str(optimized), load_external_data=False).graph
     except Exception:  # noqa: BLE001 - the names only refine attribution; without them nodes keep their own
         return {}
+    consumers: dict[str, list] = defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+
+    def downstream(node, depth: int = 4) -> str | None:
+        frontier = [node]
+        for _ in range(depth):
+            nxt = []
+            for m in frontier:
+                for t in m.output:
+                    if "/" in t:
+                        return t
+                    for c in consumers.get(t, []):
+                        if "/" in c.name:
+                            return c.name
+                        nxt.append(c)
+            frontier = nxt
+        return None
+
     out = {}
     for n in graph.node:
         if "/" in n.name:
             continue
-        scoped = next((t for t in n.input if "." in t and "/" not in t and "::" not in t), None) or \
-            next((t for t in list(n.output) + list(n.input) if "/" in t), None)
+        scoped = downstream(n) or next((t for t in n.input if "/" in t), None)
         if scoped is not None:
             out[n.name] = scoped
     return out
