@@ -1,8 +1,10 @@
-"""What ``quantize.placement: auto`` ships, per model, on this machine's ONNX Runtime (batch 1, 2 threads).
+"""What ``quantize.placement: auto`` ships, per model, on this machine's ONNX Runtime and OpenVINO (batch 1, 2
+threads).
 
     .venv/bin/python benchmarks/placement.py [--only NAME ...]
 
-Runs ``edgevit compress --recipe int8_ptq`` (FP32 and INT8 ONNX for ONNX Runtime) on each model and
+Runs ``edgevit compress --recipe int8_ptq`` (FP32 and INT8 ONNX for ONNX Runtime; ``openvino_int8`` for the
+OpenVINO row: FP32 and INT8 IRs) on each model and
 collects, from the run folder: the candidates the placement timed interleaved with the FP32 graph
 (all INT8; slow regions in float; the same with symmetric int8 activations), what shipped, how many
 regions stayed INT8, and the speed the validation measured afterwards (the shipped artifact and the
@@ -20,36 +22,40 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = {  # name -> extra --set overrides
-    "builtin-hybrid": ["model.source=builtin:hybrid-cifar10"],
-    "builtin-hybrid-convout": ["model.source=builtin:hybrid-cifar10", "quantize.conv_output=true"],
-    "mobilevit_xxs-convout": ["model.source=timm:mobilevit_xxs", "quantize.conv_output=true"],
-    "efficientformerv2_s0-convout": ["model.source=timm:efficientformerv2_s0", "quantize.conv_output=true"],
-    "levit_128s": ["model.source=timm:levit_128s"],
-    "deit_tiny": ["model.source=timm:deit_tiny_patch16_224"],
+ORT = ("int8_ptq", "onnx-int8", "onnx-fp32", "[export/onnx-fp32.yaml,export/onnx-int8.yaml]")
+OV = ("openvino_int8", "openvino-int8", "openvino-fp32", "[export/openvino-fp32.yaml,export/openvino-int8.yaml]")
+CASES = {  # name -> (recipe, INT8 artifact, its FP32 artifact, exports), extra --set overrides
+    "builtin-hybrid": (ORT, ["model.source=builtin:hybrid-cifar10"]),
+    "builtin-hybrid-convout": (ORT, ["model.source=builtin:hybrid-cifar10", "quantize.conv_output=true"]),
+    "builtin-hybrid-openvino": (OV, ["model.source=builtin:hybrid-cifar10"]),
+    "mobilevit_xxs-convout": (ORT, ["model.source=timm:mobilevit_xxs", "quantize.conv_output=true"]),
+    "efficientformerv2_s0-convout": (ORT, ["model.source=timm:efficientformerv2_s0", "quantize.conv_output=true"]),
+    "levit_128s": (ORT, ["model.source=timm:levit_128s"]),
+    "deit_tiny": (ORT, ["model.source=timm:deit_tiny_patch16_224"]),
 }
 
 
-def run_case(name: str, sets: list[str], out: Path) -> dict:
-    cmd = [sys.executable, "-m", "edgevit.cli", "compress", "--recipe", "recipes/int8_ptq.yaml", "--out", str(out),
-           "--set", "export=[export/onnx-fp32.yaml,export/onnx-int8.yaml]", "--set", "validate.eval.num=200",
-           "--set", "validate.devices.0.iters=100"]
+def run_case(name: str, case: tuple, sets: list[str], out: Path) -> dict:
+    recipe, int8, fp32, exports = case
+    cmd = [sys.executable, "-m", "edgevit.cli", "compress", "--recipe", recipe, "--out", str(out),
+           "--set", f"export={exports}", "--set", "validate.eval.num=200", "--set", "validate.devices.0.iters=100"]
     for s in sets:
         cmd += ["--set", s]
     t0 = time.time()
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     rep = json.loads((out / "report.json").read_text())
-    p = json.loads((out / "placement.json").read_text())["artifacts"]["onnx-int8"]
+    p = json.loads((out / "placement.json").read_text())["artifacts"][int8]
     rows = {r["name"]: r for r in rep["results"]}
-    b1 = {k: rows[k]["latency"][0]["batch1"]["median_ms"] for k in ("onnx-fp32", "onnx-int8")}
-    tp = {k: rows[k]["latency"][0]["throughput"]["images_per_s"] for k in ("onnx-fp32", "onnx-int8")}
-    return {"model": rep["model"]["source"], "overrides": sets, "exit_code": res.returncode, "status": rep["status"],
+    b1 = {k: rows[k]["latency"][0]["batch1"]["median_ms"] for k in (fp32, int8)}
+    tp = {k: rows[k]["latency"][0]["throughput"]["images_per_s"] for k in (fp32, int8)}
+    return {"model": rep["model"]["source"], "recipe": recipe, "artifact": int8, "overrides": sets, "exit_code": res.returncode, "status": rep["status"],
             "candidates_ms": p["candidates"], "best_candidate_speedup": p["speedup"], "shipped": p["shipped"],
             "activations": p["activations"], "regions": len(p["regions"]),
             "regions_int8": sum(r["decision"] == "int8" for r in p["regions"]),
             "regions_faster_in_int8": sum(r.get("faster_in") == "int8" for r in p["regions"]),
-            "validation_b1_ms": b1, "validation_speed_b1": round(b1["onnx-fp32"] / b1["onnx-int8"], 3),
-            "validation_throughput_ratio": round(tp["onnx-int8"] / tp["onnx-fp32"], 3),
+            "validation_b1_ms": b1, "validation_speed_b1": round(b1[fp32] / b1[int8], 3),
+            "validation_throughput_ratio": round(tp[int8] / tp[fp32], 3),
+            "size_ratio": round(rows[int8]["size_bytes"] / rows[fp32]["size_bytes"], 3),
             "forms": p["forms"], "seconds": round(time.time() - t0, 1)}
 
 
@@ -59,10 +65,10 @@ def main() -> None:
     args = ap.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, sets in CASES.items():
+        for name, (case, sets) in CASES.items():
             if args.only and name not in args.only:
                 continue
-            results[name] = r = run_case(name, sets, Path(tmp) / name)
+            results[name] = r = run_case(name, case, sets, Path(tmp) / name)
             cands = ", ".join(f"{k} {v:.2f}" for k, v in r["candidates_ms"].items())
             print(f"{name:30s} exit {r['exit_code']} {r['status']:16s} shipped {r['shipped']} "
                   f"({r['regions_int8']}/{r['regions']} regions INT8, {r['activations']}; profile: "

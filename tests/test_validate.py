@@ -68,8 +68,12 @@ def test_interleaved_timing_keeps_the_ratio_and_the_counts():
     ratio = out["slow"]["batch1"]["median_ms"] / out["fast"]["batch1"]["median_ms"]
     assert 1.6 < ratio < 2.4
     timed = order[2 * (1 + 1):]  # after the warm-up calls
-    switches = sum(a != b for a, b in zip(timed, timed[1:]))
-    assert switches >= 2 * 5 - 1  # alternated every round, not one runner after the other
+    streak, longest = 1, 1
+    for a, b in zip(timed, timed[1:]):
+        streak = streak + 1 if a == b else 1
+        longest = max(longest, streak)
+    # shuffled rounds: a runner at most ends one round and starts the next (5 + 1 calls each), never all 17 in a row
+    assert longest <= 2 * (5 + 1)
 
 
 def test_random_weights_are_judged_on_logit_sqnr_not_top1():
