@@ -50,7 +50,10 @@ def placement_lines(results: list[dict]) -> list[str]:
                   + f". {p['reason']}.", ""]
         if p.get("candidates"):
             lines += ["Candidates timed interleaved on `" + str(p["device"]) + "` (batch 1, median ms): "
-                      + ", ".join(f"{k} {v:.3f}" for k, v in p["candidates"].items()) + ".", ""]
+                      + ", ".join(f"{k} {v:.3f}" for k, v in p["candidates"].items()) + "." + (
+                          " Timed again, the fastest and FP32 alone: " + ", ".join(
+                              f"{k} {v:.3f}" for k, v in p["confirmation"].items()) + "." if p.get("confirmation")
+                          else ""), ""]
         if p.get("regions"):
             lines += ["| region | kind | quantizers | INT8 node time (ms) | float node time (ms) | faster in | shipped |",
                       "|---|---|---|---|---|---|---|"]
