@@ -243,3 +243,25 @@ def test_coreml_device_path_reaches_prediction(sshd, tmp_path):
     device = DeviceConfig.model_validate(_profile(sshd, runtime="coreml", compute_units="cpu_and_ne"))
     with pytest.raises(DeviceError, match="benchmark failed on the device .*macOS"):
         measure_remote(device, [("tiny", pkg)], np.zeros((2, 3, 32, 32), np.float32), None, info)
+
+
+def test_placement_is_timed_on_the_ssh_device(sshd, tmp_path):
+    """With only an SSH device for ONNX Runtime, the INT8 placement's candidates are timed on the device
+    (the per-region profile is taken here); what ships and the run's exit code follow from that timing."""
+    profile = tmp_path / "loopback.yaml"
+    profile.write_text(yaml.safe_dump(_profile(sshd)))
+    out = tmp_path / "run"
+    res = run_cli("compress", "--recipe", "recipes/int8_ptq.yaml", "--out", str(out), "--set", "validate.eval.num=100",
+                  "--set", "export=[export/onnx-fp32.yaml,export/onnx-int8.yaml]",
+                  "--set", f"validate.devices=[{profile}]")
+    rep = json.loads((out / "report.json").read_text())
+    rows = {r["name"]: r for r in rep["results"]}
+    p = rows["onnx-int8"]["placement"]
+    assert p["mode"] == "auto" and p["device"] == "loopback-ort", p["reason"]
+    assert {"fp32", "int8"} <= set(p["candidates"]) and all(v > 0 for v in p["candidates"].values())
+    assert len(p["regions"]) > 10 and sum(r["int8_ms"] for r in p["regions"]) > 0  # profiled here
+    assert (res.returncode, rep["status"]) == ((0, "ok") if p["shipped"] == "int8" else (3, "int8_not_faster")), \
+        [c for c in rep["checks"] if not c["ok"]]
+    slower = [c for c in rep["checks"] if "not slower than" in c["name"]]
+    assert [c["name"] for c in slower] == (["onnx-int8: INT8 not slower than onnx-fp32 on loopback-ort"]
+                                           if p["shipped"] == "int8" else [])

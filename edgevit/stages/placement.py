@@ -14,6 +14,10 @@
    are timed alone (twice as many rounds); otherwise
    ``quantize.when_slower`` decides (the FP32 model, or the fastest INT8 anyway), and the report says so.
 
+The device is the deployment target when the recipe has one: an SSH device profile running the artifact's
+runtime times the candidates there (the per-region profile, which proposes the float regions, is taken on
+this machine when the runtime runs here); else a local profile of the runtime, else the first local one.
+
 Decisions and every measured number go to ``placement.json``; ``placement: <that file>`` replays them
 without timing, so the artifact is byte-identical to the one the decision was measured on (``auto``
 itself depends on timing: two runs may choose differently). Leaving a region in float is taken to keep
@@ -143,9 +147,12 @@ def place(job, ctx, plan) -> tuple[object | None, Placement]:
         p = dataclasses.replace(saved[job.name], mode="replay", lowering=target.name,
                                 reason=f"replayed from {qcfg.placement}")
         return (apply_placement(plan, p, plan_regions(ctx.model, plan)) if p.shipped == "int8" else None), p
-    local = [d for d in ctx.recipe.validation.devices if d.kind == "local"]
-    # like validation: a local profile of the artifact's runtime, else the first local profile's threads
-    device = next((d for d in local if d.runtime == rt.name), local[0] if local else None)
+    devices = ctx.recipe.validation.devices
+    local = [d for d in devices if d.kind == "local"]
+    # the deployment target first (an SSH device running the artifact's runtime: timed there), else like
+    # validation a local profile of the runtime, else the first local profile's threads
+    device = next((d for d in devices if d.kind == "ssh" and d.runtime == rt.name), None) or \
+        next((d for d in local if d.runtime == rt.name), local[0] if local else None)
     why = None
     if target is not rt.lowering:
         why = f"lowered for {target.label}, which this machine does not time: every quantizer kept"
@@ -155,7 +162,7 @@ def place(job, ctx, plan) -> tuple[object | None, Placement]:
             f"scheme; no {rt.label} integer kernel runs it, so it is not timed against FP32"))
     elif device is None:
         why = "no local device profile: not timed, every quantizer kept"
-    elif not rt.can_run_here() or not rt.profiles:
+    elif device.kind == "local" and (not rt.can_run_here() or not rt.profiles):
         why = f"{rt.label} cannot run or profile here: not timed, every quantizer kept"
     if why:
         return plan, Placement(job.name, "auto", runtime=rt.name, lowering=target.name, reason=why)
@@ -177,26 +184,31 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
         return files[name]
 
     p = Placement(job.name, "auto", runtime=rt.name, lowering=rt.lowering.name, device=device.name)
-    fp32_nodes = rt.profile(export("fp32", ctx.model, "fp32"), device, x, PROFILE_RUNS)
-    float_ms = region_times(fp32_nodes, regions)
+    # the per-region profile is taken here (on the local profile's threads); an SSH device times the candidates
+    prof_dev = device if device.kind == "local" else next(
+        (d for d in ctx.recipe.validation.devices if d.kind == "local"), device)
+    can_profile = rt.profiles and rt.can_run_here()
+    profile = (lambda path: rt.profile(path, prof_dev, x, PROFILE_RUNS)) if can_profile else None
+    fp32_path = export("fp32", ctx.model, "fp32")
+    # without a profile every region counts as faster in INT8: the candidates are the activation forms only
+    float_ms = region_times(profile(fp32_path), regions) if profile else {r: 0.0 for r in regions}
     plans: dict[str, object] = {}
     tables: dict[str, dict[str, float]] = {}  # form -> region -> INT8 node ms
     for form, form_plan in _forms(ctx, plan, p).items():
         all_name = "int8" if form == "as calibrated" else "int8-symmetric"
         plans[all_name] = form_plan
-        nodes = rt.profile(export(all_name, apply_plan(ctx.model, form_plan), "int8"), device, x, PROFILE_RUNS)
-        tables[form] = region_times(nodes, regions)
+        path = export(all_name, apply_plan(ctx.model, form_plan), "int8")
+        tables[form] = region_times(profile(path), regions) if profile else {r: 0.0 for r in regions}
         slow = slow_regions(tables[form], float_ms)
         if slow and len(slow) < len(regions):
             placed = without_regions(form_plan, regions, slow)
             plans[all_name + "-placed"] = placed
             export(all_name + "-placed", apply_plan(ctx.model, placed), "int8")
-    runners = {k: rt.local_runner(f, device) for k, f in files.items()}
-    rounds = _rounds(runners["fp32"], x, len(runners))
-    p.candidates = {k: round(v, 4) for k, v in interleaved_medians(runners, x[:1], rounds).items()}
+    timer = _device_timer(device, ctx.info, x) if device.kind == "ssh" else _local_timer(rt, device, x)
+    p.candidates = {k: round(v, 4) for k, v in timer(files, 1).items()}
     best, faster = fastest(p.candidates)
     if faster:  # a second timing of the two alone, twice as long: both must show the margin
-        again = interleaved_medians({best: runners[best], "fp32": runners["fp32"]}, x[:1], 2 * rounds, seed=1)
+        again = timer({best: files[best], "fp32": files["fp32"]}, 2)
         p.confirmation = {k: round(v, 4) for k, v in again.items()}
         faster = fastest(again)[1]
     chosen = plans[best]
@@ -224,6 +236,26 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
                 f"quantize.when_slower: {when} shipped the {'FP32 model' if when == 'fp32' else 'fastest INT8'}")
     log.warning("placement %s: %s", job.name, p.reason)
     return (chosen if when == "int8" else None), p
+
+
+def _local_timer(rt, device, x: np.ndarray):
+    """Batch-1 medians of artifact files on this machine, interleaved (``scale``: relative length)."""
+    def time_files(files: dict[str, Path], scale: int) -> dict[str, float]:
+        runners = {k: rt.local_runner(f, device) for k, f in files.items()}
+        rounds = scale * _rounds(runners["fp32"], x, len(runners))
+        return interleaved_medians(runners, x[:1], rounds, seed=scale)
+    return time_files
+
+
+def _device_timer(device, info, x: np.ndarray):
+    """Batch-1 medians of artifact files on an SSH device, timed there in one session (interleaved)."""
+    from edgevit.devices.remote import measure_remote
+
+    def time_files(files: dict[str, Path], scale: int) -> dict[str, float]:
+        dev = device.model_copy(update={"iters": scale * device.iters, "throughput_batch": 1})
+        out = measure_remote(dev, list(files.items()), x[:1], None, info)
+        return {k: float(out["artifacts"][k]["batch1"]["median_ms"]) for k in files}
+    return time_files
 
 
 def _sample(ctx) -> np.ndarray:
