@@ -24,20 +24,19 @@ def ov_run(tmp_path_factory):
     """The shipped openvino_int8 recipe on 300 evaluation images."""
     out = tmp_path_factory.mktemp("ov") / "run"
     res = run_cli("compress", "--recipe", "openvino_int8", "--out", str(out), "--set", "validate.eval.num=300",
-                  "--set", "validate.devices.0.iters=10", "--set", "validate.devices.0.warmup=2")
+                  "--set", "validate.devices.0.iters=10", "--set", "validate.devices.0.warmup=2",
+                  "--set", "quantize.when_slower=int8")  # the INT8 IR ships even where it is not faster
     rep = json.loads((out / "report.json").read_text())
-    shipped = next(r for r in rep["results"] if r["name"] == "openvino-int8")["placement"]["shipped"]
-    # INT8 ships only where OpenVINO runs it faster than FP32 here; else FP32 ships and the run says so (exit 3)
-    assert (res.returncode, rep["status"]) == ((0, "ok") if shipped == "int8" else (3, "int8_not_faster")), res.stderr
+    failed = [c["name"] for c in rep["checks"] if not c["ok"]]
+    # whether INT8 beats FP32 on this 32 px model varies run to run; only the speed check may say no
+    assert set(failed) <= {"openvino-int8: INT8 not slower than openvino-fp32 on local-openvino-cpu"}, failed
+    assert (res.returncode, rep["status"]) == ((1, "failed_checks") if failed else (0, "ok")), res.stderr
     return out, rep
 
 
 def test_recipe_validates_every_openvino_artifact(ov_run):
     out, rep = ov_run
     rows = {r["name"]: r for r in rep["results"]}
-    if rows["openvino-int8"]["precision"] == "fp32":
-        pytest.skip("OpenVINO INT8 was not faster than FP32 on this machine in this run: " +
-                    rows["openvino-int8"]["placement"]["reason"])
     for name in ("openvino-fp32", "openvino-bf16", "openvino-int8"):
         r = rows[name]
         assert r["runtime"] == "openvino" and (out / r["file"]).is_file() and (out / r["export"]["weights"]).is_file()
