@@ -15,10 +15,12 @@ from edgevit.data import Preprocess, open_image_set
 from edgevit.errors import BadInput
 from edgevit.exporters.onnx import export_onnx, read_metadata
 from edgevit.models import load_model
-from edgevit.quant import QuantConfig, quantize
-from edgevit.quant.sites import QuantAttention, QuantConv2d, QuantLinear
+from edgevit.quant import QuantConfig, apply_plan, quantize
+from edgevit.quant.plan import prepare
+from edgevit.quant.sites import QuantAttention, QuantConv2d, QuantLinear, weighted_sites
 from edgevit.recipe import ExportConfig, ModelConfig, build_recipe
 from edgevit.validate import OrtRunner, TorchRunner
+from edgevit.validate.accuracy import compare_logits
 
 
 @pytest.fixture(scope="module", params=["hybrid-cifar10", "vit-cifar10"])
@@ -149,8 +151,15 @@ def test_conv_output_mode_runs_the_conv_trunk_in_int8(tmp_path):
     assert ops.get("QLinearConv", 0) == counts["conv_output"]
     x, _ = open_image_set(EVAL_DIR, num=300, seed=0).load(pre)
     sim, dep = TorchRunner(qmodel)(x), OrtRunner(path, threads=1)(x)
-    assert (sim.argmax(1) == dep.argmax(1)).mean() >= 0.98
+    # the simulation adds each conv bias on its int32 grid, as ONNX Runtime does: deployed == simulated
+    assert (sim.argmax(1) == dep.argmax(1)).mean() >= 0.995 and compare_logits(dep, sim)["sqnr_db"] >= 35
     assert (TorchRunner(model)(x).argmax(1) == sim.argmax(1)).mean() >= 0.9
+    float_bias = apply_plan(model, plan)
+    for mod in weighted_sites(float_bias):  # put the float biases back: the simulation misses ORT by ~10 dB
+        if isinstance(mod.inner, nn.Conv2d) and mod.inner.bias is not None:
+            mod.inner.bias.data.copy_(dict(prepare(model, plan.config, plan.reparam)[0].named_parameters())[
+                f"{mod.site}.inner.bias"])
+    assert compare_logits(dep, TorchRunner(float_bias)(x))["sqnr_db"] < 33
 
 
 def test_tensorrt_lowering_and_rule_checker(quantized, tmp_path):

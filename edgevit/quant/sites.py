@@ -221,8 +221,12 @@ class QuantWeighted(nn.Module):
 class QuantLinear(QuantWeighted):
     """nn.Linear with a quantized input site and a per-channel quantized weight."""
 
+    gemm_bias: torch.Tensor | None = None  # the bias on its int32 grid, for 2-D input (see quant.plan)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.input_quant(x), self.weight(), self.inner.bias)
+        bias = self.gemm_bias if self.gemm_bias is not None and x.dim() == 2 and self.quantize_weight \
+            else self.inner.bias
+        return F.linear(self.input_quant(x), self.weight(), bias)
 
 
 class QuantConv2d(QuantWeighted):
