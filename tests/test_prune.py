@@ -187,7 +187,10 @@ def test_recipe_errors_name_the_key(tmp_path):
 
 def test_sparse24_recipe_end_to_end(tmp_path):
     out = tmp_path / "run"
-    res = run_cli("compress", "--recipe", "recipes/sparse24_int8.yaml", "--out", str(out), *FAST)
+    # every quantizer and no timing: this is about the weights in the files; 1,000 images so that three
+    # near-tie flips between the simulation and ONNX Runtime (~43 dB apart) do not decide the agreement check
+    res = run_cli("compress", "--recipe", "recipes/sparse24_int8.yaml", "--out", str(out), "--set", "calibration.num=64",
+                  "--set", "quantize.placement=all", "--set", "validate.devices=[]")
     assert res.returncode == 0, res.stderr
     rep = json.loads((out / "report.json").read_text())
     assert rep["status"] == "ok"
