@@ -28,3 +28,11 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.Comp
     """Run the real `edgevit` command line in a subprocess."""
     return subprocess.run([sys.executable, "-m", "edgevit.cli", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def speed_only_failures(report: dict) -> list[str]:
+    """The failed checks of a run, asserting that they are only "INT8 not slower than FP32" ones (how a
+    tiny model's INT8 timing compares with FP32 on a shared 2-core machine varies from run to run)."""
+    failed = [c["name"] for c in report["checks"] if not c["ok"]]
+    assert all("INT8 not slower than" in n for n in failed), failed
+    return failed

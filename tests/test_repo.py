@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import re
 
-from conftest import ROOT
+from conftest import ROOT, speed_only_failures
 
 
 def _bash_blocks(text: str) -> list[str]:
@@ -119,7 +119,10 @@ def test_installed_wheel_runs_a_shipped_recipe_from_another_folder(tmp_path):
                          cwd=work, env=env, capture_output=True, text=True, timeout=600)
     out = work / "runs" / "int8_ptq"
     assert {"onnx-fp32.onnx", "onnx-int8.onnx", "report.json", "placement.json"} <= {p.name for p in out.iterdir()}
-    status = json.loads((out / "report.json").read_text())["status"]
-    # exit 3: INT8 was not faster than FP32 here, so the FP32 model shipped and the status line says so
-    assert (run.returncode, status) in ((0, "ok"), (3, "int8_not_faster")), run.stdout[-2000:] + run.stderr[-2000:]
+    rep = json.loads((out / "report.json").read_text())
+    status = rep["status"]
+    # exit 3: INT8 was not faster than FP32 here, so the FP32 model shipped and the status line says so;
+    # exit 1 only if INT8 shipped (faster twice in the placement) and validation then timed it slower
+    expected = ((0, "ok"), (3, "int8_not_faster")) + (((1, "failed_checks"),) if speed_only_failures(rep) else ())
+    assert (run.returncode, status) in expected, run.stdout[-2000:] + run.stderr[-2000:]
     assert ("INT8 NOT FASTER" in run.stdout + run.stderr) == (status == "int8_not_faster")  # the status line
