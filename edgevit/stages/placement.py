@@ -194,7 +194,7 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
     float_ms = region_times(profile(fp32_path), regions) if profile else {r: 0.0 for r in regions}
     plans: dict[str, object] = {}
     tables: dict[str, dict[str, float]] = {}  # form -> region -> INT8 node ms
-    for form, form_plan in _forms(ctx, plan, p).items():
+    for form, form_plan in _forms(ctx, plan, p, rt).items():
         all_name = "int8" if form == "as calibrated" else "int8-symmetric"
         plans[all_name] = form_plan
         path = export(all_name, apply_plan(ctx.model, form_plan), "int8")
@@ -271,11 +271,14 @@ def _rounds(fp32_runner, x: np.ndarray, n: int, seconds: float = 6.0) -> int:
     return int(min(300, max(30, seconds / max(est * n, 1e-6))))
 
 
-def _forms(ctx, plan, p: Placement) -> dict[str, object]:
+def _forms(ctx, plan, p: Placement, rt) -> dict[str, object]:
     """The activation forms worth timing: the plan as calibrated, and symmetric int8 where its simulated
-    accuracy holds (see the module docstring)."""
+    accuracy holds and the runtime runs it as simulated (see the module docstring)."""
     forms = {"as calibrated": plan}
     if plan.config.activations.symmetric or ctx.evalset is None or not plan.activations or has_nonuniform(plan):
+        return forms
+    if rt.symmetric_form is not None:
+        p.forms.append({"activations": "symmetric", "tried": False, "why": rt.symmetric_form})
         return forms
     try:
         sym = lower_plan(plan, SYMMETRIC, "uniform")
