@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from edgevit.errors import BadInput
 from edgevit.quant import apply_plan
@@ -41,6 +40,7 @@ from edgevit.quant.lowering import has_nonuniform, lower_plan, plan_bits
 from edgevit.quant.regions import node_region, plan_regions, without_regions
 from edgevit.quant.targets import Lowering
 from edgevit.runtimes import for_format
+from edgevit.validate import TorchRunner, collect_logits
 from edgevit.validate.accuracy import compare_logits
 from edgevit.validate.checks import RANDOM_WEIGHTS_SQNR_DB
 from edgevit.validate.profiling import interleaved_medians
@@ -215,11 +215,12 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
     p.activations = "symmetric" if best.startswith("int8-symmetric") else "as calibrated"
     p.float_regions = list(chosen.float_regions[len(plan.float_regions):])
     p.speedup = round(p.candidates["fp32"] / p.candidates[best], 3)
+    p.shipped = "int8" if faster else ctx.recipe.quantize.when_slower
     slow = set(slow_regions(tables[p.activations], float_ms))
     p.regions = [{"region": r.name, "kind": r.kind, "sites": r.sites,
                   "int8_ms": round(tables[p.activations][r.name], 4), "float_ms": round(float_ms[r.name], 4),
                   "faster_in": "float" if r.name in slow else "int8",
-                  "decision": "float" if r.name in p.float_regions or not faster else "int8"}
+                  "decision": "float" if r.name in p.float_regions or p.shipped == "fp32" else "int8"}
                  for r in regions.values()]
     summary = f"{best} {p.candidates[best]:.3f} ms vs FP32 {p.candidates['fp32']:.3f} ms ({p.speedup:.2f}x)" + (
         f", timed again {p.confirmation[best]:.3f} vs {p.confirmation['fp32']:.3f} ms" if p.confirmation else "")
@@ -227,11 +228,7 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
         p.reason = f"fastest INT8 candidate beats FP32 by more than {100 * MARGIN:g} %: {summary}"
         log.info("placement %s: %s", job.name, p.reason)
         return chosen, p
-    when = ctx.recipe.quantize.when_slower
-    p.shipped = when
-    if when == "int8":
-        for r in p.regions:
-            r["decision"] = "float" if r["region"] in p.float_regions else "int8"
+    when = p.shipped
     p.reason = (f"no INT8 placement beats FP32 by {100 * MARGIN:g} % on {device.name} (best: {summary}); "
                 f"quantize.when_slower: {when} shipped the {'FP32 model' if when == 'fp32' else 'fastest INT8'}")
     log.warning("placement %s: %s", job.name, p.reason)
@@ -292,15 +289,14 @@ def _forms(ctx, plan, p: Placement, rt) -> dict[str, object]:
     return forms
 
 
-@torch.no_grad()
 def _accuracy_holds(ctx, plan, candidate) -> tuple[bool, dict]:
     """Whether ``candidate``'s simulation keeps the accuracy of ``plan``'s (top-1 on labeled images,
     agreement with FP32's top-1 on unlabeled ones, logit SQNR with random weights)."""
     ev = ctx.evalset
-    x = torch.from_numpy(ev.x[:1000])
+    x = ev.x[:1000]
 
     def logits(m) -> np.ndarray:
-        return torch.cat([m(x[i:i + 256]) for i in range(0, len(x), 256)]).numpy()
+        return collect_logits(TorchRunner(m), x, ev.batch_size)
 
     fp, base, cand = logits(ctx.model), logits(apply_plan(ctx.model, plan)), logits(apply_plan(ctx.model, candidate))
     if ctx.info.random_weights:
