@@ -40,28 +40,31 @@ EXPORTS = ["export/onnx-fp32.yaml", "export/onnx-int8.yaml", "export/openvino-fp
            "export/openvino-int8.yaml"]
 
 
-def nncf_int8(xml: Path, calib: np.ndarray, out: Path) -> tuple[Path | None, str]:
-    """NNCF's INT8 IR of the FP32 IR (transformer model type); (path, how) or (None, why it failed)."""
+def nncf_int8(xml: Path, calib: np.ndarray, out: Path, default_mode: bool = False) -> tuple[Path | None, str]:
+    """NNCF's INT8 IR of the FP32 IR (transformer model type; ``default_mode``: then NNCF's default model
+    type on the dynamic-batch IR before the batch-1 reshape); (path, how) or (None, why it failed)."""
     import nncf
     import openvino as ov
 
     notes = []
-    for static in (False, True):
+    tries = [(False, "transformer")] + ([(False, "default")] if default_mode else []) + [(True, "transformer")]
+    for static, mode in tries:
         model = ov.Core().read_model(str(xml))
         if static:
             model.reshape([1, *calib.shape[1:]])
         data = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
         try:
-            q = nncf.quantize(model, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib))
-            path = out / f"nncf-int8{'-b1' if static else ''}.xml"
+            q = nncf.quantize(model, data, subset_size=len(calib),
+                              model_type=nncf.ModelType.TRANSFORMER if mode == "transformer" else None)
+            path = out / f"nncf-int8{'-b1' if static else ''}{'-default' if mode == 'default' else ''}.xml"
             ov.save_model(q, str(path), compress_to_fp16=False)
             _compiled(path, "CPU", "f32", 2)  # compiles?
-            return path, notes + [f"NNCF transformer mode on the {'batch-1 reshaped' if static else 'dynamic-batch'} "
+            return path, notes + [f"NNCF {mode} mode on the {'batch-1 reshaped' if static else 'dynamic-batch'} "
                                   "IR: ok"]
         except Exception as e:  # report what NNCF or the compiler said, then try the static shape
             lines = str(e).strip().splitlines() or [""]
             why = next((ln for ln in lines if "HAS THROWN" in ln or "Check " in ln), lines[0])  # the specific line
-            notes.append(f"NNCF transformer mode on the {'batch-1 reshaped' if static else 'dynamic-batch'} IR "
+            notes.append(f"NNCF {mode} mode on the {'batch-1 reshaped' if static else 'dynamic-batch'} IR "
                          f"failed: {type(e).__name__}: {why.strip()[:300]}")
             traceback.print_exc(limit=1)
     return None, notes

@@ -36,8 +36,8 @@ RECIPES = {"hybrid-cifar10": "int8_ptq.yaml", "vit-cifar10": "int8_ptq_vit.yaml"
 DEFAULT_TEST = Path.home() / ".cache" / "edgevit" / "cifar10-images" / "test"
 
 
-def ort_static(fp32: Path, out: Path, calib: np.ndarray, method: str) -> None:
-    """ONNX Runtime quantize_static: QDQ, per-channel int8 weights, uint8 activations."""
+def ort_static(fp32: Path, out: Path, calib: np.ndarray, method: str, fmt: str = "QDQ", activations: str = "QUInt8") -> None:
+    """ONNX Runtime quantize_static: per-channel int8 weights; QDQ (or QOperator) format, uint8 (or int8) activations."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -54,8 +54,8 @@ def ort_static(fp32: Path, out: Path, calib: np.ndarray, method: str) -> None:
         quant_pre_process(str(fp32), str(pre))
     except Exception:  # symbolic shape inference gives up on some graphs (efficientformerv2): ONNX's then
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    quantize_static(str(pre), str(out), Reader(), quant_format=getattr(QuantFormat, fmt), per_channel=True,
+                    activation_type=getattr(QuantType, activations), weight_type=QuantType.QInt8,
                     calibrate_method=getattr(CalibrationMethod, method))
 
 

@@ -21,7 +21,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   rich_markup_mode="markdown",
                   help="Compress and export vision transformers (hybrids above all) for edge devices.")
 log = logging.getLogger("edgevit")
-STATUS_EXIT = {"ok": 0, "failed_checks": 1, "int8_not_faster": 3}
+STATUS_EXIT = {"ok": 0, "failed_checks": 1, "over_budget": 1, "int8_not_faster": 3}
 
 
 def _guard(fn: Callable[[], int | None], debug: bool) -> None:

@@ -144,6 +144,23 @@ class ValidateConfig(_Strict):
     parity_tolerance: float = Field(1e-3, gt=0, description="max abs logit diff allowed for FP32 ONNX")
 
 
+class BudgetConfig(_Strict):
+    """What the whole run may cost in accuracy, on ``validate.eval`` against the original FP32 model (before
+    pruning, token reduction and quantization). A deployed artifact outside it fails its check; the run's
+    status is ``over_budget`` (exit 1) and the report says which stage spent what."""
+
+    max_accuracy_drop: float | None = Field(None, ge=0, le=100, description="top-1 points a deployed artifact "
+                                            "may lose against the original FP32 model (labeled eval images)")
+    max_agreement_loss: float | None = Field(None, ge=0, le=100, description="points of top-1 agreement with the "
+                                             "original FP32 model it may lose (eval images without labels)")
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> "BudgetConfig":
+        if self.max_accuracy_drop is None and self.max_agreement_loss is None:
+            raise ValueError("budget: give max_accuracy_drop (top-1 points) or max_agreement_loss (agreement points)")
+        return self
+
+
 class Recipe(_Strict):
     """A whole run: model -> stages -> artifacts -> validation -> report."""
 
@@ -160,6 +177,7 @@ class Recipe(_Strict):
     quantize: QuantConfig | None = Field(None, description="post-training quantization (needs calibration)")
     export: list[ExportEntry] = Field(default_factory=lambda: [OnnxExport()])
     validation: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    budget: BudgetConfig | None = Field(None, description="the accuracy the whole run may spend (needs validate.eval)")
 
     @model_validator(mode="after")
     def _stages_fit_targets(self) -> "Recipe":
@@ -170,6 +188,9 @@ class Recipe(_Strict):
         if self.quantize is not None and self.quantize.max_accuracy_drop is not None and self.validation.eval is None:
             raise ValueError("quantize.max_accuracy_drop: needs validate.eval (the images the drop is measured on, "
                              "e.g. eval: calibration/builtin-val.yaml)")
+        if self.budget is not None and self.validation.eval is None:
+            raise ValueError("budget: needs validate.eval (the images the accuracy is measured on, e.g. "
+                             "eval: calibration/builtin-val.yaml)")
         for i, e in enumerate(self.export):
             if e.precision != "int8":
                 continue

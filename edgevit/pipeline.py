@@ -115,10 +115,12 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
 
 
 def run_status(checks: list[dict], artifacts: list[dict]) -> str:
-    """ok; failed_checks (a check failed); int8_not_faster (every check passed, but an INT8 artifact was
-    shipped as its FP32 model because no INT8 placement beat FP32 on its device)."""
-    if not all(c["ok"] for c in checks):
-        return "failed_checks"
+    """ok; over_budget (a deployed artifact lost more accuracy than the recipe's budget allows, every other
+    check passed); failed_checks (another check failed); int8_not_faster (every check passed, but an INT8
+    artifact was shipped as its FP32 model because no INT8 placement beat FP32 on its device)."""
+    failed = [c for c in checks if not c["ok"]]
+    if failed:
+        return "over_budget" if all(c.get("kind") == "budget" for c in failed) else "failed_checks"
     if any((a.get("placement") or {}).get("shipped") == "fp32" for a in artifacts):
         return "int8_not_faster"
     return "ok"

@@ -25,6 +25,7 @@ class CheckResult(BaseModel):
     name: str
     ok: bool
     detail: str
+    kind: str = "artifact"  # artifact | budget (the accuracy the whole run may spend: status over_budget)
 
 
 class LatencyRecord(_Open):

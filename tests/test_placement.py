@@ -150,3 +150,89 @@ def test_placement_setting_errors(tmp_path):
         run(_recipe(tmp_path, placement=str(bad)), tmp_path / "r")
     assert not (tmp_path / "r").exists()
     assert Placement.from_dict({"artifact": "x", "mode": "all", "unknown_key": 1}).artifact == "x"
+
+
+def _chain_graph(path):
+    """x -> Transpose -> Reshape -> Q -> DQ -> Conv (a fold feeding a quantized conv), and y -> Transpose ->
+    {Q, Relu} (two consumers: ORT does not move that Q), as a saved ONNX file."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    init = [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(128, np.uint8), "z"),
+            numpy_helper.from_array(np.array([1, 4, 2, 2], np.int64), "shape"),
+            numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w")]
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], name="blk/Transpose_3", perm=[0, 1, 3, 2]),
+             helper.make_node("Reshape", ["t", "shape"], ["r"], name="blk/Reshape_2"),
+             helper.make_node("QuantizeLinear", ["r", "s", "z"], ["q"], name="blk/conv_proj/conv/input_quant/QuantizeLinear"),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"], name="blk/conv_proj/conv/input_quant/DequantizeLinear"),
+             helper.make_node("Conv", ["dq", "w"], ["out"], name="blk/conv_proj/conv/Conv"),
+             helper.make_node("Transpose", ["y"], ["u"], name="other/Transpose", perm=[0, 1, 3, 2]),
+             helper.make_node("QuantizeLinear", ["u", "s", "z"], ["q2"], name="other/input_quant/QuantizeLinear"),
+             helper.make_node("Relu", ["u"], ["out2"], name="other/Relu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4, 2, 2])
+                                           for n in ("x", "y")],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("out2", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("q2", TensorProto.UINT8, None)], init)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_layout_chains_and_which_are_dropped(tmp_path, hybrid_plan):
+    """The quantizers ONNX Runtime moves up into Transposes (a single-consumer chain of layout ops above a
+    QuantizeLinear) are found in the graph; a chain is dropped only when its Transposes take 1.5x their float
+    time in the profiles; dropping a layer's input quantizer drops its weights too, and the placement replays."""
+    from edgevit.runtimes.onnxruntime import q_layout_chains
+    from edgevit.quant.regions import without_sites
+    from edgevit.stages.placement import CHAIN_SLOWDOWN, apply_placement, costly_chains
+
+    _chain_graph(tmp_path / "g.onnx")
+    chains = q_layout_chains(tmp_path / "g.onnx")
+    assert chains == {"blk.conv_proj.conv.input_quant": ["blk/Transpose_3"]}
+    sites = {"blk.conv_proj.conv.input_quant": "blk.conv_proj.conv.input"}
+    slow = costly_chains(chains, {"blk/Transpose_3": 0.9}, {"blk/Transpose_3": 0.3}, sites)
+    assert slow == [{"site": "blk.conv_proj.conv.input", "transposes": ["blk/Transpose_3"], "int8_ms": 0.9,
+                     "float_ms": 0.3}]
+    assert costly_chains(chains, {"blk/Transpose_3": CHAIN_SLOWDOWN * 0.3 - 0.01}, {"blk/Transpose_3": 0.3}, sites) == []
+
+    model, plan = hybrid_plan
+    site, layer = "stages.2.1.conv_proj.conv.input", "stages.2.1.conv_proj.conv"
+    left = without_sites(plan, [site])
+    assert site not in left.activations and layer not in left.weights and left.float_sites == [site]
+    assert set(plan.activations) - set(left.activations) == {site} and set(plan.weights) - set(left.weights) == {layer}
+    assert "stages.2.1.conv_proj.conv.output" in left.activations  # its output still feeds integer ops
+    regions = plan_regions(model, plan)
+    replayed = apply_placement(plan, Placement("a", "replay", float_sites=[site], float_regions=["stem"]), regions)
+    assert site not in replayed.activations and replayed.float_regions == ["stem"]
+    with pytest.raises(BadInput, match="no.such.input"):
+        apply_placement(plan, Placement("a", "replay", float_sites=["no.such.input"]), regions)
+
+
+def test_auto_placement_drops_costly_layout_chains(tmp_path, monkeypatch):
+    """When the profile shows the Transposes above conv_proj's input quantizer slower in INT8, auto times an
+    '-unchained' form without those quantizers; shipping it records them, and a replay gives the same bytes."""
+    from edgevit.pipeline import run
+    from edgevit.runtimes.onnxruntime import q_layout_chains
+
+    def fake_profile(self, path, device, x, runs):
+        if path.name == "fp32.onnx":
+            return {"stem/conv/Conv": 0.1}
+        chained = [t for q, ts in q_layout_chains(path).items() if "conv_proj" in q for t in ts]
+        return {"stem/conv/Conv_quant": 0.05} | {t: 1.0 for t in chained}
+
+    table = {"fp32": 1.0, "int8": 1.1, "int8-unchained": 0.8}
+    monkeypatch.setattr("edgevit.runtimes.onnxruntime.OnnxRuntime.profile", fake_profile)
+    monkeypatch.setattr(placement_mod, "interleaved_medians", lambda runners, x, rounds, **kw:
+                        {k: table.get(k, 2.0) for k in runners})
+    monkeypatch.setattr(placement_mod, "_rounds", lambda *a, **kw: 1)
+    run(_recipe(tmp_path), tmp_path / "auto")
+    saved = json.loads((tmp_path / "auto" / "placement.json").read_text())["artifacts"]["onnx-int8"]
+    assert set(saved["candidates"]) >= {"fp32", "int8", "int8-unchained"}
+    assert saved["shipped"] == "int8" and saved["float_regions"] == []
+    assert saved["float_sites"] and all(s.endswith("conv_proj.conv.input") for s in saved["float_sites"])
+    assert [c["site"] for c in saved["chains"]] == saved["float_sites"]
+    report = (tmp_path / "auto" / "report.md").read_text()
+    assert "quantizer(s) above layout Transposes dropped" in report
+    monkeypatch.undo()
+    run(_recipe(tmp_path, placement=str(tmp_path / "auto" / "placement.json")), tmp_path / "replay")
+    assert (tmp_path / "auto" / "onnx-int8.onnx").read_bytes() == (tmp_path / "replay" / "onnx-int8.onnx").read_bytes()

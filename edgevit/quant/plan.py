@@ -79,6 +79,7 @@ class QuantPlan:
     bridges: list[dict] = field(default_factory=list)  # bridge blocks the granularity search used
     float_layers: list[str] = field(default_factory=list)  # kept in float by the accuracy-budget fallback
     float_regions: list[str] = field(default_factory=list)  # left in float by the latency placement
+    float_sites: list[str] = field(default_factory=list)  # quantizers the placement dropped (layout chains)
     rounded: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> int8 weight codes (reconstruction)
     reconstruction: list[dict] = field(default_factory=list)  # per block: loss before/after, iterations
 
@@ -97,7 +98,7 @@ class QuantPlan:
                    ({"r": f["r"].tolist(), "b": f["b"].tolist()} if full else {}) for k, f in self.reparam.items()}
         return {"config": self.config.model_dump(), "folded_batchnorm": self.folded_bn, "layernorm_reparam": reparam,
                 "skipped": self.skipped, "unobserved_sites": self.unobserved, "float_layers": self.float_layers,
-                "float_regions": self.float_regions,
+                "float_regions": self.float_regions, "float_sites": self.float_sites,
                 "reconstruction": self.reconstruction,
                 "bridge_blocks": self.bridges,
                 "activations": {k: v.summary(full) for k, v in self.activations.items()},

@@ -108,3 +108,18 @@ def without_regions(plan, regions: dict[str, Region], names) -> object:
     out.float_regions = list(getattr(plan, "float_regions", [])) + list(names)
     return out
 
+
+def without_sites(plan, sites) -> object:
+    """A copy of ``plan`` without the named activation quantizers and, for a layer input, without that
+    layer's weight quantizer too (a layer whose input stays float runs in float: integer weights would
+    only be dequantized at every call)."""
+    out = copy.deepcopy(plan)
+    for site in sites:
+        out.activations.pop(site, None)
+        layer, kind = site.rsplit(".", 1)
+        if kind == "input":
+            out.weights.pop(layer, None)
+            out.rounded.pop(layer, None)
+    out.float_sites = list(getattr(plan, "float_sites", [])) + list(sites)
+    return out
+

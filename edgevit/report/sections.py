@@ -47,7 +47,15 @@ def placement_lines(results: list[dict]) -> list[str]:
         lines += [f"INT8 placement of `{r['name']}` ({p['mode']}): shipped {p['shipped'].upper()}"
                   + (f", activations {p['activations']}" if p["shipped"] == "int8" else "")
                   + (f", {len(p['float_regions'])} region(s) left in float" if p["float_regions"] else "")
+                  + (f", {len(p['float_sites'])} quantizer(s) above layout Transposes dropped"
+                     if p.get("float_sites") else "")
                   + f". {p['reason']}.", ""]
+        if p.get("chains"):
+            lines += ["Quantizers the runtime would move up into Transposes that then run slower on integers "
+                      "(INT8 / float node ms): " + ", ".join(
+                          f"`{c['site']}` {c['int8_ms']:.3f} / {c['float_ms']:.3f}" for c in p["chains"])
+                      + (" - dropped in the shipped form." if p.get("float_sites") else
+                         " - kept: the form without them was not the fastest."), ""]
         if p.get("candidates"):
             lines += ["Candidates timed interleaved on `" + str(p["device"]) + "` (batch 1, median ms): "
                       + ", ".join(f"{k} {v:.3f}" for k, v in p["candidates"].items()) + "." + (
@@ -122,4 +130,14 @@ def token_lines(t: dict | None) -> list[str]:
             lines.append(f"| `{name}` | {' -> '.join(map(str, counts))} | {'yes' if r.get('unmerge') else 'no'} |")
     if t.get("warning"):
         lines += ["", f"**Warning:** {t['warning']}."]
+    return lines + [""]
+
+
+def budget_lines(checks: list[dict]) -> list[str]:
+    """The accuracy budget: each deployed artifact, what the run spent of it and which stage spent what."""
+    rows = [c for c in checks if c.get("kind") == "budget"]
+    if not rows:
+        return []
+    lines = ["## Accuracy budget", "", "| artifact | within | spent, by stage |", "|---|---|---|"]
+    lines += [f"| {c['name'].split(':')[0]} | {'yes' if c['ok'] else '**NO**'} | {c['detail']} |" for c in rows]
     return lines + [""]

@@ -5,7 +5,8 @@ import math
 import os
 from pathlib import Path
 
-from edgevit.report.sections import fallback_lines, placement_lines, pruning_lines, search_lines, token_lines
+from edgevit.report.sections import (budget_lines, fallback_lines, placement_lines, pruning_lines, search_lines,
+                                     token_lines)
 
 
 def atomic_write(path: Path, text: str | bytes) -> None:
@@ -58,9 +59,16 @@ def _not_faster(report: dict) -> list[str]:
             if (r.get("placement") or {}).get("shipped") == "fp32"]
 
 
+def _over_budget(report: dict) -> list[str]:
+    return [f"{c['name'].split(':')[0]}: {c['detail']}" for c in report["checks"]
+            if not c["ok"] and c.get("kind") == "budget"]
+
+
 def status_line(report: dict) -> str:
     """One line saying how the run ended (what the exit code says, in words)."""
     failed = [c["name"] for c in report["checks"] if not c["ok"]]
+    if report["status"] == "over_budget":
+        return "status: OVER THE ACCURACY BUDGET: " + "; ".join(_over_budget(report))
     if report["status"] == "failed_checks":
         return f"status: FAILED {len(failed)} check(s): " + "; ".join(failed[:3]) + (" ..." if len(failed) > 3 else "")
     if report["status"] == "int8_not_faster":
@@ -75,6 +83,7 @@ def markdown(report: dict) -> str:
     if report.get("description"):
         lines += [report["description"], ""]
     status = {"ok": "all checks passed", "failed_checks": "**SOME CHECKS FAILED**",
+              "over_budget": "**OVER THE ACCURACY BUDGET**: " + "; ".join(_over_budget(report)),
               "int8_not_faster": "**INT8 NOT FASTER**: " + "; ".join(_not_faster(report))}[report["status"]]
     lines += [f"Status: {status}. Model `{m['source']}` ({m['arch']}, {m['params']:,} parameters, "
               f"{m['num_classes']} classes, input {m['preprocessing']['input_size']} px).", ""]
@@ -89,6 +98,7 @@ def markdown(report: dict) -> str:
     if cal:
         lines.append(f"Calibration: {cal['images']} images from `{cal['path']}`.")
     lines.append("")
+    lines += budget_lines(report["checks"])
     devices = sorted({d["device"] for r in report["results"] for d in r.get("latency", []) if not d.get("remote")})
     for dev in devices or [None]:
         lines += ["## Artifacts" + (f" on `{dev}`" if dev else ""), ""]

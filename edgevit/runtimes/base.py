@@ -97,6 +97,11 @@ class Runtime:
         exported graph (fused nodes under the name of a node they replaced)."""
         raise NotImplementedError
 
+    def layout_chains(self, path: Path) -> dict[str, list[str]]:
+        """Activation quantizers of an INT8 artifact that the runtime moves into layout ops (Transposes it
+        then runs on integers), by quantizer module path -> those nodes' names; none unless a runtime says."""
+        return {}
+
     def can_run_here(self) -> bool:
         """Whether this machine can run the runtime's artifacts (its OS, its package, its GPU)."""
         return sys.platform in self.platforms and self.unavailable() is None

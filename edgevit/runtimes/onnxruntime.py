@@ -12,6 +12,38 @@ from edgevit.quant.targets import ONNXRUNTIME, TENSORRT
 from edgevit.runtimes.base import ExportBase, OnnxGraphFields, Runtime, register
 
 log = logging.getLogger("edgevit")
+#: the ops ONNX Runtime's QDQ propagation moves a QuantizeLinear backward through (they then run on uint8)
+PROPAGATES_Q = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "MaxPool")
+
+
+def q_layout_chains(path: Path | str) -> dict[str, list[str]]:
+    """Activation quantizers that ONNX Runtime moves backward into Transposes, by quantizer module path
+    (``a.b.input_quant``) -> the Transpose nodes it would run on uint8. ORT's QDQ propagation pushes a
+    QuantizeLinear up through a chain of ``PROPAGATES_Q`` ops while each output has that one consumer and is
+    not a graph output; a uint8 Transpose with small inner dimensions can cost 10-30x the float one here
+    (MobileViT's fold: 1.9 ms vs 0.07 ms at 256 px)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    uses: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    outputs = {o.name for o in graph.output}
+    chains = {}
+    for q in graph.node:
+        if q.op_type != "QuantizeLinear" or q.input[0] not in producer:
+            continue
+        transposes, tensor = [], q.input[0]
+        while (p := producer.get(tensor)) is not None and p.op_type in PROPAGATES_Q and uses.get(tensor) == 1 \
+                and tensor not in outputs:
+            if p.op_type == "Transpose":
+                transposes.append(p.name)
+            tensor = p.input[0]
+        if transposes:
+            chains[q.name.lstrip("/").rsplit("/", 1)[0].replace("/", ".")] = transposes
+    return chains
 
 
 class OnnxExport(ExportBase, OnnxGraphFields):
@@ -103,6 +135,9 @@ class OnnxRuntime(Runtime):
         from edgevit.validate.profiling import ort_node_times
 
         return ort_node_times(path, device.threads, x, runs)
+
+    def layout_chains(self, path: Path) -> dict[str, list[str]]:
+        return q_layout_chains(path)
 
     def read_metadata(self, path: Path) -> dict[str, str]:
         from edgevit.exporters.onnx import read_metadata

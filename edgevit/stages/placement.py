@@ -6,10 +6,13 @@
    evaluation images) with symmetric int8 activations, kept only when its simulated accuracy is within
    ``ACCURACY_SLACK_PTS`` of the calibrated plan's (or within ``max_accuracy_drop`` of FP32; with random
    weights, logit SQNR >= 20 dB against FP32).
-2. Each form's all-INT8 graph and the FP32 graph are exported and profiled by the runtime itself; each
-   region's (``edgevit.quant.regions``) node time in INT8 is compared with the same region's node time
-   in float. Regions slower in INT8 are left in float.
-3. The candidates (each form all-INT8 and with its slow regions in float) are timed interleaved with
+2. Each form's all-INT8 graph and the FP32 graph are exported and profiled by the runtime itself.
+   Quantizers the runtime moves into layout ops (ONNX Runtime runs the Transposes above a QuantizeLinear
+   on uint8) are dropped, with their layer's weights, when those Transposes take ``CHAIN_SLOWDOWN``
+   times their float time: a form "-unchained", profiled again. Then each region's
+   (``edgevit.quant.regions``) node time in INT8 is compared with the same region's node time in float;
+   regions slower in INT8 are left in float.
+3. The candidates (each form all-INT8, unchained, and with its slow regions in float) are timed interleaved with
    the FP32 graph, batch 1. The fastest ships if it beats FP32 by ``MARGIN`` there and again when the two
    are timed alone (twice as many rounds); otherwise
    ``quantize.when_slower`` decides (the FP32 model, or the fastest INT8 anyway), and the report says so.
@@ -37,7 +40,8 @@ import numpy as np
 from edgevit.errors import BadInput
 from edgevit.quant import apply_plan
 from edgevit.quant.lowering import has_nonuniform, lower_plan, plan_bits
-from edgevit.quant.regions import node_region, plan_regions, without_regions
+from edgevit.quant.regions import node_region, plan_regions, without_regions, without_sites
+from edgevit.quant.sites import ActQuant
 from edgevit.quant.targets import Lowering
 from edgevit.runtimes import for_format
 from edgevit.validate import TorchRunner, collect_logits
@@ -50,6 +54,7 @@ PLACEMENT_FILE = "placement.json"
 MARGIN = 0.05  # INT8 ships only when its median is at least 5 % below FP32's, in two interleaved timings
 ACCURACY_SLACK_PTS = 0.3  # a symmetric form may cost this many top-1 points against the calibrated plan
 PROFILE_RUNS = 30
+CHAIN_SLOWDOWN = 1.5  # a layout chain is dropped when its INT8 Transposes take 1.5x their float time (not noise)
 SYMMETRIC = Lowering("symmetric", "symmetric int8 activations", symmetric=True, exact=False)
 
 
@@ -62,6 +67,7 @@ class Placement:
     shipped: str = "int8"  # int8 | fp32
     activations: str = "as calibrated"  # or "symmetric": signed int8, zero point 0, per tensor
     float_regions: list[str] = field(default_factory=list)
+    float_sites: list[str] = field(default_factory=list)  # quantizers dropped because of their layout chains
     runtime: str | None = None
     lowering: str | None = None  # the integer kernels the plan was lowered for (its runtime's, or TensorRT's)
     device: str | None = None
@@ -69,6 +75,7 @@ class Placement:
     candidates: dict[str, float] = field(default_factory=dict)  # candidate -> batch-1 median ms (with fp32)
     confirmation: dict[str, float] = field(default_factory=dict)  # the fastest and fp32 timed again, alone
     forms: list[dict] = field(default_factory=list)  # each activation form tried: accuracy, verdict
+    chains: list[dict] = field(default_factory=list)  # costly layout chains: site, transposes, int8_ms, float_ms
     speedup: float | None = None  # FP32 median / the shipped candidate's median
     reason: str = ""
 
@@ -91,6 +98,19 @@ def fastest(timings: dict[str, float], fp32: str = "fp32", margin: float = MARGI
     return best, timings[best] <= timings[fp32] * (1 - margin)
 
 
+def costly_chains(chains: dict[str, list[str]], int8_ms: dict[str, float], float_ms: dict[str, float],
+                  sites: dict[str, str]) -> list[dict]:
+    """The layout chains (quantizer module path -> its Transposes, ``Runtime.layout_chains``) whose nodes
+    take ``CHAIN_SLOWDOWN`` times longer in the INT8 profile than the same nodes in the float one, as
+    records naming the plan site (``sites``: quantizer module path -> site)."""
+    out = []
+    for module, nodes in chains.items():
+        t8, tf = sum(int8_ms.get(n, 0.0) for n in nodes), sum(float_ms.get(n, 0.0) for n in nodes)
+        if module in sites and t8 > CHAIN_SLOWDOWN * tf:
+            out.append({"site": sites[module], "transposes": nodes, "int8_ms": round(t8, 4), "float_ms": round(tf, 4)})
+    return out
+
+
 def region_times(node_ms: dict[str, float], regions) -> dict[str, float]:
     """Per-node profile times summed by region (nodes in no region are left out)."""
     out = {r: 0.0 for r in regions}
@@ -108,8 +128,14 @@ def apply_placement(plan, placement: Placement, regions) -> object:
         raise BadInput(f"placement for {placement.artifact}: region {unknown[0]!r} is not in this model's plan "
                        f"(regions: {', '.join(list(regions)[:6])}, ...); was the placement file made for another "
                        "model or recipe?")
+    missing = [s for s in placement.float_sites if s not in plan.activations]
+    if missing:
+        raise BadInput(f"placement for {placement.artifact}: quantizer {missing[0]!r} is not in this model's plan; "
+                       "was the placement file made for another model or recipe?")
     if placement.activations == "symmetric":
         plan = lower_plan(plan, SYMMETRIC, "uniform")
+    if placement.float_sites:
+        plan = without_sites(plan, placement.float_sites)
     return without_regions(plan, regions, placement.float_regions) if placement.float_regions else plan
 
 
@@ -191,19 +217,29 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
     profile = (lambda path: rt.profile(path, prof_dev, x, PROFILE_RUNS)) if can_profile else None
     fp32_path = export("fp32", ctx.model, "fp32")
     # without a profile every region counts as faster in INT8: the candidates are the activation forms only
-    float_ms = region_times(profile(fp32_path), regions) if profile else {r: 0.0 for r in regions}
+    fp32_nodes = profile(fp32_path) if profile else {}
+    float_ms = region_times(fp32_nodes, regions)
     plans: dict[str, object] = {}
     tables: dict[str, dict[str, float]] = {}  # form -> region -> INT8 node ms
+    chains: dict[str, list[dict]] = {}  # form -> its costly layout chains
+
+    def add(name: str, candidate) -> Path:
+        plans[name] = candidate
+        return export(name, apply_plan(ctx.model, candidate), "int8")
+
     for form, form_plan in _forms(ctx, plan, p, rt).items():
-        all_name = "int8" if form == "as calibrated" else "int8-symmetric"
-        plans[all_name] = form_plan
-        path = export(all_name, apply_plan(ctx.model, form_plan), "int8")
-        tables[form] = region_times(profile(path), regions) if profile else {r: 0.0 for r in regions}
+        name = "int8" if form == "as calibrated" else "int8-symmetric"
+        path = add(name, form_plan)
+        nodes = profile(path) if profile else {}
+        chains[form] = costly_chains(rt.layout_chains(path), nodes, fp32_nodes, _quantizer_sites(ctx.model, form_plan)) \
+            if profile else []
+        if chains[form]:  # the form without them, profiled again for the per-region decision
+            name, form_plan = name + "-unchained", without_sites(form_plan, [c["site"] for c in chains[form]])
+            nodes = profile(add(name, form_plan))
+        tables[form] = region_times(nodes, regions)
         slow = slow_regions(tables[form], float_ms)
         if slow and len(slow) < len(regions):
-            placed = without_regions(form_plan, regions, slow)
-            plans[all_name + "-placed"] = placed
-            export(all_name + "-placed", apply_plan(ctx.model, placed), "int8")
+            add(name + "-placed", without_regions(form_plan, regions, slow))
     timer = _device_timer(device, ctx.info, x) if device.kind == "ssh" else _local_timer(rt, device, x)
     p.candidates = {k: round(v, 4) for k, v in timer(files, 1).items()}
     best, faster = fastest(p.candidates)
@@ -214,6 +250,8 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
     chosen = plans[best]
     p.activations = "symmetric" if best.startswith("int8-symmetric") else "as calibrated"
     p.float_regions = list(chosen.float_regions[len(plan.float_regions):])
+    p.float_sites = list(chosen.float_sites[len(plan.float_sites):])
+    p.chains = chains[p.activations]
     p.speedup = round(p.candidates["fp32"] / p.candidates[best], 3)
     p.shipped = "int8" if faster else ctx.recipe.quantize.when_slower
     slow = set(slow_regions(tables[p.activations], float_ms))
@@ -253,6 +291,13 @@ def _device_timer(device, info, x: np.ndarray):
         out = measure_remote(dev, list(files.items()), x[:1], None, info)
         return {k: float(out["artifacts"][k]["batch1"]["median_ms"]) for k in files}
     return time_files
+
+
+def _quantizer_sites(model, plan) -> dict[str, str]:
+    """Module path of each activation quantizer of ``plan``'s fake-quant model -> its plan site (the ONNX
+    exporter names a QuantizeLinear after the module path)."""
+    qmodel = apply_plan(model, plan)
+    return {module: q.site for module, q in qmodel.named_modules() if isinstance(q, ActQuant)}
 
 
 def _sample(ctx) -> np.ndarray:

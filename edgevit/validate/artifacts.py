@@ -15,7 +15,7 @@ from edgevit.runtimes.onnxruntime import OnnxExport
 from edgevit.stages.prune import PRUNED_NAME
 from edgevit.stages.tokens import TOKENS_NAME
 from edgevit.validate.accuracy import accuracy_metrics, collect_logits, compare_logits
-from edgevit.validate.checks import artifact_checks
+from edgevit.validate.checks import artifact_checks, budget_checks
 from edgevit.validate.latency import measure_interleaved, timed_iterations
 from edgevit.validate.runners import TorchRunner
 
@@ -116,7 +116,8 @@ def validate(recipe, model, sims: dict, info, params: int, artifacts: list[dict]
             cmp = _agreement(logits, row["name"], row.get("simulated_by"))
             if cmp is not None:
                 acc["agreement_with_simulation"], acc["sqnr_db_vs_simulation"] = cmp["top1_agreement"], cmp["sqnr_db"]
-    checks = [c.model_dump() for c in artifact_checks(rows, val, n_eval, info.random_weights)]
+    checks = [c.model_dump() for c in artifact_checks(rows, val, n_eval, info.random_weights)
+              + budget_checks(rows, recipe.budget, info.random_weights)]
     for device in (d for d in val.devices if d.kind == "ssh"):
         checks += remote_device(device, rows, logits, evalset, sample, info, stage)
     return rows, checks

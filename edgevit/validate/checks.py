@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from edgevit.results import CheckResult
 from edgevit.runtimes import RUNTIMES
+from edgevit.stages.prune import PRUNED_NAME
+from edgevit.stages.tokens import TOKENS_NAME
 
 RANDOM_WEIGHTS_SQNR_DB = 20.0
+STAGE_ROWS = (("pruning", PRUNED_NAME), ("token reduction", TOKENS_NAME))  # the float model after each stage
+BEFORE_FALLBACK = "-before-fallback"  # the all-quantized row beside an accuracy-budget fallback: a diagnostic
 SLOWER_MARGIN = 0.05  # an INT8 artifact fails "not slower" when its batch-1 median is > 5 % above FP32's
 
 
@@ -30,6 +34,49 @@ def artifact_checks(rows: list[dict], val, n_eval: int, random_weights: bool = F
             checks += _parity_checks(r, rows, rt, val, n_eval, random_weights)
         checks += [CheckResult(**c) for c in rt.checks(r)]
     return checks + not_slower_checks(rows)
+
+
+def budget_checks(rows: list[dict], budget, random_weights: bool) -> list[CheckResult]:
+    """Every deployed artifact within the recipe's ``budget`` against the original FP32 model (``rows[0]``),
+    with what each stage spent on the way: pruning, token reduction, quantization (its simulation), the
+    export. An artifact that does not run here is judged on the PyTorch model it was made from. None with
+    random weights (top-1 and agreement are near-tie noise there)."""
+    if budget is None or random_weights or not rows[0].get("accuracy"):
+        return []
+    labeled = rows[0]["accuracy"].get("top1") is not None
+    use_top1 = budget.max_accuracy_drop is not None and labeled
+    limit = budget.max_accuracy_drop if use_top1 else budget.max_agreement_loss
+    metric = "top-1" if use_top1 else "top-1 agreement with FP32"
+    by_name = {r["name"]: r for r in rows}
+    stages = [(label, by_name[n]) for label, n in STAGE_ROWS if n in by_name]
+    out = []
+    for r in rows:
+        if r["runtime"] not in RUNTIMES or r.get("reference") or r["name"].endswith(BEFORE_FALLBACK):
+            continue
+        name = f"{r['name']}: within the accuracy budget"
+        if limit is None:
+            out.append(CheckResult(name=name, ok=False, kind="budget", detail=(
+                "the evaluation images have no labels, so budget.max_accuracy_drop cannot be measured: set "
+                "budget.max_agreement_loss (points of top-1 agreement with the FP32 model)")))
+            continue
+        chain = [("FP32", rows[0])] + stages
+        if r.get("simulated_by") in by_name:
+            chain.append(("quantization", by_name[r["simulated_by"]]))
+        if r.get("accuracy"):
+            chain.append((f"{RUNTIMES[r['runtime']].label} export", r))
+        value = [(label, _score(row["accuracy"], use_top1)) for label, row in chain]
+        spent = value[0][1] - value[-1][1]
+        steps = ", ".join(f"{label} {b - a:+.2f}" for (_, a), (label, b) in zip(value, value[1:]))
+        where = "" if chain[-1][1] is r else f" (measured on {chain[-1][1]['name']}: it does not run here)"
+        out.append(CheckResult(name=name, ok=spent <= limit + 1e-9, kind="budget", detail=(
+            f"{metric} {value[-1][1]:.2f} % vs FP32 {value[0][1]:.2f} %: {-spent:+.2f} points (budget "
+            f"{limit:g}){where}" + (f"; by stage: {steps}" if steps else ""))))
+    return out
+
+
+def _score(acc: dict, top1: bool) -> float:
+    """Percent: top-1, or top-1 agreement with the FP32 model."""
+    return 100 * (acc["top1"] if top1 else acc.get("top1_agreement", 1.0))
 
 
 def not_slower_checks(rows: list[dict]) -> list[CheckResult]:

@@ -1,0 +1,82 @@
+"""The accuracy budget of a whole run: a deployed artifact that lost more than the recipe allows fails, the run
+ends ``over_budget`` (exit 1) and says which stage spent what."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import CALIB_DIR, ROOT, run_cli
+from edgevit.config import BudgetConfig
+from edgevit.errors import BadInput
+from edgevit.recipe import load_recipe
+from edgevit.validate.checks import budget_checks
+
+
+def _row(name, runtime, top1, agreement=None, **kw):
+    acc = None if top1 is None and agreement is None else {"top1": top1, "top1_agreement": agreement}
+    return {"name": name, "runtime": runtime, "precision": kw.pop("precision", "fp32"), "accuracy": acc, **kw}
+
+
+def test_budget_checks_name_the_stage_that_spent_it():
+    """Top-1 against the original FP32 model, step by step: pruning, token reduction, quantization, export;
+    an artifact that does not run here is judged on its PyTorch source; the before-fallback diagnostic and the
+    speed yardstick are not deployed and not judged."""
+    rows = [_row("pytorch-fp32", "torch", 0.777), _row("pytorch-pruned", "torch", 0.596),
+            _row("pytorch-tokens", "torch", 0.493), _row("pytorch-int8-sim", "torch", 0.490, precision="int8-sim"),
+            _row("onnx-int8", "onnxruntime", 0.489, precision="int8", simulated_by="pytorch-int8-sim"),
+            _row("coreml-w8a8", "coreml", None, precision="int8", simulated_by="pytorch-int8-sim"),
+            _row("onnx-int8-before-fallback", "onnxruntime", 0.1, precision="int8"),
+            _row("original-fp32", "onnxruntime", 0.777, reference=True)]
+    checks = {c.name.split(":")[0]: c for c in budget_checks(rows, BudgetConfig(max_accuracy_drop=1.0), False)}
+    assert set(checks) == {"onnx-int8", "coreml-w8a8"} and not any(c.ok for c in checks.values())
+    d = checks["onnx-int8"].detail
+    assert "-28.80 points (budget 1)" in d and "pruning -18.10" in d and "token reduction -10.30" in d
+    assert "quantization -0.30" in d and "ONNX Runtime export -0.10" in d
+    assert "measured on pytorch-int8-sim" in checks["coreml-w8a8"].detail
+    assert all(c.kind == "budget" for c in checks.values())
+    wide = budget_checks(rows, BudgetConfig(max_accuracy_drop=30.0), False)
+    assert all(c.ok for c in wide)
+    assert budget_checks(rows, BudgetConfig(max_accuracy_drop=1.0), random_weights=True) == []
+
+
+def test_budget_without_labels_uses_agreement():
+    """Without labels top-1 cannot be measured: the agreement budget judges, and a top-1 budget alone fails
+    naming the key to set."""
+    rows = [_row("pytorch-fp32", "torch", None, 1.0),
+            _row("onnx-int8", "onnxruntime", None, 0.985, precision="int8")]
+    [c] = budget_checks(rows, BudgetConfig(max_agreement_loss=2.0), False)
+    assert c.ok and "top-1 agreement with FP32 98.50 %" in c.detail
+    [c] = budget_checks(rows, BudgetConfig(max_agreement_loss=1.0), False)
+    assert not c.ok
+    [c] = budget_checks(rows, BudgetConfig(max_accuracy_drop=1.0), False)
+    assert not c.ok and "budget.max_agreement_loss" in c.detail
+
+
+def _recipe(*sets):
+    return load_recipe(str(ROOT / "recipes" / "int8_ptq.yaml"), [
+        f"calibration.path={CALIB_DIR}", "calibration.num=64", "validate.eval.num=200", "validate.devices=[]",
+        "export=[export/onnx-fp32.yaml,export/onnx-int8.yaml]", "quantize.placement=all", *sets])
+
+
+def test_budget_settings_are_checked():
+    with pytest.raises(BadInput, match="budget"):
+        _recipe("budget={}")
+    with pytest.raises(BadInput, match="budget: needs validate.eval"):
+        _recipe("budget.max_accuracy_drop=1.0", "validate.eval=null")
+    assert _recipe("budget.max_accuracy_drop=0.5").budget.max_accuracy_drop == 0.5
+
+
+def test_pruned_hybrid_over_budget_exits_1_naming_pruning(tmp_path):
+    """The issue's case: 2:4 on the built-in hybrid costs many points; with a 1-point budget the run ends over
+    budget, exit 1, its status line and report naming pruning; the same run without pruning is within."""
+    args = ["compress", "--recipe", "int8_ptq", "--set", f"calibration.path={CALIB_DIR}", "--set", "calibration.num=32",
+            "--set", "validate.eval.num=200", "--set", "validate.devices=[]", "--set", "quantize.placement=all",
+            "--set", "export=[export/onnx-fp32.yaml,export/onnx-int8.yaml]", "--set", "budget.max_accuracy_drop=1.0"]
+    over = run_cli(*args, "--set", "prune={nm: {n: 2, m: 4, criterion: magnitude}}", "--out", str(tmp_path / "over"))
+    assert over.returncode == 1, over.stderr[-2000:]
+    line = next(ln for ln in over.stderr.splitlines() if ln.startswith("status:"))
+    assert line.startswith("status: OVER THE ACCURACY BUDGET") and "pruning -" in line
+    report = (tmp_path / "over" / "report.md").read_text()
+    assert "## Accuracy budget" in report and "**NO**" in report
+    within = run_cli(*args, "--set", "budget.max_accuracy_drop=3.0", "--out", str(tmp_path / "within"))
+    assert within.returncode == 0, within.stderr[-2000:]
+    assert "| onnx-int8 | yes |" in (tmp_path / "within" / "report.md").read_text()
