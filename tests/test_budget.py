@@ -22,12 +22,14 @@ def test_budget_checks_name_the_stage_that_spent_it():
     speed yardstick are not deployed and not judged."""
     rows = [_row("pytorch-fp32", "torch", 0.777), _row("pytorch-pruned", "torch", 0.596),
             _row("pytorch-tokens", "torch", 0.493), _row("pytorch-int8-sim", "torch", 0.490, precision="int8-sim"),
+            _row("onnx-fp32", "onnxruntime", 0.493, simulated_by="pytorch-tokens"),
             _row("onnx-int8", "onnxruntime", 0.489, precision="int8", simulated_by="pytorch-int8-sim"),
             _row("coreml-w8a8", "coreml", None, precision="int8", simulated_by="pytorch-int8-sim"),
             _row("onnx-int8-before-fallback", "onnxruntime", 0.1, precision="int8"),
             _row("original-fp32", "onnxruntime", 0.777, reference=True)]
     checks = {c.name.split(":")[0]: c for c in budget_checks(rows, BudgetConfig(max_accuracy_drop=1.0), False)}
-    assert set(checks) == {"onnx-int8", "coreml-w8a8"} and not any(c.ok for c in checks.values())
+    assert set(checks) == {"onnx-fp32", "onnx-int8", "coreml-w8a8"} and not any(c.ok for c in checks.values())
+    assert "quantization" not in checks["onnx-fp32"].detail  # a float artifact: pruning and merging only
     d = checks["onnx-int8"].detail
     assert "-28.80 points (budget 1)" in d and "pruning -18.10" in d and "token reduction -10.30" in d
     assert "quantization -0.30" in d and "ONNX Runtime export -0.10" in d
@@ -80,3 +82,11 @@ def test_pruned_hybrid_over_budget_exits_1_naming_pruning(tmp_path):
     within = run_cli(*args, "--set", "budget.max_accuracy_drop=3.0", "--out", str(tmp_path / "within"))
     assert within.returncode == 0, within.stderr[-2000:]
     assert "| onnx-int8 | yes |" in (tmp_path / "within" / "report.md").read_text()
+
+
+def test_every_shipped_compression_recipe_states_a_budget():
+    """A recipe that prunes, merges tokens or quantizes says how much accuracy it may spend."""
+    for path in sorted((ROOT / "recipes").glob("*.yaml")):
+        r = load_recipe(str(path))
+        if r.prune or r.tokens or r.quantize:
+            assert r.budget is not None and r.validation.eval is not None, path.name

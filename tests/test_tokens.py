@@ -288,7 +288,8 @@ def test_merge_then_quantize_recipe_end_to_end(tmp_path):
     which runs in ORT and agrees with its fake-quant simulation; the report has the token section."""
     out = tmp_path / "run"
     res = run_cli("compress", "--recipe", "recipes/tome_int8.yaml", "--out", str(out), "--set", "tokens.r=4",
-                  "--set", "quantize.placement=all", *FAST)  # the INT8 file whatever its speed here
+                  "--set", "quantize.placement=all", *FAST,  # the INT8 file whatever its speed here
+                  "--set", "budget=null")  # 64 calibration images cost 2 points here; the budget is tested apart
     rep = json.loads((out / "report.json").read_text())
     assert res.returncode == (1 if speed_only_failures(rep) else 0), res.stderr
     assert rep["tokens"]["tokens_per_block"]["blocks"] == [65, 61, 57, 53, 49, 45]

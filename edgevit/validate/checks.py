@@ -60,8 +60,9 @@ def budget_checks(rows: list[dict], budget, random_weights: bool) -> list[CheckR
                 "budget.max_agreement_loss (points of top-1 agreement with the FP32 model)")))
             continue
         chain = [("FP32", rows[0])] + stages
-        if r.get("simulated_by") in by_name:
-            chain.append(("quantization", by_name[r["simulated_by"]]))
+        sim = by_name.get(r.get("simulated_by"))
+        if sim is not None and sim["precision"] == "int8-sim":
+            chain.append(("quantization", sim))
         if r.get("accuracy"):
             chain.append((f"{RUNTIMES[r['runtime']].label} export", r))
         value = [(label, _score(row["accuracy"], use_top1)) for label, row in chain]

@@ -16,8 +16,10 @@ import pytest
 
 from conftest import ROOT
 
+# 32 calibration images cost the INT8 model 3 of 100 eval images here: beyond int8_ptq's 1-point budget, which is
+# stated for its shipped settings (tests/test_budget.py covers the budget); these runs are about killing them
 ARGS = ["--recipe", "recipes/int8_ptq.yaml", "--set", "calibration.num=32", "--set", "validate.eval.num=100",
-        "--set", "validate.devices=[]"]
+        "--set", "validate.devices=[]", "--set", "budget=null"]
 
 
 def _stage(out: Path) -> list[Path]:
