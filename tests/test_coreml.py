@@ -43,6 +43,26 @@ def test_hybrid_converts_in_every_variant(hybrid, tmp_path):
     assert facts["palettize4"]["size_bytes"] < facts["w8"]["size_bytes"] < 0.7 * facts["none"]["size_bytes"]
 
 
+def test_merged_hybrid_converts_when_a_merge_takes_every_a_token(tmp_path):
+    """ToMe r=4 on the built-in hybrid merges MobileViT's last stages down to one token per patch, where a
+    bipartite step merges every A token (no unmerged block left): that graph converts to CoreML (the
+    converter failed there on an empty (B, 0, N) slice), and the two-token step is the size-weighted mean."""
+    from edgevit.tokens import apply_tokens
+    from edgevit.tokens.config import TokenConfig
+    from edgevit.tokens.merge import bipartite_matching
+
+    model, info = load_model(ModelConfig(source="builtin:hybrid-cifar10"))
+    apply_tokens(model, TokenConfig(method="tome", r=4))
+    facts = export_coreml(model.eval(), info, tmp_path / "merged.mlpackage", "none", recipe="test")
+    assert facts["predicted_label"] == "classLabel" and (tmp_path / "merged.mlpackage").exists()
+    # the two-token step itself: A token 0 merges into B token 1, the result is their size-weighted mean
+    x = torch.randn(3, 2, 8)
+    red = bipartite_matching(x, r=4)
+    merged, size = red.merge(x, None)
+    assert merged.shape == (3, 1, 8) and torch.equal(size, torch.full((3, 1, 1), 2.0))
+    assert torch.allclose(merged[:, 0], x.mean(dim=1), atol=1e-6)
+
+
 def test_pruned_weights_are_stored_sparse(tmp_path):
     model, info = load_model(ModelConfig(source="builtin:vit-cifar10"))
     x, _ = open_image_set(CALIB_DIR, num=32, seed=0).load(Preprocess(info.input_size, info.mean, info.std))

@@ -83,7 +83,9 @@ def bipartite_matching(metric: torch.Tensor, r: int, protected: int = 0) -> Redu
     rows_b = np.zeros((n_b - p_b, N), dtype=np.float32)  # a graph constant: each B token keeps itself
     rows_b[np.arange(n_b - p_b), 2 * np.arange(p_b, n_b) + 1] = 1
     merged_in = _one_hot(dst, n_b - p_b, metric.dtype).transpose(1, 2) @ _one_hot(2 * (src + p_a), N, metric.dtype)
-    rows = [_one_hot(2 * (unm + p_a), N, metric.dtype), torch.from_numpy(rows_b).to(metric) + merged_in]
+    rows = [torch.from_numpy(rows_b).to(metric) + merged_in]
+    if r < n_a - p_a:  # no empty (B, 0, N) block when every A token merges: CoreML mis-infers zero-size slices
+        rows.insert(0, _one_hot(2 * (unm + p_a), N, metric.dtype))
     if protected:
         rows.insert(0, torch.eye(protected, N, dtype=metric.dtype, device=metric.device).expand(metric.shape[0], -1, -1))
     return Reduction(assign=torch.cat(rows, dim=1))
