@@ -63,13 +63,15 @@ def test_merged_hybrid_converts_when_a_merge_takes_every_a_token(tmp_path):
     assert torch.allclose(merged[:, 0], x.mean(dim=1), atol=1e-6)
 
 
-def test_pruned_weights_are_stored_sparse(tmp_path):
-    model, info = load_model(ModelConfig(source="builtin:vit-cifar10"))
+@pytest.mark.parametrize("name, layers", [("vit-cifar10", 24), ("hybrid-cifar10", 60)])
+def test_pruned_weights_are_stored_sparse(tmp_path, name, layers):
+    """Every 2:4-pruned layer is stored sparse, the hybrid's small convs (< 512 weights) too."""
+    model, info = load_model(ModelConfig(source=f"builtin:{name}"))
     x, _ = open_image_set(CALIB_DIR, num=32, seed=0).load(Preprocess(info.input_size, info.mean, info.std))
     sparse = copy.deepcopy(model)
     rep = prune(sparse, PruneConfig(nm={"criterion": "magnitude"}), torch.from_numpy(x))
     f = export_coreml(sparse, info, tmp_path / "sparse.mlpackage", "sparse")
-    assert f["compressed_ops"].get("constexpr_sparse_to_dense") == len(rep["layers"]) == 24
+    assert f["compressed_ops"].get("constexpr_sparse_to_dense") == len(rep["layers"]) == layers
     dense = export_coreml(model, info, tmp_path / "dense.mlpackage", "sparse")
     assert dense["compressed_ops"] == {}
     assert f["size_bytes"] < 0.8 * dense["size_bytes"]
