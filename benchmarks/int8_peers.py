@@ -78,7 +78,7 @@ def logits(run, x: np.ndarray, batch: int = 100) -> np.ndarray:
         return np.concatenate([run(x[i:i + 1]) for i in range(len(x))])
 
 
-def peers(fp32: Path, ov_fp32, calib: np.ndarray, work: Path, builtin: bool) -> tuple[dict, dict, list[str]]:
+def peers(fp32: Path, ov_fp32, calib: np.ndarray, work: Path, builtin: bool) -> tuple[dict, dict, list]:
     """The peer artifacts: name -> (runtime, path), name -> seconds to make, notes on what failed."""
     made, seconds, notes = {}, {}, []
     static = [("ORT static QDQ u8", "MinMax", "QDQ", "QUInt8"), ("ORT static QDQ s8", "MinMax", "QDQ", "QInt8"),
@@ -115,7 +115,8 @@ def run_model(name: str, work: Path, args) -> dict:
     src, size, conv_output = MODELS[name]
     builtin = src.startswith("builtin:")
     sets = [f"model.source={src}", f"export={json.dumps(EXPORTS)}", "quantize.when_slower=int8",
-            f"quantize.conv_output={str(conv_output).lower()}", "validate.eval.num=200", f"calibration.num={args.calib}"]
+            f"quantize.conv_output={str(conv_output).lower()}", "validate.eval.num=200",
+            f"calibration.num={args.calib}"]
     if size:
         sets += [f"model.input_size={size}", "model.num_classes=10", CIFAR]
     t0 = time.time()
@@ -131,7 +132,8 @@ def run_model(name: str, work: Path, args) -> dict:
     ov.save_model(ov.convert_model(str(run / "onnx-fp32.onnx")), str(work / "ov-fp32.xml"), compress_to_fp16=False)
     made, seconds, notes = peers(run / "onnx-fp32.onnx", work / "ov-fp32.xml", calib, work, builtin)
     variants = {"ORT FP32": ("ort", run / "onnx-fp32.onnx"), "edgevit INT8 in ORT": ("ort", run / "onnx-int8.onnx"),
-                "OpenVINO FP32": ("ov-f32", work / "ov-fp32.xml"), "edgevit BF16 in OpenVINO": ("ov", run / "openvino-bf16.xml"),
+                "OpenVINO FP32": ("ov-f32", work / "ov-fp32.xml"),
+                "edgevit BF16 in OpenVINO": ("ov", run / "openvino-bf16.xml"),
                 "edgevit INT8 in OpenVINO": ("ov", run / "openvino-int8.xml")} | made
 
     def runner(kind: str, path: Path):
@@ -152,8 +154,9 @@ def run_model(name: str, work: Path, args) -> dict:
            "notes": notes, "seconds_to_quantize": seconds, "variants": {}}
     for k, r in runners.items():
         lg = logits(r, x_eval)
+        sqnr = None if k == "ORT FP32" else round(compare_logits(lg, ref)["sqnr_db"], 2)
         out["variants"][k] = {"top1": float((lg.argmax(1) == y_eval).mean()) if builtin else None,
-                              "sqnr_db_vs_fp32": None if k == "ORT FP32" else round(compare_logits(lg, ref)["sqnr_db"], 2),
+                              "sqnr_db_vs_fp32": sqnr,
                               "size_bytes": sum(f.stat().st_size for f in
                                                 (variants[k][1], variants[k][1].with_suffix(".bin")) if f.exists())}
     out["load_before"] = load_average()
@@ -176,7 +179,8 @@ def run_model(name: str, work: Path, args) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| model | variant | b1 ms | b1 speed | b32 speed | top-1 / logit SQNR | size MB |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model | variant | b1 ms | b1 speed | b32 speed | top-1 / logit SQNR | size MB |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
         for k, v in sorted(r["variants"].items(), key=lambda kv: -kv[1]["b1_speed"]):
             acc = f"{100 * v['top1']:.2f} %" if v["top1"] is not None else (

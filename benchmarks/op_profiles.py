@@ -49,13 +49,14 @@ def op_times(path: Path, x: np.ndarray, runs: int = 30, threads: int = 2) -> dic
     for (op, _), v in per_node.items():
         out[op]["ms"] += float(np.sum(v[-runs:]) / runs)
         out[op]["nodes"] += 1
-    return {k: {"ms": round(v["ms"], 3), "nodes": v["nodes"]} for k, v in sorted(out.items(), key=lambda kv: -kv[1]["ms"])}
+    ranked = sorted(out.items(), key=lambda kv: -kv[1]["ms"])
+    return {k: {"ms": round(v["ms"], 3), "nodes": v["nodes"]} for k, v in ranked}
 
 
 def run_model(name: str, work: Path) -> dict:
     src, size = MODELS[name]
-    sets = [f"model.source={src}", 'export=["export/onnx-fp32.yaml","export/onnx-int8.yaml"]', "validate.eval.num=100",
-            "quantize.conv_output=true", "quantize.when_slower=int8", "calibration.num=64"]
+    sets = [f"model.source={src}", 'export=["export/onnx-fp32.yaml","export/onnx-int8.yaml"]',
+            "validate.eval.num=100", "quantize.conv_output=true", "quantize.when_slower=int8", "calibration.num=64"]
     sets += [f"model.input_size={size}"] if size else []
     compress("int8_ptq", sets, out=work / "auto", overwrite=True)
     compress("int8_ptq", sets + ["quantize.placement=all"], out=work / "all", overwrite=True)
@@ -71,13 +72,15 @@ def run_model(name: str, work: Path) -> dict:
 
 def table(r: dict, top: int = 14) -> str:
     ops = r["ops"]
-    names = sorted({op for t in ops.values() for op in t}, key=lambda op: -max(t.get(op, {"ms": 0})["ms"] for t in ops.values()))
+    names = sorted({op for t in ops.values() for op in t},
+                   key=lambda op: -max(t.get(op, {"ms": 0})["ms"] for t in ops.values()))
     lines = [f"{r['model']} ({r['input_size']} px), ms per call (nodes)", "| op | " + " | ".join(ops) + " |",
              "|---|" + "---|" * len(ops)]
     for op in names[:top]:
         cells = [f"{t[op]['ms']:.2f} ({t[op]['nodes']})" if op in t else "-" for t in ops.values()]
         lines.append(f"| {op} | " + " | ".join(cells) + " |")
-    lines.append("| **total** | " + " | ".join(f"**{sum(v['ms'] for v in t.values()):.2f}**" for t in ops.values()) + " |")
+    totals = [f"**{sum(v['ms'] for v in t.values()):.2f}**" for t in ops.values()]
+    lines.append("| **total** | " + " | ".join(totals) + " |")
     return "\n".join(lines)
 
 

@@ -122,4 +122,3 @@ def without_sites(plan, sites) -> object:
             out.rounded.pop(layer, None)
     out.float_sites = list(getattr(plan, "float_sites", [])) + list(sites)
     return out
-

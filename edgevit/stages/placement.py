@@ -231,8 +231,8 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
         name = "int8" if form == "as calibrated" else "int8-symmetric"
         path = add(name, form_plan)
         nodes = profile(path) if profile else {}
-        chains[form] = costly_chains(rt.layout_chains(path), nodes, fp32_nodes, _quantizer_sites(ctx.model, form_plan)) \
-            if profile else []
+        found = rt.layout_chains(path) if profile else {}
+        chains[form] = costly_chains(found, nodes, fp32_nodes, _quantizer_sites(ctx.model, form_plan)) if found else []
         if chains[form]:  # the form without them, profiled again for the per-region decision
             name, form_plan = name + "-unchained", without_sites(form_plan, [c["site"] for c in chains[form]])
             nodes = profile(add(name, form_plan))

@@ -39,8 +39,9 @@ def artifact_checks(rows: list[dict], val, n_eval: int, random_weights: bool = F
 def budget_checks(rows: list[dict], budget, random_weights: bool) -> list[CheckResult]:
     """Every deployed artifact within the recipe's ``budget`` against the original FP32 model (``rows[0]``),
     with what each stage spent on the way: pruning, token reduction, quantization (its simulation), the
-    export. An artifact that does not run here is judged on the PyTorch model it was made from. None with
-    random weights (top-1 and agreement are near-tie noise there)."""
+    export. An INT8 artifact that does not run here is judged on its simulation; a float or weight-compressed
+    one that does not run here is not judged (nothing measured it). None with random weights (top-1 and
+    agreement are near-tie noise there)."""
     if budget is None or random_weights or not rows[0].get("accuracy"):
         return []
     labeled = rows[0]["accuracy"].get("top1") is not None
@@ -54,14 +55,17 @@ def budget_checks(rows: list[dict], budget, random_weights: bool) -> list[CheckR
         if r["runtime"] not in RUNTIMES or r.get("reference") or r["name"].endswith(BEFORE_FALLBACK):
             continue
         name = f"{r['name']}: within the accuracy budget"
+        sim = by_name.get(r.get("simulated_by"))
+        sim = sim if sim is not None and sim["precision"] == "int8-sim" else None
+        if not r.get("accuracy") and sim is None:  # nothing measured it here (a CoreML package on Linux)
+            continue
         if limit is None:
             out.append(CheckResult(name=name, ok=False, kind="budget", detail=(
                 "the evaluation images have no labels, so budget.max_accuracy_drop cannot be measured: set "
                 "budget.max_agreement_loss (points of top-1 agreement with the FP32 model)")))
             continue
         chain = [("FP32", rows[0])] + stages
-        sim = by_name.get(r.get("simulated_by"))
-        if sim is not None and sim["precision"] == "int8-sim":
+        if sim is not None:
             chain.append(("quantization", sim))
         if r.get("accuracy"):
             chain.append((f"{RUNTIMES[r['runtime']].label} export", r))
