@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from edgevit.data import Preprocess, open_image_set  # noqa: E402
 from edgevit.runtimes.openvino import OpenVINORunner  # noqa: E402
 from edgevit.validate.accuracy import compare_logits  # noqa: E402
 from edgevit.validate.latency import load_average  # noqa: E402
+from edgevit.validate.profiling import interleaved_medians  # noqa: E402
 from edgevit.validate.runners import OrtRunner  # noqa: E402
 
 MODELS = {  # name -> source, input size (None: the model's own), quantize conv outputs
@@ -52,22 +52,6 @@ MODELS = {  # name -> source, input size (None: the model's own), quantize conv 
 EXPORTS = ["export/onnx-fp32.yaml", "export/onnx-int8.yaml", "export/openvino-bf16.yaml", "export/openvino-int8.yaml"]
 CIFAR = "model.labels=[airplane,automobile,bird,cat,deer,dog,frog,horse,ship,truck]"
 TEST = Path.home() / ".cache" / "edgevit" / "cifar10-images" / "test"
-
-
-def timed(runners: dict, x: np.ndarray, rounds: int, seed: int) -> dict[str, float]:
-    """Median ms of each runner on ``x``, every runner once per round in a shuffled order."""
-    for r in runners.values():
-        for _ in range(3):
-            r(x)
-    order, rng = list(runners), random.Random(seed)
-    times: dict[str, list[float]] = {k: [] for k in order}
-    for _ in range(rounds):
-        rng.shuffle(order)
-        for k in order:
-            t0 = time.perf_counter()
-            runners[k](x)
-            times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def logits(run, x: np.ndarray, batch: int = 100) -> np.ndarray:
@@ -170,7 +154,7 @@ def run_model(name: str, work: Path, args) -> dict:
             except Exception as e:  # noqa: BLE001
                 out["notes"].append(f"{k}: batch {batch} does not run ({type(e).__name__})")
                 out["variants"][k][f"b{batch}_ms"] = out["variants"][k][f"b{batch}_speed"] = None
-        med = timed(ok, x, rounds, seed=batch)
+        med = interleaved_medians(ok, x, rounds, warmup=3, seed=batch)
         for k, ms in med.items():
             out["variants"][k][f"b{batch}_ms"] = round(ms, 3)
             out["variants"][k][f"b{batch}_speed"] = round(med["ORT FP32"] / ms, 3)
