@@ -21,7 +21,7 @@ def q_layout_chains(path: Path | str) -> dict[str, list[str]]:
     (``a.b.input_quant``) -> the Transpose nodes it would run on uint8. ORT's QDQ propagation pushes a
     QuantizeLinear up through a chain of ``PROPAGATES_Q`` ops while each output has that one consumer and is
     not a graph output; a uint8 Transpose with small inner dimensions can cost 10-30x the float one here
-    (MobileViT's fold: 1.9 ms vs 0.07 ms at 256 px)."""
+    (MobileViT's fold at 256 px: 0.56-1.9 ms vs 0.02 ms in float)."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
