@@ -20,7 +20,7 @@ def q_layout_chains(path: Path | str) -> dict[str, list[str]]:
     """Activation quantizers that ONNX Runtime moves backward into Transposes, by quantizer module path
     (``a.b.input_quant``) -> the Transpose nodes it would run on uint8. ORT's QDQ propagation pushes a
     QuantizeLinear up through a chain of ``PROPAGATES_Q`` ops while each output has that one consumer and is
-    not a graph output; a uint8 Transpose with small inner dimensions can cost 10-30x the float one here
+    not a graph output; a uint8 Transpose with small inner dimensions can cost many times the float one here
     (MobileViT's fold at 256 px: 0.56-1.9 ms vs 0.02 ms in float)."""
     import onnx
 
