@@ -26,6 +26,7 @@ from edgevit.stages import STAGES, RunContext
 from edgevit.stages.context import load_eval
 from edgevit.stages.export import ExportJob, artifact_files, export_all
 from edgevit.validate.artifacts import original_reference, validate
+from edgevit.validate.checks import BEFORE_FALLBACK
 
 log = logging.getLogger("edgevit")
 
@@ -86,8 +87,8 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
         first_int8 = next((j for j in jobs if j.cfg.precision == "int8"), None)
         if ctx.full_plan is not None and first_int8:  # what the accuracy budget's float layers cost
             stem, dot, suffix = first_int8.file.rpartition(".")
-            jobs.append(ExportJob(first_int8.cfg, f"{stem}-before-fallback{dot}{suffix}", ctx.full_plan,
-                                  "-before-fallback"))
+            jobs.append(ExportJob(first_int8.cfg, f"{stem}{BEFORE_FALLBACK}{dot}{suffix}", ctx.full_plan,
+                                  BEFORE_FALLBACK))
         artifacts = export_all(jobs, ctx)
         if (recipe.prune or recipe.tokens) and any(a["runtime"] == "onnxruntime" for a in artifacts):
             artifacts.append(original_reference(ctx.dense, info, recipe.name, stage))

@@ -223,19 +223,20 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
     tables: dict[str, dict[str, float]] = {}  # form -> region -> INT8 node ms
     chains: dict[str, list[dict]] = {}  # form -> its costly layout chains
 
-    def add(name: str, candidate) -> Path:
+    def add(name: str, candidate) -> tuple[Path, object]:
         plans[name] = candidate
-        return export(name, apply_plan(ctx.model, candidate), "int8")
+        qmodel = apply_plan(ctx.model, candidate)
+        return export(name, qmodel, "int8"), qmodel
 
     for form, form_plan in _forms(ctx, plan, p, rt).items():
         name = "int8" if form == "as calibrated" else "int8-symmetric"
-        path = add(name, form_plan)
+        path, qmodel = add(name, form_plan)
         nodes = profile(path) if profile else {}
-        found = rt.layout_chains(path) if profile else {}
-        chains[form] = costly_chains(found, nodes, fp32_nodes, _quantizer_sites(ctx.model, form_plan)) if found else []
+        chains[form] = costly_chains(rt.layout_chains(path), nodes, fp32_nodes, _quantizer_sites(qmodel)) \
+            if profile else []
         if chains[form]:  # the form without them, profiled again for the per-region decision
             name, form_plan = name + "-unchained", without_sites(form_plan, [c["site"] for c in chains[form]])
-            nodes = profile(add(name, form_plan))
+            nodes = profile(add(name, form_plan)[0])
         tables[form] = region_times(nodes, regions)
         slow = slow_regions(tables[form], float_ms)
         if slow and len(slow) < len(regions):
@@ -293,10 +294,9 @@ def _device_timer(device, info, x: np.ndarray):
     return time_files
 
 
-def _quantizer_sites(model, plan) -> dict[str, str]:
-    """Module path of each activation quantizer of ``plan``'s fake-quant model -> its plan site (the ONNX
-    exporter names a QuantizeLinear after the module path)."""
-    qmodel = apply_plan(model, plan)
+def _quantizer_sites(qmodel) -> dict[str, str]:
+    """Module path of each activation quantizer of a fake-quant model -> its plan site (the ONNX exporter
+    names a QuantizeLinear after the module path)."""
     return {module: q.site for module, q in qmodel.named_modules() if isinstance(q, ActQuant)}
 
 

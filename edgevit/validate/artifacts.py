@@ -12,16 +12,14 @@ from edgevit.exporters.onnx import export_onnx
 from edgevit.progress import new_progress
 from edgevit.runtimes import RUNTIMES
 from edgevit.runtimes.onnxruntime import OnnxExport
-from edgevit.stages.prune import PRUNED_NAME
-from edgevit.stages.tokens import TOKENS_NAME
 from edgevit.validate.accuracy import accuracy_metrics, collect_logits, compare_logits
-from edgevit.validate.checks import artifact_checks, budget_checks
+from edgevit.validate.checks import STAGE_ROWS, artifact_checks, budget_checks
 from edgevit.validate.latency import measure_interleaved, timed_iterations
 from edgevit.validate.runners import TorchRunner
 
 log = logging.getLogger("edgevit")
 REFERENCE_NAME, REFERENCE_FILE = "onnx-fp32-original", "reference/original-fp32.onnx"
-FLOAT_STAGES = (PRUNED_NAME, TOKENS_NAME)  # float models made by a stage: timed like the dense one
+FLOAT_STAGES = tuple(name for _, name in STAGE_ROWS)  # float models made by a stage: timed like the dense one
 
 
 def original_reference(model, info, recipe_name: str, stage: Path) -> dict:
