@@ -19,6 +19,12 @@ class NMSparsity(_Strict):
     criterion: Literal["magnitude", "sparsegpt"] = Field(
         "sparsegpt", description="magnitude (no data, NVIDIA ASP) or sparsegpt (second-order one-shot: "
         "Hessian of the calibration inputs, OBS weight updates, layer by layer)")
+    max_disagreement: float | None = Field(
+        None, ge=0, le=100, description="prune only the layers that pay: layers in order of gain (what the "
+        "export targets get: TensorRT multiply-accumulates, CoreML sparse weights) per cost (KL of the logits "
+        "when the layer alone is pruned), each kept while the pruned model's top-1 differs from the unpruned "
+        "model's on at most this percent of the calibration images (which bounds the top-1 drop there); "
+        "None: every eligible layer")
 
     @model_validator(mode="after")
     def _n_below_m(self) -> "NMSparsity":
@@ -65,6 +71,16 @@ class StructuredPruning(_Strict):
     multiple_of: int = Field(8, gt=0, description="kept hidden units rounded to a multiple of this")
 
 
+class PruneReconstruction(_Strict):
+    """Block reconstruction after one-shot pruning (edgevit.prune.reconstruct): each block holding pruned
+    layers is fitted to the unpruned block's output on the calibration images, the pruned weights fixed at
+    zero."""
+
+    iters: int = Field(500, gt=0, description="Adam steps per block")
+    lr: float = Field(1e-3, gt=0)
+    batch: int = Field(32, gt=0)
+
+
 class PruneConfig(_Strict):
     """One pruning method, applied once before quantization."""
 
@@ -73,6 +89,9 @@ class PruneConfig(_Strict):
     structured: StructuredPruning | None = None
     images: int = Field(128, gt=0, description="calibration images used (the first ones of the calibration set)")
     damp: float = Field(0.01, gt=0, description="Hessian damping, as a fraction of its mean diagonal")
+    reconstruct: PruneReconstruction | None = Field(
+        None, description="after n:m or block pruning, fit each pruned block to the unpruned block's output on "
+        "the calibration images with the zeros fixed (null: one-shot weights as they are)")
     exclude: list[str] = Field(["head*", "*.head*"], description="module names (fnmatch patterns) never pruned "
                                "(the classifier by default)")
 
@@ -82,6 +101,9 @@ class PruneConfig(_Strict):
         if len(chosen) != 1:
             raise ValueError("give exactly one of nm, block or structured "
                              f"(got {', '.join(chosen) if chosen else 'none'})")
+        if self.reconstruct is not None and self.structured is not None:
+            raise ValueError("reconstruct applies to nm and block pruning (structured pruning refits the next "
+                             "layer itself)")
         return self
 
     @property

@@ -93,7 +93,7 @@ def is_container(m: nn.Module, name: str) -> bool:
     return name == "" or isinstance(m, CONTAINERS) or type(m).__name__.endswith("Stage")
 
 
-def _holding(modules: dict, parent: str, layer: str) -> str:
+def holding(modules: dict, parent: str, layer: str) -> str:
     """The child of ``parent`` that holds ``layer``, descending through plain containers."""
     while True:
         rest = layer[len(parent) + 1:] if parent else layer
@@ -124,7 +124,7 @@ def find_bridges(model: nn.Module, x: torch.Tensor) -> list[Bridge]:
             common.append(u)
         parent = ".".join(common)
         if is_container(modules[parent], parent):
-            start, end = _holding(modules, parent, a), _holding(modules, parent, b)
+            start, end = holding(modules, parent, a), holding(modules, parent, b)
         else:
             start = end = parent
         i0 = next(i for i, n in enumerate(names) if _inside(n, start))

@@ -92,6 +92,26 @@ def pruning_lines(p: dict | None) -> list[str]:
     lines += [f"{what}, on {p['images']} calibration images in {p['seconds']} s. Parameters "
               f"{p['params_before']:,} -> {s['params']:,}; {100 * s['weight_sparsity']:.1f} % of Linear/Conv "
               "weights are zero.", ""]
+    a = p.get("allocation")
+    if a:
+        taken = sum(r["pruned"] for r in a["layers"])
+        lines += [f"Layers chosen by gain per cost: {taken} of {len(a['layers'])} eligible layers pruned, "
+                  f"{100 * a['gain_kept'] / max(a['gain_total'], 1):.0f} % of their {a['gain_unit']} "
+                  f"({a['gain_why']}); the pruned model's top-1 differs from the unpruned model's on "
+                  f"{a['disagreement']:.2f} % of {a['images']} calibration images (allowed "
+                  f"{a['max_disagreement']:g} %). Cost: KL of the logits when the layer alone is pruned.", "",
+                  "| layer | gain | cost (KL) | disagreement with it | pruned |", "|---|---|---|---|---|"]
+        ranked = sorted(a["layers"], key=lambda r: -r["gain_per_cost"])
+        lines += [f"| {r['layer']} | {r['gain']:,} | {r['cost_kl']:.2e} | {r['disagreement_if_pruned']:.2f} % | "
+                  f"{'yes' if r['pruned'] else 'no'} |" for r in ranked]
+        lines.append("")
+    rec = p.get("reconstruction")
+    if rec:
+        kept = sum(b["kept"] for b in rec["blocks"])
+        lines += [f"Block reconstruction ({rec['iters']} Adam steps per block, zeros fixed): {kept} of "
+                  f"{len(rec['blocks'])} blocks refitted; top-1 disagreement with the unpruned model on the "
+                  f"calibration images {rec['disagreement_before']:.2f} % -> {rec['disagreement_after']:.2f} %.",
+                  ""]
     if p["method"] == "block":
         lines += ["| layer | shape | sparsity |", "|---|---|---|"]
         lines += [f"| {r['layer']} | {'x'.join(map(str, r['shape']))} | {100 * r['sparsity']:.0f} % |"

@@ -8,6 +8,7 @@ import time
 from edgevit.errors import BadInput
 from edgevit.progress import new_progress
 from edgevit.prune import prune
+from edgevit.prune.allocate import sparse_gain
 from edgevit.results import StageRecord
 
 log = logging.getLogger("edgevit")
@@ -30,13 +31,19 @@ class PruneStage:
         with new_progress() as progress:
             task = progress.add_task(f"prune ({cfg.method})", total=None)
             try:
-                facts = prune(pruned, cfg, x, lambda name: progress.advance(task))
+                facts = prune(pruned, cfg, x, lambda name: progress.advance(task), sparse_gain(ctx.recipe.export))
             except ValueError as e:
                 raise BadInput(f"prune: {e}") from e
         facts["seconds"] = round(time.time() - t0, 1)
         s = facts["summary"]
         log.info("pruned (%s): %d -> %d parameters, %.1f %% of Linear/Conv weights zero", cfg.method,
                  facts["params_before"], s["params"], 100 * s["weight_sparsity"])
+        if "allocation" in facts:
+            a = facts["allocation"]
+            log.info("pruned %d of %d eligible layers (%.0f %% of the %s; %s): top-1 disagreement %.2f %% on %d "
+                     "calibration images (allowed %g %%)", sum(r["pruned"] for r in a["layers"]), len(a["layers"]),
+                     100 * a["gain_kept"] / max(a["gain_total"], 1), a["gain_unit"], a["gain_why"],
+                     a["disagreement"], a["images"], a["max_disagreement"])
         ctx.model = ctx.sims[PRUNED_NAME] = pruned
         ctx.float_sim = PRUNED_NAME
         return StageRecord(**facts)
