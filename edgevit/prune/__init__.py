@@ -41,7 +41,7 @@ def prune(model: nn.Module, cfg: PruneConfig, x: torch.Tensor,
 
 def _reconstruct(dense: nn.Module, model: nn.Module, cfg: PruneConfig, report: dict, x: torch.Tensor,
                  on_layer: Callable[[str], None] | None) -> dict:
-    from edgevit.prune.allocate import disagreement, outputs
+    from edgevit.costs import disagreement, outputs
     from edgevit.prune.reconstruct import reconstruct_pruned
 
     r = cfg.reconstruct

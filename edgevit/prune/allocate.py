@@ -7,8 +7,7 @@ then layers taken greedily by that ratio while the pruned model stays within an 
   sparse kernels skip half the math of a 2:4 layer) or weights (CoreML stores the pruned tensors sparse);
 - allocation: layers in order of gain / cost; each one is kept pruned only if the model with it and every
   layer taken before it disagrees in top-1 with the unpruned model on at most ``max_disagreement`` percent
-  of the calibration images. On a set of images the top-1 drop is never larger than the disagreement
-  (an image can only lose a correct answer by changing its answer), so the allowance bounds the drop there.
+  of the calibration images (which bounds the top-1 drop there: see edgevit.costs).
 
 LPViT (Xu et al., 2024) allocates per-layer sparsity from measured sensitivity and hardware gain; this is
 its greedy form for a fixed pattern (a layer is n:m sparse or dense).
@@ -18,8 +17,9 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from edgevit.costs import disagreement, kl_cost, outputs
 
 GAINS = {"macs": "multiply-accumulates per image", "weights": "weights"}
 
@@ -54,23 +54,6 @@ def layer_macs(model: nn.Module, layers: list[tuple[str, nn.Module]], x: torch.T
         for h in handles:
             h.remove()
     return {n: macs.get(n, 0) for n, _ in layers}
-
-
-def disagreement(logits: torch.Tensor, ref: torch.Tensor) -> float:
-    """Percent of images whose top-1 class differs from ``ref``'s."""
-    return 100.0 * float((logits.argmax(1) != ref.argmax(1)).float().mean())
-
-
-def kl_cost(logits: torch.Tensor, ref: torch.Tensor) -> float:
-    """Mean KL(ref || logits) of the class probabilities (0 when the outputs are equal)."""
-    return max(float(F.kl_div(logits.log_softmax(1), ref.log_softmax(1), log_target=True,
-                              reduction="batchmean")), 0.0)
-
-
-@torch.no_grad()
-def outputs(model: nn.Module, x: torch.Tensor, batch: int = 128) -> torch.Tensor:
-    """The model's logits on ``x``, in batches."""
-    return torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
 @torch.no_grad()

@@ -8,7 +8,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from edgevit.prune.allocate import GAINS, choose_layers, disagreement, layer_macs, outputs
+from edgevit.costs import disagreement, outputs
+from edgevit.prune.allocate import GAINS, choose_layers, layer_macs
 from edgevit.prune.config import PruneConfig
 from edgevit.prune.layerwise import all_hessians, eligible_layers, sequential
 from edgevit.prune.layout import from_matrix, nm_ineligible, nm_violations, to_matrix

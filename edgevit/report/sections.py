@@ -136,10 +136,22 @@ def token_lines(t: dict | None) -> list[str]:
     if not t:
         return []
     how = "ToMe bipartite merging" if t["method"] == "tome" else "EViT pruning (attention-ranked, rest fused)"
-    lines = ["## Token reduction", "",
-             f"{how}; FLOPs per image {t['flops'] / 1e6:.1f} M -> {t['flops_reduced'] / 1e6:.1f} M "
-             f"({100 * t['flops_ratio']:.0f} %). Token counts are fixed in the exported graph.", "",
-             "| stage | tokens entering each block | unmerged at the end |", "|---|---|---|"]
+    lines = ["## Token reduction", ""]
+    choice = t.get("choice") or []
+    if choice:
+        measured = "disagreement_alone" in choice[0]
+        lines += ["Each attention stage reduced alone (cost on the calibration images, against the unreduced "
+                  "model):", "", "| stage | FLOPs saved | " + ("top-1 disagreement | " if measured else "") +
+                  "reduced |", "|---|---|" + ("---|" if measured else "") + "---|"]
+        lines += [f"| `{r['stage']}` | {100 * r['flop_saving']:.1f} % | " +
+                  (f"{r['disagreement_alone']:.2f} % | " if measured else "") +
+                  ("yes" if r["reduced"] else f"no: {r['why']}") + " |" for r in choice]
+        lines.append("")
+    if not t["stages"]:
+        return lines + [f"**{how} not applied:** {t['warning']}.", ""]
+    lines += [f"{how}; FLOPs per image {t['flops'] / 1e6:.1f} M -> {t['flops_reduced'] / 1e6:.1f} M "
+              f"({100 * t['flops_ratio']:.0f} %). Token counts are fixed in the exported graph.", "",
+              "| stage | tokens entering each block | unmerged at the end |", "|---|---|---|"]
     records = {r["stage"]: r for r in t["stages"]}
     for name, counts in t["tokens_per_block"].items():
         r = records.get(name, {})

@@ -9,9 +9,11 @@ import torch
 from edgevit.errors import BadInput
 from edgevit.results import StageRecord
 from edgevit.tokens import apply_tokens, summarize
+from edgevit.tokens.choose import choose_stages
 
 log = logging.getLogger("edgevit")
 TOKENS_NAME = "pytorch-tokens"
+CHOICE_IMAGES = 256  # calibration images the per-stage cost is measured on
 
 
 class TokenStage:
@@ -25,12 +27,22 @@ class TokenStage:
     def apply(self, ctx) -> StageRecord:
         cfg = ctx.recipe.tokens
         reduced = copy.deepcopy(ctx.model)
+        x = torch.zeros(1, 3, ctx.info.input_size, ctx.info.input_size)
+        images = ctx.calibration_images(CHOICE_IMAGES) if ctx.recipe.calibration is not None else None
         try:
-            records = apply_tokens(reduced, cfg)
+            chosen, choice = choose_stages(ctx.model, cfg, x, images)
+            for r in choice:
+                log.info("tokens: stage %s alone saves %.1f %% of the FLOPs%s: %s", r["stage"], 100 * r["flop_saving"],
+                         f", disagreement {r['disagreement_alone']:.2f} %" if "disagreement_alone" in r else "",
+                         "reduced" if r["reduced"] else f"left as is ({r['why']})")
+            if not chosen:
+                warning = "no attention stage pays for reducing tokens (see each stage's saving): the model is left as is"
+                log.warning("tokens: %s", warning)
+                return StageRecord(method=cfg.method, stages=[], choice=choice, warning=warning)
+            records = apply_tokens(reduced, cfg.model_copy(update={"stages": chosen}))
         except ValueError as e:
             raise BadInput(f"tokens: {e}") from e
-        x = torch.zeros(1, 3, ctx.info.input_size, ctx.info.input_size)
-        facts = {"method": cfg.method, "stages": records} | summarize(ctx.model, reduced, x)
+        facts = {"method": cfg.method, "stages": records, "choice": choice} | summarize(ctx.model, reduced, x)
         log.info("tokens (%s): %s; FLOPs %.1f M -> %.1f M (%.2fx)", cfg.method,
                  "; ".join(f"{k}: {' -> '.join(map(str, v))}" for k, v in facts["tokens_per_block"].items()),
                  facts["flops"] / 1e6, facts["flops_reduced"] / 1e6,

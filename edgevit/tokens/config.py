@@ -38,6 +38,14 @@ class TokenConfig(BaseModel):
     stages: list[str] = Field(["*"], min_length=1, description="which attention stages (module names, fnmatch "
                               "patterns) reduce tokens")
 
+    min_saving: float | None = Field(
+        0.01, ge=0, lt=1, description="a stage reduces tokens only if that alone saves at least this fraction of "
+        "the model's FLOPs per image; null: every matching stage")
+    max_disagreement: float | None = Field(
+        None, ge=0, le=100, description="stages taken in order of FLOP saving per cost (logit KL) while the "
+        "reduced model's top-1 differs from the unreduced model's on at most this percent of the calibration "
+        "images; null: every stage that saves enough")
+
     @model_validator(mode="after")
     def _check(self) -> TokenConfig:
         if any(v < 0 for v in (self.r if isinstance(self.r, list) else [self.r])):

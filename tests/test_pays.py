@@ -1,0 +1,138 @@
+"""Each stage spends only what it pays for: n:m layers chosen by gain per cost within an allowed
+disagreement, block reconstruction after pruning, attention stages reduced only where it saves FLOPs
+(and within an allowed disagreement), on the built-in hybrid with real calibration and eval images."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import CALIB_DIR, EVAL_DIR
+from edgevit.costs import disagreement, kl_cost, outputs
+from edgevit.data import Preprocess, open_image_set
+from edgevit.models import load_model
+from edgevit.prune import PruneConfig, prune
+from edgevit.prune.allocate import choose_layers, layer_macs, sparse_gain
+from edgevit.prune.reconstruct import reconstruct_pruned
+from edgevit.recipe import ModelConfig, load_recipe
+from edgevit.report.sections import pruning_lines, token_lines
+from edgevit.tokens import TokenConfig
+from edgevit.tokens.choose import choose_stages
+
+
+@pytest.fixture(scope="module")
+def hybrid():
+    model, info = load_model(ModelConfig(source="builtin:hybrid-cifar10"))
+    pre = Preprocess(info.input_size, info.mean, info.std)
+    x = torch.from_numpy(open_image_set(CALIB_DIR, num=256, seed=0).load(pre)[0])
+    xe, ye = open_image_set(EVAL_DIR, num=500, seed=0).load(pre)
+    return model.eval(), x, torch.from_numpy(xe), np.asarray(ye)
+
+
+def _top1(model, xe, ye) -> float:
+    return 100.0 * float((outputs(model, xe).argmax(1).numpy() == ye).mean())
+
+
+def test_costs_are_zero_for_equal_outputs_and_bound_the_drop():
+    ref = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 2.0], [0.0, 0.0, 1.0]])
+    assert disagreement(ref, ref) == 0.0 and kl_cost(ref, ref) == 0.0
+    other = ref.clone()
+    other[1] = torch.tensor([4.0, 3.0, 1.0])  # one of four images changes its answer
+    assert disagreement(other, ref) == 25.0 and kl_cost(other, ref) > 0
+
+
+def test_gain_follows_the_export_targets():
+    recipe = load_recipe("int8_ptq")
+    assert sparse_gain(recipe.export)[0] == "macs"  # onnx-int8-tensorrt: TensorRT's sparse kernels
+    coreml = load_recipe("int8_ptq", ["export=[export/onnx-fp32.yaml,export/coreml-sparse.yaml]"])
+    assert sparse_gain(coreml.export)[0] == "weights"
+    ort = load_recipe("int8_ptq", ["export=[export/onnx-fp32.yaml,export/onnx-int8.yaml]"])
+    gain, why = sparse_gain(ort.export)
+    assert gain == "weights" and "run the pruned weights dense" in why
+
+
+def test_a_layer_that_costs_more_than_it_gains_stays_dense():
+    """Three layers; the trial weights of the middle one wreck the output: it is left dense, the cheap ones
+    are pruned, the model comes back unchanged, and a zero allowance takes only cost-free layers."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    x = torch.randn(256, 8)
+    before = {n: m.weight.clone() for n, m in layers}
+    trial = {n: m.weight.clone() for n, m in layers}
+    trial["0"] = trial["0"] * 0.999  # almost free
+    trial["2"] = -trial["2"]  # flips the answers
+    trial["4"] = trial["4"].clone()  # exactly free
+    gains = layer_macs(model, layers, x)
+    assert gains == {"0": 8 * 16, "2": 16 * 16, "4": 16 * 4}
+    chosen, records = choose_layers(model, layers, trial, gains, x, max_disagreement=1.0)
+    assert chosen == ["0", "4"]
+    by = {r["layer"]: r for r in records}
+    assert not by["2"]["pruned"] and by["2"]["disagreement_if_pruned"] > 1.0
+    assert by["2"]["cost_kl"] > by["0"]["cost_kl"] >= by["4"]["cost_kl"] == 0.0
+    assert all(torch.equal(m.weight, before[n]) for n, m in layers)
+    chosen0, _ = choose_layers(model, layers, trial, gains, x, max_disagreement=0.0)
+    assert "2" not in chosen0 and "4" in chosen0
+
+
+def test_nm_allocation_keeps_the_hybrid_within_the_allowance(hybrid):
+    """2:4 SparseGPT on every eligible layer of the hybrid costs ~14 points on eval images; chosen by gain per
+    cost with a 1 % calibration allowance it prunes over half the weights within that allowance, and the
+    eval images lose at most a point."""
+    model, x, xe, ye = hybrid
+    fp32 = _top1(model, xe, ye)
+    everything, chosen = copy.deepcopy(model), copy.deepcopy(model)
+    with torch.no_grad():
+        prune(everything, PruneConfig(nm={"criterion": "sparsegpt"}, images=256), x)
+        rep = prune(chosen, PruneConfig(nm={"criterion": "sparsegpt", "max_disagreement": 1.0}, images=256), x,
+                    gain=("weights", "CoreML"))
+    a = rep["allocation"]
+    assert a["disagreement"] <= 1.0 == a["max_disagreement"]
+    assert disagreement(outputs(chosen, x), outputs(model, x)) == pytest.approx(a["disagreement"], abs=1e-3)
+    taken = [r["layer"] for r in a["layers"] if r["pruned"]]
+    assert [r["layer"] for r in rep["layers"]] == [n for n in [r["layer"] for r in a["layers"]] if n in taken]
+    assert 10 < len(taken) < len(a["layers"]) and a["gain_kept"] > 0.5 * a["gain_total"]
+    assert all(why.startswith("kept dense") for n, why in rep["skipped"].items() if n in {r["layer"] for r in a["layers"]})
+    drop_all, drop_chosen = fp32 - _top1(everything, xe, ye), fp32 - _top1(chosen, xe, ye)
+    assert drop_all > 5 and drop_chosen <= 1.0, (drop_all, drop_chosen)
+    lines = "\n".join(pruning_lines(rep | {"seconds": 1.0}))
+    assert f"{len(taken)} of {len(a['layers'])} eligible layers pruned" in lines and "| no |" in lines
+
+
+def test_reconstruction_recovers_what_one_shot_pruning_lost(hybrid):
+    """After 2:4 SparseGPT on every layer, reconstructing each block to the dense block's output (zeros fixed)
+    wins back most of the lost top-1 on eval images the reconstruction never saw."""
+    model, x, xe, ye = hybrid
+    pruned = copy.deepcopy(model)
+    with torch.no_grad():
+        rep = prune(pruned, PruneConfig(nm={"criterion": "sparsegpt"}, images=256), x)
+        layers = [r["layer"] for r in rep["layers"]]
+        zeros = {n: pruned.get_submodule(n).weight == 0 for n in layers}
+        fixed = copy.deepcopy(pruned)
+        blocks = reconstruct_pruned(model, fixed, layers, x, iters=200, lr=1e-3)
+    assert blocks and all(b["loss_after"] <= b["loss_before"] for b in blocks)
+    assert all(bool((fixed.get_submodule(n).weight[zeros[n]] == 0).all()) for n in layers)
+    fp32, one_shot, recon = _top1(model, xe, ye), _top1(pruned, xe, ye), _top1(fixed, xe, ye)
+    assert recon - one_shot > 0.5 * (fp32 - one_shot) > 2, (fp32, one_shot, recon)
+
+
+def test_token_stages_are_reduced_only_where_it_pays(hybrid):
+    """MobileViT at 32 px: the last stage's 2x2 map saves nothing and is left as is; with a zero allowance
+    no stage is taken (ToMe changes answers there); the report lists each stage's saving and decision."""
+    model, x, _, _ = hybrid
+    one = x[:1]
+    chosen, records = choose_stages(model, TokenConfig(method="tome", r=4), one, x)
+    by = {r["stage"]: r for r in records}
+    assert set(by) == {"stages.2.1.transformer", "stages.3.1.transformer", "stages.4.1.transformer"}
+    assert not by["stages.4.1.transformer"]["reduced"] and by["stages.4.1.transformer"]["flop_saving"] < 0.01
+    assert chosen == [n for n, r in by.items() if r["reduced"]] and len(chosen) == 2
+    assert all(r["flop_saving"] >= 0.01 and r["disagreement_alone"] > 0 for r in records if r["reduced"])
+    none, strict = choose_stages(model, TokenConfig(method="tome", r=4, max_disagreement=0.0), one, x)
+    assert none == [] and all("allowed 0 %" in r["why"] or "FLOPs" in r["why"] for r in strict)
+    every, _ = choose_stages(model, TokenConfig(method="tome", r=4, min_saving=None), one, None)
+    assert len(every) == 3
+    lines = "\n".join(token_lines({"method": "tome", "stages": [], "choice": strict, "warning": "nothing pays"}))
+    assert "| `stages.4.1.transformer` | 0.0 % |" in lines and "not applied:** nothing pays" in lines
