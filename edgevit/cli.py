@@ -152,6 +152,7 @@ class Compression(str, Enum):
     palettize4 = "palettize4"
     palettize6 = "palettize6"
     sparse = "sparse"
+    w8_sparse = "w8-sparse"
 
 
 class Precision(str, Enum):

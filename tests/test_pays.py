@@ -89,7 +89,7 @@ def test_nm_allocation_keeps_the_hybrid_within_the_allowance(hybrid):
         prune(everything, PruneConfig(nm={"criterion": "sparsegpt"}, images=256), x)
         rep = prune(chosen, PruneConfig(nm={"criterion": "sparsegpt", "max_disagreement": 1.0}, images=256), x,
                     gain=("weights", "CoreML"))
-    a = rep["allocation"]
+    a = rep["choice"]
     assert a["disagreement"] <= 1.0 == a["max_disagreement"]
     assert disagreement(outputs(chosen, x), outputs(model, x)) == pytest.approx(a["disagreement"], abs=1e-3)
     taken = [r["layer"] for r in a["layers"] if r["pruned"]]
@@ -120,19 +120,30 @@ def test_reconstruction_recovers_what_one_shot_pruning_lost(hybrid):
 
 
 def test_token_stages_are_reduced_only_where_it_pays(hybrid):
-    """MobileViT at 32 px: the last stage's 2x2 map saves nothing and is left as is; with a zero allowance
-    no stage is taken (ToMe changes answers there); the report lists each stage's saving and decision."""
+    """MobileViT at 32 px: the last stage's 2x2 map saves nothing and is left as is; without an allowance the
+    others take the recipe's rate; with one, each stage takes the largest of r, r/2, ... that keeps the
+    model within it, or none (ToMe changes answers here); the report lists each rate's saving and cost."""
     model, x, _, _ = hybrid
     one = x[:1]
     chosen, records = choose_stages(model, TokenConfig(method="tome", r=4), one, x)
     by = {r["stage"]: r for r in records}
     assert set(by) == {"stages.2.1.transformer", "stages.3.1.transformer", "stages.4.1.transformer"}
     assert not by["stages.4.1.transformer"]["reduced"] and by["stages.4.1.transformer"]["flop_saving"] < 0.01
-    assert chosen == [n for n, r in by.items() if r["reduced"]] and len(chosen) == 2
+    assert chosen == {n: 4 for n, r in by.items() if r["reduced"]} and len(chosen) == 2
     assert all(r["flop_saving"] >= 0.01 and r["disagreement_alone"] > 0 for r in records if r["reduced"])
     none, strict = choose_stages(model, TokenConfig(method="tome", r=4, max_disagreement=0.0), one, x)
-    assert none == [] and all("allowed 0 %" in r["why"] or "FLOPs" in r["why"] for r in strict)
+    assert none == {} and all("allowed 0 %" in r["why"] or "FLOPs" in r["why"] for r in strict)
+    tried = {r["stage"]: [o["r"] for o in r["options"]] for r in strict}
+    assert tried["stages.2.1.transformer"] == [4, 2, 1]
+    loose, _ = choose_stages(model, TokenConfig(method="tome", r=4, max_disagreement=100.0), one, x)
+    assert loose == chosen  # everything allowed: the recipe's rate
+    s21 = {o["r"]: o for o in next(r for r in strict if r["stage"] == "stages.2.1.transformer")["options"]}
+    s31 = next(r for r in strict if r["stage"] == "stages.3.1.transformer")["options"]
+    between = (s21[2]["disagreement_alone"] + s21[4]["disagreement_alone"]) / 2
+    assert s21[2]["disagreement_alone"] < between < min(o["disagreement_alone"] for o in s31)
+    mid, _ = choose_stages(model, TokenConfig(method="tome", r=4, max_disagreement=between), one, x)
+    assert mid == {"stages.2.1.transformer": 2}  # r=4 costs too much, r=1 saves < 1 %; stage 3 fits no rate
     every, _ = choose_stages(model, TokenConfig(method="tome", r=4, min_saving=None), one, None)
     assert len(every) == 3
     lines = "\n".join(token_lines({"method": "tome", "stages": [], "choice": strict, "warning": "nothing pays"}))
-    assert "| `stages.4.1.transformer` | 0.0 % |" in lines and "not applied:** nothing pays" in lines
+    assert "| `stages.4.1.transformer` | 4: 0.0 % / 0.00 %" in lines and "not applied:** nothing pays" in lines

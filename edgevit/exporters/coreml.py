@@ -9,7 +9,9 @@ converted program with ``coremltools.optimize.coreml``:
 * ``w8``: int8 per-channel linear weights (``constexpr_blockwise_shift_scale`` / ``constexpr_affine_dequantize``);
 * ``palettize4`` / ``palettize6``: k-means look-up tables (``constexpr_lut_to_dense``);
 * ``sparse``: the zeros the pruning stage made are stored sparse (``constexpr_sparse_to_dense``) - a
-  threshold prune at 1e-12 that changes no value.
+  threshold prune at 1e-12 that changes no value;
+* ``w8-sparse``: both, jointly: int8 per-channel weights whose zeros are stored as a bit mask
+  (``constexpr_sparse_blockwise_shift_scale``, coremltools' joint compression, iOS18).
 
 ``precision="int8"`` (W8A8) converts the quantize stage's model lowered for CoreML: every activation
 site becomes a CoreML ``quantize``/``dequantize`` pair with edgevit's calibrated scale (coremltools'
@@ -148,10 +150,15 @@ def _compress(mlmodel, compression: str):
 
     if compression == "none":
         return mlmodel
-    if compression == "w8":
+    if compression in ("w8", "w8-sparse"):
+        # with sparse storage every tensor is quantized, so the pruned ones all get the joint form
         op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
-                                         weight_threshold=512)
-        return cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
+                                         weight_threshold=512 if compression == "w8" else 1)
+        mlmodel = cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
+        if compression == "w8":
+            return mlmodel
+        op = cto.OpThresholdPrunerConfig(threshold=1e-12, minimum_sparsity_percentile=0.3, weight_threshold=1)
+        return cto.prune_weights(mlmodel, cto.OptimizationConfig(global_config=op), joint_compression=True)
     if compression.startswith("palettize"):
         op = cto.OpPalettizerConfig(mode="kmeans", nbits=int(compression.removeprefix("palettize")),
                                     weight_threshold=512)
@@ -173,9 +180,9 @@ def export_coreml(model: nn.Module, info, path: Path, compression: str = "none",
         raise RuntimeError(why)
     ct = _coremltools()
 
-    if precision == "int8" and (compression != "w8" or target == "iOS16"):
-        raise ValueError("a CoreML int8 (W8A8) model needs compression w8 and deployment target iOS17 or later "
-                         "(the quantize op)")
+    if precision == "int8" and (compression not in ("w8", "w8-sparse") or target == "iOS16"):
+        raise ValueError("a CoreML int8 (W8A8) model needs compression w8 (or w8-sparse) and deployment target "
+                         "iOS17 or later (the quantize op)")
     size = info.input_size
     wrapped = _Normalized(model, info.mean, info.std).eval()
     with torch.no_grad(), warnings.catch_warnings(), _int8_graph(model, precision == "int8"):

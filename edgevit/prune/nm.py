@@ -77,4 +77,4 @@ def prune_nm(model: nn.Module, cfg: PruneConfig, x: torch.Tensor,
     if allocation is not None:
         allocation["disagreement"] = round(disagreement(outputs(model, x), ref), 3)
     return {"pattern": f"{nm.n}:{nm.m}", "criterion": nm.criterion, "layers": records, "skipped": skipped} | \
-        ({"allocation": allocation} if allocation else {})
+        ({"choice": allocation} if allocation else {})

@@ -92,7 +92,7 @@ def pruning_lines(p: dict | None) -> list[str]:
     lines += [f"{what}, on {p['images']} calibration images in {p['seconds']} s. Parameters "
               f"{p['params_before']:,} -> {s['params']:,}; {100 * s['weight_sparsity']:.1f} % of Linear/Conv "
               "weights are zero.", ""]
-    a = p.get("allocation")
+    a = p.get("choice")
     if a:
         taken = sum(r["pruned"] for r in a["layers"])
         lines += [f"Layers chosen by gain per cost: {taken} of {len(a['layers'])} eligible layers pruned, "
@@ -140,12 +140,15 @@ def token_lines(t: dict | None) -> list[str]:
     choice = t.get("choice") or []
     if choice:
         measured = "disagreement_alone" in choice[0]
-        lines += ["Each attention stage reduced alone (cost on the calibration images, against the unreduced "
-                  "model):", "", "| stage | FLOPs saved | " + ("top-1 disagreement | " if measured else "") +
-                  "reduced |", "|---|---|" + ("---|" if measured else "") + "---|"]
-        lines += [f"| `{r['stage']}` | {100 * r['flop_saving']:.1f} % | " +
-                  (f"{r['disagreement_alone']:.2f} % | " if measured else "") +
-                  ("yes" if r["reduced"] else f"no: {r['why']}") + " |" for r in choice]
+        lines += ["Each attention stage reduced alone" + (" (cost: top-1 disagreement with the unreduced model on the "
+                  "calibration images)" if measured else "") + ":", "",
+                  "| stage | rate: FLOPs saved" + (" / disagreement" if measured else "") + " | reduced |",
+                  "|---|---|---|"]
+        for r in choice:
+            tried = "; ".join(f"{o['r']}: {100 * o['flop_saving']:.1f} %" +
+                              (f" / {o['disagreement_alone']:.2f} %" if measured else "") for o in r["options"])
+            lines.append(f"| `{r['stage']}` | {tried} | " +
+                         (f"yes, r={r['r_chosen']}" if r["reduced"] else f"no: {r['why']}") + " |")
         lines.append("")
     if not t["stages"]:
         return lines + [f"**{how} not applied:** {t['warning']}.", ""]

@@ -98,6 +98,7 @@ def markdown(report: dict) -> str:
     if cal:
         lines.append(f"Calibration: {cal['images']} images from `{cal['path']}`.")
     lines.append("")
+    lines += stage_lines(report["results"], report.get("tokens"))
     lines += budget_lines(report["checks"])
     devices = sorted({d["device"] for r in report["results"] for d in r.get("latency", []) if not d.get("remote")})
     for dev in devices or [None]:
@@ -225,6 +226,52 @@ def yardsticks(results: list[dict]) -> list[dict]:
     pruning or token reduction ran), then the run's own FP32 ONNX artifacts."""
     return [r for r in sorted(results, key=lambda r: not r.get("reference"))
             if r["runtime"] == "onnxruntime" and r["precision"] == "fp32"]
+
+
+STEP_LABELS = {"pytorch-fp32": "FP32 model", "pytorch-pruned": "+ pruning", "pytorch-tokens": "+ token reduction",
+               "pytorch-int8-sim": "+ quantization (simulated)"}
+
+
+def stage_lines(results: list[dict], tokens: dict | None = None) -> list[str]:
+    """The report's first table when a compression stage ran: after each stage, what the model lost (top-1,
+    agreement with the FP32 model) and what it saved (FLOPs, non-zero weights, size, batch-1 latency on each
+    device against the FP32 model in the same runtime), then each deployed artifact. ``tokens``: the token
+    stage's record (a stage that reduced nothing gets a row saying so)."""
+    steps = [r for r in results if r["name"] in STEP_LABELS]
+    if len(steps) < 2 and not tokens:
+        return []
+    deployed = [r for r in results if r.get("file") and not r.get("reference") and "-before-fallback" not in r["name"]]
+    devices = sorted({d["device"] for r in results for d in r.get("latency", []) if not d.get("remote")})
+    fp32_by_runtime = {"torch": "pytorch-fp32"} | {r["runtime"]: r["name"] for r in results if r.get("reference")}
+    by_name = {r["name"]: r for r in results}
+
+    def latency(r, dev):
+        lat = next((d for d in r.get("latency", []) if d["device"] == dev), None)
+        base = by_name.get(fp32_by_runtime.get(r["runtime"], ""), {})
+        blat = next((d for d in base.get("latency", []) if d["device"] == dev), None)
+        if not lat:
+            return "n/a"
+        ms = lat["batch1"]["median_ms"]
+        return f"{ms:.2f} ms" + (f" ({blat['batch1']['median_ms'] / ms:.2f}x)" if blat else "")
+
+    lines = ["## What each stage cost and saved", "",
+             "| step | top-1 | Δ top-1 (pts) | agreement with FP32 | FLOPs / image | non-zero weights | size | " +
+             " | ".join(f"latency b1 on `{d}`" for d in devices) + (" |" if devices else ""),
+             "|---|---|---|---|---|---|---|" + "---|" * len(devices)]
+    skipped_tokens = tokens is not None and not tokens.get("stages")
+    for r in steps + deployed:
+        if skipped_tokens and r["name"] not in ("pytorch-fp32", "pytorch-pruned"):
+            lines.append(f"| + token reduction | not applied: {tokens.get('warning', '')} |" + " |" * (5 + len(devices)))
+            skipped_tokens = False
+        acc = r.get("accuracy") or {}
+        label = STEP_LABELS.get(r["name"]) or f"export: {r['name']} ({r['runtime']})"
+        flops = f"{r['flops'] / 1e6:.1f} M" if r.get("flops") else ""
+        nz = f"{r['nonzero_weights']:,}" if r.get("nonzero_weights") is not None else ""
+        lines.append(f"| {label} | {_pct(acc.get('top1'))} | {_delta(acc.get('delta_top1'))} | "
+                     f"{_pct(acc.get('top1_agreement'))} | {flops} | {nz} | {_size(r.get('size_bytes'))} | " +
+                     " | ".join(latency(r, d) for d in devices) + (" |" if devices else ""))
+    return lines + ["", "Stage rows are the PyTorch models after each stage (latency in PyTorch, size at FP32); "
+                        "latency ratios are against the FP32 model in the same runtime, timed interleaved.", ""]
 
 
 def _baseline_latency(results: list[dict], dev: str | None) -> float | None:

@@ -18,7 +18,9 @@ log = logging.getLogger("edgevit")
 #: the program ops that hold weights stored with each compression
 COMPRESSION_OPS = {"w8": ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale"),
                    "palettize4": ("constexpr_lut_to_dense",), "palettize6": ("constexpr_lut_to_dense",),
-                   "sparse": ("constexpr_sparse_to_dense", "constexpr_sparse_blockwise_shift_scale")}
+                   "sparse": ("constexpr_sparse_to_dense", "constexpr_sparse_blockwise_shift_scale"),
+                   "w8-sparse": ("constexpr_sparse_blockwise_shift_scale",)}
+SPARSE = ("sparse", "w8-sparse")  # compressions that store the pruning stage's zeros sparse
 
 
 class CoreMLExport(ExportBase):
@@ -27,16 +29,18 @@ class CoreMLExport(ExportBase):
     format: Literal["coreml"] = "coreml"
     precision: Literal["fp32", "fp16", "int8"] = Field("fp16", description="int8: W8A8, quantize/dequantize ops "
                                                        "from the quantize stage's scales, with compression: w8")
-    compression: Literal["none", "w8", "palettize4", "palettize6", "sparse"] = Field(
+    compression: Literal["none", "w8", "palettize4", "palettize6", "sparse", "w8-sparse"] = Field(
         "none", description="weight compression of the converted program: w8 (int8 per channel), palettize4/6 "
-        "(k-means look-up tables), sparse (the pruning stage's zeros stored sparse)")
+        "(k-means look-up tables), sparse (the pruning stage's zeros stored sparse), w8-sparse (int8 per "
+        "channel with the zeros stored sparse: both at once)")
     deployment_target: Literal["iOS16", "iOS17", "iOS18"] = Field("iOS17", description="minimum deployment target")
 
     @model_validator(mode="after")
     def _int8_fits(self) -> "CoreMLExport":
-        if self.precision == "int8" and self.compression != "w8":
+        if self.precision == "int8" and self.compression not in ("w8", "w8-sparse"):
             raise ValueError("compression: a CoreML int8 artifact (W8A8: the quantize stage's activation scales as "
-                             "quantize/dequantize ops) stores int8 weights; set compression: w8")
+                             "quantize/dequantize ops) stores int8 weights; set compression: w8 (or w8-sparse "
+                             "after pruning)")
         if self.precision == "int8" and self.lowering == "exact":
             raise ValueError("lowering: exact cannot target CoreML, whose kernels take only uniform int8 "
                              "quantize/dequantize; use lowering: uniform or float")
@@ -71,7 +75,7 @@ class CoreML(Runtime):
         facts = export_coreml(job.source, ctx.info, path, cfg.compression, cfg.precision, cfg.deployment_target,
                               ctx.recipe.name, job.keep_layernorm_fp32)
         facts["expected"] = {"input_size": ctx.info.input_size, "labels": list(ctx.info.labels),
-                             "sparse_layers": ctx.nm_layers if cfg.compression == "sparse" else None,
+                             "sparse_layers": ctx.nm_layers if cfg.compression in SPARSE else None,
                              "activation_sites": len(act_sites(job.source, quantized=True))
                              if cfg.precision == "int8" else None}
         log.info("exported %s (%.2f MB, compressed weight ops: %s)", path.name, facts["size_bytes"] / 1e6,

@@ -38,8 +38,8 @@ class PruneStage:
         s = facts["summary"]
         log.info("pruned (%s): %d -> %d parameters, %.1f %% of Linear/Conv weights zero", cfg.method,
                  facts["params_before"], s["params"], 100 * s["weight_sparsity"])
-        if "allocation" in facts:
-            a = facts["allocation"]
+        if "choice" in facts:
+            a = facts["choice"]
             log.info("pruned %d of %d eligible layers (%.0f %% of the %s; %s): top-1 disagreement %.2f %% on %d "
                      "calibration images (allowed %g %%)", sum(r["pruned"] for r in a["layers"]), len(a["layers"]),
                      100 * a["gain_kept"] / max(a["gain_total"], 1), a["gain_unit"], a["gain_why"],

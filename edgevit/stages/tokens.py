@@ -1,15 +1,14 @@
 """The token stage: token merging (ToMe) or pruning (EViT) on a copy of the model."""
 from __future__ import annotations
 
-import copy
 import logging
 
 import torch
 
 from edgevit.errors import BadInput
 from edgevit.results import StageRecord
-from edgevit.tokens import apply_tokens, summarize
-from edgevit.tokens.choose import choose_stages
+from edgevit.tokens import summarize
+from edgevit.tokens.choose import choose_stages, reduce_stages
 
 log = logging.getLogger("edgevit")
 TOKENS_NAME = "pytorch-tokens"
@@ -26,7 +25,6 @@ class TokenStage:
 
     def apply(self, ctx) -> StageRecord:
         cfg = ctx.recipe.tokens
-        reduced = copy.deepcopy(ctx.model)
         x = torch.zeros(1, 3, ctx.info.input_size, ctx.info.input_size)
         images = ctx.calibration_images(CHOICE_IMAGES) if ctx.recipe.calibration is not None else None
         try:
@@ -34,12 +32,12 @@ class TokenStage:
             for r in choice:
                 log.info("tokens: stage %s alone saves %.1f %% of the FLOPs%s: %s", r["stage"], 100 * r["flop_saving"],
                          f", disagreement {r['disagreement_alone']:.2f} %" if "disagreement_alone" in r else "",
-                         "reduced" if r["reduced"] else f"left as is ({r['why']})")
+                         f"reduced (r={r['r_chosen']})" if r["reduced"] else f"left as is ({r['why']})")
             if not chosen:
                 warning = "no attention stage pays for reducing tokens (see each stage's saving): the model is left as is"
                 log.warning("tokens: %s", warning)
                 return StageRecord(method=cfg.method, stages=[], choice=choice, warning=warning)
-            records = apply_tokens(reduced, cfg.model_copy(update={"stages": chosen}))
+            reduced, records = reduce_stages(ctx.model, cfg, chosen)
         except ValueError as e:
             raise BadInput(f"tokens: {e}") from e
         facts = {"method": cfg.method, "stages": records, "choice": choice} | summarize(ctx.model, reduced, x)

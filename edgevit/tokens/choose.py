@@ -1,9 +1,14 @@
-"""Which attention stages pay for reducing tokens: each stage reduced alone, its FLOP saving measured on
-one image and its cost (top-1 disagreement and logit KL against the unreduced model) on calibration images.
+"""Which attention stages pay for reducing tokens, and how much: each stage reduced alone at the recipe's
+merge rate ``r`` and at its halvings (r, r/2, ..., 1), its FLOP saving measured on one image and its cost
+(top-1 disagreement and logit KL against the unreduced model) on calibration images.
+
 A stage whose reduction saves less than ``min_saving`` of the model's FLOPs is left unreduced (MobileViT at
-32 px merges inside 4-token patches and EfficientFormerV2's 49-token attention costs more to merge than it
-saves); with ``max_disagreement`` the remaining stages are taken in order of saving per cost while the
-model with all of them disagrees with the unreduced one on at most that percent of the images."""
+32 px merges inside 4-token patches; EfficientFormerV2's 49-token attention costs more to merge than it
+saves). Without ``max_disagreement`` every other stage takes the recipe's ``r``. With it, stages are visited
+in order of saving per cost and each takes the largest rate at which the model with every stage taken so
+far disagrees with the unreduced one on at most that percent of the images (or stays unreduced).
+EViT and per-block ``r`` lists are measured as given (one option per stage).
+"""
 from __future__ import annotations
 
 import copy
@@ -18,46 +23,71 @@ from edgevit.tokens.patch import apply_tokens, find_stages
 from edgevit.tokens.summary import count_flops
 
 
-def _reduced(model: nn.Module, cfg: TokenConfig, stages: list[str]) -> nn.Module:
+def rates(cfg: TokenConfig) -> list[int | list[int]]:
+    """The merge rates tried per stage, largest first."""
+    if cfg.method != "tome" or isinstance(cfg.r, list) or cfg.r == 0:
+        return [cfg.r]
+    return sorted({max(1, cfg.r >> k) for k in range(cfg.r.bit_length())}, reverse=True)
+
+
+def reduce_stages(model: nn.Module, cfg: TokenConfig, picks: dict[str, int | list[int]]) -> tuple[nn.Module, list[dict]]:
+    """A copy of ``model`` with each picked stage reducing tokens at its own rate; the stage records."""
     m = copy.deepcopy(model)
-    apply_tokens(m, cfg.model_copy(update={"stages": stages}))
-    return m
+    records = []
+    for name, r in picks.items():
+        records += apply_tokens(m, cfg.model_copy(update={"stages": [name], "r": r}))
+    return m, records
 
 
 @torch.no_grad()
 def choose_stages(model: nn.Module, cfg: TokenConfig, one: torch.Tensor,
-                  x: torch.Tensor | None) -> tuple[list[str], list[dict]]:
-    """The stages to reduce tokens in and one record per candidate stage (saving, cost, decision, why).
-    ``one``: an input of the model's shape (FLOPs are counted on it); ``x``: calibration images (None: costs
-    not measured, ``max_disagreement`` not applied)."""
+                  x: torch.Tensor | None) -> tuple[dict[str, int | list[int]], list[dict]]:
+    """The stages to reduce tokens in, with their rate, and one record per candidate stage (each rate's
+    saving and cost, the decision and why). ``one``: an input of the model's shape (FLOPs are counted on it);
+    ``x``: calibration images (None: costs not measured, ``max_disagreement`` not applied)."""
     candidates = [s for s in find_stages(model) if any(fnmatch.fnmatch(s, p) for p in cfg.stages)]
     if not candidates:
         apply_tokens(copy.deepcopy(model), cfg)  # raises the error that names the supported families
     flops = count_flops(model, one)
     ref = outputs(model, x) if x is not None else None
-    records = {}
+    records: dict[str, dict] = {}
     for name in candidates:
-        m = _reduced(model, cfg, [name])
-        saving = (flops - count_flops(m, one)) / flops
-        r = {"stage": name, "flop_saving": round(saving, 4)}
-        if ref is not None:
-            out = outputs(m, x)
-            r |= {"cost_kl": kl_cost(out, ref), "disagreement_alone": round(disagreement(out, ref), 3)}
-        if cfg.min_saving is not None and saving < cfg.min_saving:
-            r |= {"reduced": False, "why": f"saves {100 * saving:.1f} % of the FLOPs (< {100 * cfg.min_saving:g} %)"}
-        records[name] = r
-    chosen = [n for n in candidates if "reduced" not in records[n]]
-    if cfg.max_disagreement is not None and ref is not None:
-        order = sorted(chosen, key=lambda n: -records[n]["flop_saving"] / max(records[n]["cost_kl"], 1e-9))
-        taken: list[str] = []
-        for name in order:
-            dis = disagreement(outputs(_reduced(model, cfg, taken + [name]), x), ref)
-            if dis <= cfg.max_disagreement:
-                taken.append(name)
-            else:
-                records[name] |= {"reduced": False, "why": f"with it the model disagrees on {dis:.2f} % of the "
-                                  f"calibration images (allowed {cfg.max_disagreement:g} %)"}
-        chosen = [n for n in chosen if n in taken]
-    for name in chosen:
-        records[name] |= {"reduced": True}
-    return chosen, [records[n] for n in candidates]
+        options = []
+        for r in rates(cfg):
+            m, _ = reduce_stages(model, cfg, {name: r})
+            o = {"r": r, "flop_saving": round((flops - count_flops(m, one)) / flops, 4)}
+            if ref is not None:
+                out = outputs(m, x)
+                o |= {"cost_kl": kl_cost(out, ref), "disagreement_alone": round(disagreement(out, ref), 3)}
+            options.append(o)
+            if ref is None or cfg.max_disagreement is None:
+                break  # only the recipe's rate is used
+        records[name] = {"stage": name, "options": options} | options[0]
+        if cfg.min_saving is not None and options[0]["flop_saving"] < cfg.min_saving:
+            records[name] |= {"reduced": False, "why": f"saves {100 * options[0]['flop_saving']:.1f} % of the FLOPs "
+                              f"(< {100 * cfg.min_saving:g} %)"}
+    open_ = [n for n in candidates if "reduced" not in records[n]]
+    picks: dict[str, int | list[int]] = {}
+    if cfg.max_disagreement is None or ref is None:
+        picks = {n: cfg.r for n in open_}
+    else:
+        def ratio(n):
+            return -records[n]["flop_saving"] / max(records[n]["cost_kl"], 1e-9)
+
+        for name in sorted(open_, key=ratio):
+            tried = []
+            for o in records[name]["options"]:
+                if cfg.min_saving is not None and o["flop_saving"] < cfg.min_saving:
+                    break
+                m, _ = reduce_stages(model, cfg, picks | {name: o["r"]})
+                dis = disagreement(outputs(m, x), ref)
+                tried.append(f"r={o['r']}: {dis:.2f} %")
+                if dis <= cfg.max_disagreement:
+                    picks[name] = o["r"]
+                    break
+            if name not in picks:
+                records[name] |= {"reduced": False, "why": "with it the model disagrees on more than the allowed "
+                                  f"{cfg.max_disagreement:g} % of the calibration images ({', '.join(tried)})"}
+    for name, r in picks.items():
+        records[name] |= {"reduced": True, "r_chosen": r}
+    return {n: picks[n] for n in candidates if n in picks}, [records[n] for n in candidates]

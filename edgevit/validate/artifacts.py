@@ -49,6 +49,17 @@ def _agreement(logits: dict, name: str, origin: str | None) -> dict | None:
     return compare_logits(logits[name], logits[origin])
 
 
+def model_cost(model, x: np.ndarray) -> dict:
+    """FLOPs of one forward pass on ``x`` (one image) and the non-zero Linear/Conv weights of ``model``."""
+    import torch
+
+    from edgevit.prune import sparsity_summary
+    from edgevit.tokens import count_flops
+
+    s = sparsity_summary(model)
+    return {"flops": count_flops(model, torch.from_numpy(x)), "nonzero_weights": s["weights"] - s["zero_weights"]}
+
+
 def validate(recipe, model, sims: dict, info, params: int, artifacts: list[dict], evalset, stage: Path,
              seed: int) -> tuple[list[dict], list[dict]]:
     """Rows for the reference, the simulated models and every artifact, measured; and the checks on them.
@@ -70,6 +81,8 @@ def validate(recipe, model, sims: dict, info, params: int, artifacts: list[dict]
                      "runtime": "torch", "export": None,
                      "size_bytes": sum(p.numel() for p in sim_model.parameters()) * 4 if is_float else None})
         runners.append(TorchRunner(sim_model, threads))
+    for row, m in zip(rows, [model, *sims.values()]):  # what the stages saved, for the report's first table
+        row |= model_cost(m, sample[:1])
     for a in artifacts:
         rows.append(a)
         runners.append(RUNTIMES[a["runtime"]].local_runner(stage / a["file"], devices[0] if devices else None))
