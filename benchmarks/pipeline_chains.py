@@ -24,9 +24,9 @@ TEST = Path.home() / ".cache" / "edgevit" / "cifar10-images" / "test"
 EVERYTHING = ["prune.nm.max_disagreement=null", "prune.reconstruct=null", "tokens.max_disagreement=null",
               "tokens.min_saving=null"]
 CHAINS = {
-    "hybrid_full": ("hybrid_full", []),
+    "hybrid_full": ("hybrid_full", []),  # pruning allowance 3 %
+    "hybrid_full, allowance 1 %": ("hybrid_full", ["prune.nm.max_disagreement=1.0"]),
     "hybrid_full, allowance 2 %": ("hybrid_full", ["prune.nm.max_disagreement=2.0"]),
-    "hybrid_full, allowance 3 %": ("hybrid_full", ["prune.nm.max_disagreement=3.0"]),
     "hybrid_full, every layer and stage (no planner, no reconstruction)": ("hybrid_full", EVERYTHING),
     "hybrid_full on the built-in ViT": ("hybrid_full", ["model=builtin:vit-cifar10"]),
     "sparse24_int8 (ViT)": ("sparse24_int8", []),

@@ -3,6 +3,7 @@ without INT8; block pruning at 30 / 50 %; structured pruning of 30 % of the MLP 
 ONNX Runtime CPU latency against the dense model, measured interleaved in one run.
 
     .venv/bin/python benchmarks/pruning.py [--models vit-cifar10 hybrid-cifar10] [--limit N] [--rounds 20]
+                                          [--methods "layers that pay" reconstruction]
 
 Top-1 on the CIFAR-10 test images (default: all 10,000, unpacked from ../shared/data/cifar10 into
 ~/.cache/edgevit) of the PyTorch model (INT8: the fake-quant simulation, which the exported QDQ ONNX
@@ -50,9 +51,15 @@ METHODS = {
     "structured 30 % MLP hidden (magnitude)": {"structured": {"mlp_hidden": 0.3, "criterion": "magnitude"}},
     "structured 30 % MLP hidden + 25 % heads (OBS refit)": {"structured": {"mlp_hidden": 0.3, "heads": 0.25}},
     "structured 30 % conv hidden channels (OBS refit)": {"structured": {"mlp_hidden": 0.0, "conv_hidden": 0.3}},
+    "2:4 SparseGPT + block reconstruction": {"nm": {"criterion": "sparsegpt"}, "reconstruct": {}},
+    "2:4 SparseGPT, layers that pay (1 % disagreement)": {"nm": {"criterion": "sparsegpt", "max_disagreement": 1.0}},
+    "2:4 SparseGPT, layers that pay (3 % disagreement)": {"nm": {"criterion": "sparsegpt", "max_disagreement": 3.0}},
+    "2:4 SparseGPT, layers that pay (3 %) + block reconstruction": {
+        "nm": {"criterion": "sparsegpt", "max_disagreement": 3.0}, "reconstruct": {}},
 }
 WITH_INT8 = {"2:4 magnitude", "2:4 SparseGPT", "block 16x16 30 % (OBS, distortion allocation)",
-             "structured 30 % MLP hidden (OBS refit)"}
+             "structured 30 % MLP hidden (OBS refit)", "2:4 SparseGPT + block reconstruction",
+             "2:4 SparseGPT, layers that pay (3 %) + block reconstruction"}
 TIMED = {"structured 30 % MLP hidden (OBS refit)", "structured 30 % MLP hidden + 25 % heads (OBS refit)",
          "structured 30 % conv hidden channels (OBS refit)"}
 
@@ -69,10 +76,19 @@ def main() -> None:
     ap.add_argument("--test", type=Path, default=DEFAULT_TEST)
     ap.add_argument("--limit", type=int, default=None, help="evaluate on this many test images (default: all)")
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--methods", nargs="+", default=None, help="only these methods (substring match); the other "
+                    "rows of --out are kept")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pruning.json")
     args = ap.parse_args()
     results = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "rows": [], "latency": []}
+    methods = {k: v for k, v in METHODS.items() if not args.methods or any(m in k for m in args.methods)}
+    if args.methods and args.out.is_file():  # rerun some rows, keep the others (each row has its date)
+        old = json.loads(args.out.read_text())
+        def rerun(r):
+            return r["model"] in args.models and (r["method"] in methods or r["method"] == "dense")
+        results["rows"] = [r | {"date": r.get("date", old.get("date"))} for r in old["rows"] if not rerun(r)]
+        results["latency"] = [e for e in old["latency"] if not rerun(e)]
     for name in args.models:
         torch.manual_seed(0)
         model, info = load_model(ModelConfig(source=f"builtin:{name}"))
@@ -83,9 +99,9 @@ def main() -> None:
         fp32 = top1(model, x, y)
         base = {"model": name, "images": int(len(y))}
         results["rows"].append(base | {"method": "dense", "top1": fp32, "int8_top1": top1(quantize(
-            model, INT8, [calib])[0], x, y)})
+            model, INT8, [calib])[0], x, y), "date": results["date"]})
         print(f"[{name}] dense {100 * fp32:.2f} %", file=sys.stderr, flush=True)
-        for method, spec in METHODS.items():
+        for method, spec in methods.items():
             pruned = copy.deepcopy(model)
             t0 = time.time()
             try:
@@ -96,7 +112,8 @@ def main() -> None:
             seconds = time.time() - t0
             row = base | {"method": method, "top1": top1(pruned, x, y), "prune_s": round(seconds, 1),
                           "params": rep["summary"]["params"], "weight_sparsity": rep["summary"]["weight_sparsity"],
-                          "layers": len(rep.get("layers", rep.get("modules", []))), "skipped": len(rep.get("skipped", {}))}
+                          "layers": len(rep.get("layers", rep.get("modules", []))), "skipped": len(rep.get("skipped", {})),
+                          "date": results["date"]}
             if method in WITH_INT8:
                 row["int8_top1"] = top1(quantize(pruned, INT8, [calib])[0], x, y)
             results["rows"].append(row)

@@ -77,6 +77,19 @@ def test_pruned_weights_are_stored_sparse(tmp_path, name, layers):
     assert f["size_bytes"] < 0.8 * dense["size_bytes"]
 
 
+def test_int8_weights_with_the_zeros_stored_sparse(tmp_path):
+    """w8-sparse (joint compression, iOS18): every 2:4-pruned layer of the hybrid is stored as int8 values
+    under a bit mask, and the package is smaller than the same model's dense int8 one."""
+    model, info = load_model(ModelConfig(source="builtin:hybrid-cifar10"))
+    x, _ = open_image_set(CALIB_DIR, num=32, seed=0).load(Preprocess(info.input_size, info.mean, info.std))
+    rep = prune(model, PruneConfig(nm={"criterion": "magnitude"}), torch.from_numpy(x))
+    joint = export_coreml(model, info, tmp_path / "joint.mlpackage", "w8-sparse", target="iOS18")
+    assert joint["compressed_ops"].get("constexpr_sparse_blockwise_shift_scale") == len(rep["layers"]) == 60
+    w8 = export_coreml(model, info, tmp_path / "w8.mlpackage", "w8", target="iOS18")
+    assert "constexpr_sparse_blockwise_shift_scale" not in w8["compressed_ops"]
+    assert joint["size_bytes"] < 0.8 * w8["size_bytes"]
+
+
 def test_folded_preprocessing_equals_the_models(hybrid):
     """The package takes 0-255 RGB pixels; the folded per-channel scale/shift must give the model exactly
     the input edgevit's own preprocessing gives it."""

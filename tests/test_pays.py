@@ -4,13 +4,14 @@ disagreement, block reconstruction after pruning, attention stages reduced only 
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from conftest import CALIB_DIR, EVAL_DIR
+from conftest import CALIB_DIR, EVAL_DIR, run_cli, speed_only_failures
 from edgevit.costs import disagreement, kl_cost, outputs
 from edgevit.data import Preprocess, open_image_set
 from edgevit.models import load_model
@@ -147,3 +148,40 @@ def test_token_stages_are_reduced_only_where_it_pays(hybrid):
     assert len(every) == 3
     lines = "\n".join(token_lines({"method": "tome", "stages": [], "choice": strict, "warning": "nothing pays"}))
     assert "| `stages.4.1.transformer` | 4: 0.0 % / 0.00 %" in lines and "not applied:** nothing pays" in lines
+
+
+def test_hybrid_full_recipe_chains_every_stage_within_its_budget(tmp_path):
+    """The capstone recipe on the built-in hybrid: the planner prunes some layers and leaves others dense,
+    reconstruction runs, no attention stage pays for ToMe at 32 px (said in the report), W8A8 with AdaLog,
+    every exporter writes its artifact (CoreML W8A8 with sparse int8 weights), every deployed artifact is
+    within the 1-point budget, and the report opens with the per-stage table."""
+    out = tmp_path / "full"
+    proc = run_cli("compress", "--recipe", "hybrid_full", "--out", str(out), "--set", "quantize.placement=all",
+                   "--set", "validate.devices.0.iters=5", "--set", "validate.devices.0.warmup=1",
+                   "--set", "validate.devices.0.throughput_batch=4")
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    rep = json.loads((out / "report.json").read_text())
+    speed_only_failures(rep)  # placement: all ships all-INT8, which may time slower than FP32 here
+    choice = rep["pruning"]["choice"]
+    assert 0 < len(rep["pruning"]["layers"]) < len(choice["layers"]) and choice["disagreement"] <= 1.0
+    assert rep["pruning"]["reconstruction"]["blocks"]
+    assert rep["tokens"]["stages"] == [] and not any(c["reduced"] for c in rep["tokens"]["choice"])
+    names = {r["name"] for r in rep["results"]}
+    assert {"onnx-fp32", "onnx-int8", "onnx-int8-tensorrt", "coreml-w8a8-sparse", "coreml-sparse"} <= names
+    budget = [c for c in rep["checks"] if c.get("kind") == "budget"]
+    assert len(budget) >= 4 and all(c["ok"] for c in budget)
+    assert any(c["ok"] and "weights stored w8-sparse" in c["name"] for c in rep["checks"])
+    md = (out / "report.md").read_text()
+    assert md.index("## What each stage cost and saved") < md.index("## Accuracy budget") < md.index("## Artifacts")
+    assert "| + token reduction | not applied:" in md
+
+
+def test_settings_errors_name_the_key():
+    from edgevit.errors import BadInput
+
+    with pytest.raises(BadInput, match=r"prune.*reconstruct applies to nm and block pruning"):
+        load_recipe("structured_prune", ["prune.reconstruct={iters: 10}"])
+    with pytest.raises(BadInput, match=r"prune.nm.max_disagreement"):
+        load_recipe("sparse24_int8", ["prune.nm.max_disagreement=-1"])
+    with pytest.raises(BadInput, match=r"tokens.min_saving"):
+        load_recipe("tome_int8", ["tokens.min_saving=1.5"])

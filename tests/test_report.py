@@ -26,6 +26,37 @@ def test_pareto_front_keeps_only_undominated_points():
     assert [p[2] for p in pareto(pts)] == ["b", "c"]
 
 
+def _row(name, runtime="torch", top1=0.8, ms=None, **extra):
+    lat = [{"device": "cpu", "batch1": {"median_ms": ms}}] if ms else []
+    return {"name": name, "runtime": runtime, "accuracy": {"top1": top1, "delta_top1": top1 - 0.8,
+                                                         "top1_agreement": 1.0 if top1 == 0.8 else 0.9},
+            "latency": lat, "size_bytes": 4_000_000} | extra
+
+
+def test_stage_table_shows_what_each_stage_cost_and_saved():
+    """The report's first table: one row per stage model and per deployed artifact; latency ratios against
+    the FP32 model in the same runtime; diagnostics and the original reference are not deployed rows; a
+    token stage that reduced nothing says so."""
+    from edgevit.report.writers import stage_lines
+
+    results = [_row("pytorch-fp32", ms=5.0, flops=40e6, nonzero_weights=1000),
+               _row("pytorch-pruned", top1=0.79, ms=4.0, flops=40e6, nonzero_weights=600),
+               _row("pytorch-int8-sim", top1=0.78, flops=40e6, nonzero_weights=598),
+               _row("onnx-int8", "onnxruntime", 0.78, 1.0, file="onnx-int8.onnx", size_bytes=1_000_000),
+               _row("onnx-int8-before-fallback", "onnxruntime", 0.7, 0.9, file="x.onnx"),
+               _row("onnx-fp32-original", "onnxruntime", 0.8, 1.5, file="reference/o.onnx", reference=True)]
+    lines = stage_lines(results, {"method": "tome", "stages": [], "warning": "no attention stage pays"})
+    text = "\n".join(lines)
+    assert lines[0] == "## What each stage cost and saved"
+    assert "| FP32 model | 80.00 % | +0.00 | 100.00 % | 40.0 M | 1,000 | 4.00 MB | 5.00 ms (1.00x) |" in text
+    assert "| + pruning | 79.00 % | -1.00 | 90.00 % | 40.0 M | 600 | 4.00 MB | 4.00 ms (1.25x) |" in text
+    assert "| + token reduction | not applied: no attention stage pays |" in text
+    assert text.index("+ pruning") < text.index("+ token reduction") < text.index("+ quantization")
+    assert "| export: onnx-int8 (onnxruntime) | 78.00 % |" in text and "1.00 ms (1.50x)" in text
+    assert "before-fallback" not in text and "original" not in text
+    assert stage_lines(results[:1] + results[3:]) == []  # no stage ran
+
+
 def test_diagnostics_separate_good_and_bad_quantization():
     """Per-layer SQNR is high at W8A8 and lower at W4A4 on every layer type; a log2 softmax site's
     levels are powers of two apart."""
