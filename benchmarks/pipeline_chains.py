@@ -70,8 +70,8 @@ def summary(r: dict) -> dict:
         b = base.get(x["runtime"]) or {}
         blat = (b.get("latency") or [None])[0]
         speed = blat["batch1"]["median_ms"] / lat["batch1"]["median_ms"] if lat and blat else None
-        artifacts.append({"name": x["name"], "top1": acc.get("top1"), "size_ratio": x["size_bytes"] / (fp32["size_bytes"]),
-                          "size_bytes": x["size_bytes"], "speed_vs_fp32": speed,
+        artifacts.append({"name": x["name"], "top1": acc.get("top1"),
+                          "size_ratio": x["size_bytes"] / fp32["size_bytes"], "size_bytes": x["size_bytes"], "speed_vs_fp32": speed,
                           "shipped": (x.get("placement") or {}).get("shipped")})
     budget = [c for c in rep["checks"] if c.get("kind") == "budget"]
     p, t = rep.get("pruning") or {}, rep.get("tokens") or {}
@@ -105,7 +105,8 @@ def main() -> None:
             for st in s["steps"]:
                 print(f"| {st['step']} | {100 * st['top1']:.2f} % | {100 * st['agreement']:.2f} % | "
                       f"{st['flops'] / 1e6:.1f} M | {st['nonzero_weights']:,} |")
-            print("\n| artifact | top-1 | size vs FP32 | speed vs FP32 (b1, same runtime) | shipped |\n|---|---|---|---|---|")
+            print("\n| artifact | top-1 | size vs FP32 | speed vs FP32 (b1, same runtime) | shipped |\n"
+                  "|---|---|---|---|---|")
             for a in s["artifacts"]:
                 top1 = f"{100 * a['top1']:.2f} %" if a["top1"] is not None else "not run here"
                 speed = f"{a['speed_vs_fp32']:.2f}x" if a["speed_vs_fp32"] else "n/a"

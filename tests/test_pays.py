@@ -96,7 +96,8 @@ def test_nm_allocation_keeps_the_hybrid_within_the_allowance(hybrid):
     taken = [r["layer"] for r in a["layers"] if r["pruned"]]
     assert [r["layer"] for r in rep["layers"]] == [n for n in [r["layer"] for r in a["layers"]] if n in taken]
     assert 10 < len(taken) < len(a["layers"]) and a["gain_kept"] > 0.5 * a["gain_total"]
-    assert all(why.startswith("kept dense") for n, why in rep["skipped"].items() if n in {r["layer"] for r in a["layers"]})
+    eligible = {r["layer"] for r in a["layers"]}
+    assert all(why.startswith("kept dense") for n, why in rep["skipped"].items() if n in eligible)
     drop_all, drop_chosen = fp32 - _top1(everything, xe, ye), fp32 - _top1(chosen, xe, ye)
     assert drop_all > 5 and drop_chosen <= 1.0, (drop_all, drop_chosen)
     lines = "\n".join(pruning_lines(rep | {"seconds": 1.0}))
@@ -157,13 +158,15 @@ def test_hybrid_full_recipe_chains_every_stage_within_its_budget(tmp_path):
     within the 1-point budget, and the report opens with the per-stage table."""
     out = tmp_path / "full"
     proc = run_cli("compress", "--recipe", "hybrid_full", "--out", str(out), "--set", "quantize.placement=all",
+                   "--set", "prune.reconstruct.iters=100",
                    "--set", "validate.devices.0.iters=5", "--set", "validate.devices.0.warmup=1",
                    "--set", "validate.devices.0.throughput_batch=4")
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
     rep = json.loads((out / "report.json").read_text())
     speed_only_failures(rep)  # placement: all ships all-INT8, which may time slower than FP32 here
     choice = rep["pruning"]["choice"]
-    assert 0 < len(rep["pruning"]["layers"]) < len(choice["layers"]) and choice["disagreement"] <= 1.0
+    assert 0 < len(rep["pruning"]["layers"]) < len(choice["layers"])
+    assert choice["disagreement"] <= choice["max_disagreement"]
     assert rep["pruning"]["reconstruction"]["blocks"]
     assert rep["tokens"]["stages"] == [] and not any(c["reduced"] for c in rep["tokens"]["choice"])
     names = {r["name"] for r in rep["results"]}

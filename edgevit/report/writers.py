@@ -261,7 +261,8 @@ def stage_lines(results: list[dict], tokens: dict | None = None) -> list[str]:
     skipped_tokens = tokens is not None and not tokens.get("stages")
     for r in steps + deployed:
         if skipped_tokens and r["name"] not in ("pytorch-fp32", "pytorch-pruned"):
-            lines.append(f"| + token reduction | not applied: {tokens.get('warning', '')} |" + " |" * (5 + len(devices)))
+            lines.append(f"| + token reduction | not applied: {tokens.get('warning', '')} |"
+                         + " |" * (5 + len(devices)))
             skipped_tokens = False
         acc = r.get("accuracy") or {}
         label = STEP_LABELS.get(r["name"]) or f"export: {r['name']} ({r['runtime']})"

@@ -34,7 +34,8 @@ class TokenStage:
                          f", disagreement {r['disagreement_alone']:.2f} %" if "disagreement_alone" in r else "",
                          f"reduced (r={r['r_chosen']})" if r["reduced"] else f"left as is ({r['why']})")
             if not chosen:
-                warning = "no attention stage pays for reducing tokens (see each stage's saving): the model is left as is"
+                warning = ("no attention stage pays for reducing tokens (see each stage's saving): the model is "
+                           "left as is")
                 log.warning("tokens: %s", warning)
                 return StageRecord(method=cfg.method, stages=[], choice=choice, warning=warning)
             reduced, records = reduce_stages(ctx.model, cfg, chosen)

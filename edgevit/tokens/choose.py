@@ -30,7 +30,8 @@ def rates(cfg: TokenConfig) -> list[int | list[int]]:
     return sorted({max(1, cfg.r >> k) for k in range(cfg.r.bit_length())}, reverse=True)
 
 
-def reduce_stages(model: nn.Module, cfg: TokenConfig, picks: dict[str, int | list[int]]) -> tuple[nn.Module, list[dict]]:
+def reduce_stages(model: nn.Module, cfg: TokenConfig,
+                  picks: dict[str, int | list[int]]) -> tuple[nn.Module, list[dict]]:
     """A copy of ``model`` with each picked stage reducing tokens at its own rate; the stage records."""
     m = copy.deepcopy(model)
     records = []
