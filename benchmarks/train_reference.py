@@ -1,6 +1,12 @@
 """Train the built-in reference models on CIFAR-10, on the CPU.
 
     OMP_NUM_THREADS=1 python benchmarks/train_reference.py --model hybrid-cifar10 --epochs 15 --seed 0
+    python benchmarks/train_reference.py --model timm:levit_128s --input-size 64 --epochs 5 --threads 2
+
+A ``timm:NAME`` model is built with ``img_size=--input-size`` and 10 classes, normalized as the built-ins
+(CIFAR-10 mean/std), and written to ``--out`` (default ~/.cache/edgevit/checkpoints: checkpoints of timm
+models do not go into the repository); edgevit loads it with ``model: {source: timm:NAME, input_size:
+SIZE, checkpoint: PATH, mean: [...], std: [...]}`` (the card lists the values).
 
 Reads CIFAR-10 as JPEG files in ImageFolder layout (default: ~/.cache/edgevit/cifar10-images, unpacked
 from ../shared/data/cifar10/cifar10-jpg.tar.gz). Writes
@@ -23,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from edgevit.models.builtin import BUILTINS, WEIGHTS_DIR  # noqa: E402
+from edgevit.models.builtin import BUILTINS, WEIGHTS_DIR, BuiltinSpec  # noqa: E402
 
 DEFAULT_DATA = Path.home() / ".cache" / "edgevit" / "cifar10-images"
 
@@ -83,9 +89,22 @@ def evaluate(model, x, y, mean, std, batch=500) -> float:
     return correct / len(x)
 
 
+CHECKPOINTS = Path.home() / ".cache" / "edgevit" / "checkpoints"
+
+
+def timm_spec(source: str, size: int) -> BuiltinSpec:
+    """A timm architecture at ``size`` px with 10 classes, described like a built-in."""
+    import timm
+
+    name = source.removeprefix("timm:")
+    return BuiltinSpec(name=f"{name}-cifar10-{size}", arch=name, input_size=size, description="",
+                       build=lambda: timm.create_model(name, pretrained=False, num_classes=10, img_size=size))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, choices=sorted(BUILTINS))
+    p.add_argument("--model", required=True, help=f"one of {sorted(BUILTINS)} or timm:NAME")
+    p.add_argument("--input-size", type=int, default=64, help="timm models: image side (img_size)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--batch", type=int, default=128)
@@ -94,14 +113,16 @@ def main() -> None:
     p.add_argument("--clip-grad", type=float, default=0.0, help="max gradient norm (0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=WEIGHTS_DIR)
+    p.add_argument("--out", type=Path, default=None, help="default: edgevit/models/weights (built-ins), "
+                   "~/.cache/edgevit/checkpoints (timm)")
     p.add_argument("--log", type=Path, default=Path(__file__).parent / "logs")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    spec = BUILTINS[args.model]
+    spec = timm_spec(args.model, args.input_size) if args.model.startswith("timm:") else BUILTINS[args.model]
+    args.out = args.out or (CHECKPOINTS if args.model.startswith("timm:") else WEIGHTS_DIR)
     labels = list(spec.labels)
     x_train, y_train = load_split(args.data, "train", labels)
     x_test, y_test = load_split(args.data, "test", labels)

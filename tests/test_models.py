@@ -30,6 +30,29 @@ def _timm_state(num_classes: int) -> dict:
     return timm.create_model(TIMM_SMALL[5:], pretrained=False, num_classes=num_classes).state_dict()
 
 
+def test_timm_model_is_built_for_the_input_size(tmp_path):
+    """model.input_size builds a timm architecture whose layers depend on it (LeViT's attention biases) at
+    that size, and its checkpoint trained at that size loads; one that takes any size (MobileViT) is built
+    as usual."""
+    levit, info = load_model(ModelConfig(source="timm:levit_128s", input_size=64, num_classes=10))
+    assert info.input_size == 64
+    with torch.no_grad():
+        assert levit(torch.zeros(1, 3, 64, 64)).shape == (1, 10)
+    save_file({k: v.contiguous() for k, v in levit.state_dict().items()}, str(tmp_path / "levit64.safetensors"))
+    again, _ = load_model(ModelConfig(source="timm:levit_128s", input_size=64,
+                                      checkpoint=tmp_path / "levit64.safetensors"))
+    with torch.no_grad():
+        x = torch.randn(2, 3, 64, 64)
+        torch.testing.assert_close(again(x), levit(x))
+    default, _ = load_model(ModelConfig(source="timm:levit_128s", num_classes=10))
+    with pytest.raises(RuntimeError):
+        with torch.no_grad():
+            default(torch.zeros(1, 3, 64, 64))
+    mvit, info = load_model(ModelConfig(source="timm:mobilevit_xxs", input_size=64, num_classes=10))
+    with torch.no_grad():
+        assert info.input_size == 64 and mvit(torch.zeros(1, 3, 64, 64)).shape == (1, 10)
+
+
 def test_timm_checkpoint_infers_num_classes(tmp_path):
     state = _timm_state(7)
     torch.save({"state_dict": state, "epoch": 3}, tmp_path / "ckpt.pth")

@@ -135,7 +135,8 @@ def _classifier_rows(state: dict[str, torch.Tensor], classifier: str | tuple | l
     return None
 
 
-def _timm(name: str, state: dict | None, num_classes: int | None) -> tuple[nn.Module, dict]:
+def _timm(name: str, state: dict | None, num_classes: int | None,
+          input_size: int | None = None) -> tuple[nn.Module, dict]:
     import timm
 
     if not timm.is_model(name):
@@ -146,7 +147,10 @@ def _timm(name: str, state: dict | None, num_classes: int | None) -> tuple[nn.Mo
     if num_classes is None and state is not None:
         num_classes = _classifier_rows(state, cfg.get("classifier", "head"))
     kwargs = {"num_classes": num_classes} if num_classes else {}
-    model = timm.create_model(name, pretrained=False, **kwargs)
+    try:  # architectures whose layers depend on the input size (LeViT, EfficientViT-MSRA) are built for it
+        model = timm.create_model(name, pretrained=False, **kwargs, **({"img_size": input_size} if input_size else {}))
+    except TypeError:  # the architecture takes any input size and has no img_size argument
+        model = timm.create_model(name, pretrained=False, **kwargs)
     return model, dict(model.pretrained_cfg or cfg)
 
 
@@ -198,12 +202,20 @@ def load_model(cfg) -> tuple[nn.Module, ModelInfo]:
         model, info = _builtin(source[len("builtin:"):])
     else:
         if source.startswith("timm:"):
-            model, tcfg = _timm(source[len("timm:"):], state, cfg.num_classes)
+            model, tcfg = _timm(source[len("timm:"):], state, cfg.num_classes, cfg.input_size)
             arch = source[len("timm:"):]
         else:
             model, tcfg, arch = _python_file(source), {}, source
         if state is not None:
-            load_state(model, state, cfg.checkpoint)
+            try:
+                load_state(model, state, cfg.checkpoint)
+            except BadInput:
+                if not (source.startswith("timm:") and cfg.input_size):
+                    raise
+                # a checkpoint trained at the architecture's own size, run at another (e.g. a ViT with
+                # position embeddings for 224 px): the model as timm builds it by default
+                model, tcfg = _timm(source[len("timm:"):], state, cfg.num_classes)
+                load_state(model, state, cfg.checkpoint)
         else:
             log.warning("%s has no checkpoint: random weights (fine for latency and export checks, "
                         "meaningless for accuracy; pass --checkpoint)", source)
