@@ -31,7 +31,21 @@ CHAINS = {
     "hybrid_full on the built-in ViT": ("hybrid_full", ["model=builtin:vit-cifar10"]),
     "sparse24_int8 (ViT)": ("sparse24_int8", []),
     "tome_int8 (ViT)": ("tome_int8", []),
+    # needs `benchmarks/train_reference.py --model timm:levit_128s --input-size 64 --epochs 8 --threads 2`;
+    # ToMe does not take LeViT (its attention blocks downsample), so the tokens section is off
+    "hybrid_full on timm levit_128s 64 px (trained here), tokens off": ("hybrid_full", ["tokens=null", LEVIT]),
 }
+LEVIT = Path.home() / ".cache" / "edgevit" / "checkpoints" / "levit_128s-cifar10-64"
+
+
+def trained_timm(card: Path) -> list[str]:
+    """The overrides that load a timm checkpoint written by benchmarks/train_reference.py (its card gives
+    the size, normalization and label order)."""
+    c = json.loads(card.with_suffix(".json").read_text())
+    return [f"model={{source: 'timm:{c['arch']}', input_size: {c['input_size']}, checkpoint: "
+            f"'{card.with_suffix('.safetensors')}', mean: {c['mean']}, std: {c['std']}, labels: {c['labels']}}}"]
+
+
 STEPS = {"pytorch-fp32": "FP32", "pytorch-pruned": "pruning", "pytorch-tokens": "token reduction",
          "pytorch-int8-sim": "quantization (sim)"}
 
@@ -98,6 +112,8 @@ def main() -> None:
         for i, (label, (recipe, overrides)) in enumerate(CHAINS.items()):
             if args.only and not any(o == label or o == recipe for o in args.only):
                 continue
+            overrides = [o for o in overrides if not isinstance(o, Path)] + \
+                [x for o in overrides if isinstance(o, Path) for x in trained_timm(o)]
             r = run_chain(recipe, overrides, args.test, args.limit, Path(tmp) / f"run{i}")
             results["chains"][label] = s = summary(r) | {"date": results["date"]}
             print(f"\n### {label}: exit {s['exit']} ({s['status']}), {s['seconds']} s\n`{s['command']}`\n")

@@ -33,6 +33,16 @@ def hybrid():
     return model.eval(), x, torch.from_numpy(xe), np.asarray(ye)
 
 
+@pytest.fixture(scope="module")
+def pruned_everywhere(hybrid):
+    """2:4 SparseGPT on every eligible layer of the hybrid (256 calibration images) and its report."""
+    model, x, _, _ = hybrid
+    pruned = copy.deepcopy(model)
+    with torch.no_grad():
+        rep = prune(pruned, PruneConfig(nm={"criterion": "sparsegpt"}, images=256), x)
+    return pruned, rep
+
+
 def _top1(model, xe, ye) -> float:
     return 100.0 * float((outputs(model, xe).argmax(1).numpy() == ye).mean())
 
@@ -79,15 +89,14 @@ def test_a_layer_that_costs_more_than_it_gains_stays_dense():
     assert "2" not in chosen0 and "4" in chosen0
 
 
-def test_nm_allocation_keeps_the_hybrid_within_the_allowance(hybrid):
+def test_nm_allocation_keeps_the_hybrid_within_the_allowance(hybrid, pruned_everywhere):
     """2:4 SparseGPT on every eligible layer of the hybrid costs ~14 points on eval images; chosen by gain per
     cost with a 1 % calibration allowance it prunes over half the weights within that allowance, and the
     eval images lose at most a point."""
     model, x, xe, ye = hybrid
     fp32 = _top1(model, xe, ye)
-    everything, chosen = copy.deepcopy(model), copy.deepcopy(model)
+    everything, chosen = pruned_everywhere[0], copy.deepcopy(model)
     with torch.no_grad():
-        prune(everything, PruneConfig(nm={"criterion": "sparsegpt"}, images=256), x)
         rep = prune(chosen, PruneConfig(nm={"criterion": "sparsegpt", "max_disagreement": 1.0}, images=256), x,
                     gain=("weights", "CoreML"))
     a = rep["choice"]
@@ -104,13 +113,12 @@ def test_nm_allocation_keeps_the_hybrid_within_the_allowance(hybrid):
     assert f"{len(taken)} of {len(a['layers'])} eligible layers pruned" in lines and "| no |" in lines
 
 
-def test_reconstruction_recovers_what_one_shot_pruning_lost(hybrid):
+def test_reconstruction_recovers_what_one_shot_pruning_lost(hybrid, pruned_everywhere):
     """After 2:4 SparseGPT on every layer, reconstructing each block to the dense block's output (zeros fixed)
     wins back most of the lost top-1 on eval images the reconstruction never saw."""
     model, x, xe, ye = hybrid
-    pruned = copy.deepcopy(model)
+    pruned, rep = pruned_everywhere
     with torch.no_grad():
-        rep = prune(pruned, PruneConfig(nm={"criterion": "sparsegpt"}, images=256), x)
         layers = [r["layer"] for r in rep["layers"]]
         zeros = {n: pruned.get_submodule(n).weight == 0 for n in layers}
         fixed = copy.deepcopy(pruned)

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgevit.quant.bridges import holding
-from edgevit.quant.partial import execution_order, run_until
+from edgevit.quant.partial import execution_order
+from edgevit.quant.reconstruct import unit_io, unit_loss
 
 
 def blocks_holding(model: nn.Module, layers: list[str], x: torch.Tensor) -> list[str]:
@@ -27,20 +28,8 @@ def blocks_holding(model: nn.Module, layers: list[str], x: torch.Tensor) -> list
     return execution_order(model, {n: modules[n] for n in found}, x[:1])
 
 
-@torch.no_grad()
-def _io(model: nn.Module, block: nn.Module, x: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ins, outs = zip(*(run_until(model, block, x[i:i + batch]) for i in range(0, len(x), batch)))
-    return torch.cat(ins), torch.cat(outs)
-
-
-@torch.no_grad()
-def _loss(block: nn.Module, x: torch.Tensor, target: torch.Tensor, batch: int) -> float:
-    return sum(float(F.mse_loss(block(x[i:i + batch]), target[i:i + batch], reduction="sum"))
-               for i in range(0, len(x), batch)) / len(x)
-
-
 def reconstruct_pruned(dense: nn.Module, pruned: nn.Module, layers: list[str], x: torch.Tensor,
-                       iters: int = 200, lr: float = 1e-4, batch: int = 32, seed: int = 0,
+                       iters: int = 500, lr: float = 1e-3, batch: int = 32, seed: int = 0,
                        on_block: Callable[[str], None] | None = None) -> list[dict]:
     """Fit each block of ``pruned`` (changed in place) that holds one of the pruned ``layers`` to ``dense``'s
     block output on ``x``; the zeros of the pruned layers stay zero. Returns a record per block."""
@@ -49,12 +38,12 @@ def reconstruct_pruned(dense: nn.Module, pruned: nn.Module, layers: list[str], x
     for name in blocks_holding(pruned, layers, x):
         t0 = time.time()
         p_block, d_block = pruned.get_submodule(name), dense.get_submodule(name)
-        x_p, _ = _io(pruned, p_block, x, batch)
-        _, target = _io(dense, d_block, x, batch)
+        x_p, _ = unit_io(pruned, p_block, x, batch)
+        _, target = unit_io(dense, d_block, x, batch)
         masks = {n: m.weight != 0 for n, m in p_block.named_modules() if (f"{name}.{n}" if n else name) in layers}
         params = [p for p in p_block.parameters() if p.dtype.is_floating_point]
         saved = [p.detach().clone() for p in params]
-        before = _loss(p_block, x_p, target, batch)
+        before = unit_loss(p_block, x_p, target, batch)
         opt = torch.optim.Adam(params, lr=lr)
         for _ in range(iters):
             idx = torch.randint(0, len(x_p), (min(batch, len(x_p)),), generator=gen)
@@ -66,7 +55,7 @@ def reconstruct_pruned(dense: nn.Module, pruned: nn.Module, layers: list[str], x
             with torch.no_grad():
                 for n, keep in masks.items():
                     p_block.get_submodule(n).weight.mul_(keep)
-        after = _loss(p_block, x_p, target, batch)
+        after = unit_loss(p_block, x_p, target, batch)
         if not after < before:
             with torch.no_grad():
                 for p, s in zip(params, saved):

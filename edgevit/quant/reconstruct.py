@@ -103,7 +103,7 @@ class _AdaRound:
         return (1 - (2 * _h(self.v) - 1).abs().pow(beta)).sum()
 
 
-def _unit_io(model: nn.Module, unit: nn.Module, x: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+def unit_io(model: nn.Module, unit: nn.Module, x: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and outputs of ``unit`` when ``model`` runs on ``x`` (in batches)."""
     ins, outs = zip(*(run_until(model, unit, x[i:i + batch]) for i in range(0, len(x), batch)))
     return torch.cat(ins), torch.cat(outs)
@@ -127,8 +127,8 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
         t0 = time.time()
         q_unit, f_unit = qm.get_submodule(name), fm.get_submodule(name)
         set_mode(qm, "quant")
-        x_q, _ = _unit_io(qm, q_unit, x, batch)
-        x_fp, target = _unit_io(fm, f_unit, x, batch)
+        x_q, _ = unit_io(qm, q_unit, x, batch)
+        x_fp, target = unit_io(fm, f_unit, x, batch)
         layers = [m for m in weighted_sites(q_unit) if m.weight_qparams is not None]
         if not layers:
             continue
@@ -143,7 +143,7 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
         if learn_scale:
             groups.append({"params": [r.gain for r in rounders], "lr": lr * SCALE_LR_RATIO})
         opt = torch.optim.Adam(groups, lr=lr)
-        before = _unit_loss(q_unit, x_q, target, batch)
+        before = unit_loss(q_unit, x_q, target, batch)
         done = 0
         for it in range(iters):
             if share is not None and time.time() - t0 > share:
@@ -168,7 +168,7 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
             m.weight_qparams, m.weight_override = qparams[m.site], None
             with torch.no_grad():
                 m.inner.weight.copy_(m.weight_qparams.dequantize(codes.float()))
-        after = _unit_loss(q_unit, x_q, target, batch)
+        after = unit_loss(q_unit, x_q, target, batch)
         records.append({"unit": name, "layers": len(layers), "iters": done, "loss_before": before,
                         "loss_after": after, "seconds": round(time.time() - t0, 1)})
         if on_unit:
@@ -177,7 +177,8 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
 
 
 @torch.no_grad()
-def _unit_loss(unit: nn.Module, x: torch.Tensor, target: torch.Tensor, batch: int) -> float:
+def unit_loss(unit: nn.Module, x: torch.Tensor, target: torch.Tensor, batch: int) -> float:
+    """Mean over images of the summed squared error of ``unit(x)`` against ``target``."""
     total = sum(float(F.mse_loss(unit(x[i:i + batch]), target[i:i + batch], reduction="sum"))
                 for i in range(0, len(x), batch))
     return total / len(x)
