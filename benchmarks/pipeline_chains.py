@@ -23,6 +23,17 @@ ROOT = Path(__file__).resolve().parents[1]
 TEST = Path.home() / ".cache" / "edgevit" / "cifar10-images" / "test"
 EVERYTHING = ["prune.nm.max_disagreement=null", "prune.reconstruct=null", "tokens.max_disagreement=null",
               "tokens.min_saving=null"]
+LEVIT = Path.home() / ".cache" / "edgevit" / "checkpoints" / "levit_128s-cifar10-64"
+
+
+def trained_timm(card: Path) -> list[str]:
+    """The overrides that load a timm checkpoint written by benchmarks/train_reference.py (its card gives
+    the size, normalization and label order)."""
+    c = json.loads(card.with_suffix(".json").read_text())
+    return [f"model={{source: 'timm:{c['arch']}', input_size: {c['input_size']}, checkpoint: "
+            f"'{card.with_suffix('.safetensors')}', mean: {c['mean']}, std: {c['std']}, labels: {c['labels']}}}"]
+
+
 CHAINS = {
     "hybrid_full": ("hybrid_full", []),  # pruning allowance 3 %
     "hybrid_full, allowance 1 %": ("hybrid_full", ["prune.nm.max_disagreement=1.0"]),
@@ -35,17 +46,6 @@ CHAINS = {
     # ToMe does not take LeViT (its attention blocks downsample), so the tokens section is off
     "hybrid_full on timm levit_128s 64 px (trained here), tokens off": ("hybrid_full", ["tokens=null", LEVIT]),
 }
-LEVIT = Path.home() / ".cache" / "edgevit" / "checkpoints" / "levit_128s-cifar10-64"
-
-
-def trained_timm(card: Path) -> list[str]:
-    """The overrides that load a timm checkpoint written by benchmarks/train_reference.py (its card gives
-    the size, normalization and label order)."""
-    c = json.loads(card.with_suffix(".json").read_text())
-    return [f"model={{source: 'timm:{c['arch']}', input_size: {c['input_size']}, checkpoint: "
-            f"'{card.with_suffix('.safetensors')}', mean: {c['mean']}, std: {c['std']}, labels: {c['labels']}}}"]
-
-
 STEPS = {"pytorch-fp32": "FP32", "pytorch-pruned": "pruning", "pytorch-tokens": "token reduction",
          "pytorch-int8-sim": "quantization (sim)"}
 
