@@ -115,6 +115,8 @@ def test_clear_errors(monkeypatch):
     with pytest.raises(BadInput, match="export.0.lowering: exact cannot target CoreML"):
         build_recipe({"name": "x", "calibration": {"path": str(CALIB_DIR)}, "quantize": {},
                       "export": [{"format": "coreml", "precision": "int8", "compression": "w8", "lowering": "exact"}]})
+    with pytest.raises(BadInput, match="export.0.deployment_target: compression w8-sparse .* needs iOS18"):
+        build_recipe({"name": "x", "export": [{"format": "coreml", "compression": "w8-sparse"}]})
     with pytest.raises(BadInput, match="export.0.compression: only for format: coreml"):
         build_recipe({"name": "x", "export": [{"format": "onnx", "compression": "w8"}]})
 

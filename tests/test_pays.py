@@ -59,7 +59,9 @@ def test_gain_follows_the_export_targets():
     recipe = load_recipe("int8_ptq")
     assert sparse_gain(recipe.export)[0] == "macs"  # onnx-int8-tensorrt: TensorRT's sparse kernels
     coreml = load_recipe("int8_ptq", ["export=[export/onnx-fp32.yaml,export/coreml-sparse.yaml]"])
-    assert sparse_gain(coreml.export)[0] == "weights"
+    assert sparse_gain(coreml.export) == ("weights", "CoreML stores the pruned weights sparse")
+    joint = load_recipe("int8_ptq", ["export=[export/onnx-fp32.yaml,export/coreml-w8a8-sparse.yaml]"])
+    assert sparse_gain(joint.export) == ("weights", "CoreML stores the pruned weights sparse")
     ort = load_recipe("int8_ptq", ["export=[export/onnx-fp32.yaml,export/onnx-int8.yaml]"])
     gain, why = sparse_gain(ort.export)
     assert gain == "weights" and "run the pruned weights dense" in why

@@ -148,7 +148,8 @@ def _timm(name: str, state: dict | None, num_classes: int | None,
         num_classes = _classifier_rows(state, cfg.get("classifier", "head"))
     kwargs = {"num_classes": num_classes} if num_classes else {}
     try:  # architectures whose layers depend on the input size (LeViT, EfficientViT-MSRA) are built for it
-        model = timm.create_model(name, pretrained=False, **kwargs, **({"img_size": input_size} if input_size else {}))
+        sized = {"img_size": input_size} if input_size else {}
+        model = timm.create_model(name, pretrained=False, **kwargs, **sized)
     except TypeError:  # the architecture takes any input size and has no img_size argument
         model = timm.create_model(name, pretrained=False, **kwargs)
     return model, dict(model.pretrained_cfg or cfg)

@@ -31,7 +31,7 @@ def sparse_gain(exports: list) -> tuple[str, str]:
            or getattr(e, "target", None) == "tensorrt" for e in exports):
         return "macs", ("TensorRT's 2:4 sparse kernels (kSPARSE_WEIGHTS, trtexec --sparsity=enable) skip the "
                         "pruned multiply-accumulates")
-    if any(getattr(e, "compression", None) == "sparse" for e in exports):
+    if any(getattr(e, "compression", None) in ("sparse", "w8-sparse") for e in exports):
         return "weights", "CoreML stores the pruned weights sparse"
     return "weights", ("no export runs 2:4 sparse (ONNX Runtime and OpenVINO run the pruned weights dense): "
                        "the gain counted is the weights zeroed, which only compression tools use")

@@ -41,6 +41,9 @@ class CoreMLExport(ExportBase):
             raise ValueError("compression: a CoreML int8 artifact (W8A8: the quantize stage's activation scales as "
                              "quantize/dequantize ops) stores int8 weights; set compression: w8 (or w8-sparse "
                              "after pruning)")
+        if self.compression == "w8-sparse" and self.deployment_target != "iOS18":
+            raise ValueError("deployment_target: compression w8-sparse (int8 values under a sparse mask, "
+                             "constexpr_sparse_blockwise_shift_scale) needs iOS18")
         if self.precision == "int8" and self.lowering == "exact":
             raise ValueError("lowering: exact cannot target CoreML, whose kernels take only uniform int8 "
                              "quantize/dequantize; use lowering: uniform or float")
