@@ -240,7 +240,9 @@ def stage_lines(results: list[dict], tokens: dict | None = None) -> list[str]:
     steps = [r for r in results if r["name"] in STEP_LABELS]
     if len(steps) < 2 and not tokens:
         return []
-    deployed = [r for r in results if r.get("file") and not r.get("reference") and "-before-fallback" not in r["name"]]
+    from edgevit.validate.checks import BEFORE_FALLBACK
+
+    deployed = [r for r in results if r.get("file") and not r.get("reference") and BEFORE_FALLBACK not in r["name"]]
     devices = sorted({d["device"] for r in results for d in r.get("latency", []) if not d.get("remote")})
     fp32_by_runtime = {"torch": "pytorch-fp32"} | {r["runtime"]: r["name"] for r in results if r.get("reference")}
     by_name = {r["name"]: r for r in results}
