@@ -46,10 +46,11 @@ def _reconstruct(dense: nn.Module, model: nn.Module, cfg: PruneConfig, report: d
 
     r = cfg.reconstruct
     layers = [rec["layer"] for rec in report["layers"]]
-    before = disagreement(outputs(model, x), outputs(dense, x))
+    ref = outputs(dense, x)
+    before = disagreement(outputs(model, x), ref)
     blocks = reconstruct_pruned(dense, model, layers, x, r.iters, r.lr, r.batch, on_block=on_layer)
     return {"iters": r.iters, "lr": r.lr, "blocks": blocks, "disagreement_before": round(before, 3),
-            "disagreement_after": round(disagreement(outputs(model, x), outputs(dense, x)), 3)}
+            "disagreement_after": round(disagreement(outputs(model, x), ref), 3)}
 
 
 def sparsity_summary(model: nn.Module) -> dict:

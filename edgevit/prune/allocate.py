@@ -59,12 +59,13 @@ def layer_macs(model: nn.Module, layers: list[tuple[str, nn.Module]], x: torch.T
 @torch.no_grad()
 def choose_layers(model: nn.Module, layers: list[tuple[str, nn.Module]], trial: dict[str, torch.Tensor],
                   gains: dict[str, int], x: torch.Tensor, max_disagreement: float,
-                  on_layer: Callable[[str], None] | None = None) -> tuple[list[str], list[dict]]:
+                  on_layer: Callable[[str], None] | None = None,
+                  ref: torch.Tensor | None = None) -> tuple[list[str], list[dict]]:
     """The layers to prune (execution order) and a record per layer: its cost, gain, their ratio and whether
-    it was taken. ``trial`` holds each layer's pruned weight (same shape as ``weight``); ``model`` is left
-    unchanged."""
+    it was taken. ``trial`` holds each layer's pruned weight (same shape as ``weight``); ``ref``: the model's
+    logits on ``x`` when already computed; ``model`` is left unchanged."""
     dense = {n: m.weight.detach().clone() for n, m in layers}
-    ref = outputs(model, x)
+    ref = outputs(model, x) if ref is None else ref
     cost = {}
     for name, mod in layers:
         mod.weight.copy_(trial[name])

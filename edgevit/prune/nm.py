@@ -49,7 +49,7 @@ def prune_nm(model: nn.Module, cfg: PruneConfig, x: torch.Tensor,
         ref = outputs(model, x)
         gains = layer_macs(model, layers, x) if gain[0] == "macs" else {n: m.weight.numel() for n, m in layers}
         trial = trial_weights(model, layers, cfg, x)
-        chosen, records = choose_layers(model, layers, trial, gains, x, nm.max_disagreement, on_layer)
+        chosen, records = choose_layers(model, layers, trial, gains, x, nm.max_disagreement, on_layer, ref)
         for r in records:
             if not r["pruned"]:
                 skipped[r["layer"]] = (f"kept dense: pruned with the layers that gain more per cost, the model "
