@@ -21,8 +21,8 @@ from torch import nn
 from edgevit._version import __version__
 from edgevit.errors import RunFailure
 from edgevit.exporters.compact import compact
-from edgevit.exporters.qdq import (fold_weight_quantizers, fold_weight_transposes, ort_int8_audit,
-                                tensorrt_qdq_problems)
+from edgevit.exporters.qdq import (drop_zero_weight_zero_points, fold_weight_quantizers, fold_weight_transposes,
+                                   ort_int8_audit, tensorrt_qdq_problems)
 
 log = logging.getLogger("edgevit")
 
@@ -171,6 +171,8 @@ def export_onnx(model: nn.Module, info, cfg, path: Path, recipe_name: str, layer
         proto = to_fp16(proto, layernorm_fp32)
         facts["layernorm_fp32"] = layernorm_fp32
     compact(proto, numbered=cfg.precision == "int8")
+    if cfg.precision == "int8" and cfg.target != "tensorrt":  # TensorRT's rules want every zero point written
+        drop_zero_weight_zero_points(proto)
     facts["layernorm_nodes"] = layernorm_nodes(proto)
     write_onnx(proto, path, onnx_metadata(info, recipe_name, cfg.precision))
     if cfg.precision == "int8":

@@ -94,6 +94,24 @@ def fold_weight_transposes(model: onnx.ModelProto) -> int:
     return removed
 
 
+def drop_zero_weight_zero_points(model: onnx.ModelProto) -> int:
+    """Leave out the all-zero zero point of each weight DequantizeLinear (the int8 weight sets the type and
+    zero is the default); returns how many. OpenVINO 2026.4 runs a layer whose weight zero point is a constant
+    shared with other layers (equal zero points share one initializer) as a float layer on decompressed
+    weights: on DeiT-Tiny the attention projections and second MLP layers ran in BF16/FP32, not INT8."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    dropped = 0
+    for n in g.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits and len(n.input) == 3 and n.input[2] in inits \
+                and inits[n.input[2]].data_type == inits[n.input[0]].data_type \
+                and not numpy_helper.to_array(inits[n.input[2]]).any():
+            del n.input[2]
+            dropped += 1
+    _drop_unused(model)
+    return dropped
+
+
 def _drop_unused(model: onnx.ModelProto) -> None:
     g = model.graph
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
@@ -128,6 +146,26 @@ def ort_int8_audit(path, threads: int = 1) -> dict:
     weight_only = [f"{n.op_type}:{n.name}" for n in opt.graph.node if n.op_type in WEIGHT_ONLY_OPS]
     return {"int8_nodes": sum(int8.values()), "int8_ops": dict(sorted(int8.items())),
             "float_nodes": len(left), "float_left": left, "weight_only": weight_only}
+
+
+def quantized_layers(model: onnx.ModelProto) -> list[str]:
+    """Names of the Conv/MatMul/Gemm nodes that read an int8 weight initializer through DequantizeLinear and
+    a DequantizeLinear activation: the layers an integer runtime should run in INT8."""
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+
+    def dq(name: str) -> onnx.NodeProto | None:
+        n = producer.get(name)
+        return n if n is not None and n.op_type == "DequantizeLinear" else None
+
+    out = []
+    for n in g.node:
+        if n.op_type in ("Conv", "MatMul", "Gemm") and len(n.input) >= 2:
+            act, weight = dq(n.input[0]), dq(n.input[1])
+            if act is not None and weight is not None and weight.input[0] in inits:
+                out.append(n.name)
+    return out
 
 
 def tensorrt_qdq_problems(model: onnx.ModelProto) -> list[str]:
