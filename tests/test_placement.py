@@ -240,3 +240,30 @@ def test_auto_placement_drops_costly_layout_chains(tmp_path, monkeypatch):
     monkeypatch.undo()
     run(_recipe(tmp_path, placement=str(tmp_path / "auto" / "placement.json")), tmp_path / "replay")
     assert (tmp_path / "auto" / "onnx-int8.onnx").read_bytes() == (tmp_path / "replay" / "onnx-int8.onnx").read_bytes()
+
+
+def test_auto_placement_times_conv_outputs_in_float(tmp_path, monkeypatch):
+    """With quantize.conv_output, every form is also timed with its conv-output (and sigmoid) quantizers in
+    float (OpenVINO pays a dequantization after each conv; ONNX Runtime's QLinearConv chains gain); when that
+    form is the fastest it ships without those quantizers, and placement.json replays it to the same bytes."""
+    from edgevit.pipeline import run
+
+    table = {"fp32": 1.0, "int8": 1.1, "int8-convfloat": 0.7}
+    monkeypatch.setattr("edgevit.runtimes.onnxruntime.OnnxRuntime.profile", lambda *a, **kw: {})
+    monkeypatch.setattr(placement_mod, "interleaved_medians", lambda runners, x, rounds, **kw:
+                        {k: table.get(k, 2.0) for k in runners})
+    monkeypatch.setattr(placement_mod, "_rounds", lambda *a, **kw: 1)
+    res = run(_recipe(tmp_path, conv_output="true", placement="auto"), tmp_path / "auto")
+    saved = json.loads((tmp_path / "auto" / "placement.json").read_text())["artifacts"]["onnx-int8"]
+    assert {"fp32", "int8", "int8-convfloat"} <= set(saved["candidates"])
+    assert saved["shipped"] == "int8" and saved["form"].endswith("conv outputs in float")
+    plan = json.loads((tmp_path / "auto" / "plan.json").read_text())["activations"]
+    conv = sorted(s for s, e in plan.items() if e["kind"] in ("conv_output", "sigmoid_output"))
+    assert conv and sorted(saved["float_sites"]) == conv
+    assert "conv outputs in float" in (tmp_path / "auto" / "report.md").read_text()
+    # the shipped graph has no QuantizeLinear after a conv, and the simulation it is checked against neither
+    row = next(r for r in res.report["results"] if r["name"] == "onnx-int8")
+    assert row["accuracy"]["agreement_with_simulation"] >= 0.99
+    monkeypatch.undo()
+    run(_recipe(tmp_path, conv_output="true", placement=str(tmp_path / "auto" / "placement.json")), tmp_path / "replay")
+    assert (tmp_path / "auto" / "onnx-int8.onnx").read_bytes() == (tmp_path / "replay" / "onnx-int8.onnx").read_bytes()

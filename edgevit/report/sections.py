@@ -44,17 +44,18 @@ def placement_lines(results: list[dict]) -> list[str]:
         p = r.get("placement")
         if not p:
             continue
+        chained = {c["site"] for c in p.get("chains", [])}
+        unchained = [s for s in p.get("float_sites", []) if s in chained]
         lines += [f"INT8 placement of `{r['name']}` ({p['mode']}): shipped {p['shipped'].upper()}"
-                  + (f", activations {p['activations']}" if p["shipped"] == "int8" else "")
+                  + (f", activations {p.get('form', p['activations'])}" if p["shipped"] == "int8" else "")
                   + (f", {len(p['float_regions'])} region(s) left in float" if p["float_regions"] else "")
-                  + (f", {len(p['float_sites'])} quantizer(s) above layout Transposes dropped"
-                     if p.get("float_sites") else "")
+                  + (f", {len(unchained)} quantizer(s) above layout Transposes dropped" if unchained else "")
                   + f". {p['reason']}.", ""]
         if p.get("chains"):
             lines += ["Quantizers the runtime would move up into Transposes that then run slower on integers "
                       "(INT8 / float node ms): " + ", ".join(
                           f"`{c['site']}` {c['int8_ms']:.3f} / {c['float_ms']:.3f}" for c in p["chains"])
-                      + (" - dropped in the shipped form." if p.get("float_sites") else
+                      + (" - dropped in the shipped form." if unchained else
                          " - kept: the form without them was not the fastest."), ""]
         if p.get("candidates"):
             lines += ["Candidates timed interleaved on `" + str(p["device"]) + "` (batch 1, median ms): "

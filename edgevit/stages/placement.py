@@ -5,7 +5,9 @@
 1. Candidate forms of the lowered plan: as calibrated, and (for an asymmetric plan, when the run has
    evaluation images) with symmetric int8 activations, kept only when its simulated accuracy is within
    ``ACCURACY_SLACK_PTS`` of the calibrated plan's (or within ``max_accuracy_drop`` of FP32; with random
-   weights, logit SQNR >= 20 dB against FP32).
+   weights, logit SQNR >= 20 dB against FP32); with ``quantize.conv_output``, each of these also with its
+   conv-output quantizers in float (ONNX Runtime's QLinearConv chains gain from them, OpenVINO pays a
+   dequantization after every conv: timm mobilevit_xxs all-INT8 in OpenVINO 1.04x -> 1.22x with them in float).
 2. Each form's all-INT8 graph and the FP32 graph are exported and profiled by the runtime itself.
    Quantizers the runtime moves into layout ops (ONNX Runtime runs the Transposes above a QuantizeLinear
    on uint8) are dropped, with their layer's weights, when those Transposes take ``CHAIN_SLOWDOWN``
@@ -56,6 +58,7 @@ ACCURACY_SLACK_PTS = 0.3  # a symmetric form may cost this many top-1 points aga
 PROFILE_RUNS = 30
 CHAIN_SLOWDOWN = 1.5  # a layout chain is dropped when its INT8 Transposes take 1.5x their float time (not noise)
 SYMMETRIC = Lowering("symmetric", "symmetric int8 activations", symmetric=True, exact=False)
+CONV_OUTPUT_KINDS = ("conv_output", "sigmoid_output")
 
 
 @dataclass
@@ -66,6 +69,7 @@ class Placement:
     mode: str  # auto | all | replay
     shipped: str = "int8"  # int8 | fp32
     activations: str = "as calibrated"  # or "symmetric": signed int8, zero point 0, per tensor
+    form: str = "as calibrated"  # the shipped form: its activations, and ", conv outputs in float" when dropped
     float_regions: list[str] = field(default_factory=list)
     float_sites: list[str] = field(default_factory=list)  # quantizers dropped because of their layout chains
     runtime: str | None = None
@@ -223,24 +227,25 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
     tables: dict[str, dict[str, float]] = {}  # form -> region -> INT8 node ms
     chains: dict[str, list[dict]] = {}  # form -> its costly layout chains
 
-    def add(name: str, candidate) -> tuple[Path, object]:
-        plans[name] = candidate
+    form_of: dict[str, str] = {}  # candidate -> its form
+
+    def add(name: str, candidate, form: str) -> tuple[Path, object]:
+        plans[name], form_of[name] = candidate, form
         qmodel = apply_plan(ctx.model, candidate)
         return export(name, qmodel, "int8"), qmodel
 
-    for form, form_plan in _forms(ctx, plan, p, rt).items():
-        name = "int8" if form == "as calibrated" else "int8-symmetric"
-        path, qmodel = add(name, form_plan)
+    for form, (name, form_plan) in _forms(ctx, plan, p, rt).items():
+        path, qmodel = add(name, form_plan, form)
         nodes = profile(path) if profile else {}
         chains[form] = costly_chains(rt.layout_chains(path), nodes, fp32_nodes, _quantizer_sites(qmodel)) \
             if profile else []
         if chains[form]:  # the form without them, profiled again for the per-region decision
             name, form_plan = name + "-unchained", without_sites(form_plan, [c["site"] for c in chains[form]])
-            nodes = profile(add(name, form_plan)[0])
+            nodes = profile(add(name, form_plan, form)[0])
         tables[form] = region_times(nodes, regions)
         slow = slow_regions(tables[form], float_ms)
         if slow and len(slow) < len(regions):
-            add(name + "-placed", without_regions(form_plan, regions, slow))
+            add(name + "-placed", without_regions(form_plan, regions, slow), form)
     timer = _device_timer(device, ctx.info, x) if device.kind == "ssh" else _local_timer(rt, device, x)
     p.candidates = {k: round(v, 4) for k, v in timer(files, 1).items()}
     best, faster = fastest(p.candidates)
@@ -248,16 +253,16 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
         again = timer({best: files[best], "fp32": files["fp32"]}, 2)
         p.confirmation = {k: round(v, 4) for k, v in again.items()}
         faster = fastest(again)[1]
-    chosen = plans[best]
-    p.activations = "symmetric" if best.startswith("int8-symmetric") else "as calibrated"
+    chosen, p.form = plans[best], form_of[best]
+    p.activations = "symmetric" if p.form.startswith("symmetric") else "as calibrated"
     p.float_regions = list(chosen.float_regions[len(plan.float_regions):])
     p.float_sites = list(chosen.float_sites[len(plan.float_sites):])
-    p.chains = chains[p.activations]
+    p.chains = chains[p.form]
     p.speedup = round(p.candidates["fp32"] / p.candidates[best], 3)
     p.shipped = "int8" if faster else ctx.recipe.quantize.when_slower
-    slow = set(slow_regions(tables[p.activations], float_ms))
+    slow = set(slow_regions(tables[p.form], float_ms))
     p.regions = [{"region": r.name, "kind": r.kind, "sites": r.sites,
-                  "int8_ms": round(tables[p.activations][r.name], 4), "float_ms": round(float_ms[r.name], 4),
+                  "int8_ms": round(tables[p.form][r.name], 4), "float_ms": round(float_ms[r.name], 4),
                   "faster_in": "float" if r.name in slow else "int8",
                   "decision": "float" if r.name in p.float_regions or p.shipped == "fp32" else "int8"}
                  for r in regions.values()]
@@ -313,25 +318,43 @@ def _rounds(fp32_runner, x: np.ndarray, n: int, seconds: float = 6.0) -> int:
     return int(min(300, max(30, seconds / max(est * n, 1e-6))))
 
 
-def _forms(ctx, plan, p: Placement, rt) -> dict[str, object]:
-    """The activation forms worth timing: the plan as calibrated, and symmetric int8 where its simulated
-    accuracy holds and the runtime runs it as simulated (see the module docstring)."""
-    forms = {"as calibrated": plan}
+def conv_output_sites(plan) -> list[str]:
+    """The plan's quantizers of conv outputs and of SiLU's sigmoid (``quantize.conv_output``)."""
+    return [s for s, e in plan.activations.items() if e.kind in CONV_OUTPUT_KINDS]
+
+
+def _forms(ctx, plan, p: Placement, rt) -> dict[str, tuple[str, object]]:
+    """The forms worth timing, as form -> (candidate name, plan): the plan as calibrated, symmetric int8
+    where its simulated accuracy holds and the runtime runs it as simulated (see the module docstring),
+    and each of these with its conv outputs in float when the plan quantizes them (ONNX Runtime's
+    QLinearConv chains gain from them; OpenVINO pays a dequantization of every conv output)."""
+    forms = {"as calibrated": ("int8", plan)}
+    sym = _symmetric(ctx, plan, p, rt)
+    if sym is not None:
+        forms["symmetric"] = ("int8-symmetric", sym)
+    conv = conv_output_sites(plan)
+    if conv:
+        for form, (name, form_plan) in list(forms.items()):
+            forms[f"{form}, conv outputs in float"] = (f"{name}-convfloat", without_sites(form_plan, conv))
+    return forms
+
+
+def _symmetric(ctx, plan, p: Placement, rt):
+    """The plan with symmetric int8 activations when its accuracy holds and the runtime runs it as simulated
+    (None otherwise; why is in ``p.forms``)."""
     if plan.config.activations.symmetric or ctx.evalset is None or not plan.activations or has_nonuniform(plan):
-        return forms
+        return None
     if rt.symmetric_form is not None:
         p.forms.append({"activations": "symmetric", "tried": False, "why": rt.symmetric_form})
-        return forms
+        return None
     try:
         sym = lower_plan(plan, SYMMETRIC, "uniform")
     except ValueError as e:  # asymmetric weights, sub-8-bit quantizers: no integer kernel runs it symmetric
         p.forms.append({"activations": "symmetric", "tried": False, "why": str(e)})
-        return forms
+        return None
     ok, facts = _accuracy_holds(ctx, plan, sym)
     p.forms.append({"activations": "symmetric", **facts, "tried": ok})
-    if ok:
-        forms["symmetric"] = sym
-    return forms
+    return sym if ok else None
 
 
 def _accuracy_holds(ctx, plan, candidate) -> tuple[bool, dict]:
