@@ -12,7 +12,7 @@ from edgevit.config import ModelConfig
 from edgevit.errors import BadInput
 from edgevit.models.sources import load_model
 from edgevit.quant import QuantConfig, quantize
-from edgevit.quant.regions import node_region, plan_regions, without_regions
+from edgevit.quant.regions import node_region, plan_regions, without_regions, without_sites
 from edgevit.recipe import load_recipe
 from edgevit.stages import placement as placement_mod
 from edgevit.stages.placement import Placement, fastest, region_times, slow_regions
@@ -267,3 +267,46 @@ def test_auto_placement_times_conv_outputs_in_float(tmp_path, monkeypatch):
     monkeypatch.undo()
     run(_recipe(tmp_path, conv_output="true", placement=str(tmp_path / "auto" / "placement.json")), tmp_path / "replay")
     assert (tmp_path / "auto" / "onnx-int8.onnx").read_bytes() == (tmp_path / "replay" / "onnx-int8.onnx").read_bytes()
+
+
+def test_a_placement_that_quantizes_nothing_is_not_a_candidate(hybrid_plan):
+    """Leaving the slow regions in float must leave something in INT8, else it is the float model timed under
+    an INT8 name (EfficientViT-M0: conv outputs and layout chains dropped, every other region slow)."""
+    from edgevit.stages.placement import placed_plan
+
+    model, plan = hybrid_plan
+    regions = plan_regions(model, plan)
+    names = list(regions)
+    assert placed_plan(plan, regions, []) is None
+    assert placed_plan(plan, regions, names[1:]).weights.keys() == set(regions[names[0]].weights)
+    assert placed_plan(plan, regions, names) is None
+    rest_float = without_regions(plan, regions, names[:1])  # what other forms had already left in float
+    assert placed_plan(rest_float, regions, names[1:]) is None
+    # conv-output quantizers alone (every layer input dropped with its weights) only round float values
+    outputs_only = without_sites(plan, [s for s, e in plan.activations.items()
+                                        if e.kind not in ("conv_output", "sigmoid_output")])
+    assert outputs_only.activations and placed_plan(outputs_only, regions, names[:1]) is None
+
+
+def test_a_candidate_the_runtime_runs_in_float_is_not_timed(tmp_path, monkeypatch):
+    """A candidate whose exported graph the runtime runs without an integer layer (its audit of the file says
+    0) is the float model under an INT8 name: it is not timed, so it cannot ship as INT8."""
+    from edgevit.pipeline import run
+    from edgevit.runtimes.onnxruntime import OnnxRuntime
+
+    def fake_profile(self, path, device, x, runs):  # every region but the head slower in INT8
+        if path.name == "fp32.onnx":
+            return {"stem/conv/Conv": 0.1, "head/fc/Gemm": 0.3}
+        return {"stem/conv/Conv_quant": 0.3, "head.fc.bias": 0.1}
+
+    audit = OnnxRuntime.int8_layers
+    monkeypatch.setattr(OnnxRuntime, "int8_layers",
+                        lambda self, row: 0 if "-placed" in row["file"] else audit(self, row))
+    monkeypatch.setattr("edgevit.runtimes.onnxruntime.OnnxRuntime.profile", fake_profile)
+    monkeypatch.setattr(placement_mod, "interleaved_medians", lambda runners, x, rounds, **kw:
+                        {k: {"fp32": 1.0, "int8": 0.9}.get(k, 0.5) for k in runners})
+    monkeypatch.setattr(placement_mod, "_rounds", lambda *a, **kw: 1)
+    run(_recipe(tmp_path), tmp_path / "auto")
+    saved = json.loads((tmp_path / "auto" / "placement.json").read_text())["artifacts"]["onnx-int8"]
+    assert saved["candidates"] and not any("-placed" in k for k in saved["candidates"])
+    assert saved["shipped"] == "int8" and saved["float_regions"] == []

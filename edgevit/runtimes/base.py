@@ -119,6 +119,11 @@ class Runtime:
         beside it (an IR's weights)."""
         return [path]
 
+    def int8_layers(self, row: dict) -> int | None:
+        """How many compute layers the runtime runs in integers in an exported INT8 artifact (from its
+        export facts), or None when the runtime does not say."""
+        return None
+
     def checks(self, row: dict) -> list[dict]:
         """Checks of this runtime's own (beside the parity and agreement checks every artifact gets)."""
         return []

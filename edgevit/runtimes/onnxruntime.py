@@ -112,6 +112,10 @@ class OnnxRuntime(Runtime):
     local_device = True
     profiles = True
 
+    def int8_layers(self, row: dict) -> int | None:
+        audit = row["export"].get("ort_int8")
+        return None if audit is None else audit["int8_nodes"]
+
     def lowering_for(self, cfg):
         return TENSORRT if cfg.target == "tensorrt" else ONNXRUNTIME
 

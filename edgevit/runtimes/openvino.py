@@ -221,6 +221,10 @@ class OpenVINO(Runtime):
     def files(self, path: Path) -> list[Path]:
         return [p for p in (path, path.with_suffix(".bin")) if p.exists()]
 
+    def int8_layers(self, row: dict) -> int | None:
+        layers = row["export"].get("runtime_layers")
+        return None if layers is None else sum(n for p, n in layers.items() if p in ("i8", "u8"))
+
     def checks(self, row: dict) -> list[dict]:
         if row["precision"] != "int8":
             return []

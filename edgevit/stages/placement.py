@@ -96,6 +96,21 @@ def slow_regions(int8_ms: dict[str, float], float_ms: dict[str, float]) -> list[
     return [r for r, t in int8_ms.items() if t > float_ms.get(r, 0.0)]
 
 
+def placed_plan(plan, regions, slow: list[str]):
+    """``plan`` with its ``slow`` regions in float, or None when no region is slow or nothing would be left
+    quantized (the float model under an INT8 name: on EfficientViT-M0 the regions left after dropping conv
+    outputs and layout chains held no quantizer)."""
+    placed = without_regions(plan, regions, slow) if slow else None
+    return placed if placed is not None and int8_compute(placed) else None
+
+
+def int8_compute(plan) -> bool:
+    """Whether ``plan`` leaves any layer or attention product in integers: a weight quantizer whose layer
+    input is quantized too, or attention's quantized Q and K (quantizers alone only round float values)."""
+    return any(f"{w}.input" in plan.activations for w in plan.weights) or \
+        any(e.kind == "attn_q" for e in plan.activations.values())
+
+
 def fastest(timings: dict[str, float], fp32: str = "fp32", margin: float = MARGIN) -> tuple[str, bool]:
     """The fastest INT8 candidate of a timing table and whether it beats ``fp32`` by ``margin``."""
     best = min((k for k in timings if k != fp32), key=lambda k: (timings[k], k))
@@ -209,7 +224,10 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
     def export(name: str, source, precision: str) -> Path:
         j = dataclasses.replace(job, cfg=job.cfg.model_copy(update={"precision": precision}),
                                 file=f"{name}{rt.suffix}", source=source, suffix="")
-        rt.export(j, scratch)
+        row = rt.export(j, scratch)
+        if precision == "int8" and rt.int8_layers(row) == 0:  # the float model under an INT8 name: not a candidate
+            log.info("placement %s: candidate %s runs no layer in INT8 in %s; not timed", job.name, name, rt.label)
+            return tmp / j.file
         files[name] = tmp / j.file
         return files[name]
 
@@ -244,8 +262,9 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
             nodes = profile(add(name, form_plan, form)[0])
         tables[form] = region_times(nodes, regions)
         slow = slow_regions(tables[form], float_ms)
-        if slow and len(slow) < len(regions):
-            add(name + "-placed", without_regions(form_plan, regions, slow), form)
+        placed = placed_plan(form_plan, regions, slow)
+        if placed is not None:
+            add(name + "-placed", placed, form)
     timer = _device_timer(device, ctx.info, x) if device.kind == "ssh" else _local_timer(rt, device, x)
     p.candidates = {k: round(v, 4) for k, v in timer(files, 1).items()}
     best, faster = fastest(p.candidates)
