@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -310,3 +311,22 @@ def test_a_candidate_the_runtime_runs_in_float_is_not_timed(tmp_path, monkeypatc
     saved = json.loads((tmp_path / "auto" / "placement.json").read_text())["artifacts"]["onnx-int8"]
     assert saved["candidates"] and not any("-placed" in k for k in saved["candidates"])
     assert saved["shipped"] == "int8" and saved["float_regions"] == []
+    assert all("runs no layer of it in INT8" in why for why in saved["not_timed"].values()) and saved["not_timed"]
+
+    # a candidate the runtime runs far from its own simulation (OpenVINO on EfficientViT-M0 without conv
+    # outputs: 1.3 dB) is not timed either
+    monkeypatch.setattr(OnnxRuntime, "int8_layers", audit)
+    real_runner = OnnxRuntime.local_runner
+
+    def runner(self, path, device):
+        run_file = real_runner(self, path, device)
+        noise = np.random.default_rng(0)
+        return (lambda x: noise.standard_normal((len(x), 10)).astype(np.float32)) if "-placed" in path.name else run_file
+
+    monkeypatch.setattr(OnnxRuntime, "local_runner", runner)
+    run(_recipe(tmp_path), tmp_path / "far")
+    saved = json.loads((tmp_path / "far" / "placement.json").read_text())["artifacts"]["onnx-int8"]
+    assert saved["not_timed"] and all("dB from its simulation" in why and "-placed" in k
+                                      for k, why in saved["not_timed"].items())
+    assert not any("-placed" in k for k in saved["candidates"]) and "int8" in saved["candidates"]
+    assert "Candidates not timed: int8-placed" in (tmp_path / "far" / "report.md").read_text()

@@ -57,6 +57,8 @@ def placement_lines(results: list[dict]) -> list[str]:
                           f"`{c['site']}` {c['int8_ms']:.3f} / {c['float_ms']:.3f}" for c in p["chains"])
                       + (" - dropped in the shipped form." if unchained else
                          " - kept: the form without them was not the fastest."), ""]
+        if p.get("not_timed"):
+            lines += ["Candidates not timed: " + "; ".join(f"{k}: {v}" for k, v in p["not_timed"].items()) + ".", ""]
         if p.get("candidates"):
             lines += ["Candidates timed interleaved on `" + str(p["device"]) + "` (batch 1, median ms): "
                       + ", ".join(f"{k} {v:.3f}" for k, v in p["candidates"].items()) + "." + (
