@@ -30,6 +30,10 @@ log = logging.getLogger("edgevit")
 HINTS = {"fp32": "f32", "bf16": "bf16", "f16": "f16"}
 #: runtime layer types that do the model's arithmetic (what an INT8 artifact should run in integers)
 COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Deconvolution")
+#: share of the graph's quantized layers OpenVINO may run in float and the check still pass: it keeps a few
+#: by its own choice (timm EfficientFormerV2-S0: 5 of 85, the depthwise `v_local` convs), where the bug this
+#: check catches left half (shared weight zero points: 13 of a ViT's 26 layers)
+FLOAT_SHARE_OK = 0.1
 
 
 class OpenVINOExport(ExportBase, OnnxGraphFields):
@@ -237,5 +241,6 @@ class OpenVINO(Runtime):
         if left:
             detail += f"; {len(left)} of the graph's {e['quantized_layers']} quantized layers run in float: " + \
                 ", ".join(left[:4]) + (", ..." if len(left) > 4 else "")
-        return [{"name": f"{row['name']}: OpenVINO runs the quantized layers in INT8", "ok": int8 > 0 and not left,
-                 "detail": detail}]
+        ok = int8 > 0 and len(left) <= FLOAT_SHARE_OK * e.get("quantized_layers", 0)
+        return [{"name": f"{row['name']}: OpenVINO runs the quantized layers in INT8", "ok": ok,
+                 "detail": detail + (f" (at most {100 * FLOAT_SHARE_OK:g} % may)" if left else "")}]

@@ -75,7 +75,7 @@ class Placement:
     activations: str = "as calibrated"  # or "symmetric": signed int8, zero point 0, per tensor
     form: str = "as calibrated"  # the shipped form: its activations, and ", conv outputs in float" when dropped
     float_regions: list[str] = field(default_factory=list)
-    float_sites: list[str] = field(default_factory=list)  # quantizers dropped because of their layout chains
+    float_sites: list[str] = field(default_factory=list)  # quantizers dropped: layout chains, conv outputs
     runtime: str | None = None
     lowering: str | None = None  # the integer kernels the plan was lowered for (its runtime's, or TensorRT's)
     device: str | None = None
@@ -341,8 +341,7 @@ def _not_a_candidate(rt, row: dict, path: Path, qmodel, x: np.ndarray, device) -
     """Why an exported INT8 candidate must not be timed (None: it may): the runtime's audit of the file finds no
     integer layer (the float model under an INT8 name), or the runtime runs it further than
     ``AS_SIMULATED_DB`` from its own simulation (OpenVINO 2026.4 runs EfficientViT-M0's INT8 graph without
-    conv-output quantizers 1.3 dB from it, with them 26 dB: leaving quantizers out does not always keep
-    accuracy)."""
+    conv-output quantizers 1.1 dB from it: leaving quantizers out does not always keep accuracy)."""
     if rt.int8_layers(row) == 0:
         return f"{rt.label} runs no layer of it in INT8"
     runner = rt.local_runner(path, device) if rt.can_run_here() else None
