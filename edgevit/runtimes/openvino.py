@@ -120,6 +120,11 @@ def layer_precisions(compiled) -> dict:
     return dict(sorted(Counter(precision for _, precision in _compute_layers(compiled)).items()))
 
 
+def int8_count(layers: dict) -> int:
+    """How many compute layers of a ``layer_precisions`` table execute in integers."""
+    return sum(n for p, n in layers.items() if p in ("i8", "u8"))
+
+
 def _compute_layers(compiled) -> list[tuple[list[str], str]]:
     """Each compute layer of the compiled model: the graph nodes it was made from, its precision."""
     out = []
@@ -193,7 +198,7 @@ class OpenVINO(Runtime):
         if cfg.precision == "int8":
             facts |= {"quantized_layers": len(quantized),
                       "quantized_layers_in_float": float_quantized_layers(compiled, quantized)}
-        int8 = sum(n for p, n in layers.items() if p in ("i8", "u8"))
+        int8 = int8_count(layers)
         facts["details"] = [
             f"OpenVINO {ov.__version__} IR with weights in `{bin_.name}`, converted from the {graph.precision.upper()} "
             f"ONNX graph ({facts['graph_nodes']} nodes, simplifier: {facts['simplifier']}); inference precision "
@@ -227,14 +232,14 @@ class OpenVINO(Runtime):
 
     def int8_layers(self, row: dict) -> int | None:
         layers = row["export"].get("runtime_layers")
-        return None if layers is None else sum(n for p, n in layers.items() if p in ("i8", "u8"))
+        return None if layers is None else int8_count(layers)
 
     def checks(self, row: dict) -> list[dict]:
         if row["precision"] != "int8":
             return []
         e = row["export"]
         layers = e["runtime_layers"]
-        int8, total = sum(n for p, n in layers.items() if p in ("i8", "u8")), sum(layers.values())
+        int8, total = int8_count(layers), sum(layers.values())
         left = e.get("quantized_layers_in_float", [])
         detail = f"{int8} of {total} compute layers execute in INT8 on CPU " \
                  f"({', '.join(f'{n} {p}' for p, n in layers.items())})"

@@ -225,6 +225,11 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
     x = _sample(ctx)
     scratch = dataclasses.replace(ctx, stage=tmp)
     files: dict[str, Path] = {}
+    p = Placement(job.name, "auto", runtime=rt.name, lowering=rt.lowering.name, device=device.name)
+    # the per-region profile is taken here (on the local profile's threads); an SSH device times the candidates
+    prof_dev = device if device.kind == "local" else next(
+        (d for d in ctx.recipe.validation.devices if d.kind == "local"), device)
+    xs = _check_images(ctx)
 
     def export(name: str, source, precision: str) -> Path:
         j = dataclasses.replace(job, cfg=job.cfg.model_copy(update={"precision": precision}),
@@ -238,11 +243,6 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
             files[name] = tmp / j.file
         return tmp / j.file
 
-    p = Placement(job.name, "auto", runtime=rt.name, lowering=rt.lowering.name, device=device.name)
-    # the per-region profile is taken here (on the local profile's threads); an SSH device times the candidates
-    prof_dev = device if device.kind == "local" else next(
-        (d for d in ctx.recipe.validation.devices if d.kind == "local"), device)
-    xs = _check_images(ctx)
     can_profile = rt.profiles and rt.can_run_here()
     profile = (lambda path: rt.profile(path, prof_dev, x, PROFILE_RUNS)) if can_profile else None
     fp32_path = export("fp32", ctx.model, "fp32")
