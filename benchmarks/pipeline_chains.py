@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TEST = Path.home() / ".cache" / "edgevit" / "cifar10-images" / "test"
 EVERYTHING = ["prune.nm.max_disagreement=null", "prune.reconstruct=null", "tokens.max_disagreement=null",
-              "tokens.min_saving=null"]
+              "tokens.min_saving=null", "tokens.min_time_saving=null"]
 LEVIT = Path.home() / ".cache" / "edgevit" / "checkpoints" / "levit_128s-cifar10-64"
 
 
@@ -95,7 +95,9 @@ def summary(r: dict) -> dict:
             "pruned_layers": len(p.get("layers", [])) if p else None,
             "eligible_layers": len(choice.get("layers", [])) if choice else None,
             "weight_sparsity": (p.get("summary") or {}).get("weight_sparsity"),
-            "merge": {c["stage"]: c.get("r_chosen") for c in t.get("choice", [])} if t else None}
+            "merge": {c["stage"]: c.get("r_chosen") for c in t.get("choice", [])} if t else None,
+            "merge_time_saving": {c["stage"]: c.get("time_saving") for c in t.get("choice", [])} if t else None,
+            "merge_timing": t.get("timing") if t else None}
 
 
 def main() -> None:
@@ -128,7 +130,8 @@ def main() -> None:
                 speed = f"{a['speed_vs_fp32']:.2f}x" if a["speed_vs_fp32"] else "n/a"
                 print(f"| {a['name']} | {top1} | {a['size_ratio']:.3f}x | {speed} | {a['shipped'] or ''} |")
             print(f"\npruned {s['pruned_layers']} of {s['eligible_layers']} layers, weight sparsity "
-                  f"{s['weight_sparsity']}; merge rates {s['merge']}; within budget: {s['within_budget']}")
+                  f"{s['weight_sparsity']}; merge rates {s['merge']} (time saved alone, b1 / throughput: "
+                  f"{s['merge_time_saving']}); within budget: {s['within_budget']}")
             args.out.write_text(json.dumps(results, indent=1))
 
 

@@ -21,7 +21,7 @@ from edgevit.prune.reconstruct import reconstruct_pruned
 from edgevit.recipe import ModelConfig, load_recipe
 from edgevit.report.sections import pruning_lines, token_lines
 from edgevit.tokens import TokenConfig
-from edgevit.tokens.choose import choose_stages
+from edgevit.tokens.choose import TOGETHER, UNREDUCED, choose_stages, keep_stages_that_pay
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +161,50 @@ def test_token_stages_are_reduced_only_where_it_pays(hybrid):
     assert "| `stages.4.1.transformer` | 4: 0.0 % / 0.00 %" in lines and "not applied:** nothing pays" in lines
 
 
+def test_token_stages_are_kept_only_where_they_save_time(hybrid):
+    """With measured times (injected here): a stage whose reduction alone saves less than min_time_saving of
+    the unreduced model's time is left unreduced; the ones left must save it together too; time_at chooses
+    batch 1, throughput or either."""
+    model, x, _, _ = hybrid
+    cfg = TokenConfig(method="tome", r=4)
+    picks, records = choose_stages(model, cfg, x[:1], x)
+    a, b = picks  # MobileViT's stages 2 and 3 at 32 px
+    calls = []
+
+    def timer_of(table):
+        def timer(models, sample):
+            calls.append(sorted(models))
+            assert all(isinstance(m, nn.Module) for m in models.values()) and sample.shape[0] == 1
+            return {k: dict(zip(("batch1", "throughput"), table[k])) for k in models}
+        return timer
+
+    # b saves time only in throughput; a saves nothing; together with a dropped, b is timed alone already
+    table = {UNREDUCED: (10.0, 100.0), a: (9.9, 99.0), b: (10.2, 90.0), TOGETHER: (10.1, 89.0)}
+    kept, timing = keep_stages_that_pay(model, cfg, dict(picks), copy.deepcopy(records), timer_of(table),
+                                        x[:1].numpy())
+    assert kept == {b: 4} and timing["time_saving"] == {"batch1": -0.02, "throughput": 0.1}
+    assert calls == [sorted([UNREDUCED, a, b, TOGETHER])]
+    only_b1 = cfg.model_copy(update={"time_at": "batch1"})
+    recs = copy.deepcopy(records)
+    kept, timing = keep_stages_that_pay(model, only_b1, dict(picks), recs, timer_of(table), x[:1].numpy())
+    assert kept == {} and "time_saving" not in timing
+    why = {r["stage"]: r["why"] for r in recs}
+    assert why[b] == ("reduced alone it adds 2.0 % at batch 1, saves 10.0 % in throughput of the unreduced "
+                      "model's time (needs to save 3 %)")
+    assert all(not r["reduced"] and "r_chosen" not in r for r in recs)
+    # each pays alone, together they do not: neither is applied
+    table = {UNREDUCED: (10.0, 100.0), a: (9.0, 90.0), b: (9.5, 95.0), TOGETHER: (9.8, 98.0)}
+    recs = copy.deepcopy(records)
+    kept, timing = keep_stages_that_pay(model, cfg, dict(picks), recs, timer_of(table), x[:1].numpy())
+    assert kept == {} and timing["time_saving"] == {"batch1": 0.02, "throughput": 0.02}
+    assert all(r["why"].startswith("the reduced stages together: saves 2.0 % at batch 1") for r in recs
+               if r["stage"] in picks)
+    lines = "\n".join(token_lines({"method": "tome", "stages": [], "choice": recs, "warning": "nothing pays",
+                                   "timing": timing | {"where": "local-ort-cpu"}}))
+    assert "| 10.0 % / 10.0 % | no: the reduced stages together" in lines
+    assert "on local-ort-cpu: unreduced 10.000 ms / 100.00 ms, with the stages reduced 9.800 ms / 98.00 ms" in lines
+
+
 def test_hybrid_full_recipe_chains_every_stage_within_its_budget(tmp_path):
     """The capstone recipe on the built-in hybrid: the planner prunes some layers and leaves others dense,
     reconstruction runs, no attention stage pays for ToMe at 32 px (said in the report), W8A8 with AdaLog,
@@ -198,3 +242,7 @@ def test_settings_errors_name_the_key():
         load_recipe("sparse24_int8", ["prune.nm.max_disagreement=-1"])
     with pytest.raises(BadInput, match=r"tokens.min_saving"):
         load_recipe("tome_int8", ["tokens.min_saving=1.5"])
+    with pytest.raises(BadInput, match=r"tokens.min_time_saving"):
+        load_recipe("tome_int8", ["tokens.min_time_saving=-0.1"])
+    with pytest.raises(BadInput, match=r"tokens.time_at"):
+        load_recipe("tome_int8", ["tokens.time_at=b32"])

@@ -105,7 +105,7 @@ def test_auto_placement_from_injected_timings_and_replay(tmp_path, monkeypatch):
     monkeypatch.setattr("edgevit.runtimes.onnxruntime.OnnxRuntime.profile", fake_profile)
     monkeypatch.setattr(placement_mod, "interleaved_medians", lambda runners, x, rounds, **kw:
                         {k: table[k] for k in runners})
-    monkeypatch.setattr(placement_mod, "_rounds", lambda *a, **kw: 1)
+    monkeypatch.setattr(placement_mod, "rounds_for", lambda *a, **kw: 1)
     first = run(_recipe(tmp_path), tmp_path / "auto")
     saved = json.loads((tmp_path / "auto" / "placement.json").read_text())["artifacts"]["onnx-int8"]
     assert saved["shipped"] == "int8" and saved["activations"] == "as calibrated"
@@ -127,7 +127,7 @@ def test_auto_placement_from_injected_timings_and_replay(tmp_path, monkeypatch):
     monkeypatch.setattr("edgevit.runtimes.onnxruntime.OnnxRuntime.profile", fake_profile)
     monkeypatch.setattr(placement_mod, "interleaved_medians", lambda runners, x, rounds, **kw:
                         {k: 1.0 if k == "fp32" else 0.995 for k in runners})
-    monkeypatch.setattr(placement_mod, "_rounds", lambda *a, **kw: 1)
+    monkeypatch.setattr(placement_mod, "rounds_for", lambda *a, **kw: 1)
     slower = run(_recipe(tmp_path), tmp_path / "slower")
     row = next(r for r in slower.report["results"] if r["name"] == "onnx-int8")
     assert row["precision"] == "fp32" and row["placement"]["shipped"] == "fp32"
@@ -229,7 +229,7 @@ def test_auto_placement_drops_costly_layout_chains(tmp_path, monkeypatch):
     monkeypatch.setattr("edgevit.runtimes.onnxruntime.OnnxRuntime.profile", fake_profile)
     monkeypatch.setattr(placement_mod, "interleaved_medians", lambda runners, x, rounds, **kw:
                         {k: table.get(k, 2.0) for k in runners})
-    monkeypatch.setattr(placement_mod, "_rounds", lambda *a, **kw: 1)
+    monkeypatch.setattr(placement_mod, "rounds_for", lambda *a, **kw: 1)
     run(_recipe(tmp_path), tmp_path / "auto")
     saved = json.loads((tmp_path / "auto" / "placement.json").read_text())["artifacts"]["onnx-int8"]
     assert set(saved["candidates"]) >= {"fp32", "int8", "int8-unchained"}
@@ -253,7 +253,7 @@ def test_auto_placement_times_conv_outputs_in_float(tmp_path, monkeypatch):
     monkeypatch.setattr("edgevit.runtimes.onnxruntime.OnnxRuntime.profile", lambda *a, **kw: {})
     monkeypatch.setattr(placement_mod, "interleaved_medians", lambda runners, x, rounds, **kw:
                         {k: table.get(k, 2.0) for k in runners})
-    monkeypatch.setattr(placement_mod, "_rounds", lambda *a, **kw: 1)
+    monkeypatch.setattr(placement_mod, "rounds_for", lambda *a, **kw: 1)
     res = run(_recipe(tmp_path, conv_output="true", placement="auto"), tmp_path / "auto")
     saved = json.loads((tmp_path / "auto" / "placement.json").read_text())["artifacts"]["onnx-int8"]
     assert {"fp32", "int8", "int8-convfloat"} <= set(saved["candidates"])
@@ -311,7 +311,7 @@ def test_a_candidate_the_runtime_runs_in_float_is_not_timed(tmp_path, monkeypatc
     monkeypatch.setattr("edgevit.runtimes.onnxruntime.OnnxRuntime.profile", fake_profile)
     monkeypatch.setattr(placement_mod, "interleaved_medians", lambda runners, x, rounds, **kw:
                         {k: {"fp32": 1.0, "int8": 0.9}.get(k, 0.5) for k in runners})
-    monkeypatch.setattr(placement_mod, "_rounds", lambda *a, **kw: 1)
+    monkeypatch.setattr(placement_mod, "rounds_for", lambda *a, **kw: 1)
     run(_recipe(tmp_path), tmp_path / "auto")
     saved = json.loads((tmp_path / "auto" / "placement.json").read_text())["artifacts"]["onnx-int8"]
     assert saved["candidates"] and not any("-placed" in k for k in saved["candidates"])

@@ -289,7 +289,8 @@ def test_merge_then_quantize_recipe_end_to_end(tmp_path):
     out = tmp_path / "run"
     res = run_cli("compress", "--recipe", "recipes/tome_int8.yaml", "--out", str(out), "--set", "tokens.r=4",
                   "--set", "quantize.placement=all", *FAST,  # the INT8 file whatever its speed here
-                  "--set", "budget=null")  # 64 calibration images cost 2 points here; the budget is tested apart
+                  "--set", "budget=null",  # 64 calibration images cost 2 points here; the budget is tested apart
+                  "--set", "tokens.min_time_saving=null")  # r=4 saves 2-9 % of the time here: not timed
     rep = json.loads((out / "report.json").read_text())
     assert res.returncode == (1 if speed_only_failures(rep) else 0), res.stderr
     assert rep["tokens"]["tokens_per_block"]["blocks"] == [65, 61, 57, 53, 49, 45]
@@ -312,6 +313,26 @@ def test_merge_then_quantize_recipe_end_to_end(tmp_path):
     assert "| onnx-fp32-original | onnxruntime | fp32 |" in md and "speed vs original FP32 ONNX" in md
     ratio = md.split("| onnx-fp32-original |")[1].split("|")[6].strip()
     assert ratio == "1.00x"
+
+
+def test_a_merge_that_costs_time_is_not_applied(tmp_path):
+    """ToMe at r=1 with every token to the end saves 0.5 % of the ViT's FLOPs, and its matching costs more
+    than that: timed as FP32 ONNX in ONNX Runtime against the unreduced model it saves nothing, so the stage
+    is left unreduced and the report gives the measured times."""
+    out = tmp_path / "run"
+    res = run_cli("compress", "--recipe", "tome_fp32", "--out", str(out), "--set", "tokens.r=1",
+                  "--set", "tokens.head_only=false", "--set", "tokens.min_saving=null", *FAST)
+    assert res.returncode == 0, res.stderr
+    rep = json.loads((out / "report.json").read_text())
+    t = rep["tokens"]
+    assert t["stages"] == [] and t["timing"]["unreduced_ms"]["batch1"] > 0
+    (stage,) = t["choice"]
+    assert not stage["reduced"] and max(stage["time_saving"].values()) < 0.03, stage
+    assert "of the unreduced model's time (needs to save 3 %)" in stage["why"]
+    assert {r["name"] for r in rep["results"]} >= {"onnx-fp32"} and "pytorch-tokens" not in \
+        {r["name"] for r in rep["results"]}
+    md = (out / "report.md").read_text()
+    assert "time saved at the chosen rate, batch 1 / throughput" in md and "not applied:**" in md
 
 
 def test_efficientformerv2_merges_inside_attention_exactly_on_duplicate_tokens():

@@ -143,16 +143,29 @@ def token_lines(t: dict | None) -> list[str]:
     choice = t.get("choice") or []
     if choice:
         measured = "disagreement_alone" in choice[0]
+        timed = any("time_saving" in r for r in choice)
         lines += ["Each attention stage reduced alone" + (" (cost: top-1 disagreement with the unreduced model on the "
                   "calibration images)" if measured else "") + ":", "",
-                  "| stage | rate: FLOPs saved" + (" / disagreement" if measured else "") + " | reduced |",
-                  "|---|---|---|"]
+                  "| stage | rate: FLOPs saved" + (" / disagreement" if measured else "") + " |"
+                  + (" time saved at the chosen rate, batch 1 / throughput |" if timed else "") + " reduced |",
+                  "|---|---|" + ("---|" if timed else "") + "---|"]
         for r in choice:
             tried = "; ".join(f"{o['r']}: {100 * o['flop_saving']:.1f} %" +
                               (f" / {o['disagreement_alone']:.2f} %" if measured else "") for o in r["options"])
-            lines.append(f"| `{r['stage']}` | {tried} | " +
-                         (f"yes, r={r['r_chosen']}" if r["reduced"] else f"no: {r['why']}") + " |")
+            saved = r.get("time_saving")
+            lines.append(f"| `{r['stage']}` | {tried} | " + (
+                (f"{100 * saved['batch1']:.1f} % / {100 * saved['throughput']:.1f} % | " if saved else "not timed | ")
+                if timed else "") + (f"yes, r={r['r_chosen']}" if r["reduced"] else f"no: {r['why']}") + " |")
         lines.append("")
+    timing = t.get("timing") or {}
+    if "not_timed" in timing:
+        lines += [f"Not timed ({timing['not_timed']}): FLOPs decided which stages reduce tokens.", ""]
+    elif "time_saving" in timing:
+        before, after, saved = timing["unreduced_ms"], timing["reduced_ms"], timing["time_saving"]
+        lines += [f"Timed as FP32 artifacts on {timing['where']}: unreduced {before['batch1']:.3f} ms / "
+                  f"{before['throughput']:.2f} ms, with the stages reduced {after['batch1']:.3f} ms / "
+                  f"{after['throughput']:.2f} ms ({100 * saved['batch1']:.1f} % / {100 * saved['throughput']:.1f} % "
+                  "saved).", ""]
     if not t["stages"]:
         return lines + [f"**{how} not applied:** {t['warning']}.", ""]
     lines += [f"{how}; FLOPs per image {t['flops'] / 1e6:.1f} M -> {t['flops_reduced'] / 1e6:.1f} M "

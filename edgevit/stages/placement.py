@@ -51,7 +51,7 @@ from edgevit.runtimes import for_format
 from edgevit.validate import TorchRunner, collect_logits
 from edgevit.validate.accuracy import compare_logits
 from edgevit.validate.checks import RANDOM_WEIGHTS_SQNR_DB
-from edgevit.validate.profiling import interleaved_medians
+from edgevit.validate.profiling import interleaved_medians, rounds_for
 
 log = logging.getLogger("edgevit")
 PLACEMENT_FILE = "placement.json"
@@ -315,7 +315,7 @@ def _local_timer(rt, device, x: np.ndarray):
     """Batch-1 medians of artifact files on this machine, interleaved (``scale``: relative length)."""
     def time_files(files: dict[str, Path], scale: int) -> dict[str, float]:
         runners = {k: rt.local_runner(f, device) for k, f in files.items()}
-        rounds = scale * _rounds(runners["fp32"], x, len(runners))
+        rounds = scale * rounds_for(runners["fp32"], x[:1], len(runners))
         return interleaved_medians(runners, x[:1], rounds, seed=scale)
     return time_files
 
@@ -365,12 +365,6 @@ def _sample(ctx) -> np.ndarray:
     if ctx.evalset is not None:
         return ctx.evalset.x[:1]
     return ctx.calibration_images(1).numpy()[:1]
-
-
-def _rounds(fp32_runner, x: np.ndarray, n: int, seconds: float = 6.0) -> int:
-    """Rounds of interleaved timing that take about ``seconds`` for ``n`` candidates (30 to 300)."""
-    est = min(interleaved_medians({"fp32": fp32_runner}, x[:1], 5, warmup=2).values()) / 1e3
-    return int(min(300, max(30, seconds / max(est * n, 1e-6))))
 
 
 def conv_output_sites(plan) -> list[str]:

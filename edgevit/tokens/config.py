@@ -41,6 +41,15 @@ class TokenConfig(BaseModel):
     min_saving: float | None = Field(
         0.01, ge=0, lt=1, description="a stage reduces tokens only if that alone saves at least this fraction of "
         "the model's FLOPs per image; null: every matching stage")
+    min_time_saving: float | None = Field(
+        0.03, ge=0, lt=1, description="a stage reduces tokens only if its FP32 artifact, reduced alone, runs at "
+        "least this fraction faster than the unreduced model's on the run's target device (the first SSH device "
+        "profile, else the first local one), at batch 1 or at the profile's throughput batch (time_at), and all "
+        "the reduced stages together must too; null: not timed (FLOPs decide). Without a device profile the "
+        "report says it was not timed")
+    time_at: Literal["either", "batch1", "throughput"] = Field(
+        "either", description="which time min_time_saving is judged on: batch-1 latency, throughput at the device "
+        "profile's throughput_batch, or either (merging often pays in throughput and not at batch 1)")
     max_disagreement: float | None = Field(
         None, ge=0, le=100, description="stages taken in order of FLOP saving per cost (logit KL) while the "
         "reduced model's top-1 differs from the unreduced model's on at most this percent of the calibration "

@@ -101,3 +101,11 @@ def interleaved_medians(runners: dict[str, Callable[[np.ndarray], object]], x: n
             runners[k](x)
             times[k].append((time.perf_counter() - t0) * 1e3)
     return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def rounds_for(runner: Callable[[np.ndarray], object], x: np.ndarray, n: int, seconds: float = 6.0,
+               least: int = 30, most: int = 300) -> int:
+    """Rounds of interleaved timing of ``n`` runners like ``runner`` on ``x`` that take about ``seconds``
+    (between ``least`` and ``most``)."""
+    est = min(interleaved_medians({"one": runner}, x, 5, warmup=2).values()) / 1e3
+    return int(min(most, max(least, seconds / max(est * n, 1e-6))))
