@@ -64,8 +64,9 @@ def test_merge_pairs_the_most_similar_tokens():
 
 
 def test_merge_output_order_follows_tome():
-    """[class token, unmerged A tokens from the best matched to the least, B tokens in order]: ToMe's
-    reference order, which decides the next block's alternate split."""
+    """[class token, unmerged A tokens in their original order, B tokens in order] with a class token;
+    without one the unmerged A tokens come from the best matched to the least (ToMe's reference order,
+    which decides the next block's alternate split)."""
     g = torch.Generator().manual_seed(2)
     b_tokens = torch.randn(4, 16, generator=g)
     a_tokens = torch.stack([torch.randn(16, generator=g)] + [b_tokens[j] + eps * torch.randn(16, generator=g)
@@ -73,7 +74,61 @@ def test_merge_output_order_follows_tome():
     metric = torch.stack([a_tokens, b_tokens], 1).reshape(1, 8, 16)  # A = tokens 0, 2, 4, 6; B = 1, 3, 5, 7
     source = bipartite_matching(metric, r=1, protected=1).track(torch.eye(8).unsqueeze(0))[0]
     held = [torch.nonzero(row).flatten().tolist() for row in source]
-    assert held == [[0], [6], [2], [1], [3, 4], [5], [7]]  # token 4 merged (closest); 6 matches better than 2
+    assert held == [[0], [2], [6], [1], [3, 4], [5], [7]]  # token 4 merged (closest); 2 and 6 in order
+    metric[0, 0] = b_tokens[3] + 2.0 * torch.randn(16, generator=g)  # no class token: token 0 may merge too
+    source = bipartite_matching(metric, r=1).track(torch.eye(8).unsqueeze(0))[0]
+    held = [torch.nonzero(row).flatten().tolist() for row in source]
+    assert held[3:] == [[1], [3, 4], [5], [7]] and held[0] == [6] and held[1] == [2]  # 6 matches better than 2
+
+
+def _tome_by_the_paper(x: torch.Tensor, size: torch.Tensor, r: int, protected: int):
+    """One ToMe step on one image written from the paper's algorithm (Bolya et al., ICLR 2023, Sec. 3)
+    with the reference code's output order, token by token: alternate split, each A token's most similar
+    B token by cosine, the r best edges merge (size-weighted mean); class (and distillation) tokens never
+    merge; output [unmerged A, B], with the unmerged A in original order when there is a class token and
+    the distillation token (B's first) right after the class token."""
+    a, b = list(range(0, len(x), 2)), list(range(1, len(x), 2))
+    unit = x / x.norm(dim=-1, keepdim=True)
+    edges = []
+    for i, ai in enumerate(a):
+        if protected and i == 0:
+            edges.append((-float("inf"), ai, None))
+            continue
+        sims = [(float(unit[ai] @ unit[bj]), bj) for j, bj in enumerate(b) if not (protected > 1 and j == 0)]
+        best = max(sims)
+        edges.append((best[0], ai, best[1]))
+    edges.sort(key=lambda e: -e[0])
+    src, unm = edges[:r], [e[1] for e in edges[r:]]
+    if protected:
+        unm.sort()
+    groups = {bj: [bj] for bj in b}
+    for _, ai, bj in src:
+        groups[bj].append(ai)
+    order = [[ai] for ai in unm] + [groups[bj] for bj in b]
+    if protected > 1:  # the reference puts the distillation token (B's first) right after the class token
+        order.insert(1, order.pop(len(unm)))
+    sizes = torch.stack([size[g].sum(0) for g in order])
+    tokens = torch.stack([(x[g] * size[g]).sum(0) for g in order]) / sizes
+    return tokens, sizes, order
+
+
+@pytest.mark.parametrize("protected", [0, 1, 2])
+def test_two_merge_steps_match_the_papers_algorithm(protected):
+    """Two consecutive ToMe steps (the first step's output order decides the second's split) give the same
+    tokens, sizes and groups as the paper's algorithm written token by token, with and without class and
+    distillation tokens."""
+    g = torch.Generator().manual_seed(3)
+    x, size = torch.randn(1, 23, 16, generator=g), torch.ones(1, 23, 1)
+    ref_x, ref_size, groups = x[0], size[0], [[i] for i in range(23)]
+    for r in (5, 4):
+        red = bipartite_matching(x, r=r, protected=protected)
+        source = red.track(torch.eye(23).unsqueeze(0) if r == 5 else source)
+        x, size = red.merge(x, size)
+        ref_x, ref_size, order = _tome_by_the_paper(ref_x, ref_size, r, protected)
+        groups = [sorted(i for k in grp for i in groups[k]) for grp in order]
+        torch.testing.assert_close(x[0], ref_x, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(size[0], ref_size)
+        assert [torch.nonzero(row).flatten().tolist() for row in source[0]] == groups
 
 
 def test_protected_tokens_never_merge():

@@ -66,8 +66,10 @@ def bipartite_matching(metric: torch.Tensor, r: int, protected: int = 0) -> Redu
     """ToMe's bipartite soft matching: split the tokens alternately into A and B, give each A token its
     most similar B token (cosine of ``metric``), and merge the ``r`` best-matched A tokens into their B
     partners. Output, as in ToMe's reference code: the first ``protected`` tokens (class/distillation
-    tokens: never merged, stay where the head reads them), the unmerged A tokens from the best matched
-    to the least, then the B tokens in order."""
+    tokens: never merged, stay where the head reads them), the unmerged A tokens, then the B tokens in
+    order. The unmerged A tokens come in their original order when there are protected tokens, and from the
+    best matched to the least when there are none (the reference sorts them back only to keep its class
+    token first); the order decides the next block's alternate split."""
     N = int(metric.shape[1])  # token counts are static
     n_a, n_b = (N + 1) // 2, N // 2
     p_a, p_b = (protected + 1) // 2, protected // 2  # protected tokens among A and B
@@ -78,6 +80,8 @@ def bipartite_matching(metric: torch.Tensor, r: int, protected: int = 0) -> Redu
     best, best_b = scores[:, p_a:, p_b:].max(dim=-1)
     order = torch.topk(best, n_a - p_a, dim=-1).indices  # A tokens, best matched first (ToMe's argsort)
     src, unm = order[:, :r], order[:, r:]
+    if protected and r < n_a - p_a:
+        unm = unm.sort(dim=-1).values
     dst = best_b.gather(1, src)  # (B, r): the B token (after the protected) each merges into
     # Rows of the reduction in output order; A token i is token 2i, B token j is token 2j + 1.
     rows_b = np.zeros((n_b - p_b, N), dtype=np.float32)  # a graph constant: each B token keeps itself
