@@ -34,6 +34,18 @@ def test_logsqrt2_matches_repq_formula():
     torch.testing.assert_close(q.dequantize(code, underflow), repq)
 
 
+@pytest.mark.parametrize("bits, temp, seed, delta", [(4, 1.0, 41, 0.42361679673194885),
+                                                     (6, 2.0, 62, 0.8340613842010498),
+                                                     (3, 5.0, 35, 0.9795761108398438)])
+def test_logsqrt2_takes_repq_vits_scale(bits, temp, seed, delta):
+    """The log-sqrt2 scale is RepQ-ViT's: the expected deltas are what RepQ-ViT's own LogSqrt2Quantizer
+    (zkkli/RepQ-ViT, classification/quant/quantizer.py) chose on these tensors, run outside this repository
+    (the percentile of the probabilities with the lowest squared error on them); the samples arrive split."""
+    attn = torch.softmax(torch.randn(8, 4, 65, 65, generator=torch.Generator().manual_seed(seed)) * temp, dim=-1)
+    q = search_softmax("logsqrt2", bits, [attn[:4], attn[4:]], [torch.randn(4, 4, 65, 16)] * 2)
+    assert q.kind == "logsqrt2" and q.step == 0.5 and q.scale == pytest.approx(delta, rel=1e-7)
+
+
 @pytest.mark.parametrize("make", [lambda: log2_quantizer(4), lambda: logsqrt2_quantizer(4),
                                   lambda: adalog_quantizer(4, 1.0, 29), lambda: TanQuantizer(4, 1.2)])
 def test_nonuniform_quantizers_are_monotone_idempotent_and_round_to_a_neighbour(make):
@@ -60,13 +72,28 @@ def test_tanq_grid_is_densest_near_one_and_alpha_to_zero_is_uniform():
 
 def test_adalog_integer_form_equals_float_form():
     for bits, base_q in ((4, 10), (4, 37), (6, 55), (8, 138)):
-        q = adalog_quantizer(bits, 0.8, base_q)
+        q = adalog_quantizer(bits, 0.8, base_q, table=False)
         code = torch.arange(2 ** bits, dtype=torch.float64)
         flt = q.dequantize(code, torch.zeros_like(code, dtype=torch.bool))
         torch.testing.assert_close(adalog_integer_dequantize(code, q), flt, rtol=1e-12, atol=0)
         # the fixed-point table is off by half a step of 1/(2^(b+1)-2) on T[j] >= 1/2: relative error <= 1/(2^(b+1)-2)
         fixed = adalog_integer_dequantize(code, q, adalog_table(bits))
         assert torch.all(torch.abs(fixed - flt) / flt <= 1.0001 / (2 ** (bits + 1) - 2))
+
+
+def test_adalog_simulates_the_table_it_ships_by_default():
+    """The default AdaLog quantizer dequantizes as an integer accelerator does with the fixed-point table
+    quant_params.json ships (to float32 rounding), not with the paper's float formula."""
+    x = torch.rand(50000) ** 4 * 1.2
+    for bits, base_q in ((4, 23), (6, 55), (8, 100)):
+        q = adalog_quantizer(bits, 0.9, base_q)
+        assert q.table and q.to_dict()["form"] == "table"
+        code, under = q.codes(x)
+        fixed = torch.where(under, 0.0, adalog_integer_dequantize(code, q, adalog_table(bits))).float()
+        torch.testing.assert_close(q.fake_quant(x), fixed, rtol=1e-6, atol=0)
+        flt = adalog_quantizer(bits, 0.9, base_q, table=False)
+        assert flt.to_dict()["form"] == "float"
+        assert (q.fake_quant(x) != flt.fake_quant(x)).any()  # the two forms differ
 
 
 def test_activation_floor_of_gelu_is_adalogs_eta():
@@ -251,10 +278,14 @@ def test_w4a4_adalog_recipe_end_to_end(tmp_path):
     assert ada and all(10 <= v["base_q"] <= 138 and len(v["table"]) == 37 for v in ada)
     assert any(v["kind"] == "post_act" and v["shift"] > 0.16 for v in ada)
     assert params["weights"] and "adalog (integer)" in params["dequantization"]
+    assert all(v["form"] == "table" for v in ada)  # what was simulated is what ships
+    assert "AdaLog (softmax, gelu) is searched, simulated and exported in its table form" in \
+        (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("make", [lambda: adalog_quantizer(4, 1.0, 23), lambda: logsqrt2_quantizer(4),
-                                  lambda: adalog_quantizer(4, 3.1, 17, GELU_SHIFT), lambda: TanQuantizer(4, 1.1, 0.6)])
+                                  lambda: adalog_quantizer(4, 3.1, 17, GELU_SHIFT), lambda: TanQuantizer(4, 1.1, 0.6),
+                                  lambda: adalog_quantizer(4, 3.1, 17, GELU_SHIFT, table=False)])
 def test_exact_onnx_decomposition_of_a_log_or_tan_site_is_bit_exact(make):
     import onnxruntime as ort
 

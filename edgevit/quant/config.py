@@ -84,6 +84,12 @@ class QuantConfig(_Strict):
         "adalog shifts it by -min(act) to make it non-negative and folds the shift into fc2's bias",
         json_schema_extra={"enum": post_activation_names()})
 
+    adalog_form: Literal["table", "float"] = Field(
+        "table", description="how AdaLog quantizers dequantize in the simulation, the searches and the exact "
+        "export: table (as deployed: code * q = 37 k + j, x = scale * T[j] / 2^k with the fixed-point table "
+        "T that quant_params.json ships, rounded to 1 / (2^(bits+1) - 2)) or float (scale * 2^(-code q / 37), "
+        "the paper's formula)")
+
     @field_validator("placement")
     @classmethod
     def _placement(cls, v: str) -> str:

@@ -37,6 +37,7 @@ class LogQuantizer:
     kind: str = "log2"  # log2 | logsqrt2 | adalog (its registry name)
     base_q: int | None = None  # AdaLog's q (step = q / 37)
     shift: float = 0.0  # added to the input before quantizing (post-GELU); see apply_plan for the bias fold
+    table: bool = False  # AdaLog: dequantize with the fixed-point table an integer accelerator stores
     dequant_rule: ClassVar[str] = "x = scale * 2^(-code * step), code in 0..2^bits-1; values past the last code are 0"
 
     @property
@@ -52,7 +53,13 @@ class LogQuantizer:
         return torch.clamp(raw, 0, self.levels - 1), underflow
 
     def dequantize(self, code: torch.Tensor, underflow: torch.Tensor | None = None) -> torch.Tensor:
-        value = self.scale * torch.pow(2.0, code * -self.step)  # exports as Pow (ONNX has no Exp2)
+        if self.table:  # code * q = 37 k + j (exact in float: < 2^24), x = scale * T[j] / 2^k
+            prod = code * float(self.base_q)
+            k = torch.floor(prod / ADALOG_R)
+            t = adalog_table(self.bits).to(code.dtype)
+            value = self.scale * t[(prod - k * ADALOG_R).long()] * torch.pow(2.0, -k)
+        else:
+            value = self.scale * torch.pow(2.0, code * -self.step)  # exports as Pow (ONNX has no Exp2)
         return value if underflow is None else torch.where(underflow, torch.zeros_like(value), value)
 
     def fake_quant(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,13 +67,16 @@ class LogQuantizer:
 
     def grid(self) -> torch.Tensor:
         """Every representable value, ascending (0 included)."""
-        v = self.scale * torch.exp2(-torch.arange(self.levels, dtype=torch.float64) * self.step)
+        codes = torch.arange(self.levels, dtype=torch.float64)
+        v = adalog_integer_dequantize(codes, self, adalog_table(self.bits)) if self.table else \
+            self.scale * torch.exp2(-codes * self.step)
         return torch.cat([torch.zeros(1, dtype=torch.float64), v.flip(0)])
 
     def to_dict(self) -> dict:
         d = {"type": self.kind, "bits": self.bits, "scale": self.scale, "step": self.step, "shift": self.shift}
         if self.base_q is not None:
-            d.update(base_q=self.base_q, base=2 ** (self.base_q / ADALOG_R), r=ADALOG_R)
+            d.update(base_q=self.base_q, base=2 ** (self.base_q / ADALOG_R), r=ADALOG_R,
+                     form="table" if self.table else "float")
         return d
 
 
@@ -78,8 +88,10 @@ def logsqrt2_quantizer(bits: int, scale: float = 1.0) -> LogQuantizer:
     return LogQuantizer(bits, scale, 0.5, "logsqrt2")
 
 
-def adalog_quantizer(bits: int, scale: float, base_q: int, shift: float = 0.0) -> LogQuantizer:
-    return LogQuantizer(bits, scale, base_q / ADALOG_R, "adalog", base_q, shift)
+def adalog_quantizer(bits: int, scale: float, base_q: int, shift: float = 0.0, table: bool = True) -> LogQuantizer:
+    """AdaLog with base 2^(q/37); ``table``: dequantized as deployed, with the fixed-point table (else the
+    float form 2^(-code q / 37), which the table rounds to 1 / (2^(b+1) - 2))."""
+    return LogQuantizer(bits, scale, base_q / ADALOG_R, "adalog", base_q, shift, table)
 
 
 def adalog_table(bits: int) -> torch.Tensor:

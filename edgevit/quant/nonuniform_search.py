@@ -3,7 +3,8 @@
 * Post-softmax (attention probabilities A, scale fixed at 1): the objective is
   ||Q(A) V_hat - A V||^2 over the captured calibration samples (V_hat: V through its own quantizer).
   AdaLog scans every base q in 10..138; TanQ scans its alpha and the top of its grid (P99.9, P99.99,
-  max of the probabilities, or 1); log2 / log-sqrt2 have nothing to search.
+  max of the probabilities, or 1); log-sqrt2 takes RepQ-ViT's scale (the percentile with the lowest
+  error on the probabilities themselves); log2 has nothing to search.
 * Post-activation (the MLP's hidden activation X, fc2 weight W): AdaLog on X + shift with FPCS
   (AdaLog's fast progressive combining search, Wu et al., ECCV 2024): scan all bases at the max
   scale and keep 8; cross them with 16 percentile scales (P90..P100, plus the shift) and keep 32;
@@ -12,6 +13,9 @@
 """
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import torch
 
 from edgevit.quant.nonuniform import (ADALOG_Q_RANGE, LogQuantizer, TanQuantizer, adalog_quantizer,
@@ -25,6 +29,7 @@ FPCS_KEEP = 32
 FPCS_ROUNDS = 5
 FPCS_NEW_SCALES = 4
 TANQ_ALPHAS = 30
+REPQ_PERCENTILES = (0.999, 0.9999, 0.99999)  # RepQ-ViT's log-sqrt2 scale candidates
 MAX_ROWS = 512  # token rows of the post-activation search (each candidate costs one fc2 matmul over them)
 
 
@@ -47,8 +52,9 @@ def _refine_scales(pool: list[tuple], err, step: float, rounds: int, new_scales:
 
 
 def search_softmax(kind: str, bits: int, attn: list[torch.Tensor], v: list[torch.Tensor],
-                   v_qparams: QParams | None = None) -> ActivationQuantizer:
-    """The post-softmax quantizer registered as ``kind`` that best preserves attn @ V on the samples."""
+                   v_qparams: QParams | None = None, table: bool = True) -> ActivationQuantizer:
+    """The post-softmax quantizer registered as ``kind`` that best preserves attn @ V on the samples
+    (``table``: AdaLog candidates dequantize with the fixed-point table, as deployed)."""
     entry = quantizer(kind)
     if entry.fixed is not None:
         return entry.fixed(bits)
@@ -60,12 +66,28 @@ def search_softmax(kind: str, bits: int, attn: list[torch.Tensor], v: list[torch
     def err(q) -> float:
         return float(sum(((q.fake_quant(a) @ vh - r) ** 2).sum() for a, vh, r in zip(attn, v_hat, ref)))
 
-    return min(entry.softmax_candidates(bits, attn), key=err)
+    candidates = [dataclasses.replace(q, table=table) if getattr(q, "base_q", None) is not None else q
+                  for q in entry.softmax_candidates(bits, attn)]
+    return min(candidates, key=err)
 
 
 def _adalog_softmax(bits: int, attn: list[torch.Tensor]) -> list[LogQuantizer]:
     """Every AdaLog base (q = 10..138) at scale 1 (probabilities reach 1)."""
     return [adalog_quantizer(bits, 1.0, q) for q in range(ADALOG_Q_RANGE[0], ADALOG_Q_RANGE[1] + 1)]
+
+
+def _logsqrt2_softmax(bits: int, attn: list[torch.Tensor]) -> list[LogQuantizer]:
+    """RepQ-ViT's log-sqrt2 scale (Li et al., ICCV 2023): of the probabilities' 99.9th, 99.99th and
+    99.999th percentiles, the one whose quantizer has the lowest mean squared error on the probabilities
+    themselves (RepQ-ViT's criterion; the attention-output error is not used). One candidate."""
+    flat = torch.cat([a.reshape(-1) for a in attn]).float()
+    if flat.numel() < 2 ** 24:  # as RepQ-ViT: torch.quantile, numpy beyond its element limit
+        tops = [float(torch.quantile(flat, p)) for p in REPQ_PERCENTILES]
+    else:
+        tops = [float(np.float32(np.percentile(flat.numpy(), 100 * p))) for p in REPQ_PERCENTILES]
+    cands = [logsqrt2_quantizer(bits, t) for t in tops if t > 0]
+    return [min(cands, key=lambda q: float(((q.fake_quant(flat) - flat) ** 2).mean()))] if cands \
+        else [logsqrt2_quantizer(bits)]
 
 
 def _tanq_softmax(bits: int, attn: list[torch.Tensor]) -> list[TanQuantizer]:
@@ -75,8 +97,10 @@ def _tanq_softmax(bits: int, attn: list[torch.Tensor]) -> list[TanQuantizer]:
     return [TanQuantizer(bits, float(a), t) for a in torch.linspace(0.05, 1.5, TANQ_ALPHAS) for t in tops]
 
 
-def search_post_activation(bits: int, x: torch.Tensor, weight: torch.Tensor, shift: float) -> LogQuantizer:
-    """AdaLog for a post-GELU/SiLU activation ``x`` (rows x channels) feeding ``weight`` (out x channels)."""
+def search_post_activation(bits: int, x: torch.Tensor, weight: torch.Tensor, shift: float,
+                           table: bool = True) -> LogQuantizer:
+    """AdaLog for a post-GELU/SiLU activation ``x`` (rows x channels) feeding ``weight`` (out x channels);
+    ``table``: dequantized with the fixed-point table, as deployed."""
     x = _sample(x.reshape(-1, x.shape[-1]).float(), MAX_ROWS)
     w = weight.float()
     ref = x @ w.t()
@@ -86,7 +110,7 @@ def search_post_activation(bits: int, x: torch.Tensor, weight: torch.Tensor, shi
 
     def err(scale: float, base_q: int) -> float:
         if (scale, base_q) not in seen:
-            q = adalog_quantizer(bits, scale, base_q, shift)
+            q = adalog_quantizer(bits, scale, base_q, shift, table)
             seen[scale, base_q] = float((((q.fake_quant(xs) - shift) @ w.t() - ref) ** 2).sum())
         return seen[scale, base_q]
 
@@ -99,7 +123,7 @@ def search_post_activation(bits: int, x: torch.Tensor, weight: torch.Tensor, shi
     pool = sorted((err(s, b), s, b) for b in bases for s in scales)[:FPCS_KEEP]
     step = (max(scales) - min(scales)) / max(len(scales) - 1, 1)
     _, scale, base_q = _refine_scales(pool, err, step, FPCS_ROUNDS, FPCS_NEW_SCALES, FPCS_KEEP)
-    return adalog_quantizer(bits, scale, base_q, shift)
+    return adalog_quantizer(bits, scale, base_q, shift, table)
 
 
 def quantizer_mse(q, x: torch.Tensor) -> float:
@@ -141,7 +165,7 @@ def fpcs_uniform(bits: int, x: torch.Tensor, weight: torch.Tensor, steps: int = 
 
 
 register(QuantizerEntry("log2", LogQuantizer.dequant_rule, fixed=log2_quantizer))
-register(QuantizerEntry("logsqrt2", LogQuantizer.dequant_rule, fixed=logsqrt2_quantizer))
+register(QuantizerEntry("logsqrt2", LogQuantizer.dequant_rule, softmax_candidates=_logsqrt2_softmax))
 register(QuantizerEntry("adalog", LogQuantizer.dequant_rule, softmax_candidates=_adalog_softmax,
                         post_activation=search_post_activation))
 register(QuantizerEntry("tanq", TanQuantizer.dequant_rule, softmax_candidates=_tanq_softmax))

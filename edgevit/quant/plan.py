@@ -262,7 +262,8 @@ def _search_nonuniform(m: nn.Module, plan: QuantPlan, x: torch.Tensor) -> None:
             continue
         v_entry = plan.activations.get(a.v_quant.site)
         entry.quantizer = search_softmax(cfg.softmax, entry.qparams.bits, a.attn_quant.samples,
-                                         a.v_quant.samples, v_entry.qparams if v_entry else None)
+                                         a.v_quant.samples, v_entry.qparams if v_entry else None,
+                                         table=cfg.adalog_form == "table")
     for mod in posts:
         entry = plan.activations.get(mod.input_quant.site)
         if entry is None:
@@ -270,7 +271,8 @@ def _search_nonuniform(m: nn.Module, plan: QuantPlan, x: torch.Tensor) -> None:
         wq = plan.weights[mod.site]
         w_hat = wq.fake_quant(mod.inner.weight.detach())
         entry.quantizer = quantizer(cfg.gelu).post_activation(entry.qparams.bits, torch.cat(mod.input_quant.samples),
-                                                              w_hat, mod.input_quant.shift)
+                                                              w_hat, mod.input_quant.shift,
+                                                              table=cfg.adalog_form == "table")
     for s in capture:
         s.mode, s.samples = "off", []
 

@@ -146,6 +146,15 @@ def markdown(report: dict) -> str:
                   f"per tensor ({a['method']}); {c['activation_sites']} activation sites, {c['weight_tensors']} "
                   f"weight tensors, {c['folded_batchnorm']} BatchNorms folded; calibration took {quant['seconds']} s. "
                   "The full plan (every site's range, scale and zero point) is in `plan.json`.", ""]
+        adalog = [k for k in ("softmax", "gelu") if cfg.get(k) == "adalog"]
+        if adalog:
+            form = cfg.get("adalog_form", "float")
+            lines += [f"AdaLog ({', '.join(adalog)}) is searched, simulated and exported in its {form} form"
+                      + (": the fixed-point table `quant_params.json` ships, as an integer accelerator computes it "
+                         "(every accuracy figure of this run used it)." if form == "table" else
+                         ": the paper's 2^(-code q / 37) (every accuracy figure of this run used it); an integer "
+                         "accelerator computes the table form in `quant_params.json`, which differs by up to "
+                         "1 / (2^(bits+1) - 2) of the scale."), ""]
         diag = quant.get("diagnostics") or {}
         if diag.get("layer_error"):
             worst = sorted(diag["layer_error"], key=lambda r: r["sqnr_db"])[:3]

@@ -1,0 +1,112 @@
+"""The log quantizers against their papers' reference choices, on the CIFAR-10 test images.
+
+    .venv/bin/python benchmarks/log_quantizers.py [--models vit-cifar10 hybrid-cifar10] [--limit N]
+
+Rows (simulated top-1, same calibration and settings as benchmarks/vit_quantizers.py: weights per channel,
+activations per tensor with MSE ranges, patch embedding / stem / head kept 8-bit):
+
+* log-sqrt2 post-softmax at W4A4: RepQ-ViT's scale (edgevit's ``logsqrt2``: the percentile of the
+  probabilities with the lowest error on them) against the fixed scale 1 edgevit used before;
+* AdaLog (softmax and GELU) at W4A4 and W6A6 in its table form (as deployed: the fixed-point table
+  quant_params.json ships; edgevit's default) and its float form (the paper's 2^(-code q / 37));
+* the AdaLog post-softmax search target at W4A4: the attention output with V through its own quantizer
+  (``A V_hat``, edgevit's) or in full precision (``A V``, the AdaLog reference code's).
+
+Writes benchmarks/results/log_quantizers.json and prints a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import edgevit.quant.plan as plan_module  # noqa: E402
+from edgevit.data import Preprocess, open_image_set  # noqa: E402
+from edgevit.models import load_model  # noqa: E402
+from edgevit.quant import QuantConfig, quantize  # noqa: E402
+from edgevit.quant.nonuniform import LogQuantizer, logsqrt2_quantizer  # noqa: E402
+from edgevit.quant.nonuniform_search import search_softmax  # noqa: E402
+from edgevit.quant.quantizers import QuantizerEntry, register  # noqa: E402
+from edgevit.recipe import ModelConfig  # noqa: E402
+from edgevit.validate import topk_accuracy  # noqa: E402
+from vit_quantizers import DEFAULT_TEST, KEEP_8BIT, sim_logits  # noqa: E402
+
+# the fixed-scale log-sqrt2 edgevit shipped before, registered here only to compare with
+register(QuantizerEntry("logsqrt2-fixed", LogQuantizer.dequant_rule, fixed=logsqrt2_quantizer))
+
+# (label, bits, softmax, gelu, adalog form, softmax search target)
+ROWS = [
+    ("log-sqrt2, RepQ-ViT scale", 4, "logsqrt2", "uniform", "table", "av_hat"),
+    ("log-sqrt2, fixed scale 1", 4, "logsqrt2-fixed", "uniform", "table", "av_hat"),
+    ("AdaLog table form", 4, "adalog", "adalog", "table", "av_hat"),
+    ("AdaLog float form", 4, "adalog", "adalog", "float", "av_hat"),
+    ("AdaLog table form", 6, "adalog", "adalog", "table", "av_hat"),
+    ("AdaLog float form", 6, "adalog", "adalog", "float", "av_hat"),
+    ("AdaLog table form, softmax searched on A V", 4, "adalog", "adalog", "table", "av"),
+]
+HYBRID_ROWS = {2, 3, 4, 5}  # the hybrid's loss is in its conv trunk: only the AdaLog form rows run there
+
+
+def search_on_full_precision_v(kind, bits, attn, v, v_qparams=None, table=True):
+    """search_softmax with the attention output A V in full precision as its target (AdaLog's code)."""
+    return search_softmax(kind, bits, attn, v, None, table)
+
+
+def config(bits: int, softmax: str, gelu: str, form: str) -> QuantConfig:
+    return QuantConfig(weights={"bits": bits}, activations={"bits": bits, "method": "mse"}, softmax=softmax,
+                       gelu=gelu, adalog_form=form, keep_8bit=KEEP_8BIT if bits < 8 else [])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["vit-cifar10", "hybrid-cifar10"])
+    ap.add_argument("--test", type=Path, default=DEFAULT_TEST)
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "log_quantizers.json")
+    args = ap.parse_args()
+    results = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "rows": []}
+    for name in args.models:
+        torch.manual_seed(0)
+        model, info = load_model(ModelConfig(source=f"builtin:{name}"))
+        pre = Preprocess(info.input_size, info.mean, info.std)
+        calib, _ = open_image_set(ROOT / "calibration" / "builtin-calib").load(pre)
+        x, y = open_image_set(args.test, num=args.limit, seed=0).load(pre, 500)
+        batches = [torch.from_numpy(calib[i:i + 64]) for i in range(0, len(calib), 64)]
+        fp32 = topk_accuracy(sim_logits(model, x), y, 1)
+        results["rows"].append({"model": name, "row": "FP32", "bits": 32, "top1": fp32, "test_images": len(y)})
+        print(f"[{name}] FP32 {100 * fp32:.2f} %", file=sys.stderr, flush=True)
+        for i, (label, bits, softmax, gelu, form, target) in enumerate(ROWS):
+            if name.startswith("hybrid") and i not in HYBRID_ROWS:
+                continue
+            plan_module.search_softmax = search_on_full_precision_v if target == "av" else search_softmax
+            t0 = time.time()
+            qm, _ = quantize(model, config(bits, softmax, gelu, form), batches)
+            top1 = topk_accuracy(sim_logits(qm, x), y, 1)
+            results["rows"].append({"model": name, "row": label, "bits": bits, "softmax": softmax, "gelu": gelu,
+                                    "adalog_form": form, "softmax_target": target, "top1": top1,
+                                    "delta": top1 - fp32, "seconds": round(time.time() - t0, 1)})
+            print(f"[{name}] W{bits}A{bits} {label}: {100 * top1:.2f} % ({100 * (top1 - fp32):+.2f})",
+                  file=sys.stderr, flush=True)
+            args.out.write_text(json.dumps(results, indent=1) + "\n")
+        plan_module.search_softmax = search_softmax
+    models = list(dict.fromkeys(r["model"] for r in results["rows"]))
+    print("| W/A | row | " + " | ".join(f"{m} top-1 (Δ)" for m in models) + " |")
+    print("|---|---|" + "---|" * len(models))
+    for label, bits, *_ in [("FP32", 32)] + [r[:2] for r in ROWS]:
+        cells = []
+        for m in models:
+            r = next((r for r in results["rows"] if r["model"] == m and r["row"] == label and r["bits"] == bits), None)
+            cells.append("" if r is None else f"{100 * r['top1']:.2f} %" + (
+                f" ({100 * r['delta']:+.2f})" if "delta" in r else ""))
+        print(f"| {'' if bits == 32 else f'W{bits}A{bits}'} | {label} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
