@@ -189,8 +189,9 @@ def test_sub_8bit_model_exports_exactly_to_onnx(tmp_path):
     onnx.checker.check_model(proto)
 
 
-@pytest.mark.parametrize("method", ["reparam", "median", "mosf"])
-def test_layernorm_reparameterization_leaves_the_float_model_unchanged(method):
+@pytest.mark.parametrize("method, statistic", [("reparam", "minmax"), ("median", "minmax"), ("mosf", "minmax"),
+                                               ("reparam", "percentile")])
+def test_layernorm_reparameterization_leaves_the_float_model_unchanged(method, statistic):
     import copy
 
     from edgevit.models import load_model
@@ -201,7 +202,7 @@ def test_layernorm_reparameterization_leaves_the_float_model_unchanged(method):
     model, _ = load_model(ModelConfig(source="builtin:vit-cifar10"))
     x = torch.randn(16, 3, 32, 32)
     re = copy.deepcopy(model).eval()
-    factors = reparameterize(re, [x[:8]], 4, method)
+    factors = reparameterize(re, [x[:8]], 4, method, statistic)
     assert len(factors) == len(layernorm_linear_pairs(model)) == 12  # norm1 -> qkv, norm2 -> fc1 in 6 blocks
     with torch.no_grad():
         assert torch.max(torch.abs(re(x) - model(x))) <= 1e-5
@@ -212,6 +213,23 @@ def test_layernorm_reparameterization_leaves_the_float_model_unchanged(method):
     (lo1, hi1), = channel_ranges(re, [re.blocks[0].norm1], [x[:8]])
     spread = lambda lo, hi: float((hi - lo).max() / (hi - lo).median())  # noqa: E731
     assert spread(lo1, hi1) < spread(lo0, hi0)
+
+
+def test_percentile_channel_ranges_are_repq_vits():
+    """RepQ-ViT's channel statistic: the expected scales and zero points are what RepQ-ViT's channel-wise
+    UniformQuantizer (zkkli/RepQ-ViT, classification/quant/quantizer.py) chose on this tensor, run outside
+    this repository: a free zero point on a one-sided channel (-1), an outlier inside the 99.999th percentile."""
+    from edgevit.quant.reparam import percentile_ranges
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 65, 24, generator=g) * torch.rand(24, generator=g) * 3 + torch.randn(24, generator=g)
+    x[..., 3] = x[..., 3].abs() + 0.5
+    x[0, 5, 7] = 40.0
+    lo, hi = percentile_ranges(x.reshape(-1, 24), 4)
+    s = (hi - lo) / 15
+    z = torch.round(-lo / s)
+    torch.testing.assert_close(s[[0, 3, 7]], torch.tensor([0.7048562169075012, 0.49656054377555847, 2.63350510597229]))
+    assert z[[0, 3, 7]].tolist() == [6.0, -1.0, 0.0]
 
 
 def test_mosf_target_ignores_outlier_channel_scales():

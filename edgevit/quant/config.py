@@ -108,6 +108,10 @@ class QuantConfig(_Strict):
         "none", description="post-LayerNorm scale reparameterization (RepQ-ViT): channel-wise ranges folded into "
         "the LayerNorm and the next Linear; target layer scale = mean (reparam), median, or mosf (mean of the "
         "channel scales within 3 MAD of the median)")
+    layernorm_ranges: Literal["minmax", "percentile"] = Field(
+        "minmax", description="the channel statistic of the LayerNorm reparameterization: minmax (each channel's "
+        "min and max with 0 in the range) or percentile (RepQ-ViT's: the (1 - p, p) percentile pair, p in 0.999 / "
+        "0.9999 / 0.99999, with the lowest squared error, free zero point)")
     search_images: int = Field(32, gt=0, description="calibration images whose activations feed the "
                                "output-error searches of the non-uniform quantizers")
     keep_8bit: list[str] = Field(default_factory=list, description="module names (fnmatch patterns) whose "

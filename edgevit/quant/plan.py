@@ -169,7 +169,8 @@ def calibrate(model: nn.Module, cfg: QuantConfig, batches: Iterable[torch.Tensor
     factors = {}
     if cfg.layernorm != "none":
         batches = list(batches)[:cfg.calibration_batches]  # two passes: LayerNorm channel ranges, then sites
-        factors = reparameterize(_float_copy(model, cfg)[0], batches, cfg.activations.bits, cfg.layernorm)
+        factors = reparameterize(_float_copy(model, cfg)[0], batches, cfg.activations.bits, cfg.layernorm,
+                                 cfg.layernorm_ranges)
     m, folded, skipped = prepare(model, cfg, factors)
     set_mode(m, "observe")
     seen, kept = 0, []

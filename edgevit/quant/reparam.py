@@ -13,6 +13,11 @@ quantized with one layer-wise (s~, z~). RepQ-ViT takes s~ = mean_c s_c; a few ou
 drag that mean up. MOSF (MAD-guided optimal scaling factor) takes a robust statistic instead:
 ``median`` or ``mosf`` = the mean of the channel scales within k MAD of the median (k = 3). The
 paper's exact formula could not be read; this is the documented stand-in.
+
+The channel statistic (s_c, z_c): ``minmax`` is each channel's min and max over the calibration images
+with 0 forced into the range; ``percentile`` is RepQ-ViT's: of the (1 - p, p) percentile pairs for
+p = 0.999, 0.9999, 0.99999, the one whose asymmetric quantizer has the lowest squared error on the
+channel, with a free zero point (narrower scales on one-sided channels).
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import torch
 from torch import nn
 
 MAD_K = 3.0
+REPQ_PERCENTILES = (0.999, 0.9999, 0.99999)  # RepQ-ViT's candidate channel ranges
 
 
 def layernorm_linear_pairs(model: nn.Module) -> list[tuple[str, nn.LayerNorm, list[tuple[str, nn.Linear]]]]:
@@ -77,10 +83,54 @@ def channel_ranges(model: nn.Module, norms: list[nn.LayerNorm], batches: Iterabl
     return list(zip(lo, hi))
 
 
-def reparam_factors(lo: torch.Tensor, hi: torch.Tensor, bits: int, method: str) -> dict[str, torch.Tensor]:
-    """r_c and b_c for one LayerNorm output from its channel ranges (asymmetric, ``bits`` bits)."""
+@torch.no_grad()
+def channel_values(model: nn.Module, norms: list[nn.LayerNorm], batches: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """Each LayerNorm's outputs over the calibration batches, as (values, channels)."""
+    seen: list[list[torch.Tensor]] = [[] for _ in norms]
+
+    def hook(i):
+        def fn(_m, _inp, out):
+            seen[i].append(out.detach().reshape(-1, out.shape[-1]))
+        return fn
+
+    handles = [n.register_forward_hook(hook(i)) for i, n in enumerate(norms)]
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return [torch.cat(v) for v in seen]
+
+
+def percentile_ranges(values: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """RepQ-ViT's channel ranges: per channel of ``values`` (values, channels), the (1 - p, p) percentile
+    pair with the lowest squared error of its asymmetric ``bits``-bit quantizer, p in REPQ_PERCENTILES."""
     levels = 2 ** bits - 1
-    lo, hi = torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, torch.zeros_like(hi))
+    x = values.float()
+    step = max(1, (2 ** 24 - 1) // max(len(x), 1))  # torch.quantile's element limit, a few channels at a time
+    q = torch.tensor([1 - p for p in REPQ_PERCENTILES] + list(REPQ_PERCENTILES))
+    bounds = torch.cat([torch.quantile(x[:, c:c + step], q, dim=0) for c in range(0, x.shape[1], step)], dim=1)
+    k = len(REPQ_PERCENTILES)
+    best_err = torch.full((x.shape[1],), float("inf"))
+    lo, hi = bounds[0].clone(), bounds[k].clone()
+    for i in range(k):
+        mn, mx = bounds[i], bounds[k + i]
+        s = torch.clamp((mx - mn) / levels, min=1e-8)
+        z = torch.round(-mn / s)
+        err = (((torch.clamp(torch.round(x / s) + z, 0, levels) - z) * s - x) ** 2).mean(0)
+        better = err < best_err
+        best_err, lo, hi = torch.where(better, err, best_err), torch.where(better, mn, lo), torch.where(better, mx, hi)
+    return lo, hi
+
+
+def reparam_factors(lo: torch.Tensor, hi: torch.Tensor, bits: int, method: str,
+                    free_zero_point: bool = False) -> dict[str, torch.Tensor]:
+    """r_c and b_c for one LayerNorm output from its channel ranges (asymmetric, ``bits`` bits); without
+    ``free_zero_point`` every range is widened to hold 0."""
+    levels = 2 ** bits - 1
+    if not free_zero_point:
+        lo, hi = torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, torch.zeros_like(hi))
     s = torch.clamp((hi - lo) / levels, min=1e-8)
     z = torch.round(-lo / s)
     s_t = target_scale(s, method)
@@ -109,12 +159,19 @@ def apply_reparam(model: nn.Module, factors: dict[str, dict[str, torch.Tensor]])
                 lin.bias.add_(extra)
 
 
-def reparameterize(model: nn.Module, batches: list[torch.Tensor], bits: int, method: str) -> dict:
-    """Measure post-LayerNorm channel ranges, then fold the channel-to-layer scales into ``model``."""
+def reparameterize(model: nn.Module, batches: list[torch.Tensor], bits: int, method: str,
+                   statistic: str = "minmax") -> dict:
+    """Measure post-LayerNorm channel ranges (``statistic``: minmax or percentile, see the module
+    docstring), then fold the channel-to-layer scales into ``model``."""
     pairs = layernorm_linear_pairs(model)
     if not pairs:
         return {}
-    ranges = channel_ranges(model, [ln for _, ln, _ in pairs], batches)
-    factors = {name: reparam_factors(lo, hi, bits, method) for (name, _, _), (lo, hi) in zip(pairs, ranges)}
+    norms = [ln for _, ln, _ in pairs]
+    if statistic == "percentile":
+        ranges = [percentile_ranges(v, bits) for v in channel_values(model, norms, batches)]
+    else:
+        ranges = channel_ranges(model, norms, batches)
+    factors = {name: reparam_factors(lo, hi, bits, method, free_zero_point=statistic == "percentile")
+               for (name, _, _), (lo, hi) in zip(pairs, ranges)}
     apply_reparam(model, factors)
     return factors
