@@ -1,7 +1,9 @@
 """Output-error parameter searches: the non-uniform quantizers, and FPCS for uniform activations.
 
 * Post-softmax (attention probabilities A, scale fixed at 1): the objective is
-  ||Q(A) V_hat - A V||^2 over the captured calibration samples (V_hat: V through its own quantizer).
+  ||Q(A) V_hat - A V_hat||^2 over the captured calibration samples (V_hat: V through its own quantizer,
+  what the next matmul receives). AdaLog's reference code uses A V in full precision; on the built-in
+  ViT at W4A4 (AdaLog softmax and GELU, 10,000 test images) the two measure the same (68.78 % vs 68.81 %).
   AdaLog scans every base q in 10..138; TanQ scans its alpha and the top of its grid (P99.9, P99.99,
   max of the probabilities, or 1); log-sqrt2 takes RepQ-ViT's scale (the percentile with the lowest
   error on the probabilities themselves); log2 has nothing to search.
@@ -53,7 +55,7 @@ def _refine_scales(pool: list[tuple], err, step: float, rounds: int, new_scales:
 
 def search_softmax(kind: str, bits: int, attn: list[torch.Tensor], v: list[torch.Tensor],
                    v_qparams: QParams | None = None, table: bool = True) -> ActivationQuantizer:
-    """The post-softmax quantizer registered as ``kind`` that best preserves attn @ V on the samples
+    """The post-softmax quantizer registered as ``kind`` that best preserves attn @ V_hat on the samples
     (``table``: AdaLog candidates dequantize with the fixed-point table, as deployed)."""
     entry = quantizer(kind)
     if entry.fixed is not None:
