@@ -294,6 +294,15 @@ def test_block_reconstruction_beats_nearest_rounding():
         rebuilt = apply_plan(model, plan)
         assert torch.equal(rebuilt(x[:8]), recon(x[:8]))
         assert kl(recon) < kl(nearest)
+    assert all((r["kept"] == "learned") == (r["loss_after"] <= r["loss_nearest"]) for r in plan.reconstruction)
+    # a rounding that learns nonsense (Adam's step 50) ends worse than nearest: those units keep nearest rounding
+    wild = cfg.model_copy(update={"reconstruct": Reconstruct(images=48, iters=10, batch=16, lr=50.0)})
+    _, plan_w = quantize(model, wild, [calib])
+    back = [r["unit"] for r in plan_w.reconstruction if r["kept"] == "nearest"]
+    assert back, plan_w.reconstruction
+    for k in plan_w.rounded:
+        if any(k == u or k.startswith(u + ".") for u in back):
+            assert torch.equal(plan_w.rounded[k].float(), plan0.weights[k].quantize(_float_weight(model, cfg, k)))
 
 
 def _float_weight(model, cfg, site):

@@ -116,7 +116,8 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
     """Reconstruct ``qm`` (``apply_plan`` output, modified in place) against ``fm`` (the float model with
     the same structure: ``prepare`` output) on images ``x``. Returns the integer weight codes of every
     reconstructed layer, their weight quantizers (scales learned when ``learn_scale``) and one record per
-    unit (loss before and after, iterations, seconds)."""
+    unit (loss with nearest rounding, before and after learning, iterations, seconds). A unit whose learned
+    rounding reconstructs worse than nearest rounding keeps nearest rounding."""
     gen = torch.Generator().manual_seed(seed)
     names = units(qm, x)
     share = budget_s / max(len(names), 1) if budget_s else None
@@ -132,6 +133,8 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
         layers = [m for m in weighted_sites(q_unit) if m.weight_qparams is not None]
         if not layers:
             continue
+        nearest = unit_loss(q_unit, x_q, target, batch)  # apply_plan rounded every weight to nearest
+        kept = {m.site: (m.inner.weight.detach().clone(), m.weight_qparams) for m in layers}
         float_w = {m.site: m.inner.weight for m in weighted_sites(f_unit)}
         rounders = [_AdaRound(m, float_w[m.site]) for m in layers]
         for m, r in zip(layers, rounders):
@@ -169,8 +172,18 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
             with torch.no_grad():
                 m.inner.weight.copy_(m.weight_qparams.dequantize(codes.float()))
         after = unit_loss(q_unit, x_q, target, batch)
+        # learned rounding can end worse than nearest (the built-in hybrid at W4A4: 5 of 13 blocks): keep nearest
+        learned = after <= nearest
+        if not learned:
+            for m in layers:
+                w, q = kept[m.site]
+                with torch.no_grad():
+                    m.inner.weight.copy_(w)
+                m.weight_qparams = qparams[m.site] = q
+                rounded[m.site] = q.quantize(w).to(torch.int8)
         records.append({"unit": name, "layers": len(layers), "iters": done, "loss_before": before,
-                        "loss_after": after, "seconds": round(time.time() - t0, 1)})
+                        "loss_nearest": nearest, "loss_after": after, "kept": "learned" if learned else "nearest",
+                        "seconds": round(time.time() - t0, 1)})
         if on_unit:
             on_unit(name, records[-1])
     return rounded, qparams, records
