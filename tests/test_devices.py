@@ -265,3 +265,19 @@ def test_placement_is_timed_on_the_ssh_device(sshd, tmp_path):
     slower = [c for c in rep["checks"] if "not slower than" in c["name"]]
     assert [c["name"] for c in slower] == (["onnx-int8: INT8 not slower than onnx-fp32 on loopback-ort"]
                                            if p["shipped"] == "int8" else [])
+
+
+def test_token_merging_is_timed_on_the_ssh_device(sshd, tmp_path):
+    """With only an SSH device, the token planner times the merged and unmerged FP32 ONNX on the device
+    (batch 1 and the profile's throughput batch) and keeps ToMe r=8 on the ViT, which saves time there."""
+    profile = tmp_path / "loopback.yaml"
+    profile.write_text(yaml.safe_dump(_profile(sshd)))
+    out = tmp_path / "run"
+    res = run_cli("compress", "--recipe", "tome_fp32", "--out", str(out), "--set", "validate.eval.num=100",
+                  "--set", "calibration.num=64", "--set", f"validate.devices=[{profile}]")
+    assert res.returncode == 0, res.stderr[-2000:]
+    t = json.loads((out / "report.json").read_text())["tokens"]
+    timing = t["timing"]
+    assert timing["where"].startswith("loopback-ort (ONNX Runtime FP32, 1 threads; batch 1 and 8)")
+    assert all(v > 0 for v in [*timing["unreduced_ms"].values(), *timing["reduced_ms"].values()])
+    assert t["stages"] and timing["time_saving"]["throughput"] >= 0.03, timing

@@ -23,6 +23,7 @@ import torch
 from edgevit.quant.nonuniform import (ADALOG_Q_RANGE, LogQuantizer, TanQuantizer, adalog_quantizer,
                                       log2_quantizer, logsqrt2_quantizer)
 from edgevit.quant.quantizers import ActivationQuantizer, QuantizerEntry, quantizer, register
+from edgevit.quant.reparam import REPQ_PERCENTILES
 from edgevit.quant.uniform import QParams, qrange
 
 FPCS_TOP_BASES = 8
@@ -31,7 +32,6 @@ FPCS_KEEP = 32
 FPCS_ROUNDS = 5
 FPCS_NEW_SCALES = 4
 TANQ_ALPHAS = 30
-REPQ_PERCENTILES = (0.999, 0.9999, 0.99999)  # RepQ-ViT's log-sqrt2 scale candidates
 MAX_ROWS = 512  # token rows of the post-activation search (each candidate costs one fc2 matmul over them)
 
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 MAD_K = 3.0
-REPQ_PERCENTILES = (0.999, 0.9999, 0.99999)  # RepQ-ViT's candidate channel ranges
+REPQ_PERCENTILES = (0.999, 0.9999, 0.99999)  # RepQ-ViT's candidate ranges (channel ranges, log-sqrt2 scale)
 
 
 def layernorm_linear_pairs(model: nn.Module) -> list[tuple[str, nn.LayerNorm, list[tuple[str, nn.Linear]]]]:

@@ -46,7 +46,7 @@ class ModelTimer:
                 rt.export(job, scratch)
                 files[name] = Path(tmp) / job.file
             if self.device.kind == "ssh":
-                return self._remote(files, x, big)
+                return self._remote(files, big)
             runners = {k: rt.local_runner(f, self.device) for k, f in files.items()}
             first = next(iter(runners.values()))
             out: dict[str, dict[str, float]] = {k: {} for k in runners}
@@ -56,10 +56,10 @@ class ModelTimer:
                     out[k][key] = round(ms, 4)
             return out
 
-    def _remote(self, files: dict[str, Path], x: np.ndarray, big: np.ndarray) -> dict[str, dict[str, float]]:
+    def _remote(self, files: dict[str, Path], sample: np.ndarray) -> dict[str, dict[str, float]]:
         from edgevit.devices.remote import measure_remote
 
-        res = measure_remote(self.device, list(files.items()), big, None, self.ctx.info)["artifacts"]
+        res = measure_remote(self.device, list(files.items()), sample, None, self.ctx.info)["artifacts"]
         return {k: {"batch1": round(res[k]["batch1"]["median_ms"], 4),
                     "throughput": round(res[k]["throughput"]["median_ms"], 4)} for k in files}
 
