@@ -172,7 +172,8 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
             with torch.no_grad():
                 m.inner.weight.copy_(m.weight_qparams.dequantize(codes.float()))
         after = unit_loss(q_unit, x_q, target, batch)
-        # learned rounding can end worse than nearest (the built-in hybrid at W4A4: 5 of 13 blocks): keep nearest
+        # the learned rounding ships only if it reconstructs the unit at least as well as nearest rounding
+        # (a step too large for the unit, or too few iterations in the time budget, can end worse)
         learned = after <= nearest
         if not learned:
             for m in layers:
