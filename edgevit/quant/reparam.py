@@ -60,47 +60,37 @@ def target_scale(scales: torch.Tensor, method: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def channel_ranges(model: nn.Module, norms: list[nn.LayerNorm], batches: Iterable[torch.Tensor]) -> list[tuple]:
-    """Per-channel (min, max) of each LayerNorm's output over the calibration batches."""
-    lo = [None] * len(norms)
-    hi = [None] * len(norms)
-
-    def hook(i):
-        def fn(_m, _inp, out):
-            flat = out.detach().reshape(-1, out.shape[-1])
-            mn, mx = flat.min(0).values, flat.max(0).values
-            lo[i] = mn if lo[i] is None else torch.minimum(lo[i], mn)
-            hi[i] = mx if hi[i] is None else torch.maximum(hi[i], mx)
-        return fn
-
-    handles = [n.register_forward_hook(hook(i)) for i, n in enumerate(norms)]
+def _each_output(model: nn.Module, norms: list[nn.LayerNorm], batches: Iterable[torch.Tensor], seen) -> None:
+    """Run ``batches`` through ``model``, handing ``seen(i, rows)`` each output of ``norms[i]`` as (rows, channels)."""
+    handles = [n.register_forward_hook(lambda _m, _inp, out, i=i: seen(i, out.detach().reshape(-1, out.shape[-1])))
+               for i, n in enumerate(norms)]
     try:
         for x in batches:
             model(x)
     finally:
         for h in handles:
             h.remove()
+
+
+def channel_ranges(model: nn.Module, norms: list[nn.LayerNorm], batches: Iterable[torch.Tensor]) -> list[tuple]:
+    """Per-channel (min, max) of each LayerNorm's output over the calibration batches."""
+    lo: list = [None] * len(norms)
+    hi: list = [None] * len(norms)
+
+    def seen(i, flat):
+        mn, mx = flat.min(0).values, flat.max(0).values
+        lo[i] = mn if lo[i] is None else torch.minimum(lo[i], mn)
+        hi[i] = mx if hi[i] is None else torch.maximum(hi[i], mx)
+
+    _each_output(model, norms, batches, seen)
     return list(zip(lo, hi))
 
 
-@torch.no_grad()
 def channel_values(model: nn.Module, norms: list[nn.LayerNorm], batches: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     """Each LayerNorm's outputs over the calibration batches, as (values, channels)."""
-    seen: list[list[torch.Tensor]] = [[] for _ in norms]
-
-    def hook(i):
-        def fn(_m, _inp, out):
-            seen[i].append(out.detach().reshape(-1, out.shape[-1]))
-        return fn
-
-    handles = [n.register_forward_hook(hook(i)) for i, n in enumerate(norms)]
-    try:
-        for x in batches:
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return [torch.cat(v) for v in seen]
+    rows: list[list[torch.Tensor]] = [[] for _ in norms]
+    _each_output(model, norms, batches, lambda i, flat: rows[i].append(flat))
+    return [torch.cat(v) for v in rows]
 
 
 def percentile_ranges(values: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:

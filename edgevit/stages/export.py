@@ -3,8 +3,6 @@ that runtime's kernels; each artifact comes back as its result row."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any
 
 from edgevit.errors import BadInput
 from edgevit.progress import new_progress
@@ -13,30 +11,10 @@ from edgevit.quant.lowering import has_nonuniform, lower_plan
 from edgevit.runfolder import mark
 from edgevit.runtimes import for_format
 from edgevit.stages.context import RunContext
+from edgevit.stages.jobs import ExportJob
 from edgevit.stages.placement import place, write_placements
 
 log = logging.getLogger("edgevit")
-
-
-@dataclass
-class ExportJob:
-    """One artifact to write: its config, file name, and (for INT8) the plan to lower."""
-
-    cfg: Any
-    file: str
-    plan: Any = None  # None: the run's plan
-    suffix: str = ""  # appended to the row name ("-before-fallback")
-    source: Any = None  # filled in: the PyTorch model the artifact is made from
-    sim_name: str | None = None  # filled in: the row the artifact is compared with
-    keep_layernorm_fp32: bool = False
-    placement: Any = None  # filled in for INT8 artifacts: where INT8 runs (edgevit.stages.placement)
-
-    @property
-    def name(self) -> str:
-        """The artifact's row name."""
-        if self.suffix:
-            return (self.cfg.name or self.file.rsplit(".", 1)[0]) + self.suffix
-        return self.cfg.name or self.file
 
 
 def artifact_files(exports) -> list[str]:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from edgevit.runtimes import runtime
+from edgevit.stages.jobs import ExportJob
 from edgevit.validate.profiling import interleaved_medians, rounds_for
 
 SECONDS = 3.0  # timing per batch size and model set (a few rounds of a large model, hundreds of a small one)
@@ -34,8 +35,6 @@ class ModelTimer:
     def __call__(self, models: dict[str, Any], x: np.ndarray) -> dict[str, dict[str, float]]:
         """Median milliseconds per call of each model's FP32 artifact, ``{"batch1": ms, "throughput": ms}``
         (the latter for a batch of ``device.throughput_batch``); ``x``: at least one preprocessed image."""
-        from edgevit.stages.export import ExportJob
-
         rt = runtime(self.device.runtime)
         big = np.concatenate([x] * -(-self.device.throughput_batch // len(x)))[:self.device.throughput_batch]
         with tempfile.TemporaryDirectory(prefix="edgevit-timing-") as tmp:
