@@ -79,8 +79,14 @@ def _resolve_path(value: str, base_file: Path | None, key: str, origin: str) -> 
     for c in candidates:
         if c.exists():
             return c.resolve()
-    tried = ", ".join(str(c) for c in dict.fromkeys(candidates))
-    raise BadInput(f"{origin}: {key}: path does not exist: {value} (looked in: {tried})")
+    tried = ", ".join(_shown(str(c)) for c in dict.fromkeys(candidates))
+    raise BadInput(f"{origin}: {key}: path does not exist: {_shown(value)} (looked in: {tried})")
+
+
+def _shown(text: str) -> str:
+    """``text`` as is, or quoted with escapes when it holds a newline or another unprintable character (the
+    error stays one line)."""
+    return text if text.isprintable() else repr(text)
 
 
 def _load_reference(value: Any, base_file: Path | None, key: str, origin: str,
