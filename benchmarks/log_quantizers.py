@@ -24,21 +24,17 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import edgevit.quant.plan as plan_module  # noqa: E402
-from edgevit.data import Preprocess, open_image_set  # noqa: E402
-from edgevit.models import load_model  # noqa: E402
 from edgevit.quant import QuantConfig, quantize  # noqa: E402
 from edgevit.quant.nonuniform import LogQuantizer, logsqrt2_quantizer  # noqa: E402
 from edgevit.quant.nonuniform_search import search_softmax  # noqa: E402
 from edgevit.quant.quantizers import QuantizerEntry, register  # noqa: E402
-from edgevit.recipe import ModelConfig  # noqa: E402
 from edgevit.validate import topk_accuracy  # noqa: E402
-from vit_quantizers import DEFAULT_TEST, KEEP_8BIT, sim_logits  # noqa: E402
+from vit_quantizers import DEFAULT_TEST, KEEP_8BIT, load_builtin, sim_logits  # noqa: E402
 
 # the fixed-scale log-sqrt2 edgevit shipped before, registered here only to compare with
 register(QuantizerEntry("logsqrt2-fixed", LogQuantizer.dequant_rule, fixed=logsqrt2_quantizer))
@@ -87,12 +83,7 @@ def main() -> None:
         results["rows"] = [r for r in earlier if r["model"] not in args.models or r.get("group") not in args.group
                            and r["row"] != "FP32"]
     for name in args.models:
-        torch.manual_seed(0)
-        model, info = load_model(ModelConfig(source=f"builtin:{name}"))
-        pre = Preprocess(info.input_size, info.mean, info.std)
-        calib, _ = open_image_set(ROOT / "calibration" / "builtin-calib").load(pre)
-        x, y = open_image_set(args.test, num=args.limit, seed=0).load(pre, 500)
-        batches = [torch.from_numpy(calib[i:i + 64]) for i in range(0, len(calib), 64)]
+        model, _, x, y, batches = load_builtin(name, args.test, args.limit)
         fp32 = topk_accuracy(sim_logits(model, x), y, 1)
         results["rows"].append({"model": name, "row": "FP32", "bits": 32, "top1": fp32, "test_images": len(y)})
         print(f"[{name}] FP32 {100 * fp32:.2f} %", file=sys.stderr, flush=True)

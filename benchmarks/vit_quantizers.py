@@ -68,6 +68,17 @@ def sim_logits(model, x: np.ndarray, batch: int = 500) -> np.ndarray:
     return np.concatenate([model(torch.from_numpy(x[i:i + batch])).numpy() for i in range(0, len(x), batch)])
 
 
+def load_builtin(name: str, test: Path, limit: int | None):
+    """A built-in model, its test images and labels (seeded sample of ``limit``, all by default) and the
+    shipped calibration images in batches of 64."""
+    torch.manual_seed(0)
+    model, info = load_model(ModelConfig(source=f"builtin:{name}"))
+    pre = Preprocess(info.input_size, info.mean, info.std)
+    calib, _ = open_image_set(ROOT / "calibration" / "builtin-calib").load(pre)
+    x, y = open_image_set(test, num=limit, seed=0).load(pre, 500)
+    return model, info, x, y, [torch.from_numpy(calib[i:i + 64]) for i in range(0, len(calib), 64)]
+
+
 def uniform_mse(x: torch.Tensor, bits: int) -> float:
     obs = HistogramObserver()
     obs.update(x)
@@ -130,12 +141,7 @@ def main() -> None:
     if args.merge and args.out.exists():
         results = drop_models(json.loads(args.out.read_text()), args.models)
     for name in args.models:
-        torch.manual_seed(0)
-        model, info = load_model(ModelConfig(source=f"builtin:{name}"))
-        pre = Preprocess(info.input_size, info.mean, info.std)
-        calib, _ = open_image_set(ROOT / "calibration" / "builtin-calib").load(pre)
-        x, y = open_image_set(args.test, num=args.limit, seed=0).load(pre, 500)
-        batches = [torch.from_numpy(calib[i:i + 64]) for i in range(0, len(calib), 64)]
+        model, info, x, y, batches = load_builtin(name, args.test, args.limit)
         fp32 = topk_accuracy(sim_logits(model, x), y, 1)
         results["runs"][name] = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
                                  "test_images": len(y)}
@@ -159,7 +165,7 @@ def main() -> None:
                                          "ort_top1": topk_accuracy(ort_logits, y, 1),
                                          "agreement": float((ort_logits.argmax(1) == sim.argmax(1)).mean()),
                                          "max_abs_diff": float(np.abs(ort_logits - sim).max())})
-        results["mse"][name] = mse_table(model, torch.from_numpy(calib[:32]))
+        results["mse"][name] = mse_table(model, batches[0][:32])
     print_tables(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
