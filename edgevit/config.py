@@ -33,6 +33,9 @@ class ModelConfig(_Strict):
     mean: list[float] | None = Field(None, min_length=3, max_length=3, description="0-1 scale, RGB")
     std: list[float] | None = Field(None, min_length=3, max_length=3, description="0-1 scale, RGB")
     labels: list[str] | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict,
+                                   description="timm.create_model arguments, e.g. {img_size: 64} for a LeViT "
+                                               "trained at 64 px (input_size defaults to img_size)")
 
     @field_validator("source")
     @classmethod
@@ -40,6 +43,19 @@ class ModelConfig(_Strict):
         if not v.startswith(MODEL_PREFIXES):
             raise ValueError(f"must start with one of {', '.join(MODEL_PREFIXES)} (got {v!r})")
         return v
+
+    @model_validator(mode="after")
+    def _kwargs_for_timm(self):
+        if self.kwargs and not self.source.startswith("timm:"):
+            raise ValueError(f"kwargs are passed to timm.create_model and apply to timm: sources only (source is "
+                             f"{self.source!r})")
+        size = self.kwargs.get("img_size")
+        if size is not None and self.input_size is None:
+            side = size if isinstance(size, int) else size[0] if isinstance(size, (list, tuple)) and size else None
+            if not isinstance(side, int) or side <= 0:
+                raise ValueError(f"kwargs.img_size must be a positive int or [h, w] (got {size!r})")
+            self.input_size = side
+        return self
 
     @field_validator("mean", "std")
     @classmethod

@@ -201,3 +201,27 @@ def test_killed_run_leaves_no_run_folder_and_is_cleaned_up(tmp_path):
     with staged_run_folder(out, overwrite=False) as new_stage:
         (new_stage / "report.json").write_text("{}")
     assert not stage.exists() and (out / "report.json").is_file()
+
+
+def test_timm_model_trained_at_another_size_runs_with_kwargs(tmp_path):
+    """The issue's command: a LeViT trained at 64 px goes through int8_ptq with --set model.kwargs.img_size=64
+    and its FP32 ONNX predicts what PyTorch does; without the setting the run is refused with exit 2."""
+    from safetensors.torch import save_file
+
+    from edgevit.models import load_model
+    from edgevit.recipe import ModelConfig
+
+    levit, _ = load_model(ModelConfig(source="timm:levit_128s", kwargs={"img_size": 64, "num_classes": 10}))
+    ckpt = tmp_path / "levit64.safetensors"
+    save_file({k: v.contiguous() for k, v in levit.state_dict().items()}, str(ckpt))
+    common = ["--recipe", "int8_ptq", "--model", "timm:levit_128s", "--checkpoint", str(ckpt),
+              "--set", "validate.eval.num=40", "--set", "validate.devices=[]", "--set", "quantize.placement=all"]
+    refused = run_cli("compress", *common, "--out", str(tmp_path / "refused"))
+    assert refused.returncode == 2 and "model.kwargs.img_size" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "refused").exists()
+    out = tmp_path / "run"
+    res = run_cli("compress", *common, "--set", "model.kwargs.img_size=64", "--out", str(out))
+    assert res.returncode in (0, 1), res.stderr[-2000:]
+    rep = json.loads((out / "report.json").read_text())
+    onnx = next(c for c in rep["checks"] if c["name"].startswith("onnx-fp32: top-1 in ORT equals PyTorch"))
+    assert onnx["ok"], onnx

@@ -108,3 +108,25 @@ def test_python_file_source(tmp_path):
         load_model(ModelConfig(source=f"file:{tmp_path / 'net.py'}:not_a_model"))
     with pytest.raises(BadInput, match="has no function"):
         load_model(ModelConfig(source=f"file:{tmp_path / 'net.py'}:missing"))
+
+
+def test_timm_kwargs_build_the_model_the_checkpoint_was_trained_as(tmp_path):
+    """model.kwargs reach timm.create_model (input_size follows img_size); a checkpoint trained at another
+    size is one error line naming the first mismatching tensor, both shapes and the setting to change."""
+    levit, _ = load_model(ModelConfig(source="timm:levit_128s", kwargs={"img_size": 64, "num_classes": 10}))
+    ckpt = tmp_path / "levit64.safetensors"
+    save_file({k: v.contiguous() for k, v in levit.state_dict().items()}, str(ckpt))
+    again, info = load_model(ModelConfig(source="timm:levit_128s", checkpoint=ckpt, kwargs={"img_size": 64}))
+    assert info.input_size == 64 and info.num_classes == 10
+    with torch.no_grad():
+        x = torch.randn(2, 3, 64, 64)
+        torch.testing.assert_close(again(x), levit(x))
+    with pytest.raises(BadInput) as e:
+        load_model(ModelConfig(source="timm:levit_128s", checkpoint=ckpt))
+    msg = str(e.value)
+    assert "\n" not in msg and "stages.0.blocks.0.attn.attention_biases is (4, 16) in the checkpoint and (4, 196)" in msg
+    assert "model.kwargs.img_size" in msg
+    with pytest.raises(BadInput, match=r"does not accept model.kwargs \['img_sz'\]"):
+        load_model(ModelConfig(source="timm:levit_128s", checkpoint=ckpt, kwargs={"img_sz": 64}))
+    with pytest.raises(ValueError, match="apply to timm: sources only"):
+        ModelConfig(source="builtin:hybrid-cifar10", kwargs={"img_size": 64})

@@ -88,23 +88,39 @@ def _unwrap_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path | str) -> None:
-    """Load a state dict strictly, turning a mismatch into a clear BadInput."""
+    """Load a state dict strictly, turning a mismatch into one line that names the first mismatching tensor."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-             if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
+    wrong = [k for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if wrong:
+        k = wrong[0]
+        more = f" (and {len(wrong) - 1} more tensors)" if len(wrong) > 1 else ""
+        raise BadInput(f"checkpoint {path} does not fit the model: {k} is {tuple(state[k].shape)} in the checkpoint "
+                       f"and {tuple(own[k].shape)} in the model{more}; {_likely_argument(k)}")
+    if missing or unexpected:
         parts = []
         if missing:
             parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if wrong:
-            parts.append(f"{len(wrong)} with another shape (e.g. {wrong[0]})")
         raise BadInput(f"checkpoint {path} does not fit the model: " + "; ".join(parts)
                        + " (is model.source the architecture it was trained with?)")
     model.load_state_dict(state, strict=True)
+
+
+_SIZE_DEPENDENT = ("pos_embed", "position", "attention_bias", "rel_pos", "relative_position")
+
+
+def _likely_argument(key: str) -> str:
+    """The recipe setting that most likely explains a shape mismatch at tensor ``key``."""
+    if any(t in key for t in _SIZE_DEPENDENT):
+        return ("this tensor depends on the input size: was it trained at another resolution? set "
+                "model.kwargs.img_size (e.g. --set model.kwargs.img_size=64)")
+    if key.split(".")[0] in ("head", "classifier", "fc", "head_dist") or ".head." in key:
+        return "the classifier has another number of classes: set model.num_classes"
+    return ("is model.source the architecture it was trained with (model.kwargs passes other constructor "
+            "arguments, e.g. img_size)?")
 
 
 # --------------------------------------------------------------------------- sources
@@ -135,8 +151,8 @@ def _classifier_rows(state: dict[str, torch.Tensor], classifier: str | tuple | l
     return None
 
 
-def _timm(name: str, state: dict | None, num_classes: int | None,
-          input_size: int | None = None) -> tuple[nn.Module, dict]:
+def _timm(name: str, state: dict | None, num_classes: int | None, input_size: int | None = None,
+          kwargs: dict | None = None) -> tuple[nn.Module, dict]:
     import timm
 
     if not timm.is_model(name):
@@ -146,12 +162,14 @@ def _timm(name: str, state: dict | None, num_classes: int | None,
     cfg = cfg.to_dict() if cfg is not None else {}
     if num_classes is None and state is not None:
         num_classes = _classifier_rows(state, cfg.get("classifier", "head"))
-    kwargs = {"num_classes": num_classes} if num_classes else {}
+    args = ({"num_classes": num_classes} if num_classes else {}) | dict(kwargs or {})
     try:  # architectures whose layers depend on the input size (LeViT, EfficientViT-MSRA) are built for it
-        sized = {"img_size": input_size} if input_size else {}
-        model = timm.create_model(name, pretrained=False, **kwargs, **sized)
-    except TypeError:  # the architecture takes any input size and has no img_size argument
-        model = timm.create_model(name, pretrained=False, **kwargs)
+        sized = {"img_size": input_size} if input_size and "img_size" not in args else {}
+        model = timm.create_model(name, pretrained=False, **args, **sized)
+    except TypeError as e:
+        if kwargs:  # the user's own arguments: say which one the architecture does not take
+            raise BadInput(f"timm.create_model({name!r}) does not accept model.kwargs {sorted(kwargs)}: {e}") from e
+        model = timm.create_model(name, pretrained=False, **args)  # takes any size, has no img_size argument
     return model, dict(model.pretrained_cfg or cfg)
 
 
@@ -203,20 +221,23 @@ def load_model(cfg) -> tuple[nn.Module, ModelInfo]:
         model, info = _builtin(source[len("builtin:"):])
     else:
         if source.startswith("timm:"):
-            model, tcfg = _timm(source[len("timm:"):], state, cfg.num_classes, cfg.input_size)
+            model, tcfg = _timm(source[len("timm:"):], state, cfg.num_classes, cfg.input_size, cfg.kwargs)
             arch = source[len("timm:"):]
         else:
             model, tcfg, arch = _python_file(source), {}, source
         if state is not None:
             try:
                 load_state(model, state, cfg.checkpoint)
-            except BadInput:
-                if not (source.startswith("timm:") and cfg.input_size):
+            except BadInput as first:
+                if not (source.startswith("timm:") and cfg.input_size) or "img_size" in cfg.kwargs:
                     raise
                 # a checkpoint trained at the architecture's own size, run at another (e.g. a ViT with
                 # position embeddings for 224 px): the model as timm builds it by default
-                model, tcfg = _timm(source[len("timm:"):], state, cfg.num_classes)
-                load_state(model, state, cfg.checkpoint)
+                model, tcfg = _timm(source[len("timm:"):], state, cfg.num_classes, kwargs=cfg.kwargs)
+                try:
+                    load_state(model, state, cfg.checkpoint)
+                except BadInput:
+                    raise first from None
         else:
             log.warning("%s has no checkpoint: random weights (fine for latency and export checks, "
                         "meaningless for accuracy; pass --checkpoint)", source)
