@@ -53,7 +53,7 @@ def _abs(p: Optional[Path]) -> Optional[str]:
 @app.command()
 def compress(
     recipe: str = typer.Option(..., "--recipe", "-r", help="recipe file, or the name of a shipped recipe"),
-    model: Optional[str] = typer.Option(None, help="model source: builtin:NAME, timm:NAME or file:path.py:function"),
+    model: Optional[str] = typer.Option(None, help="model source: builtin:NAME, timm:NAME, hf:FOLDER or file:path.py:function"),
     checkpoint: Optional[Path] = typer.Option(None, help="state dict for a timm:/file: model"),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="allow a pickled checkpoint (can run code)"),
     calib: Optional[Path] = typer.Option(None, help="calibration images (ImageFolder or a flat folder)"),
@@ -163,7 +163,7 @@ class Precision(str, Enum):
 
 @app.command()
 def export(
-    model: str = typer.Option(..., help="model source: builtin:NAME, timm:NAME or file:path.py:function"),
+    model: str = typer.Option(..., help="model source: builtin:NAME, timm:NAME, hf:FOLDER or file:path.py:function"),
     checkpoint: Optional[Path] = typer.Option(None, help="state dict for a timm:/file: model"),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="allow a pickled checkpoint"),
     to: ExportTarget = typer.Option("onnx", help="target format (a registered runtime's)"),

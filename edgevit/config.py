@@ -14,7 +14,7 @@ from edgevit.runtimes import RUNTIMES, ExportBase, formats, runtime
 from edgevit.runtimes.onnxruntime import OnnxExport
 from edgevit.tokens.config import TokenConfig
 
-MODEL_PREFIXES = ("builtin:", "timm:", "file:")
+MODEL_PREFIXES = ("builtin:", "timm:", "file:", "hf:")
 
 
 class _Strict(BaseModel):
@@ -24,7 +24,8 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     """Where the model comes from and how its inputs are prepared."""
 
-    source: str = Field("builtin:hybrid-cifar10", description="builtin:NAME, timm:NAME or file:path.py:function")
+    source: str = Field("builtin:hybrid-cifar10", description="builtin:NAME, timm:NAME, hf:FOLDER (a local Hugging Face "
+                                                               "image classifier) or file:path.py:function")
     checkpoint: Path | None = Field(None, description="state dict (.pt/.pth/.bin/.safetensors)")
     trust_checkpoint: bool = Field(False, description="allow pickled checkpoints (can run code)")
     num_classes: int | None = Field(None, gt=0, description="default: inferred from the checkpoint")

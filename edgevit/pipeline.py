@@ -76,7 +76,7 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
         mark(stage, "load", recipe=recipe.name)
         model, info = load_model(recipe.model)
         log.info("model %s: %s, %d classes, input %d px", info.source, info.arch, info.num_classes, info.input_size)
-        pre = Preprocess(info.input_size, info.mean, info.std, info.crop_pct, info.interpolation)
+        pre = Preprocess(info.input_size, info.mean, info.std, info.crop_pct, info.interpolation, info.resize)
         ctx = RunContext(recipe=recipe, stage=stage, info=info, pre=pre, model=model, dense=model,
                          evalset=load_eval(recipe, pre, info))
         for st in STAGES:
@@ -101,7 +101,7 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
             status=run_status(checks, artifacts),
             model={"source": info.source, "arch": info.arch, "num_classes": info.num_classes, "params": params,
                    "labels": info.labels, "preprocessing": info.preprocessing(), "card": info.card,
-                   "random_weights": info.random_weights},
+                   "random_weights": info.random_weights, "notes": info.notes},
             data={"calibration": ctx.calibration_summary or _calibration_listing(ctx),
                   "eval": ctx.evalset.summary if ctx.evalset else None},
             pruning=ctx.records.get("pruning"), tokens=ctx.records.get("tokens"),

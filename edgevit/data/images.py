@@ -24,13 +24,15 @@ _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Im
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize the short side to ``input_size / crop_pct``, center-crop, scale to 0-1, normalize."""
+    """Resize the short side to ``input_size / crop_pct`` (``resize="exact"``: both sides, the aspect not
+    kept, as Hugging Face processors with a height and width do), center-crop, scale to 0-1, normalize."""
 
     input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     crop_pct: float = 1.0
     interpolation: str = "bilinear"
+    resize: str = "short_side"
 
     def __call__(self, img: Image.Image) -> np.ndarray:
         img = img.convert("RGB")
@@ -40,6 +42,8 @@ class Preprocess:
         if (w, h) != (size, size) or short != size:
             scale = short / min(w, h)
             nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+            if self.resize == "exact":
+                nw = nh = short
             img = img.resize((nw, nh), _RESAMPLE.get(self.interpolation, Image.BILINEAR))
             left, top = (nw - size) // 2, (nh - size) // 2
             img = img.crop((left, top, left + size, top + size))

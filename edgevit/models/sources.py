@@ -1,4 +1,5 @@
-"""Model sources: ``builtin:NAME``, ``timm:NAME`` (+ checkpoint) and ``file:path.py:function``."""
+"""Model sources: ``builtin:NAME``, ``timm:NAME`` (+ checkpoint), ``hf:FOLDER`` (``edgevit.models.hf``) and
+``file:path.py:function``."""
 from __future__ import annotations
 
 import importlib.util
@@ -33,11 +34,13 @@ class ModelInfo:
     interpolation: str = "bilinear"
     card: dict = field(default_factory=dict)
     random_weights: bool = False  # a timm architecture without a checkpoint: top-1 means nothing
+    notes: list[str] = field(default_factory=list)  # what the source changed or what does not apply to it
+    resize: str = "short_side"  # or "exact": both sides to input_size / crop_pct (Hugging Face height x width)
 
     def preprocessing(self) -> dict:
         """The preprocessing as plain data (for metadata and reports)."""
         return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std),
-                "crop_pct": self.crop_pct, "interpolation": self.interpolation}
+                "crop_pct": self.crop_pct, "interpolation": self.interpolation, "resize": self.resize}
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -198,6 +201,21 @@ def _python_file(spec: str) -> nn.Module:
     return model
 
 
+def _hf(source: str, cfg, state) -> tuple[nn.Module, ModelInfo]:
+    from edgevit.models.hf import load_hf
+
+    if state is not None:
+        raise BadInput("model.checkpoint is not used with hf: sources (the folder holds the weights)")
+    model, d = load_hf(source, cfg.trust_checkpoint)
+    num_classes = _count_outputs(model)
+    labels = d["labels"] if len(d["labels"]) == num_classes else _default_labels(num_classes)
+    for note in d["notes"]:
+        log.warning("%s: %s", source, note)
+    return model, ModelInfo(source=source, arch=d["arch"], num_classes=num_classes, input_size=d["input_size"],
+                            mean=d["mean"], std=d["std"], labels=labels, crop_pct=d["crop_pct"],
+                            interpolation=d["interpolation"], notes=d["notes"], resize=d["resize"])
+
+
 def _default_labels(n: int) -> list[str]:
     if n == 1000:
         from timm.data import ImageNetInfo
@@ -219,6 +237,8 @@ def load_model(cfg) -> tuple[nn.Module, ModelInfo]:
         if state is not None:
             raise BadInput("model.checkpoint is not used with builtin: models (use timm:NAME or file:...)")
         model, info = _builtin(source[len("builtin:"):])
+    elif source.startswith("hf:"):
+        model, info = _hf(source, cfg, state)
     else:
         if source.startswith("timm:"):
             model, tcfg = _timm(source[len("timm:"):], state, cfg.num_classes, cfg.input_size, cfg.kwargs)

@@ -44,6 +44,8 @@ def layer_errors(float_model: nn.Module, qmodel: nn.Module, x: torch.Tensor) -> 
     for n in names:
         if n in outs["f"] and n in outs["q"] and outs["f"][n].shape == outs["q"][n].shape:
             ref, err = outs["f"][n], outs["q"][n] - outs["f"][n]
+            if not float(ref.square().mean()) > 0:  # a layer whose float output is all zero: no SQNR to give
+                continue
             sqnr = 10 * np.log10(float(ref.square().mean()) / max(float(err.square().mean()), 1e-20))
             rows.append({"layer": n, "sqnr_db": round(sqnr, 2)})
     return rows

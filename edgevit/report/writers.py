@@ -90,6 +90,8 @@ def markdown(report: dict) -> str:
     if m.get("random_weights"):
         lines += ["**Random weights** (no checkpoint): the top-1 figures below mean nothing; artifacts are judged "
                   "by their logits (parity, and SQNR against the model they came from).", ""]
+    for note in m.get("notes") or []:
+        lines += [f"Model note: {note}.", ""]
     ev = report["data"]["eval"]
     if ev:
         lines.append(f"Evaluation: {ev['images']} images from `{ev['path']}` (labels {ev['label_mapping']}"
@@ -143,7 +145,9 @@ def markdown(report: dict) -> str:
         lines += ["## Quantization", "",
                   f"W{w['bits']}A{a['bits']}: weights {'symmetric' if w['symmetric'] else 'asymmetric'} per "
                   f"{w['granularity']} ({w['method']}), activations {'symmetric' if a['symmetric'] else 'asymmetric'} "
-                  f"per tensor ({a['method']}); {c['activation_sites']} activation sites, {c['weight_tensors']} "
+                  f"per tensor ({a['method']}); {c['activation_sites']} activation sites ({c.get('attn_softmax', 0)} "
+                  f"post-softmax ({cfg.get('softmax', 'uniform')}), {c.get('post_act', 0)} post-GELU/activation "
+                  f"({cfg.get('gelu', 'uniform')})), {c['weight_tensors']} "
                   f"weight tensors, {c['folded_batchnorm']} BatchNorms folded; calibration took {quant['seconds']} s. "
                   "The full plan (every site's range, scale and zero point) is in `plan.json`.", ""]
         adalog = [k for k in ("softmax", "gelu") if cfg.get(k) == "adalog"]

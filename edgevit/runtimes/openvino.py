@@ -147,8 +147,8 @@ def _metadata(info, recipe: str, precision: str) -> dict[str, str]:
 
     return {"labels": json.dumps(list(info.labels)), "mean": json.dumps(list(info.mean)),
             "std": json.dumps(list(info.std)), "input_size": json.dumps([3, info.input_size, info.input_size]),
-            "crop_pct": str(info.crop_pct), "interpolation": info.interpolation, "model_source": info.source,
-            "edgevit_version": __version__, "recipe": recipe, "precision": precision}
+            "crop_pct": str(info.crop_pct), "interpolation": info.interpolation, "resize": info.resize,
+            "model_source": info.source, "edgevit_version": __version__, "recipe": recipe, "precision": precision}
 
 
 @register
@@ -220,7 +220,8 @@ class OpenVINO(Runtime):
 
     def read_metadata(self, path: Path) -> dict[str, str]:
         model = _openvino().Core().read_model(str(path))
-        keys = ("labels", "mean", "std", "input_size", "crop_pct", "interpolation", "model_source", "precision")
+        keys = ("labels", "mean", "std", "input_size", "crop_pct", "interpolation", "resize", "model_source",
+                "precision")
         return {k: model.get_rt_info(["edgevit", k]).astype(str) for k in keys if model.has_rt_info(["edgevit", k])}
 
     def input_shape(self, runner) -> list:

@@ -1,0 +1,168 @@
+"""``hf:FOLDER``: Hugging Face image classifiers from a local folder. The models are built here from small
+configs and written with ``save_pretrained`` (nothing is downloaded); ViT and DeiT become the equivalent timm
+models, so every stage applies; a family without a converter (MobileViT here) runs as it is."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from conftest import CALIB_DIR, EVAL_DIR, run_cli
+from edgevit.data import Preprocess, open_image_set
+from edgevit.errors import BadInput
+from edgevit.models import load_model
+from edgevit.recipe import ModelConfig
+
+transformers = pytest.importorskip("transformers")
+
+LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+SMALL = dict(image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+             intermediate_size=128, num_labels=10, id2label=dict(enumerate(LABELS)),
+             label2id={n: i for i, n in enumerate(LABELS)})
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Small ViT, DeiT (with and without teacher) and MobileViT classifiers saved as transformers writes them."""
+    root = tmp_path_factory.mktemp("hf")
+    torch.manual_seed(0)
+    made = {"vit": (transformers.ViTConfig(**SMALL), transformers.ViTForImageClassification),
+            "deit": (transformers.DeiTConfig(**SMALL), transformers.DeiTForImageClassificationWithTeacher),
+            "deit-no-teacher": (transformers.DeiTConfig(**SMALL), transformers.DeiTForImageClassification),
+            "mobilevit": (transformers.MobileViTConfig(image_size=32, num_labels=10, hidden_sizes=[32, 40, 48],
+                                                       neck_hidden_sizes=[8, 8, 16, 24, 32, 40, 80],
+                                                       id2label=SMALL["id2label"], label2id=SMALL["label2id"]),
+                          transformers.MobileViTForImageClassification)}
+    for name, (config, cls) in made.items():
+        cls(config).eval().save_pretrained(root / name)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / "vit")
+    transformers.DeiTImageProcessor(size={"height": 36, "width": 36}, crop_size={"height": 32, "width": 32},
+                                    resample=3).save_pretrained(root / "deit")
+    transformers.MobileViTImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}
+                                         ).save_pretrained(root / "mobilevit")
+    return root
+
+
+def _hf(path):
+    return transformers.AutoModelForImageClassification.from_pretrained(path, local_files_only=True).eval()
+
+
+def _images(info, n=16):
+    pre = Preprocess(info.input_size, info.mean, info.std, info.crop_pct, info.interpolation)
+    return torch.from_numpy(open_image_set(EVAL_DIR, num=n, seed=0).load(pre)[0])
+
+
+@pytest.mark.parametrize("name, arch", [("vit", "timm VisionTransformer"), ("deit", "timm VisionTransformerDistilled"),
+                                        ("deit-no-teacher", "timm VisionTransformerDistilled")])
+def test_vit_and_deit_become_timm_models_with_the_same_logits(folders, name, arch):
+    model, info = load_model(ModelConfig(source=f"hf:{folders / name}"))
+    assert info.arch.endswith(arch) and info.labels == LABELS and info.input_size == 32
+    assert info.notes == [] if name != "deit-no-teacher" else "no preprocessor_config.json" in info.notes[0]
+    x = _images(info)
+    with torch.no_grad():
+        want, got = _hf(folders / name)(pixel_values=x).logits, model(x)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    if name == "vit":
+        assert (info.input_size, info.crop_pct, info.mean, info.resize) == (32, 1.0, (0.5, 0.5, 0.5), "exact")
+    if name == "deit":  # resize to 36 x 36, center crop 32, bicubic
+        assert (info.input_size, info.interpolation) == (32, "bicubic") and info.crop_pct == pytest.approx(32 / 36)
+
+
+@pytest.mark.parametrize("name", ["vit", "deit", "mobilevit"])
+def test_preprocessing_is_the_processors(folders, name):
+    """edgevit's preprocessing from preprocessor_config.json gives the pixels the transformers processor gives,
+    on a non-square image (ViT/DeiT resize both sides, MobileViT the short side; MobileViT flips to BGR,
+    which edgevit folds into the model)."""
+    from PIL import Image
+
+    _, info = load_model(ModelConfig(source=f"hf:{folders / name}"))
+    img = Image.open(open_image_set(EVAL_DIR, num=1, seed=0).files[0]).convert("RGB").resize((48, 40))
+    want = transformers.AutoImageProcessor.from_pretrained(folders / name)(img, return_tensors="np")["pixel_values"][0]
+    got = Preprocess(info.input_size, info.mean, info.std, info.crop_pct, info.interpolation, info.resize)(img)
+    got = got[::-1] if name == "mobilevit" else got
+    assert np.abs(got - want).max() <= 2 / 255 / min(info.std) + 1e-6  # resampling rounds to a code or two
+
+
+def test_w8a8_adalog_quantizes_the_softmax_and_gelu_of_an_hf_vit(folders, tmp_path):
+    """The issue's command on an HF ViT: softmax and GELU sites on its attention and MLP (listed in the
+    report), the INT8 ONNX agrees with its simulation, and the FP32 ONNX with the transformers model."""
+    out = tmp_path / "run"
+    res = run_cli("compress", "--recipe", "w8a8_adalog", "--model", f"hf:{folders / 'vit'}", "--out", str(out),
+                  "--set", "validate.eval.num=100", "--set", "validate.devices=[]", "--set", "budget=null")
+    assert res.returncode == 0, res.stderr[-2000:]
+    rep = json.loads((out / "report.json").read_text())
+    kinds = [v["kind"] for v in rep["quantization"]["plan"]["activations"].values()]
+    assert kinds.count("attn_softmax") == 2 and kinds.count("post_act") == 2
+    assert rep["quantization"]["plan"]["counts"]["nonuniform_adalog"] == 4
+    assert "2 post-softmax (adalog), 2 post-GELU/activation (adalog)" in (out / "report.md").read_text()
+    agree = [c for c in rep["checks"] if "agrees with the simulation" in c["name"]]
+    assert agree and all(c["ok"] for c in agree)
+    _, info = load_model(ModelConfig(source=f"hf:{folders / 'vit'}"))
+    x = _images(info, 32)
+    sess = ort.InferenceSession(str(out / "onnx-fp32.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        want = _hf(folders / "vit")(pixel_values=x).logits.numpy()
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(got - want).max() < 1e-3  # the FP32 parity tolerance of the run's own check
+
+
+def test_tome_merges_tokens_in_an_hf_vit_and_int8_ptq_runs_on_deit(folders, tmp_path):
+    res = run_cli("compress", "--recipe", "tome_fp32", "--model", f"hf:{folders / 'vit'}", "--out",
+                  str(tmp_path / "tome"), "--set", "tokens.r=8", "--set", "tokens.min_time_saving=null",
+                  "--set", "tokens.min_saving=null", "--set", "validate.eval.num=50", "--set", "validate.devices=[]",
+                  "--set", "budget=null")
+    assert res.returncode == 0, res.stderr[-2000:]
+    tokens = json.loads((tmp_path / "tome" / "report.json").read_text())["tokens"]
+    assert [s["stage"] for s in tokens["stages"]] == ["blocks"] and tokens["tokens_per_block"]["blocks"] == [65, 57]
+    assert tokens["flops_ratio"] < 0.8
+    res = run_cli("compress", "--recipe", "int8_ptq", "--model", f"hf:{folders / 'deit'}", "--out",
+                  str(tmp_path / "deit"), "--set", "validate.eval.num=50", "--set", "validate.devices=[]",
+                  "--set", "quantize.placement=all", "--set", "budget=null")
+    assert res.returncode == 0, res.stderr[-2000:]
+    rep = json.loads((tmp_path / "deit" / "report.json").read_text())
+    assert rep["model"]["arch"].endswith("VisionTransformerDistilled") and rep["status"] == "ok"
+
+
+def test_a_family_without_converter_runs_as_it_is(folders, tmp_path):
+    """MobileViT (no converter yet): the transformers model itself, its processor's BGR flip folded into the
+    first conv; Linear/Conv PTQ runs and the report says what does not apply."""
+    model, info = load_model(ModelConfig(source=f"hf:{folders / 'mobilevit'}"))
+    assert info.arch == "transformers MobileViTForImageClassification" and info.num_classes == 10
+    assert any("no converter" in n for n in info.notes) and any("BGR" in n for n in info.notes)
+    assert (info.input_size, info.mean, info.std) == (32, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    assert info.crop_pct == pytest.approx(32 / 36)
+    x = _images(info, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), _hf(folders / "mobilevit")(pixel_values=x.flip(1)).logits,
+                                   atol=1e-4, rtol=1e-4)
+    out = tmp_path / "run"
+    res = run_cli("compress", "--recipe", "int8_ptq", "--model", f"hf:{folders / 'mobilevit'}", "--out", str(out),
+                  "--calib", str(CALIB_DIR), "--set", "calibration.num=32", "--set", "validate.eval.num=50",
+                  "--set", "validate.devices=[]", "--set", "quantize.placement=all", "--set", "budget=null")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Model note: model_type 'mobilevit' has no converter" in (out / "report.md").read_text()
+
+
+def test_folders_that_cannot_be_used_are_one_line_errors(folders, tmp_path):
+    res = run_cli("compress", "--recipe", "int8_ptq", "--model", "hf:google/vit-base-patch16-224",
+                  "--out", str(tmp_path / "x"))
+    assert res.returncode == 2 and "does not download" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "x").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadInput, match="no config.json"):
+        load_model(ModelConfig(source=f"hf:{tmp_path / 'empty'}"))
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    for f in ("config.json", "preprocessor_config.json"):
+        shutil.copy(folders / "vit" / f, pickled / f)
+    torch.save(_hf(folders / "vit").state_dict(), pickled / "pytorch_model.bin")  # as transformers 4 wrote it
+    with pytest.raises(BadInput, match="--trust-checkpoint"):
+        load_model(ModelConfig(source=f"hf:{pickled}"))
+    _, info = load_model(ModelConfig(source=f"hf:{pickled}", trust_checkpoint=True))
+    assert info.labels == LABELS
+    with pytest.raises(BadInput, match="not used with hf:"):
+        load_model(ModelConfig(source=f"hf:{folders / 'vit'}", checkpoint=folders / "vit" / "model.safetensors"))
