@@ -1,6 +1,7 @@
 """``hf:FOLDER``: Hugging Face image classifiers from a local folder. The models are built here from small
 configs and written with ``save_pretrained`` (nothing is downloaded); ViT and DeiT become the equivalent timm
-models, so every stage applies; a family without a converter (MobileViT here) runs as it is."""
+models (MobileViT: timm's MobileViT blocks), so every stage applies; a family without a converter (Swin here) runs as
+it is."""
 from __future__ import annotations
 
 import json
@@ -36,10 +37,18 @@ def folders(tmp_path_factory):
             "mobilevit": (transformers.MobileViTConfig(image_size=32, num_labels=10, hidden_sizes=[32, 40, 48],
                                                        neck_hidden_sizes=[8, 8, 16, 24, 32, 40, 80],
                                                        id2label=SMALL["id2label"], label2id=SMALL["label2id"]),
-                          transformers.MobileViTForImageClassification)}
+                          transformers.MobileViTForImageClassification),
+            "swin": (transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+                                             window_size=4, num_labels=10), transformers.SwinForImageClassification)}
     for name, (config, cls) in made.items():
-        cls(config).eval().save_pretrained(root / name)
+        model = cls(config).eval()
+        with torch.no_grad():  # trained-looking BatchNorm statistics, so that the conversion check means something
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.normal_(0, 0.5), m.running_var.uniform_(0.5, 2), m.weight.normal_(1, 0.2)
+        model.save_pretrained(root / name)
     transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / "vit")
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / "swin")
     transformers.DeiTImageProcessor(size={"height": 36, "width": 36}, crop_size={"height": 32, "width": 32},
                                     resample=3).save_pretrained(root / "deit")
     transformers.MobileViTImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}
@@ -57,14 +66,17 @@ def _images(info, n=16):
 
 
 @pytest.mark.parametrize("name, arch", [("vit", "timm VisionTransformer"), ("deit", "timm VisionTransformerDistilled"),
-                                        ("deit-no-teacher", "timm VisionTransformerDistilled")])
-def test_vit_and_deit_become_timm_models_with_the_same_logits(folders, name, arch):
+                                        ("deit-no-teacher", "timm VisionTransformerDistilled"),
+                                        ("mobilevit", "timm ByobNet (MobileViT blocks)")])
+def test_families_become_timm_models_with_the_same_logits(folders, name, arch):
     model, info = load_model(ModelConfig(source=f"hf:{folders / name}"))
     assert info.arch.endswith(arch) and info.labels == LABELS and info.input_size == 32
-    assert info.notes == [] if name != "deit-no-teacher" else "no preprocessor_config.json" in info.notes[0]
+    notes = {"deit-no-teacher": "no preprocessor_config.json", "mobilevit": "RGB->BGR flip is folded"}
+    assert [n for n in info.notes if notes.get(name, "-") not in n] == []
     x = _images(info)
-    with torch.no_grad():
-        want, got = _hf(folders / name)(pixel_values=x).logits, model(x)
+    with torch.no_grad():  # MobileViT's processor hands the model BGR; edgevit's artifact takes RGB
+        want = _hf(folders / name)(pixel_values=x.flip(1) if name == "mobilevit" else x).logits
+        got = model(x)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     if name == "vit":
         assert (info.input_size, info.crop_pct, info.mean, info.resize) == (32, 1.0, (0.5, 0.5, 0.5), "exact")
@@ -128,23 +140,43 @@ def test_tome_merges_tokens_in_an_hf_vit_and_int8_ptq_runs_on_deit(folders, tmp_
 
 
 def test_a_family_without_converter_runs_as_it_is(folders, tmp_path):
-    """MobileViT (no converter yet): the transformers model itself, its processor's BGR flip folded into the
-    first conv; Linear/Conv PTQ runs and the report says what does not apply."""
-    model, info = load_model(ModelConfig(source=f"hf:{folders / 'mobilevit'}"))
-    assert info.arch == "transformers MobileViTForImageClassification" and info.num_classes == 10
-    assert any("no converter" in n for n in info.notes) and any("BGR" in n for n in info.notes)
-    assert (info.input_size, info.mean, info.std) == (32, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    assert info.crop_pct == pytest.approx(32 / 36)
+    """Swin (no converter): the transformers model itself; Linear/Conv PTQ runs and the report says what does
+    not apply."""
+    model, info = load_model(ModelConfig(source=f"hf:{folders / 'swin'}"))
+    assert info.arch == "transformers SwinForImageClassification" and info.num_classes == 10
+    assert any("no converter" in n for n in info.notes)
     x = _images(info, 8)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), _hf(folders / "mobilevit")(pixel_values=x.flip(1)).logits,
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(model(x), _hf(folders / "swin")(pixel_values=x).logits)
     out = tmp_path / "run"
-    res = run_cli("compress", "--recipe", "int8_ptq", "--model", f"hf:{folders / 'mobilevit'}", "--out", str(out),
+    res = run_cli("compress", "--recipe", "int8_ptq", "--model", f"hf:{folders / 'swin'}", "--out", str(out),
                   "--calib", str(CALIB_DIR), "--set", "calibration.num=32", "--set", "validate.eval.num=50",
                   "--set", "validate.devices=[]", "--set", "quantize.placement=all", "--set", "budget=null")
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "Model note: model_type 'mobilevit' has no converter" in (out / "report.md").read_text()
+    assert "Model note: model_type 'swin' has no converter" in (out / "report.md").read_text()
+    counts = json.loads((out / "report.json").read_text())["quantization"]["plan"]["counts"]
+    assert counts["linear_input"] > 0 and counts.get("attn_softmax", 0) == 0
+
+
+def test_hybrid_w8a8_on_an_hf_mobilevit_quantizes_its_attention(folders, tmp_path):
+    """The converted MobileViT goes through the hybrid recipe like timm's: softmax sites in its MobileViT blocks,
+    the INT8 ONNX agrees with its simulation, the FP32 ONNX with transformers (given BGR)."""
+    out = tmp_path / "run"
+    res = run_cli("compress", "--recipe", "hybrid_w8a8", "--model", f"hf:{folders / 'mobilevit'}", "--out", str(out),
+                  "--set", "calibration.num=64", "--set", "validate.eval.num=100", "--set", "validate.devices=[]",
+                  "--set", "quantize.placement=all", "--set", "budget=null")
+    assert res.returncode == 0, res.stderr[-2000:]
+    rep = json.loads((out / "report.json").read_text())
+    kinds = [v["kind"] for v in rep["quantization"]["plan"]["activations"].values()]
+    assert kinds.count("attn_softmax") == 2 + 4 + 3  # one per transformer layer
+    agree = [c for c in rep["checks"] if "agrees with the simulation" in c["name"]]
+    assert agree and all(c["ok"] for c in agree)
+    _, info = load_model(ModelConfig(source=f"hf:{folders / 'mobilevit'}"))
+    x = _images(info, 16)
+    sess = ort.InferenceSession(str(out / "onnx-fp32.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        want = _hf(folders / "mobilevit")(pixel_values=x.flip(1)).logits.numpy()
+    assert np.abs(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0] - want).max() < 1e-3
 
 
 def test_folders_that_cannot_be_used_are_one_line_errors(folders, tmp_path):

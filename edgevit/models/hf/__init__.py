@@ -154,7 +154,12 @@ def _convert(hf: nn.Module, config, size: int) -> tuple[nn.Module, str | None]:
     fn = CONVERTERS.get(config.model_type)
     if fn is None:
         return HFClassifier(hf), None
-    model, how = fn(hf, config)
+    try:
+        model, how = fn(hf, config)
+    except (ValueError, AttributeError, RuntimeError) as e:  # a config the converter does not cover
+        log.warning("%s does not convert to its timm equivalent (%s): running the transformers model as it is",
+                    type(hf).__name__, e)
+        return HFClassifier(hf), None
     model.eval()
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -168,5 +173,5 @@ def _convert(hf: nn.Module, config, size: int) -> tuple[nn.Module, str | None]:
     return model, how
 
 
-for _m in ("vit",):
+for _m in ("vit", "mobilevit"):
     importlib.import_module(f"{__name__}.{_m}")
