@@ -161,6 +161,63 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
+class Target(str, Enum):
+    onnxruntime = "onnxruntime"
+    tensorrt = "tensorrt"
+    coreml = "coreml"
+    openvino = "openvino"
+
+
+@app.command()
+def init(
+    model: str = typer.Option(..., help="model source: builtin:NAME, timm:NAME, hf:FOLDER or file:path.py:function"),
+    checkpoint: Optional[Path] = typer.Option(None, help="state dict for a timm:/file: model"),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="allow a pickled checkpoint"),
+    calib: Optional[Path] = typer.Option(None, help="calibration images [default: the shipped CIFAR-10 ones]"),
+    eval: Optional[Path] = typer.Option(None, "--eval", help="held-out images (ImageFolder: top-1 is measured)"),
+    target: list[Target] = typer.Option([Target.onnxruntime], help="runtimes to export for (repeat the option)"),
+    kwargs: Optional[str] = typer.Option(None, help="timm.create_model arguments as YAML, e.g. '{img_size: 64}'"),
+    out: Path = typer.Option(Path("my_recipe.yaml"), help="the recipe file to write"),
+    force: bool = typer.Option(False, "--force", help="replace an existing file"),
+    debug: bool = typer.Option(False, help="show tracebacks"),
+) -> None:
+    """Write a commented starter recipe for your model: preprocessing from the model, W8A8 quantization, the
+    export presets and local device profiles of the targets, an accuracy budget; validated before it is
+    written. Then: `edgevit compress --recipe my_recipe.yaml`.
+
+    Example: `edgevit init --model timm:levit_128s --checkpoint my.safetensors --calib images/ --eval val/
+    --target onnxruntime --target openvino --out levit.yaml`
+    """
+    def body() -> int:
+        import yaml
+
+        from edgevit.starter import starter_recipe, write_starter
+
+        try:
+            args = yaml.safe_load(kwargs) if kwargs else None
+        except yaml.YAMLError as e:
+            raise BadInput(f"--kwargs: not YAML ({str(e).splitlines()[0]})") from e
+        if args is not None and not isinstance(args, dict):
+            raise BadInput(f"--kwargs: expected a mapping such as '{{img_size: 64}}', got {kwargs!r}")
+        text = starter_recipe(_source(model), out, _abs(checkpoint), trust_checkpoint, calib and Path(_abs(calib)),
+                              eval and Path(_abs(eval)), [t.value for t in target], args)
+        write_starter(out, text, force)
+        console.print(f"wrote {out}: run it with `edgevit compress --recipe {out}`", soft_wrap=True, highlight=False)
+        return 0
+
+    _guard(body, debug)
+
+
+def _source(model: str) -> str:
+    """``model`` with a file:/hf: path made absolute, so that a recipe written elsewhere finds it."""
+    for prefix in ("hf:", "file:"):
+        if model.startswith(prefix):
+            rest = model[len(prefix):]
+            path, _, func = rest.rpartition(":") if prefix == "file:" and rest.count(":") else (rest, "", "")
+            return prefix + str(Path(path).expanduser().resolve()) + (f":{func}" if func else "")
+    return model
+
+
 @app.command()
 def export(
     model: str = typer.Option(..., help="model source: builtin:NAME, timm:NAME, hf:FOLDER or file:path.py:function"),
