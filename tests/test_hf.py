@@ -38,14 +38,20 @@ def folders(tmp_path_factory):
                                                        neck_hidden_sizes=[8, 8, 16, 24, 32, 40, 80],
                                                        id2label=SMALL["id2label"], label2id=SMALL["label2id"]),
                           transformers.MobileViTForImageClassification),
+            "levit": (transformers.LevitConfig(image_size=64, num_labels=10, hidden_sizes=[32, 48, 64],
+                                               num_attention_heads=[2, 3, 4], depths=[1, 1, 1], key_dim=[16, 16, 16],
+                                               id2label=SMALL["id2label"], label2id=SMALL["label2id"]),
+                      transformers.LevitForImageClassificationWithTeacher),
             "swin": (transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
                                              window_size=4, num_labels=10), transformers.SwinForImageClassification)}
     for name, (config, cls) in made.items():
         model = cls(config).eval()
         with torch.no_grad():  # trained-looking BatchNorm statistics, so that the conversion check means something
             for m in model.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
+                if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
                     m.running_mean.normal_(0, 0.5), m.running_var.uniform_(0.5, 2), m.weight.normal_(1, 0.2)
+                if hasattr(m, "attention_biases"):
+                    m.attention_biases.normal_()
         model.save_pretrained(root / name)
     transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / "vit")
     transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / "swin")
@@ -53,6 +59,8 @@ def folders(tmp_path_factory):
                                     resample=3).save_pretrained(root / "deit")
     transformers.MobileViTImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}
                                          ).save_pretrained(root / "mobilevit")
+    transformers.LevitImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}
+                                     ).save_pretrained(root / "levit")
     return root
 
 
@@ -67,10 +75,11 @@ def _images(info, n=16):
 
 @pytest.mark.parametrize("name, arch", [("vit", "timm VisionTransformer"), ("deit", "timm VisionTransformerDistilled"),
                                         ("deit-no-teacher", "timm VisionTransformerDistilled"),
-                                        ("mobilevit", "timm ByobNet (MobileViT blocks)")])
+                                        ("mobilevit", "timm ByobNet (MobileViT blocks)"),
+                                        ("levit", "timm LevitDistilled")])
 def test_families_become_timm_models_with_the_same_logits(folders, name, arch):
     model, info = load_model(ModelConfig(source=f"hf:{folders / name}"))
-    assert info.arch.endswith(arch) and info.labels == LABELS and info.input_size == 32
+    assert info.arch.endswith(arch) and info.labels == LABELS and info.input_size == (64 if name == "levit" else 32)
     notes = {"deit-no-teacher": "no preprocessor_config.json", "mobilevit": "RGB->BGR flip is folded"}
     assert [n for n in info.notes if notes.get(name, "-") not in n] == []
     x = _images(info)
@@ -84,7 +93,7 @@ def test_families_become_timm_models_with_the_same_logits(folders, name, arch):
         assert (info.input_size, info.interpolation) == (32, "bicubic") and info.crop_pct == pytest.approx(32 / 36)
 
 
-@pytest.mark.parametrize("name", ["vit", "deit", "mobilevit"])
+@pytest.mark.parametrize("name", ["vit", "deit", "mobilevit", "levit"])
 def test_preprocessing_is_the_processors(folders, name):
     """edgevit's preprocessing from preprocessor_config.json gives the pixels the transformers processor gives,
     on a non-square image (ViT/DeiT resize both sides, MobileViT the short side; MobileViT flips to BGR,
@@ -122,7 +131,7 @@ def test_w8a8_adalog_quantizes_the_softmax_and_gelu_of_an_hf_vit(folders, tmp_pa
     assert np.abs(got - want).max() < 1e-3  # the FP32 parity tolerance of the run's own check
 
 
-def test_tome_merges_tokens_in_an_hf_vit_and_int8_ptq_runs_on_deit(folders, tmp_path):
+def test_tome_merges_tokens_in_an_hf_vit_and_int8_ptq_runs_on_deit_and_levit(folders, tmp_path):
     res = run_cli("compress", "--recipe", "tome_fp32", "--model", f"hf:{folders / 'vit'}", "--out",
                   str(tmp_path / "tome"), "--set", "tokens.r=8", "--set", "tokens.min_time_saving=null",
                   "--set", "tokens.min_saving=null", "--set", "validate.eval.num=50", "--set", "validate.devices=[]",
@@ -131,12 +140,15 @@ def test_tome_merges_tokens_in_an_hf_vit_and_int8_ptq_runs_on_deit(folders, tmp_
     tokens = json.loads((tmp_path / "tome" / "report.json").read_text())["tokens"]
     assert [s["stage"] for s in tokens["stages"]] == ["blocks"] and tokens["tokens_per_block"]["blocks"] == [65, 57]
     assert tokens["flops_ratio"] < 0.8
-    res = run_cli("compress", "--recipe", "int8_ptq", "--model", f"hf:{folders / 'deit'}", "--out",
-                  str(tmp_path / "deit"), "--set", "validate.eval.num=50", "--set", "validate.devices=[]",
-                  "--set", "quantize.placement=all", "--set", "budget=null")
-    assert res.returncode == 0, res.stderr[-2000:]
-    rep = json.loads((tmp_path / "deit" / "report.json").read_text())
-    assert rep["model"]["arch"].endswith("VisionTransformerDistilled") and rep["status"] == "ok"
+    for name, arch, softmax in (("deit", "VisionTransformerDistilled", 2), ("levit", "LevitDistilled", 3)):
+        res = run_cli("compress", "--recipe", "int8_ptq", "--model", f"hf:{folders / name}", "--out",
+                      str(tmp_path / name), "--set", "validate.eval.num=50", "--set", "validate.devices=[]",
+                      "--set", "quantize.placement=all", "--set", "budget=null")
+        assert res.returncode == 0, res.stderr[-2000:]
+        rep = json.loads((tmp_path / name / "report.json").read_text())
+        assert rep["model"]["arch"].endswith(arch) and rep["status"] == "ok"
+        assert rep["quantization"]["plan"]["counts"]["attn_softmax"] == softmax  # one per block (as on timm's LeViT, whose
+        # subsampling attentions have no adapter)
 
 
 def test_a_family_without_converter_runs_as_it_is(folders, tmp_path):

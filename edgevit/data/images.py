@@ -41,7 +41,8 @@ class Preprocess:
         w, h = img.size
         if (w, h) != (size, size) or short != size:
             scale = short / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+            # the long side truncated, as torchvision's Resize and transformers' processors do
+            nw, nh = max(size, int(w * scale)), max(size, int(h * scale))
             if self.resize == "exact":
                 nw = nh = short
             img = img.resize((nw, nh), _RESAMPLE.get(self.interpolation, Image.BILINEAR))
