@@ -2,6 +2,13 @@
 
     OMP_NUM_THREADS=1 python benchmarks/train_reference.py --model hybrid-cifar10 --epochs 15 --seed 0
     python benchmarks/train_reference.py --model timm:levit_128s --input-size 64 --epochs 5 --threads 2
+    OMP_NUM_THREADS=1 python benchmarks/train_reference.py --model hf-vit-cifar10 --epochs 2 --lr 1e-4
+
+``hf-vit-cifar10`` is a Hugging Face ``transformers`` ViTForImageClassification of the built-in ViT's shape,
+started from the built-in ViT's trained weights (checked to give the same logits) and fine-tuned through
+the transformers model's own forward; it is written with ``save_pretrained`` (plus
+``preprocessor_config.json``) to ``--out``/hf-vit-cifar10, the folder ``edgevit compress --model hf:...``
+reads.
 
 A ``timm:NAME`` model is built with ``img_size=--input-size`` and 10 classes, normalized as the built-ins
 (CIFAR-10 mean/std), and written to ``--out`` (default ~/.cache/edgevit/checkpoints: checkpoints of timm
@@ -101,9 +108,68 @@ def timm_spec(source: str, size: int) -> BuiltinSpec:
                        build=lambda: timm.create_model(name, pretrained=False, num_classes=10, img_size=size))
 
 
+class HFLogits(torch.nn.Module):
+    """A transformers classifier as pixels -> logits (the form the loop trains)."""
+
+    def __init__(self, hf):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, x):
+        return self.hf(pixel_values=x).logits
+
+
+@torch.no_grad()
+def hf_vit_from_builtin() -> torch.nn.Module:
+    """transformers ViT with the built-in ViT's trained weights (timm's fused qkv split into q, k, v)."""
+    import transformers
+
+    from edgevit.models import load_model
+    from edgevit.recipe import ModelConfig
+
+    timm_vit, info = load_model(ModelConfig(source="builtin:vit-cifar10"))
+    cfg = transformers.ViTConfig(image_size=32, patch_size=4, hidden_size=128, num_hidden_layers=6,
+                                 num_attention_heads=4, intermediate_size=384, layer_norm_eps=1e-6, qkv_bias=True,
+                                 num_labels=10, id2label=dict(enumerate(info.labels)),
+                                 label2id={n: i for i, n in enumerate(info.labels)})
+    hf = transformers.ViTForImageClassification(cfg).eval()
+    body, pairs = hf.vit, []
+    pairs += [(body.embeddings.patch_embeddings.projection, timm_vit.patch_embed.proj), (body.layernorm, timm_vit.norm),
+              (hf.classifier, timm_vit.head)]
+    for layer, blk in zip(body.layers, timm_vit.blocks):
+        pairs += [(layer.layernorm_before, blk.norm1), (layer.layernorm_after, blk.norm2),
+                  (layer.attention.o_proj, blk.attn.proj), (layer.mlp.fc1, blk.mlp.fc1), (layer.mlp.fc2, blk.mlp.fc2)]
+        for part, w, b in zip(("q_proj", "k_proj", "v_proj"), blk.attn.qkv.weight.chunk(3), blk.attn.qkv.bias.chunk(3)):
+            getattr(layer.attention, part).weight.copy_(w)
+            getattr(layer.attention, part).bias.copy_(b)
+    for dst, src in pairs:
+        dst.weight.copy_(src.weight)
+        dst.bias.copy_(src.bias)
+    body.embeddings.cls_token.copy_(timm_vit.cls_token)
+    body.embeddings.position_embeddings.copy_(timm_vit.pos_embed)
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.allclose(hf(pixel_values=x).logits, timm_vit(x), atol=1e-4), "the copy changed the logits"
+    return HFLogits(hf)
+
+
+def save_hf(model: HFLogits, folder: Path, spec: BuiltinSpec) -> None:
+    """save_pretrained plus the processor config that states the built-ins' preprocessing."""
+    import transformers
+
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    model.hf.save_pretrained(tmp)
+    transformers.ViTImageProcessor(size={"height": spec.input_size, "width": spec.input_size}, do_normalize=True,
+                                   image_mean=list(spec.mean), image_std=list(spec.std)).save_pretrained(tmp)
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help=f"one of {sorted(BUILTINS)} or timm:NAME")
+    p.add_argument("--model", required=True, help=f"one of {sorted(BUILTINS)}, timm:NAME or hf-vit-cifar10")
     p.add_argument("--input-size", type=int, default=64, help="timm models: image side (img_size)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--epochs", type=int, default=15)
@@ -121,8 +187,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    spec = timm_spec(args.model, args.input_size) if args.model.startswith("timm:") else BUILTINS[args.model]
-    args.out = args.out or (CHECKPOINTS if args.model.startswith("timm:") else WEIGHTS_DIR)
+    hf = args.model == "hf-vit-cifar10"
+    spec = timm_spec(args.model, args.input_size) if args.model.startswith("timm:") else \
+        BuiltinSpec(name=args.model, arch="transformers ViT (the built-in ViT's shape)", build=hf_vit_from_builtin,
+                    description="") if hf else BUILTINS[args.model]
+    args.out = args.out or (CHECKPOINTS if args.model.startswith("timm:") or hf else WEIGHTS_DIR)
     labels = list(spec.labels)
     x_train, y_train = load_split(args.data, "train", labels)
     x_test, y_test = load_split(args.data, "test", labels)
@@ -178,10 +247,13 @@ def main() -> None:
     from safetensors.torch import save_file
 
     args.out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    tmp = args.out / f".{spec.name}.safetensors.tmp"
-    save_file(state, str(tmp))
-    os.replace(tmp, spec.weights_path if args.out == WEIGHTS_DIR else args.out / spec.weights_path.name)
+    if hf:
+        save_hf(model, args.out / spec.name, spec)
+    else:
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        tmp = args.out / f".{spec.name}.safetensors.tmp"
+        save_file(state, str(tmp))
+        os.replace(tmp, spec.weights_path if args.out == WEIGHTS_DIR else args.out / spec.weights_path.name)
     card = {
         "name": spec.name, "arch": spec.arch, "dataset": "CIFAR-10 (JPEG, ../shared/data/cifar10)",
         "test_top1": top1, "test_images": int(len(x_test)), "epochs": args.epochs,
@@ -192,7 +264,7 @@ def main() -> None:
         "command": "OMP_NUM_THREADS=1 python benchmarks/train_reference.py " + " ".join(sys.argv[1:]),
         "torch": torch.__version__,
     }
-    card_out = args.out / spec.card_path.name
+    card_out = args.out / spec.name / "edgevit_card.json" if hf else args.out / spec.card_path.name
     card_out.write_text(json.dumps(card, indent=2) + "\n")
     print(json.dumps({"final_test_top1": top1}), flush=True)
 

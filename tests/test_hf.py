@@ -1,7 +1,6 @@
 """``hf:FOLDER``: Hugging Face image classifiers from a local folder. The models are built here from small
-configs and written with ``save_pretrained`` (nothing is downloaded); ViT and DeiT become the equivalent timm
-models (MobileViT: timm's MobileViT blocks), so every stage applies; a family without a converter (Swin here) runs as
-it is."""
+configs and written with ``save_pretrained`` (nothing is downloaded); ViT, DeiT, MobileViT, MobileViTV2 and LeViT
+become the equivalent timm models, so every stage applies; a family without a converter (Swin here) runs as it is."""
 from __future__ import annotations
 
 import json
@@ -42,6 +41,9 @@ def folders(tmp_path_factory):
                                                num_attention_heads=[2, 3, 4], depths=[1, 1, 1], key_dim=[16, 16, 16],
                                                id2label=SMALL["id2label"], label2id=SMALL["label2id"]),
                       transformers.LevitForImageClassificationWithTeacher),
+            "mobilevitv2": (transformers.MobileViTV2Config(image_size=64, num_labels=10, width_multiplier=0.25,
+                                                           id2label=SMALL["id2label"], label2id=SMALL["label2id"]),
+                            transformers.MobileViTV2ForImageClassification),
             "swin": (transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
                                              window_size=4, num_labels=10), transformers.SwinForImageClassification)}
     for name, (config, cls) in made.items():
@@ -55,6 +57,7 @@ def folders(tmp_path_factory):
         model.save_pretrained(root / name)
     transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / "vit")
     transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / "swin")
+    transformers.ViTImageProcessor(size={"height": 64, "width": 64}).save_pretrained(root / "mobilevitv2")
     transformers.DeiTImageProcessor(size={"height": 36, "width": 36}, crop_size={"height": 32, "width": 32},
                                     resample=3).save_pretrained(root / "deit")
     transformers.MobileViTImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}
@@ -76,10 +79,12 @@ def _images(info, n=16):
 @pytest.mark.parametrize("name, arch", [("vit", "timm VisionTransformer"), ("deit", "timm VisionTransformerDistilled"),
                                         ("deit-no-teacher", "timm VisionTransformerDistilled"),
                                         ("mobilevit", "timm ByobNet (MobileViT blocks)"),
-                                        ("levit", "timm LevitDistilled")])
+                                        ("levit", "timm LevitDistilled"),
+                                        ("mobilevitv2", "timm ByobNet (MobileViTV2 blocks)")])
 def test_families_become_timm_models_with_the_same_logits(folders, name, arch):
     model, info = load_model(ModelConfig(source=f"hf:{folders / name}"))
-    assert info.arch.endswith(arch) and info.labels == LABELS and info.input_size == (64 if name == "levit" else 32)
+    assert info.arch.endswith(arch) and info.num_classes == 10
+    assert info.input_size == (64 if name in ("levit", "mobilevitv2") else 32)
     notes = {"deit-no-teacher": "no preprocessor_config.json", "mobilevit": "RGB->BGR flip is folded"}
     assert [n for n in info.notes if notes.get(name, "-") not in n] == []
     x = _images(info)
@@ -168,6 +173,22 @@ def test_a_family_without_converter_runs_as_it_is(folders, tmp_path):
     assert "Model note: model_type 'swin' has no converter" in (out / "report.md").read_text()
     counts = json.loads((out / "report.json").read_text())["quantization"]["plan"]["counts"]
     assert counts["linear_input"] > 0 and counts.get("attn_softmax", 0) == 0
+
+
+def test_batchnorm_folds_in_transformers_conv_layers(folders):
+    """An unconverted transformers model's conv + BatchNorm layers (``convolution`` / ``normalization``) fold
+    like timm's, outputs unchanged."""
+    from edgevit.models.hf import HFClassifier
+    from edgevit.quant.fold import fold_batchnorm
+
+    model = HFClassifier(_hf(folders / "mobilevitv2"))
+    bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+        folded = fold_batchnorm(model)
+        torch.testing.assert_close(model(x), before, atol=1e-4, rtol=1e-4)
+    assert bns > 20 and len(folded) == bns and not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 
 
 def test_hybrid_w8a8_on_an_hf_mobilevit_quantizes_its_attention(folders, tmp_path):

@@ -24,17 +24,23 @@ def _bn_tail(bn: nn.BatchNorm2d) -> nn.Module:
     return nn.Sequential(*parts) if parts else nn.Identity()
 
 
+#: (conv, norm) attribute pairs of modules that run the conv, then the norm: timm's ConvNormAct and
+#: transformers' conv layers (MobileViT, MobileViTV2, ...)
+CONV_NORM_PAIRS = (("conv", "bn"), ("convolution", "normalization"))
+
+
 def fold_batchnorm(model: nn.Module) -> list[str]:
-    """Fold every BatchNorm2d that directly follows a Conv2d (timm ``conv``/``bn`` pairs and
-    ``nn.Sequential`` neighbours). Returns the names of the folded BatchNorms; the model must be in
-    eval mode (running statistics are used)."""
+    """Fold every BatchNorm2d that directly follows a Conv2d (``CONV_NORM_PAIRS`` and ``nn.Sequential``
+    neighbours). Returns the names of the folded BatchNorms; the model must be in eval mode (running
+    statistics are used)."""
     folded: list[str] = []
     for name, mod in list(model.named_modules()):
-        conv, bn = getattr(mod, "conv", None), getattr(mod, "bn", None)
-        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and conv.out_channels == bn.num_features:
-            _fold_into(conv, bn)
-            mod.bn = _bn_tail(bn)
-            folded.append(f"{name}.bn" if name else "bn")
+        for conv_name, bn_name in CONV_NORM_PAIRS:
+            conv, bn = getattr(mod, conv_name, None), getattr(mod, bn_name, None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and conv.out_channels == bn.num_features:
+                _fold_into(conv, bn)
+                setattr(mod, bn_name, _bn_tail(bn))
+                folded.append(f"{name}.{bn_name}" if name else bn_name)
         if isinstance(mod, nn.Sequential):
             keys = list(mod._modules)
             for a, b in zip(keys, keys[1:]):

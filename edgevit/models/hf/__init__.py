@@ -173,5 +173,5 @@ def _convert(hf: nn.Module, config, size: int) -> tuple[nn.Module, str | None]:
     return model, how
 
 
-for _m in ("vit", "mobilevit", "levit"):
+for _m in ("vit", "mobilevit", "levit"):  # mobilevit.py holds MobileViTV2 too
     importlib.import_module(f"{__name__}.{_m}")
