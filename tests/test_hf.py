@@ -113,6 +113,21 @@ def test_preprocessing_is_the_processors(folders, name):
     assert np.abs(got - want).max() <= 2 / 255 / min(info.std) + 1e-6  # resampling rounds to a code or two
 
 
+@pytest.mark.parametrize("name", ["vit", "mobilevit"])
+def test_pruning_applies_to_converted_models(folders, name):
+    """2:4 and block pruning reach the converted models' Linear/Conv layers as they reach timm's."""
+    from edgevit.prune import PruneConfig, prune
+
+    model, info = load_model(ModelConfig(source=f"hf:{folders / name}"))
+    x = _images(info, 16)
+    with torch.no_grad():
+        rep = prune(model, PruneConfig(nm={"criterion": "magnitude"}, images=16), x)
+        w = model.blocks[0].mlp.fc1.weight if name == "vit" else model.stages[2][1].transformer[0].mlp.fc1.weight
+    assert len(rep["layers"]) >= 8
+    groups = w.reshape(w.shape[0], -1, 4)
+    assert bool(((groups != 0).sum(-1) <= 2).all())  # every group of 4 keeps at most 2
+
+
 def test_w8a8_adalog_quantizes_the_softmax_and_gelu_of_an_hf_vit(folders, tmp_path):
     """The issue's command on an HF ViT: softmax and GELU sites on its attention and MLP (listed in the
     report), the INT8 ONNX agrees with its simulation, and the FP32 ONNX with the transformers model."""
