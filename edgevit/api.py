@@ -56,7 +56,10 @@ def export_model(model: ModelConfig, out_dir: Path | str, precision: str = "fp32
     tolerance on 8 seeded random images; a CoreML package is checked as far as Linux allows). With no
     images to measure them on, LayerNorms of FP16 artifacts stay in FP32. Returns the export facts with
     ``file``, ``size_bytes``, ``max_abs_diff`` (None where nothing ran), ``layernorm`` and ``checks``."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", model.source.split(":", 1)[1]).strip("-")
+    spec = model.source.split(":", 1)[1]
+    if model.source.startswith(("hf:", "file:")):  # a path: the folder's or the file's name says which model
+        spec = Path(spec.rsplit(":", 1)[0] if model.source.startswith("file:") else spec).expanduser().name
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", spec).strip("-")
     name = f"{stem}-{precision}" + (f"-{compression}" if compression != "none" else "")
     options = {"opset": opset, "compression": compression, "deployment_target": deployment_target}
     takes = formats()[to].model_fields if to in formats() else {}  # each format's config has its own options

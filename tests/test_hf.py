@@ -246,3 +246,13 @@ def test_folders_that_cannot_be_used_are_one_line_errors(folders, tmp_path):
     assert info.labels == LABELS
     with pytest.raises(BadInput, match="not used with hf:"):
         load_model(ModelConfig(source=f"hf:{folders / 'vit'}", checkpoint=folders / "vit" / "model.safetensors"))
+
+
+def test_export_command_names_the_artifact_after_the_folder(folders, tmp_path):
+    res = run_cli("export", "--model", f"hf:{folders / 'vit'}", "--to", "onnx", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr[-2000:]
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "vit-fp32.onnx")).metadata_props}
+    assert meta["model_source"] == f"hf:{folders / 'vit'}" and json.loads(meta["labels"]) == LABELS
+    assert meta["resize"] == "exact"
