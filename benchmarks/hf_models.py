@@ -50,6 +50,7 @@ def run(recipe: str, model: str, test: Path, limit: int | None, out: Path) -> di
             "fp32_top1": fp32, "deployed": deployed, "softmax_sites": counts.get("attn_softmax", 0),
             "gelu_sites": counts.get("post_act", 0),
             "tokens_per_block": (rep.get("tokens") or {}).get("tokens_per_block"),
+            "failed_checks": [c["name"] for c in rep["checks"] if not c["ok"]],
             "test_images": rep["data"]["eval"]["images"], "seconds": round(time.time() - t0, 1)}
 
 
@@ -58,13 +59,21 @@ def main() -> None:
     ap.add_argument("--test", type=Path, default=TEST)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "hf_models.json")
+    ap.add_argument("--only", nargs="+", default=None, help="RECIPE:hf or RECIPE:builtin runs to redo (the others "
+                    "keep their results)")
     args = ap.parse_args()
     if not (HF_VIT / "config.json").is_file():
         sys.exit(f"{HF_VIT} missing: run benchmarks/train_reference.py --model hf-vit-cifar10 first")
     results = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "runs": []}
+    earlier = json.loads(args.out.read_text())["runs"] if args.only and args.out.is_file() else []
     with tempfile.TemporaryDirectory() as tmp:
         for recipe in RECIPES:
             for model in (f"hf:{HF_VIT}", "builtin:vit-cifar10"):
+                key = f"{recipe}:{model.split(':')[0]}"
+                kept = [r for r in earlier if r["recipe"] == recipe and r["model"] == model]
+                if args.only and key not in args.only and kept:
+                    results["runs"].append(kept[0])
+                    continue
                 r = run(recipe, model, args.test, args.limit, Path(tmp) / f"{recipe}-{len(results['runs'])}")
                 results["runs"].append(r)
                 cells = "; ".join(f"{n} {100 * d['top1']:.2f} %" + (f" {d['speed']:.2f}x" if d["speed"] else "")
