@@ -1,10 +1,10 @@
 """Stages together on the built-in hybrid: every combination of {prune none / 2:4 / block} x {tokens none / ToMe} x
-{quantize none / W8A8} through every exporter that applies here (CoreML in the merged runs), with tiny calibration.
-Each run must end with a run folder whose only failed checks, if any, are the accuracy budget (pruning by magnitude
-costs the small hybrid many points: that is what the budget reports), INT8 timing on this shared machine, or a
-top-1 agreement below 99 % on these 50 images whose logits still agree with the simulation at >= 30 dB (one
-near-tie flip is 2 %: OpenVINO runs the merged INT8 hybrid at 32 dB from its simulation, ORT at 36 dB; a wrong
-lowering shows as 24 dB or less)."""
+{quantize none / W8A8} through every exporter that applies here (CoreML and OpenVINO in the merged runs), with tiny
+calibration. Each run must end with a run folder whose only failed checks, if any, are the accuracy budget (pruning
+by magnitude costs the small hybrid many points: that is what the budget reports), INT8 timing on this shared
+machine, or a top-1 agreement below 99 % on these 50 images whose logits still agree with the simulation at >= 30
+dB (one near-tie flip is 2 %: OpenVINO runs the merged INT8 hybrid at 32 dB from its simulation, ORT at 36 dB; a
+wrong lowering shows as 24 dB or less)."""
 from __future__ import annotations
 
 import itertools
@@ -24,10 +24,11 @@ QUANT = ("none", "w8a8")
 
 
 def _exports(prune: str, tokens: str, quant: str) -> list[str]:
-    out = ["onnx-fp32"] + (["onnx-int8", "onnx-int8-tensorrt", "openvino-int8"] if quant == "w8a8" else
-                           ["openvino-fp32"])
-    # CoreML conversion is half of each run's time: it goes with token merging, whose graphs CoreML broke on;
-    # without merging the same conversions run in test_coreml and in the hybrid_full test
+    out = ["onnx-fp32"] + (["onnx-int8", "onnx-int8-tensorrt"] if quant == "w8a8" else [])
+    # CoreML and OpenVINO conversions are most of each run's time: they go with token merging, whose graphs
+    # CoreML broke on; without merging the same conversions run in test_coreml, test_openvino and hybrid_full
+    if tokens != "none":
+        out += ["openvino-int8"] if quant == "w8a8" else ["openvino-fp32"]
     if coreml_unavailable() is None and tokens != "none":
         out += ["coreml-w8a8"] if quant == "w8a8" else ["coreml-fp16"]
         out += ["coreml-sparse"] if prune != "none" else []

@@ -193,7 +193,8 @@ def export_coreml(model: nn.Module, info, path: Path, compression: str = "none",
     mlmodel.short_description = f"{info.arch} image classifier ({len(info.labels)} classes), edgevit {recipe}"
     meta = {"labels": json.dumps(list(info.labels)), "mean": json.dumps(list(info.mean)),
             "std": json.dumps(list(info.std)), "input_size": json.dumps([3, size, size]),
-            "crop_pct": str(info.crop_pct), "interpolation": info.interpolation, "resize": info.resize,
+            "crop_pct": str(info.crop_pct), "interpolation": info.interpolation,
+            "resize": getattr(info, "resize", "short_side"),
             "model_source": info.source, "edgevit_version": __version__, "recipe": recipe, "compression": compression,
             "precision": precision}
     mlmodel.user_defined_metadata.update(meta)

@@ -40,7 +40,7 @@ def onnx_metadata(info, recipe_name: str, precision: str) -> dict[str, str]:
         "input_layout": "NCHW, RGB, scaled to 0-1 then (x - mean) / std",
         "crop_pct": json.dumps(info.crop_pct),
         "interpolation": info.interpolation,
-        "resize": info.resize,
+        "resize": getattr(info, "resize", "short_side"),
         "precision": precision,
         "model_source": info.source,
         "edgevit_version": __version__,

@@ -147,7 +147,8 @@ def _metadata(info, recipe: str, precision: str) -> dict[str, str]:
 
     return {"labels": json.dumps(list(info.labels)), "mean": json.dumps(list(info.mean)),
             "std": json.dumps(list(info.std)), "input_size": json.dumps([3, info.input_size, info.input_size]),
-            "crop_pct": str(info.crop_pct), "interpolation": info.interpolation, "resize": info.resize,
+            "crop_pct": str(info.crop_pct), "interpolation": info.interpolation,
+            "resize": getattr(info, "resize", "short_side"),
             "model_source": info.source, "edgevit_version": __version__, "recipe": recipe, "precision": precision}
 
 
