@@ -83,7 +83,13 @@ def to_timm_mobilevit(hf: nn.Module, config) -> tuple[nn.Module, str]:
     if config.hidden_act != "silu" or config.output_stride != 32 or not config.qkv_bias:
         raise ValueError("only the classification form (silu, output stride 32, qkv bias) converts")
     model = ByobNet(timm_config(config), num_classes=config.num_labels, in_chans=config.num_channels).eval()
-    body = hf.mobilevit
+    _copy_network(model, hf, hf.mobilevit, _transformer_layer)
+    _conv_layer(model.final_conv, hf.mobilevit.conv_1x1_exp)
+    return model, "timm ByobNet (MobileViT blocks)"
+
+
+def _copy_network(model: nn.Module, hf: nn.Module, body: nn.Module, transformer_layer) -> None:
+    """Stem, the two inverted-residual stages, the three MobileViT(V2) stages and the classifier."""
     _conv_layer(model.stem, body.conv_stem)
     hf_stages = list(body.encoder.layer)
     for stage, layer in zip(model.stages[:2], hf_stages[:2]):
@@ -95,13 +101,12 @@ def to_timm_mobilevit(hf: nn.Module, config) -> tuple[nn.Module, str]:
         _conv_layer(block.conv_kxk, layer.conv_kxk)
         _conv_layer(block.conv_1x1, layer.conv_1x1)
         for t, s in zip(block.transformer, layer.transformer.layer):
-            _transformer_layer(t, s)
+            transformer_layer(t, s)
         _linear(block.norm, layer.layernorm)
         _conv_layer(block.conv_proj, layer.conv_projection)
-        _conv_layer(block.conv_fusion, layer.fusion)
-    _conv_layer(model.final_conv, body.conv_1x1_exp)
+        if getattr(layer, "fusion", None) is not None:  # MobileViT (v1) fuses with the block's input
+            _conv_layer(block.conv_fusion, layer.fusion)
     _linear(model.head.fc, hf.classifier)
-    return model, "timm ByobNet (MobileViT blocks)"
 
 
 def _v2_transformer_layer(dst: nn.Module, src: nn.Module) -> None:
@@ -148,20 +153,5 @@ def to_timm_mobilevitv2(hf: nn.Module, config) -> tuple[nn.Module, str]:
     if config.hidden_act != "swish" and config.hidden_act != "silu" or config.output_stride != 32:
         raise ValueError("only the classification form (silu, output stride 32) converts")
     model = ByobNet(_v2_timm_config(hf, config), num_classes=config.num_labels, in_chans=config.num_channels).eval()
-    body = hf.mobilevitv2
-    _conv_layer(model.stem, body.conv_stem)
-    hf_stages = list(body.encoder.layer)
-    for stage, layer in zip(model.stages[:2], hf_stages[:2]):
-        for blk, ir in zip(stage, layer.layer):
-            _inverted_residual(blk, ir)
-    for stage, layer in zip(model.stages[2:], hf_stages[2:]):
-        down, block = stage
-        _inverted_residual(down, layer.downsampling_layer)
-        _conv_layer(block.conv_kxk, layer.conv_kxk)
-        _conv_layer(block.conv_1x1, layer.conv_1x1)
-        for t, s in zip(block.transformer, layer.transformer.layer):
-            _v2_transformer_layer(t, s)
-        _linear(block.norm, layer.layernorm)
-        _conv_layer(block.conv_proj, layer.conv_projection)
-    _linear(model.head.fc, hf.classifier)
+    _copy_network(model, hf, hf.mobilevitv2, _v2_transformer_layer)
     return model, "timm ByobNet (MobileViTV2 blocks)"
