@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from edgevit.errors import BadInput, RunFailure
-from edgevit.models.sources import ModelInfo
+from edgevit.models.sources import ModelInfo, source_path
 from edgevit.pipeline import RunResult, run
 from edgevit.recipe import DeviceConfig, ModelConfig, Recipe, build_recipe, load_recipe
 from edgevit.results import RunReport
@@ -56,9 +56,8 @@ def export_model(model: ModelConfig, out_dir: Path | str, precision: str = "fp32
     tolerance on 8 seeded random images; a CoreML package is checked as far as Linux allows). With no
     images to measure them on, LayerNorms of FP16 artifacts stay in FP32. Returns the export facts with
     ``file``, ``size_bytes``, ``max_abs_diff`` (None where nothing ran), ``layernorm`` and ``checks``."""
-    spec = model.source.split(":", 1)[1]
-    if model.source.startswith(("hf:", "file:")):  # a path: the folder's or the file's name says which model
-        spec = Path(spec.rsplit(":", 1)[0] if model.source.startswith("file:") else spec).expanduser().name
+    located = source_path(model.source)  # a path: the folder's or the file's name says which model
+    spec = located[0].name if located else model.source.split(":", 1)[1]
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", spec).strip("-")
     name = f"{stem}-{precision}" + (f"-{compression}" if compression != "none" else "")
     options = {"opset": opset, "compression": compression, "deployment_target": deployment_target}

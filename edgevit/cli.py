@@ -210,12 +210,13 @@ def init(
 
 def _source(model: str) -> str:
     """``model`` with a file:/hf: path made absolute, so that a recipe written elsewhere finds it."""
-    for prefix in ("hf:", "file:"):
-        if model.startswith(prefix):
-            rest = model[len(prefix):]
-            path, _, func = rest.rpartition(":") if prefix == "file:" and rest.count(":") else (rest, "", "")
-            return prefix + str(Path(path).expanduser().resolve()) + (f":{func}" if func else "")
-    return model
+    from edgevit.models.sources import source_path
+
+    located = source_path(model)
+    if located is None:
+        return model
+    path, func = located
+    return f"{model.split(':', 1)[0]}:{path.resolve()}" + (f":{func}" if func else "")
 
 
 @app.command()

@@ -71,6 +71,14 @@ def _hf(path):
     return transformers.AutoModelForImageClassification.from_pretrained(path, local_files_only=True).eval()
 
 
+def _compress(recipe: str, name: str, folders, out, *sets: str) -> dict:
+    """One `edgevit compress` of an HF folder with no device timing and no budget; its report.json."""
+    args = [a for kv in ("validate.devices=[]", "budget=null", *sets) for a in ("--set", kv)]
+    res = run_cli("compress", "--recipe", recipe, "--model", f"hf:{folders / name}", "--out", str(out), *args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return json.loads((out / "report.json").read_text())
+
+
 def _images(info, n=16):
     pre = Preprocess(info.input_size, info.mean, info.std, info.crop_pct, info.interpolation)
     return torch.from_numpy(open_image_set(EVAL_DIR, num=n, seed=0).load(pre)[0])
@@ -132,10 +140,7 @@ def test_w8a8_adalog_quantizes_the_softmax_and_gelu_of_an_hf_vit(folders, tmp_pa
     """The issue's command on an HF ViT: softmax and GELU sites on its attention and MLP (listed in the
     report), the INT8 ONNX agrees with its simulation, and the FP32 ONNX with the transformers model."""
     out = tmp_path / "run"
-    res = run_cli("compress", "--recipe", "w8a8_adalog", "--model", f"hf:{folders / 'vit'}", "--out", str(out),
-                  "--set", "validate.eval.num=100", "--set", "validate.devices=[]", "--set", "budget=null")
-    assert res.returncode == 0, res.stderr[-2000:]
-    rep = json.loads((out / "report.json").read_text())
+    rep = _compress("w8a8_adalog", "vit", folders, out, "validate.eval.num=100")
     kinds = [v["kind"] for v in rep["quantization"]["plan"]["activations"].values()]
     assert kinds.count("attn_softmax") == 2 and kinds.count("post_act") == 2
     assert rep["quantization"]["plan"]["counts"]["nonuniform_adalog"] == 4
@@ -152,20 +157,12 @@ def test_w8a8_adalog_quantizes_the_softmax_and_gelu_of_an_hf_vit(folders, tmp_pa
 
 
 def test_tome_merges_tokens_in_an_hf_vit_and_int8_ptq_runs_on_deit_and_levit(folders, tmp_path):
-    res = run_cli("compress", "--recipe", "tome_fp32", "--model", f"hf:{folders / 'vit'}", "--out",
-                  str(tmp_path / "tome"), "--set", "tokens.r=8", "--set", "tokens.min_time_saving=null",
-                  "--set", "tokens.min_saving=null", "--set", "validate.eval.num=50", "--set", "validate.devices=[]",
-                  "--set", "budget=null")
-    assert res.returncode == 0, res.stderr[-2000:]
-    tokens = json.loads((tmp_path / "tome" / "report.json").read_text())["tokens"]
+    tokens = _compress("tome_fp32", "vit", folders, tmp_path / "tome", "tokens.r=8", "tokens.min_time_saving=null",
+                       "tokens.min_saving=null", "validate.eval.num=50")["tokens"]
     assert [s["stage"] for s in tokens["stages"]] == ["blocks"] and tokens["tokens_per_block"]["blocks"] == [65, 57]
     assert tokens["flops_ratio"] < 0.8
     for name, arch, softmax in (("deit", "VisionTransformerDistilled", 2), ("levit", "LevitDistilled", 3)):
-        res = run_cli("compress", "--recipe", "int8_ptq", "--model", f"hf:{folders / name}", "--out",
-                      str(tmp_path / name), "--set", "validate.eval.num=50", "--set", "validate.devices=[]",
-                      "--set", "quantize.placement=all", "--set", "budget=null")
-        assert res.returncode == 0, res.stderr[-2000:]
-        rep = json.loads((tmp_path / name / "report.json").read_text())
+        rep = _compress("int8_ptq", name, folders, tmp_path / name, "validate.eval.num=50", "quantize.placement=all")
         assert rep["model"]["arch"].endswith(arch) and rep["status"] == "ok"
         assert rep["quantization"]["plan"]["counts"]["attn_softmax"] == softmax  # one per block (as on timm's LeViT, whose
         # subsampling attentions have no adapter)
@@ -181,12 +178,10 @@ def test_a_family_without_converter_runs_as_it_is(folders, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model(x), _hf(folders / "swin")(pixel_values=x).logits)
     out = tmp_path / "run"
-    res = run_cli("compress", "--recipe", "int8_ptq", "--model", f"hf:{folders / 'swin'}", "--out", str(out),
-                  "--calib", str(CALIB_DIR), "--set", "calibration.num=32", "--set", "validate.eval.num=50",
-                  "--set", "validate.devices=[]", "--set", "quantize.placement=all", "--set", "budget=null")
-    assert res.returncode == 0, res.stderr[-2000:]
+    rep = _compress("int8_ptq", "swin", folders, out, f"calibration.path={CALIB_DIR}", "calibration.num=32",
+                    "validate.eval.num=50", "quantize.placement=all")
     assert "Model note: model_type 'swin' has no converter" in (out / "report.md").read_text()
-    counts = json.loads((out / "report.json").read_text())["quantization"]["plan"]["counts"]
+    counts = rep["quantization"]["plan"]["counts"]
     assert counts["linear_input"] > 0 and counts.get("attn_softmax", 0) == 0
 
 
@@ -210,11 +205,8 @@ def test_hybrid_w8a8_on_an_hf_mobilevit_quantizes_its_attention(folders, tmp_pat
     """The converted MobileViT goes through the hybrid recipe like timm's: softmax sites in its MobileViT blocks,
     the INT8 ONNX agrees with its simulation, the FP32 ONNX with transformers (given BGR)."""
     out = tmp_path / "run"
-    res = run_cli("compress", "--recipe", "hybrid_w8a8", "--model", f"hf:{folders / 'mobilevit'}", "--out", str(out),
-                  "--set", "calibration.num=64", "--set", "validate.eval.num=100", "--set", "validate.devices=[]",
-                  "--set", "quantize.placement=all", "--set", "budget=null")
-    assert res.returncode == 0, res.stderr[-2000:]
-    rep = json.loads((out / "report.json").read_text())
+    rep = _compress("hybrid_w8a8", "mobilevit", folders, out, "calibration.num=64", "validate.eval.num=100",
+                    "quantize.placement=all")
     kinds = [v["kind"] for v in rep["quantization"]["plan"]["activations"].values()]
     assert kinds.count("attn_softmax") == 2 + 4 + 3  # one per transformer layer
     agree = [c for c in rep["checks"] if "agrees with the simulation" in c["name"]]

@@ -41,10 +41,10 @@ class Preprocess:
         w, h = img.size
         if (w, h) != (size, size) or short != size:
             scale = short / min(w, h)
-            # the long side truncated, as torchvision's Resize and transformers' processors do
-            nw, nh = max(size, int(w * scale)), max(size, int(h * scale))
             if self.resize == "exact":
                 nw = nh = short
+            else:  # the long side truncated, as torchvision's Resize and transformers' processors do
+                nw, nh = max(size, int(w * scale)), max(size, int(h * scale))
             img = img.resize((nw, nh), _RESAMPLE.get(self.interpolation, Image.BILINEAR))
             left, top = (nw - size) // 2, (nh - size) // 2
             img = img.crop((left, top, left + size, top + size))

@@ -176,12 +176,21 @@ def _timm(name: str, state: dict | None, num_classes: int | None, input_size: in
     return model, dict(model.pretrained_cfg or cfg)
 
 
+def source_path(source: str) -> tuple[Path, str] | None:
+    """(path, function) of an ``hf:FOLDER`` or ``file:path.py:function`` source; None for the others."""
+    if source.startswith("hf:"):
+        return Path(source[len("hf:"):]).expanduser(), ""
+    if source.startswith("file:"):
+        body = source[len("file:"):]
+        file, _, func = body.rpartition(":") if ":" in body else (body, "", "")
+        return Path(file).expanduser(), func
+    return None
+
+
 def _python_file(spec: str) -> nn.Module:
-    body = spec[len("file:"):]
-    if ":" not in body:
+    path, func = source_path(spec)
+    if not func:
         raise BadInput(f"model source {spec!r}: expected file:path/to/model.py:function_name")
-    file, func = body.rsplit(":", 1)
-    path = Path(file).expanduser()
     if not path.is_file():
         raise BadInput(f"model source {spec!r}: file not found: {path}")
     mod_spec = importlib.util.spec_from_file_location(f"edgevit_user_{path.stem}", path)
