@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -50,10 +51,14 @@ def ort_static(fp32: Path, out: Path, calib: np.ndarray, method: str, fmt: str =
             return next(self.it, None)
 
     pre = out.with_suffix(".pre.onnx")
+    cwd = os.getcwd()
+    os.chdir(out.parent)  # a failed symbolic shape inference dumps its model (and external data) into the cwd
     try:
-        quant_pre_process(str(fp32), str(pre))
+        quant_pre_process(str(fp32.resolve()), str(pre.resolve()))
     except Exception:  # symbolic shape inference gives up on some graphs (efficientformerv2): ONNX's then
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        quant_pre_process(str(fp32.resolve()), str(pre.resolve()), skip_symbolic_shape=True)
+    finally:
+        os.chdir(cwd)
     quantize_static(str(pre), str(out), Reader(), quant_format=getattr(QuantFormat, fmt), per_channel=True,
                     activation_type=getattr(QuantType, activations), weight_type=QuantType.QInt8,
                     calibrate_method=getattr(CalibrationMethod, method))
