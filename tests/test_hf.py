@@ -161,11 +161,27 @@ def test_tome_merges_tokens_in_an_hf_vit_and_int8_ptq_runs_on_deit_and_levit(fol
                        "tokens.min_saving=null", "validate.eval.num=50")["tokens"]
     assert [s["stage"] for s in tokens["stages"]] == ["blocks"] and tokens["tokens_per_block"]["blocks"] == [65, 57]
     assert tokens["flops_ratio"] < 0.8
-    for name, arch, softmax in (("deit", "VisionTransformerDistilled", 2), ("levit", "LevitDistilled", 3)):
+    for name, arch, softmax in (("deit", "VisionTransformerDistilled", 2), ("levit", "LevitDistilled", 5)):
         rep = _compress("int8_ptq", name, folders, tmp_path / name, "validate.eval.num=50", "quantize.placement=all")
         assert rep["model"]["arch"].endswith(arch) and rep["status"] == "ok"
-        assert rep["quantization"]["plan"]["counts"]["attn_softmax"] == softmax  # one per block (as on timm's LeViT, whose
-        # subsampling attentions have no adapter)
+        # one per block, and on LeViT one per downsampling attention between its three stages
+        assert rep["quantization"]["plan"]["counts"]["attn_softmax"] == softmax
+
+
+def test_w8a8_adalog_reaches_mobilevitv2_separable_attention_and_conv_mlp(folders, tmp_path):
+    """MobileViTV2 (9 transformer blocks): AdaLog on each separable attention's softmax and on the SiLU
+    output feeding each ConvMlp's 1x1 conv, with the shift folded into that conv's bias; the INT8 ONNX
+    agrees with its simulation."""
+    out = tmp_path / "run"
+    rep = _compress("w8a8_adalog", "mobilevitv2", folders, out, "validate.eval.num=100")
+    acts = rep["quantization"]["plan"]["activations"]
+    posts = [k for k, v in acts.items() if v["kind"] == "post_act"]
+    assert sum(v["kind"] == "attn_softmax" for v in acts.values()) == 9 and len(posts) == 9
+    assert all(k.endswith("mlp.fc2.input") for k in posts)
+    assert rep["quantization"]["plan"]["counts"]["nonuniform_adalog"] == 18
+    assert "9 post-softmax (adalog), 9 post-GELU/activation (adalog)" in (out / "report.md").read_text()
+    agree = [c for c in rep["checks"] if "agrees with the simulation" in c["name"]]
+    assert agree and all(c["ok"] for c in agree), agree
 
 
 def test_a_family_without_converter_runs_as_it_is(folders, tmp_path):

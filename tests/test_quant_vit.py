@@ -157,6 +157,33 @@ def test_gelu_shift_is_folded_into_fc2_bias_exactly():
     assert "nonuniform" in plan.to_dict()["activations"][site.site]
 
 
+def test_conv_mlp_gets_the_post_activation_quantizer_a_linear_mlp_gets():
+    """timm's ConvMlp (1x1 convs, MobileViTV2) and Mlp with the same weights, on the same tokens: the same
+    AdaLog quantizer on the SiLU output, the shift folded into the conv's bias, the same quantized output."""
+    from timm.layers import ConvMlp, Mlp
+
+    torch.manual_seed(0)
+    lin, conv = Mlp(8, 24, 4, act_layer=nn.SiLU).eval(), ConvMlp(8, 24, 4, act_layer=nn.SiLU).eval()
+    with torch.no_grad():
+        for name in ("fc1", "fc2"):
+            getattr(conv, name).weight.copy_(getattr(lin, name).weight[:, :, None, None])
+            getattr(conv, name).bias.copy_(getattr(lin, name).bias)
+    tokens = torch.randn(64, 10, 8)
+    as_grid = tokens.transpose(1, 2).unsqueeze(-1)  # (B, C, N, 1): the same numbers as a feature map
+    cfg = QuantConfig(gelu="adalog", search_images=64)
+    ql, lplan = quantize(nn.Sequential(lin), cfg, [tokens])
+    qc, cplan = quantize(nn.Sequential(conv), cfg, [as_grid])
+    lq, cq = lplan.activations["0.fc2.input"].quantizer, cplan.activations["0.fc2.input"].quantizer
+    assert cplan.activations["0.fc2.input"].kind == "post_act" and cq.kind == "adalog"
+    assert (cq.scale, cq.base_q, cq.shift) == pytest.approx((lq.scale, lq.base_q, lq.shift), rel=1e-5)
+    x = torch.randn(16, 10, 8)
+    with torch.no_grad():
+        want, got = ql(x), qc(x.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
+    # conv and matmul sum in different orders: a value on a code boundary may land one code over
+    diff = (got - want).abs()
+    assert float((diff > 1e-5).float().mean()) < 0.01 and float(diff.max()) < 0.01 * float(want.abs().max())
+
+
 @pytest.mark.parametrize("bits,symmetric", [(4, False), (6, False), (4, True), (8, False)])
 def test_sub_8bit_activation_via_8bit_container_and_clip_equals_direct_fake_quant(bits, symmetric):
     torch.manual_seed(0)

@@ -270,9 +270,11 @@ def _search_nonuniform(m: nn.Module, plan: QuantPlan, x: torch.Tensor) -> None:
         if entry is None:
             continue
         wq = plan.weights[mod.site]
-        w_hat = wq.fake_quant(mod.inner.weight.detach())
-        entry.quantizer = quantizer(cfg.gelu).post_activation(entry.qparams.bits, torch.cat(mod.input_quant.samples),
-                                                              w_hat, mod.input_quant.shift,
+        w_hat = wq.fake_quant(mod.inner.weight.detach()).flatten(1)  # a 1x1 conv's weight as a matrix
+        x = torch.cat(mod.input_quant.samples)
+        if isinstance(mod.inner, nn.Conv2d):
+            x = x.movedim(1, -1)  # channels last: rows x channels, as for a Linear
+        entry.quantizer = quantizer(cfg.gelu).post_activation(entry.qparams.bits, x, w_hat, mod.input_quant.shift,
                                                               table=cfg.adalog_form == "table")
     for s in capture:
         s.mode, s.samples = "off", []
@@ -322,9 +324,10 @@ def _bias_on_int32_grid(mod) -> None:
 
 @torch.no_grad()
 def _fold_shift_into_bias(mod, shift: float) -> None:
-    """The site passes on Q(x + shift); B' = B - W_hat (shift 1) keeps the Linear's output (AdaLog's reparam_bias)."""
+    """The site passes on Q(x + shift); B' = B - W_hat (shift 1) keeps the Linear's (or unpadded 1x1
+    conv's) output (AdaLog's reparam_bias)."""
     lin = mod.inner
-    correction = mod.weight().sum(dim=1) * shift
+    correction = mod.weight().flatten(1).sum(dim=1) * shift
     if lin.bias is None:
         lin.bias = nn.Parameter(-correction)
     else:

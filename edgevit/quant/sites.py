@@ -6,9 +6,11 @@
 * ``QuantLinear`` / ``QuantConv2d``: a Linear/Conv2d whose input is an ``ActQuant`` site and whose
   weight is fake-quantized per output channel.
 * ``QuantAttention``: attention run unfused (softmax visible) through its family adapter
-  (``edgevit.models.families``: timm ``Attention`` of ViT and MobileViT, EfficientViT's cascaded group
-  attention, the biased token attention of LeViT, TinyViT and EfficientFormer) with sites on Q, K, V
-  and the attention probabilities, the operands of the two attention matmuls.
+  (``edgevit.models.families``: timm ``Attention`` of ViT and MobileViT, MobileViTV2's separable
+  attention, EfficientViT's cascaded group attention, the biased token attention of LeViT (and its
+  downsampling attention), TinyViT and EfficientFormer) with sites on Q, K, V and the attention
+  probabilities, the operands of the two attention matmuls (separable attention has no Q @ K^T: its
+  sites are the probabilities and the keys).
 """
 from __future__ import annotations
 
@@ -284,23 +286,22 @@ class AttentionSites(nn.Module):
         except AttributeError:
             return getattr(super().__getattr__("inner"), name)
 
-    def probs(self, q: torch.Tensor, k_t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def probs(self, q: torch.Tensor | None, k_t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """The quantized attention probabilities softmax(q @ k_t + bias); q already scaled, k_t is K
-        transposed (..., d, N)."""
-        attn = self.q_quant(q) @ self.k_quant(k_t)
+        transposed (..., d, N). With q None, k_t are the logits: no MatMul, so no Q and K sites."""
+        attn = k_t if q is None else self.q_quant(q) @ self.k_quant(k_t)
         if bias is not None:
             attn = attn + bias
         return self.attn_quant(attn.softmax(dim=-1))
 
-    def attend(self, q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor,
+    def attend(self, q: torch.Tensor | None, k_t: torch.Tensor, v: torch.Tensor,
                bias: torch.Tensor | None = None) -> torch.Tensor:
         """softmax(q @ k_t + bias) @ v with Q/DQ right at each MatMul input; v is (..., N, d_v)."""
         return self.probs(q, k_t, bias) @ self.v_quant(v)
 
 
 class QuantAttention(AttentionSites):
-    """Any adapted attention (timm ViT/MobileViT, EfficientFormer, LeViT, TinyViT, EfficientViT-MSRA)
-    with its product quantized."""
+    """Any adapted attention (see ``edgevit.models.families``) with its product quantized."""
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         if attn_mask is not None or is_causal:
@@ -349,11 +350,21 @@ def activation_floor(act: nn.Module) -> float:
         return max(0.0, -float(act(x).min()))
 
 
+def _pointwise(m: nn.Module) -> bool:
+    return isinstance(m, QuantConv2d) and m.inner.kernel_size == (1, 1) and m.inner.groups == 1 \
+        and m.inner.padding in ((0, 0), "valid")
+
+
 def mark_post_activation_sites(model: nn.Module) -> None:
-    """Mark the input of an MLP's second Linear (fc1 -> act -> fc2, timm ``Mlp``) as ``post_act``."""
+    """Mark the input of an MLP's second layer as ``post_act``: a Linear (fc1 -> act -> fc2, timm
+    ``Mlp``) or the 1x1 conv of timm's ``ConvMlp`` (fc1 -> norm -> act -> fc2: MobileViTV2)."""
+    from timm.layers import ConvMlp
+
     for m in model.modules():
         fc2, act = getattr(m, "fc2", None), getattr(m, "act", None)
-        if isinstance(fc2, QuantLinear) and isinstance(act, nn.Module) and not isinstance(act, nn.Identity):
+        if not isinstance(act, nn.Module) or isinstance(act, nn.Identity):
+            continue
+        if isinstance(fc2, QuantLinear) or (type(m) is ConvMlp and _pointwise(fc2)):
             fc2.input_quant.kind = "post_act"
             fc2.input_quant.shift = activation_floor(act)
 

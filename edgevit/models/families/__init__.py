@@ -15,7 +15,7 @@ import importlib
 
 from edgevit.models.families.base import ADAPTERS, AttentionFamily, attention_family, register
 
-for _m in ("vit", "efficientformer", "efficientformerv2", "levit", "tiny_vit", "efficientvit_msra"):
+for _m in ("vit", "efficientformer", "efficientformerv2", "levit", "tiny_vit", "efficientvit_msra", "mobilevitv2"):
     importlib.import_module(f"{__name__}.{_m}")
 
 

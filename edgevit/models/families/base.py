@@ -7,13 +7,16 @@ from typing import Callable
 import torch
 from torch import nn
 
-#: Attend(q, k_t, v, bias) -> softmax(q @ k_t + bias) @ v (q already scaled; k_t is K transposed)
-Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+#: Attend(q, k_t, v, bias) -> softmax(q @ k_t + bias) @ v (q already scaled; k_t is K transposed).
+#: With q None, k_t holds the logits themselves: softmax(k_t + bias) @ v (separable attention, whose
+#: scores are projected per token, has no Q @ K^T product).
+Attend = Callable[["torch.Tensor | None", torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
-def float_attend(q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def float_attend(q: torch.Tensor | None, k_t: torch.Tensor, v: torch.Tensor,
+                 bias: torch.Tensor | None = None) -> torch.Tensor:
     """The plain attention product."""
-    logits = q @ k_t
+    logits = k_t if q is None else q @ k_t
     return (logits + bias if bias is not None else logits).softmax(dim=-1) @ v
 
 
