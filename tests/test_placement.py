@@ -52,6 +52,23 @@ def test_every_quantizer_is_in_one_region(hybrid_plan):
     assert len(plan.weights) - len(left.weights) == 2
 
 
+def test_levit_downsampling_attention_projections_are_regions_of_their_own():
+    """LeViT's downsampling attention: the product (Q, K, V, softmax sites) is one region, its kv, q and
+    proj projections one each (they gain from INT8 where the small product does not)."""
+    model, _ = load_model(ModelConfig(source="timm:levit_128s", num_classes=10, input_size=64,
+                                         kwargs={"img_size": 64}))
+    torch.manual_seed(0)
+    _, plan = quantize(model, QuantConfig(), [torch.randn(4, 3, 64, 64)])
+    regions = plan_regions(model, plan)
+    attn = "stages.1.downsample.attn_downsample"
+    assert regions[attn].kind == "attention" and regions[attn].weights == []
+    assert sorted(a.rsplit(".", 1)[1] for a in regions[attn].activations) == ["k", "q", "softmax", "v"]
+    for child in ("kv", "q", "proj"):
+        assert regions[f"{attn}.{child}"].kind == "projection" and len(regions[f"{attn}.{child}"].weights) == 1
+    assert node_region("stages.1/downsample/attn_downsample/kv/linear/MatMul", regions) == f"{attn}.kv"
+    assert node_region("stages.1/downsample/attn_downsample/Softmax", regions) == attn
+
+
 def test_decisions_from_a_timing_table():
     """Slow regions go to float; the fastest candidate ships only when it beats FP32 by the margin."""
     regions = {"stem": None, "blocks.0.attn": None, "blocks.0.mlp": None}

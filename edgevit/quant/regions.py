@@ -21,7 +21,7 @@ class Region:
     """One placement unit: its name (a module path), kind, and the plan entries it holds."""
 
     name: str
-    kind: str  # attention | mlp | bridge | stem | head | block
+    kind: str  # attention | projection | mlp | bridge | stem | head | block
     weights: list[str] = field(default_factory=list)
     activations: list[str] = field(default_factory=list)
 
@@ -56,6 +56,9 @@ def region_of(path: str, units: dict[str, str]) -> str:
 def plan_regions(model: nn.Module, plan) -> dict[str, Region]:
     """The regions of ``model`` that hold a quantizer of ``plan``, in model order."""
     units = {n: k for n, m in model.named_modules() if n and (k := _unit_kind(n, m)) is not None}
+    for n, m in model.named_modules():
+        family = attention_family(m)
+        units.update({f"{n}.{child}": "projection" for child in (family.projection_units(m) if family else ())})
     out: dict[str, Region] = {}
 
     def get(path: str) -> Region:

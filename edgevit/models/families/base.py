@@ -49,6 +49,11 @@ class AttentionFamily:
         """(B, heads, N, d_v) attention output -> the module's output (``x``: its input, for a gate)."""
         raise NotImplementedError
 
+    def projection_units(self, a: nn.Module) -> tuple[str, ...]:
+        """Children whose layers INT8 placement decides apart from the attention product (their own
+        regions): where the projections gain from INT8 and the product does not."""
+        return ()
+
     def prunable_heads(self, a: nn.Module) -> bool:
         """Whether structured pruning may remove whole heads (``head_slices`` / ``set_heads`` apply)."""
         return False
