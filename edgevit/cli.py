@@ -352,6 +352,21 @@ def recipe_schema() -> None:
     _guard(body, False)
 
 
+@app.command("report-schema")
+def report_schema() -> None:
+    """Print the JSON schema of report.json (its stable keys, for scripts that read reports).
+
+    Example: `edgevit report-schema > report.schema.json`
+    """
+    def body() -> int:
+        from edgevit.results import report_schema as schema
+
+        sys.stdout.write(json.dumps(schema(), indent=2) + "\n")
+        return 0
+
+    _guard(body, False)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -87,3 +87,12 @@ class RunReport(_Open):
         """The report as a plain mapping with the keys that were set (report.json is this, with non-finite
         numbers written as null)."""
         return self.model_dump(exclude_unset=True)
+
+
+def report_schema() -> dict[str, Any]:
+    """The JSON schema of ``report.json`` (its stable keys: what :class:`RunReport` declares; stages and
+    runtimes may add keys beside them)."""
+    schema = RunReport.model_json_schema(mode="serialization")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = f"edgevit report.json (schema_version {SCHEMA_VERSION})"
+    return schema

@@ -24,6 +24,17 @@ def small_imagefolder(tmp_path: Path) -> Path:
     return out
 
 
+def fast(eval_num: int | None = 200, calib_num: int | None = 64, iters: int = 3, devices: bool = True) -> list[str]:
+    """``--set`` arguments for a quick run of a recipe in a test that does not measure speed: few timing
+    iterations on the recipe's first device (or no device), fewer evaluation and calibration images
+    (None: the recipe's own)."""
+    sets = [f"validate.devices.0.iters={iters}", "validate.devices.0.warmup=1",
+            "validate.devices.0.throughput_batch=4"] if devices else ["validate.devices=[]"]
+    sets += [f"validate.eval.num={eval_num}"] if eval_num is not None else []
+    sets += [f"calibration.num={calib_num}"] if calib_num is not None else []
+    return [a for s in sets for a in ("--set", s)]
+
+
 def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run the real `edgevit` command line in a subprocess."""
     return subprocess.run([sys.executable, "-m", "edgevit.cli", *args], cwd=cwd, capture_output=True,

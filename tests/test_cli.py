@@ -10,11 +10,10 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, fast, run_cli
 from edgevit.recipe import load_recipe
 
-FAST = ["--set", "validate.devices.0.iters=5", "--set", "validate.devices.0.warmup=1",
-        "--set", "validate.devices.0.throughput_batch=8"]
+FAST = fast(eval_num=None, calib_num=None, iters=5)  # the default run checks the model card on all 1,000 images
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +63,49 @@ def test_finished_run_is_not_overwritten(default_run):
     res = run_cli("compress", "--recipe", "recipes/fp32_export.yaml", "--out", str(out))
     assert res.returncode == 2 and "--overwrite" in res.stderr
     assert (out / "report.json").read_bytes() == before
+
+
+def test_failed_check_exits_1_and_overwrite_replaces_the_finished_run(default_run, tmp_path):
+    """A check that fails (an FP32 parity tolerance no export meets) is exit 1 with status failed_checks;
+    --overwrite replaces a finished run as a whole (nothing of the old folder stays, no staging folder left)."""
+    out = tmp_path / "run"
+    shutil.copytree(default_run[0], out)
+    (out / "left-from-before.txt").write_text("old run")
+    res = run_cli("compress", "--recipe", "recipes/fp32_export.yaml", "--out", str(out), "--overwrite", *FAST,
+                  "--set", "validate.parity_tolerance=1e-12", "--set", "validate.eval.num=50")
+    assert res.returncode == 1, res.stderr[-2000:]
+    rep = json.loads((out / "report.json").read_text())
+    failed = [c["name"] for c in rep["checks"] if not c["ok"]]
+    assert rep["status"] == "failed_checks" and any("matches PyTorch" in n or "parity" in n for n in failed), failed
+    assert "failed" in res.stdout.splitlines()[-1].lower()
+    assert not (out / "left-from-before.txt").exists() and rep["data"]["eval"]["images"] == 50
+    from edgevit.results import RunReport
+
+    assert RunReport.model_validate(rep).status == "failed_checks"  # a failed run's report keeps the schema too
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_export_fails_when_the_onnx_does_not_compute_what_pytorch_does(tmp_path):
+    """A model whose branch depends on the input traces into one fixed branch: the exported ONNX differs
+    from PyTorch on some of the check images, so `edgevit export` exits 1 naming the parity check and
+    writes no file."""
+    (tmp_path / "branchy.py").write_text(
+        "import torch\n"
+        "class Branchy(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(3, 4, 3)\n"
+        "    def forward(self, x):\n"
+        "        y = self.conv(x).mean(dim=(2, 3))\n"
+        "        return y if float(y.sum()) > 0 else -y  # the tracer keeps one of the two\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    return Branchy().eval()\n")
+    out = tmp_path / "exports"
+    res = run_cli("export", "--model", f"file:{tmp_path / 'branchy.py'}:build", "--to", "onnx", "--out", str(out))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "parity" in res.stderr.lower() or "max abs" in res.stderr.lower(), res.stderr
+    assert not any(p.suffix == ".onnx" for p in out.rglob("*")) and [p for p in out.iterdir()] == []
 
 
 def test_same_recipe_same_onnx_bytes(default_run, tmp_path, small_imagefolder):
@@ -165,6 +207,24 @@ def test_recipes_and_schema_commands():
     assert res.returncode == 0 and "calibration" in json.loads(res.stdout)["properties"]
     res = run_cli("compress", "--help")
     assert res.returncode == 0 and "Example" in res.stdout
+
+
+def test_report_json_follows_the_report_schema(default_run):
+    """`edgevit report-schema` is the promise behind "stable keys": a real report.json validates against
+    it, and one without a stable key or with a wrong type does not."""
+    import jsonschema
+
+    res = run_cli("report-schema")
+    assert res.returncode == 0, res.stderr
+    schema = json.loads(res.stdout)
+    assert {"status", "model", "results", "checks", "schema_version"} <= set(schema["required"]) | {"schema_version"}
+    rep = json.loads((default_run[0] / "report.json").read_text())
+    jsonschema.validate(rep, schema)
+    for broken in ({k: v for k, v in rep.items() if k != "status"},
+                   rep | {"results": [rep["results"][0] | {"name": 7}]},
+                   rep | {"checks": [{"name": "x", "ok": "maybe", "detail": ""}]}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(broken, schema)
 
 
 def test_staged_folder_removed_on_failure(tmp_path):

@@ -29,11 +29,36 @@ def test_preprocess_matches_numpy_reference(tmp_path):
     np.testing.assert_allclose(x, ref, atol=1e-6)
 
 
-def test_crop_pct_resizes_short_side_then_crops(tmp_path):
-    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(tmp_path / "z.png")
-    pre = Preprocess(224, (0, 0, 0), (1, 1, 1), crop_pct=0.875)
+def test_crop_pct_resizes_short_side_then_crops_as_torchvision(tmp_path):
+    """crop_pct 0.8 at 64 px: short side to 80 (long side truncated), center 64 x 64: torchvision's eval
+    transform (timm's) gives the same pixels."""
+    from torchvision import transforms
+
+    arr = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "z.png")
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    pre = Preprocess(64, mean, std, crop_pct=0.8, interpolation="bilinear")
+    ref = transforms.Compose([transforms.Resize(80, transforms.InterpolationMode.BILINEAR), transforms.CenterCrop(64),
+                              transforms.ToTensor(), transforms.Normalize(mean, std)])
     with Image.open(tmp_path / "z.png") as im:
-        assert pre(im).shape == (3, 224, 224)
+        np.testing.assert_allclose(pre(im), ref(im.convert("RGB")).numpy(), atol=1e-5)
+
+
+def test_interleaved_order_spans_the_classes_in_every_prefix(small_imagefolder, tmp_path):
+    """A device's or a check's first N images come from every class in proportion (the files are listed
+    class by class); same seed, same order; the same images, each once."""
+    extra = small_imagefolder / "airplane"  # 10 classes x 3 images
+    for i in range(6):  # airplane: 9 of 36 images
+        (extra / f"more_{i}.jpg").write_bytes(next(extra.glob("*.jpg")).read_bytes())
+    s = open_image_set(small_imagefolder)
+    a, b = s.interleaved(0), s.interleaved(0)
+    assert a.files == b.files and a.files != s.interleaved(1).files
+    assert sorted(zip(map(str, a.files), a.labels)) == sorted(zip(map(str, s.files), s.labels))
+    assert s.labels[:12].count(0) == 9 and len(set(s.labels[:12])) == 2  # class order: two classes
+    first = a.labels[:12]
+    assert len(set(first)) >= 9 and 2 <= first.count(0) <= 4  # airplane is a quarter of the set
+    flat = open_image_set(small_imagefolder / "cat")
+    assert not flat.labeled and sorted(flat.interleaved(0).files) == sorted(flat.files)
 
 
 def test_corrupt_image_is_skipped_and_counted(small_imagefolder):

@@ -8,12 +8,11 @@ import pytest
 import yaml
 from safetensors.torch import save_file
 
-from conftest import CALIB_DIR, EVAL_DIR, run_cli
+from conftest import CALIB_DIR, EVAL_DIR, fast, run_cli
 from edgevit.models import load_model
 from edgevit.recipe import ModelConfig, load_recipe
 
-FAST = ["--set", "validate.eval.num=40", "--set", "calibration.num=32", "--set", "validate.devices=[]",
-        "--set", "quantize.placement=all"]
+FAST = fast(eval_num=40, calib_num=32, devices=False) + ["--set", "quantize.placement=all"]
 
 
 def _compress(recipe, out):

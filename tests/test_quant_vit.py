@@ -295,8 +295,8 @@ def test_uniform_and_float_lowering_of_a_log_plan():
     assert not has_nonuniform(uni) and uni.activations[site].qparams.bits == 8
     flt = lower_plan(plan, "tensorrt", "float")
     assert site not in flt.activations and all(e.qparams.symmetric for e in flt.activations.values())
+    _, p4 = quantize(model, QuantConfig(weights={"bits": 4}), [torch.randn(64, 8)])
     with pytest.raises(ValueError, match="4-bit"):
-        _, p4 = quantize(model, QuantConfig(weights={"bits": 4}), [torch.randn(64, 8)])
         lower_plan(p4, "onnxruntime", "uniform")
 
 

@@ -6,8 +6,9 @@ a set with no readable image is a :class:`BadInput`.
 """
 from __future__ import annotations
 
+
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -69,6 +70,24 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def interleaved(self, seed: int = 0) -> "ImageSet":
+        """The same images in a seeded order in which the classes take turns, each in proportion to its
+        size, so that every prefix (a device's first N images, a check sample) spans the classes the way the
+        whole set does; an unlabeled set is shuffled."""
+        rng = np.random.default_rng(seed)
+        if self.labels is None:
+            order = rng.permutation(len(self.files))
+        else:
+            labels = np.asarray(self.labels)
+            key = np.empty(len(labels))
+            for c in np.unique(labels):
+                idx = np.flatnonzero(labels == c)
+                # an image's place within its (shuffled) class, as a fraction, plus a jitter that breaks ties
+                key[rng.permutation(idx)] = (np.arange(len(idx)) + rng.random()) / len(idx)
+            order = np.argsort(key, kind="stable")
+        return replace(self, files=[self.files[i] for i in order],
+                       labels=[self.labels[i] for i in order] if self.labels is not None else None)
 
     def batches(self, preprocess: Preprocess, batch_size: int,
                 on_file: Callable[[], None] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:

@@ -98,7 +98,8 @@ def load_eval(recipe, pre: Preprocess, info) -> EvalSet | None:
     cfg = recipe.validation.eval
     if cfg is None:
         return None
-    images = open_image_set(cfg.path, cfg.num, cfg.seed)
+    # interleaved: the sample checks and a device's eval_images take the first images
+    images = open_image_set(cfg.path, cfg.num, cfg.seed).interleaved(cfg.seed)
     with new_progress() as progress:
         task = progress.add_task("load eval images", total=len(images))
         x, y = images.load(pre, cfg.batch_size, on_file=lambda: progress.advance(task))

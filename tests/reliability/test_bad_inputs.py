@@ -83,12 +83,17 @@ def _one_clear_line(msg: str) -> None:
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(bad_recipes())
 def test_generated_bad_recipes_give_one_clear_line(data):
-    """250 generated recipes: each validates or raises BadInput with one line that names where."""
+    """250 generated recipes: each validates or raises BadInput with one line that names where: the file,
+    then the key path (``<file>: export.0.precision: ...``), whose first part is a section of the recipe."""
+    path = ROOT / "recipes" / "bad-input.yaml"
     try:
-        build_recipe(data, ROOT / "recipes" / "bad-input.yaml")
+        build_recipe(data, path)
     except BadInput as e:
-        _one_clear_line(str(e))
-        assert "bad-input.yaml" in str(e) or ":" in str(e), str(e)
+        msg = str(e)
+        _one_clear_line(msg)
+        assert msg.startswith(f"{path}: "), msg
+        key = msg[len(f"{path}: "):].split(": ", 1)[0]
+        assert key.split(".")[0] in set(VALID) | set(data), msg
 
 
 @settings(max_examples=4, deadline=None,
