@@ -13,6 +13,15 @@ EVAL_DIR = ROOT / "calibration" / "builtin-eval"
 CALIB_DIR = ROOT / "calibration" / "builtin-calib"
 
 
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real sshd on 127.0.0.1 (tests/loopback_sshd.py), for the tests of the SSH device path."""
+    from loopback_sshd import loopback_sshd
+
+    with loopback_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
+
+
 @pytest.fixture
 def small_imagefolder(tmp_path: Path) -> Path:
     """An ImageFolder with 3 real JPEGs for each of the 10 CIFAR-10 classes."""

@@ -12,6 +12,7 @@ import yaml
 
 from conftest import ROOT, fast, run_cli
 from edgevit.recipe import load_recipe
+from edgevit.results import RunReport
 
 FAST = fast(eval_num=None, calib_num=None, iters=5)  # the default run checks the model card on all 1,000 images
 
@@ -79,8 +80,6 @@ def test_failed_check_exits_1_and_overwrite_replaces_the_finished_run(default_ru
     assert rep["status"] == "failed_checks" and any("matches PyTorch" in n or "parity" in n for n in failed), failed
     assert "failed" in res.stdout.splitlines()[-1].lower()
     assert not (out / "left-from-before.txt").exists() and rep["data"]["eval"]["images"] == 50
-    from edgevit.results import RunReport
-
     assert RunReport.model_validate(rep).status == "failed_checks"  # a failed run's report keeps the schema too
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
@@ -105,7 +104,7 @@ def test_export_fails_when_the_onnx_does_not_compute_what_pytorch_does(tmp_path)
     res = run_cli("export", "--model", f"file:{tmp_path / 'branchy.py'}:build", "--to", "onnx", "--out", str(out))
     assert res.returncode == 1, res.stdout + res.stderr
     assert "parity" in res.stderr.lower() or "max abs" in res.stderr.lower(), res.stderr
-    assert not any(p.suffix == ".onnx" for p in out.rglob("*")) and [p for p in out.iterdir()] == []
+    assert not out.exists() or not any(out.iterdir())  # nothing written, no work folder left
 
 
 def test_same_recipe_same_onnx_bytes(default_run, tmp_path, small_imagefolder):
@@ -217,7 +216,7 @@ def test_report_json_follows_the_report_schema(default_run):
     res = run_cli("report-schema")
     assert res.returncode == 0, res.stderr
     schema = json.loads(res.stdout)
-    assert {"status", "model", "results", "checks", "schema_version"} <= set(schema["required"]) | {"schema_version"}
+    assert {"status", "model", "results", "checks"} <= set(schema["required"])
     rep = json.loads((default_run[0] / "report.json").read_text())
     jsonschema.validate(rep, schema)
     for broken in ({k: v for k, v in rep.items() if k != "status"},

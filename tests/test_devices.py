@@ -4,12 +4,10 @@ unknown host key, refused connection, a silent server, a wrong key, a runtime mi
 from __future__ import annotations
 
 import dataclasses
-import getpass
 import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -20,88 +18,23 @@ import pytest
 import yaml
 
 from conftest import ROOT, run_cli
+from loopback_sshd import SSHD, free_port, keygen
+from loopback_sshd import profile as loopback_profile
 from edgevit.data import Preprocess, open_image_set
 from edgevit.devices.remote import measure_remote
 from edgevit.devices.ssh import DeviceError
 from edgevit.recipe import DeviceConfig
 from edgevit.validate import OrtRunner
 
-SSHD = "/usr/sbin/sshd"
 pytestmark = pytest.mark.skipif(not os.access(SSHD, os.X_OK) or shutil.which("ssh") is None,
                                 reason="needs OpenSSH (server and client): bash scripts/system-deps.sh installs it")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _keygen(path: Path) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    """A real sshd on 127.0.0.1: key login for the current user only, its host key in a known_hosts file."""
-    d = tmp_path_factory.mktemp("sshd")
-    _keygen(d / "host_key")
-    _keygen(d / "id")
-    _keygen(d / "other_id")  # a key the server does not know
-    (d / "authorized_keys").write_text((d / "id.pub").read_text())
-    port = _free_port()
-    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {(d / 'host_key.pub').read_text()}")
-    (d / "sshd_config").write_text(f"""Port {port}
-ListenAddress 127.0.0.1
-HostKey {d / 'host_key'}
-AuthorizedKeysFile {d / 'authorized_keys'}
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-PermitRootLogin prohibit-password
-PidFile {d / 'sshd.pid'}
-Subsystem sftp internal-sftp
-LogLevel ERROR
-""")
-    if os.geteuid() == 0:
-        os.makedirs("/run/sshd", exist_ok=True)  # privilege separation directory
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"sshd did not start: {proc.stderr.read()}")
-            time.sleep(0.1)
-    yield {"dir": d, "port": port}
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-def _profile(sshd, **over) -> dict:
-    d = sshd["dir"]
-    prof = {"name": "loopback-ort", "kind": "ssh", "runtime": "onnxruntime", "threads": 1, "warmup": 2, "iters": 20,
-            "throughput_batch": 8, "eval_images": 100, "python": sys.executable, "work_dir": str(d),
-            "ssh": {"host": "127.0.0.1", "port": sshd["port"], "user": getpass.getuser(),
-                    "key_file": str(d / "id"), "known_hosts": str(d / "known_hosts"), "connect_timeout_s": 3,
-                    "timeout_s": 120}}
-    for k, v in over.items():
-        if k in prof["ssh"]:
-            prof["ssh"][k] = v
-        else:
-            prof[k] = v
-    return prof
 
 
 def test_recipe_reports_local_and_ssh_device_side_by_side(sshd, tmp_path):
     """The issue's done-when: int8_ptq with the local profile and an SSH profile to 127.0.0.1 gives one
     report with both devices' figures; ONNX Runtime on the 'device' predicts what it did here."""
     profile = tmp_path / "loopback.yaml"
-    profile.write_text(yaml.safe_dump(_profile(sshd)))
+    profile.write_text(yaml.safe_dump(loopback_profile(sshd)))
     out = tmp_path / "run"
     res = run_cli("compress", "--recipe", "recipes/int8_ptq.yaml", "--out", str(out), "--set", "validate.eval.num=200",
                   "--set", "validate.devices=[{name: local-ort-cpu, iters: 5, warmup: 1, throughput_batch: 8}, "
@@ -148,7 +81,7 @@ def test_bench_command_on_ssh_device(sshd, tmp_path):
     path = tmp_path / "vit.onnx"
     export_onnx(model, info, ExportConfig(), path, "test")
     profile = tmp_path / "p.yaml"
-    profile.write_text(yaml.safe_dump(_profile(sshd)))
+    profile.write_text(yaml.safe_dump(loopback_profile(sshd)))
     res = run_cli("bench", str(path), "--device", str(profile), "--json")
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
@@ -172,7 +105,7 @@ def run_tiny(sshd, tiny_onnx):
     from edgevit.models.builtin import BUILTINS
 
     def run(**over):
-        device = DeviceConfig.model_validate(_profile(sshd, **over))
+        device = DeviceConfig.model_validate(loopback_profile(sshd, **over))
         x = np.zeros((2, 3, 32, 32), np.float32)
         return measure_remote(device, [("tiny", tiny_onnx)], x, None, BUILTINS["vit-cifar10"])
     return run
@@ -191,7 +124,7 @@ def test_remote_words_with_spaces_and_shell_characters_arrive_as_they_are(sshd, 
     quotes, $(...), ;, globs and a newline (the work folder and file names come from profiles and users)."""
     from edgevit.devices.ssh import SshDevice
 
-    device = DeviceConfig.model_validate(_profile(sshd))
+    device = DeviceConfig.model_validate(loopback_profile(sshd))
     words = ["a b", "$(touch pwned)", "x;y", "'q'\"", "*", "l1\nl2", "$HOME"]
     res = SshDevice(device.name, device.ssh).run([sys.executable, "-c", "import sys, json; print(json.dumps(sys.argv[1:]))",
                                                   *words])
@@ -201,7 +134,7 @@ def test_remote_words_with_spaces_and_shell_characters_arrive_as_they_are(sshd, 
 
 def test_unknown_host_key_is_refused(sshd, run_tiny, tmp_path):
     other = tmp_path / "known_hosts"
-    _keygen(tmp_path / "fake_host")
+    keygen(tmp_path / "fake_host")
     other.write_text(f"[127.0.0.1]:{sshd['port']} {(tmp_path / 'fake_host.pub').read_text()}")
     with pytest.raises(DeviceError, match="host key not accepted"):
         run_tiny(known_hosts=str(other))
@@ -209,7 +142,7 @@ def test_unknown_host_key_is_refused(sshd, run_tiny, tmp_path):
 
 def test_refused_connection_and_wrong_key(sshd, run_tiny):
     with pytest.raises(DeviceError, match=r"127.0.0.1:\d+\): connection refused"):
-        run_tiny(port=_free_port())
+        run_tiny(port=free_port())
     with pytest.raises(DeviceError, match="authentication failed"):
         run_tiny(key_file=str(sshd["dir"] / "other_id"))
 
@@ -266,7 +199,7 @@ def test_coreml_device_path_reaches_prediction(sshd, tmp_path):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).eval()
     pkg = tmp_path / "tiny.mlpackage"
     export_coreml(model, info, pkg, "none", "fp16")
-    device = DeviceConfig.model_validate(_profile(sshd, runtime="coreml", compute_units="cpu_and_ne"))
+    device = DeviceConfig.model_validate(loopback_profile(sshd, runtime="coreml", compute_units="cpu_and_ne"))
     with pytest.raises(DeviceError, match="benchmark failed on the device .*macOS"):
         measure_remote(device, [("tiny", pkg)], np.zeros((2, 3, 32, 32), np.float32), None, info)
 
@@ -275,7 +208,7 @@ def test_placement_is_timed_on_the_ssh_device(sshd, tmp_path):
     """With only an SSH device for ONNX Runtime, the INT8 placement's candidates are timed on the device
     (the per-region profile is taken here); what ships and the run's exit code follow from that timing."""
     profile = tmp_path / "loopback.yaml"
-    profile.write_text(yaml.safe_dump(_profile(sshd)))
+    profile.write_text(yaml.safe_dump(loopback_profile(sshd)))
     out = tmp_path / "run"
     res = run_cli("compress", "--recipe", "recipes/int8_ptq.yaml", "--out", str(out), "--set", "validate.eval.num=100",
                   "--set", "export=[export/onnx-fp32.yaml,export/onnx-int8.yaml]",
@@ -297,7 +230,7 @@ def test_token_merging_is_timed_on_the_ssh_device(sshd, tmp_path):
     """With only an SSH device, the token planner times the merged and unmerged FP32 ONNX on the device
     (batch 1 and the profile's throughput batch) and keeps ToMe r=8 on the ViT, which saves time there."""
     profile = tmp_path / "loopback.yaml"
-    profile.write_text(yaml.safe_dump(_profile(sshd)))
+    profile.write_text(yaml.safe_dump(loopback_profile(sshd)))
     out = tmp_path / "run"
     res = run_cli("compress", "--recipe", "tome_fp32", "--out", str(out), "--set", "validate.eval.num=100",
                   "--set", "calibration.num=64", "--set", f"validate.devices=[{profile}]")

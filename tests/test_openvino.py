@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from conftest import run_cli
-from test_devices import SSHD, _profile, sshd  # noqa: F401  (the real-sshd fixture, shared)
+from loopback_sshd import SSHD
+from loopback_sshd import profile as loopback_profile
 from edgevit.errors import BadInput
 from edgevit.recipe import build_recipe
 
@@ -100,7 +101,7 @@ def test_ssh_device_runs_the_irs(ov_run, sshd, tmp_path):
     from edgevit.runtimes.openvino import OpenVINORunner
 
     out, rep = ov_run
-    prof = _profile(sshd, name="loopback-ov", runtime="openvino", options={"device": "CPU"}, iters=10)
+    prof = loopback_profile(sshd, name="loopback-ov", runtime="openvino", options={"device": "CPU"}, iters=10)
     (tmp_path / "ov.yaml").write_text(yaml.safe_dump(prof))
     res = run_cli("bench", str(out / "openvino-int8.xml"), "--device", str(tmp_path / "ov.yaml"), "--json")
     assert res.returncode == 0, res.stderr

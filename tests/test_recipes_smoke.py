@@ -13,8 +13,9 @@ from edgevit.recipe import load_recipe
 from edgevit.results import RunReport
 
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
-# with 16 calibration and 24 evaluation images an accuracy or agreement check may miss by an image; nothing else may fail
-TOLERATED = ("agrees with", "agreement", "accuracy budget", "not slower")
+# with 16 calibration and 24 evaluation images the budget and agreement checks may miss by an image, and speed is not
+# timed; nothing else may fail
+TOLERATED = ("agrees with the simulation", "agree with FP32", "not slower")
 
 
 def _small(recipe) -> list[str]:
@@ -43,9 +44,9 @@ def test_shipped_recipe_runs_end_to_end(path: Path, tmp_path):
     assert res.returncode in (0, 1, 3), res.stderr[-3000:]
     rep = RunReport.model_validate(json.loads((out / "report.json").read_text()))
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
-    failed = [f"{c.name}: {c.detail}" for c in rep.checks if not c.ok]
-    assert all(any(t in f for t in TOLERATED) for f in failed), failed
-    assert (res.returncode == 1) == bool(failed) or rep.status == "int8_not_faster"
+    failed = [c for c in rep.checks if not c.ok]
+    assert all(c.kind == "budget" or any(t in c.name for t in TOLERATED) for c in failed), failed
+    assert (res.returncode == 1) == bool(failed)
     written = [r for r in rep.results if r.file and not r.reference]
     assert len(written) == len(recipe.export), [r.name for r in written]  # every artifact the recipe asks for
     assert all((out / r.file).exists() for r in written)

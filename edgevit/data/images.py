@@ -6,7 +6,6 @@ a set with no readable image is a :class:`BadInput`.
 """
 from __future__ import annotations
 
-
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
