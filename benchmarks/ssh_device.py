@@ -3,7 +3,7 @@ profile and an SSH profile to an OpenSSH server started on 127.0.0.1 (tests/loop
 this same machine: this shows the mechanism (copy, interleaved timing and evaluation over SSH, cleanup) and that
 the device's top-1 is the local top-1 on the same images, not a second device's speed.
 
-    .venv/bin/python benchmarks/ssh_device.py [--eval-images 200] [--iters 50]
+    .venv/bin/python benchmarks/ssh_device.py [--eval-images 1000] [--device-images 200] [--iters 50]
 
 Writes benchmarks/results/ssh_device.json and prints a Markdown table.
 """
@@ -29,7 +29,8 @@ from edgevit.api import compress  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--eval-images", type=int, default=200)
+    ap.add_argument("--eval-images", type=int, default=1000, help="the run's evaluation images (here)")
+    ap.add_argument("--device-images", type=int, default=200, help="the first of them, evaluated on the device")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ssh_device.json")
     args = ap.parse_args()
@@ -39,7 +40,7 @@ def main() -> None:
         with loopback_sshd(tmp / "sshd") as server:
             prof = tmp / "loopback.yaml"
             prof.write_text(yaml.safe_dump(profile(server, threads=2, iters=args.iters, throughput_batch=32,
-                                                   eval_images=args.eval_images)))
+                                                   eval_images=args.device_images)))
             t0 = time.time()
             rep = compress(ROOT / "recipes" / "int8_ptq.yaml",
                            [f"validate.devices=[devices/local-ort-cpu.yaml, {prof}]",
@@ -61,7 +62,7 @@ def main() -> None:
         if r["name"] == "onnx-fp32":
             fp32 = {"local": rows[-1]["local_b1_ms"], "device": rows[-1]["device_b1_ms"][0]}
     out = {"date": time.strftime("%Y-%m-%d %H:%M"), "status": rep["status"], "seconds": seconds,
-           "eval_images": args.eval_images, "rows": rows}
+           "eval_images": args.eval_images, "device_images": args.device_images, "rows": rows}
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(f"status {rep['status']}, {seconds} s")
     print("| artifact | local b1 median (ms) | local vs FP32 | device b1 median / p90 / p99 (ms) | device vs FP32 | "
