@@ -1,13 +1,11 @@
 """The `edgevit` command line, end to end on the built-in hybrid, with real ONNX Runtime."""
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from conftest import ROOT, fast, run_cli
@@ -38,7 +36,9 @@ def test_default_recipe_writes_validated_run(default_run):
     assert ort_top1 == torch_top1
     assert rep["data"]["eval"]["images"] == 1000
     card = rep["model"]["card"]["test_top1"]
-    assert abs(torch_top1 - card) < 0.05, (torch_top1, card)  # 1k-image sample vs the 10k test set
+    # the shipped 1,000 images (a fixed sample of the 10,000 the card was measured on) read 77.70 % against the
+    # card's 77.95 %; a preprocessing or weight-loading fault moves it by more than a point
+    assert abs(torch_top1 - card) < 0.01, (torch_top1, card)
     assert rows["onnx-fp32"]["parity"]["max_abs_diff"] < 1e-4
     assert abs(rows["onnx-fp16"]["accuracy"]["delta_top1"]) < 0.02
     assert rows["onnx-fp16"]["accuracy"]["agreement_with_fp32"] >= 0.99
@@ -78,7 +78,7 @@ def test_failed_check_exits_1_and_overwrite_replaces_the_finished_run(default_ru
     rep = json.loads((out / "report.json").read_text())
     failed = [c["name"] for c in rep["checks"] if not c["ok"]]
     assert rep["status"] == "failed_checks" and any("matches PyTorch" in n or "parity" in n for n in failed), failed
-    assert "failed" in res.stdout.splitlines()[-1].lower()
+    assert res.stderr.strip().splitlines()[-1] == "status: FAILED 1 check(s): onnx-fp32: FP32 ONNX matches PyTorch"
     assert not (out / "left-from-before.txt").exists() and rep["data"]["eval"]["images"] == 50
     assert RunReport.model_validate(rep).status == "failed_checks"  # a failed run's report keeps the schema too
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
@@ -93,17 +93,18 @@ def test_export_fails_when_the_onnx_does_not_compute_what_pytorch_does(tmp_path)
         "class Branchy(torch.nn.Module):\n"
         "    def __init__(self):\n"
         "        super().__init__()\n"
-        "        self.conv = torch.nn.Conv2d(3, 4, 3)\n"
+        "        self.conv, self.num_classes = torch.nn.Conv2d(3, 4, 3), 4\n"
         "    def forward(self, x):\n"
         "        y = self.conv(x).mean(dim=(2, 3))\n"
-        "        return y if float(y.sum()) > 0 else -y  # the tracer keeps one of the two\n"
+        "        return y if float(x.mean()) > 0 else -y  # the tracer keeps one of the two\n"
         "def build():\n"
         "    torch.manual_seed(0)\n"
         "    return Branchy().eval()\n")
     out = tmp_path / "exports"
     res = run_cli("export", "--model", f"file:{tmp_path / 'branchy.py'}:build", "--to", "onnx", "--out", str(out))
     assert res.returncode == 1, res.stdout + res.stderr
-    assert "parity" in res.stderr.lower() or "max abs" in res.stderr.lower(), res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "ONNX matches PyTorch: max abs logit diff" in last, res.stderr
     assert not out.exists() or not any(out.iterdir())  # nothing written, no work folder left
 
 
@@ -128,16 +129,9 @@ def test_corrupt_image_is_skipped_and_reported(tmp_path, small_imagefolder):
     assert "1 unreadable image(s) skipped" in (out / "report.md").read_text()
 
 
-def _pickled_checkpoint(tmp: Path) -> Path:
-    import timm
-
-    state = timm.create_model("vit_tiny_patch16_224", num_classes=3).state_dict()
-    torch.save({"model": state, "args": argparse.Namespace(lr=1)}, tmp / "pickled.pth")
-    return tmp / "pickled.pth"
-
-
-@pytest.mark.parametrize("case", ["malformed", "unknown_key", "missing_checkpoint", "pickled_checkpoint",
-                                  "empty_eval", "corrupt_only_eval", "bad_set"])
+# a pickled checkpoint: tests/reliability/test_bad_inputs.py (refused, exit 2, its code never runs)
+@pytest.mark.parametrize("case", ["malformed", "unknown_key", "missing_checkpoint", "empty_eval", "corrupt_only_eval",
+                                  "bad_set"])
 def test_bad_input_exits_2_with_one_line_and_no_run_folder(case, tmp_path):
     recipe = tmp_path / "r.yaml"
     args: list[str] = []
@@ -154,9 +148,6 @@ def test_bad_input_exits_2_with_one_line_and_no_run_folder(case, tmp_path):
     if case == "missing_checkpoint":
         args = ["--model", "timm:vit_tiny_patch16_224", "--checkpoint", str(tmp_path / "nope.pth")]
         expect = "does not exist"
-    elif case == "pickled_checkpoint":
-        args = ["--model", "timm:vit_tiny_patch16_224", "--checkpoint", str(_pickled_checkpoint(tmp_path))]
-        expect = "--trust-checkpoint"
     elif case == "empty_eval":
         (tmp_path / "empty").mkdir()
         args = ["--eval", str(tmp_path / "empty")]

@@ -29,18 +29,23 @@ def hybrid():
 def test_hybrid_converts_in_every_variant(hybrid, tmp_path):
     model, info = hybrid
     facts = {c: export_coreml(model, info, tmp_path / f"{c}.mlpackage", c, recipe="test")
-             for c in ("none", "w8", "palettize4")}
+             for c in ("none", "w8", "palettize4", "palettize6")}
     for c, f in facts.items():
         assert f["input"] == {"name": "image", "type": "imageType", "width": 32, "height": 32}, c
         assert f["predicted_label"] == "classLabel" and "classLabel_probs" in f["outputs"]
         assert f["labels"] == info.labels
         assert f["metadata"]["mean"] == "[0.4914, 0.4822, 0.4465]" and f["metadata"]["compression"] == c
+        # the preprocessing an app needs beside the mean/std, and where the model came from
+        assert (f["metadata"]["crop_pct"], f["metadata"]["interpolation"]) == (str(info.crop_pct), info.interpolation)
+        assert f["metadata"]["model_source"] == "builtin:hybrid-cifar10"
         assert not (tmp_path / f".tmp-{c}.mlpackage").exists()
     assert facts["none"]["compressed_ops"] == {}
     assert facts["w8"]["compressed_ops"].get("constexpr_affine_dequantize", 0) >= 50
-    assert facts["palettize4"]["compressed_ops"].get("constexpr_lut_to_dense", 0) >= 50
+    for c in ("palettize4", "palettize6"):
+        assert facts[c]["compressed_ops"].get("constexpr_lut_to_dense", 0) >= 50, c
     # measured: 2.06 MB FP16, 1.17 MB int8, 0.67 MB 4-bit
-    assert facts["palettize4"]["size_bytes"] < facts["w8"]["size_bytes"] < 0.7 * facts["none"]["size_bytes"]
+    assert facts["palettize4"]["size_bytes"] < facts["palettize6"]["size_bytes"] < facts["w8"]["size_bytes"] \
+        < 0.7 * facts["none"]["size_bytes"]
 
 
 def test_merged_hybrid_converts_when_a_merge_takes_every_a_token(tmp_path):
@@ -139,7 +144,9 @@ def test_w8a8_package_quantizes_activations_with_edgevits_scales(hybrid, tmp_pat
         sim = qm(x)
         with quantize_ops():
             ops = qm(x)
-    assert (sim.argmax(1) == ops.argmax(1)).float().mean() >= 0.95 and (sim - ops).abs().max() < 0.5
+    # the product's deployed-vs-simulation check asks >= 99 % (all 64 here); torch's quantize op multiplies by
+    # 1/scale where the simulation divides, so a value on a rounding boundary moves a code (measured: 0.076)
+    assert (sim.argmax(1) == ops.argmax(1)).float().mean() >= 0.99 and (sim - ops).abs().max() < 0.15
     assert len(act_sites(qm, quantized=True)) > 50  # the package's quantize ops: test_coreml_recipe_end_to_end
     with pytest.raises(ValueError, match="needs a quantized model"):
         export_coreml(model, info, tmp_path / "float.mlpackage", "w8", "int8")

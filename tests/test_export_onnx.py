@@ -46,6 +46,9 @@ def test_fp32_export_graph_and_metadata(builtin, tmp_path):
     assert json.loads(meta["std"]) == pytest.approx(list(info.std))
     assert json.loads(meta["input_size"]) == [3, 32, 32]
     assert meta["recipe"] == "unit" and meta["edgevit_version"] and meta["precision"] == "fp32"
+    # what an app needs to preprocess like the evaluation did, and where the model came from
+    assert json.loads(meta["crop_pct"]) == info.crop_pct and meta["interpolation"] == info.interpolation
+    assert meta["model_source"] == info.source and info.source.startswith("builtin:")
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
 
 

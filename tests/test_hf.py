@@ -166,6 +166,8 @@ def test_tome_merges_tokens_in_an_hf_vit_and_int8_ptq_runs_on_deit_and_levit(fol
         assert rep["model"]["arch"].endswith(arch) and rep["status"] == "ok"
         # one per block, and on LeViT one per downsampling attention between its three stages
         assert rep["quantization"]["plan"]["counts"]["attn_softmax"] == softmax
+    # LeViT's activations (Hardswish) before each attention output and each MLP's second layer: 5 + 5
+    assert rep["quantization"]["plan"]["counts"]["post_act"] == 10
 
 
 def test_w8a8_adalog_reaches_mobilevitv2_separable_attention_and_conv_mlp(folders, tmp_path):

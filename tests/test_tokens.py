@@ -332,8 +332,8 @@ def test_merged_hybrid_quantizes_and_runs_in_onnx_runtime(tmp_path):
     export_onnx(qmodel, info, ExportConfig(precision="int8"), tmp_path / "q.onnx", "test")
     got = OrtRunner(tmp_path / "q.onnx", 1)(x.numpy())
     sim = qmodel(x).detach().numpy()
-    assert (got.argmax(1) == sim.argmax(1)).mean() >= 0.95
-    assert np.abs(got - sim).max() < 0.1 * np.abs(sim).max()
+    assert (got.argmax(1) == sim.argmax(1)).mean() >= 0.99  # the product's deployed-vs-simulation check
+    assert np.abs(got - sim).max() < 0.06 * np.abs(sim).max()  # measured: 0.029
 
 
 def test_merged_model_converts_to_coreml(tmp_path):

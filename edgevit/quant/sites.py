@@ -355,18 +355,30 @@ def _pointwise(m: nn.Module) -> bool:
         and m.inner.padding in ((0, 0), "valid")
 
 
-def mark_post_activation_sites(model: nn.Module) -> None:
-    """Mark the input of an MLP's second layer as ``post_act``: a Linear (fc1 -> act -> fc2, timm
-    ``Mlp``) or the 1x1 conv of timm's ``ConvMlp`` (fc1 -> norm -> act -> fc2: MobileViTV2)."""
+def _after_activation(m: nn.Module) -> nn.Module | None:
+    """The layer of ``m`` that reads its activation's output directly, if ``m`` is a known MLP form: timm ``Mlp``
+    (fc1 -> act -> fc2), timm ``ConvMlp`` (fc1 -> norm -> act -> 1x1 conv fc2: MobileViTV2), LeViT's MLP
+    (ln1 -> act -> ln2) and its attention output (act -> ln)."""
     from timm.layers import ConvMlp
+    from timm.models.levit import LevitMlp
 
+    fc2 = getattr(m, "fc2", None)
+    if isinstance(fc2, QuantLinear) or (type(m) is ConvMlp and _pointwise(fc2)):
+        return fc2
+    if type(m) is LevitMlp:
+        return getattr(m.ln2, "linear", None)
+    if isinstance(m, nn.Sequential) and list(m._modules) == ["act", "ln"]:  # LeViT attention's proj
+        return getattr(m.ln, "linear", None)
+    return None
+
+
+def mark_post_activation_sites(model: nn.Module) -> None:
+    """Mark the input of the layer after an MLP's activation as ``post_act`` (see ``_after_activation``)."""
     for m in model.modules():
-        fc2, act = getattr(m, "fc2", None), getattr(m, "act", None)
-        if not isinstance(act, nn.Module) or isinstance(act, nn.Identity):
-            continue
-        if isinstance(fc2, QuantLinear) or (type(m) is ConvMlp and _pointwise(fc2)):
-            fc2.input_quant.kind = "post_act"
-            fc2.input_quant.shift = activation_floor(act)
+        act, layer = getattr(m, "act", None), _after_activation(m)
+        if isinstance(act, nn.Module) and not isinstance(act, nn.Identity) and isinstance(layer, QuantWeighted):
+            layer.input_quant.kind = "post_act"
+            layer.input_quant.shift = activation_floor(act)
 
 
 def act_sites(model: nn.Module, quantized: bool = False) -> list[ActQuant]:

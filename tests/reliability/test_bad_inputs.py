@@ -84,7 +84,7 @@ def _one_clear_line(msg: str) -> None:
 @given(bad_recipes())
 def test_generated_bad_recipes_give_one_clear_line(data):
     """250 generated recipes: each validates or raises BadInput with one line that names where: the file,
-    then the key path (``<file>: export.0.precision: ...``), whose first part is a section of the recipe."""
+    then the key path (``<file>: export.0.precision: ...``) in one of the recipe's sections."""
     path = ROOT / "recipes" / "bad-input.yaml"
     try:
         build_recipe(data, path)
@@ -92,8 +92,8 @@ def test_generated_bad_recipes_give_one_clear_line(data):
         msg = str(e)
         _one_clear_line(msg)
         assert msg.startswith(f"{path}: "), msg
-        key = msg[len(f"{path}: "):].split(": ", 1)[0]
-        assert key.split(".")[0] in set(VALID) | set(data), msg
+        rest = msg[len(f"{path}: "):]  # a section's key path, or a top-level key the recipe does not know
+        assert any(rest.startswith(f"{k}.") or rest.startswith(f"{k}:") for k in VALID) or ": unknown key " in rest, msg
 
 
 @settings(max_examples=4, deadline=None,
