@@ -55,6 +55,22 @@ def test_base_composition(tmp_path):
     assert (r.name, r.seed, r.export[0].precision) == ("child", 3, "fp16")
 
 
+def test_base_found_in_the_working_directory_then_the_shipped_recipes(tmp_path, monkeypatch):
+    """A relative base: is looked up next to the recipe (and one folder up), then in the working directory, then
+    in the installed package's files (recipes/...); one found nowhere names every place looked in."""
+    (tmp_path / "recipes" / "mine").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    write(tmp_path / "work" / "parent.yaml", "name: parent\nseed: 7\n")
+    child = write(tmp_path / "recipes" / "mine" / "child.yaml", "base: parent.yaml\nname: child\n")
+    monkeypatch.chdir(tmp_path / "work")
+    assert load_recipe(child).seed == 7
+    shipped = write(tmp_path / "recipes" / "mine" / "on_shipped.yaml", "base: recipes/int8_ptq.yaml\nname: mine\n")
+    assert load_recipe(shipped).quantize is not None  # the installed package's int8_ptq recipe
+    lost = write(tmp_path / "recipes" / "mine" / "lost.yaml", "base: nowhere.yaml\nname: lost\n")
+    with pytest.raises(BadInput, match=r"lost.yaml: base: path does not exist: nowhere.yaml \(looked in: .*work/nowhere"):
+        load_recipe(lost)
+
+
 def test_unknown_key_names_file_key_and_allowed(tmp_path):
     p = write(tmp_path / "bad.yaml", "name: x\nmodel: {source: builtin:hybrid-cifar10, chekpoint: a.pt}\n")
     with pytest.raises(BadInput) as e:
