@@ -23,7 +23,6 @@ is the saved package: input/output descriptions, metadata, and which compressed-
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -36,7 +35,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from edgevit._version import __version__
+from edgevit.exporters.onnx import artifact_metadata
 
 COMPRESSED_OPS = ("constexpr_sparse_to_dense", "constexpr_lut_to_dense", "constexpr_affine_dequantize",
                   "constexpr_blockwise_shift_scale", "constexpr_sparse_blockwise_shift_scale")
@@ -191,13 +190,7 @@ def export_coreml(model: nn.Module, info, path: Path, compression: str = "none",
     with _quiet_progress():
         mlmodel = _convert(ct, traced, target, size, info, precision, layernorm_fp32, compression)
     mlmodel.short_description = f"{info.arch} image classifier ({len(info.labels)} classes), edgevit {recipe}"
-    meta = {"labels": json.dumps(list(info.labels)), "mean": json.dumps(list(info.mean)),
-            "std": json.dumps(list(info.std)), "input_size": json.dumps([3, size, size]),
-            "crop_pct": str(info.crop_pct), "interpolation": info.interpolation,
-            "resize": getattr(info, "resize", "short_side"),
-            "model_source": info.source, "edgevit_version": __version__, "recipe": recipe, "compression": compression,
-            "precision": precision}
-    mlmodel.user_defined_metadata.update(meta)
+    mlmodel.user_defined_metadata.update(artifact_metadata(info, recipe, precision) | {"compression": compression})
     tmp = path.with_name(f".tmp-{path.name}")  # coremltools wants the .mlpackage suffix
     shutil.rmtree(tmp, ignore_errors=True)
     mlmodel.save(str(tmp))

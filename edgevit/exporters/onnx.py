@@ -30,14 +30,14 @@ log = logging.getLogger("edgevit")
 MAX_IR_VERSION = 10
 
 
-def onnx_metadata(info, recipe_name: str, precision: str) -> dict[str, str]:
-    """The metadata_props every artifact carries; lists are JSON so any app can parse them."""
+def artifact_metadata(info, recipe_name: str, precision: str) -> dict[str, str]:
+    """What every artifact carries (ONNX metadata_props, CoreML user-defined metadata, OpenVINO rt_info): labels,
+    preprocessing and provenance; lists are JSON so any app can parse them."""
     return {
         "labels": json.dumps(list(info.labels)),
         "mean": json.dumps([float(v) for v in info.mean]),
         "std": json.dumps([float(v) for v in info.std]),
         "input_size": json.dumps([3, info.input_size, info.input_size]),
-        "input_layout": "NCHW, RGB, scaled to 0-1 then (x - mean) / std",
         "crop_pct": json.dumps(info.crop_pct),
         "interpolation": info.interpolation,
         "resize": getattr(info, "resize", "short_side"),
@@ -46,6 +46,12 @@ def onnx_metadata(info, recipe_name: str, precision: str) -> dict[str, str]:
         "edgevit_version": __version__,
         "recipe": recipe_name,
     }
+
+
+def onnx_metadata(info, recipe_name: str, precision: str) -> dict[str, str]:
+    """The metadata_props of an ONNX artifact: :func:`artifact_metadata` and the layout its tensor input takes."""
+    return artifact_metadata(info, recipe_name, precision) | {
+        "input_layout": "NCHW, RGB, scaled to 0-1 then (x - mean) / std"}
 
 
 def read_metadata(path: Path | str) -> dict[str, str]:

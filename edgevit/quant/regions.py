@@ -55,8 +55,10 @@ def region_of(path: str, units: dict[str, str]) -> str:
 
 def plan_regions(model: nn.Module, plan) -> dict[str, Region]:
     """The regions of ``model`` that hold a quantizer of ``plan``, in model order."""
-    units = {n: k for n, m in model.named_modules() if n and (k := _unit_kind(n, m)) is not None}
+    units: dict[str, str] = {}
     for n, m in model.named_modules():
+        if n and (kind := _unit_kind(n, m)) is not None:
+            units[n] = kind
         family = attention_family(m)
         units.update({f"{n}.{child}": "projection" for child in (family.projection_units(m) if family else ())})
     out: dict[str, Region] = {}

@@ -9,7 +9,6 @@ that compiles it gets the precision that was validated; labels and preprocessing
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -20,6 +19,7 @@ from typing import Literal
 import onnx
 from pydantic import Field, model_validator
 
+from edgevit.exporters.onnx import artifact_metadata
 from edgevit.exporters.qdq import quantized_layers
 from edgevit.quant.targets import ONNXRUNTIME
 from edgevit.runtimes.base import ExportBase, OnnxGraphFields, Runtime, register
@@ -142,16 +142,6 @@ def float_quantized_layers(compiled, quantized: list[str]) -> list[str]:
                   for name in names if name in wanted)
 
 
-def _metadata(info, recipe: str, precision: str) -> dict[str, str]:
-    from edgevit._version import __version__
-
-    return {"labels": json.dumps(list(info.labels)), "mean": json.dumps(list(info.mean)),
-            "std": json.dumps(list(info.std)), "input_size": json.dumps([3, info.input_size, info.input_size]),
-            "crop_pct": str(info.crop_pct), "interpolation": info.interpolation,
-            "resize": getattr(info, "resize", "short_side"),
-            "model_source": info.source, "edgevit_version": __version__, "recipe": recipe, "precision": precision}
-
-
 @register
 class OpenVINO(Runtime):
     name, label, format, suffix, config = "openvino", "OpenVINO", "openvino", ".xml", OpenVINOExport
@@ -183,7 +173,7 @@ class OpenVINO(Runtime):
             facts = write_graph(job, ctx, f"{tmp.name}/graph.onnx", graph)
             quantized = quantized_layers(onnx.load(str(tmp / "graph.onnx"))) if cfg.precision == "int8" else []
             model = ov.convert_model(str(tmp / "graph.onnx"))
-            for key, value in _metadata(ctx.info, ctx.recipe.name, cfg.precision).items():
+            for key, value in artifact_metadata(ctx.info, ctx.recipe.name, cfg.precision).items():
                 model.set_rt_info(value, ["edgevit", key])
             model.set_rt_info(cfg.hint, ["runtime_options", "INFERENCE_PRECISION_HINT"])
             ov.save_model(model, str(tmp / job.file), compress_to_fp16=cfg.precision == "bf16")
