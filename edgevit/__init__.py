@@ -7,9 +7,10 @@ The public API, the same verbs as the command line and the same code path::
     edgevit.exporters("timm:deit_tiny_patch16_224", "out/", to="onnx")
     edgevit.bench("out/model.onnx")
     edgevit.sweep("tome_fp32", "tokens.r=4,8")
+    edgevit.sweep_plan("plan.yaml", executor="ray")
 """
 from edgevit._version import __version__
-__all__ = ["bench", "compress", "export", "sweep"]
+__all__ = ["bench", "compress", "export", "sweep", "sweep_plan"]
 
 
 def __getattr__(name: str):

@@ -35,12 +35,25 @@ def compress(recipe: Recipe | str | Path, overrides: list[str] = (), out: Path |
     return run(recipe, out_dir, overwrite=overwrite)
 
 
-def sweep(recipe: Recipe | str | Path, spec: str, overrides: list[str] = (), out: Path | str | None = None,
-          overwrite: bool = False):
-    """Run a recipe once per value of ``spec`` (``KEY=V1,V2,...``) and compare the runs (see edgevit.sweeps)."""
-    from edgevit.sweeps import sweep as run_sweep
+def sweep(recipe: str | Path, spec: str, overrides: list[str] = (), out: Path | str | None = None,
+          overwrite: bool = False, executor: str = "local", address: str | None = None):
+    """Run a recipe once per value of ``spec`` (``KEY=V1,V2,...``) and compare the runs: the one-recipe sweep
+    plan (every value validated before anything runs), into ``out`` (default ``runs/<recipe>-sweep``)."""
+    from edgevit.sweeps import one_recipe_plan, parse_sweep, run_plan
 
-    return run_sweep(recipe, spec, overrides, out, overwrite)
+    key, values = parse_sweep(spec)
+    plan = one_recipe_plan(recipe, key, values, list(overrides))
+    return run_plan(plan, Path(out) if out else Path("runs") / plan.name, executor=executor, address=address,
+                    overwrite=overwrite, strict=True)
+
+
+def sweep_plan(plan: str | Path, out: Path | str | None = None, executor: str = "local", address: str | None = None,
+               overwrite: bool = False):
+    """Run a sweep plan file (see edgevit.sweeps.plan) into ``out`` (default ``runs/<plan name>``)."""
+    from edgevit.sweeps import load_plan, run_plan
+
+    p, plan_file = load_plan(plan)
+    return run_plan(p, Path(out) if out else Path("runs") / p.name, plan_file, executor, address, overwrite)
 
 
 def export(model: ModelConfig | str, out_dir: Path | str, **options) -> dict:

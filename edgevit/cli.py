@@ -61,7 +61,7 @@ def compress(
     out: Optional[Path] = typer.Option(None, help="run folder [default: runs/<recipe name>]"),
     set_: list[str] = typer.Option([], "--set", help="override any recipe key by dotted path, e.g. validate.devices.0.threads=1"),
     sweep: Optional[str] = typer.Option(None, help="run once per value and compare, e.g. tokens.r=4,8,12 "
-                                        "(runs in OUT/KEY=VALUE, table in OUT/sweep.md)"),
+                                        "(runs in OUT/runs/, table in OUT/sweep.md; see `edgevit sweep`)"),
     overwrite: bool = typer.Option(False, help="replace an existing run folder"),
     debug: bool = typer.Option(False, help="show tracebacks"),
 ) -> None:
@@ -90,8 +90,7 @@ def compress(
 
             swept = run_sweep(recipe, sweep, overrides + list(set_), out=out, overwrite=overwrite)
             _print_sweep(swept.summary, swept.out_dir)
-            codes = {STATUS_EXIT.get(v["status"], 1) for v in swept.summary["values"]}
-            return 1 if 1 in codes else max(codes, default=0)  # a failed check outranks "INT8 not faster"
+            return swept.exit_code
         rec = load_recipe(recipe, overrides + list(set_))
         result = run_compress(rec, out=out, overwrite=overwrite)
         _print_summary(result.report, result.out_dir)
@@ -120,21 +119,27 @@ def _print_summary(report: dict, out_dir: Path) -> None:
 
 
 def _print_sweep(summary: dict, out_dir: Path) -> None:
-    table = Table(title=f"{summary['recipe']}: sweep of {summary['key']} -> {out_dir}")
-    for col in ("value", "status", "artifact", "top-1", "Δ pts", "b1 speed", "throughput vs yardstick"):
+    table = Table(title=f"sweep {summary['name']} -> {out_dir}")
+    for col in ("model", "recipe", "settings", "device", "status", "artifact", "top-1", "Δ pts", "speed vs FP32",
+                "size vs FP32"):
         table.add_column(col)
-    for v in summary["values"]:
-        for r in v["rows"]:
-            if r["reference"] or r["runtime"] == "torch":
-                continue
-            table.add_row(v["value"], v["status"], r["name"],
-                          "n/a" if r["top1"] is None else f"{100 * r['top1']:.2f} %",
-                          "n/a" if r["delta_top1"] is None else f"{100 * r['delta_top1']:+.2f}",
-                          "n/a" if r["speed_vs_reference"] is None else f"{r['speed_vs_reference']:.2f}x",
-                          "n/a" if r["throughput_vs_reference"] is None else f"{r['throughput_vs_reference']:.2f}x")
+
+    def fmt(v, spec: str, scale: float = 1.0, unit: str = "") -> str:
+        return "n/a" if v is None else f"{scale * v:{spec}}{unit}"
+
+    for r in summary["runs"]:
+        table.add_row(r["model"], r["recipe"], " ".join(f"{k}={v}" for k, v in r["settings"].items()), r["device"],
+                      r.get("run_status") or r["status"], r.get("artifact") or "", fmt(r.get("top1"), ".2f", 100, " %"),
+                      fmt(r.get("delta_top1"), "+.2f", 100), fmt(r.get("speed_vs_fp32"), ".2f", unit="x"),
+                      fmt(r.get("size_vs_fp32"), ".2f", unit="x"))
     console.print(table)
-    console.print(f"table: {out_dir / 'sweep.md'}  (machine-readable: {out_dir / 'sweep.json'}); "
-                  f"each value's report in {out_dir}/<KEY=VALUE>/")
+    for r in summary["runs"]:
+        if r["status"] == "failed":
+            console.print(f"[red]FAILED[/red] {escape(r['folder'])}: {escape(r['error'] or '')}", soft_wrap=True)
+    p = summary["progress"]
+    console.print(f"{p['complete']} of {p['total']} runs complete, {p['failed']} failed; table: "
+                  f"{out_dir / 'sweep.md'} (machine-readable: sweep.json; page: sweep.html); runs in {out_dir / 'runs'}/",
+                  soft_wrap=True)
 
 
 def _export_formats() -> dict[str, str]:
@@ -166,6 +171,46 @@ class Target(str, Enum):
     tensorrt = "tensorrt"
     coreml = "coreml"
     openvino = "openvino"
+
+
+@app.command("sweep")
+def sweep_cmd(
+    plan: Path = typer.Argument(..., help="sweep plan (YAML): name, recipes, models, set, devices"),
+    out: Optional[Path] = typer.Option(None, help="sweep folder [default: runs/<plan name>]; "
+                                       "an unfinished sweep there is continued"),
+    executor: str = typer.Option("local", help="local (one run after another in this process) or ray"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster to use: auto, HOST:PORT or ray://HOST:10001 "
+                                          "[default: start Ray on this machine]"),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1,
+                                           help="CPUs the Ray started on this machine offers [default: all]"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the runs and stop"),
+    overwrite: bool = typer.Option(False, help="start over in a folder that holds another sweep"),
+    debug: bool = typer.Option(False, help="show tracebacks"),
+) -> None:
+    """Run a matrix of recipes x models x settings x devices and write one leaderboard.
+
+    Example: `edgevit sweep plan.yaml --executor ray --out runs/zoo` (the plan format is in the README).
+    """
+    def body() -> int:
+        from edgevit.sweeps import dry_run_lines, expand, load_plan, run_plan
+
+        p, plan_file = load_plan(plan)
+        if dry_run:
+            runs = expand(p, plan_file)
+            for line in dry_run_lines(runs):
+                print(line)
+            return 0
+        out_dir = out or Path("runs") / p.name
+        try:
+            result = run_plan(p, out_dir, plan_file, executor, address, overwrite, num_cpus=num_cpus)
+        except KeyboardInterrupt:
+            console.print(f"[red]interrupted[/red]: finished runs are kept in {out_dir / 'runs'}; run the same "
+                          "command again to continue")
+            return 130
+        _print_sweep(result.summary, result.out_dir)
+        return result.exit_code
+
+    _guard(body, debug)
 
 
 @app.command()

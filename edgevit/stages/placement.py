@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgevit.devices.lease import timing_lease
 from edgevit.errors import BadInput
 from edgevit.quant import apply_plan
 from edgevit.quant.lowering import has_nonuniform, lower_plan, plan_bits
@@ -244,7 +245,11 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
         return tmp / j.file
 
     can_profile = rt.profiles and rt.can_run_here()
-    profile = (lambda path: rt.profile(path, prof_dev, x, PROFILE_RUNS)) if can_profile else None
+    def timed_profile(path: Path) -> dict[str, float]:
+        with timing_lease(prof_dev, "placement profile"):
+            return rt.profile(path, prof_dev, x, PROFILE_RUNS)
+
+    profile = timed_profile if can_profile else None
     fp32_path = export("fp32", ctx.model, "fp32")
     # without a profile every region counts as faster in INT8: the candidates are the activation forms only
     fp32_nodes = profile(fp32_path) if profile else {}
@@ -315,8 +320,9 @@ def _local_timer(rt, device, x: np.ndarray):
     """Batch-1 medians of artifact files on this machine, interleaved (``scale``: relative length)."""
     def time_files(files: dict[str, Path], scale: int) -> dict[str, float]:
         runners = {k: rt.local_runner(f, device) for k, f in files.items()}
-        rounds = scale * rounds_for(runners["fp32"], x[:1], len(runners))
-        return interleaved_medians(runners, x[:1], rounds, seed=scale)
+        with timing_lease(device, "placement"):
+            rounds = scale * rounds_for(runners["fp32"], x[:1], len(runners))
+            return interleaved_medians(runners, x[:1], rounds, seed=scale)
     return time_files
 
 
@@ -326,7 +332,8 @@ def _device_timer(device, info, x: np.ndarray):
 
     def time_files(files: dict[str, Path], scale: int) -> dict[str, float]:
         dev = device.model_copy(update={"iters": scale * device.iters, "throughput_batch": 1})
-        out = measure_remote(dev, list(files.items()), x[:1], None, info)
+        with timing_lease(device, "placement"):
+            out = measure_remote(dev, list(files.items()), x[:1], None, info)
         return {k: float(out["artifacts"][k]["batch1"]["median_ms"]) for k in files}
     return time_files
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from edgevit.devices.lease import timing_lease
 from edgevit.runtimes import runtime
 from edgevit.stages.jobs import ExportJob
 from edgevit.validate.profiling import interleaved_medians, rounds_for
@@ -45,14 +46,16 @@ class ModelTimer:
                 rt.export(job, scratch)
                 files[name] = Path(tmp) / job.file
             if self.device.kind == "ssh":
-                return self._remote(files, big)
+                with timing_lease(self.device, "tokens"):
+                    return self._remote(files, big)
             runners = {k: rt.local_runner(f, self.device) for k, f in files.items()}
             first = next(iter(runners.values()))
             out: dict[str, dict[str, float]] = {k: {} for k in runners}
-            for key, batch in (("batch1", x[:1]), ("throughput", big)):
-                rounds = rounds_for(first, batch, len(runners), self.seconds, least=5)
-                for k, ms in interleaved_medians(runners, batch, rounds, warmup=2).items():
-                    out[k][key] = round(ms, 4)
+            with timing_lease(self.device, "tokens"):
+                for key, batch in (("batch1", x[:1]), ("throughput", big)):
+                    rounds = rounds_for(first, batch, len(runners), self.seconds, least=5)
+                    for k, ms in interleaved_medians(runners, batch, rounds, warmup=2).items():
+                        out[k][key] = round(ms, 4)
             return out
 
     def _remote(self, files: dict[str, Path], sample: np.ndarray) -> dict[str, dict[str, float]]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgevit.devices.lease import timing_lease
 from edgevit.exporters.onnx import export_onnx
 from edgevit.progress import new_progress
 from edgevit.runtimes import RUNTIMES
@@ -107,8 +108,9 @@ def validate(recipe, model, sims: dict, info, params: int, artifacts: list[dict]
                         row["precision"], row.get("simulated_by") or "pytorch-fp32")
             row["latency"] = []
         for d in devices:  # all artifacts interleaved: the FP32 baseline shares the load of each one
-            measured = measure_interleaved({r["name"]: run for r, run in timed}, sample, d,
-                                           lambda: progress.advance(t_lat))
+            with timing_lease(d, "validate"):
+                measured = measure_interleaved({r["name"]: run for r, run in timed}, sample, d,
+                                               lambda: progress.advance(t_lat))
             for r, _ in timed:
                 r["latency"].append(measured[r["name"]])
     ref_top1 = rows[0]["accuracy"]["top1"] if rows[0]["accuracy"] else None
@@ -151,7 +153,8 @@ def remote_device(device, rows: list[dict], logits: dict, evalset, sample: np.nd
     log.info("device %s: measuring %d artifact(s) over SSH (%s)", device.name, len(todo), device.ssh.host)
     with new_progress() as progress:
         progress.add_task(f"device {device.name} ({len(todo)} artifacts)", total=None)
-        out = measure_remote(device, [(r["name"], stage / r["file"]) for r in todo], x, y, info)
+        with timing_lease(device, "validate"):
+            out = measure_remote(device, [(r["name"], stage / r["file"]) for r in todo], x, y, info)
     checks = []
     for r in todo:
         got = out["artifacts"][r["name"]]

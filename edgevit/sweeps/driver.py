@@ -1,0 +1,125 @@
+"""Run a sweep plan: expand it, skip the runs a previous attempt finished, hand the rest to the executor,
+and keep ``OUT/sweep.json`` / ``sweep.md`` current while it runs (``OUT/runs/<run>/`` holds each finished
+run's full folder; a folder there is always complete)."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edgevit.errors import BadInput
+from edgevit.runfolder import STATUS_FILE
+from edgevit.sweeps.executors import Job, Outcome, make_executor
+from edgevit.sweeps.leaderboard import run_entry, write_leaderboard
+from edgevit.sweeps.plan import Plan, RunSpec, expand
+
+RUNS = "runs"
+log = logging.getLogger("edgevit")
+
+
+@dataclass
+class SweepResult:
+    """Where the sweep wrote its table and runs, and the table (sweep.json's content)."""
+
+    out_dir: Path
+    summary: dict
+
+    @property
+    def exit_code(self) -> int:
+        """0: every run complete and ok; 1: a run failed or a finished run failed a check or its budget; 3:
+        only "INT8 not faster" runs besides ok ones (as ``compress``)."""
+        from edgevit.cli import STATUS_EXIT
+
+        runs = self.summary["runs"]
+        if any(r["status"] != "complete" for r in runs):
+            return 1
+        codes = {STATUS_EXIT.get(r.get("run_status"), 1) for r in runs}
+        return 1 if 1 in codes else max(codes, default=0)
+
+
+def _prepare(out_dir: Path, name: str, overwrite: bool) -> None:
+    """Make ``out_dir`` this sweep's folder: new, resumed (same plan name) or replaced (``overwrite``)."""
+    table = out_dir / "sweep.json"
+    if out_dir.exists() and overwrite:
+        shutil.rmtree(out_dir)
+    elif out_dir.exists() and any(out_dir.iterdir()):
+        try:
+            previous = json.loads(table.read_text()).get("name")
+        except (OSError, ValueError):
+            previous = None
+        if previous != name:
+            what = f"the sweep {previous!r}" if previous else "something that is not a sweep"
+            raise BadInput(f"{out_dir} holds {what}: choose another --out or pass --overwrite")
+    (out_dir / RUNS).mkdir(parents=True, exist_ok=True)
+
+
+def _finished_report(folder: Path) -> dict | None:
+    try:
+        if json.loads((folder / STATUS_FILE).read_text()).get("status") == "complete":
+            return json.loads((folder / "report.json").read_text())
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def dry_run_lines(specs: list[RunSpec]) -> list[str]:
+    """One line per run of the plan (``--dry-run``)."""
+    return [f"{s.index + 1:3d}. {s.folder}" + (f"  INVALID: {s.error}" if s.error else "") for s in specs]
+
+
+def run_plan(plan: Plan, out_dir: Path, plan_file: Path | None = None, executor: str = "local",
+             address: str | None = None, overwrite: bool = False, strict: bool = False,
+             num_cpus: int | None = None) -> SweepResult:
+    """Run every run of ``plan`` not already finished in ``out_dir`` (``strict``: a run whose recipe does
+    not validate stops the sweep before anything runs, instead of being recorded as failed; ``num_cpus``:
+    what a Ray started here offers)."""
+    specs = expand(plan, plan_file, strict=strict)
+    ex = make_executor(executor, address, num_cpus)
+    _prepare(out_dir, plan.name, overwrite)
+    runs_dir = out_dir / RUNS
+    sweep = {"name": plan.name, "plan": str(plan_file) if plan_file else None, "executor": executor,
+             "address": address, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs": []}
+    by_id: dict[str, dict] = {}
+    jobs = []
+    for spec in specs:
+        base = spec.describe() | {"status": "pending", "error": None, "node": None}
+        report = None
+        if spec.error:
+            base |= {"status": "failed", "error": spec.error}
+        elif (report := _finished_report(runs_dir / spec.folder)) is not None:
+            base |= {"status": "complete", "resumed": True}
+        else:
+            jobs.append(Job(spec.id, spec.folder, spec.recipe, plan.max_retries))
+        by_id[spec.id] = run_entry(base, report)
+        sweep["runs"].append(by_id[spec.id])
+
+    def update(run_id: str, entry: dict) -> None:
+        i = next(i for i, r in enumerate(sweep["runs"]) if r["id"] == run_id)
+        sweep["runs"][i] = by_id[run_id] = entry
+        write_leaderboard(sweep, out_dir)
+
+    def started(job: Job, where: dict) -> None:
+        update(job.id, by_id[job.id] | {"status": "running", **where})
+
+    def done(job: Job, outcome: Outcome) -> None:
+        facts = {k: v for k, v in asdict(outcome).items() if k not in ("status", "run_status")}
+        report = _finished_report(runs_dir / job.folder) if outcome.status == "complete" else None
+        update(job.id, run_entry(by_id[job.id] | facts | {"status": outcome.status}, report))
+        p = sweep["progress"]
+        (log.info if outcome.status == "complete" else log.error)(
+            "sweep %s: %s %s%s (%d of %d done, %d failed, %d running)", plan.name, job.folder, outcome.status,
+            f": {outcome.error}" if outcome.error else f" ({outcome.run_status})", p["complete"], p["total"],
+            p["failed"], p["running"])
+
+    write_leaderboard(sweep, out_dir)
+    try:
+        ex.run(jobs, runs_dir, started, done)
+    finally:
+        for r in sweep["runs"]:
+            if r["status"] == "running":  # interrupted: it will run again when the sweep is restarted
+                r["status"] = "pending"
+        write_leaderboard(sweep, out_dir, final=True)
+    return SweepResult(out_dir, sweep)

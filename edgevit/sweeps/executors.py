@@ -1,0 +1,109 @@
+"""Where a sweep's runs execute: chosen once per sweep by name (``--executor local|ray``).
+
+An executor takes the runs to do and calls back when one starts and when one ends; the driver keeps the
+table. ``local`` runs them one after another in this process; ``ray`` (edgevit.sweeps.ray_executor) runs
+each as a Ray task on this machine or on a cluster.
+"""
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+from edgevit.errors import BadInput, RunFailure, one_line
+from edgevit.recipe import Recipe
+
+
+@dataclass
+class Job:
+    """One run handed to an executor: its identity, its folder name under ``OUT/runs`` and its recipe."""
+
+    id: str
+    folder: str
+    recipe: Recipe
+    max_retries: int = 2
+
+    @property
+    def cpus(self) -> int:
+        """Cores the run uses: its local device profiles' threads (compression uses as many)."""
+        return max([d.threads for d in self.recipe.validation.devices if d.kind == "local"] or [1])
+
+
+@dataclass
+class Outcome:
+    """How a run ended: ``complete`` (its folder is in place; ``run_status`` is the report's status) or
+    ``failed`` with a one-line ``error``; where it ran and where each timing was made."""
+
+    status: str
+    run_status: str | None = None
+    error: str | None = None
+    node: str | None = None
+    host: str | None = None
+    attempts: int = 1
+    elapsed_s: float = 0.0
+    timed: list[dict] = field(default_factory=list)
+    discarded_partial: bool = False
+
+
+Started = Callable[[Job, dict], None]
+Done = Callable[[Job, Outcome], None]
+
+
+class Executor(Protocol):
+    name: str
+
+    def run(self, jobs: list[Job], runs_dir: Path, started: Started, done: Done) -> None:
+        """Run every job into ``runs_dir / job.folder``, calling ``started`` and ``done`` for each."""
+
+
+EXECUTORS: dict[str, Callable[..., Executor]] = {}
+
+
+def register_executor(name: str):
+    """Class decorator: make an executor available as ``--executor NAME``."""
+    def deco(cls):
+        cls.name = name
+        EXECUTORS[name] = cls
+        return cls
+    return deco
+
+
+def make_executor(name: str, address: str | None = None, num_cpus: int | None = None) -> Executor:
+    """The executor called ``name`` (``ray`` is registered when its module is imported)."""
+    if name == "ray":
+        import edgevit.sweeps.ray_executor  # noqa: F401  registers itself
+    if name not in EXECUTORS:
+        raise BadInput(f"--executor {name!r}: unknown (known: {', '.join(sorted(set(EXECUTORS) | {'ray'}))})")
+    if (address is not None or num_cpus is not None) and name != "ray":
+        raise BadInput("--address and --num-cpus: only for --executor ray")
+    return EXECUTORS[name](address=address, num_cpus=num_cpus) if name == "ray" else EXECUTORS[name]()
+
+
+def execute_run(recipe: Recipe, dest: Path) -> Outcome:
+    """Run one recipe into ``dest`` (atomically: the folder exists only when the run completed); a bad input
+    or a failure becomes a ``failed`` outcome with its one-line message."""
+    from edgevit.pipeline import run
+
+    t0 = time.time()
+    try:
+        report = run(recipe, dest, overwrite=True).report
+    except (BadInput, RunFailure) as e:
+        return Outcome("failed", error=one_line(str(e)), elapsed_s=round(time.time() - t0, 1))
+    except Exception as e:  # noqa: BLE001 - one run's bug must not stop the sweep; the table says what it was
+        return Outcome("failed", error=one_line(f"{type(e).__name__}: {e}"), elapsed_s=round(time.time() - t0, 1))
+    return Outcome("complete", run_status=report["status"], elapsed_s=round(time.time() - t0, 1))
+
+
+@register_executor("local")
+class LocalExecutor:
+    """One run after another in this process (timing never overlaps anything of this sweep)."""
+
+    def run(self, jobs: list[Job], runs_dir: Path, started: Started, done: Done) -> None:
+        host = socket.gethostname()
+        for job in jobs:
+            started(job, {"node": "local", "host": host})
+            outcome = execute_run(job.recipe, runs_dir / job.folder)
+            outcome.node, outcome.host = "local", host
+            done(job, outcome)

@@ -1,0 +1,227 @@
+"""``--executor ray``: each run is a Ray task in its own worker process, on this machine (``ray.init()``
+starts a local Ray) or on a cluster (``--address auto|HOST:PORT|ray://HOST:10001``).
+
+- A task asks for as many CPUs as the run's device profiles use threads; it builds its run folder in a
+  scratch folder on its node and returns it as one tar archive, which the driver unpacks beside
+  ``OUT/runs/`` and renames into place: a run folder is never partial.
+- A worker that dies (killed, out of memory) is retried up to the plan's ``max_retries``; the retry
+  discards the dead attempt's scratch folder. A run that fails is not retried: it is recorded with its
+  one-line error.
+- Timing holds an exclusive Ray resource for the device: ``edgevit-bench`` on the node itself for a local
+  profile (each node offers one: ``ray start ... --resources='{"edgevit-bench": 1}'``), ``device-<name>``
+  for an SSH device (offered by one node of the cluster), so two runs never time on one device at once.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import tarfile
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from edgevit.errors import BadInput, RunFailure, one_line
+from edgevit.sweeps.executors import Done, Job, Outcome, Started, execute_run, register_executor
+
+BENCH = "edgevit-bench"
+
+
+def device_resource(device) -> str:
+    """The Ray resource a run holds while timing on ``device``."""
+    return BENCH if device.kind == "local" else f"device-{device.name}"
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError as e:
+        raise BadInput("--executor ray needs Ray: pip install 'edgevit[ray]'") from e
+    return ray
+
+
+class _Progress:
+    """Driver-owned actor the tasks tell when they start (so the table shows what is running where)."""
+
+    def __init__(self):
+        self.started: dict[str, list[dict]] = {}
+
+    def start(self, run_id: str, where: dict) -> None:
+        self.started.setdefault(run_id, []).append(where)
+
+    def snapshot(self) -> dict[str, list[dict]]:
+        return self.started
+
+
+class _Holder:
+    """An actor that exists only to hold a timing resource; killing it (or its owner dying) frees it."""
+
+    def node(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+
+@contextmanager
+def _ray_lease(device, step: str, records: list[dict]) -> Iterator[None]:
+    ray = _ray()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    res = device_resource(device)
+    options: dict = {"num_cpus": 0, "resources": {res: 1}}
+    if device.kind == "local":
+        offered = next((n.get("Resources", {}) for n in ray.nodes() if n.get("NodeID") == node), {})
+        if res not in offered:
+            raise RunFailure(f"Ray node {node[:12]} has no '{res}' resource to time on: start each node with "
+                             f"ray start ... --resources='{{\"{res}\": 1}}'")
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+    elif res not in ray.cluster_resources():
+        raise RunFailure(f"the Ray cluster has no '{res}' resource for SSH device {device.name}: start one node "
+                         f"with ray start ... --resources='{{\"{res}\": 1}}'")
+    t0 = time.time()
+    holder = _remote(_Holder).options(**options).remote()
+    try:
+        where = ray.get(holder.node.remote())
+        records.append({"device": device.name, "step": step, "resource": res, "node": where,
+                        "waited_s": round(time.time() - t0, 2)})
+        yield
+    finally:
+        ray.kill(holder)
+
+
+_REMOTE: dict = {}
+
+
+def _remote(obj):
+    """``ray.remote(obj)``, made once per process (registering a function or class with Ray has a cost)."""
+    if obj not in _REMOTE:
+        _REMOTE[obj] = _ray().remote(obj)
+    return _REMOTE[obj]
+
+
+def _scratch_root() -> Path:
+    return Path(os.environ.get("EDGEVIT_SWEEP_SCRATCH") or Path(tempfile.gettempdir()) / "edgevit-sweep")
+
+
+def _task(recipe, run_id: str, progress) -> dict:
+    """The body of one Ray task: run the recipe on this node, return its folder as a tar archive."""
+    import ray
+
+    from edgevit.devices.lease import lease_provider
+
+    ctx = ray.get_runtime_context()
+    node = ctx.get_node_id()
+    host = socket.gethostname()
+    scratch = _scratch_root() / run_id
+    discarded = scratch.exists()  # a dead attempt's leftovers: never reused
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    ray.get(progress.start.remote(run_id, {"node": node, "host": host, "pid": os.getpid(), "started": time.time()}))
+    records: list[dict] = []
+    try:
+        with lease_provider(lambda device, step: _ray_lease(device, step, records)):
+            outcome = execute_run(recipe, scratch / "run")
+        outcome.node, outcome.host, outcome.timed, outcome.discarded_partial = node, host, records, discarded
+        archive = None
+        if outcome.status == "complete":
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as tar:
+                tar.add(scratch / "run", arcname="run")
+            archive = buf.getvalue()
+        return {"outcome": outcome, "archive": archive}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def unpack_run(archive: bytes, dest: Path) -> None:
+    """Unpack a run folder archived by a task into ``dest`` (replacing it), atomically."""
+    partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(partial, filter="data")
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(partial / "run", dest)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+@register_executor("ray")
+class RayExecutor:
+    """Runs as Ray tasks; connects to ``address`` or starts a local Ray with one ``edgevit-bench``."""
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, poll_s: float = 0.5):
+        self.address = address
+        self.num_cpus = num_cpus
+        self.poll_s = poll_s
+
+    def _connect(self, jobs: list[Job]):
+        ray = _ray()
+        kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+        if self.address and self.num_cpus:
+            raise BadInput("--num-cpus is for the Ray this command starts; a cluster's nodes say their own CPUs")
+        if self.address:
+            try:
+                ray.init(address=self.address, **kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise BadInput(one_line(f"--address {self.address}: cannot connect to Ray: {e}")) from e
+        else:
+            ssh = {f"device-{d.name}": 1 for j in jobs for d in j.recipe.validation.devices if d.kind == "ssh"}
+            ray.init(num_cpus=self.num_cpus, resources={BENCH: 1, **ssh}, **kwargs)
+        return ray
+
+    def run(self, jobs: list[Job], runs_dir: Path, started: Started, done: Done) -> None:
+        if not jobs:
+            return
+        ray = self._connect(jobs)
+        try:
+            biggest = max(n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive"))
+            for job in jobs:
+                if job.cpus > biggest:
+                    raise BadInput(f"run {job.folder} needs {job.cpus} CPUs (its device profile's threads) but the "
+                                   f"largest Ray node has {biggest:g}: set validate.devices.0.threads in the plan")
+            progress = _remote(_Progress).options(num_cpus=0).remote()
+            task = _remote(_task)
+            pending = {task.options(num_cpus=job.cpus, max_retries=job.max_retries, retry_exceptions=False,
+                                    name=f"edgevit:{job.folder}").remote(job.recipe, job.id, progress): job
+                       for job in jobs}
+            seen: dict[str, int] = {}
+            try:
+                while pending:
+                    ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.poll_s)
+                    starts = ray.get(progress.snapshot.remote())
+                    for job in pending.values():
+                        for where in starts.get(job.id, [])[seen.get(job.id, 0):]:
+                            started(job, where)
+                        seen[job.id] = len(starts.get(job.id, []))
+                    for ref in ready:
+                        job = pending.pop(ref)
+                        attempts = len(starts.get(job.id, [])) or 1
+                        done(job, self._finish(ray, ref, job, runs_dir, attempts))
+            except KeyboardInterrupt:
+                for ref in pending:
+                    ray.cancel(ref, force=True)
+                raise
+        finally:
+            ray.shutdown()
+
+    @staticmethod
+    def _finish(ray, ref, job: Job, runs_dir: Path, attempts: int) -> Outcome:
+        try:
+            payload = ray.get(ref)
+        except ray.exceptions.RayError as e:  # the worker died more often than max_retries allows
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            return Outcome("failed", error=one_line(f"{type(e).__name__}: {msg}"), attempts=attempts)
+        outcome: Outcome = payload["outcome"]
+        outcome.attempts = attempts
+        if payload["archive"] is not None:
+            unpack_run(payload["archive"], runs_dir / job.folder)
+        return outcome
