@@ -16,12 +16,12 @@ from rich.table import Table
 from edgevit.errors import BadInput, RunFailure, one_line
 from edgevit.progress import console, setup_logging
 from edgevit.report.writers import status_line
+from edgevit.results import STATUS_EXIT
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode="markdown",
                   help="Compress and export vision transformers (hybrids above all) for edge devices.")
 log = logging.getLogger("edgevit")
-STATUS_EXIT = {"ok": 0, "failed_checks": 1, "over_budget": 1, "int8_not_faster": 3}
 
 
 def _guard(fn: Callable[[], int | None], debug: bool) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
+# a run's status -> the exit code of the command that ran it (the CLI's documented codes)
+STATUS_EXIT = {"ok": 0, "failed_checks": 1, "over_budget": 1, "int8_not_faster": 3}
 
 
 class _Open(BaseModel):

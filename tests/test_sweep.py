@@ -1,23 +1,12 @@
-"""--sweep: one run per value of a recipe key, validated before anything runs, and one table comparing them."""
+"""--sweep: the one-recipe sweep plan: one run per value of a recipe key, validated before anything runs, and one
+table comparing them."""
 from __future__ import annotations
 
 import json
 
-import pytest
-
 from conftest import fast, run_cli
-from edgevit.errors import BadInput
-from edgevit.sweeps import parse_sweep
 
 FAST = fast(calib_num=None)
-
-
-def test_sweep_spec_keeps_bracketed_lists_whole():
-    assert parse_sweep("tokens.r=4,8, 12") == ("tokens.r", ["4", "8", "12"])
-    assert parse_sweep("tokens.r=[8,8,8],[4,4,4]") == ("tokens.r", ["[8,8,8]", "[4,4,4]"])
-    for bad in ("tokens.r", "tokens.r=", "tokens.r=4,,8", "=4,8", "tokens.r=[4,8", "tokens.r=4,4"):
-        with pytest.raises(BadInput, match="--sweep"):
-            parse_sweep(bad)
 
 
 def test_sweep_runs_each_value_and_tabulates_them(tmp_path):
@@ -28,20 +17,22 @@ def test_sweep_runs_each_value_and_tabulates_them(tmp_path):
     res = run_cli("compress", "--recipe", "recipes/tome_fp32.yaml", "--sweep", "tokens.r=2,8", "--out", str(out), *FAST)
     assert res.returncode == 0, res.stderr
     summary = json.loads((out / "sweep.json").read_text())
-    assert summary["key"] == "tokens.r" and [v["value"] for v in summary["values"]] == ["2", "8"]
-    for v in summary["values"]:
-        assert v["status"] == "ok" and (out / v["folder"] / "report.json").is_file()
+    assert summary["name"] == "tome_fp32-sweep" and [r["settings"] for r in summary["runs"]] == [
+        {"tokens.r": "2"}, {"tokens.r": "8"}]
+    for v in summary["runs"]:
+        folder = out / "runs" / v["folder"]
+        assert v["status"] == "complete" and v["run_status"] == "ok" and (folder / "report.json").is_file()
         rows = {r["name"]: r for r in v["rows"]}
         assert rows["onnx-fp32-original"]["reference"] and rows["onnx-fp32-original"]["speed_vs_reference"] == 1.0
         assert rows["onnx-fp32"]["throughput_vs_reference"] > 0 and 0 < rows["onnx-fp32"]["top1"] <= 1
-        locked = (out / v["folder"] / "recipe.lock.yaml").read_text()
-        assert f"r: {v['value']}" in locked
-    r2, r8 = summary["values"]
+        assert v["artifact"] == "onnx-fp32" and v["speed_vs_fp32"] == rows["onnx-fp32"]["speed_vs_reference"]
+        assert f"r: {v['settings']['tokens.r']}" in (folder / "recipe.lock.yaml").read_text()
+    r2, r8 = summary["runs"]
     assert r8["flops_ratio"] < (r2["flops_ratio"] or 1.0) <= 1  # None: r=2 did not pay in time here
-    timing = json.loads((out / r8["folder"] / "report.json").read_text())["tokens"]["timing"]
+    timing = json.loads((out / "runs" / r8["folder"] / "report.json").read_text())["tokens"]["timing"]
     assert timing["time_saving"]["batch1"] >= 0.03 and timing["reduced_ms"]["batch1"] < timing["unreduced_ms"]["batch1"]
     md = (out / "sweep.md").read_text()
-    assert "| `2` | ok |" in md and "| `8` | ok |" in md and "onnx-fp32-original" not in md
+    assert "| tome_fp32 | `tokens.r=2` | local-ort-cpu | ok |" in md and "| tome_fp32 | `tokens.r=8` | local-ort-cpu | ok |" in md
 
 
 def test_a_bad_sweep_value_stops_before_any_run(tmp_path):

@@ -11,8 +11,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edgevit.errors import BadInput
+from edgevit.results import STATUS_EXIT
 from edgevit.runfolder import STATUS_FILE
-from edgevit.sweeps.executors import Job, Outcome, make_executor
+from edgevit.sweeps.executors import EXECUTORS, Executor, Job, Outcome
 from edgevit.sweeps.leaderboard import run_entry, write_leaderboard
 from edgevit.sweeps.plan import Plan, RunSpec, expand
 
@@ -31,13 +32,22 @@ class SweepResult:
     def exit_code(self) -> int:
         """0: every run complete and ok; 1: a run failed or a finished run failed a check or its budget; 3:
         only "INT8 not faster" runs besides ok ones (as ``compress``)."""
-        from edgevit.cli import STATUS_EXIT
-
         runs = self.summary["runs"]
         if any(r["status"] != "complete" for r in runs):
             return 1
         codes = {STATUS_EXIT.get(r.get("run_status"), 1) for r in runs}
         return 1 if 1 in codes else max(codes, default=0)
+
+
+def make_executor(name: str, address: str | None = None, num_cpus: int | None = None) -> Executor:
+    """The executor called ``name`` (``ray`` is registered when its module is imported)."""
+    if name == "ray":
+        import edgevit.sweeps.ray_executor  # noqa: F401  registers itself (Ray is imported only when used)
+    if name not in EXECUTORS:
+        raise BadInput(f"--executor {name!r}: unknown (known: {', '.join(sorted(set(EXECUTORS) | {'ray'}))})")
+    if (address is not None or num_cpus is not None) and name != "ray":
+        raise BadInput("--address and --num-cpus: only for --executor ray")
+    return EXECUTORS[name](address=address, num_cpus=num_cpus) if name == "ray" else EXECUTORS[name]()
 
 
 def _prepare(out_dir: Path, name: str, overwrite: bool) -> None:

@@ -70,17 +70,6 @@ def register_executor(name: str):
     return deco
 
 
-def make_executor(name: str, address: str | None = None, num_cpus: int | None = None) -> Executor:
-    """The executor called ``name`` (``ray`` is registered when its module is imported)."""
-    if name == "ray":
-        import edgevit.sweeps.ray_executor  # noqa: F401  registers itself
-    if name not in EXECUTORS:
-        raise BadInput(f"--executor {name!r}: unknown (known: {', '.join(sorted(set(EXECUTORS) | {'ray'}))})")
-    if (address is not None or num_cpus is not None) and name != "ray":
-        raise BadInput("--address and --num-cpus: only for --executor ray")
-    return EXECUTORS[name](address=address, num_cpus=num_cpus) if name == "ray" else EXECUTORS[name]()
-
-
 def execute_run(recipe: Recipe, dest: Path) -> Outcome:
     """Run one recipe into ``dest`` (atomically: the folder exists only when the run completed); a bad input
     or a failure becomes a ``failed`` outcome with its one-line message."""
