@@ -204,8 +204,8 @@ def sweep_cmd(
         try:
             result = run_plan(p, out_dir, plan_file, executor, address, overwrite, num_cpus=num_cpus)
         except KeyboardInterrupt:
-            console.print(f"[red]interrupted[/red]: finished runs are kept in {out_dir / 'runs'}; run the same "
-                          "command again to continue")
+            console.print(f"[red]interrupted[/red]: finished runs are kept in {escape(str(out_dir / 'runs'))}; run "
+                          "the same command again to continue", soft_wrap=True)
             return 130
         _print_sweep(result.summary, result.out_dir)
         return result.exit_code

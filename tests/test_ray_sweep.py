@@ -109,13 +109,14 @@ def _kill_a_running_worker(proc: subprocess.Popen, out: Path, scratch: Path, tim
 
 
 def test_runs_spread_over_both_nodes_survive_a_killed_worker_and_resume(cluster, tmp_path):
-    """Four runs, and two that fail in their worker on bad input (a checkpoint that is not one): the four
-    finish, on both nodes, each timed while holding the bench of the node that ran it; the bad ones are failed
-    with their one-line error. One worker is SIGKILLed mid-run: Ray runs it again, the retry discards the dead
+    """Four runs, two that fail in their worker on bad input (a checkpoint that is not one) and six of a recipe
+    that does not validate: the four finish, on both nodes, each timed while holding the bench of the node that
+    ran it; the bad ones are failed with their one-line error. One worker is SIGKILLed mid-run: Ray runs it again, the retry discards the dead
     attempt's scratch folder, and every run folder is whole. The same command again skips the finished runs."""
     address, scratch = cluster
     (tmp_path / "garbage.safetensors").write_bytes(b"not a checkpoint")
-    path = _plan(tmp_path, models=["builtin:hybrid-cifar10", "builtin:vit-cifar10",
+    (tmp_path / "bad.yaml").write_text("base: recipes/int8_ptq.yaml\nname: bad\nquantize: {activations: {bits: 9}}\n")
+    path = _plan(tmp_path, recipes=["recipes/int8_ptq.yaml", "bad.yaml"], models=["builtin:hybrid-cifar10", "builtin:vit-cifar10",
                                    {"source": "builtin:hybrid-cifar10", "checkpoint": "garbage.safetensors"}],
                  set={"seed": [0, 1]})
     out = tmp_path / "out"
@@ -129,8 +130,10 @@ def test_runs_spread_over_both_nodes_survive_a_killed_worker_and_resume(cluster,
     sweep = json.loads((out / "sweep.json").read_text())
     done = [r for r in sweep["runs"] if r["status"] == "complete"]
     failed = [r for r in sweep["runs"] if r["status"] == "failed"]
-    assert len(done) == 4 and len(failed) == 2, [(r["folder"], r["status"], r["error"]) for r in sweep["runs"]]
-    assert all("garbage.safetensors" in r["error"] and "\n" not in r["error"] for r in failed)
+    assert len(done) == 4 and len(failed) == 8, [(r["folder"], r["status"], r["error"]) for r in sweep["runs"]]
+    assert all("\n" not in r["error"] for r in failed)
+    assert sum("garbage.safetensors" in r["error"] for r in failed) == 2
+    assert sum("bad.yaml: quantize.activations.bits" in r["error"] and r["node"] is None for r in failed) == 6
     assert len({r["node"] for r in done}) == 2  # both raylets ran work
     for r in done:
         assert r["timed"] and all(t["resource"] == "edgevit-bench" and t["node"] == r["node"] for t in r["timed"])
@@ -138,7 +141,7 @@ def test_runs_spread_over_both_nodes_survive_a_killed_worker_and_resume(cluster,
         assert (out / "runs" / r["folder"] / "report.json").is_file()
     victim = next(r for r in sweep["runs"] if r["id"] == killed)
     assert victim["attempts"] == 2 and victim["discarded_partial"]
-    assert all(r["attempts"] == 1 for r in sweep["runs"] if r["id"] != killed)
+    assert all(r["attempts"] == 1 for r in done if r["id"] != killed)
     assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(r["folder"] for r in done)
     assert not list(scratch.iterdir())  # every attempt's scratch folder is gone
     again = run_cli(*cmd[3:])
@@ -146,3 +149,36 @@ def test_runs_spread_over_both_nodes_survive_a_killed_worker_and_resume(cluster,
     resumed = json.loads((out / "sweep.json").read_text())
     assert [r["status"] for r in resumed["runs"]] == [r["status"] for r in sweep["runs"]]
     assert all(r.get("resumed") for r in resumed["runs"] if r["status"] == "complete")
+
+
+def test_ctrl_c_cancels_the_remaining_runs_and_keeps_nothing_partial(cluster, tmp_path):
+    """SIGINT to the driver while a run is in a worker: exit 130 within seconds, that worker is gone (its task
+    cancelled), sweep.json shows no run as running, and no run folder or scratch folder is left half-written."""
+    address, scratch = cluster
+    path = _plan(tmp_path, models=["builtin:hybrid-cifar10"], set={"seed": [0, 1, 2]})
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "edgevit.cli", "sweep", path, "--executor", "ray", "--address",
+                             address, "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    pid = None
+    deadline = time.time() + 120
+    while pid is None and time.time() < deadline and proc.poll() is None:
+        try:
+            pid = next((r["pid"] for r in json.loads((out / "sweep.json").read_text())["runs"]
+                        if r["status"] == "running" and r.get("pid")), None)
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+    assert pid, proc.communicate()[1][-2000:]
+    t0 = time.time()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and time.time() - t0 < 30, err[-2000:]
+    assert "interrupted" in err and "run the same command again" in err
+    time.sleep(3)
+    with pytest.raises(ProcessLookupError):  # the cancelled task's worker is gone
+        os.kill(pid, 0)
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert not any(r["status"] == "running" for r in sweep["runs"])
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(
+        r["folder"] for r in sweep["runs"] if r["status"] == "complete")

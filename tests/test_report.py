@@ -75,6 +75,22 @@ def test_diagnostics_separate_good_and_bad_quantization():
     assert np.allclose(np.diff(np.log2(lv)), 1.0, atol=1e-4) and sum(soft[0]["counts"]) == 8 * 4 * 65 * 65
 
 
+def test_histograms_of_a_near_constant_softmax():
+    """Attention whose logits are all but equal (a random-weight model's softmax): the values span a range
+    narrower than 80 float32 bins can split, and the histogram is still drawn (every value counted)."""
+    model, _ = load_model(ModelConfig(source="builtin:vit-cifar10"))
+    with torch.no_grad():
+        for m in model.modules():
+            if hasattr(m, "qkv"):
+                m.qkv.weight.mul_(1e-4)
+                m.qkv.bias.zero_()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    q8, _ = quantize(model, QuantConfig(softmax="log2"), [x])
+    soft = [h for h in site_histograms(model, q8, x) if h["kind"] == "attn_softmax"]
+    assert soft and all(sum(h["counts"]) == 2 * 4 * 65 * 65 for h in soft)
+    assert any(h["edges"][-1] - h["edges"][0] < 1e-5 for h in soft)
+
+
 @pytest.fixture(scope="module")
 def int8_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "int8"

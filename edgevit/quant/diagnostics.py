@@ -78,7 +78,9 @@ def site_histograms(float_model: nn.Module, qmodel: nn.Module, x: torch.Tensor, 
         names = [names[i] for i in np.linspace(0, len(names) - 1, max_sites).round().astype(int)]
     out = []
     for n in names:
-        v = acts[n].float().reshape(-1).numpy()
+        # float64: a near-constant float32 activation (a random-weight model's softmax) has a range too narrow
+        # for 80 float32 bins, which numpy refuses
+        v = acts[n].double().reshape(-1).numpy()
         counts, edges = np.histogram(v, bins=bins)
         levels, quantizer = _levels(sites[n])
         inside = [lv for lv in levels if edges[0] <= lv <= edges[-1]]

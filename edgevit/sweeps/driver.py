@@ -95,7 +95,7 @@ def run_plan(plan: Plan, out_dir: Path, plan_file: Path | None = None, executor:
     by_id: dict[str, dict] = {}
     jobs = []
     for spec in specs:
-        base = spec.describe() | {"status": "pending", "error": None, "node": None}
+        base = spec.describe() | {"status": "pending", "error": None, "node": None, "attempts": 0}
         report = None
         if spec.error:
             base |= {"status": "failed", "error": spec.error}
