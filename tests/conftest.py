@@ -1,6 +1,7 @@
 """Shared fixtures: small real image folders made from the shipped CIFAR-10 sample."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -48,6 +49,19 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.Comp
     """Run the real `edgevit` command line in a subprocess."""
     return subprocess.run([sys.executable, "-m", "edgevit.cli", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """The real `edgevit` command line run in this process (typer's runner on edgevit.cli's app, from the
+    repository root): the same parsing, one-line errors and exit codes as :func:`run_cli` without starting
+    Python and importing torch again, for commands that fail on bad input or only print."""
+    from typer.testing import CliRunner
+
+    from edgevit.cli import app
+
+    with contextlib.chdir(ROOT):
+        res = CliRunner().invoke(app, list(args))
+    return subprocess.CompletedProcess(list(args), res.exit_code, res.stdout, res.stderr)
 
 
 def speed_only_failures(report: dict) -> list[str]:

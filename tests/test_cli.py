@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, fast, run_cli
+from conftest import ROOT, cli, fast, run_cli
 from edgevit.recipe import load_recipe
 from edgevit.results import RunReport
 
@@ -61,7 +61,7 @@ def test_lock_file_reproduces_recipe(default_run):
 def test_finished_run_is_not_overwritten(default_run):
     out, _ = default_run
     before = (out / "report.json").read_bytes()
-    res = run_cli("compress", "--recipe", "recipes/fp32_export.yaml", "--out", str(out))
+    res = cli("compress", "--recipe", "recipes/fp32_export.yaml", "--out", str(out))
     assert res.returncode == 2 and "--overwrite" in res.stderr
     assert (out / "report.json").read_bytes() == before
 
@@ -161,7 +161,7 @@ def test_bad_input_exits_2_with_one_line_and_no_run_folder(case, tmp_path):
         args = ["--set", "validate.parity_images=-3"]
         expect = "validate.parity_images"
     out = tmp_path / "out"
-    res = run_cli("compress", "--recipe", str(recipe), "--out", str(out), *args)
+    res = cli("compress", "--recipe", str(recipe), "--out", str(out), *args)
     assert res.returncode == 2, (res.returncode, res.stderr)
     assert "Traceback" not in res.stderr and expect in res.stderr
     assert not out.exists()
@@ -186,16 +186,16 @@ def test_export_then_bench(tmp_path):
     out = json.loads(res.stdout)
     assert out["device"] == "tiny" and out["threads"] == 1 and out["batch1"]["runs"] == 5
     assert out["throughput"]["batch"] == 4 and out["batch1"]["median_ms"] > 0
-    res = run_cli("bench", str(tmp_path / "missing.onnx"))
+    res = cli("bench", str(tmp_path / "missing.onnx"))
     assert res.returncode == 2 and "not found" in res.stderr
 
 
 def test_recipes_and_schema_commands():
-    res = run_cli("recipes")
+    res = cli("recipes")
     assert res.returncode == 0 and "fp32_export" in res.stdout
-    res = run_cli("recipe-schema")
+    res = cli("recipe-schema")
     assert res.returncode == 0 and "calibration" in json.loads(res.stdout)["properties"]
-    res = run_cli("compress", "--help")
+    res = cli("compress", "--help")
     assert res.returncode == 0 and "Example" in res.stdout
 
 
@@ -204,7 +204,7 @@ def test_report_json_follows_the_report_schema(default_run):
     it, and one without a stable key or with a wrong type does not."""
     import jsonschema
 
-    res = run_cli("report-schema")
+    res = cli("report-schema")
     assert res.returncode == 0, res.stderr
     schema = json.loads(res.stdout)
     assert {"status", "model", "results", "checks"} <= set(schema["required"])
@@ -266,7 +266,7 @@ def test_timm_model_trained_at_another_size_runs_with_kwargs(tmp_path):
     save_file({k: v.contiguous() for k, v in levit.state_dict().items()}, str(ckpt))
     common = ["--recipe", "int8_ptq", "--model", "timm:levit_128s", "--checkpoint", str(ckpt),
               "--set", "validate.eval.num=40", "--set", "validate.devices=[]", "--set", "quantize.placement=all"]
-    refused = run_cli("compress", *common, "--out", str(tmp_path / "refused"))
+    refused = cli("compress", *common, "--out", str(tmp_path / "refused"))
     assert refused.returncode == 2 and "model.kwargs.img_size" in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "refused").exists()
     out = tmp_path / "run"

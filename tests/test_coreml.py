@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CALIB_DIR
+from conftest import CALIB_DIR, cli
 from edgevit.data import Preprocess, open_image_set
 from edgevit.errors import BadInput
 from edgevit.exporters.coreml import _Normalized, export_coreml, unavailable
@@ -198,7 +198,7 @@ def test_export_cli_writes_a_coreml_classifier(tmp_path):
     from edgevit.exporters.coreml import inspect_package
 
     assert inspect_package(pkg)["metadata"]["compression"] == "w8"
-    res = run_cli("export", "--model", "builtin:hybrid-cifar10", "--compression", "w8", "--out", str(tmp_path))
+    res = cli("export", "--model", "builtin:hybrid-cifar10", "--compression", "w8", "--out", str(tmp_path))
     assert res.returncode == 2 and "--compression: only with --to coreml" in res.stderr
 
 

@@ -112,7 +112,25 @@ def run_tiny(sshd, tiny_onnx):
 
 
 def test_tiny_artifact_runs_and_cleans_up(run_tiny, sshd):
+    """...and times only once it holds the device's bench lock (here held by this process for a second: the
+    'device' is this machine)."""
+    import fcntl
+    import tempfile
+
+    held = threading.Event()
+
+    def hold():
+        with open(Path(tempfile.gettempdir()) / "edgevit-bench.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            held.set()
+            time.sleep(1.5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait()
     out = run_tiny()
+    holder.join()
+    assert out["lock_wait_s"] > 0.5
     preds = out["artifacts"]["tiny"]["predictions"]
     assert all(type(p) is int and 0 <= p < 10 for p in preds)  # class indices as JSON integers
     assert len(out["artifacts"]["tiny"]["predictions"]) == 2 and "top1" not in out["artifacts"]["tiny"]

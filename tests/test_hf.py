@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import CALIB_DIR, EVAL_DIR, run_cli
+from conftest import CALIB_DIR, EVAL_DIR, cli, run_cli
 from edgevit.data import Preprocess, open_image_set
 from edgevit.errors import BadInput
 from edgevit.models import load_model
@@ -238,7 +238,7 @@ def test_hybrid_w8a8_on_an_hf_mobilevit_quantizes_its_attention(folders, tmp_pat
 
 
 def test_folders_that_cannot_be_used_are_one_line_errors(folders, tmp_path):
-    res = run_cli("compress", "--recipe", "int8_ptq", "--model", "hf:google/vit-base-patch16-224",
+    res = cli("compress", "--recipe", "int8_ptq", "--model", "hf:google/vit-base-patch16-224",
                   "--out", str(tmp_path / "x"))
     assert res.returncode == 2 and "does not download" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "x").exists()

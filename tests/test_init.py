@@ -8,7 +8,7 @@ import pytest
 import yaml
 from safetensors.torch import save_file
 
-from conftest import CALIB_DIR, EVAL_DIR, fast, run_cli
+from conftest import CALIB_DIR, EVAL_DIR, cli, fast, run_cli
 from edgevit.models import load_model
 from edgevit.recipe import ModelConfig, load_recipe
 
@@ -44,7 +44,7 @@ def test_init_for_a_timm_checkpoint_trained_at_another_size(tmp_path):
     assert rec.calibration.path == CALIB_DIR.resolve() and rec.validation.eval.path == EVAL_DIR.resolve()
     rep = _compress(recipe, tmp_path / "run")
     assert {"onnx-fp32", "onnx-int8", "onnx-int8-tensorrt"} <= {r["name"] for r in rep["results"]}
-    again = run_cli("init", "--model", "timm:levit_128s", "--out", str(recipe))
+    again = cli("init", "--model", "timm:levit_128s", "--out", str(recipe))
     assert again.returncode == 2 and "--force" in again.stderr and recipe.read_text() == text
 
 
@@ -81,8 +81,8 @@ def test_init_for_an_hf_folder_and_a_python_file(tmp_path):
 
 
 def test_init_refuses_bad_arguments(tmp_path):
-    res = run_cli("init", "--model", "builtin:hybrid-cifar10", "--kwargs", "[1, 2]", "--out", str(tmp_path / "r.yaml"))
+    res = cli("init", "--model", "builtin:hybrid-cifar10", "--kwargs", "[1, 2]", "--out", str(tmp_path / "r.yaml"))
     assert res.returncode == 2 and "--kwargs" in res.stderr
-    res = run_cli("init", "--model", "timm:levit_128s", "--kwargs", "{img_sz: 64}", "--out", str(tmp_path / "r.yaml"))
+    res = cli("init", "--model", "timm:levit_128s", "--kwargs", "{img_sz: 64}", "--out", str(tmp_path / "r.yaml"))
     assert res.returncode == 2 and "img_sz" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "r.yaml").exists() and not list(tmp_path.glob(".*"))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import run_cli
+from conftest import cli, run_cli
 from loopback_sshd import SSHD
 from loopback_sshd import profile as loopback_profile
 from edgevit.errors import BadInput
@@ -87,7 +87,7 @@ def test_bench_times_an_ir_locally(ov_run, tmp_path):
     assert got["size_bytes"] == (out / "openvino-int8.xml").stat().st_size + (out / "openvino-int8.bin").stat().st_size
     bad = tmp_path / "broken.xml"
     bad.write_text("<net>")
-    res = run_cli("bench", str(bad))
+    res = cli("bench", str(bad))
     assert res.returncode == 2 and "not a readable OpenVINO IR file" in res.stderr
 
 
@@ -172,6 +172,6 @@ def test_export_command_writes_an_ir_checked_in_openvino(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hybrid-cifar10-fp32.bin", "hybrid-cifar10-fp32.xml"]
     diff = float(res.stderr.split("max abs diff vs PyTorch in OpenVINO ")[1].split(")")[0])
     assert diff < 1e-3
-    res = run_cli("export", "--model", "builtin:hybrid-cifar10", "--to", "onnx", "--precision", "bf16",
+    res = cli("export", "--model", "builtin:hybrid-cifar10", "--to", "onnx", "--precision", "bf16",
                   "--out", str(tmp_path))
     assert res.returncode == 2 and "--precision: Input should be" in res.stderr

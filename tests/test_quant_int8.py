@@ -10,7 +10,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from conftest import CALIB_DIR, EVAL_DIR, run_cli
+from conftest import CALIB_DIR, EVAL_DIR, cli, run_cli
 from edgevit.data import Preprocess, open_image_set
 from edgevit.errors import BadInput
 from edgevit.exporters.onnx import export_onnx, read_metadata
@@ -129,7 +129,7 @@ def test_unreadable_calibration_images_fail_clearly(tmp_path):
     bad = tmp_path / "calib"
     bad.mkdir()
     (bad / "a.jpg").write_bytes(b"not an image")
-    res = run_cli("compress", "--recipe", "recipes/int8_ptq.yaml", "--calib", str(bad), "--out", str(tmp_path / "o"))
+    res = cli("compress", "--recipe", "recipes/int8_ptq.yaml", "--calib", str(bad), "--out", str(tmp_path / "o"))
     assert res.returncode == 2 and "calibration" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "o").exists()
 

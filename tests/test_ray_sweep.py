@@ -1,5 +1,5 @@
 """`edgevit sweep --executor ray` on a real two-node Ray cluster on this machine (two raylets on 127.0.0.1, one CPU
-and one `edgevit-bench` timing resource each): runs spread over both nodes, timing held on the node's bench, a
+each): runs spread over both nodes, every timing under the machine's bench lock and none overlapping another, a
 bad run recorded beside the ones that finish, a worker killed mid-run retried with nothing partial left, and a
 restarted sweep skipping what is done (one sweep exercises all of it: a Ray worker costs seconds to start)."""
 from __future__ import annotations
@@ -24,7 +24,6 @@ from test_sweep_plan import SMALL
 pytest.importorskip("ray", reason="the Ray tests need the ray extra: pip install 'edgevit[ray]'")
 
 RAY = str(Path(sys.executable).with_name("ray"))
-BENCH = '{"edgevit-bench": 1}'
 
 
 def _free_port() -> int:
@@ -34,17 +33,20 @@ def _free_port() -> int:
 
 
 def _start(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([RAY, "start", "--block", "--num-cpus", "1", "--resources", BENCH,
-                             "--disable-usage-stats", *args], env=env, stdout=subprocess.DEVNULL,
+    return subprocess.Popen([RAY, "start", "--block", "--num-cpus", "1", "--disable-usage-stats", *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A head node and a second node joined to it, both on this machine; yields the head's address."""
+    """A head node and a second node joined to it, both on this machine; yields the head's address and the
+    workers' scratch folder (their bench lock is the file beside it)."""
     port = _free_port()
     scratch = tmp_path_factory.mktemp("ray-scratch")
-    env = os.environ | {"EDGEVIT_SWEEP_SCRATCH": str(scratch), "RAY_USAGE_STATS_ENABLED": "0"}
+    # a loopback cluster: no token authentication (with a token in ~/.ray, which a local ray.init() leaves,
+    # Ray 2.60 turns it on and clients connecting by 127.0.0.1 are refused)
+    env = os.environ | {"EDGEVIT_SWEEP_SCRATCH": str(scratch), "RAY_USAGE_STATS_ENABLED": "0",
+                        "EDGEVIT_BENCH_LOCK": str(scratch.parent / "bench.lock"), "RAY_AUTH_MODE": "disabled"}
     session = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
     head = _start(["--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--include-dashboard", "false",
                    "--temp-dir", session], env)
@@ -110,8 +112,8 @@ def _kill_a_running_worker(proc: subprocess.Popen, out: Path, scratch: Path, tim
 
 def test_runs_spread_over_both_nodes_survive_a_killed_worker_and_resume(cluster, tmp_path):
     """Four runs, two that fail in their worker on bad input (a checkpoint that is not one) and six of a recipe
-    that does not validate: the four finish, on both nodes, each timed while holding the bench of the node that
-    ran it; the bad ones are failed with their one-line error. One worker is SIGKILLed mid-run: Ray runs it again, the retry discards the dead
+    that does not validate: the four finish, on both nodes, each timed under the machine's bench lock, no two
+    timings at once; the bad ones are failed with their one-line error. One worker is SIGKILLed mid-run: Ray runs it again, the retry discards the dead
     attempt's scratch folder, and every run folder is whole. The same command again skips the finished runs."""
     address, scratch = cluster
     (tmp_path / "garbage.safetensors").write_bytes(b"not a checkpoint")
@@ -135,10 +137,13 @@ def test_runs_spread_over_both_nodes_survive_a_killed_worker_and_resume(cluster,
     assert sum("garbage.safetensors" in r["error"] for r in failed) == 2
     assert sum("bad.yaml: quantize.activations.bits" in r["error"] and r["node"] is None for r in failed) == 6
     assert len({r["node"] for r in done}) == 2  # both raylets ran work
+    lock = str(scratch.parent / "bench.lock")
     for r in done:
-        assert r["timed"] and all(t["resource"] == "edgevit-bench" and t["node"] == r["node"] for t in r["timed"])
+        assert r["timed"] and all(t["lock"] == lock and t["node"] == r["node"] for t in r["timed"])
         assert "validate" in {t["step"] for t in r["timed"]}
         assert (out / "runs" / r["folder"] / "report.json").is_file()
+    held = sorted((t["start"], t["end"]) for r in done for t in r["timed"])  # runs on both nodes at once...
+    assert all(end <= nxt for (_, end), (nxt, _) in zip(held, held[1:]))  # ...but never timing at once
     victim = next(r for r in sweep["runs"] if r["id"] == killed)
     assert victim["attempts"] == 2 and victim["discarded_partial"]
     assert all(r["attempts"] == 1 for r in done if r["id"] != killed)

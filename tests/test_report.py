@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli, speed_only_failures
+from conftest import cli, run_cli, speed_only_failures
 from edgevit.models import load_model
 from edgevit.quant import QuantConfig, quantize
 from edgevit.recipe import ModelConfig
@@ -137,11 +137,11 @@ def test_report_command_rebuilds_from_json(int8_run, tmp_path):
     assert res.returncode == 0, res.stderr
     assert (run / "report.md").read_text() == before and (run / "accuracy_latency.png").is_file()
     assert (run / "report.html").read_text().count("data:image/png") == 4
-    res = run_cli("report", str(tmp_path / "nowhere"))
+    res = cli("report", str(tmp_path / "nowhere"))
     assert res.returncode == 2 and "no report.json" in res.stderr
     broken = tmp_path / "broken"
     broken.mkdir()
     rep = json.loads((run / "report.json").read_text())
     (broken / "report.json").write_text(json.dumps(rep | {"results": {"not": "a list"}}))
-    res = run_cli("report", str(broken))
+    res = cli("report", str(broken))
     assert res.returncode == 2 and "not an edgevit report (results: " in res.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import fast, run_cli
+from conftest import cli, fast, run_cli
 
 FAST = fast(calib_num=None)
 
@@ -37,7 +37,7 @@ def test_sweep_runs_each_value_and_tabulates_them(tmp_path):
 
 def test_a_bad_sweep_value_stops_before_any_run(tmp_path):
     out = tmp_path / "sweep"
-    res = run_cli("compress", "--recipe", "recipes/tome_fp32.yaml", "--sweep", "tokens.r=4,banana", "--out", str(out))
+    res = cli("compress", "--recipe", "recipes/tome_fp32.yaml", "--sweep", "tokens.r=4,banana", "--out", str(out))
     assert res.returncode == 2  # a bad input, as the README's exit codes say
     assert "tokens.r=banana" in res.stdout + res.stderr
     assert not out.exists() and not list(tmp_path.iterdir())

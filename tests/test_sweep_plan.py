@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from conftest import CALIB_DIR, run_cli
+from conftest import CALIB_DIR, cli, run_cli
 from edgevit.errors import BadInput
 from edgevit.sweeps.plan import expand, load_plan, parse_sweep
 
@@ -75,7 +75,7 @@ def test_the_plan_expands_to_every_combination_each_with_its_identity(tmp_path):
 
 def test_dry_run_lists_the_runs_and_flags_the_invalid_one(tmp_path):
     path = write_plan(tmp_path / "plan.yaml", set={"quantize.activations.percentile": [99.99, 120]})
-    res = run_cli("sweep", path, "--dry-run", "--out", str(tmp_path / "out"))
+    res = cli("sweep", path, "--dry-run", "--out", str(tmp_path / "out"))
     assert res.returncode == 0, res.stderr
     lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
     assert len(lines) == 2 and "INVALID" not in lines[0] and "INVALID" in lines[1] and "percentile" in lines[1]
@@ -112,5 +112,5 @@ def test_local_sweep_records_a_bad_run_finishes_the_others_and_resumes(tmp_path)
     assert [r["status"] for r in resumed["runs"]] == [r["status"] for r in sweep["runs"]]
     assert all(r.get("resumed") for r in resumed["runs"] if r["status"] == "complete")
     assert stamp == {f: (out / "runs" / f / "report.json").stat().st_mtime_ns for f in stamp}
-    other = run_cli("sweep", write_plan(tmp_path / "other.yaml", name="other"), "--out", str(out))
+    other = cli("sweep", write_plan(tmp_path / "other.yaml", name="other"), "--out", str(out))
     assert other.returncode == 2 and "holds the sweep 'zoo'" in other.stderr and "--overwrite" in other.stderr

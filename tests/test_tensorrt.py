@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CALIB_DIR, run_cli
+from conftest import CALIB_DIR, cli, run_cli
 from edgevit.data import Preprocess, open_image_set
 from edgevit.exporters.onnx import export_onnx
 from edgevit.exporters.tensorrt import sparsity_from_log, trtexec_command, unavailable
@@ -42,7 +42,7 @@ def test_trtexec_line_builds_the_same_engine():
 @pytest.mark.skipif(unavailable() is None, reason="this machine can build engines")
 def test_engine_export_without_gpu_fails_clearly_and_leaves_nothing(tmp_path):
     out = tmp_path / "run"
-    res = run_cli("compress", "--recipe", "recipes/fp32_export.yaml", "--out", str(out),
+    res = cli("compress", "--recipe", "recipes/fp32_export.yaml", "--out", str(out),
                   "--set", "export=[export/tensorrt-fp16.yaml]", "--set", "validate.eval=null")
     assert res.returncode == 2
     assert "export tensorrt-fp16" in res.stderr and "trtexec" in res.stderr

@@ -10,10 +10,12 @@ the bundled evaluation sample through each for accuracy, and prints one JSON obj
 
 Exit codes: 0 done, 3 the runtime is missing on this machine (the JSON says which), 1 other failure.
 """
+import contextlib
 import json
 import os
 import platform
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -47,6 +49,22 @@ def _load_average():
         return None
 
 
+@contextlib.contextmanager
+def _device_lock():
+    """An exclusive lock on one file of the device's temp folder while timing (two hosts, or two runs of a
+    sweep, never time on the device at once; the kernel frees it if this process dies). Yields the seconds
+    waited."""
+    t0 = time.monotonic()
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks on this device
+        yield 0.0
+        return
+    with open(os.path.join(tempfile.gettempdir(), "edgevit-bench.lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield round(time.monotonic() - t0, 3)
+
+
 def run(job):
     data = np.load(job["sample"])
     x, y = data["x"].astype(np.float32), data["y"] if "y" in data.files else None
@@ -61,22 +79,24 @@ def run(job):
               "runtime_version": next(iter(runners.values())).version if runners else None, "artifacts": {}}
     one = x[:1]
     big = np.concatenate([x] * (-(-job["throughput_batch"] // len(x))))[:job["throughput_batch"]]
-    load_before = _load_average()
     times = {n: {"b1": [], "bt": []} for n in runners}
-    for r in runners.values():  # warm-up
-        for _ in range(job["warmup"]):
-            r(one)
-        r(big)
-    rounds = max(1, job["iters"] // 10)
-    for _ in range(rounds):  # interleaved: every artifact sees the same load
-        for n, r in runners.items():
-            for _ in range(10):
-                t0 = time.perf_counter()
+    with _device_lock() as waited:  # one edgevit timing on this device at a time
+        result["lock_wait_s"] = waited
+        load_before = _load_average()
+        for r in runners.values():  # warm-up
+            for _ in range(job["warmup"]):
                 r(one)
-                times[n]["b1"].append((time.perf_counter() - t0) * 1e3)
-            t0 = time.perf_counter()
             r(big)
-            times[n]["bt"].append((time.perf_counter() - t0) * 1e3)
+        rounds = max(1, job["iters"] // 10)
+        for _ in range(rounds):  # interleaved: every artifact sees the same load
+            for n, r in runners.items():
+                for _ in range(10):
+                    t0 = time.perf_counter()
+                    r(one)
+                    times[n]["b1"].append((time.perf_counter() - t0) * 1e3)
+                t0 = time.perf_counter()
+                r(big)
+                times[n]["bt"].append((time.perf_counter() - t0) * 1e3)
     for n, r in runners.items():
         preds = np.concatenate([np.asarray(r(x[i:i + 16])).argmax(1) for i in range(0, len(x), 16)])
         entry = {"batch1": _stats(times[n]["b1"], 1), "throughput": _stats(times[n]["bt"], len(big)),

@@ -3,6 +3,7 @@ and keep ``OUT/sweep.json`` / ``sweep.md`` current while it runs (``OUT/runs/<ru
 run's full folder; a folder there is always complete)."""
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import shutil
@@ -39,15 +40,17 @@ class SweepResult:
         return 1 if 1 in codes else max(codes, default=0)
 
 
+# executors whose module (and library) load only when chosen
+_LAZY = {"ray": "edgevit.sweeps.ray_executor"}
+
+
 def make_executor(name: str, address: str | None = None, num_cpus: int | None = None) -> Executor:
-    """The executor called ``name`` (``ray`` is registered when its module is imported)."""
-    if name == "ray":
-        import edgevit.sweeps.ray_executor  # noqa: F401  registers itself (Ray is imported only when used)
+    """The executor registered as ``name``, with its options."""
+    if name in _LAZY:
+        importlib.import_module(_LAZY[name])
     if name not in EXECUTORS:
-        raise BadInput(f"--executor {name!r}: unknown (known: {', '.join(sorted(set(EXECUTORS) | {'ray'}))})")
-    if (address is not None or num_cpus is not None) and name != "ray":
-        raise BadInput("--address and --num-cpus: only for --executor ray")
-    return EXECUTORS[name](address=address, num_cpus=num_cpus) if name == "ray" else EXECUTORS[name]()
+        raise BadInput(f"--executor {name!r}: unknown (known: {', '.join(sorted(set(EXECUTORS) | set(_LAZY)))})")
+    return EXECUTORS[name](address=address, num_cpus=num_cpus)
 
 
 def _prepare(out_dir: Path, name: str, overwrite: bool) -> None:

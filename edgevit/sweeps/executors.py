@@ -58,7 +58,7 @@ class Executor(Protocol):
         """Run every job into ``runs_dir / job.folder``, calling ``started`` and ``done`` for each."""
 
 
-EXECUTORS: dict[str, Callable[..., Executor]] = {}
+EXECUTORS: dict[str, Callable[..., Executor]] = {}  # name -> class taking (address=, num_cpus=)
 
 
 def register_executor(name: str):
@@ -88,6 +88,10 @@ def execute_run(recipe: Recipe, dest: Path) -> Outcome:
 @register_executor("local")
 class LocalExecutor:
     """One run after another in this process (timing never overlaps anything of this sweep)."""
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None):
+        if address is not None or num_cpus is not None:
+            raise BadInput("--address and --num-cpus are options of --executor ray")
 
     def run(self, jobs: list[Job], runs_dir: Path, started: Started, done: Done) -> None:
         host = socket.gethostname()

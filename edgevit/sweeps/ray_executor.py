@@ -7,9 +7,9 @@ starts a local Ray) or on a cluster (``--address auto|HOST:PORT|ray://HOST:10001
 - A worker that dies (killed, out of memory) is retried up to the plan's ``max_retries``; the retry
   discards the dead attempt's scratch folder. A run that fails is not retried: it is recorded with its
   one-line error.
-- Timing holds an exclusive Ray resource for the device: ``edgevit-bench`` on the node itself for a local
-  profile (each node offers one: ``ray start ... --resources='{"edgevit-bench": 1}'``), ``device-<name>``
-  for an SSH device (offered by one node of the cluster), so two runs never time on one device at once.
+- Timing holds the node's bench lock (edgevit.devices.lease), so no two runs on a machine time at once, and
+  an SSH device's own lock. A task never waits on a Ray call while it runs: Ray lends the CPUs of a task
+  blocked in ``ray.get`` / ``ray.wait`` to the next task, which would put a second run on its cores.
 """
 from __future__ import annotations
 
@@ -20,19 +20,10 @@ import socket
 import tarfile
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-from edgevit.errors import BadInput, RunFailure, one_line
+from edgevit.errors import BadInput, one_line
 from edgevit.sweeps.executors import Done, Job, Outcome, Started, execute_run, register_executor
-
-BENCH = "edgevit-bench"
-
-
-def device_resource(device) -> str:
-    """The Ray resource a run holds while timing on ``device``."""
-    return BENCH if device.kind == "local" else f"device-{device.name}"
 
 
 def _ray():
@@ -56,43 +47,6 @@ class _Progress:
         return self.started
 
 
-class _Holder:
-    """An actor that exists only to hold a timing resource; killing it (or its owner dying) frees it."""
-
-    def node(self) -> str:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-
-
-@contextmanager
-def _ray_lease(device, step: str, records: list[dict]) -> Iterator[None]:
-    ray = _ray()
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    node = ray.get_runtime_context().get_node_id()
-    res = device_resource(device)
-    options: dict = {"num_cpus": 0, "resources": {res: 1}}
-    if device.kind == "local":
-        offered = next((n.get("Resources", {}) for n in ray.nodes() if n.get("NodeID") == node), {})
-        if res not in offered:
-            raise RunFailure(f"Ray node {node[:12]} has no '{res}' resource to time on: start each node with "
-                             f"ray start ... --resources='{{\"{res}\": 1}}'")
-        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
-    elif res not in ray.cluster_resources():
-        raise RunFailure(f"the Ray cluster has no '{res}' resource for SSH device {device.name}: start one node "
-                         f"with ray start ... --resources='{{\"{res}\": 1}}'")
-    t0 = time.time()
-    holder = _remote(_Holder).options(**options).remote()
-    try:
-        where = ray.get(holder.node.remote())
-        records.append({"device": device.name, "step": step, "resource": res, "node": where,
-                        "waited_s": round(time.time() - t0, 2)})
-        yield
-    finally:
-        ray.kill(holder)
-
-
 _REMOTE: dict = {}
 
 
@@ -111,21 +65,21 @@ def _task(recipe, run_id: str, progress) -> dict:
     """The body of one Ray task: run the recipe on this node, return its folder as a tar archive."""
     import ray
 
-    from edgevit.devices.lease import lease_provider
+    from edgevit.devices.lease import recording_leases
 
-    ctx = ray.get_runtime_context()
-    node = ctx.get_node_id()
+    node = ray.get_runtime_context().get_node_id()
     host = socket.gethostname()
     scratch = _scratch_root() / run_id
     discarded = scratch.exists()  # a dead attempt's leftovers: never reused
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
-    ray.get(progress.start.remote(run_id, {"node": node, "host": host, "pid": os.getpid(), "started": time.time()}))
-    records: list[dict] = []
+    # not waited for: a task blocked on a Ray call lends its CPUs to another task
+    progress.start.remote(run_id, {"node": node, "host": host, "pid": os.getpid(), "started": time.time()})
     try:
-        with lease_provider(lambda device, step: _ray_lease(device, step, records)):
+        with recording_leases() as timed:
             outcome = execute_run(recipe, scratch / "run")
-        outcome.node, outcome.host, outcome.timed, outcome.discarded_partial = node, host, records, discarded
+        outcome.node, outcome.host, outcome.discarded_partial = node, host, discarded
+        outcome.timed = [t | {"node": node} for t in timed]
         archive = None
         if outcome.status == "complete":
             buf = io.BytesIO()
@@ -156,14 +110,14 @@ def unpack_run(archive: bytes, dest: Path) -> None:
 
 @register_executor("ray")
 class RayExecutor:
-    """Runs as Ray tasks; connects to ``address`` or starts a local Ray with one ``edgevit-bench``."""
+    """Runs as Ray tasks on the cluster at ``address``, or on a Ray it starts here (``num_cpus``: its CPUs)."""
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None, poll_s: float = 0.5):
         self.address = address
         self.num_cpus = num_cpus
         self.poll_s = poll_s
 
-    def _connect(self, jobs: list[Job]):
+    def _connect(self):
         ray = _ray()
         kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         if self.address and self.num_cpus:
@@ -174,14 +128,13 @@ class RayExecutor:
             except (ConnectionError, RuntimeError, ValueError) as e:
                 raise BadInput(one_line(f"--address {self.address}: cannot connect to Ray: {e}")) from e
         else:
-            ssh = {f"device-{d.name}": 1 for j in jobs for d in j.recipe.validation.devices if d.kind == "ssh"}
-            ray.init(num_cpus=self.num_cpus, resources={BENCH: 1, **ssh}, **kwargs)
+            ray.init(num_cpus=self.num_cpus, **kwargs)
         return ray
 
     def run(self, jobs: list[Job], runs_dir: Path, started: Started, done: Done) -> None:
         if not jobs:
             return
-        ray = self._connect(jobs)
+        ray = self._connect()
         try:
             biggest = max(n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive"))
             for job in jobs:

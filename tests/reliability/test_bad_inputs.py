@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import CALIB_DIR, ROOT
+from conftest import CALIB_DIR, ROOT, cli
 from edgevit.data import Preprocess, open_image_set
 from edgevit.errors import BadInput
 from edgevit.recipe import build_recipe
@@ -96,7 +96,7 @@ def test_generated_bad_recipes_give_one_clear_line(data):
         assert any(rest.startswith(f"{k}.") or rest.startswith(f"{k}:") for k in VALID) or ": unknown key " in rest, msg
 
 
-@settings(max_examples=4, deadline=None,
+@settings(max_examples=12, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(bad_recipes())
 def test_bad_recipes_through_the_cli(tmp_path_factory, data):
@@ -110,8 +110,7 @@ def test_bad_recipes_through_the_cli(tmp_path_factory, data):
         pass
     path, out = tmp / "bad.yaml", tmp / "run"
     path.write_text(yaml.safe_dump(data, allow_unicode=True))
-    res = subprocess.run([sys.executable, "-m", "edgevit.cli", "compress", "--recipe", str(path), "--out", str(out)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    res = cli("compress", "--recipe", str(path), "--out", str(out))
     assert res.returncode == 2, (data, res.stderr[-500:])
     _one_clear_line(res.stderr.strip())
     assert not out.exists()
