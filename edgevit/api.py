@@ -48,12 +48,14 @@ def sweep(recipe: str | Path, spec: str, overrides: list[str] = (), out: Path | 
 
 
 def sweep_plan(plan: str | Path, out: Path | str | None = None, executor: str = "local", address: str | None = None,
-               overwrite: bool = False):
-    """Run a sweep plan file (see edgevit.sweeps.plan) into ``out`` (default ``runs/<plan name>``)."""
+               overwrite: bool = False, num_cpus: int | None = None):
+    """Run a sweep plan file (see edgevit.sweeps.plan) into ``out`` (default ``runs/<plan name>``) with the
+    ``local`` or ``ray`` executor (``address``: a Ray cluster; ``num_cpus``: what a Ray started here offers)."""
     from edgevit.sweeps import load_plan, run_plan
 
     p, plan_file = load_plan(plan)
-    return run_plan(p, Path(out) if out else Path("runs") / p.name, plan_file, executor, address, overwrite)
+    return run_plan(p, Path(out) if out else Path("runs") / p.name, plan_file, executor, address, overwrite,
+                    num_cpus=num_cpus)
 
 
 def export(model: ModelConfig | str, out_dir: Path | str, **options) -> dict:

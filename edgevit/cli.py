@@ -88,7 +88,10 @@ def compress(
         if sweep:
             from edgevit.api import sweep as run_sweep
 
-            swept = run_sweep(recipe, sweep, overrides + list(set_), out=out, overwrite=overwrite)
+            try:
+                swept = run_sweep(recipe, sweep, overrides + list(set_), out=out, overwrite=overwrite)
+            except KeyboardInterrupt:
+                return _interrupted_sweep(out or Path("runs") / f"{Path(recipe).stem}-sweep")
             _print_sweep(swept.summary, swept.out_dir)
             return swept.exit_code
         rec = load_recipe(recipe, overrides + list(set_))
@@ -119,14 +122,12 @@ def _print_summary(report: dict, out_dir: Path) -> None:
 
 
 def _print_sweep(summary: dict, out_dir: Path) -> None:
+    from edgevit.sweeps.leaderboard import fmt
+
     table = Table(title=f"sweep {summary['name']} -> {out_dir}")
     for col in ("model", "recipe", "settings", "device", "status", "artifact", "top-1", "Δ pts", "speed vs FP32",
                 "size vs FP32"):
         table.add_column(col)
-
-    def fmt(v, spec: str, scale: float = 1.0, unit: str = "") -> str:
-        return "n/a" if v is None else f"{scale * v:{spec}}{unit}"
-
     for r in summary["runs"]:
         table.add_row(r["model"], r["recipe"], " ".join(f"{k}={v}" for k, v in r["settings"].items()), r["device"],
                       r.get("run_status") or r["status"], r.get("artifact") or "", fmt(r.get("top1"), ".2f", 100, " %"),
@@ -140,6 +141,12 @@ def _print_sweep(summary: dict, out_dir: Path) -> None:
     console.print(f"{p['complete']} of {p['total']} runs complete, {p['failed']} failed; table: "
                   f"{out_dir / 'sweep.md'} (machine-readable: sweep.json; page: sweep.html); runs in {out_dir / 'runs'}/",
                   soft_wrap=True)
+
+
+def _interrupted_sweep(out_dir: Path) -> int:
+    console.print(f"[red]interrupted[/red]: finished runs are kept in {escape(str(out_dir / 'runs'))}; run the "
+                  "same command again to continue", soft_wrap=True)
+    return 130
 
 
 def _export_formats() -> dict[str, str]:
@@ -204,9 +211,7 @@ def sweep_cmd(
         try:
             result = run_plan(p, out_dir, plan_file, executor, address, overwrite, num_cpus=num_cpus)
         except KeyboardInterrupt:
-            console.print(f"[red]interrupted[/red]: finished runs are kept in {escape(str(out_dir / 'runs'))}; run "
-                          "the same command again to continue", soft_wrap=True)
-            return 130
+            return _interrupted_sweep(out_dir)
         _print_sweep(result.summary, result.out_dir)
         return result.exit_code
 

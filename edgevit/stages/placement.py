@@ -245,6 +245,7 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
         return tmp / j.file
 
     can_profile = rt.profiles and rt.can_run_here()
+
     def timed_profile(path: Path) -> dict[str, float]:
         with timing_lease(prof_dev, "placement profile"):
             return rt.profile(path, prof_dev, x, PROFILE_RUNS)

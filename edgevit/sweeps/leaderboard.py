@@ -86,7 +86,8 @@ def progress(runs: list[dict]) -> dict:
     return {"total": len(runs), **count}
 
 
-def _fmt(v, spec: str, scale: float = 1.0, unit: str = "") -> str:
+def fmt(v, spec: str, scale: float = 1.0, unit: str = "") -> str:
+    """``v`` scaled and formatted, or n/a."""
     return "n/a" if v is None else f"{scale * v:{spec}}{unit}"
 
 
@@ -106,10 +107,10 @@ def markdown(sweep: dict) -> str:
             settings = ", ".join(f"`{k}={v}`" for k, v in r["settings"].items()) or "-"
             status = r["status"] if r["status"] != "complete" else r.get("run_status", "complete")
             lines.append(f"| {r['recipe']} | {settings} | {r['device']} | {status} | {r.get('budget', '')} | "
-                         f"{r.get('artifact') or ''} | {_fmt(r.get('top1'), '.2f', 100, ' %')} | "
-                         f"{_fmt(r.get('delta_top1'), '+.2f', 100)} | {_fmt(r.get('batch1_median_ms'), '.2f')} | "
-                         f"{_fmt(r.get('speed_vs_fp32'), '.2f', unit='x')} | "
-                         f"{_fmt(r.get('size_bytes'), '.2f', 1e-6, ' MB')} | {_fmt(r.get('size_vs_fp32'), '.2f', unit='x')} | "
+                         f"{r.get('artifact') or ''} | {fmt(r.get('top1'), '.2f', 100, ' %')} | "
+                         f"{fmt(r.get('delta_top1'), '+.2f', 100)} | {fmt(r.get('batch1_median_ms'), '.2f')} | "
+                         f"{fmt(r.get('speed_vs_fp32'), '.2f', unit='x')} | "
+                         f"{fmt(r.get('size_bytes'), '.2f', 1e-6, ' MB')} | {fmt(r.get('size_vs_fp32'), '.2f', unit='x')} | "
                          f"{(r.get('node') or '')[:12]} |")
         lines.append("")
     failed = [r for r in sweep["runs"] if r["status"] == "failed"]
