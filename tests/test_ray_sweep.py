@@ -92,21 +92,21 @@ def _plan(tmp_path: Path, **kw) -> str:
     return str(path)
 
 
-def _kill_a_running_worker(proc: subprocess.Popen, out: Path, scratch: Path, timeout: float = 120) -> str | None:
-    """SIGKILL the worker of the first run sweep.json shows running (the driver keeps its pid there) once the
-    run is under way in its scratch folder; the run's id, or None when none was seen running."""
+def _wait_for_a_running_task(proc: subprocess.Popen, out: Path, scratch: Path, timeout: float = 120) -> dict | None:
+    """A run that sweep.json shows running (the driver keeps its worker's pid there), at least 2 s into it and
+    still in its scratch folder (a worker runs one task after another: a finished run's pid may already be
+    another run's, or idle); None when none was seen running."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         try:
             runs = json.loads((out / "sweep.json").read_text())["runs"]
         except (OSError, ValueError, KeyError):
             runs = []
-        running = [r for r in runs if r["status"] == "running" and r.get("pid")]
-        if running and (scratch / running[0]["id"]).is_dir():
-            time.sleep(2)  # into the run
-            os.kill(running[0]["pid"], signal.SIGKILL)
-            return running[0]["id"]
-        time.sleep(0.2)
+        for r in runs:
+            if (r["status"] == "running" and r.get("pid") and time.time() - r["started"] > 2
+                    and (scratch / r["id"]).is_dir()):
+                return r
+        time.sleep(0.1)
     return None
 
 
@@ -125,9 +125,12 @@ def test_runs_spread_over_both_nodes_survive_a_killed_worker_and_resume(cluster,
     cmd = [sys.executable, "-m", "edgevit.cli", "sweep", path, "--executor", "ray", "--address", address,
            "--out", str(out)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    killed = _kill_a_running_worker(proc, out, scratch)
+    victim = _wait_for_a_running_task(proc, out, scratch)
+    if victim:
+        os.kill(victim["pid"], signal.SIGKILL)
     _, err = proc.communicate(timeout=600)
-    assert killed, f"no run seen running: {err[-2000:]}"
+    assert victim, f"no run seen running: {err[-2000:]}"
+    killed = victim["id"]
     assert proc.returncode == 1, err[-3000:]  # the bad checkpoint's runs failed
     sweep = json.loads((out / "sweep.json").read_text())
     done = [r for r in sweep["runs"] if r["status"] == "complete"]
@@ -144,9 +147,9 @@ def test_runs_spread_over_both_nodes_survive_a_killed_worker_and_resume(cluster,
         assert (out / "runs" / r["folder"] / "report.json").is_file()
     held = sorted((t["start"], t["end"]) for r in done for t in r["timed"])  # runs on both nodes at once...
     assert all(end <= nxt for (_, end), (nxt, _) in zip(held, held[1:]))  # ...but never timing at once
-    victim = next(r for r in sweep["runs"] if r["id"] == killed)
-    assert victim["attempts"] == 2 and victim["discarded_partial"]
-    assert all(r["attempts"] == 1 for r in done if r["id"] != killed)
+    retried = [r for r in done if r["attempts"] == 2]  # the one killed (its scratch folder is checked just before)
+    assert len(retried) == 1 and retried[0]["id"] == killed and retried[0]["discarded_partial"]
+    assert all(r["attempts"] == 1 and not r["discarded_partial"] for r in done if r["id"] != killed)
     assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(r["folder"] for r in done)
     assert not list(scratch.iterdir())  # every attempt's scratch folder is gone
     again = run_cli(*cmd[3:])
@@ -165,16 +168,9 @@ def test_ctrl_c_cancels_the_remaining_runs_and_keeps_nothing_partial(cluster, tm
     proc = subprocess.Popen([sys.executable, "-m", "edgevit.cli", "sweep", path, "--executor", "ray", "--address",
                              address, "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    pid = None
-    deadline = time.time() + 120
-    while pid is None and time.time() < deadline and proc.poll() is None:
-        try:
-            pid = next((r["pid"] for r in json.loads((out / "sweep.json").read_text())["runs"]
-                        if r["status"] == "running" and r.get("pid")), None)
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.2)
-    assert pid, proc.communicate()[1][-2000:]
+    running = _wait_for_a_running_task(proc, out, scratch)
+    assert running, proc.communicate()[1][-2000:]
+    pid = running["pid"]
     t0 = time.time()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
