@@ -359,32 +359,51 @@ def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, s
     return front
 
 
-def accuracy_latency_figure(report: dict):
-    """Top-1 vs batch-1 median latency, one series per device, with each device's Pareto front (a
-    matplotlib figure), or None when nothing was both evaluated and timed."""
-    series = accuracy_latency_points(report)
-    if not series:
-        return None
+def accuracy_latency_axes(series: dict[str, list[tuple[float, float, str]]], title: str):
+    """Top-1 against batch-1 median latency, one series per key (a device, or a sweep's runs), each with its
+    Pareto front dashed (a matplotlib figure); the latency axis is logarithmic where it spans a decade."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    for (device, points), marker in zip(series.items(), "osD^v<>"):
-        sc = ax.scatter([p[0] for p in points], [p[1] for p in points], marker=marker, label=device)
+    for (label, points), marker in zip(series.items(), "osD^v<>"):
+        sc = ax.scatter([p[0] for p in points], [p[1] for p in points], marker=marker, label=label)
         front = pareto(points)
         ax.plot([p[0] for p in front], [p[1] for p in front], "--", lw=0.8, color=sc.get_facecolor()[0])
         for x, y, name in points:
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xlabel("batch-1 median latency (ms, log scale)")
+    xs = [p[0] for points in series.values() for p in points]
+    log_x = max(xs) > 10 * min(xs)  # else the log axis's minor tick labels pile up
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel("batch-1 median latency (ms" + (", log scale)" if log_x else ")"))
     ax.set_ylabel("top-1 (%)")
-    ax.set_title(f"{report['recipe']}: accuracy vs latency (dashed: Pareto front)")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def accuracy_latency_figure(report: dict):
+    """Top-1 vs batch-1 median latency, one series per device, with each device's Pareto front (a
+    matplotlib figure), or None when nothing was both evaluated and timed."""
+    series = accuracy_latency_points(report)
+    if not series:
+        return None
+    return accuracy_latency_axes(series, f"{report['recipe']}: accuracy vs latency (dashed: Pareto front)")
+
+
+def save_png(fig, path: Path) -> None:
+    """Write a matplotlib figure as a PNG (atomically, without a software tag: the same figure, the same bytes)."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, metadata={"Software": None})
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def plot_accuracy_latency(report: dict, path: Path) -> bool:
@@ -392,10 +411,5 @@ def plot_accuracy_latency(report: dict, path: Path) -> bool:
     fig = accuracy_latency_figure(report)
     if fig is None:
         return False
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, metadata={"Software": None})
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_png(fig, path)
     return True

@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from edgevit.report.writers import atomic_write, jsonable, pareto, yardsticks
+from edgevit.report.writers import accuracy_latency_axes, atomic_write, jsonable, save_png, yardsticks
 
 
 def _first_local_device(report: dict) -> str | None:
@@ -132,44 +132,14 @@ def pareto_points(sweep: dict) -> dict[str, list[tuple[float, float, str]]]:
     return series
 
 
-def pareto_figure(device: str, points: list[tuple[float, float, str]]):
-    """Top-1 against batch-1 latency of every run on one device, the Pareto front joined (matplotlib)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    front = pareto(points)
-    ax.scatter([p[0] for p in points], [p[1] for p in points], color="#888", label="runs")
-    ax.plot([p[0] for p in front], [p[1] for p in front], "o--", color="#c0392b", label="Pareto front")
-    for x, y, name in points:
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    xs = [p[0] for p in points]
-    log_x = max(xs) > 10 * min(xs)  # a log axis only where latencies span a decade (else its ticks pile up)
-    if log_x:
-        ax.set_xscale("log")
-    ax.set_xlabel("batch-1 median latency (ms" + (", log scale)" if log_x else ")"))
-    ax.set_ylabel("top-1 (%)")
-    ax.set_title(f"{device}: accuracy vs latency (line: Pareto front)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
 def write_plots(sweep: dict, out_dir: Path) -> dict[str, str]:
-    """``pareto-<device>.png`` per device with timed runs; device -> file name."""
-    import matplotlib.pyplot as plt
-
+    """``pareto-<device>.png`` per device with timed runs: every run's headline artifact, the Pareto front
+    dashed; device -> file name."""
     written = {}
     for dev, points in pareto_points(sweep).items():
         name = f"pareto-{re.sub(r'[^A-Za-z0-9_.-]+', '_', dev)}.png"
-        fig = pareto_figure(dev, points)
-        tmp = out_dir / f".{name}.tmp.png"
-        fig.savefig(tmp, metadata={"Software": None})
-        plt.close(fig)
-        tmp.replace(out_dir / name)
+        save_png(accuracy_latency_axes({"runs": points}, f"{dev}: accuracy vs latency (dashed: Pareto front)"),
+                 out_dir / name)
         written[dev] = name
     return written
 
