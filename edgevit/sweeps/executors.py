@@ -27,7 +27,8 @@ class Job:
 
     @property
     def cpus(self) -> int:
-        """Cores the run uses: its local device profiles' threads (compression uses as many)."""
+        """Cores the run asks for: its local device profiles' threads (a Ray task's OMP_NUM_THREADS follows its
+        num_cpus, so its compression uses as many)."""
         return max([d.threads for d in self.recipe.validation.devices if d.kind == "local"] or [1])
 
 
