@@ -250,10 +250,8 @@ def _other_format(key: str, fmt: str) -> str | None:
     return ", ".join(having) or None
 
 
-def format_validation_error(err: ValidationError, path: Path | None, origins: dict[str, str],
-                            root: type[BaseModel] = Recipe) -> str:
-    """A pydantic error as one line naming the file (or the referenced file it came from), the dotted key and
-    what is allowed there; ``root``: the schema class that was validated (a recipe, a plan)."""
+def _format_error(err: ValidationError, path: Path | None, origins: dict[str, str],
+                  root: type[BaseModel] = Recipe) -> str:
     errors = err.errors()
     e = errors[0]
     tagged = tuple(e["loc"])
@@ -307,7 +305,7 @@ def build_recipe(data: dict, path: Path | None = None, overrides: list[str] = ()
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        raise BadInput(format_validation_error(e, path, origins)) from e
+        raise BadInput(_format_error(e, path, origins)) from e
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
@@ -346,4 +344,4 @@ def load_section(path: str | Path, cls: type[BaseModel], what: str) -> BaseModel
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        raise BadInput(format_validation_error(e, p, {}, cls)) from e
+        raise BadInput(_format_error(e, p, {}, cls)) from e

@@ -95,7 +95,6 @@ def run_plan(plan: Plan, out_dir: Path, plan_file: Path | None = None, executor:
     runs_dir = out_dir / RUNS
     sweep = {"name": plan.name, "plan": str(plan_file) if plan_file else None, "executor": executor,
              "address": address, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs": []}
-    by_id: dict[str, dict] = {}
     jobs = []
     for spec in specs:
         base = spec.describe() | {"status": "pending", "error": None, "node": None, "attempts": 0}
@@ -106,21 +105,20 @@ def run_plan(plan: Plan, out_dir: Path, plan_file: Path | None = None, executor:
             base |= {"status": "complete", "resumed": True}
         else:
             jobs.append(Job(spec.id, spec.folder, spec.recipe, plan.max_retries))
-        by_id[spec.id] = run_entry(base, report)
-        sweep["runs"].append(by_id[spec.id])
+        sweep["runs"].append(run_entry(base, report))
+    at = {spec.id: i for i, spec in enumerate(specs)}  # a run's row in sweep["runs"]
 
-    def update(run_id: str, entry: dict) -> None:
-        i = next(i for i, r in enumerate(sweep["runs"]) if r["id"] == run_id)
-        sweep["runs"][i] = by_id[run_id] = entry
+    def update(job: Job, entry: dict) -> None:
+        sweep["runs"][at[job.id]] = entry
         write_leaderboard(sweep, out_dir)
 
     def started(job: Job, where: dict) -> None:
-        update(job.id, by_id[job.id] | {"status": "running", **where})
+        update(job, sweep["runs"][at[job.id]] | {"status": "running", **where})
 
     def done(job: Job, outcome: Outcome) -> None:
         facts = {k: v for k, v in asdict(outcome).items() if k not in ("status", "run_status")}
         report = _finished_report(runs_dir / job.folder) if outcome.status == "complete" else None
-        update(job.id, run_entry(by_id[job.id] | facts | {"status": outcome.status}, report))
+        update(job, run_entry(sweep["runs"][at[job.id]] | facts | {"status": outcome.status}, report))
         p = sweep["progress"]
         (log.info if outcome.status == "complete" else log.error)(
             "sweep %s: %s %s%s (%d of %d done, %d failed, %d running)", plan.name, job.folder, outcome.status,

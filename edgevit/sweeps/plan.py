@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgevit.config import ModelConfig
 from edgevit.errors import BadInput, one_line
-from edgevit.recipe import Recipe, find_recipe, format_validation_error, load_recipe, recipe_to_yaml
+from edgevit.recipe import Recipe, find_recipe, load_recipe, load_section, recipe_to_yaml
 
 
 class Plan(BaseModel):
@@ -84,25 +83,11 @@ def _as_override(value: Any) -> str:
 
 def load_plan(path: str | Path) -> tuple[Plan, Path]:
     """Read and validate a plan file; BadInput names the file and the key."""
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except OSError as e:
-        raise BadInput(f"{p}: cannot read the sweep plan: {e.strerror}") from e
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise BadInput(f"{p}: malformed YAML{where}: {getattr(e, 'problem', None) or e}") from e
-    if not isinstance(data, dict):
-        raise BadInput(f"{p}: expected a mapping with name, recipes, models, set, devices")
-    try:
-        plan = Plan.model_validate(data)
-    except ValidationError as e:
-        raise BadInput(format_validation_error(e, p, {}, Plan)) from e
+    plan = load_section(path, Plan, "sweep plan")
     for key, values in plan.set.items():
         if not values:
-            raise BadInput(f"{p}: set.{key}: give at least one value")
-    return plan, p.resolve()
+            raise BadInput(f"{path}: set.{key}: give at least one value")
+    return plan, Path(path).resolve()
 
 
 def _beside(value: str, plan_file: Path | None) -> str:
@@ -164,14 +149,13 @@ def _recipe_devices(recipe: Recipe | None) -> str:
 
 
 def run_identity(spec: RunSpec) -> str:
-    """sha256 of the resolved recipe, the model spec and the checkpoint's bytes (of the raw settings when the
+    """sha256 of the resolved recipe (model spec included) and the checkpoint's bytes (of the raw settings when the
     recipe does not validate): the same run gets the same identity in a restarted sweep."""
     h = hashlib.sha256()
     if spec.recipe is None:
         h.update(json.dumps([spec.recipe_arg, spec.model, spec.settings, spec.device, spec.overrides]).encode())
         return h.hexdigest()
-    h.update(recipe_to_yaml(spec.recipe).encode())
-    h.update(json.dumps(spec.recipe.model.model_dump(mode="json"), sort_keys=True).encode())
+    h.update(recipe_to_yaml(spec.recipe).encode())  # the resolved recipe holds the model spec
     ckpt = spec.recipe.model.checkpoint
     if ckpt is not None and Path(ckpt).is_file():
         h.update(file_sha256(Path(ckpt)).encode())
