@@ -1,9 +1,12 @@
 """The same 8-run sweep (W8A8 through `int8_ptq` and `hybrid_w8a8` on the two built-in models and two timm
-hybrids) three ways on this machine, one after another: `--executor local` (one process, in order), Ray with one
-worker (`--num-cpus 1`) and Ray with two (`--num-cpus 2`). Each run uses 1 thread, so two workers can each hold
-a core. Prints wall times, the Ray path's overhead per run against local, and the 2-worker speed-up.
+hybrids) four ways on this machine, interleaved round by round: `--executor local` (one process, in order, torch
+on every core), the same with one torch thread (`OMP_NUM_THREADS=1`: the compute a one-CPU Ray worker does, since
+Ray sets a task's OMP_NUM_THREADS to its num_cpus), Ray with one worker (`--num-cpus 1`) and Ray with two
+(`--num-cpus 2`). Each run times on 1 thread, so two workers can each hold a core. Prints wall times, the Ray
+path's overhead per run against local at the same thread count (and against default local), and the 2-worker
+speed-up, per round and over all rounds.
 
-    .venv/bin/python benchmarks/sweep_scaling.py [--eval-images 1000] [--calib-images 256]
+    .venv/bin/python benchmarks/sweep_scaling.py [--rounds 2] [--eval-images 1000] [--calib-images 256]
 
 Writes benchmarks/results/sweep_scaling.json.
 """
@@ -11,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,10 +38,10 @@ def plan(args) -> dict:
                           "validate.devices.0.threads=1", "budget=null"]}
 
 
-def sweep(plan_file: Path, out: Path, extra: list[str]) -> tuple[float, dict]:
+def sweep(plan_file: Path, out: Path, extra: list[str], env: dict) -> tuple[float, dict]:
     t0 = time.time()
     res = subprocess.run([sys.executable, "-m", "edgevit.cli", "sweep", str(plan_file), "--out", str(out), *extra],
-                         cwd=ROOT, capture_output=True, text=True)
+                         cwd=ROOT, capture_output=True, text=True, env=os.environ | env)
     wall = time.time() - t0
     summary = json.loads((out / "sweep.json").read_text())
     bad = [r for r in summary["runs"] if r["status"] != "complete"]
@@ -45,40 +50,60 @@ def sweep(plan_file: Path, out: Path, extra: list[str]) -> tuple[float, dict]:
     return wall, summary
 
 
+WAYS = {"local": ([], {}), "local, 1 torch thread": ([], {"OMP_NUM_THREADS": "1"}),
+        "ray, 1 worker": (["--executor", "ray", "--num-cpus", "1"], {}),
+        "ray, 2 workers": (["--executor", "ray", "--num-cpus", "2"], {})}
+
+
+def ratios(wall: dict[str, float], n: int) -> dict:
+    """Overheads and speed-up from one set of wall times (one round, or the means over rounds)."""
+    local, local1, one, two = (wall[k] for k in WAYS)
+    return {"overhead_per_run_s": round((one - local1) / n, 2), "overhead_vs_local_1_thread": round(one / local1 - 1, 3),
+            "overhead_per_run_vs_default_local_s": round((one - local) / n, 2),
+            "overhead_vs_default_local": round(one / local - 1, 3), "speedup_2_vs_1": round(one / two, 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--eval-images", type=int, default=1000)
     ap.add_argument("--calib-images", type=int, default=256)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sweep_scaling.json")
     args = ap.parse_args()
-    ways = {"local": [], "ray, 1 worker": ["--executor", "ray", "--num-cpus", "1"],
-            "ray, 2 workers": ["--executor", "ray", "--num-cpus", "2"]}
-    results = {}
+    results = {"date": time.strftime("%Y-%m-%d"), "rounds": [], "ways": {k: {"wall_s": []} for k in WAYS}}
     with tempfile.TemporaryDirectory() as tmp:
         plan_file = Path(tmp) / "plan.yaml"
         plan_file.write_text(yaml.safe_dump(plan(args)))
-        for i, (name, extra) in enumerate(ways.items()):
-            wall, summary = sweep(plan_file, Path(tmp) / f"out{i}", extra)
-            per_run = [r["elapsed_s"] for r in summary["runs"]]
-            results[name] = {"wall_s": round(wall, 1), "runs": len(per_run), "run_s_sum": round(sum(per_run), 1),
-                             "nodes": sorted({r["node"] for r in summary["runs"]}),
-                             "rows": [{k: r.get(k) for k in ("folder", "top1", "speed_vs_fp32", "elapsed_s")}
-                                      for r in summary["runs"]]}
-            print(f"{name}: {wall:.1f} s wall, runs {sum(per_run):.1f} s in all", flush=True)
-    local, one, two = (results[k]["wall_s"] for k in ways)
-    n = results["local"]["runs"]
-    results["overhead_per_run_s"] = round((one - local) / n, 2)
-    results["overhead_vs_mean_run"] = round((one - local) / local, 3)
-    results["speedup_2_vs_1"] = round(one / two, 2)
-    results["date"] = time.strftime("%Y-%m-%d")
+        for r in range(args.rounds):
+            wall = {}
+            for i, (name, (extra, env)) in enumerate(WAYS.items()):
+                wall[name], summary = sweep(plan_file, Path(tmp) / f"out{r}-{i}", extra, env)
+                per_run = [x["elapsed_s"] for x in summary["runs"]]
+                way = results["ways"][name]
+                way["wall_s"].append(round(wall[name], 1))
+                way.setdefault("run_s_sum", []).append(round(sum(per_run), 1))
+                way.setdefault("nodes", sorted({x["node"] for x in summary["runs"]}))
+                way.setdefault("rows", []).append([{k: x.get(k) for k in ("folder", "top1", "speed_vs_fp32", "elapsed_s")}
+                                                   for x in summary["runs"]])
+                print(f"round {r + 1}, {name}: {wall[name]:.1f} s wall, runs {sum(per_run):.1f} s in all", flush=True)
+            n = len(summary["runs"])
+            results["rounds"].append(ratios(wall, n) | {"wall_s": {k: round(v, 1) for k, v in wall.items()}})
+            print(f"round {r + 1}: {results['rounds'][-1]}", flush=True)
+    mean = {k: statistics.mean(results["ways"][k]["wall_s"]) for k in WAYS}
+    results["mean"] = ratios(mean, n) | {"wall_s": {k: round(v, 1) for k, v in mean.items()}, "runs": n}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"\n| way | wall (s) | runs |\n|---|---|---|")
-    for k in ways:
-        print(f"| {k} | {results[k]['wall_s']} | {results[k]['runs']} |")
-    print(f"\nRay overhead per run vs local: {results['overhead_per_run_s']} s "
-          f"({100 * results['overhead_vs_mean_run']:.1f} % of the local sweep); 2 workers vs 1: "
-          f"{results['speedup_2_vs_1']}x")
+    print("\n| way | " + " | ".join(f"round {r + 1} wall (s)" for r in range(args.rounds)) + " | mean (s) | runs in all (s) |")
+    print("|---|" + "---|" * (args.rounds + 2))
+    for k in WAYS:
+        way = results["ways"][k]
+        print(f"| {k} | " + " | ".join(map(str, way["wall_s"])) + f" | {mean[k]:.1f} | "
+              + " / ".join(map(str, way["run_s_sum"])) + " |")
+    m = results["mean"]
+    print(f"\nRay (1 worker) against local with 1 torch thread: {m['overhead_per_run_s']} s per run "
+          f"({100 * m['overhead_vs_local_1_thread']:.1f} %); against default local: "
+          f"{m['overhead_per_run_vs_default_local_s']} s per run ({100 * m['overhead_vs_default_local']:.1f} %); "
+          f"2 workers vs 1: {m['speedup_2_vs_1']}x")
 
 
 if __name__ == "__main__":
