@@ -91,7 +91,7 @@ def compress(
             try:
                 swept = run_sweep(recipe, sweep, overrides + list(set_), out=out, overwrite=overwrite)
             except KeyboardInterrupt:
-                return _interrupted_sweep(out or Path("runs") / f"{Path(recipe).stem}-sweep")
+                return _interrupted_sweep((out or Path("runs") / f"{Path(recipe).stem}-sweep") / "runs")
             _print_sweep(swept.summary, swept.out_dir)
             return swept.exit_code
         rec = load_recipe(recipe, overrides + list(set_))
@@ -139,12 +139,12 @@ def _print_sweep(summary: dict, out_dir: Path) -> None:
             console.print(f"[red]FAILED[/red] {escape(r['folder'])}: {escape(r['error'] or '')}", soft_wrap=True)
     p = summary["progress"]
     console.print(f"{p['complete']} of {p['total']} runs complete, {p['failed']} failed; table: "
-                  f"{out_dir / 'sweep.md'} (machine-readable: sweep.json; page: sweep.html); runs in {out_dir / 'runs'}/",
+                  f"{out_dir / 'sweep.md'} (machine-readable: sweep.json; page: sweep.html); runs in {summary['runs_dir']}/",
                   soft_wrap=True)
 
 
-def _interrupted_sweep(out_dir: Path) -> int:
-    console.print(f"[red]interrupted[/red]: finished runs are kept in {escape(str(out_dir / 'runs'))}; run the "
+def _interrupted_sweep(runs_dir: Path) -> int:
+    console.print(f"[red]interrupted[/red]: finished runs are kept in {escape(str(runs_dir))}; run the "
                   "same command again to continue", soft_wrap=True)
     return 130
 
@@ -199,7 +199,7 @@ def sweep_cmd(
     Example: `edgevit sweep plan.yaml --executor ray --out runs/zoo` (the plan format is in the README).
     """
     def body() -> int:
-        from edgevit.sweeps import dry_run_lines, expand, load_plan, run_plan
+        from edgevit.sweeps import dry_run_lines, expand, load_plan, run_plan, runs_folder
 
         p, plan_file = load_plan(plan)
         if dry_run:
@@ -211,7 +211,7 @@ def sweep_cmd(
         try:
             result = run_plan(p, out_dir, plan_file, executor, address, overwrite, num_cpus=num_cpus)
         except KeyboardInterrupt:
-            return _interrupted_sweep(out_dir)
+            return _interrupted_sweep(runs_folder(p, plan_file, out_dir))
         _print_sweep(result.summary, result.out_dir)
         return result.exit_code
 

@@ -43,6 +43,15 @@ def _remove_stale_stages(out: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+def discard_partials(out: Path) -> bool:
+    """Delete every partial stage of ``out`` whatever process left it (for a caller that knows no other attempt
+    at this run is alive, e.g. on a folder shared by several machines, where a pid says nothing); True if any."""
+    stale = list(out.parent.glob(f".{out.name}.partial-*"))
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return bool(stale)
+
+
 @contextmanager
 def staged_run_folder(out: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces ``out``, on failure it is removed."""

@@ -1,7 +1,8 @@
 """`edgevit sweep --executor ray` on a real two-node Ray cluster on this machine (two raylets on 127.0.0.1, one CPU
 each): runs spread over both nodes, every timing under the machine's bench lock and none overlapping another, a
 bad run recorded beside the ones that finish, a worker killed mid-run retried with nothing partial left, and a
-restarted sweep skipping what is done (one sweep exercises all of it: a Ray worker costs seconds to start)."""
+restarted sweep skipping what is done (one sweep exercises all of it: a Ray worker costs seconds to start); a
+sweep writing into a shared ``runs_dir`` interrupted with Ctrl-C and finished by the same command."""
 from __future__ import annotations
 
 import json
@@ -92,10 +93,10 @@ def _plan(tmp_path: Path, **kw) -> str:
     return str(path)
 
 
-def _wait_for_a_running_task(proc: subprocess.Popen, out: Path, scratch: Path, timeout: float = 120) -> dict | None:
+def _wait_for_a_running_task(proc: subprocess.Popen, out: Path, in_progress, timeout: float = 120) -> dict | None:
     """A run that sweep.json shows running (the driver keeps its worker's pid there), at least 2 s into it and
-    still in its scratch folder (a worker runs one task after another: a finished run's pid may already be
-    another run's, or idle); None when none was seen running."""
+    still ``in_progress`` (its scratch or partial folder exists: a worker runs one task after another, so a
+    finished run's pid may already be another run's, or idle); None when none was seen running."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         try:
@@ -104,7 +105,7 @@ def _wait_for_a_running_task(proc: subprocess.Popen, out: Path, scratch: Path, t
             runs = []
         for r in runs:
             if (r["status"] == "running" and r.get("pid") and time.time() - r["started"] > 2
-                    and (scratch / r["id"]).is_dir()):
+                    and in_progress(r)):
                 return r
         time.sleep(0.1)
     return None
@@ -125,7 +126,7 @@ def test_runs_spread_over_both_nodes_survive_a_killed_worker_and_resume(cluster,
     cmd = [sys.executable, "-m", "edgevit.cli", "sweep", path, "--executor", "ray", "--address", address,
            "--out", str(out)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    victim = _wait_for_a_running_task(proc, out, scratch)
+    victim = _wait_for_a_running_task(proc, out, lambda r: (scratch / r["id"]).is_dir())
     if victim:
         os.kill(victim["pid"], signal.SIGKILL)
     _, err = proc.communicate(timeout=600)
@@ -159,27 +160,43 @@ def test_runs_spread_over_both_nodes_survive_a_killed_worker_and_resume(cluster,
     assert all(r.get("resumed") for r in resumed["runs"] if r["status"] == "complete")
 
 
-def test_ctrl_c_cancels_the_remaining_runs_and_keeps_nothing_partial(cluster, tmp_path):
-    """SIGINT to the driver while a run is in a worker: exit 130 within seconds, that worker is gone (its task
-    cancelled), sweep.json shows no run as running, and no run folder or scratch folder is left half-written."""
+def test_ctrl_c_on_a_shared_runs_dir_keeps_nothing_partial_and_the_rerun_finishes_there(cluster, tmp_path):
+    """A plan with ``runs_dir`` (a folder every node sees): SIGINT to the driver while a worker writes its run there
+    -> exit 130 within seconds, that worker gone (its task cancelled), no run shown running, no partial folder on
+    the shared path. The same command again runs the rest there (nothing under OUT/runs, nothing sent back), and
+    a partial folder a dead node left on the shared path is discarded by the run's next attempt."""
     address, scratch = cluster
-    path = _plan(tmp_path, models=["builtin:hybrid-cifar10"], set={"seed": [0, 1, 2]})
+    shared = tmp_path / "shared-runs"
+    path = _plan(tmp_path, models=["builtin:hybrid-cifar10"], set={"seed": [0, 1, 2]}, runs_dir="shared-runs")
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "edgevit.cli", "sweep", path, "--executor", "ray", "--address",
-                             address, "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    running = _wait_for_a_running_task(proc, out, scratch)
+    cmd = [sys.executable, "-m", "edgevit.cli", "sweep", path, "--executor", "ray", "--address", address, "--out",
+           str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    running = _wait_for_a_running_task(proc, out, lambda r: any(shared.glob(f".{r['folder']}.partial-*")))
     assert running, proc.communicate()[1][-2000:]
     pid = running["pid"]
     t0 = time.time()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and time.time() - t0 < 30, err[-2000:]
-    assert "interrupted" in err and "run the same command again" in err
+    assert "interrupted" in err and "run the same command again" in err and "shared-runs" in err
     time.sleep(3)
     with pytest.raises(ProcessLookupError):  # the cancelled task's worker is gone
         os.kill(pid, 0)
     sweep = json.loads((out / "sweep.json").read_text())
-    assert not any(r["status"] == "running" for r in sweep["runs"])
-    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(
-        r["folder"] for r in sweep["runs"] if r["status"] == "complete")
+    assert sweep["runs_dir"] == str(shared) and not any(r["status"] == "running" for r in sweep["runs"])
+    finished = sorted(r["folder"] for r in sweep["runs"] if r["status"] == "complete")
+    assert sorted(p.name for p in shared.iterdir()) == finished  # no partial folder left on the shared path
+    assert not (out / "runs").exists() and not list(scratch.iterdir())
+    todo = [r for r in sweep["runs"] if r["status"] != "complete"]
+    stale = shared / f".{todo[0]['folder']}.partial-{pid}"  # as a node that died mid-run would leave it
+    (stale / "onnx").mkdir(parents=True)
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    again = json.loads((out / "sweep.json").read_text())
+    assert [r["status"] for r in again["runs"]] == ["complete"] * 3
+    assert sorted(p.name for p in shared.iterdir()) == sorted(r["folder"] for r in again["runs"])
+    assert all((shared / r["folder"] / "report.json").is_file() for r in again["runs"])
+    assert not (out / "runs").exists() and not list(scratch.iterdir())
+    redone = {r["folder"]: r for r in again["runs"] if not r.get("resumed")}
+    assert set(redone) == {r["folder"] for r in todo} and redone[todo[0]["folder"]]["discarded_partial"]

@@ -3,13 +3,14 @@ with a run that fails on bad input beside runs that finish, one leaderboard, and
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import CALIB_DIR, cli, run_cli
 from edgevit.errors import BadInput
-from edgevit.sweeps.plan import expand, load_plan, parse_sweep
+from edgevit.sweeps.plan import expand, load_plan, parse_sweep, runs_folder
 
 # tiny runs: what is checked here is the sweep, not what the recipes reach
 SMALL = [f"calibration.path={CALIB_DIR}", "calibration.num=16", "validate.eval.num=24", "quantize.placement=all",
@@ -71,6 +72,18 @@ def test_the_plan_expands_to_every_combination_each_with_its_identity(tmp_path):
     assert len(bad) == 8 and all("seed=banana" in r.error and "\n" not in r.error for r in bad)
     with pytest.raises(BadInput, match="seed=banana"):
         expand(plan, plan_file, strict=True)
+
+
+def test_runs_dir_is_found_beside_the_plan_and_defaults_to_out_runs(tmp_path):
+    """A plan's shared ``runs_dir``: relative to the plan file (the driver and every node must see one path),
+    absolute as given; without it the runs go to OUT/runs."""
+    out = tmp_path / "out"
+    plan, plan_file = load_plan(write_plan(tmp_path / "plan.yaml", runs_dir="shared/zoo"))
+    assert runs_folder(plan, plan_file, out) == tmp_path / "shared" / "zoo"
+    plan, plan_file = load_plan(write_plan(tmp_path / "plan.yaml", runs_dir="/mnt/nfs/zoo"))
+    assert runs_folder(plan, plan_file, out) == Path("/mnt/nfs/zoo")
+    plan, plan_file = load_plan(write_plan(tmp_path / "plan.yaml"))
+    assert runs_folder(plan, plan_file, out) == out / "runs"
 
 
 def test_dry_run_lists_the_runs_and_flags_the_invalid_one(tmp_path):

@@ -1,6 +1,6 @@
 """Run a sweep plan: expand it, skip the runs a previous attempt finished, hand the rest to the executor,
-and keep ``OUT/sweep.json`` / ``sweep.md`` current while it runs (``OUT/runs/<run>/`` holds each finished
-run's full folder; a folder there is always complete)."""
+and keep ``OUT/sweep.json`` / ``sweep.md`` current while it runs (``OUT/runs/<run>/``, or the plan's shared
+``runs_dir``, holds each finished run's full folder; a folder there is always complete)."""
 from __future__ import annotations
 
 import importlib
@@ -16,9 +16,8 @@ from edgevit.results import STATUS_EXIT
 from edgevit.runfolder import STATUS_FILE
 from edgevit.sweeps.executors import EXECUTORS, Executor, Job, Outcome
 from edgevit.sweeps.leaderboard import run_entry, write_leaderboard
-from edgevit.sweeps.plan import Plan, RunSpec, expand
+from edgevit.sweeps.plan import Plan, RunSpec, expand, runs_folder
 
-RUNS = "runs"
 log = logging.getLogger("edgevit")
 
 
@@ -53,8 +52,9 @@ def make_executor(name: str, address: str | None = None, num_cpus: int | None = 
     return EXECUTORS[name](address=address, num_cpus=num_cpus)
 
 
-def _prepare(out_dir: Path, name: str, overwrite: bool) -> None:
-    """Make ``out_dir`` this sweep's folder: new, resumed (same plan name) or replaced (``overwrite``)."""
+def _prepare(out_dir: Path, runs_dir: Path, name: str, overwrite: bool) -> None:
+    """Make ``out_dir`` this sweep's folder: new, resumed (same plan name) or replaced (``overwrite``; a shared
+    ``runs_dir`` outside it is kept, its runs are redone)."""
     table = out_dir / "sweep.json"
     if out_dir.exists() and overwrite:
         shutil.rmtree(out_dir)
@@ -66,7 +66,8 @@ def _prepare(out_dir: Path, name: str, overwrite: bool) -> None:
         if previous != name:
             what = f"the sweep {previous!r}" if previous else "something that is not a sweep"
             raise BadInput(f"{out_dir} holds {what}: choose another --out or pass --overwrite")
-    (out_dir / RUNS).mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs_dir.mkdir(parents=True, exist_ok=True)
 
 
 def _finished_report(folder: Path) -> dict | None:
@@ -91,17 +92,18 @@ def run_plan(plan: Plan, out_dir: Path, plan_file: Path | None = None, executor:
     what a Ray started here offers)."""
     specs = expand(plan, plan_file, strict=strict)
     ex = make_executor(executor, address, num_cpus)
-    _prepare(out_dir, plan.name, overwrite)
-    runs_dir = out_dir / RUNS
+    runs_dir = runs_folder(plan, plan_file, out_dir)
+    _prepare(out_dir, runs_dir, plan.name, overwrite)
     sweep = {"name": plan.name, "plan": str(plan_file) if plan_file else None, "executor": executor,
-             "address": address, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs": []}
+             "address": address, "runs_dir": str(runs_dir), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+             "runs": []}
     jobs = []
     for spec in specs:
         base = spec.describe() | {"status": "pending", "error": None, "node": None, "attempts": 0}
         report = None
         if spec.error:
             base |= {"status": "failed", "error": spec.error}
-        elif (report := _finished_report(runs_dir / spec.folder)) is not None:
+        elif not overwrite and (report := _finished_report(runs_dir / spec.folder)) is not None:
             base |= {"status": "complete", "resumed": True}
         else:
             jobs.append(Job(spec.id, spec.folder, spec.recipe, plan.max_retries))
@@ -127,7 +129,7 @@ def run_plan(plan: Plan, out_dir: Path, plan_file: Path | None = None, executor:
 
     write_leaderboard(sweep, out_dir)
     try:
-        ex.run(jobs, runs_dir, started, done)
+        ex.run(jobs, runs_dir, started, done, shared=plan.runs_dir is not None)
     finally:
         for r in sweep["runs"]:
             if r["status"] == "running":  # interrupted: it will run again when the sweep is restarted

@@ -55,8 +55,9 @@ Done = Callable[[Job, Outcome], None]
 class Executor(Protocol):
     name: str
 
-    def run(self, jobs: list[Job], runs_dir: Path, started: Started, done: Done) -> None:
-        """Run every job into ``runs_dir / job.folder``, calling ``started`` and ``done`` for each."""
+    def run(self, jobs: list[Job], runs_dir: Path, started: Started, done: Done, shared: bool = False) -> None:
+        """Run every job into ``runs_dir / job.folder``, calling ``started`` and ``done`` for each (``shared``: every
+        node sees ``runs_dir`` at that path, so a run is written there where it runs)."""
 
 
 EXECUTORS: dict[str, Callable[..., Executor]] = {}  # name -> class taking (address=, num_cpus=)
@@ -94,7 +95,7 @@ class LocalExecutor:
         if address is not None or num_cpus is not None:
             raise BadInput("--address and --num-cpus are options of --executor ray")
 
-    def run(self, jobs: list[Job], runs_dir: Path, started: Started, done: Done) -> None:
+    def run(self, jobs: list[Job], runs_dir: Path, started: Started, done: Done, shared: bool = False) -> None:
         host = socket.gethostname()
         for job in jobs:
             started(job, {"node": "local", "host": host})

@@ -42,6 +42,9 @@ class Plan(BaseModel):
     devices: list[str] = Field(default_factory=list,
                                description="device profiles, one run per device; empty: each recipe's own")
     max_retries: int = Field(2, ge=0, description="retries of a run whose worker died (not of a failed run)")
+    runs_dir: str | None = Field(None, description="where the run folders go instead of OUT/runs: a folder every Ray "
+                                 "node and this machine see at the same path (NFS, a mounted bucket); each worker "
+                                 "writes its run there directly, atomically, and sends nothing back")
 
 
 @dataclass
@@ -88,6 +91,14 @@ def load_plan(path: str | Path) -> tuple[Plan, Path]:
         if not values:
             raise BadInput(f"{path}: set.{key}: give at least one value")
     return plan, Path(path).resolve()
+
+
+def runs_folder(plan: Plan, plan_file: Path | None, out_dir: Path) -> Path:
+    """Where the plan's run folders go: its ``runs_dir`` (relative to the plan file) or ``OUT/runs``."""
+    if plan.runs_dir is None:
+        return out_dir / "runs"
+    path = Path(plan.runs_dir).expanduser()
+    return path if path.is_absolute() or plan_file is None else (plan_file.parent / path).resolve()
 
 
 def _beside(value: str, plan_file: Path | None) -> str:

@@ -3,10 +3,12 @@ starts a local Ray) or on a cluster (``--address auto|HOST:PORT|ray://HOST:10001
 
 - A task asks for as many CPUs as the run's device profiles use threads; it builds its run folder in a
   scratch folder on its node and returns it as one tar archive, which the driver unpacks beside
-  ``OUT/runs/`` and renames into place: a run folder is never partial.
+  ``OUT/runs/`` and renames into place: a run folder is never partial. With a plan's shared ``runs_dir``
+  (seen by every node at the same path) the task builds the run there under a hidden name and renames it,
+  and returns no archive.
 - A worker that dies (killed, out of memory) is retried up to the plan's ``max_retries``; the retry
-  discards the dead attempt's scratch folder. A run that fails is not retried: it is recorded with its
-  one-line error.
+  discards the dead attempt's scratch (or partial shared) folder. A run that fails is not retried: it is
+  recorded with its one-line error.
 - Timing holds the node's bench lock (edgevit.devices.lease), so no two runs on a machine time at once, and
   an SSH device's own lock. A task never waits on a Ray call while it runs: Ray lends the CPUs of a task
   blocked in ``ray.get`` / ``ray.wait`` to the next task, which would put a second run on its cores.
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 
 from edgevit.errors import BadInput, one_line
+from edgevit.runfolder import discard_partials
 from edgevit.sweeps.executors import Done, Job, Outcome, Started, execute_run, register_executor
 
 
@@ -61,8 +64,9 @@ def _scratch_root() -> Path:
     return Path(os.environ.get("EDGEVIT_SWEEP_SCRATCH") or Path(tempfile.gettempdir()) / "edgevit-sweep")
 
 
-def _task(recipe, run_id: str, progress) -> dict:
-    """The body of one Ray task: run the recipe on this node, return its folder as a tar archive."""
+def _task(recipe, run_id: str, progress, shared_dest: str | None = None) -> dict:
+    """The body of one Ray task: run the recipe on this node and return its folder as a tar archive, or, with a
+    ``shared_dest`` every node sees, write the run there (atomically) and return no archive."""
     import ray
 
     from edgevit.devices.lease import recording_leases
@@ -70,25 +74,29 @@ def _task(recipe, run_id: str, progress) -> dict:
     node = ray.get_runtime_context().get_node_id()
     host = socket.gethostname()
     scratch = _scratch_root() / run_id
-    discarded = scratch.exists()  # a dead attempt's leftovers: never reused
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
+    if shared_dest:  # a dead attempt's partial folder, whichever node left it: this is the only live attempt
+        dest, discarded = Path(shared_dest), discard_partials(Path(shared_dest))
+    else:
+        dest, discarded = scratch / "run", scratch.exists()  # a dead attempt's leftovers: never reused
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
     # not waited for: a task blocked on a Ray call lends its CPUs to another task
     progress.start.remote(run_id, {"node": node, "host": host, "pid": os.getpid(), "started": time.time()})
     try:
         with recording_leases() as timed:
-            outcome = execute_run(recipe, scratch / "run")
+            outcome = execute_run(recipe, dest)
         outcome.node, outcome.host, outcome.discarded_partial = node, host, discarded
         outcome.timed = [t | {"node": node} for t in timed]
         archive = None
-        if outcome.status == "complete":
+        if outcome.status == "complete" and not shared_dest:
             buf = io.BytesIO()
             with tarfile.open(fileobj=buf, mode="w") as tar:
-                tar.add(scratch / "run", arcname="run")
+                tar.add(dest, arcname="run")
             archive = buf.getvalue()
         return {"outcome": outcome, "archive": archive}
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if not shared_dest:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def unpack_run(archive: bytes, dest: Path) -> None:
@@ -131,7 +139,7 @@ class RayExecutor:
             ray.init(num_cpus=self.num_cpus, **kwargs)
         return ray
 
-    def run(self, jobs: list[Job], runs_dir: Path, started: Started, done: Done) -> None:
+    def run(self, jobs: list[Job], runs_dir: Path, started: Started, done: Done, shared: bool = False) -> None:
         if not jobs:
             return
         ray = self._connect()
@@ -144,8 +152,8 @@ class RayExecutor:
             progress = _remote(_Progress).options(num_cpus=0).remote()
             task = _remote(_task)
             pending = {task.options(num_cpus=job.cpus, max_retries=job.max_retries, retry_exceptions=False,
-                                    name=f"edgevit:{job.folder}").remote(job.recipe, job.id, progress): job
-                       for job in jobs}
+                                    name=f"edgevit:{job.folder}").remote(
+                job.recipe, job.id, progress, str(runs_dir / job.folder) if shared else None): job for job in jobs}
             seen: dict[str, int] = {}
             try:
                 while pending:
@@ -162,6 +170,10 @@ class RayExecutor:
             except KeyboardInterrupt:
                 for ref in pending:
                     ray.cancel(ref, force=True)
+                if shared:  # the killed workers' partial folders are on the shared path: remove them once they are dead
+                    ray.wait(list(pending), num_returns=len(pending), timeout=10)
+                    for job in pending.values():
+                        discard_partials(runs_dir / job.folder)
                 raise
         finally:
             ray.shutdown()
