@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, run_cli
+from edgevit.results import STATUS_EXIT
 from test_sweep_plan import SMALL
 
 pytest.importorskip("ray", reason="the Ray tests need the ray extra: pip install 'edgevit[ray]'")
@@ -192,9 +193,11 @@ def test_ctrl_c_on_a_shared_runs_dir_keeps_nothing_partial_and_the_rerun_finishe
     stale = shared / f".{todo[0]['folder']}.partial-{pid}"  # as a node that died mid-run would leave it
     (stale / "onnx").mkdir(parents=True)
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
     again = json.loads((out / "sweep.json").read_text())
-    assert [r["status"] for r in again["runs"]] == ["complete"] * 3
+    assert [r["status"] for r in again["runs"]] == ["complete"] * 3, res.stderr[-3000:]
+    # tiny runs may fail a check (INT8 timing, agreement on 24 images): the exit code says so, as compress's
+    codes = {STATUS_EXIT[r["run_status"]] for r in again["runs"]}
+    assert res.returncode == (1 if 1 in codes else max(codes)), res.stderr[-3000:]
     assert sorted(p.name for p in shared.iterdir()) == sorted(r["folder"] for r in again["runs"])
     assert all((shared / r["folder"] / "report.json").is_file() for r in again["runs"])
     assert not (out / "runs").exists() and not list(scratch.iterdir())
