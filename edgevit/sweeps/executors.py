@@ -96,9 +96,13 @@ class LocalExecutor:
             raise BadInput("--address and --num-cpus are options of --executor ray")
 
     def run(self, jobs: list[Job], runs_dir: Path, started: Started, done: Done, shared: bool = False) -> None:
+        from edgevit.devices.lease import recording_leases
+
         host = socket.gethostname()
         for job in jobs:
             started(job, {"node": "local", "host": host})
-            outcome = execute_run(job.recipe, runs_dir / job.folder)
+            with recording_leases() as timed:
+                outcome = execute_run(job.recipe, runs_dir / job.folder)
             outcome.node, outcome.host = "local", host
+            outcome.timed = [t | {"node": "local"} for t in timed]
             done(job, outcome)
