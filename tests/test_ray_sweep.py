@@ -168,7 +168,7 @@ def test_ctrl_c_on_a_shared_runs_dir_keeps_nothing_partial_and_the_rerun_finishe
     a partial folder a dead node left on the shared path is discarded by the run's next attempt."""
     address, scratch = cluster
     shared = tmp_path / "shared-runs"
-    path = _plan(tmp_path, models=["builtin:hybrid-cifar10"], set={"seed": [0, 1, 2]}, runs_dir="shared-runs")
+    path = _plan(tmp_path, models=["builtin:hybrid-cifar10"], set={"seed": [0, 1]}, runs_dir="shared-runs")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "edgevit.cli", "sweep", path, "--executor", "ray", "--address", address, "--out",
            str(out)]
@@ -194,7 +194,7 @@ def test_ctrl_c_on_a_shared_runs_dir_keeps_nothing_partial_and_the_rerun_finishe
     (stale / "onnx").mkdir(parents=True)
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     again = json.loads((out / "sweep.json").read_text())
-    assert [r["status"] for r in again["runs"]] == ["complete"] * 3, res.stderr[-3000:]
+    assert [r["status"] for r in again["runs"]] == ["complete"] * 2, res.stderr[-3000:]
     # tiny runs may fail a check (INT8 timing, agreement on 24 images): the exit code says so, as compress's
     codes = {STATUS_EXIT[r["run_status"]] for r in again["runs"]}
     assert res.returncode == (1 if 1 in codes else max(codes)), res.stderr[-3000:]
@@ -203,3 +203,22 @@ def test_ctrl_c_on_a_shared_runs_dir_keeps_nothing_partial_and_the_rerun_finishe
     assert not (out / "runs").exists() and not list(scratch.iterdir())
     redone = {r["folder"]: r for r in again["runs"] if not r.get("resumed")}
     assert set(redone) == {r["folder"] for r in todo} and redone[todo[0]["folder"]]["discarded_partial"]
+
+
+def test_ctrl_c_while_waiting_on_ray_is_noted_then_raised_by_the_polling_loop():
+    """While the executor polls, SIGINT only sets a flag (Ray runs Python signal handlers inside its own calls and
+    can lose a KeyboardInterrupt raised there: a sweep sent SIGINT once ran to its end); the loop raises it, and
+    the previous handler is back afterwards."""
+    from edgevit.sweeps.ray_executor import _note_sigint, _restore_sigint
+
+    noted = _note_sigint()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # a handler that raised would have raised by now
+        assert len(noted) == 1
+    finally:
+        _restore_sigint()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)

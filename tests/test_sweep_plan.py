@@ -113,6 +113,7 @@ def test_local_sweep_records_a_bad_run_finishes_the_others_and_resumes(tmp_path)
         assert (out / "runs" / r["folder"] / "report.json").is_file() and not (out / "runs" / r["folder"]).name.startswith(".")
         assert r["artifact"] == "onnx-int8" and 0 < r["top1"] <= 1 and r["size_vs_fp32"] < 0.5
         assert r["speed_vs_fp32"] > 0 and r["node"] == "local" and r["budget"] in ("within", "over", "no budget")
+        assert "validate" in {t["step"] for t in r["timed"]} and all(t["node"] == "local" for t in r["timed"])
     assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(r["folder"] for r in done)
     md = (out / "sweep.md").read_text()
     assert "## hybrid-cifar10" in md and "## vit-cifar10" in md and "## Failed runs" in md

@@ -18,9 +18,11 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import signal
 import socket
 import tarfile
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -99,6 +101,24 @@ def _task(recipe, run_id: str, progress, shared_dest: str | None = None) -> dict
             shutil.rmtree(scratch, ignore_errors=True)
 
 
+_SIGINT: list = []  # the handler _note_sigint replaced
+
+
+def _note_sigint() -> list:
+    """From now on Ctrl-C (SIGINT) appends to the returned list instead of raising KeyboardInterrupt where it lands:
+    Ray runs Python signal handlers inside its own calls and can lose the exception raised there (seen: a sweep
+    sent SIGINT while it waited on Ray ran to its end). The polling loop raises it instead."""
+    noted: list = []
+    if threading.current_thread() is threading.main_thread():
+        _SIGINT.append(signal.signal(signal.SIGINT, lambda *_: noted.append(time.time())))
+    return noted
+
+
+def _restore_sigint() -> None:
+    if _SIGINT:
+        signal.signal(signal.SIGINT, _SIGINT.pop())
+
+
 def unpack_run(archive: bytes, dest: Path) -> None:
     """Unpack a run folder archived by a task into ``dest`` (replacing it), atomically."""
     partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
@@ -155,8 +175,11 @@ class RayExecutor:
                                     name=f"edgevit:{job.folder}").remote(
                 job.recipe, job.id, progress, str(runs_dir / job.folder) if shared else None): job for job in jobs}
             seen: dict[str, int] = {}
+            interrupted = _note_sigint()
             try:
                 while pending:
+                    if interrupted:
+                        raise KeyboardInterrupt
                     ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.poll_s)
                     starts = ray.get(progress.snapshot.remote())
                     for job in pending.values():
@@ -176,6 +199,7 @@ class RayExecutor:
                         discard_partials(runs_dir / job.folder)
                 raise
         finally:
+            _restore_sigint()
             ray.shutdown()
 
     @staticmethod
