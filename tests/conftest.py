@@ -51,15 +51,16 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.Comp
                           text=True, timeout=timeout)
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    """The real `edgevit` command line run in this process (typer's runner on edgevit.cli's app, from the
-    repository root): the same parsing, one-line errors and exit codes as :func:`run_cli` without starting
-    Python and importing torch again, for commands that fail on bad input or only print."""
+def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """The real `edgevit` command line run in this process (typer's runner on edgevit.cli's app, from ``cwd``):
+    the same parsing, one-line errors, runs and exit codes as :func:`run_cli` without starting Python and
+    importing torch again (3-4 s a command). :func:`run_cli` stays for what needs a process of its own: the
+    README's command, tracebacks (--debug), signals and kills, Ray drivers."""
     from typer.testing import CliRunner
 
     from edgevit.cli import app
 
-    with contextlib.chdir(ROOT):
+    with contextlib.chdir(cwd):
         res = CliRunner().invoke(app, list(args))
     return subprocess.CompletedProcess(list(args), res.exit_code, res.stdout, res.stderr)
 

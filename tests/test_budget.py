@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import CALIB_DIR, ROOT, run_cli
+from conftest import CALIB_DIR, ROOT, cli
 from edgevit.config import BudgetConfig
 from edgevit.errors import BadInput
 from edgevit.recipe import load_recipe
@@ -74,13 +74,13 @@ def test_pruned_hybrid_over_budget_exits_1_naming_pruning(tmp_path):
     args = ["compress", "--recipe", "int8_ptq", "--set", f"calibration.path={CALIB_DIR}", "--set", "calibration.num=32",
             "--set", "validate.eval.num=200", "--set", "validate.devices=[]", "--set", "quantize.placement=all",
             "--set", "export=[export/onnx-fp32.yaml,export/onnx-int8.yaml]", "--set", "budget.max_accuracy_drop=1.0"]
-    over = run_cli(*args, "--set", "prune={nm: {n: 2, m: 4, criterion: magnitude}}", "--out", str(tmp_path / "over"))
+    over = cli(*args, "--set", "prune={nm: {n: 2, m: 4, criterion: magnitude}}", "--out", str(tmp_path / "over"))
     assert over.returncode == 1, over.stderr[-2000:]
     line = next(ln for ln in over.stderr.splitlines() if ln.startswith("status:"))
     assert line.startswith("status: OVER THE ACCURACY BUDGET") and "pruning -" in line
     report = (tmp_path / "over" / "report.md").read_text()
     assert "## Accuracy budget" in report and "**NO**" in report
-    within = run_cli(*args, "--set", "budget.max_accuracy_drop=3.0", "--out", str(tmp_path / "within"))
+    within = cli(*args, "--set", "budget.max_accuracy_drop=3.0", "--out", str(tmp_path / "within"))
     assert within.returncode == 0, within.stderr[-2000:]
     assert "| onnx-int8 | yes |" in (tmp_path / "within" / "report.md").read_text()
 

@@ -72,8 +72,8 @@ def test_failed_check_exits_1_and_overwrite_replaces_the_finished_run(default_ru
     out = tmp_path / "run"
     shutil.copytree(default_run[0], out)
     (out / "left-from-before.txt").write_text("old run")
-    res = run_cli("compress", "--recipe", "recipes/fp32_export.yaml", "--out", str(out), "--overwrite", *FAST,
-                  "--set", "validate.parity_tolerance=1e-12", "--set", "validate.eval.num=50")
+    res = cli("compress", "--recipe", "recipes/fp32_export.yaml", "--out", str(out), "--overwrite", *FAST,
+              "--set", "validate.parity_tolerance=1e-12", "--set", "validate.eval.num=50")
     assert res.returncode == 1, res.stderr[-2000:]
     rep = json.loads((out / "report.json").read_text())
     failed = [c["name"] for c in rep["checks"] if not c["ok"]]
@@ -101,7 +101,7 @@ def test_export_fails_when_the_onnx_does_not_compute_what_pytorch_does(tmp_path)
         "    torch.manual_seed(0)\n"
         "    return Branchy().eval()\n")
     out = tmp_path / "exports"
-    res = run_cli("export", "--model", f"file:{tmp_path / 'branchy.py'}:build", "--to", "onnx", "--out", str(out))
+    res = cli("export", "--model", f"file:{tmp_path / 'branchy.py'}:build", "--to", "onnx", "--out", str(out))
     assert res.returncode == 1, res.stdout + res.stderr
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "ONNX matches PyTorch: max abs logit diff" in last, res.stderr
@@ -111,8 +111,8 @@ def test_export_fails_when_the_onnx_does_not_compute_what_pytorch_does(tmp_path)
 def test_same_recipe_same_onnx_bytes(default_run, tmp_path, small_imagefolder):
     out, _ = default_run
     again = tmp_path / "again"
-    res = run_cli("compress", "--recipe", "recipes/fp32_export.yaml", "--out", str(again),
-                  "--eval", str(small_imagefolder), *FAST)
+    res = cli("compress", "--recipe", "recipes/fp32_export.yaml", "--out", str(again),
+              "--eval", str(small_imagefolder), *FAST)
     assert res.returncode == 0, res.stderr
     assert (again / "onnx-fp32.onnx").read_bytes() == (out / "onnx-fp32.onnx").read_bytes()
 
@@ -120,8 +120,8 @@ def test_same_recipe_same_onnx_bytes(default_run, tmp_path, small_imagefolder):
 def test_corrupt_image_is_skipped_and_reported(tmp_path, small_imagefolder):
     (small_imagefolder / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     out = tmp_path / "run"
-    res = run_cli("compress", "--recipe", "recipes/fp32_export.yaml", "--out", str(out),
-                  "--eval", str(small_imagefolder), "--set", "export=[export/onnx-fp32.yaml]", *FAST)
+    res = cli("compress", "--recipe", "recipes/fp32_export.yaml", "--out", str(out),
+              "--eval", str(small_imagefolder), "--set", "export=[export/onnx-fp32.yaml]", *FAST)
     assert res.returncode == 0, res.stderr
     rep = json.loads((out / "report.json").read_text())
     ev = rep["data"]["eval"]
@@ -175,13 +175,13 @@ def test_debug_shows_traceback(tmp_path):
 
 
 def test_export_then_bench(tmp_path):
-    res = run_cli("export", "--model", "builtin:vit-cifar10", "--to", "onnx", "--out", str(tmp_path))
+    res = cli("export", "--model", "builtin:vit-cifar10", "--to", "onnx", "--out", str(tmp_path))
     assert res.returncode == 0, res.stderr
     onnx_file = tmp_path / "vit-cifar10-fp32.onnx"
     assert onnx_file.is_file()
     dev = tmp_path / "dev.yaml"
     dev.write_text("name: tiny\nthreads: 1\nwarmup: 1\niters: 5\nthroughput_batch: 4\n")
-    res = run_cli("bench", str(onnx_file), "--device", str(dev), "--json")
+    res = cli("bench", str(onnx_file), "--device", str(dev), "--json")
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["device"] == "tiny" and out["threads"] == 1 and out["batch1"]["runs"] == 5
@@ -270,7 +270,7 @@ def test_timm_model_trained_at_another_size_runs_with_kwargs(tmp_path):
     assert refused.returncode == 2 and "model.kwargs.img_size" in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "refused").exists()
     out = tmp_path / "run"
-    res = run_cli("compress", *common, "--set", "model.kwargs.img_size=64", "--out", str(out))
+    res = cli("compress", *common, "--set", "model.kwargs.img_size=64", "--out", str(out))
     assert res.returncode in (0, 1), res.stderr[-2000:]
     rep = json.loads((out / "report.json").read_text())
     onnx = next(c for c in rep["checks"] if c["name"].startswith("onnx-fp32: top-1 in ORT equals PyTorch"))

@@ -188,10 +188,9 @@ def test_layernorm_kept_in_fp32_only_where_fp16_would_overflow(tmp_path):
 
 
 def test_export_cli_writes_a_coreml_classifier(tmp_path):
-    from conftest import run_cli
 
-    res = run_cli("export", "--model", "builtin:hybrid-cifar10", "--to", "coreml", "--compression", "w8",
-                  "--precision", "fp16", "--out", str(tmp_path))
+    res = cli("export", "--model", "builtin:hybrid-cifar10", "--to", "coreml", "--compression", "w8",
+              "--precision", "fp16", "--out", str(tmp_path))
     assert res.returncode == 0, res.stderr
     pkg = tmp_path / "hybrid-cifar10-fp16-w8.mlpackage"
     assert pkg.is_dir() and "needs macOS" in res.stderr and "constexpr_affine_dequantize" in res.stderr
@@ -207,12 +206,10 @@ def test_coreml_recipe_end_to_end(tmp_path):
     has a row per artifact, the W8A8 check passes and the CoreML row says what was not measured."""
     import json
 
-    from conftest import run_cli
-
     out = tmp_path / "run"
-    res = run_cli("compress", "--recipe", "recipes/coreml_mobile.yaml", "--out", str(out),
-                  "--set", "export=[export/onnx-fp32.yaml, export/coreml-w8a8.yaml]", "--set", "calibration.num=64",
-                  "--set", "validate.eval.num=100")
+    res = cli("compress", "--recipe", "recipes/coreml_mobile.yaml", "--out", str(out),
+              "--set", "export=[export/onnx-fp32.yaml, export/coreml-w8a8.yaml]", "--set", "calibration.num=64",
+              "--set", "validate.eval.num=100")
     assert res.returncode == 0, res.stderr
     rep = json.loads((out / "report.json").read_text())
     assert rep["status"] == "ok", [c for c in rep["checks"] if not c["ok"]]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli
 from loopback_sshd import SSHD, free_port, keygen
 from loopback_sshd import profile as loopback_profile
 from edgevit.data import Preprocess, open_image_set
@@ -36,9 +36,9 @@ def test_recipe_reports_local_and_ssh_device_side_by_side(sshd, tmp_path):
     profile = tmp_path / "loopback.yaml"
     profile.write_text(yaml.safe_dump(loopback_profile(sshd)))
     out = tmp_path / "run"
-    res = run_cli("compress", "--recipe", "recipes/int8_ptq.yaml", "--out", str(out), "--set", "validate.eval.num=200",
-                  "--set", "validate.devices=[{name: local-ort-cpu, iters: 5, warmup: 1, throughput_batch: 8}, "
-                  f"{profile}]")
+    res = cli("compress", "--recipe", "recipes/int8_ptq.yaml", "--out", str(out), "--set", "validate.eval.num=200",
+              "--set", "validate.devices=[{name: local-ort-cpu, iters: 5, warmup: 1, throughput_batch: 8}, "
+              f"{profile}]")
     rep = json.loads((out / "report.json").read_text())
     rows = {r["name"]: r for r in rep["results"]}
     # INT8 ships only where faster than FP32 here; otherwise the FP32 model ships and the run says so (exit 3)
@@ -82,7 +82,7 @@ def test_bench_command_on_ssh_device(sshd, tmp_path):
     export_onnx(model, info, ExportConfig(), path, "test")
     profile = tmp_path / "p.yaml"
     profile.write_text(yaml.safe_dump(loopback_profile(sshd)))
-    res = run_cli("bench", str(path), "--device", str(profile), "--json")
+    res = cli("bench", str(path), "--device", str(profile), "--json")
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["device"] == "loopback-ort" and out["remote"]["host"] == "127.0.0.1"
@@ -228,9 +228,9 @@ def test_placement_is_timed_on_the_ssh_device(sshd, tmp_path):
     profile = tmp_path / "loopback.yaml"
     profile.write_text(yaml.safe_dump(loopback_profile(sshd)))
     out = tmp_path / "run"
-    res = run_cli("compress", "--recipe", "recipes/int8_ptq.yaml", "--out", str(out), "--set", "validate.eval.num=100",
-                  "--set", "export=[export/onnx-fp32.yaml,export/onnx-int8.yaml]",
-                  "--set", f"validate.devices=[{profile}]")
+    res = cli("compress", "--recipe", "recipes/int8_ptq.yaml", "--out", str(out), "--set", "validate.eval.num=100",
+              "--set", "export=[export/onnx-fp32.yaml,export/onnx-int8.yaml]",
+              "--set", f"validate.devices=[{profile}]")
     rep = json.loads((out / "report.json").read_text())
     rows = {r["name"]: r for r in rep["results"]}
     p = rows["onnx-int8"]["placement"]
@@ -250,8 +250,8 @@ def test_token_merging_is_timed_on_the_ssh_device(sshd, tmp_path):
     profile = tmp_path / "loopback.yaml"
     profile.write_text(yaml.safe_dump(loopback_profile(sshd)))
     out = tmp_path / "run"
-    res = run_cli("compress", "--recipe", "tome_fp32", "--out", str(out), "--set", "validate.eval.num=100",
-                  "--set", "calibration.num=64", "--set", f"validate.devices=[{profile}]")
+    res = cli("compress", "--recipe", "tome_fp32", "--out", str(out), "--set", "validate.eval.num=100",
+              "--set", "calibration.num=64", "--set", f"validate.devices=[{profile}]")
     assert res.returncode == 0, res.stderr[-2000:]
     t = json.loads((out / "report.json").read_text())["tokens"]
     timing = t["timing"]

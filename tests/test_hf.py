@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import CALIB_DIR, EVAL_DIR, cli, run_cli
+from conftest import CALIB_DIR, EVAL_DIR, cli
 from edgevit.data import Preprocess, open_image_set
 from edgevit.errors import BadInput
 from edgevit.models import load_model
@@ -74,7 +74,7 @@ def _hf(path):
 def _compress(recipe: str, name: str, folders, out, *sets: str) -> dict:
     """One `edgevit compress` of an HF folder with no device timing and no budget; its report.json."""
     args = [a for kv in ("validate.devices=[]", "budget=null", *sets) for a in ("--set", kv)]
-    res = run_cli("compress", "--recipe", recipe, "--model", f"hf:{folders / name}", "--out", str(out), *args)
+    res = cli("compress", "--recipe", recipe, "--model", f"hf:{folders / name}", "--out", str(out), *args)
     assert res.returncode == 0, res.stderr[-2000:]
     return json.loads((out / "report.json").read_text())
 
@@ -259,7 +259,7 @@ def test_folders_that_cannot_be_used_are_one_line_errors(folders, tmp_path):
 
 
 def test_export_command_names_the_artifact_after_the_folder(folders, tmp_path):
-    res = run_cli("export", "--model", f"hf:{folders / 'vit'}", "--to", "onnx", "--out", str(tmp_path))
+    res = cli("export", "--model", f"hf:{folders / 'vit'}", "--to", "onnx", "--out", str(tmp_path))
     assert res.returncode == 0, res.stderr[-2000:]
     import onnx
 

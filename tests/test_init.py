@@ -8,7 +8,7 @@ import pytest
 import yaml
 from safetensors.torch import save_file
 
-from conftest import CALIB_DIR, EVAL_DIR, cli, fast, run_cli
+from conftest import CALIB_DIR, EVAL_DIR, cli, fast
 from edgevit.models import load_model
 from edgevit.recipe import ModelConfig, load_recipe
 
@@ -16,7 +16,7 @@ FAST = fast(eval_num=40, calib_num=32, devices=False) + ["--set", "quantize.plac
 
 
 def _compress(recipe, out):
-    res = run_cli("compress", "--recipe", str(recipe), "--out", str(out), *FAST)
+    res = cli("compress", "--recipe", str(recipe), "--out", str(out), *FAST)
     assert res.returncode in (0, 1), res.stderr[-2000:]
     assert "error:" not in res.stderr
     rep = json.loads((out / "report.json").read_text())
@@ -31,9 +31,9 @@ def test_init_for_a_timm_checkpoint_trained_at_another_size(tmp_path):
     ckpt = tmp_path / "levit64.safetensors"
     save_file({k: v.contiguous() for k, v in levit.state_dict().items()}, str(ckpt))
     recipe = tmp_path / "levit.yaml"
-    res = run_cli("init", "--model", "timm:levit_128s", "--checkpoint", str(ckpt), "--kwargs", "{img_size: 64}",
-                  "--calib", str(CALIB_DIR), "--eval", str(EVAL_DIR), "--target", "onnxruntime", "--target",
-                  "tensorrt", "--out", str(recipe))
+    res = cli("init", "--model", "timm:levit_128s", "--checkpoint", str(ckpt), "--kwargs", "{img_size: 64}",
+              "--calib", str(CALIB_DIR), "--eval", str(EVAL_DIR), "--target", "onnxruntime", "--target",
+              "tensorrt", "--out", str(recipe))
     assert res.returncode == 0, res.stderr
     text = recipe.read_text()
     data = yaml.safe_load(text)
@@ -55,7 +55,7 @@ def test_init_for_an_hf_folder_and_a_python_file(tmp_path):
     transformers.ViTForImageClassification(cfg).save_pretrained(tmp_path / "vit")
     transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "vit")
     recipe = tmp_path / "vit.yaml"
-    res = run_cli("init", "--model", f"hf:{tmp_path / 'vit'}", "--target", "openvino", "--out", str(recipe))
+    res = cli("init", "--model", f"hf:{tmp_path / 'vit'}", "--target", "openvino", "--out", str(recipe))
     assert res.returncode == 0, res.stderr
     data = yaml.safe_load(recipe.read_text())
     assert data["model"]["mean"] == [0.5, 0.5, 0.5] and data["calibration"] == "calibration/builtin.yaml"
@@ -70,8 +70,8 @@ def test_init_for_an_hf_folder_and_a_python_file(tmp_path):
         "    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),\n"
         "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))\n")
     recipe = tmp_path / "net.yaml"
-    res = run_cli("init", "--model", f"file:{tmp_path / 'net.py'}:build", "--calib", str(CALIB_DIR), "--out",
-                  str(recipe), cwd=tmp_path)
+    res = cli("init", "--model", f"file:{tmp_path / 'net.py'}:build", "--calib", str(CALIB_DIR), "--out",
+              str(recipe), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     text = recipe.read_text()
     data = yaml.safe_load(text)

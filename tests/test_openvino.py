@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import cli, run_cli
+from conftest import cli
 from loopback_sshd import SSHD
 from loopback_sshd import profile as loopback_profile
 from edgevit.errors import BadInput
@@ -24,9 +24,9 @@ ov = pytest.importorskip("openvino", reason="pip install 'edgevit[openvino]'")
 def ov_run(tmp_path_factory):
     """The shipped openvino_int8 recipe on 300 evaluation images."""
     out = tmp_path_factory.mktemp("ov") / "run"
-    res = run_cli("compress", "--recipe", "openvino_int8", "--out", str(out), "--set", "validate.eval.num=300",
-                  "--set", "validate.devices.0.iters=10", "--set", "validate.devices.0.warmup=2",
-                  "--set", "quantize.when_slower=int8")  # the INT8 IR ships even where it is not faster
+    res = cli("compress", "--recipe", "openvino_int8", "--out", str(out), "--set", "validate.eval.num=300",
+              "--set", "validate.devices.0.iters=10", "--set", "validate.devices.0.warmup=2",
+              "--set", "quantize.when_slower=int8")  # the INT8 IR ships even where it is not faster
     rep = json.loads((out / "report.json").read_text())
     failed = [c["name"] for c in rep["checks"] if not c["ok"]]
     # whether INT8 beats FP32 on this 32 px model varies run to run; only the speed check may say no
@@ -80,7 +80,7 @@ def test_bench_times_an_ir_locally(ov_run, tmp_path):
     dev = tmp_path / "dev.yaml"
     dev.write_text("name: ov\nruntime: openvino\noptions: {device: CPU}\nthreads: 1\nwarmup: 1\niters: 5\n"
                    "throughput_batch: 4\n")
-    res = run_cli("bench", str(out / "openvino-int8.xml"), "--device", str(dev), "--json")
+    res = cli("bench", str(out / "openvino-int8.xml"), "--device", str(dev), "--json")
     assert res.returncode == 0, res.stderr
     got = json.loads(res.stdout)
     assert got["batch1"]["runs"] == 5 and got["throughput"]["batch"] == 4
@@ -103,7 +103,7 @@ def test_ssh_device_runs_the_irs(ov_run, sshd, tmp_path):
     out, rep = ov_run
     prof = loopback_profile(sshd, name="loopback-ov", runtime="openvino", options={"device": "CPU"}, iters=10)
     (tmp_path / "ov.yaml").write_text(yaml.safe_dump(prof))
-    res = run_cli("bench", str(out / "openvino-int8.xml"), "--device", str(tmp_path / "ov.yaml"), "--json")
+    res = cli("bench", str(out / "openvino-int8.xml"), "--device", str(tmp_path / "ov.yaml"), "--json")
     assert res.returncode == 0, res.stderr
     got = json.loads(res.stdout)
     assert got["device"] == "loopback-ov" and got["remote"]["runtime"].startswith("openvino")
@@ -126,9 +126,9 @@ def test_every_quantized_layer_runs_in_int8(tmp_path):
     from edgevit.runtimes.openvino import OpenVINO
 
     out = tmp_path / "run"
-    res = run_cli("compress", "--recipe", "int8_ptq_vit", "--out", str(out), "--set", "quantize.placement=all",
-                  "--set", "export=[export/onnx-int8.yaml,export/openvino-int8.yaml,export/onnx-int8-tensorrt.yaml]",
-                  "--set", "validate.eval.num=50", "--set", "validate.devices=[]", "--set", "budget=null")
+    res = cli("compress", "--recipe", "int8_ptq_vit", "--out", str(out), "--set", "quantize.placement=all",
+              "--set", "export=[export/onnx-int8.yaml,export/openvino-int8.yaml,export/onnx-int8-tensorrt.yaml]",
+              "--set", "validate.eval.num=50", "--set", "validate.devices=[]", "--set", "budget=null")
     assert res.returncode == 0, res.stderr
     rows = {r["name"]: r for r in json.loads((out / "report.json").read_text())["results"]}
     e = rows["openvino-int8"]["export"]
@@ -167,11 +167,11 @@ def test_refusals():
 def test_export_command_writes_an_ir_checked_in_openvino(tmp_path):
     """`edgevit export --to openvino` goes through the same pipeline: the IR and its weights land in --out,
     the FP32 IR matches PyTorch in OpenVINO; a precision the format does not take names the option."""
-    res = run_cli("export", "--model", "builtin:hybrid-cifar10", "--to", "openvino", "--out", str(tmp_path))
+    res = cli("export", "--model", "builtin:hybrid-cifar10", "--to", "openvino", "--out", str(tmp_path))
     assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hybrid-cifar10-fp32.bin", "hybrid-cifar10-fp32.xml"]
     diff = float(res.stderr.split("max abs diff vs PyTorch in OpenVINO ")[1].split(")")[0])
     assert diff < 1e-3
     res = cli("export", "--model", "builtin:hybrid-cifar10", "--to", "onnx", "--precision", "bf16",
-                  "--out", str(tmp_path))
+              "--out", str(tmp_path))
     assert res.returncode == 2 and "--precision: Input should be" in res.stderr

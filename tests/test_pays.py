@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import CALIB_DIR, EVAL_DIR, run_cli, speed_only_failures
+from conftest import CALIB_DIR, EVAL_DIR, cli, speed_only_failures
 from edgevit.costs import disagreement, kl_cost, outputs
 from edgevit.data import Preprocess, open_image_set
 from edgevit.models import load_model
@@ -212,10 +212,10 @@ def test_hybrid_full_recipe_chains_every_stage_within_its_budget(tmp_path):
     within the 1-point budget, and the report opens with the per-stage table."""
     out = tmp_path / "full"
     # 128 of the recipe's 256 pruning images: 44 of 60 layers pruned either way here, 11 s less in pruning
-    proc = run_cli("compress", "--recipe", "hybrid_full", "--out", str(out), "--set", "quantize.placement=all",
-                   "--set", "prune.reconstruct.iters=100", "--set", "prune.images=128",
-                   "--set", "validate.devices.0.iters=5", "--set", "validate.devices.0.warmup=1",
-                   "--set", "validate.devices.0.throughput_batch=4")
+    proc = cli("compress", "--recipe", "hybrid_full", "--out", str(out), "--set", "quantize.placement=all",
+               "--set", "prune.reconstruct.iters=100", "--set", "prune.images=128",
+               "--set", "validate.devices.0.iters=5", "--set", "validate.devices.0.warmup=1",
+               "--set", "validate.devices.0.throughput_batch=4")
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
     rep = json.loads((out / "report.json").read_text())
     speed_only_failures(rep)  # placement: all ships all-INT8, which may time slower than FP32 here

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import CALIB_DIR, fast, run_cli
+from conftest import CALIB_DIR, cli, fast
 from edgevit.data import Preprocess, open_image_set
 from edgevit.errors import BadInput
 from edgevit.exporters.onnx import export_onnx
@@ -195,8 +195,8 @@ def test_sparse24_recipe_end_to_end(tmp_path):
     out = tmp_path / "run"
     # every quantizer and no timing: this is about the weights in the files; 1,000 images so that three
     # near-tie flips between the simulation and ONNX Runtime (~43 dB apart) do not decide the agreement check
-    res = run_cli("compress", "--recipe", "recipes/sparse24_int8.yaml", "--out", str(out), "--set", "calibration.num=64",
-                  "--set", "quantize.placement=all", "--set", "validate.devices=[]")
+    res = cli("compress", "--recipe", "recipes/sparse24_int8.yaml", "--out", str(out), "--set", "calibration.num=64",
+              "--set", "quantize.placement=all", "--set", "validate.devices=[]")
     assert res.returncode == 0, res.stderr
     rep = json.loads((out / "report.json").read_text())
     assert rep["status"] == "ok"

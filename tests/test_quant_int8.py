@@ -10,7 +10,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from conftest import CALIB_DIR, EVAL_DIR, cli, run_cli
+from conftest import CALIB_DIR, EVAL_DIR, cli
 from edgevit.data import Preprocess, open_image_set
 from edgevit.errors import BadInput
 from edgevit.exporters.onnx import export_onnx, read_metadata
@@ -104,10 +104,10 @@ def test_int8_export_needs_8_bits_and_a_quantize_section():
 
 def test_int8_recipe_end_to_end(tmp_path):
     out = tmp_path / "int8"
-    res = run_cli("compress", "--recipe", "recipes/int8_ptq.yaml", "--out", str(out),
-                  "--set", "validate.devices.0.iters=5", "--set", "validate.devices.0.warmup=1",
-                  "--set", "validate.devices.0.throughput_batch=8", "--set", "quantize.placement=all",
-                  "--set", "validate.devices=[]")  # every quantizer, not timed: what the INT8 graph holds
+    res = cli("compress", "--recipe", "recipes/int8_ptq.yaml", "--out", str(out),
+              "--set", "validate.devices.0.iters=5", "--set", "validate.devices.0.warmup=1",
+              "--set", "validate.devices.0.throughput_batch=8", "--set", "quantize.placement=all",
+              "--set", "validate.devices=[]")  # every quantizer, not timed: what the INT8 graph holds
     assert res.returncode == 0, res.stderr
     rep = json.loads((out / "report.json").read_text())
     rows = {r["name"]: r for r in rep["results"]}

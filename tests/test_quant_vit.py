@@ -303,13 +303,13 @@ def test_uniform_and_float_lowering_of_a_log_plan():
 def test_w4a4_adalog_recipe_end_to_end(tmp_path):
     import json
 
-    from conftest import run_cli
+    from conftest import cli
 
     out = tmp_path / "w4a4"
-    res = run_cli("compress", "--recipe", "recipes/w4a4_adalog.yaml", "--out", str(out),
-                  "--set", "calibration.num=64", "--set", "validate.eval.num=300",
-                  "--set", "validate.devices.0.iters=3", "--set", "validate.devices.0.warmup=1",
-                  "--set", "validate.devices.0.throughput_batch=4")
+    res = cli("compress", "--recipe", "recipes/w4a4_adalog.yaml", "--out", str(out),
+              "--set", "calibration.num=64", "--set", "validate.eval.num=300",
+              "--set", "validate.devices.0.iters=3", "--set", "validate.devices.0.warmup=1",
+              "--set", "validate.devices.0.throughput_batch=4")
     assert res.returncode == 0, res.stderr
     rows = {r["name"]: r for r in json.loads((out / "report.json").read_text())["results"]}
     assert {"pytorch-w4a4-sim", "onnx-qdq-exact", "onnx-fp32"} <= set(rows)

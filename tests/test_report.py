@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli, run_cli, speed_only_failures
+from conftest import cli, speed_only_failures
 from edgevit.models import load_model
 from edgevit.quant import QuantConfig, quantize
 from edgevit.recipe import ModelConfig
@@ -94,10 +94,10 @@ def test_histograms_of_a_near_constant_softmax():
 @pytest.fixture(scope="module")
 def int8_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "int8"
-    res = run_cli("compress", "--recipe", "recipes/int8_ptq_vit.yaml", "--out", str(out),
-                  "--set", "validate.eval.num=200", "--set", "validate.devices.0.iters=5",
-                  "--set", "validate.devices.0.warmup=1", "--set", "validate.devices.0.throughput_batch=8",
-                  "--set", "quantize.placement=all")  # the INT8 file whatever its speed here
+    res = cli("compress", "--recipe", "recipes/int8_ptq_vit.yaml", "--out", str(out),
+              "--set", "validate.eval.num=200", "--set", "validate.devices.0.iters=5",
+              "--set", "validate.devices.0.warmup=1", "--set", "validate.devices.0.throughput_batch=8",
+              "--set", "quantize.placement=all")  # the INT8 file whatever its speed here
     rep = json.loads((out / "report.json").read_text())
     assert res.returncode == (1 if speed_only_failures(rep) else 0), res.stderr
     return out
@@ -133,7 +133,7 @@ def test_report_command_rebuilds_from_json(int8_run, tmp_path):
     before = (run / "report.md").read_text()
     for name in ("report.md", "report.html", "accuracy_latency.png"):
         (run / name).unlink()
-    res = run_cli("report", str(run))
+    res = cli("report", str(run))
     assert res.returncode == 0, res.stderr
     assert (run / "report.md").read_text() == before and (run / "accuracy_latency.png").is_file()
     assert (run / "report.html").read_text().count("data:image/png") == 4

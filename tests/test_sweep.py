@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import cli, fast, run_cli
+from conftest import cli, fast
 
 FAST = fast(calib_num=None)
 
@@ -14,7 +14,7 @@ def test_sweep_runs_each_value_and_tabulates_them(tmp_path):
     speed yardstick; the table has both values, and more merging means fewer FLOPs. r=8 pays in time (it
     is timed against the unreduced model before it is applied); r=2 may or may not, here."""
     out = tmp_path / "sweep"
-    res = run_cli("compress", "--recipe", "recipes/tome_fp32.yaml", "--sweep", "tokens.r=2,8", "--out", str(out), *FAST)
+    res = cli("compress", "--recipe", "recipes/tome_fp32.yaml", "--sweep", "tokens.r=2,8", "--out", str(out), *FAST)
     assert res.returncode == 0, res.stderr
     summary = json.loads((out / "sweep.json").read_text())
     assert summary["name"] == "tome_fp32-sweep" and [r["settings"] for r in summary["runs"]] == [

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import CALIB_DIR, cli, run_cli
+from conftest import CALIB_DIR, cli
 from edgevit.errors import BadInput
 from edgevit.sweeps.plan import expand, load_plan, parse_sweep, runs_folder
 
@@ -101,7 +101,7 @@ def test_local_sweep_records_a_bad_run_finishes_the_others_and_resumes(tmp_path)
     path = write_plan(tmp_path / "plan.yaml", models=["builtin:hybrid-cifar10", "builtin:vit-cifar10"],
                       set={"quantize.activations.bits": [8, 9]})
     out = tmp_path / "out"
-    res = run_cli("sweep", path, "--out", str(out))
+    res = cli("sweep", path, "--out", str(out))
     assert res.returncode == 1, res.stderr[-2000:]  # a run failed
     sweep = json.loads((out / "sweep.json").read_text())
     assert sweep["progress"] == {"total": 4, "complete": 2, "running": 0, "failed": 2, "pending": 0}
@@ -120,7 +120,7 @@ def test_local_sweep_records_a_bad_run_finishes_the_others_and_resumes(tmp_path)
     html = (out / "sweep.html").read_text()
     assert html.count("data:image/png;base64,") == len(sweep["plots"]) == 1
     stamp = {r["folder"]: (out / "runs" / r["folder"] / "report.json").stat().st_mtime_ns for r in done}
-    again = run_cli("sweep", path, "--out", str(out))
+    again = cli("sweep", path, "--out", str(out))
     assert again.returncode == 1
     resumed = json.loads((out / "sweep.json").read_text())
     assert [r["status"] for r in resumed["runs"]] == [r["status"] for r in sweep["runs"]]

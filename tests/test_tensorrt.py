@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CALIB_DIR, cli, run_cli
+from conftest import CALIB_DIR, cli
 from edgevit.data import Preprocess, open_image_set
 from edgevit.exporters.onnx import export_onnx
 from edgevit.exporters.tensorrt import sparsity_from_log, trtexec_command, unavailable
@@ -43,7 +43,7 @@ def test_trtexec_line_builds_the_same_engine():
 def test_engine_export_without_gpu_fails_clearly_and_leaves_nothing(tmp_path):
     out = tmp_path / "run"
     res = cli("compress", "--recipe", "recipes/fp32_export.yaml", "--out", str(out),
-                  "--set", "export=[export/tensorrt-fp16.yaml]", "--set", "validate.eval=null")
+              "--set", "export=[export/tensorrt-fp16.yaml]", "--set", "validate.eval=null")
     assert res.returncode == 2
     assert "export tensorrt-fp16" in res.stderr and "trtexec" in res.stderr
     assert list(tmp_path.iterdir()) == []  # no run folder, no staging folder
@@ -123,8 +123,8 @@ def test_jetson_recipe_writes_onnx_and_trtexec_lines(tmp_path):
     import json
 
     out = tmp_path / "run"
-    res = run_cli("compress", "--recipe", "recipes/tensorrt_jetson.yaml", "--out", str(out), "--set",
-                  "calibration.num=64", "--set", "validate.eval.num=100", "--set", "validate.devices=[]")
+    res = cli("compress", "--recipe", "recipes/tensorrt_jetson.yaml", "--out", str(out), "--set",
+              "calibration.num=64", "--set", "validate.eval.num=100", "--set", "validate.devices=[]")
     assert res.returncode == 0, res.stderr
     rep = json.loads((out / "report.json").read_text())
     rows = {r["name"]: r for r in rep["results"]}

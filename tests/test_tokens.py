@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import fast, run_cli, speed_only_failures
+from conftest import cli, fast, speed_only_failures
 from edgevit.models import load_model
 from edgevit.recipe import ModelConfig, load_recipe
 from edgevit.tokens import (TokenBlock, TokenConfig, apply_tokens, bipartite_matching, count_flops, remove_tokens,
@@ -362,10 +362,10 @@ def test_merge_then_quantize_recipe_end_to_end(tmp_path):
     """tome_int8 with --set tokens.r=4: the merged model is quantized and exported as one INT8 QDQ model,
     which runs in ORT and agrees with its fake-quant simulation; the report has the token section."""
     out = tmp_path / "run"
-    res = run_cli("compress", "--recipe", "recipes/tome_int8.yaml", "--out", str(out), "--set", "tokens.r=4",
-                  "--set", "quantize.placement=all", *FAST,  # the INT8 file whatever its speed here
-                  "--set", "budget=null",  # 64 calibration images cost 2 points here; the budget is tested apart
-                  "--set", "tokens.min_time_saving=null")  # r=4 saves 2-9 % of the time here: not timed
+    res = cli("compress", "--recipe", "recipes/tome_int8.yaml", "--out", str(out), "--set", "tokens.r=4",
+              "--set", "quantize.placement=all", *FAST,  # the INT8 file whatever its speed here
+              "--set", "budget=null",  # 64 calibration images cost 2 points here; the budget is tested apart
+              "--set", "tokens.min_time_saving=null")  # r=4 saves 2-9 % of the time here: not timed
     rep = json.loads((out / "report.json").read_text())
     assert res.returncode == (1 if speed_only_failures(rep) else 0), res.stderr
     assert rep["tokens"]["tokens_per_block"]["blocks"] == [65, 61, 57, 53, 49, 45]
@@ -395,8 +395,8 @@ def test_a_merge_that_costs_time_is_not_applied(tmp_path):
     than that: timed as FP32 ONNX in ONNX Runtime against the unreduced model it saves nothing, so the stage
     is left unreduced and the report gives the measured times."""
     out = tmp_path / "run"
-    res = run_cli("compress", "--recipe", "tome_fp32", "--out", str(out), "--set", "tokens.r=1",
-                  "--set", "tokens.head_only=false", "--set", "tokens.min_saving=null", *FAST)
+    res = cli("compress", "--recipe", "tome_fp32", "--out", str(out), "--set", "tokens.r=1",
+              "--set", "tokens.head_only=false", "--set", "tokens.min_saving=null", *FAST)
     assert res.returncode == 0, res.stderr
     rep = json.loads((out / "report.json").read_text())
     t = rep["tokens"]
