@@ -72,19 +72,25 @@ def register_executor(name: str):
     return deco
 
 
-def execute_run(recipe: Recipe, dest: Path) -> Outcome:
-    """Run one recipe into ``dest`` (atomically: the folder exists only when the run completed); a bad input
-    or a failure becomes a ``failed`` outcome with its one-line message."""
+def execute_run(recipe: Recipe, dest: Path, node: str) -> Outcome:
+    """Run one recipe into ``dest`` (atomically: the folder exists only when the run completed) on ``node``; a bad
+    input or a failure becomes a ``failed`` outcome with its one-line message. The outcome lists every timing the
+    run made under the machine's bench lock (step, wait, start, end)."""
+    from edgevit.devices.lease import recording_leases
     from edgevit.pipeline import run
 
     t0 = time.time()
-    try:
-        report = run(recipe, dest, overwrite=True).report
-    except (BadInput, RunFailure) as e:
-        return Outcome("failed", error=one_line(str(e)), elapsed_s=round(time.time() - t0, 1))
-    except Exception as e:  # noqa: BLE001 - one run's bug must not stop the sweep; the table says what it was
-        return Outcome("failed", error=one_line(f"{type(e).__name__}: {e}"), elapsed_s=round(time.time() - t0, 1))
-    return Outcome("complete", run_status=report["status"], elapsed_s=round(time.time() - t0, 1))
+    with recording_leases() as timed:
+        try:
+            report = run(recipe, dest, overwrite=True).report
+            outcome = Outcome("complete", run_status=report["status"])
+        except (BadInput, RunFailure) as e:
+            outcome = Outcome("failed", error=one_line(str(e)))
+        except Exception as e:  # noqa: BLE001 - one run's bug must not stop the sweep; the table says what it was
+            outcome = Outcome("failed", error=one_line(f"{type(e).__name__}: {e}"))
+    outcome.elapsed_s, outcome.node, outcome.host = round(time.time() - t0, 1), node, socket.gethostname()
+    outcome.timed = [t | {"node": node} for t in timed]
+    return outcome
 
 
 @register_executor("local")
@@ -96,13 +102,7 @@ class LocalExecutor:
             raise BadInput("--address and --num-cpus are options of --executor ray")
 
     def run(self, jobs: list[Job], runs_dir: Path, started: Started, done: Done, shared: bool = False) -> None:
-        from edgevit.devices.lease import recording_leases
-
         host = socket.gethostname()
         for job in jobs:
             started(job, {"node": "local", "host": host})
-            with recording_leases() as timed:
-                outcome = execute_run(job.recipe, runs_dir / job.folder)
-            outcome.node, outcome.host = "local", host
-            outcome.timed = [t | {"node": "local"} for t in timed]
-            done(job, outcome)
+            done(job, execute_run(job.recipe, runs_dir / job.folder, "local"))

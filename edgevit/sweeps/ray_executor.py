@@ -24,7 +24,9 @@ import tarfile
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from edgevit.errors import BadInput, one_line
 from edgevit.runfolder import discard_partials
@@ -71,8 +73,6 @@ def _task(recipe, run_id: str, progress, shared_dest: str | None = None) -> dict
     ``shared_dest`` every node sees, write the run there (atomically) and return no archive."""
     import ray
 
-    from edgevit.devices.lease import recording_leases
-
     node = ray.get_runtime_context().get_node_id()
     host = socket.gethostname()
     scratch = _scratch_root() / run_id
@@ -85,10 +85,8 @@ def _task(recipe, run_id: str, progress, shared_dest: str | None = None) -> dict
     # not waited for: a task blocked on a Ray call lends its CPUs to another task
     progress.start.remote(run_id, {"node": node, "host": host, "pid": os.getpid(), "started": time.time()})
     try:
-        with recording_leases() as timed:
-            outcome = execute_run(recipe, dest)
-        outcome.node, outcome.host, outcome.discarded_partial = node, host, discarded
-        outcome.timed = [t | {"node": node} for t in timed]
+        outcome = execute_run(recipe, dest, node)
+        outcome.discarded_partial = discarded
         archive = None
         if outcome.status == "complete" and not shared_dest:
             buf = io.BytesIO()
@@ -101,22 +99,20 @@ def _task(recipe, run_id: str, progress, shared_dest: str | None = None) -> dict
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-_SIGINT: list = []  # the handler _note_sigint replaced
-
-
-def _note_sigint() -> list:
-    """From now on Ctrl-C (SIGINT) appends to the returned list instead of raising KeyboardInterrupt where it lands:
-    Ray runs Python signal handlers inside its own calls and can lose the exception raised there (seen: a sweep
-    sent SIGINT while it waited on Ray ran to its end). The polling loop raises it instead."""
+@contextmanager
+def sigint_noted() -> Iterator[list]:
+    """Within: Ctrl-C (SIGINT) appends to the yielded list instead of raising KeyboardInterrupt where it lands (Ray
+    runs Python signal handlers inside its own calls and can lose the exception raised there: a sweep sent SIGINT
+    while it waited on Ray once ran to its end); the caller's polling loop raises it. The handler is restored after."""
     noted: list = []
-    if threading.current_thread() is threading.main_thread():
-        _SIGINT.append(signal.signal(signal.SIGINT, lambda *_: noted.append(time.time())))
-    return noted
-
-
-def _restore_sigint() -> None:
-    if _SIGINT:
-        signal.signal(signal.SIGINT, _SIGINT.pop())
+    if threading.current_thread() is not threading.main_thread():
+        yield noted
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: noted.append(time.time()))
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def unpack_run(archive: bytes, dest: Path) -> None:
@@ -175,31 +171,30 @@ class RayExecutor:
                                     name=f"edgevit:{job.folder}").remote(
                 job.recipe, job.id, progress, str(runs_dir / job.folder) if shared else None): job for job in jobs}
             seen: dict[str, int] = {}
-            interrupted = _note_sigint()
-            try:
-                while pending:
-                    if interrupted:
-                        raise KeyboardInterrupt
-                    ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.poll_s)
-                    starts = ray.get(progress.snapshot.remote())
-                    for job in pending.values():
-                        for where in starts.get(job.id, [])[seen.get(job.id, 0):]:
-                            started(job, where)
-                        seen[job.id] = len(starts.get(job.id, []))
-                    for ref in ready:
-                        job = pending.pop(ref)
-                        attempts = len(starts.get(job.id, [])) or 1
-                        done(job, self._finish(ray, ref, job, runs_dir, attempts))
-            except KeyboardInterrupt:
-                for ref in pending:
-                    ray.cancel(ref, force=True)
-                if shared:  # the killed workers' partial folders are on the shared path: remove them once they are dead
-                    ray.wait(list(pending), num_returns=len(pending), timeout=10)
-                    for job in pending.values():
-                        discard_partials(runs_dir / job.folder)
-                raise
+            with sigint_noted() as interrupted:
+                try:
+                    while pending:
+                        if interrupted:
+                            raise KeyboardInterrupt
+                        ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.poll_s)
+                        starts = ray.get(progress.snapshot.remote())
+                        for job in pending.values():
+                            for where in starts.get(job.id, [])[seen.get(job.id, 0):]:
+                                started(job, where)
+                            seen[job.id] = len(starts.get(job.id, []))
+                        for ref in ready:
+                            job = pending.pop(ref)
+                            attempts = len(starts.get(job.id, [])) or 1
+                            done(job, self._finish(ray, ref, job, runs_dir, attempts))
+                except KeyboardInterrupt:
+                    for ref in pending:
+                        ray.cancel(ref, force=True)
+                    if shared:  # the killed workers' partial folders are on the shared path: remove them once dead
+                        ray.wait(list(pending), num_returns=len(pending), timeout=10)
+                        for job in pending.values():
+                            discard_partials(runs_dir / job.folder)
+                    raise
         finally:
-            _restore_sigint()
             ray.shutdown()
 
     @staticmethod
