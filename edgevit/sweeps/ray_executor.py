@@ -18,15 +18,11 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import signal
 import socket
 import tarfile
 import tempfile
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from edgevit.errors import BadInput, one_line
 from edgevit.runfolder import discard_partials
@@ -99,22 +95,6 @@ def _task(recipe, run_id: str, progress, shared_dest: str | None = None) -> dict
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-@contextmanager
-def sigint_noted() -> Iterator[list]:
-    """Within: Ctrl-C (SIGINT) appends to the yielded list instead of raising KeyboardInterrupt where it lands (Ray
-    runs Python signal handlers inside its own calls and can lose the exception raised there: a sweep sent SIGINT
-    while it waited on Ray once ran to its end); the caller's polling loop raises it. The handler is restored after."""
-    noted: list = []
-    if threading.current_thread() is not threading.main_thread():
-        yield noted
-        return
-    previous = signal.signal(signal.SIGINT, lambda *_: noted.append(time.time()))
-    try:
-        yield noted
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def unpack_run(archive: bytes, dest: Path) -> None:
     """Unpack a run folder archived by a task into ``dest`` (replacing it), atomically."""
     partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
@@ -171,29 +151,26 @@ class RayExecutor:
                                     name=f"edgevit:{job.folder}").remote(
                 job.recipe, job.id, progress, str(runs_dir / job.folder) if shared else None): job for job in jobs}
             seen: dict[str, int] = {}
-            with sigint_noted() as interrupted:
-                try:
-                    while pending:
-                        if interrupted:
-                            raise KeyboardInterrupt
-                        ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.poll_s)
-                        starts = ray.get(progress.snapshot.remote())
-                        for job in pending.values():
-                            for where in starts.get(job.id, [])[seen.get(job.id, 0):]:
-                                started(job, where)
-                            seen[job.id] = len(starts.get(job.id, []))
-                        for ref in ready:
-                            job = pending.pop(ref)
-                            attempts = len(starts.get(job.id, [])) or 1
-                            done(job, self._finish(ray, ref, job, runs_dir, attempts))
-                except KeyboardInterrupt:
-                    for ref in pending:
-                        ray.cancel(ref, force=True)
-                    if shared:  # the killed workers' partial folders are on the shared path: remove them once dead
-                        ray.wait(list(pending), num_returns=len(pending), timeout=10)
-                        for job in pending.values():
-                            discard_partials(runs_dir / job.folder)
-                    raise
+            try:
+                while pending:
+                    ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.poll_s)
+                    starts = ray.get(progress.snapshot.remote())
+                    for job in pending.values():
+                        for where in starts.get(job.id, [])[seen.get(job.id, 0):]:
+                            started(job, where)
+                        seen[job.id] = len(starts.get(job.id, []))
+                    for ref in ready:
+                        job = pending.pop(ref)
+                        attempts = len(starts.get(job.id, [])) or 1
+                        done(job, self._finish(ray, ref, job, runs_dir, attempts))
+            except KeyboardInterrupt:
+                for ref in pending:
+                    ray.cancel(ref, force=True)
+                if shared:  # the killed workers' partial folders are on the shared path: remove them once dead
+                    ray.wait(list(pending), num_returns=len(pending), timeout=10)
+                    for job in pending.values():
+                        discard_partials(runs_dir / job.folder)
+                raise
         finally:
             ray.shutdown()
 
