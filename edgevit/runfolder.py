@@ -35,18 +35,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale_stages(out: Path) -> None:
-    """Delete what a killed run (SIGKILL, power loss) left beside ``out``: its process is gone."""
-    for stale in out.parent.glob(f".{out.name}.partial-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+def discard_partials(out: Path, any_process: bool = True) -> bool:
+    """Delete the partial stages of ``out``: every one (``any_process``: for a caller that knows no other attempt at
+    this run is alive, e.g. on a folder shared by several machines, where a pid says nothing), or only those whose
+    process on this machine is gone (what a SIGKILL or a power loss left); True if any was deleted."""
+    def gone(stage: Path) -> bool:
+        pid = stage.name.rsplit("-", 1)[-1]
+        return pid.isdigit() and not _pid_alive(int(pid))
 
-
-def discard_partials(out: Path) -> bool:
-    """Delete every partial stage of ``out`` whatever process left it (for a caller that knows no other attempt
-    at this run is alive, e.g. on a folder shared by several machines, where a pid says nothing); True if any."""
-    stale = list(out.parent.glob(f".{out.name}.partial-*"))
+    stale = [s for s in out.parent.glob(f".{out.name}.partial-*") if any_process or gone(s)]
     for folder in stale:
         shutil.rmtree(folder, ignore_errors=True)
     return bool(stale)
@@ -57,7 +54,7 @@ def staged_run_folder(out: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces ``out``, on failure it is removed."""
     check_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_stages(out)
+    discard_partials(out, any_process=False)
     stage = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
