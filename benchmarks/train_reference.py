@@ -3,6 +3,11 @@
     OMP_NUM_THREADS=1 python benchmarks/train_reference.py --model hybrid-cifar10 --epochs 15 --seed 0
     python benchmarks/train_reference.py --model timm:levit_128s --input-size 64 --epochs 5 --threads 2
     OMP_NUM_THREADS=1 python benchmarks/train_reference.py --model hf-vit-cifar10 --epochs 2 --lr 1e-4
+    OMP_NUM_THREADS=1 python benchmarks/train_reference.py --model hybrid-cifar10 --init shipped --epochs 12 \
+        --lr 5e-4 --clip-grad 1.0 --out /tmp/hybrid-more
+
+``--init`` starts from a safetensors state dict (``shipped``: the built-in's weights in the repository) and
+trains a new warm-up + cosine cycle on it; the card records the starting point and the epochs before it.
 
 ``hf-vit-cifar10`` is a Hugging Face ``transformers`` ViTForImageClassification of the built-in ViT's shape,
 started from the built-in ViT's trained weights (checked to give the same logits) and fine-tuned through
@@ -23,6 +28,7 @@ Recipe: AdamW, 1 warm-up epoch then cosine, label smoothing 0.1, random crop (pa
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -167,6 +173,21 @@ def save_hf(model: HFLogits, folder: Path, spec: BuiltinSpec) -> None:
     os.replace(tmp, folder)
 
 
+def start_from(model: torch.nn.Module, spec: BuiltinSpec, init: str) -> dict:
+    """Load the starting weights into ``model``; returns what the card says of them."""
+    from safetensors.torch import load_file
+
+    path = spec.weights_path if init == "shipped" else Path(init)
+    model.load_state_dict(load_file(str(path)))
+    prior = {"weights": str(path.name), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    card = path.with_suffix(".json")
+    if card.is_file():
+        old = json.loads(card.read_text())
+        prior.update(test_top1=old.get("test_top1"), epochs=old.get("total_epochs", old.get("epochs", 0)),
+                     command=old.get("command"))
+    return prior
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help=f"one of {sorted(BUILTINS)}, timm:NAME or hf-vit-cifar10")
@@ -182,6 +203,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="default: edgevit/models/weights (built-ins), "
                    "~/.cache/edgevit/checkpoints (timm)")
     p.add_argument("--log", type=Path, default=Path(__file__).parent / "logs")
+    p.add_argument("--init", default=None, help="continue from a safetensors state dict ('shipped': the built-in's "
+                   "weights in edgevit/models/weights)")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -201,6 +224,7 @@ def main() -> None:
     pad = 4 * spec.input_size // 32
 
     model = spec.build()
+    prior = start_from(model, spec, args.init) if args.init else None
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd)
     steps_per_epoch = len(x_train) // args.batch
     total = steps_per_epoch * args.epochs
@@ -264,6 +288,9 @@ def main() -> None:
         "command": "OMP_NUM_THREADS=1 python benchmarks/train_reference.py " + " ".join(sys.argv[1:]),
         "torch": torch.__version__,
     }
+    if prior:
+        card["init"] = prior
+        card["total_epochs"] = prior.get("epochs", 0) + args.epochs
     card_out = args.out / spec.name / "edgevit_card.json" if hf else args.out / spec.card_path.name
     card_out.write_text(json.dumps(card, indent=2) + "\n")
     print(json.dumps({"final_test_top1": top1}), flush=True)
