@@ -64,6 +64,9 @@ class Reconstruct(_Strict):
                              "skips its quantizer during reconstruction")
     learn_scale: bool = Field(False, description="also learn each layer's per-channel weight scales (LSQ-style); "
                               "measured no better on the built-in hybrid (BENCHMARKS.md)")
+    learn_act_scale: bool = Field(False, description="also learn the step of every uniform activation quantizer "
+                                  "inside each block (LSQ's gradient, zero points fixed), as BRECQ and QDrop do "
+                                  "for low-bit activations")
     time_budget_s: float | None = Field(900, gt=0, description="wall-clock budget for all blocks (split evenly)")
 
 

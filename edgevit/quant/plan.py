@@ -217,10 +217,16 @@ def calibrate(model: nn.Module, cfg: QuantConfig, batches: Iterable[torch.Tensor
             s.symmetric, s.bridges, s.hessian)]
     if cfg.reconstruct is not None:
         r = cfg.reconstruct
-        plan.rounded, learned, plan.reconstruction = reconstruct(
+        rec = reconstruct(
             prepare(model, cfg, plan.reparam)[0], apply_plan(model, plan), torch.cat(kept)[:r.images], r.iters,
-            r.batch, r.lr, r.time_budget_s, drop_prob=r.drop_prob, learn_scale=r.learn_scale, on_unit=on_unit)
-        plan.weights.update(learned)
+            r.batch, r.lr, r.time_budget_s, drop_prob=r.drop_prob, learn_scale=r.learn_scale,
+            learn_act_scale=r.learn_act_scale, on_unit=on_unit)
+        plan.rounded, plan.reconstruction = rec.rounded, rec.records
+        plan.weights.update(rec.weights)
+        for site, q in rec.activations.items():
+            entry = plan.activations[site]
+            entry.qparams, entry.search = q, "reconstruction"
+            entry.range = [float((q.qmin - q.zero_point) * q.scale), float((q.qmax - q.zero_point) * q.scale)]
     return plan
 
 

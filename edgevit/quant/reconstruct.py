@@ -12,9 +12,12 @@ blocks), in execution order:
    ||unit_q(x) - unit_fp(x_fp)||^2 + lambda * sum(1 - |2 h(V) - 1|^beta), beta annealed 20 -> 2 after
    a 20 % warm-up without the regularizer;
    With ``learn_scale`` the weight scales (one per output channel) are learned too, as s * exp(g) with
-   g starting at 0 (the codes stay on the grid of the initial scale; only their step changes);
+   g starting at 0 (the codes stay on the grid of the initial scale; only their step changes).
+   With ``learn_act_scale`` the step of every uniform per-tensor activation quantizer inside the unit is learned
+   the same way, with LSQ's gradient, as BRECQ and QDrop do for low-bit activations (zero points stay);
 3. the rounding is fixed (h(V) >= 0.5 -> up); the integer codes go into the plan (``plan.rounded``)
-   and the learned scales into its weight quantizers, so ``apply_plan`` and the ONNX export carry them.
+   and the learned scales into its weight and activation quantizers, so ``apply_plan`` and the ONNX
+   export carry them.
 
 The recipe gives the iterations per unit, the images and a time budget (split evenly over units;
 a unit stops early when its share is spent).
@@ -22,7 +25,7 @@ a unit stops early when its share is spent).
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -109,21 +112,32 @@ def unit_io(model: nn.Module, unit: nn.Module, x: torch.Tensor, batch: int) -> t
     return torch.cat(ins), torch.cat(outs)
 
 
+@dataclass
+class Reconstruction:
+    """What reconstruction learned: integer weight codes and weight quantizers per layer, activation
+    quantizers per site (only where their steps were learned), one record per unit."""
+
+    rounded: dict[str, torch.Tensor] = field(default_factory=dict)
+    weights: dict[str, object] = field(default_factory=dict)
+    activations: dict[str, object] = field(default_factory=dict)
+    records: list[dict] = field(default_factory=list)
+
+
 def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500, batch: int = 32,
                 lr: float = 1e-2, budget_s: float | None = None, seed: int = 0, drop_prob: float = 0.5,
-                learn_scale: bool = False, on_unit: Callable[[str, dict], None] | None = None
-                ) -> tuple[dict[str, torch.Tensor], dict[str, object], list[dict]]:
+                learn_scale: bool = False, learn_act_scale: bool = False,
+                on_unit: Callable[[str, dict], None] | None = None) -> Reconstruction:
     """Reconstruct ``qm`` (``apply_plan`` output, modified in place) against ``fm`` (the float model with
     the same structure: ``prepare`` output) on images ``x``. Returns the integer weight codes of every
-    reconstructed layer, their weight quantizers (scales learned when ``learn_scale``) and one record per
-    unit (loss with nearest rounding, before and after learning, iterations, seconds). A unit whose learned
-    rounding reconstructs worse than nearest rounding keeps nearest rounding."""
+    reconstructed layer, their weight quantizers (scales learned when ``learn_scale``), the activation
+    quantizers whose steps were learned (``learn_act_scale``) and one record per unit (loss with nearest
+    rounding, before and after learning, iterations, seconds). A unit whose learning reconstructs worse
+    than nearest rounding with its calibrated activation steps keeps those."""
     gen = torch.Generator().manual_seed(seed)
     names = units(qm, x)
     share = budget_s / max(len(names), 1) if budget_s else None
-    rounded: dict[str, torch.Tensor] = {}
-    qparams: dict[str, object] = {}
-    records = []
+    out = Reconstruction()
+    rounded, qparams, records = out.rounded, out.weights, out.records
     for name in names:
         t0 = time.time()
         q_unit, f_unit = qm.get_submodule(name), fm.get_submodule(name)
@@ -142,9 +156,15 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
         sites = act_sites(q_unit)
         for s in sites:
             s.drop_prob = drop_prob
+        stepped = [s for s in sites if learn_act_scale and s.qparams is not None and s.qparams.axis is None
+                   and s.nonuniform is None]
+        for s in stepped:
+            s.scale_gain = torch.zeros_like(s.qparams.scale, requires_grad=True)
         groups = [{"params": [r.v for r in rounders]}]
         if learn_scale:
             groups.append({"params": [r.gain for r in rounders], "lr": lr * SCALE_LR_RATIO})
+        if stepped:
+            groups.append({"params": [s.scale_gain for s in stepped], "lr": lr * SCALE_LR_RATIO})
         opt = torch.optim.Adam(groups, lr=lr)
         before = unit_loss(q_unit, x_q, target, batch)
         done = 0
@@ -165,6 +185,10 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
             done = it + 1
         for s in sites:
             s.drop_prob = 0.0
+        calibrated = {s.site: s.qparams for s in stepped}
+        for s in stepped:
+            s.qparams = replace(s.qparams, scale=(s.qparams.scale * s.scale_gain.detach().exp()).contiguous())
+            s.scale_gain = None
         for m, r in zip(layers, rounders):
             codes = r.codes()
             rounded[m.site], qparams[m.site] = codes, r.qparams()
@@ -175,19 +199,23 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
         # the learned rounding ships only if it reconstructs the unit at least as well as nearest rounding
         # (a step too large for the unit, or too few iterations in the time budget, can end worse)
         learned = after <= nearest
-        if not learned:
+        if learned:
+            out.activations.update({s.site: s.qparams for s in stepped})
+        else:
             for m in layers:
                 w, q = kept[m.site]
                 with torch.no_grad():
                     m.inner.weight.copy_(w)
                 m.weight_qparams = qparams[m.site] = q
                 rounded[m.site] = q.quantize(w).to(torch.int8)
+            for s in stepped:
+                s.qparams = calibrated[s.site]
         records.append({"unit": name, "layers": len(layers), "iters": done, "loss_before": before,
                         "loss_nearest": nearest, "loss_after": after, "kept": "learned" if learned else "nearest",
-                        "seconds": round(time.time() - t0, 1)})
+                        "activation_steps": len(stepped), "seconds": round(time.time() - t0, 1)})
         if on_unit:
             on_unit(name, records[-1])
-    return rounded, qparams, records
+    return out
 
 
 @torch.no_grad()

@@ -52,6 +52,7 @@ class ActQuant(nn.Module):
         self.nonuniform = None  # LogQuantizer | TanQuantizer
         self.shift = 0.0  # post-activation sites: -min(act), what a log quantizer adds before quantizing
         self.drop_prob = 0.0  # set during block reconstruction (QDrop), in training mode only
+        self.scale_gain: torch.Tensor | None = None  # block reconstruction: log of the learned step's ratio
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "observe":
@@ -73,7 +74,8 @@ class ActQuant(nn.Module):
             shift = getattr(self.nonuniform, "shift", 0.0)
             return self.nonuniform.fake_quant(x + shift if shift else x)
         if self.qparams is not None:
-            y = fake_quant_activation(x, self.qparams)
+            y = fake_quant_activation(x, self.qparams) if self.scale_gain is None else \
+                lsq_fake_quant(x, self.qparams, self.scale_gain)
             if self.drop_prob:  # QDrop (set during block reconstruction only): elements keep their float value
                 return torch.where(torch.rand_like(x) < self.drop_prob, x, y)
             return y
@@ -146,6 +148,16 @@ def _quantize_dequantize(x: torch.Tensor, q: QParams) -> torch.Tensor:
                          f"{' per channel' if q.axis is not None else ''}); lower the plan for the target first")
     dtype = torch.qint8 if q.symmetric else torch.quint8
     return torch.quantize_per_tensor(x, float(q.scale), int(q.zero_point), dtype).dequantize()
+
+
+def lsq_fake_quant(x: torch.Tensor, q: QParams, gain: torch.Tensor) -> torch.Tensor:
+    """Fake quantization with step ``q.scale * exp(gain)`` whose gradient reaches the step as LSQ's does
+    (Esser et al., 2020): rounding passes the gradient straight through, clamped codes pass none to ``x``.
+    Same grid and rounding (half to even) as ``fake_quant_activation`` at ``gain`` = 0."""
+    s, z = q._view(q.scale * gain.exp(), x), q._view(q.zero_point.float(), x)
+    t = x / s
+    codes = torch.clamp(t + (torch.round(t) - t).detach() + z, q.qmin, q.qmax)
+    return (codes - z) * s
 
 
 def fake_quant_activation(x: torch.Tensor, q: QParams) -> torch.Tensor:
