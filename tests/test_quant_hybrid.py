@@ -25,6 +25,7 @@ from edgevit.quant.lowering import lower_plan
 from edgevit.quant.sites import AttentionSites, fake_quant_activation, insert_sites, set_mode
 from edgevit.quant.uniform import qparams_from_range
 from edgevit.recipe import ExportConfig, ModelConfig, load_recipe
+from edgevit.report.sections import reconstruction_lines
 from edgevit.validate import OrtRunner
 
 # every family the hybrid issue names, plus plain DeiT; random weights (no hub downloads)
@@ -332,6 +333,10 @@ def test_reconstruction_learns_activation_steps_that_ship():
     units = {r["unit"]: r for r in plan.reconstruction}
     assert all(any(k.startswith(u + ".") for k in learned) for u, r in units.items()
                if r["kept"] == "learned" and r["activation_steps"])
+    steps = sum(r["activation_steps"] for r in plan.reconstruction if r["kept"] == "learned")
+    assert steps == len(learned)
+    text = "\n".join(reconstruction_lines(plan.to_dict()))  # the report says what was learned, per block
+    assert f"and {steps} activation steps" in text and all(f"| `{u}` |" in text for u in units)
     x = torch.from_numpy(open_image_set(EVAL_DIR, num=300, seed=0).load(pre)[0])
     with torch.no_grad():
         assert torch.equal(apply_plan(model, plan)(x[:8]), stepped(x[:8]))

@@ -1,4 +1,5 @@
-"""Report sections of the stages: the granularity search, the accuracy budget, pruning, token reduction."""
+"""Report sections of the stages: the granularity search, block reconstruction, the accuracy budget, pruning,
+token reduction."""
 from __future__ import annotations
 
 
@@ -18,6 +19,25 @@ def search_lines(plan: dict) -> list[str]:
         lines += [f"| `{b['name']}` | {b['layers']} | {'; '.join(b['transitions'])} |" for b in plan["bridge_blocks"]]
         lines.append("")
     return lines
+
+
+def reconstruction_lines(plan: dict) -> list[str]:
+    """What block reconstruction learned: per block the output error with nearest rounding and after."""
+    blocks = plan.get("reconstruction") or []
+    if not blocks:
+        return []
+    learned = [b for b in blocks if b["kept"] == "learned"]
+    steps = sum(b.get("activation_steps", 0) for b in learned)
+    cfg = plan["config"]["reconstruct"]
+    lines = [f"Block reconstruction ({cfg['iters']} Adam steps per block on {cfg['images']} calibration images, "
+             f"QDrop {cfg['drop_prob']:g}): {len(learned)} of {len(blocks)} blocks keep their learned weight rounding"
+             + (f" and {steps} activation steps" if steps else "")
+             + ("; the others keep nearest rounding and calibrated steps (learning reconstructed them worse)"
+                if len(learned) < len(blocks) else "") + ". Block output error (summed squares per image):", "",
+             "| block | layers | nearest rounding | learned | kept |", "|---|---|---|---|---|"]
+    lines += [f"| `{b['unit']}` | {b['layers']} | {b['loss_nearest']:.4g} | {b['loss_after']:.4g} | {b['kept']} |"
+              for b in blocks]
+    return lines + [""]
 
 
 def fallback_lines(f: dict | None) -> list[str]:

@@ -5,8 +5,8 @@ import math
 import os
 from pathlib import Path
 
-from edgevit.report.sections import (budget_lines, fallback_lines, placement_lines, pruning_lines, search_lines,
-                                     token_lines)
+from edgevit.report.sections import (budget_lines, fallback_lines, placement_lines, pruning_lines,
+                                     reconstruction_lines, search_lines, token_lines)
 
 
 def atomic_write(path: Path, text: str | bytes) -> None:
@@ -166,7 +166,8 @@ def markdown(report: dict) -> str:
                       f"{sorted(r['sqnr_db'] for r in diag['layer_error'])[len(diag['layer_error']) // 2]:.1f} dB; "
                       "lowest " + ", ".join(f"`{r['layer']}` {r['sqnr_db']:.1f} dB" for r in worst)
                       + " (plots in report.html).", ""]
-        lines += search_lines(quant["plan"]) + fallback_lines(quant.get("fallback"))
+        lines += search_lines(quant["plan"]) + reconstruction_lines(quant["plan"])
+        lines += fallback_lines(quant.get("fallback"))
         lines += placement_lines(report["results"])
     lines += ["## Checks", ""]
     for c in report["checks"]:
