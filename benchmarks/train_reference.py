@@ -279,7 +279,7 @@ def main() -> None:
         save_file(state, str(tmp))
         os.replace(tmp, spec.weights_path if args.out == WEIGHTS_DIR else args.out / spec.weights_path.name)
     card = {
-        "name": spec.name, "arch": spec.arch, "dataset": "CIFAR-10 (JPEG, ../shared/data/cifar10)",
+        "name": spec.name, "arch": spec.arch, "dataset": "CIFAR-10 (JPEG)",
         "test_top1": top1, "test_images": int(len(x_test)), "epochs": args.epochs,
         "batch": args.batch, "lr": args.lr, "weight_decay": args.wd, "clip_grad": args.clip_grad, "seed": args.seed,
         "threads": args.threads, "train_minutes": round((time.time() - t0) / 60, 1),

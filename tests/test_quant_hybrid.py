@@ -231,20 +231,21 @@ def test_hybrid_search_bridge_objective_and_hessian(builtin_hybrid, calib_batch,
 
 
 def test_accuracy_budget_fallback_meets_the_budget(builtin_hybrid, calib_batch):
-    """W4A4 loses far more than 3 points; the fallback keeps the most sensitive layers in float until the
-    drop, re-measured here independently, is within 3 points."""
+    """W4A4 loses more than the 1-point budget; the fallback keeps the most sensitive layers in float until
+    the drop, re-measured here independently, is within it."""
     model, info = builtin_hybrid
     x, y = open_image_set(EVAL_DIR, num=200, seed=0).load(Preprocess(info.input_size, info.mean, info.std))
     cfg = QuantConfig(weights={"bits": 4}, activations={"bits": 4})
     _, plan = quantize(model, cfg, [calib_batch])
-    fitted, facts = fit_budget(model, plan, x, y, calib_batch[:16], max_drop=3.0)
+    budget = 1.0
+    fitted, facts = fit_budget(model, plan, x, y, calib_batch[:16], max_drop=budget)
 
     def top1(m):
         with torch.no_grad():
             return float((m(torch.from_numpy(x)).argmax(1).numpy() == y).mean() * 100)
 
     fp, before, after = top1(model), top1(apply_plan(model, plan)), top1(apply_plan(model, fitted))
-    assert fp - before > 3.0 and fp - after <= 3.0 and facts["met"]
+    assert fp - before > budget and fp - after <= budget and facts["met"]
     assert after == pytest.approx(facts["final_top1"]) and before == pytest.approx(facts["quantized_top1"])
     kept = fitted.float_layers
     assert 0 < len(kept) < len(plan.weights) and kept == list(facts["sensitivity"])[:len(kept)]
@@ -252,7 +253,7 @@ def test_accuracy_budget_fallback_meets_the_budget(builtin_hybrid, calib_batch):
     assert plan.float_layers == []  # the input plan is untouched
     # one layer fewer misses the budget (the search returns the fewest, as far as it tried)
     fewer = [t for t in facts["tried"] if t["float_layers"] < len(kept)]
-    assert all(fp - t["top1"] > 3.0 for t in fewer)
+    assert all(fp - t["top1"] > budget for t in fewer)
 
 
 def test_accuracy_budget_needs_an_eval_set(tmp_path):
