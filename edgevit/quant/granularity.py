@@ -57,13 +57,6 @@ def candidates(observer: HistogramObserver, channels: ChannelRangeObserver | Non
     return out
 
 
-def _qrange(q: QParams) -> list[float]:
-    """The float range a quantizer covers (per channel: the union over channels)."""
-    lo = (q.qmin - q.zero_point) * q.scale
-    hi = (q.qmax - q.zero_point) * q.scale
-    return [float(lo.min()), float(hi.max())]
-
-
 @torch.no_grad()
 def _capture(qm: nn.Module, sites: list, x: torch.Tensor) -> None:
     """Float run of the whole model keeping each given site's input (``site.samples``)."""
@@ -154,7 +147,7 @@ def search_granularity(qm: nn.Module, plan, x: torch.Tensor, observers: dict, gr
         best = min(errors, key=errors.get)
         q = cands[best]
         site.qparams = q
-        entry.qparams, entry.range = q, _qrange(q)
+        entry.qparams, entry.range = q, q.covered_range()
         entry.granularity, entry.scheme = best.split("/")
         entry.search = "bridge" if bridge is not None else "layer"
         entry.search_errors = {k: float(v) for k, v in errors.items()}

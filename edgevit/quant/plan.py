@@ -226,7 +226,7 @@ def calibrate(model: nn.Module, cfg: QuantConfig, batches: Iterable[torch.Tensor
         for site, q in rec.activations.items():
             entry = plan.activations[site]
             entry.qparams, entry.search = q, "reconstruction"
-            entry.range = [float((q.qmin - q.zero_point) * q.scale), float((q.qmax - q.zero_point) * q.scale)]
+            entry.range = q.covered_range()
     return plan
 
 
@@ -245,7 +245,7 @@ def _search_uniform_fpcs(m: nn.Module, plan: QuantPlan, x: torch.Tensor) -> None
         w_hat = plan.weights[mod.site].fake_quant(mod.inner.weight.detach())
         q = fpcs_uniform(entry.qparams.bits, torch.cat(mod.input_quant.samples), w_hat)
         entry.qparams = q
-        entry.range = [float((q.qmin - q.zero_point) * q.scale), float((q.qmax - q.zero_point) * q.scale)]
+        entry.range = q.covered_range()
         entry.search = "fpcs"
         mod.input_quant.mode, mod.input_quant.samples = "off", []
 

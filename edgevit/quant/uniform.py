@@ -61,6 +61,11 @@ class QParams:
         """quantize then dequantize, in float."""
         return self.dequantize(self.quantize(x))
 
+    def covered_range(self) -> list[float]:
+        """The float range the grid covers, its end codes dequantized (per channel: the union over channels)."""
+        return [float(((self.qmin - self.zero_point) * self.scale).min()),
+                float(((self.qmax - self.zero_point) * self.scale).max())]
+
     def to_dict(self) -> dict:
         return {"bits": self.bits, "symmetric": self.symmetric, "narrow": self.narrow, "axis": self.axis,
                 "scale": self.scale.tolist(), "zero_point": self.zero_point.tolist()}
