@@ -96,3 +96,24 @@ def test_flat_folder_is_unlabeled_and_sampling_is_seeded(small_imagefolder, tmp_
     a, b = open_image_set(flat, num=5, seed=1), open_image_set(flat, num=5, seed=1)
     assert a.files == b.files and len(a) == 5
     assert open_image_set(flat, num=5, seed=2).files != a.files
+
+
+def test_calibration_is_streamed_with_the_classes_interleaved(tmp_path):
+    """The quantize stage's searches (AdaLog / FPCS / granularity) calibrate on the first images streamed
+    (quantize.search_images = 32) and calibration_batches keeps a prefix: in folder order the shipped
+    calibration set's first 32 images are two classes; streamed, they span all ten."""
+    from pathlib import Path
+
+    from edgevit.recipe import load_recipe
+    from edgevit.stages.context import RunContext
+
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "int8_ptq.yaml")
+    n = recipe.quantize.search_images
+    assert len(set(open_image_set(recipe.calibration.path).labels[:n])) == 2
+    pre = Preprocess(32, (0.5,) * 3, (0.25,) * 3)
+    ctx = RunContext(recipe=recipe, stage=tmp_path, info=None, pre=pre, model=None, dense=None)
+    streamed = ctx.calibration_set()
+    assert len(set(streamed.labels[:n])) == 10 and len(streamed) == recipe.calibration.num
+    assert streamed.files == ctx.calibration_set().files  # seeded: the same order every run
+    x = next(streamed.batches(pre, n))[0]
+    assert not np.array_equal(x, open_image_set(recipe.calibration.path).load(pre, n)[0][:n])

@@ -71,12 +71,13 @@ class RunContext:
         return self.policies[mode]
 
     def calibration_images(self, n: int) -> torch.Tensor:
-        """The seeded sample of ``n`` calibration images (no more than calibration.num), preprocessed; each
-        sample size is read from disk once per run."""
+        """The seeded sample of ``n`` calibration images (no more than calibration.num), preprocessed, classes
+        interleaved; each sample size is read from disk once per run."""
         cfg = self.recipe.calibration
         n = min(n, cfg.num or n)
         if n not in self._calibration:
-            self._calibration[n] = torch.from_numpy(open_image_set(cfg.path, n, cfg.seed).load(self.pre)[0])
+            self._calibration[n] = torch.from_numpy(
+                open_image_set(cfg.path, n, cfg.seed).interleaved(cfg.seed).load(self.pre)[0])
         return self._calibration[n]
 
     def saved_placements(self, path: str) -> dict:
@@ -88,9 +89,11 @@ class RunContext:
         return self._placements[path]
 
     def calibration_set(self):
-        """The calibration image set (opened, not loaded: the quantize stage streams it)."""
+        """The calibration image set (opened, not loaded: the quantize stage streams it), classes interleaved:
+        the searches calibrate on the first images streamed (quantize.search_images, calibration_batches), and
+        in folder order those would be one or two classes."""
         cfg = self.recipe.calibration
-        return open_image_set(cfg.path, cfg.num, cfg.seed)
+        return open_image_set(cfg.path, cfg.num, cfg.seed).interleaved(cfg.seed)
 
 
 def load_eval(recipe, pre: Preprocess, info) -> EvalSet | None:
