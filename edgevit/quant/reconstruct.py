@@ -153,6 +153,8 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
         rounders = [_AdaRound(m, float_w[m.site]) for m in layers]
         for m, r in zip(layers, rounders):
             m.weight_override = r.soft
+        # the soft start is the float weight (clamped to the grid): its error is what the activation quantizers cost
+        before = unit_loss(q_unit, x_q, target, batch)  # (before QDrop is switched on: no dropped elements)
         sites = act_sites(q_unit)
         for s in sites:
             s.drop_prob = drop_prob
@@ -166,7 +168,6 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
         if stepped:
             groups.append({"params": [s.scale_gain for s in stepped], "lr": lr * SCALE_LR_RATIO})
         opt = torch.optim.Adam(groups, lr=lr)
-        before = unit_loss(q_unit, x_q, target, batch)
         done = 0
         for it in range(iters):
             if share is not None and time.time() - t0 > share:
