@@ -310,8 +310,8 @@ def test_block_reconstruction_beats_nearest_rounding():
 def test_reconstruction_learns_activation_steps_that_ship():
     """W4A4 with ``learn_act_scale``: each block also learns the steps of its uniform activation quantizers
     (LSQ); the plan carries them (softmax's AdaLog quantizers untouched), apply_plan rebuilds the model
-    exactly, the exact ONNX export computes what was simulated, and the held-out agreement with the float
-    model is better than with calibrated steps."""
+    exactly, the exact ONNX export computes what was simulated, and every block reconstructs its float output
+    at least as well as with calibrated steps."""
     import onnxruntime as ort
 
     from edgevit.exporters.onnx import torch_to_onnx
@@ -347,8 +347,14 @@ def test_reconstruction_learns_activation_steps_that_ship():
             return float(torch.nn.functional.kl_div(m(x).log_softmax(-1), fp.log_softmax(-1), log_target=True,
                                                     reduction="batchmean"))
 
-        assert kl(stepped) < kl(fixed)
+        # held out, the gain is small and depends on the model and the run (BENCHMARKS: +0.27 points on the
+        # ViT, -0.6 on the MobileViT hybrid); here it only must not break the model
+        assert kl(stepped) < 1.25 * kl(fixed)
         want = stepped(x[:64]).numpy()
+    # on the images it learns from, every block ends closer to the float block than with calibrated steps
+    after = {r["unit"]: r["loss_after"] for r in plan0.reconstruction}
+    assert all(r["loss_after"] <= after[r["unit"]] * 1.001 for r in plan.reconstruction)
+    assert sum(r["loss_after"] for r in plan.reconstruction) < 0.98 * sum(after.values())
     proto = torch_to_onnx(stepped, info.input_size, dynamic_batch=True)
     got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"input": x[:64].numpy()})[0]
@@ -361,3 +367,35 @@ def _float_weight(model, cfg, site):
     from edgevit.quant.plan import prepare
     from edgevit.quant.sites import weighted_sites
     return next(m.inner.weight for m in weighted_sites(prepare(model, cfg)[0]) if m.site == site).detach()
+
+
+def test_a_post_gelu_log_quantizer_switched_off_or_kept_in_float_is_exact(builtin_hybrid, calib_batch):
+    """A post-GELU AdaLog site passes on Q(x + shift) and apply_plan folds -W shift into its consumer's bias.
+    Switched off (the float reference of the searches) it must still add the shift, and the fallback's
+    sensitivity of such a layer is that of the model the fallback would ship with the layer in float
+    (toggling the layer in place left the folded shift in the bias: every MobileViT fc2 read as harmful
+    to keep in float)."""
+    from edgevit.quant.fallback import _kl, _logits, layer_sensitivity, without_layers
+    from edgevit.quant.sites import weighted_sites
+
+    model, _ = builtin_hybrid
+    cfg = QuantConfig(weights={"bits": 4}, activations={"bits": 4, "method": "mse"}, gelu="adalog")
+    qm, plan = quantize(model, cfg, [calib_batch])
+    shifted = [m for m in weighted_sites(qm) if getattr(m.input_quant.nonuniform, "shift", 0.0)]
+    assert len(shifted) == 9  # every transformer MLP's fc2 in the three MobileViT blocks
+    floats = dict(model.named_modules())
+    for m in shifted:
+        x = torch.rand(4, 16, m.inner.in_features) - 0.17  # GELU's range
+        m.input_quant.mode = "off"
+        with torch.no_grad():  # the weights on their grid, the float model's bias, the input as it is
+            want = torch.nn.functional.linear(x, m.inner.weight, floats[m.site].bias)
+            assert torch.allclose(m(x), want, atol=1e-5)
+        m.input_quant.mode = "quant"
+    xs = calib_batch[:16]
+    fp = _logits(model, xs)
+    sens = layer_sensitivity(model, plan, fp, xs)
+    base = _kl(fp, _logits(qm, xs))
+    name = shifted[0].site
+    assert sens[name] == pytest.approx(base - _kl(fp, _logits(apply_plan(model, without_layers(plan, [name])), xs)))
+    post = [sens[m.site] for m in shifted]
+    assert sum(post) > 0 and np.median(post) >= 0, post

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgevit.quant.plan import apply_plan, prepare
+from edgevit.quant.plan import apply_plan
 from edgevit.quant.sites import weighted_sites
 
 
@@ -46,22 +46,19 @@ def without_layers(plan, layers: list[str]):
 
 
 @torch.no_grad()
-def layer_sensitivity(qm: nn.Module, float_weights: dict[str, nn.Parameter], fp_logits: torch.Tensor,
-                      x: torch.Tensor, on_layer: Callable[[], None] | None = None) -> dict[str, float]:
-    """KL(float || quantized) minus the same with one layer back in float, for every quantized layer
-    (``float_weights``: each layer's weight before it was put on its grid)."""
+def layer_sensitivity(model: nn.Module, plan, fp_logits: torch.Tensor, x: torch.Tensor,
+                      on_layer: Callable[[], None] | None = None) -> dict[str, float]:
+    """KL(float || quantized) minus the same with one layer back in float, for every quantized layer.
+    Each candidate is built from the plan without that layer (``without_layers``), so it is the model the
+    fallback would ship: toggling the layer in place would miss what apply_plan folded into its bias
+    (a post-GELU log quantizer's shift, the int32 bias grid)."""
+    qm = apply_plan(model, plan)
     base = _kl(fp_logits, _logits(qm, x))
     out = {}
     for mod in weighted_sites(qm):
         if mod.weight_qparams is None and mod.input_quant.qparams is None:
             continue
-        site, saved = mod.input_quant, mod.input_quant.mode
-        site.mode, mod.quantize_weight = "off", False
-        # apply_plan put the weights on their grid; the float weight is needed for "this layer in float"
-        mod.inner.weight, on_grid = float_weights[mod.site], mod.inner.weight
-        out[mod.site] = base - _kl(fp_logits, _logits(qm, x))
-        mod.inner.weight = on_grid
-        site.mode, mod.quantize_weight = saved, True
+        out[mod.site] = base - _kl(fp_logits, _logits(apply_plan(model, without_layers(plan, [mod.site])), x))
         if on_layer:
             on_layer()
     return out
@@ -82,8 +79,7 @@ def fit_budget(model: nn.Module, plan, x_eval: np.ndarray, labels: np.ndarray,
     facts = {"budget_pts": max_drop, "fp32_top1": fp, "quantized_top1": quant, "tried": []}
     if fp - quant <= max_drop:
         return plan, facts | {"float_layers": [], "final_top1": quant}
-    float_weights = {mod.site: mod.inner.weight for mod in weighted_sites(prepare(model, plan.config, plan.reparam)[0])}
-    sens = layer_sensitivity(qm, float_weights, _logits(model, x_search), x_search, on_step)
+    sens = layer_sensitivity(model, plan, _logits(model, x_search), x_search, on_step)
     order = sorted(sens, key=sens.get, reverse=True)
     facts["sensitivity"] = {k: sens[k] for k in order}
     lo, hi, best = 1, len(order), None

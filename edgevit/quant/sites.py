@@ -67,11 +67,12 @@ class ActQuant(nn.Module):
         if self.mode == "capture":
             self.samples.append(x.detach().clone())
             return x
+        # a shifted (post-GELU) site passes on x + shift: apply_plan folded -W shift into the consumer's bias,
+        # so a site switched off (a search's float reference) still adds the shift its consumer expects
+        shift = getattr(self.nonuniform, "shift", 0.0)
         if self.mode != "quant":
-            return x
+            return x + shift if shift else x
         if self.nonuniform is not None:
-            # a shifted (post-GELU) site passes on x + shift: apply_plan folded -W shift into the consumer's bias
-            shift = getattr(self.nonuniform, "shift", 0.0)
             return self.nonuniform.fake_quant(x + shift if shift else x)
         if self.qparams is not None:
             y = fake_quant_activation(x, self.qparams) if self.scale_gain is None else \
