@@ -399,3 +399,22 @@ def test_a_post_gelu_log_quantizer_switched_off_or_kept_in_float_is_exact(builti
     assert sens[name] == pytest.approx(base - _kl(fp, _logits(apply_plan(model, without_layers(plan, [name])), xs)))
     post = [sens[m.site] for m in shifted]
     assert sum(post) > 0 and np.median(post) >= 0, post
+
+
+def test_depthwise_convs_can_keep_8_bits_at_w4a4(builtin_hybrid, calib_batch):
+    """keep_8bit_depthwise: exactly the depthwise convs (one group per channel) get 8-bit weights and inputs,
+    every other layer stays at 4 bits; the simulation then sits closer to the float model."""
+    model, _ = builtin_hybrid
+    cfg = QuantConfig(weights={"bits": 4}, activations={"bits": 4, "method": "mse"})
+    qm4, plan4 = quantize(model, cfg, [calib_batch])
+    qm, plan = quantize(model, cfg.model_copy(update={"keep_8bit_depthwise": True}), [calib_batch])
+    convs = dict(model.named_modules())
+    dw = {n for n, c in convs.items() if isinstance(c, nn.Conv2d) and c.groups > 1 and c.groups == c.in_channels}
+    assert len(dw) == 7  # one in each inverted-residual block
+    assert {n for n, q in plan.weights.items() if q.bits == 8} == dw
+    assert {n for n, q in plan4.weights.items() if q.bits == 8} == set()
+    assert {k[:-len(".input")] for k, e in plan.activations.items() if e.qparams.bits == 8} == dw
+    with torch.no_grad():
+        fp = model(calib_batch)
+        err = [float(((m(calib_batch) - fp) ** 2).mean()) for m in (qm4, qm)]
+    assert err[1] < err[0]

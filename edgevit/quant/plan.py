@@ -192,7 +192,7 @@ def calibrate(model: nn.Module, cfg: QuantConfig, batches: Iterable[torch.Tensor
             plan.unobserved.append(site.site)
             continue
         obs = site.observer
-        bits = _bits(site.site.rsplit(".", 1)[0], a.bits, cfg)
+        bits = _bits(m, site.site.rsplit(".", 1)[0], a.bits, cfg)
         if site.kind == "attn_softmax" and not a.symmetric:
             lo, hi = 0.0, max(obs.max, 1e-8)  # probabilities: [0, max], no search below 0
         else:
@@ -203,7 +203,7 @@ def calibrate(model: nn.Module, cfg: QuantConfig, batches: Iterable[torch.Tensor
                                                                    a.symmetric))
     w = cfg.weights
     for mod in weighted_sites(m):
-        plan.weights[mod.site] = weight_qparams(mod.inner.weight, _bits(mod.site, w.bits, cfg), w.symmetric,
+        plan.weights[mod.site] = weight_qparams(mod.inner.weight, _bits(m, mod.site, w.bits, cfg), w.symmetric,
                                                 w.granularity == "channel", w.method)
     if a.method == "fpcs":
         _search_uniform_fpcs(m, plan, torch.cat(kept)[:cfg.search_images])
@@ -250,8 +250,18 @@ def _search_uniform_fpcs(m: nn.Module, plan: QuantPlan, x: torch.Tensor) -> None
         mod.input_quant.mode, mod.input_quant.samples = "off", []
 
 
-def _bits(module: str, bits: int, cfg: QuantConfig) -> int:
-    return 8 if any(fnmatch.fnmatch(module, p) for p in cfg.keep_8bit) else bits
+def _bits(m: nn.Module, module: str, bits: int, cfg: QuantConfig) -> int:
+    """8 for a layer the recipe keeps at 8 bits (``keep_8bit`` patterns, ``keep_8bit_depthwise``), else ``bits``."""
+    if any(fnmatch.fnmatch(module, p) for p in cfg.keep_8bit):
+        return 8
+    if cfg.keep_8bit_depthwise:
+        try:
+            conv = getattr(m.get_submodule(module), "inner", None)
+        except AttributeError:  # a site named after an operation, not a module
+            conv = None
+        if isinstance(conv, nn.Conv2d) and conv.groups > 1 and conv.groups == conv.in_channels:
+            return 8
+    return bits
 
 
 def _search_nonuniform(m: nn.Module, plan: QuantPlan, x: torch.Tensor) -> None:
