@@ -11,8 +11,8 @@ FAST = fast(calib_num=None)
 
 def test_sweep_runs_each_value_and_tabulates_them(tmp_path):
     """tome_fp32 over r=2 and r=8: a finished run per value, each with the original model's ONNX as its
-    speed yardstick; the table has both values, and more merging means fewer FLOPs. r=8 pays in time (it
-    is timed against the unreduced model before it is applied); r=2 may or may not, here."""
+    speed yardstick; the table has both values, and more merging means fewer FLOPs. r=8 pays in time, at batch 1
+    or in throughput (it is timed against the unreduced model before it is applied); r=2 may or may not, here."""
     out = tmp_path / "sweep"
     res = cli("compress", "--recipe", "recipes/tome_fp32.yaml", "--sweep", "tokens.r=2,8", "--out", str(out), *FAST)
     assert res.returncode == 0, res.stderr
@@ -30,7 +30,9 @@ def test_sweep_runs_each_value_and_tabulates_them(tmp_path):
     r2, r8 = summary["runs"]
     assert r8["flops_ratio"] < (r2["flops_ratio"] or 1.0) <= 1  # None: r=2 did not pay in time here
     timing = json.loads((out / "runs" / r8["folder"] / "report.json").read_text())["tokens"]["timing"]
-    assert timing["time_saving"]["batch1"] >= 0.03 and timing["reduced_ms"]["batch1"] < timing["unreduced_ms"]["batch1"]
+    # the recipe judges the saving at batch 1 or in throughput (tokens.time_at: either): one of them paid
+    paid = [k for k in ("batch1", "throughput") if timing["time_saving"][k] >= 0.03]
+    assert paid and all(timing["reduced_ms"][k] < timing["unreduced_ms"][k] for k in paid), timing
     md = (out / "sweep.md").read_text()
     assert "| tome_fp32 | `tokens.r=2` | local-ort-cpu | ok |" in md and "| tome_fp32 | `tokens.r=8` | local-ort-cpu | ok |" in md
 
