@@ -76,8 +76,7 @@ class RunContext:
         cfg = self.recipe.calibration
         n = min(n, cfg.num or n)
         if n not in self._calibration:
-            self._calibration[n] = torch.from_numpy(
-                open_image_set(cfg.path, n, cfg.seed).interleaved(cfg.seed).load(self.pre)[0])
+            self._calibration[n] = torch.from_numpy(self._calibration_sample(n).load(self.pre)[0])
         return self._calibration[n]
 
     def saved_placements(self, path: str) -> dict:
@@ -89,11 +88,15 @@ class RunContext:
         return self._placements[path]
 
     def calibration_set(self):
-        """The calibration image set (opened, not loaded: the quantize stage streams it), classes interleaved:
-        the searches calibrate on the first images streamed (quantize.search_images, calibration_batches), and
-        in folder order those would be one or two classes."""
+        """The calibration image set (opened, not loaded: the quantize stage streams it)."""
+        return self._calibration_sample(self.recipe.calibration.num)
+
+    def _calibration_sample(self, n: int | None):
+        """The seeded sample of ``n`` calibration images (None: all), classes interleaved: the searches calibrate
+        on the first images streamed (quantize.search_images, calibration_batches), and in folder order those
+        would be one or two classes."""
         cfg = self.recipe.calibration
-        return open_image_set(cfg.path, cfg.num, cfg.seed).interleaved(cfg.seed)
+        return open_image_set(cfg.path, n, cfg.seed).interleaved(cfg.seed)
 
 
 def load_eval(recipe, pre: Preprocess, info) -> EvalSet | None:
