@@ -22,6 +22,7 @@ from edgevit.quant.bridges import find_bridges
 from edgevit.quant.config import LayerSearch, Reconstruct
 from edgevit.quant.fallback import fit_budget
 from edgevit.quant.lowering import lower_plan
+from edgevit.quant.search import ChannelClipSearch
 from edgevit.quant.sites import AttentionSites, fake_quant_activation, insert_sites, set_mode
 from edgevit.quant.uniform import qparams_from_range
 from edgevit.recipe import ExportConfig, ModelConfig, load_recipe
@@ -401,6 +402,12 @@ def test_a_post_gelu_log_quantizer_switched_off_or_kept_in_float_is_exact(builti
     assert sum(post) > 0 and np.median(post) >= 0, post
 
 
+def _depthwise(model: nn.Module) -> set[str]:
+    """Names of the depthwise convs (one group per input channel)."""
+    return {n for n, c in model.named_modules()
+            if isinstance(c, nn.Conv2d) and c.groups > 1 and c.groups == c.in_channels}
+
+
 def test_depthwise_convs_can_keep_8_bits_at_w4a4(builtin_hybrid, calib_batch):
     """keep_8bit_depthwise: exactly the depthwise convs (one group per channel) get 8-bit weights and inputs,
     every other layer stays at 4 bits; the simulation then sits closer to the float model."""
@@ -408,8 +415,7 @@ def test_depthwise_convs_can_keep_8_bits_at_w4a4(builtin_hybrid, calib_batch):
     cfg = QuantConfig(weights={"bits": 4}, activations={"bits": 4, "method": "mse"})
     qm4, plan4 = quantize(model, cfg, [calib_batch])
     qm, plan = quantize(model, cfg.model_copy(update={"keep_8bit_depthwise": True}), [calib_batch])
-    convs = dict(model.named_modules())
-    dw = {n for n, c in convs.items() if isinstance(c, nn.Conv2d) and c.groups > 1 and c.groups == c.in_channels}
+    dw = _depthwise(model)
     assert len(dw) == 7  # one in each inverted-residual block
     assert {n for n, q in plan.weights.items() if q.bits == 8} == dw
     assert {n for n, q in plan4.weights.items() if q.bits == 8} == set()
@@ -418,3 +424,57 @@ def test_depthwise_convs_can_keep_8_bits_at_w4a4(builtin_hybrid, calib_batch):
         fp = model(calib_batch)
         err = [float(((m(calib_batch) - fp) ** 2).mean()) for m in (qm4, qm)]
     assert err[1] < err[0]
+
+
+def test_depthwise_inputs_can_be_clipped_per_channel_at_w4a4(builtin_hybrid, calib_batch, tmp_path):
+    """activations.depthwise: channel gives exactly the depthwise convs' inputs per-channel ranges, each with less
+    quantization error than the per-tensor range on held-out images; the exact ONNX reproduces the simulation."""
+    model, info = builtin_hybrid
+    cfg = QuantConfig(weights={"bits": 4}, activations={"bits": 4, "method": "mse"})
+    _, tensor = quantize(model, cfg, [calib_batch])
+    qm, plan = quantize(model, cfg.model_copy(update={"activations": cfg.activations.model_copy(
+        update={"depthwise": "channel"})}), [calib_batch])
+    dw = _depthwise(model)
+    per_channel = {k[:-len(".input")] for k, e in plan.activations.items() if e.qparams.axis is not None}
+    assert per_channel == dw and all(plan.activations[f"{n}.input"].search == "depthwise-channel" for n in dw)
+    assert all(e.qparams.axis is None for e in tensor.activations.values())
+
+    held_out, _ = open_image_set(EVAL_DIR, num=64, seed=0).load(Preprocess(info.input_size, info.mean, info.std))
+    inputs = {}
+    convs = dict(model.named_modules())
+    handles = [convs[n].register_forward_pre_hook(lambda m, a, n=n: inputs.__setitem__(n, a[0])) for n in dw]
+    with torch.no_grad():
+        model(torch.from_numpy(held_out))
+    for h in handles:
+        h.remove()
+    for n, x in inputs.items():
+        err = [float(((fake_quant_activation(x, p.activations[f"{n}.input"].qparams) - x) ** 2).sum())
+               for p in (tensor, plan)]
+        assert err[1] < err[0], (n, err)
+
+    path = tmp_path / "w4a4.onnx"
+    export_onnx(qm, info, ExportConfig(precision="int8", lowering="exact"), path, "test")
+    with torch.no_grad():
+        sim = qm(calib_batch).numpy()
+    out = OrtRunner(path, 1)(calib_batch.numpy())
+    assert (out.argmax(1) == sim.argmax(1)).mean() >= 0.98
+    assert np.abs(out - sim).max() < 1e-2 * np.abs(sim).max()
+
+
+def test_channel_clip_search_streams():
+    """Errors summed batch by batch choose the same per-channel ranges as one pass over all the batches; each
+    channel's range is the candidate fraction with the least error, never worse than its min-max range."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 6, 7, 7).exp() * torch.logspace(-1, 1, 6)[None, :, None, None] - 0.2
+    lo, hi = x.amin((0, 2, 3)), x.amax((0, 2, 3))
+    one, streamed = ChannelClipSearch(lo, hi, 4, False), ChannelClipSearch(lo, hi, 4, False)
+    one.update(x)
+    for part in x.split(5):
+        streamed.update(part)
+    q1, q2 = one.qparams(), streamed.qparams()
+    assert torch.equal(q1.scale, q2.scale) and torch.equal(q1.zero_point, q2.zero_point) and q1.axis == 1
+    err = ((q1.fake_quant(x) - x) ** 2).sum((0, 2, 3))
+    minmax = qparams_from_range(lo, hi, 4, False, axis=1)
+    assert (err <= ((minmax.fake_quant(x) - x) ** 2).sum((0, 2, 3))).all()
+    assert (err < ((minmax.fake_quant(x) - x) ** 2).sum((0, 2, 3))).any()  # heavy tails: clipping pays
+    assert torch.allclose(err.double(), one.errors.min(0).values, rtol=1e-4)

@@ -35,6 +35,13 @@ class ActivationQuant(_Strict):
         "AdaLog's progressive (scale, zero point) search against the consuming Linear's output error "
         "(Linear inputs; other sites use mse); fpcs needs symmetric: false")
     percentile: float = Field(99.99, gt=50, le=100)
+    depthwise: Literal["tensor", "channel"] = Field(
+        "tensor", description="inputs of depthwise convs: one range per tensor (method above), or one per channel, "
+        "each clipped for its own squared error on the calibration images the searches keep. An integer "
+        "depthwise conv reads one input channel per output channel, so a per-channel input scale joins its "
+        "per-channel output rescale and the integer kernel is unchanged; exported as per-axis Q/DQ (ONNX Runtime "
+        "runs that conv in float, TensorRT's lowering makes the input per tensor); the granularity search "
+        "leaves these inputs as chosen")
 
 
 class LayerSearch(_Strict):

@@ -107,7 +107,8 @@ def search_granularity(qm: nn.Module, plan, x: torch.Tensor, observers: dict, gr
     blocks used as objectives."""
     layers = [mod for mod in weighted_sites(qm)
               if mod.input_quant.kind in SEARCHED_KINDS and mod.input_quant.site in plan.activations
-              and plan.activations[mod.input_quant.site].quantizer is None]
+              and plan.activations[mod.input_quant.site].quantizer is None
+              and plan.activations[mod.input_quant.site].search != "depthwise-channel"]
     found = find_bridges(qm, x[:1]) if bridges else []
     bridge_of = {layer: b for b in found for layer in b.layers}
     modules = dict(qm.named_modules())

@@ -22,7 +22,7 @@ from edgevit.quant.nonuniform_search import fpcs_uniform, search_softmax
 from edgevit.quant.quantizers import QUANTIZERS, ActivationQuantizer, quantizer
 from edgevit.quant.reconstruct import reconstruct
 from edgevit.quant.reparam import apply_reparam, reparameterize
-from edgevit.quant.search import activation_range, weight_qparams
+from edgevit.quant.search import ChannelClipSearch, activation_range, weight_qparams
 from edgevit.quant.sites import (AttentionSites, act_sites, clamp_weight, insert_sites, set_mode,
                                  weighted_sites)
 from edgevit.quant.uniform import QParams, qparams_from_range
@@ -207,6 +207,8 @@ def calibrate(model: nn.Module, cfg: QuantConfig, batches: Iterable[torch.Tensor
                                                 w.granularity == "channel", w.method)
     if a.method == "fpcs":
         _search_uniform_fpcs(m, plan, torch.cat(kept)[:cfg.search_images])
+    if a.depthwise == "channel":
+        _search_depthwise_channels(m, plan, torch.cat(kept))
     if cfg.softmax != "uniform" or cfg.gelu != "uniform":
         _search_nonuniform(m, plan, torch.cat(kept)[:cfg.search_images])
     if cfg.search is not None:
@@ -256,12 +258,48 @@ def _bits(m: nn.Module, module: str, bits: int, cfg: QuantConfig) -> int:
         return 8
     if cfg.keep_8bit_depthwise:
         try:
-            conv = getattr(m.get_submodule(module), "inner", None)
+            layer = m.get_submodule(module)
         except AttributeError:  # a site named after an operation, not a module
-            conv = None
-        if isinstance(conv, nn.Conv2d) and conv.groups > 1 and conv.groups == conv.in_channels:
+            layer = None
+        if is_depthwise(layer):
             return 8
     return bits
+
+
+def is_depthwise(layer: nn.Module | None) -> bool:
+    """A wrapped Conv2d with one group per input channel."""
+    conv = getattr(layer, "inner", None)
+    return isinstance(conv, nn.Conv2d) and conv.groups > 1 and conv.groups == conv.in_channels
+
+
+@torch.no_grad()
+def _search_depthwise_channels(m: nn.Module, plan: QuantPlan, x: torch.Tensor, batch: int = 64) -> None:
+    """Give every depthwise conv input a per-channel quantizer clipped for its own MSE (``ChannelClipSearch``)
+    on the float activations of ``x``, starting from the calibrated channel ranges."""
+    searches = {}
+    for mod in weighted_sites(m):
+        site = mod.input_quant
+        entry = plan.activations.get(site.site)
+        obs = site.channel_observer
+        if is_depthwise(mod) and entry is not None and obs is not None and obs.min is not None:
+            searches[site.site] = ChannelClipSearch(obs.min, obs.max, entry.qparams.bits,
+                                                    plan.config.activations.symmetric, obs.axis)
+    if not searches:
+        return
+    set_mode(m, "off")
+    sites = [s for s in act_sites(m) if s.site in searches]
+    handles = [s.register_forward_pre_hook(lambda site, args: searches[site.site].update(args[0])) for s in sites]
+    try:
+        for i in range(0, len(x), batch):
+            m(x[i:i + batch])
+    finally:
+        for h in handles:
+            h.remove()
+    for name, search in searches.items():
+        entry, q = plan.activations[name], search.qparams()
+        entry.qparams, entry.range = q, q.covered_range()
+        entry.granularity, entry.scheme = "channel", "symmetric" if q.symmetric else "asymmetric"
+        entry.search = "depthwise-channel"
 
 
 def _search_nonuniform(m: nn.Module, plan: QuantPlan, x: torch.Tensor) -> None:

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 
 def search_lines(plan: dict) -> list[str]:
-    """The granularity/scheme search's choices and the bridge blocks it used (empty without a search)."""
+    """The granularity/scheme search's choices with the bridge blocks it used, and the depthwise inputs given
+    per-channel ranges (empty when neither ran)."""
     chosen: dict[str, int] = {}
+    depthwise = 0
     for site in plan["activations"].values():
-        if "granularity" in site:
+        if site.get("search") == "depthwise-channel":
+            depthwise += 1
+        elif "granularity" in site:
             key = f"{site['granularity']} / {site['scheme']}"
             chosen[key] = chosen.get(key, 0) + 1
-    if not chosen:
+    lines = []
+    if depthwise:
+        lines += [f"Depthwise conv inputs with per-channel ranges (each channel clipped for its own squared error): "
+                  f"{depthwise}.", ""]
+    if chosen:
+        lines += ["Activation granularity and scheme chosen per layer (against layer or bridge-block output error): " +
+                  ", ".join(f"{k}: {n}" for k, n in sorted(chosen.items())) + ".", ""]
+    if not lines:
         return []
-    lines = ["Activation granularity and scheme chosen per layer (against layer or bridge-block output error): " +
-             ", ".join(f"{k}: {n}" for k, n in sorted(chosen.items())) + ".", ""]
     if plan.get("bridge_blocks"):
         lines += ["| bridge block | layers | transitions |", "|---|---|---|"]
         lines += [f"| `{b['name']}` | {b['layers']} | {'; '.join(b['transitions'])} |" for b in plan["bridge_blocks"]]
