@@ -286,6 +286,7 @@ def _search_depthwise_channels(m: nn.Module, plan: QuantPlan, x: torch.Tensor, b
                                                     plan.config.activations.symmetric, obs.axis)
     if not searches:
         return
+    modes = {s: s.mode for s in act_sites(m)}  # restored: the later searches run as they would without this one
     set_mode(m, "off")
     sites = [s for s in act_sites(m) if s.site in searches]
     handles = [s.register_forward_pre_hook(lambda site, args: searches[site.site].update(args[0])) for s in sites]
@@ -295,6 +296,8 @@ def _search_depthwise_channels(m: nn.Module, plan: QuantPlan, x: torch.Tensor, b
     finally:
         for h in handles:
             h.remove()
+        for s, mode in modes.items():
+            s.mode = mode
     for name, search in searches.items():
         entry, q = plan.activations[name], search.qparams()
         entry.qparams, entry.range = q, q.covered_range()
