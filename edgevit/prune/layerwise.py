@@ -10,7 +10,7 @@ from torch import nn
 
 from edgevit.prune.layout import input_columns, prunable
 from edgevit.prune.obs import Hessian
-from edgevit.quant.partial import execution_order, run_until
+from edgevit.quant.partial import execution_order, run_until, stream_inputs
 
 
 def candidate_layers(model: nn.Module, exclude: list[str], x: torch.Tensor) -> list[tuple[str, nn.Module]]:
@@ -50,20 +50,13 @@ def all_hessians(model: nn.Module, layers: list[tuple[str, nn.Module]], x: torch
                  batch: int = 32) -> dict[str, Hessian]:
     """Every listed layer's input Hessian from one pass of the (unchanged) model."""
     hs: dict[str, Hessian] = {}
+    mods = dict(layers)
 
-    def hook(name):
-        def fn(mod, args):
-            cols = input_columns(mod, args[0])
-            hs.setdefault(name, Hessian(cols.shape[1])).add(cols)
-        return fn
+    def add(name, inp):
+        cols = input_columns(mods[name], inp)
+        hs.setdefault(name, Hessian(cols.shape[1])).add(cols)
 
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers]
-    try:
-        for i in range(0, len(x), batch):
-            model(x[i:i + batch])
-    finally:
-        for h in handles:
-            h.remove()
+    stream_inputs(model, mods, x, add, batch)
     return hs
 
 

@@ -1,6 +1,8 @@
 """Partial forward passes: run a model only as far as one of its modules."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -45,3 +47,21 @@ def execution_order(model: nn.Module, modules: dict[str, nn.Module], x: torch.Te
         for h in handles:
             h.remove()
     return sorted(order, key=order.get)
+
+
+@torch.no_grad()
+def stream_inputs(model: nn.Module, modules: dict[str, nn.Module], x: torch.Tensor,
+                  fn: Callable[[str, torch.Tensor], None], batch: int = 64) -> None:
+    """Run ``model`` on ``x`` batch by batch, handing each listed module's input to ``fn(name, input)``."""
+    def hook(name):
+        def pre(_m, args):
+            fn(name, args[0])  # returns None: the input passes unchanged
+        return pre
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()]
+    try:
+        for i in range(0, len(x), batch):
+            model(x[i:i + batch])
+    finally:
+        for h in handles:
+            h.remove()

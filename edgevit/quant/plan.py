@@ -19,6 +19,7 @@ from edgevit.quant.fold import fold_batchnorm
 from edgevit.quant.granularity import search_granularity
 from edgevit.quant.nonuniform import adalog_table
 from edgevit.quant.nonuniform_search import fpcs_uniform, search_softmax
+from edgevit.quant.partial import stream_inputs
 from edgevit.quant.quantizers import QUANTIZERS, ActivationQuantizer, quantizer
 from edgevit.quant.reconstruct import reconstruct
 from edgevit.quant.reparam import apply_reparam, reparameterize
@@ -288,14 +289,10 @@ def _search_depthwise_channels(m: nn.Module, plan: QuantPlan, x: torch.Tensor, b
         return
     modes = {s: s.mode for s in act_sites(m)}  # restored: the later searches run as they would without this one
     set_mode(m, "off")
-    sites = [s for s in act_sites(m) if s.site in searches]
-    handles = [s.register_forward_pre_hook(lambda site, args: searches[site.site].update(args[0])) for s in sites]
     try:
-        for i in range(0, len(x), batch):
-            m(x[i:i + batch])
+        stream_inputs(m, {s.site: s for s in act_sites(m) if s.site in searches}, x,
+                      lambda name, inp: searches[name].update(inp), batch)
     finally:
-        for h in handles:
-            h.remove()
         for s, mode in modes.items():
             s.mode = mode
     for name, search in searches.items():
