@@ -1,4 +1,5 @@
-"""Partial forward passes: run a model only as far as one of its modules."""
+"""Forward passes that watch chosen modules: run a model only as far as one of them, list the order they run in,
+or stream their inputs batch by batch."""
 from __future__ import annotations
 
 from typing import Callable
