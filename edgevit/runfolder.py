@@ -55,7 +55,7 @@ def staged_run_folder(out: Path, overwrite: bool) -> Iterator[Path]:
     check_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     discard_partials(out, any_process=False)
-    stage = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    stage = partial_path(out)
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
     try:
@@ -63,10 +63,20 @@ def staged_run_folder(out: Path, overwrite: bool) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+    swap_in(stage, out)
+
+
+def partial_path(out: Path) -> Path:
+    """The temporary sibling this process builds ``out`` in (``discard_partials`` knows its name)."""
+    return out.with_name(f".{out.name}.partial-{os.getpid()}")
+
+
+def swap_in(new: Path, out: Path) -> None:
+    """Replace ``out`` (if it exists) by the folder ``new`` with renames only: ``out`` is never half-written."""
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     if out.exists():
         os.replace(out, old)
-    os.replace(stage, out)
+    os.replace(new, out)
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -224,3 +224,29 @@ def test_coreml_recipe_end_to_end(tmp_path):
     assert rep["fp16_layernorm"]["auto"]["keep_fp32"] is False  # measured on the calibration images
     md = (out / "report.md").read_text()
     assert "activations int8" in md and "Checked here:" in md and "FP16 LayerNorm (auto): FP16" in md
+
+
+def test_w8a8_sites_that_compute_the_same_tensor_need_one_quantize_op(tmp_path):
+    """An untrained LeViT's class and distillation heads have equal BatchNorms on the same pooled tokens, so their
+    two input quantizers compute one tensor and coremltools merges them into one quantize op: the check counts
+    what the traced graph holds once equal computations are merged (it failed with 95 ops for 96 sites), and
+    still fails a program with fewer quantize ops than that."""
+    import json
+
+    from edgevit.runtimes import runtime
+
+    out = tmp_path / "run"
+    res = cli("compress", "--recipe", "int8_ptq", "--out", str(out), "--model", "timm:levit_128s",
+              "--set", "model.input_size=64", "--set", "model.num_classes=10", "--set", "calibration.num=16",
+              "--set", "validate.eval.num=20", "--set", "budget=null", "--set", "export=[export/coreml-w8a8.yaml]")
+    assert res.returncode == 0, res.stderr
+    rep = json.loads((out / "report.json").read_text())
+    row = next(r for r in rep["results"] if r["name"] == "coreml-w8a8")
+    e = row["export"]
+    sites, traced = e["expected"]["activation_sites"], e["traced_quantize_ops"]
+    assert traced["all"] == sites and traced["distinct"] == sites - 1 == e["activation_quantize_ops"]
+    check = next(c for c in rep["checks"] if c["name"] == "coreml-w8a8: activations quantized (W8A8)")
+    assert check["ok"] and "1 compute what another site computes" in check["detail"], check
+    row["export"] = e | {"activation_quantize_ops": traced["distinct"] - 1}
+    short = next(c for c in runtime("coreml").checks(row) if "activations quantized" in c["name"])
+    assert not short["ok"]

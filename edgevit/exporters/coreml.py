@@ -187,6 +187,7 @@ def export_coreml(model: nn.Module, info, path: Path, compression: str = "none",
     with torch.no_grad(), warnings.catch_warnings(), _int8_graph(model, precision == "int8"):
         warnings.simplefilter("ignore")  # tracer chatter about timm's shape asserts
         traced = torch.jit.trace(wrapped, torch.rand(1, 3, size, size) * 255)
+    traced_ops = _quantize_ops(traced) if precision == "int8" else None
     with _quiet_progress():
         mlmodel = _convert(ct, traced, target, size, info, precision, layernorm_fp32, compression)
     mlmodel.short_description = f"{info.arch} image classifier ({len(info.labels)} classes), edgevit {recipe}"
@@ -198,7 +199,22 @@ def export_coreml(model: nn.Module, info, path: Path, compression: str = "none",
         shutil.rmtree(path)
     os.replace(tmp, path)
     return {"format": "coreml", "target": target, "compression": compression, "precision": precision,
-            "layernorm_fp32": layernorm_fp32 and precision != "fp32"} | inspect_package(path)
+            "layernorm_fp32": layernorm_fp32 and precision != "fp32", "traced_quantize_ops": traced_ops} \
+        | inspect_package(path)
+
+
+def _quantize_ops(traced) -> dict[str, int]:
+    """Activation quantize ops in the traced graph: ``all``, and ``distinct`` once equal constants are shared and
+    equal computations merged (``torch.jit.freeze``, then CSE), as coremltools' constant deduplication and
+    common-subexpression passes merge them: e.g. the class and distillation heads of an untrained LeViT, whose
+    BatchNorms are equal and read the same pooled tokens, quantize one tensor in the converted program."""
+    def count(graph) -> int:
+        return sum(1 for n in graph.nodes() if n.kind() == "aten::quantize_per_tensor")
+
+    frozen = torch.jit.freeze(traced.eval(), optimize_numerics=False).graph
+    torch._C._jit_pass_constant_pooling(frozen)
+    torch._C._jit_pass_cse(frozen)
+    return {"all": count(traced.inlined_graph), "distinct": count(frozen)}
 
 
 def package_size(path: Path) -> int:

@@ -108,9 +108,14 @@ class CoreML(Runtime):
                              f"{e['input']['height']}, outputs {', '.join(e['outputs'])}, {len(e['labels'])} labels, "
                              "preprocessing in the metadata"}]
         if want.get("activation_sites"):
-            n, need = e["activation_quantize_ops"], want["activation_sites"]
-            checks.append({"name": f"{r['name']}: activations quantized (W8A8)", "ok": n >= need,
-                           "detail": f"{n} quantize ops in the program for {need} quantized activation sites"})
+            n, sites = e["activation_quantize_ops"], want["activation_sites"]
+            traced = e.get("traced_quantize_ops") or {"all": sites, "distinct": sites}
+            merged = sites - traced["distinct"]
+            checks.append({"name": f"{r['name']}: activations quantized (W8A8)",
+                           "ok": traced["all"] >= sites and n >= traced["distinct"],
+                           "detail": f"{n} quantize ops in the program for {sites} quantized activation sites"
+                                     + (f"; {merged} compute what another site computes (merged into its op)"
+                                        if merged > 0 else "")})
         kinds = COMPRESSION_OPS.get(e["compression"])
         if kinds:
             found = sum(e["compressed_ops"].get(k, 0) for k in kinds)

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from edgevit.errors import BadInput, one_line
-from edgevit.runfolder import discard_partials
+from edgevit.runfolder import discard_partials, partial_path, swap_in
 from edgevit.sweeps.executors import Done, Job, Outcome, Started, execute_run, register_executor
 
 
@@ -97,17 +97,13 @@ def _task(recipe, run_id: str, progress, shared_dest: str | None = None) -> dict
 
 def unpack_run(archive: bytes, dest: Path) -> None:
     """Unpack a run folder archived by a task into ``dest`` (replacing it), atomically."""
-    partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    partial = partial_path(dest)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(partial, filter="data")
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        if dest.exists():
-            os.replace(dest, old)
-        os.replace(partial / "run", dest)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in(partial / "run", dest)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
 
