@@ -36,6 +36,16 @@ def compare_logits(logits: np.ndarray, reference: np.ndarray) -> dict[str, float
             "max_abs_diff": float(np.abs(a - b).max())}
 
 
+def changed_predictions(logits: np.ndarray, reference: np.ndarray, tie: float) -> dict:
+    """Images whose top-1 differs from the reference's, and how many of them are near ties: the reference's
+    logits of the two classes within ``tie`` of each other, where float rounding alone can swap them."""
+    mine, ref = logits.argmax(1), reference.argmax(1)
+    changed = np.flatnonzero(mine != ref)
+    rows = reference[changed]
+    margin = rows[np.arange(len(changed)), ref[changed]] - rows[np.arange(len(changed)), mine[changed]]
+    return {"changed": int(len(changed)), "near_ties": int((margin <= tie).sum()), "tie": tie}
+
+
 def accuracy_metrics(logits: np.ndarray, labels: np.ndarray | None,
                      reference: np.ndarray | None = None) -> dict[str, float | None]:
     """top-1/top-5 on labels (when there are labels) and agreement with a reference (when given)."""

@@ -13,7 +13,7 @@ from edgevit.exporters.onnx import export_onnx
 from edgevit.progress import new_progress
 from edgevit.runtimes import RUNTIMES
 from edgevit.runtimes.onnxruntime import OnnxExport
-from edgevit.validate.accuracy import accuracy_metrics, collect_logits, compare_logits
+from edgevit.validate.accuracy import accuracy_metrics, changed_predictions, collect_logits, compare_logits
 from edgevit.validate.checks import STAGE_ROWS, artifact_checks, budget_checks
 from edgevit.validate.latency import measure_interleaved, timed_iterations
 from edgevit.validate.runners import TorchRunner
@@ -121,6 +121,9 @@ def validate(recipe, model, sims: dict, info, params: int, artifacts: list[dict]
         acc["delta_top1"] = (acc["top1"] - ref_top1) if (acc["top1"] is not None and ref_top1 is not None) else None
         if row["runtime"] == "torch":
             continue
+        origin = row.get("simulated_by") or rows[0]["name"]
+        if row["precision"] == "fp32" and row["name"] in logits and origin in logits:
+            acc["top1_changes"] = changed_predictions(logits[row["name"]], logits[origin], 2 * val.parity_tolerance)
         if row["precision"] in ("fp16", "bf16"):
             cmp = _agreement(logits, row["name"], row.get("simulated_by") or rows[0]["name"])
             if cmp is not None:
