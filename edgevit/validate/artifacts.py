@@ -125,7 +125,7 @@ def validate(recipe, model, sims: dict, info, params: int, artifacts: list[dict]
         if row["precision"] == "fp32" and row["name"] in logits and origin in logits:
             acc["top1_changes"] = changed_predictions(logits[row["name"]], logits[origin], 2 * val.parity_tolerance)
         if row["precision"] in ("fp16", "bf16"):
-            cmp = _agreement(logits, row["name"], row.get("simulated_by") or rows[0]["name"])
+            cmp = _agreement(logits, row["name"], origin)
             if cmp is not None:
                 acc["agreement_with_fp32"], acc["sqnr_db_vs_fp32"] = cmp["top1_agreement"], cmp["sqnr_db"]
         if row["precision"] == "int8":
