@@ -108,8 +108,7 @@ class CoreML(Runtime):
                              f"{e['input']['height']}, outputs {', '.join(e['outputs'])}, {len(e['labels'])} labels, "
                              "preprocessing in the metadata"}]
         if want.get("activation_sites"):
-            n, sites = e["activation_quantize_ops"], want["activation_sites"]
-            traced = e.get("traced_quantize_ops") or {"all": sites, "distinct": sites}
+            n, sites, traced = e["activation_quantize_ops"], want["activation_sites"], e["traced_quantize_ops"]
             merged = sites - traced["distinct"]
             checks.append({"name": f"{r['name']}: activations quantized (W8A8)",
                            "ok": traced["all"] >= sites and n >= traced["distinct"],
