@@ -1,12 +1,14 @@
 """The same 8-run sweep (W8A8 through `int8_ptq` and `hybrid_w8a8` on the two built-in models and two timm
-hybrids) four ways on this machine, interleaved round by round: `--executor local` (one process, in order, torch
+hybrids) five ways on this machine, interleaved round by round: `--executor local` (one process, in order, torch
 on every core), the same with one torch thread (`OMP_NUM_THREADS=1`: the compute a one-CPU Ray worker does, since
-Ray sets a task's OMP_NUM_THREADS to its num_cpus), Ray with one worker (`--num-cpus 1`) and Ray with two
-(`--num-cpus 2`). Each run times on 1 thread, so two workers can each hold a core. Prints wall times, the Ray
-path's overhead per run against local at the same thread count (and against default local), and the 2-worker
-speed-up, per round and over all rounds.
+Ray sets a task's OMP_NUM_THREADS to its num_cpus), Ray with one worker (`--num-cpus 1`), Ray with two
+(`--num-cpus 2`) and Ray with two starting the runs in plan order (`order: plan`) instead of longest first. Each
+run times on 1 thread, so two workers can each hold a core. The sweeps share one duration history of their own
+(empty at the start), so every sweep after the first starts the runs longest first by what earlier ones took.
+Prints wall times, the Ray path's overhead per run against local at the same thread count (and against default
+local), and the 2-worker speed-ups, per round and over all rounds.
 
-    .venv/bin/python benchmarks/sweep_scaling.py [--rounds 2] [--eval-images 1000] [--calib-images 256]
+    .venv/bin/python benchmarks/sweep_scaling.py [--rounds 2] [--ways local,local-1t,ray-1,ray-2,ray-2-plan]
 
 Writes benchmarks/results/sweep_scaling.json.
 """
@@ -38,10 +40,11 @@ def plan(args) -> dict:
                           "validate.devices.0.threads=1", "budget=null"]}
 
 
-def sweep(plan_file: Path, out: Path, extra: list[str], env: dict) -> tuple[float, dict]:
+def sweep(plan_file: Path, out: Path, extra: list[str], env: dict, history: Path) -> tuple[float, dict]:
     t0 = time.time()
     res = subprocess.run([sys.executable, "-m", "edgevit.cli", "sweep", str(plan_file), "--out", str(out), *extra],
-                         cwd=ROOT, capture_output=True, text=True, env=os.environ | env)
+                         cwd=ROOT, capture_output=True, text=True,
+                         env=os.environ | env | {"EDGEVIT_SWEEP_HISTORY": str(history)})
     wall = time.time() - t0
     summary = json.loads((out / "sweep.json").read_text())
     bad = [r for r in summary["runs"] if r["status"] != "complete"]
@@ -50,24 +53,35 @@ def sweep(plan_file: Path, out: Path, extra: list[str], env: dict) -> tuple[floa
     return wall, summary
 
 
-WAYS = {"local": ([], {}), "local, 1 torch thread": ([], {"OMP_NUM_THREADS": "1"}),
-        "ray, 1 worker": (["--executor", "ray", "--num-cpus", "1"], {}),
-        "ray, 2 workers": (["--executor", "ray", "--num-cpus", "2"], {})}
-SHORT = dict(zip(["local", "local-1t", "ray-1", "ray-2"], WAYS))
+# way -> (arguments, environment, the plan's start order)
+WAYS = {"local": ([], {}, "longest-first"), "local, 1 torch thread": ([], {"OMP_NUM_THREADS": "1"}, "longest-first"),
+        "ray, 1 worker": (["--executor", "ray", "--num-cpus", "1"], {}, "longest-first"),
+        "ray, 2 workers": (["--executor", "ray", "--num-cpus", "2"], {}, "longest-first"),
+        "ray, 2 workers, plan order": (["--executor", "ray", "--num-cpus", "2"], {}, "plan")}
+SHORT = dict(zip(["local", "local-1t", "ray-1", "ray-2", "ray-2-plan"], WAYS))
 
 
 def ratios(wall: dict[str, float], n: int) -> dict:
-    """Overheads and speed-up from one set of wall times (one round, or the means over rounds)."""
-    local, local1, one, two = (wall[k] for k in WAYS)
-    return {"overhead_per_run_s": round((one - local1) / n, 2), "overhead_vs_local_1_thread": round(one / local1 - 1, 3),
-            "overhead_per_run_vs_default_local_s": round((one - local) / n, 2),
-            "overhead_vs_default_local": round(one / local - 1, 3), "speedup_2_vs_1": round(one / two, 2)}
+    """Overheads and speed-ups from one set of wall times (one round, or the means over rounds), those whose
+    ways ran."""
+    local, local1, one, two, two_plan = (wall.get(k) for k in WAYS)
+    out = {}
+    if one and local1:
+        out |= {"overhead_per_run_s": round((one - local1) / n, 2), "overhead_vs_local_1_thread": round(one / local1 - 1, 3)}
+    if one and local:
+        out |= {"overhead_per_run_vs_default_local_s": round((one - local) / n, 2),
+                "overhead_vs_default_local": round(one / local - 1, 3)}
+    if one and two:
+        out["speedup_2_vs_1"] = round(one / two, 2)
+    if one and two_plan:
+        out["speedup_2_vs_1_plan_order"] = round(one / two_plan, 2)
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--ways", default=",".join(SHORT), help=f"some of {','.join(SHORT)} (ratios need all four)")
+    ap.add_argument("--ways", default=",".join(SHORT), help=f"some of {','.join(SHORT)} (each ratio needs its two ways)")
     ap.add_argument("--eval-images", type=int, default=1000)
     ap.add_argument("--calib-images", type=int, default=256)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sweep_scaling.json")
@@ -75,12 +89,17 @@ def main() -> None:
     ways = {SHORT[w]: WAYS[SHORT[w]] for w in args.ways.split(",")}
     results = {"date": time.strftime("%Y-%m-%d"), "rounds": [], "ways": {k: {"wall_s": []} for k in ways}}
     with tempfile.TemporaryDirectory() as tmp:
-        plan_file = Path(tmp) / "plan.yaml"
-        plan_file.write_text(yaml.safe_dump(plan(args)))
+        plan_files = {}
+        for order in ("longest-first", "plan"):
+            plan_files[order] = Path(tmp) / f"plan-{order}.yaml"
+            plan_files[order].write_text(yaml.safe_dump(plan(args) | {"order": order}))
+        # the durations the sweeps before record (this benchmark's own history, empty at the start): the first
+        # sweep runs in plan order, each later one starts the runs it saw longest first
+        history = Path(tmp) / "sweep-durations.json"
         for r in range(args.rounds):
             wall = {}
-            for i, (name, (extra, env)) in enumerate(ways.items()):
-                wall[name], summary = sweep(plan_file, Path(tmp) / f"out{r}-{i}", extra, env)
+            for i, (name, (extra, env, order)) in enumerate(ways.items()):
+                wall[name], summary = sweep(plan_files[order], Path(tmp) / f"out{r}-{i}", extra, env, history)
                 per_run = [x["elapsed_s"] for x in summary["runs"]]
                 way = results["ways"][name]
                 way["wall_s"].append(round(wall[name], 1))
@@ -89,17 +108,16 @@ def main() -> None:
                 way.setdefault("locked_s", []).append(round(sum(t["end"] - t["start"] for x in summary["runs"]
                                                                 for t in x.get("timed", [])), 1))
                 way.setdefault("nodes", sorted({x["node"] for x in summary["runs"]}))
-                way.setdefault("rows", []).append([{k: x.get(k) for k in ("folder", "top1", "speed_vs_fp32", "elapsed_s")}
-                                                   for x in summary["runs"]])
+                way.setdefault("rows", []).append([{k: x.get(k) for k in ("folder", "top1", "speed_vs_fp32", "elapsed_s",
+                                                                            "estimated_s")} for x in summary["runs"]])
+                way.setdefault("queue", []).append(summary["order"]["queue"])
                 print(f"round {r + 1}, {name}: {wall[name]:.1f} s wall, runs {sum(per_run):.1f} s in all, "
                       f"{way['locked_s'][-1]} s under the bench lock", flush=True)
             n = len(summary["runs"])
-            results["rounds"].append((ratios(wall, n) if len(ways) == len(WAYS) else {})
-                                     | {"wall_s": {k: round(v, 1) for k, v in wall.items()}})
+            results["rounds"].append(ratios(wall, n) | {"wall_s": {k: round(v, 1) for k, v in wall.items()}})
             print(f"round {r + 1}: {results['rounds'][-1]}", flush=True)
     mean = {k: statistics.mean(results["ways"][k]["wall_s"]) for k in ways}
-    results["mean"] = ((ratios(mean, n) if len(ways) == len(WAYS) else {})
-                       | {"wall_s": {k: round(v, 1) for k, v in mean.items()}, "runs": n})
+    results["mean"] = ratios(mean, n) | {"wall_s": {k: round(v, 1) for k, v in mean.items()}, "runs": n}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print("\n| way | " + " | ".join(f"round {r + 1} wall (s)" for r in range(args.rounds)) + " | mean (s) | runs in all (s) |")
@@ -109,12 +127,13 @@ def main() -> None:
         print(f"| {k} | " + " | ".join(map(str, way["wall_s"])) + f" | {mean[k]:.1f} | "
               + " / ".join(map(str, way["run_s_sum"])) + " |")
     m = results["mean"]
-    if "speedup_2_vs_1" not in m:
-        return
-    print(f"\nRay (1 worker) against local with 1 torch thread: {m['overhead_per_run_s']} s per run "
-          f"({100 * m['overhead_vs_local_1_thread']:.1f} %); against default local: "
-          f"{m['overhead_per_run_vs_default_local_s']} s per run ({100 * m['overhead_vs_default_local']:.1f} %); "
-          f"2 workers vs 1: {m['speedup_2_vs_1']}x")
+    if "overhead_per_run_s" in m and "overhead_per_run_vs_default_local_s" in m:
+        print(f"\nRay (1 worker) against local with 1 torch thread: {m['overhead_per_run_s']} s per run "
+              f"({100 * m['overhead_vs_local_1_thread']:.1f} %); against default local: "
+              f"{m['overhead_per_run_vs_default_local_s']} s per run ({100 * m['overhead_vs_default_local']:.1f} %)")
+    for key, what in (("speedup_2_vs_1", "longest first"), ("speedup_2_vs_1_plan_order", "plan order")):
+        if key in m:
+            print(f"2 workers vs 1, {what}: {m[key]}x")
 
 
 if __name__ == "__main__":

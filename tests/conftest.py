@@ -14,6 +14,16 @@ EVAL_DIR = ROOT / "calibration" / "builtin-eval"
 CALIB_DIR = ROOT / "calibration" / "builtin-calib"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def sweep_history(tmp_path_factory):
+    """The sweeps' duration history in a file of this test session (not the user's cache); Ray workers and
+    CLI subprocesses inherit it."""
+    path = tmp_path_factory.mktemp("history") / "sweep-durations.json"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGEVIT_SWEEP_HISTORY", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory):
     """A real sshd on 127.0.0.1 (tests/loopback_sshd.py), for the tests of the SSH device path."""

@@ -1,7 +1,7 @@
 """`edgevit sweep --executor ray` on a real two-node Ray cluster on this machine (two raylets on 127.0.0.1, one CPU
 each): runs spread over both nodes, every timing under the machine's bench lock and none overlapping another, a
-bad run recorded beside the ones that finish, a worker killed mid-run retried with nothing partial left, and a
-restarted sweep skipping what is done (one sweep exercises all of it: a Ray worker costs seconds to start); a
+bad run recorded beside the ones that finish, a worker killed mid-run retried with nothing partial left, runs
+started longest first by earlier sweeps' durations, and a restarted sweep skipping what is done (one sweep exercises all of it: a Ray worker costs seconds to start); a
 sweep writing into a shared ``runs_dir`` interrupted with Ctrl-C and finished by the same command."""
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ import yaml
 
 from conftest import ROOT, run_cli
 from edgevit.results import STATUS_EXIT
+from edgevit.sweeps.durations import DurationHistory
+from edgevit.sweeps.plan import expand, load_plan
 from test_sweep_plan import SMALL
 
 pytest.importorskip("ray", reason="the Ray tests need the ray extra: pip install 'edgevit[ray]'")
@@ -126,7 +128,13 @@ def test_runs_spread_over_both_nodes_survive_a_killed_worker_and_resume(cluster,
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "edgevit.cli", "sweep", path, "--executor", "ray", "--address", address,
            "--out", str(out)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # earlier sweeps' durations that make the plan's last valid run the longest: Ray is handed them reversed
+    history = DurationHistory(tmp_path / "history.json")
+    valid = [s for s in expand(*load_plan(path)) if not s.error]
+    for i, spec in enumerate(valid):
+        history.record(spec.id, spec.labels, 10.0 * (i + 1))
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=os.environ | {"EDGEVIT_SWEEP_HISTORY": str(history.path)})
     victim = _wait_for_a_running_task(proc, out, lambda r: (scratch / r["id"]).is_dir())
     if victim:
         os.kill(victim["pid"], signal.SIGKILL)
@@ -154,6 +162,12 @@ def test_runs_spread_over_both_nodes_survive_a_killed_worker_and_resume(cluster,
     assert all(r["attempts"] == 1 and not r["discarded_partial"] for r in done if r["id"] != killed)
     assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(r["folder"] for r in done)
     assert not list(scratch.iterdir())  # every attempt's scratch folder is gone
+    queue = [s.folder for s in reversed(valid)]
+    assert sweep["order"] | {"history": None} == {"rule": "longest-first", "history": None, "estimated": 6,
+                                                  "runs": 6, "queue": queue}
+    started = {r["folder"]: r["started"] for r in sweep["runs"] if r["node"] and r["id"] != killed}
+    ranked = [started[f] for f in queue if f in started]  # two CPUs: a run starts after all but one before it
+    assert all(a < b for i, a in enumerate(ranked) for b in ranked[i + 2:]), (queue, started)
     again = run_cli(*cmd[3:])
     assert again.returncode == 1
     resumed = json.loads((out / "sweep.json").read_text())

@@ -86,7 +86,8 @@ def test_runs_dir_is_found_beside_the_plan_and_defaults_to_out_runs(tmp_path):
     assert runs_folder(plan, plan_file, out) == out / "runs"
 
 
-def test_dry_run_lists_the_runs_and_flags_the_invalid_one(tmp_path):
+def test_dry_run_lists_the_runs_and_flags_the_invalid_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEVIT_SWEEP_HISTORY", str(tmp_path / "history.json"))  # empty: no estimates
     path = write_plan(tmp_path / "plan.yaml", set={"quantize.activations.percentile": [99.99, 120]})
     res = cli("sweep", path, "--dry-run", "--out", str(tmp_path / "out"))
     assert res.returncode == 0, res.stderr
@@ -95,9 +96,11 @@ def test_dry_run_lists_the_runs_and_flags_the_invalid_one(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_local_sweep_records_a_bad_run_finishes_the_others_and_resumes(tmp_path):
+def test_local_sweep_records_a_bad_run_finishes_the_others_and_resumes(tmp_path, monkeypatch):
     """Two models through int8_ptq plus a run with a bad value: the bad one is failed with its one-line error,
-    the others complete with a leaderboard row each; rerunning the same command skips the finished runs."""
+    the others complete with a leaderboard row each; rerunning the same command skips the finished runs. The
+    finished runs' durations go to the history, and --dry-run then shows them."""
+    monkeypatch.setenv("EDGEVIT_SWEEP_HISTORY", str(tmp_path / "history.json"))
     path = write_plan(tmp_path / "plan.yaml", models=["builtin:hybrid-cifar10", "builtin:vit-cifar10"],
                       set={"quantize.activations.bits": [8, 9]})
     out = tmp_path / "out"
@@ -115,6 +118,13 @@ def test_local_sweep_records_a_bad_run_finishes_the_others_and_resumes(tmp_path)
         assert r["speed_vs_fp32"] > 0 and r["node"] == "local" and r["budget"] in ("within", "over", "no budget")
         assert "validate" in {t["step"] for t in r["timed"]} and all(t["node"] == "local" for t in r["timed"])
     assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(r["folder"] for r in done)
+    assert sweep["order"]["rule"] == "plan" and sweep["order"]["estimated"] == 0  # one at a time: plan order
+    history = json.loads((tmp_path / "history.json").read_text())["runs"]
+    assert {k: v["seconds"] for k, v in history.items()} == {r["id"]: [r["elapsed_s"]] for r in done}
+    dry = cli("sweep", path, "--dry-run").stdout.splitlines()
+    assert [r["status"] == "complete" and f"~{r['elapsed_s']:.0f} s (as before)" in ln
+            for r, ln in zip(sweep["runs"], dry)] == [r["status"] == "complete" for r in sweep["runs"]]
+    assert dry[-1].startswith(f"expected: {sum(r['elapsed_s'] for r in done) / 60:.1f} min of runs for the 2 of 4")
     md = (out / "sweep.md").read_text()
     assert "## hybrid-cifar10" in md and "## vit-cifar10" in md and "## Failed runs" in md
     html = (out / "sweep.html").read_text()

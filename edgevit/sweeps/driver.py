@@ -14,6 +14,7 @@ from pathlib import Path
 from edgevit.errors import BadInput
 from edgevit.results import STATUS_EXIT
 from edgevit.runfolder import STATUS_FILE
+from edgevit.sweeps.durations import DurationHistory, history_path, longest_first
 from edgevit.sweeps.executors import EXECUTORS, Executor, Job, Outcome
 from edgevit.sweeps.leaderboard import run_entry, write_leaderboard
 from edgevit.sweeps.plan import Plan, RunSpec, expand, runs_folder
@@ -80,8 +81,21 @@ def _finished_report(folder: Path) -> dict | None:
 
 
 def dry_run_lines(specs: list[RunSpec]) -> list[str]:
-    """One line per run of the plan (``--dry-run``)."""
-    return [f"{s.index + 1:3d}. {s.folder}" + (f"  INVALID: {s.error}" if s.error else "") for s in specs]
+    """One line per run of the plan (``--dry-run``), with its expected duration where this machine's earlier
+    sweeps give one, and their sum."""
+    history = DurationHistory(history_path())
+    lines, total, known = [], 0.0, 0
+    for s in specs:
+        est = history.estimate(s.id, s.labels) if not s.error else None
+        lines.append(f"{s.index + 1:3d}. {s.folder}" + (f"  INVALID: {s.error}" if s.error else "")
+                     + (f"  ~{est.seconds:.0f} s" + (" (as before)" if est.source == "run" else " (like similar runs)")
+                        if est and est.seconds is not None else ""))
+        if est and est.seconds is not None:
+            total, known = total + est.seconds, known + 1
+    if known:
+        lines.append(f"expected: {total / 60:.1f} min of runs for the {known} of {len(specs)} runs this machine's "
+                     "earlier sweeps give a duration for (a parallel executor starts the longest first)")
+    return lines
 
 
 def run_plan(plan: Plan, out_dir: Path, plan_file: Path | None = None, executor: str = "local",
@@ -97,7 +111,8 @@ def run_plan(plan: Plan, out_dir: Path, plan_file: Path | None = None, executor:
     sweep = {"name": plan.name, "plan": str(plan_file) if plan_file else None, "executor": executor,
              "address": address, "runs_dir": str(runs_dir), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              "runs": []}
-    jobs = []
+    history = DurationHistory(history_path())
+    jobs, estimates = [], {}
     for spec in specs:
         base = spec.describe() | {"status": "pending", "error": None, "node": None, "attempts": 0}
         report = None
@@ -107,8 +122,17 @@ def run_plan(plan: Plan, out_dir: Path, plan_file: Path | None = None, executor:
             base |= {"status": "complete", "resumed": True}
         else:
             jobs.append(Job(spec.id, spec.folder, spec.recipe, plan.max_retries))
+            estimates[spec.id] = history.estimate(spec.id, spec.labels)
+            base |= {"estimated_s": estimates[spec.id].seconds, "estimate": estimates[spec.id].source}
         sweep["runs"].append(run_entry(base, report))
     at = {spec.id: i for i, spec in enumerate(specs)}  # a run's row in sweep["runs"]
+    labels = {spec.id: spec.labels for spec in specs}
+    if ex.parallel and plan.order == "longest-first":
+        by_id = {j.id: j for j in jobs}
+        jobs = [by_id[i] for i in longest_first(list(by_id), estimates)]
+    sweep["order"] = {"rule": plan.order if ex.parallel else "plan", "history": str(history.path or "off"),
+                      "estimated": sum(e.seconds is not None for e in estimates.values()), "runs": len(jobs),
+                      "queue": [j.folder for j in jobs]}
 
     def update(job: Job, entry: dict) -> None:
         sweep["runs"][at[job.id]] = entry
@@ -119,6 +143,8 @@ def run_plan(plan: Plan, out_dir: Path, plan_file: Path | None = None, executor:
 
     def done(job: Job, outcome: Outcome) -> None:
         facts = {k: v for k, v in asdict(outcome).items() if k not in ("status", "run_status")}
+        if outcome.status == "complete":
+            history.record(job.id, labels[job.id], outcome.elapsed_s)
         report = _finished_report(runs_dir / job.folder) if outcome.status == "complete" else None
         update(job, run_entry(sweep["runs"][at[job.id]] | facts | {"status": outcome.status}, report))
         p = sweep["progress"]

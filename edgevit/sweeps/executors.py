@@ -54,6 +54,7 @@ Done = Callable[[Job, Outcome], None]
 
 class Executor(Protocol):
     name: str
+    parallel: bool  # runs at once: the driver hands it the jobs longest first
 
     def run(self, jobs: list[Job], runs_dir: Path, started: Started, done: Done, shared: bool = False) -> None:
         """Run every job into ``runs_dir / job.folder``, calling ``started`` and ``done`` for each (``shared``: every
@@ -96,6 +97,8 @@ def execute_run(recipe: Recipe, dest: Path, node: str) -> Outcome:
 @register_executor("local")
 class LocalExecutor:
     """One run after another in this process (timing never overlaps anything of this sweep)."""
+
+    parallel = False
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None):
         if address is not None or num_cpus is not None:

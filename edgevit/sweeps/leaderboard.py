@@ -91,12 +91,20 @@ def fmt(v, spec: str, scale: float = 1.0, unit: str = "") -> str:
     return "n/a" if v is None else f"{scale * v:{spec}}{unit}"
 
 
+def _order(sweep: dict) -> str:
+    order = sweep.get("order") or {}
+    if order.get("rule") != "longest-first" or not order.get("runs"):
+        return ""
+    return (f"; started longest first, {order['estimated']} of {order['runs']} runs estimated from this machine's "
+            "earlier sweeps")
+
+
 def markdown(sweep: dict) -> str:
     """sweep.md: progress, one table per model (recipe x settings x device), the failures, the plots."""
     p = sweep["progress"]
     lines = [f"# Sweep `{sweep['name']}`", "",
              f"{p['complete']} of {p['total']} runs complete, {p['running']} running, {p['failed']} failed, "
-             f"{p['pending']} waiting (executor: {sweep['executor']}).", "",
+             f"{p['pending']} waiting (executor: {sweep['executor']}{_order(sweep)}).", "",
              "Each run is ranked on its headline artifact (its first compressed artifact timed on the device). "
              "Speed and size are ratios to the FP32 ONNX timed interleaved with it in the same run.", ""]
     for model in dict.fromkeys(r["model"] for r in sweep["runs"]):

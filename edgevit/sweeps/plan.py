@@ -18,7 +18,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,6 +42,9 @@ class Plan(BaseModel):
     devices: list[str] = Field(default_factory=list,
                                description="device profiles, one run per device; empty: each recipe's own")
     max_retries: int = Field(2, ge=0, description="retries of a run whose worker died (not of a failed run)")
+    order: Literal["longest-first", "plan"] = Field(
+        "longest-first", description="the order a parallel executor (ray) starts the runs in: the longest first, by "
+        "the durations of this machine's earlier sweeps (runs never seen first), or the plan's")
     runs_dir: str | None = Field(None, description="where the run folders go instead of OUT/runs: a folder every Ray "
                                  "node and this machine see at the same path (NFS, a mounted bucket); each worker "
                                  "writes its run there directly, atomically, and sends nothing back")

@@ -110,7 +110,10 @@ def unpack_run(archive: bytes, dest: Path) -> None:
 
 @register_executor("ray")
 class RayExecutor:
-    """Runs as Ray tasks on the cluster at ``address``, or on a Ray it starts here (``num_cpus``: its CPUs)."""
+    """Runs as Ray tasks on the cluster at ``address``, or on a Ray it starts here (``num_cpus``: its CPUs). Tasks
+    are submitted in the order of ``jobs``, which Ray starts them in as CPUs free up."""
+
+    parallel = True
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None, poll_s: float = 0.5):
         self.address = address
