@@ -12,7 +12,6 @@ plan order.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -41,7 +40,7 @@ def history_path() -> Path | None:
 @dataclass
 class Estimate:
     """A run's expected duration and where it came from: ``run`` (this run's earlier durations), ``similar``
-    (runs sharing its recipe, model or device) or ``none`` (seconds is None)."""
+    (runs sharing its recipe or model) or ``none`` (seconds is None)."""
 
     seconds: float | None
     source: str
@@ -53,6 +52,7 @@ class DurationHistory:
     def __init__(self, path: Path | None):
         self.path = path
         self.runs: dict[str, dict] = self._read() if path else {}
+        self._logs: dict[str, float] | None = None  # log of each run's estimate, made when first needed
 
     def _read(self) -> dict[str, dict]:
         try:
@@ -67,7 +67,9 @@ class DurationHistory:
         over the typical run's)."""
         if run_id in self.runs:
             return Estimate(round(statistics.median(self.runs[run_id]["seconds"]), 1), "run")
-        logs = {k: math.log(statistics.median(v["seconds"])) for k, v in self.runs.items()}
+        if self._logs is None:
+            self._logs = {k: math.log(statistics.median(v["seconds"])) for k, v in self.runs.items()}
+        logs = self._logs
         if not logs:
             return Estimate(None, "none")
         typical = statistics.mean(logs.values())
@@ -89,30 +91,18 @@ class DurationHistory:
             log.warning("sweep durations not saved to %s: %s", self.path, e)
 
     def _record(self, run_id: str, labels: dict[str, str], seconds: float) -> None:
+        # re-read first: another sweep may have written since (two writing in the same instant lose one entry,
+        # which a cache can afford; the file itself is always whole)
+        self.runs, self._logs = self._read(), None
+        entry = self.runs.pop(run_id, {"seconds": []})
+        entry |= {f: labels.get(f) for f in FACTORS} | {"seconds": (entry["seconds"] + [seconds])[-KEEP_TIMES:],
+                                                        "last": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        self.runs[run_id] = entry  # re-inserted: the dict's order is oldest first
+        self.runs = dict(list(self.runs.items())[-KEEP_RUNS:])
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(self.path.with_name(self.path.name + ".lock")):
-            self.runs = self._read()
-            entry = self.runs.pop(run_id, {"seconds": []})
-            entry |= {f: labels.get(f) for f in FACTORS} | {"seconds": (entry["seconds"] + [seconds])[-KEEP_TIMES:],
-                                                            "last": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            self.runs[run_id] = entry  # re-inserted: the dict's order is oldest first
-            keep = dict(list(self.runs.items())[-KEEP_RUNS:])
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"runs": keep}, indent=0))
-            os.replace(tmp, self.path)
-            self.runs = keep
-
-
-@contextlib.contextmanager
-def _locked(lock: Path):
-    import fcntl
-
-    with lock.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"runs": self.runs}, indent=0))
+        os.replace(tmp, self.path)
 
 
 def longest_first(ids: list[str], estimates: dict[str, Estimate]) -> list[str]:
