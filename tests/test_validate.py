@@ -150,3 +150,30 @@ def test_fp32_top1_may_change_only_at_near_ties():
     merged = check({"changed": 2, "near_ties": 0, "tie": 2e-3}, origin="pytorch-tokens")
     assert merged.ok and "up to 10 may differ elsewhere: token merging" in merged.detail
     assert not check({"changed": 11, "near_ties": 0, "tie": 2e-3}, origin="pytorch-tokens").ok
+
+
+def test_without_a_device_profile_runners_use_the_threads_the_process_is_given(tmp_path):
+    """Evaluation with ``validate.devices: []`` computes on OMP_NUM_THREADS threads (what a Ray task gets from its
+    num_cpus), not on a fixed count: two one-CPU runs side by side must not each take both cores."""
+    import os
+    import subprocess
+    import sys
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    code = ("import sys; from edgevit.runtimes import RUNTIMES; from edgevit.validate.runners import process_threads; "
+            "ort = RUNTIMES['onnxruntime'].local_runner(sys.argv[1], None); "
+            "ov = RUNTIMES['openvino'].local_runner(sys.argv[1], None); "
+            "print(process_threads(), ort.session.get_session_options().intra_op_num_threads, "
+            "ov.compiled.get_property('INFERENCE_NUM_THREADS'))")
+    for n in ("1", "2"):
+        res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120,
+                             env=os.environ | {"OMP_NUM_THREADS": n})
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert res.stdout.split() == [n, n, n]

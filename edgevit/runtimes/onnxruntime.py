@@ -133,7 +133,7 @@ class OnnxRuntime(Runtime):
     def local_runner(self, path: Path, device):
         from edgevit.validate.runners import OrtRunner
 
-        return OrtRunner(path, device.threads if device else 2, device.providers if device else None)
+        return OrtRunner(path, device.threads if device else None, device.providers if device else None)
 
     def profile(self, path: Path, device, x, runs: int) -> dict[str, float]:
         from edgevit.validate.profiling import ort_node_times

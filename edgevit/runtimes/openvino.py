@@ -201,10 +201,12 @@ class OpenVINO(Runtime):
         return artifact_row(job, self, job.file, size, facts)
 
     def local_runner(self, path: Path, device):
+        from edgevit.validate.runners import process_threads
+
         if self.unavailable() is not None:
             return None
         options = device.options if device is not None and device.runtime == self.name else {}
-        return OpenVINORunner(path, str(options.get("device", "CPU")), device.threads if device else 2)
+        return OpenVINORunner(path, str(options.get("device", "CPU")), device.threads if device else process_threads())
 
     def profile(self, path: Path, device, x, runs: int) -> dict[str, float]:
         return node_times(path, str(device.options.get("device", "CPU")), device.threads, x, runs)

@@ -8,6 +8,13 @@ import torch
 from torch import nn
 
 
+def process_threads() -> int:
+    """Threads to compute on when no device profile says: torch's intra-op count, which follows
+    ``OMP_NUM_THREADS`` (a Ray task's is its ``num_cpus``) and is otherwise this machine's cores, so that
+    two runs side by side on a shared machine do not each take every core."""
+    return max(1, torch.get_num_threads())
+
+
 class TorchRunner:
     """The PyTorch model itself (the FP32 reference)."""
 
@@ -33,11 +40,11 @@ class OrtRunner:
 
     runtime = "onnxruntime"
 
-    def __init__(self, path: Path | str, threads: int = 2, providers: list[str] | None = None):
+    def __init__(self, path: Path | str, threads: int | None = None, providers: list[str] | None = None):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
+        opts.intra_op_num_threads = threads or process_threads()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
