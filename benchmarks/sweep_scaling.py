@@ -8,7 +8,7 @@ run times on 1 thread, so two workers can each hold a core. The sweeps share one
 Prints wall times, the Ray path's overhead per run against local at the same thread count (and against default
 local), and the 2-worker speed-ups, per round and over all rounds.
 
-    .venv/bin/python benchmarks/sweep_scaling.py [--rounds 2] [--ways local,local-1t,ray-1,ray-2,ray-2-plan]
+    .venv/bin/python benchmarks/sweep_scaling.py [--rounds 2] [--ways local,local-1t,ray-1,ray-2,ray-2-plan] [--no-timing]
 
 Writes benchmarks/results/sweep_scaling.json.
 """
@@ -37,7 +37,7 @@ def plan(args) -> dict:
             "models": ["builtin:hybrid-cifar10", "builtin:vit-cifar10", levit,
                        {"source": "timm:efficientvit_m0", "kwargs": {"img_size": 64}, "num_classes": 10}],
             "overrides": [f"validate.eval.num={args.eval_images}", f"calibration.num={args.calib_images}",
-                          "validate.devices.0.threads=1", "budget=null"]}
+                          "validate.devices=[]" if args.no_timing else "validate.devices.0.threads=1", "budget=null"]}
 
 
 def sweep(plan_file: Path, out: Path, extra: list[str], env: dict, history: Path) -> tuple[float, dict]:
@@ -84,10 +84,13 @@ def main() -> None:
     ap.add_argument("--ways", default=",".join(SHORT), help=f"some of {','.join(SHORT)} (each ratio needs its two ways)")
     ap.add_argument("--eval-images", type=int, default=1000)
     ap.add_argument("--calib-images", type=int, default=256)
+    ap.add_argument("--no-timing", action="store_true",
+                    help="runs without a device profile: compression and accuracy only, nothing under the bench lock")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sweep_scaling.json")
     args = ap.parse_args()
     ways = {SHORT[w]: WAYS[SHORT[w]] for w in args.ways.split(",")}
-    results = {"date": time.strftime("%Y-%m-%d"), "rounds": [], "ways": {k: {"wall_s": []} for k in ways}}
+    results = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "rounds": [],
+               "ways": {k: {"wall_s": []} for k in ways}}
     with tempfile.TemporaryDirectory() as tmp:
         plan_files = {}
         for order in ("longest-first", "plan"):
