@@ -9,6 +9,7 @@ Prints wall times, the Ray path's overhead per run against local at the same thr
 local), and the 2-worker speed-ups, per round and over all rounds.
 
     .venv/bin/python benchmarks/sweep_scaling.py [--rounds 2] [--ways local,local-1t,ray-1,ray-2,ray-2-plan] [--no-timing]
+        [--eval-path DIR --eval-images N]
 
 Writes benchmarks/results/sweep_scaling.json.
 """
@@ -37,6 +38,7 @@ def plan(args) -> dict:
             "models": ["builtin:hybrid-cifar10", "builtin:vit-cifar10", levit,
                        {"source": "timm:efficientvit_m0", "kwargs": {"img_size": 64}, "num_classes": 10}],
             "overrides": [f"validate.eval.num={args.eval_images}", f"calibration.num={args.calib_images}",
+                          *([f"validate.eval.path={args.eval_path}"] if args.eval_path else []),
                           "validate.devices=[]" if args.no_timing else "validate.devices.0.threads=1", "budget=null"]}
 
 
@@ -83,6 +85,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--ways", default=",".join(SHORT), help=f"some of {','.join(SHORT)} (each ratio needs its two ways)")
     ap.add_argument("--eval-images", type=int, default=1000)
+    ap.add_argument("--eval-path", help="an ImageFolder to evaluate on [default: the recipes' own, 1,000 images]")
     ap.add_argument("--calib-images", type=int, default=256)
     ap.add_argument("--no-timing", action="store_true",
                     help="runs without a device profile: compression and accuracy only, nothing under the bench lock")
