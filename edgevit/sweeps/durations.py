@@ -52,7 +52,7 @@ class DurationHistory:
     def __init__(self, path: Path | None):
         self.path = path
         self.runs: dict[str, dict] = self._read() if path else {}
-        self._logs: dict[str, float] | None = None  # log of each run's estimate, made when first needed
+        self._means: tuple[float, dict[str, dict[str, float]]] | None = None  # made when first needed
 
     def _read(self) -> dict[str, dict]:
         try:
@@ -67,19 +67,27 @@ class DurationHistory:
         over the typical run's)."""
         if run_id in self.runs:
             return Estimate(round(statistics.median(self.runs[run_id]["seconds"]), 1), "run")
-        if self._logs is None:
-            self._logs = {k: math.log(statistics.median(v["seconds"])) for k, v in self.runs.items()}
-        logs = self._logs
-        if not logs:
+        if not self.runs:
             return Estimate(None, "none")
-        typical = statistics.mean(logs.values())
+        typical, by_label = self._log_means()
         log_s, shared = typical, 0
         for factor in FACTORS:
-            same = [logs[k] for k, v in self.runs.items() if v.get(factor) == labels.get(factor)]
-            if same:
-                log_s += statistics.mean(same) - typical
+            if (mean := by_label[factor].get(labels.get(factor))) is not None:
+                log_s += mean - typical
                 shared += factor in IDENTIFYING
         return Estimate(round(math.exp(log_s), 1), "similar") if shared else Estimate(None, "none")
+
+    def _log_means(self) -> tuple[float, dict[str, dict[str, float]]]:
+        """The mean log duration of all runs, and per factor and label of the runs with that label (made once)."""
+        if self._means is None:
+            logs = {k: math.log(statistics.median(v["seconds"])) for k, v in self.runs.items()}
+            groups: dict[str, dict[str, list[float]]] = {f: {} for f in FACTORS}
+            for k, v in self.runs.items():
+                for f in FACTORS:
+                    groups[f].setdefault(v.get(f), []).append(logs[k])
+            self._means = (statistics.mean(logs.values()),
+                           {f: {label: statistics.mean(x) for label, x in g.items()} for f, g in groups.items()})
+        return self._means
 
     def record(self, run_id: str, labels: dict[str, str], seconds: float) -> None:
         """Add a completed run's duration and save the file (merged with what other sweeps wrote meanwhile)."""
@@ -93,7 +101,7 @@ class DurationHistory:
     def _record(self, run_id: str, labels: dict[str, str], seconds: float) -> None:
         # re-read first: another sweep may have written since (two writing in the same instant lose one entry,
         # which a cache can afford; the file itself is always whole)
-        self.runs, self._logs = self._read(), None
+        self.runs, self._means = self._read(), None
         entry = self.runs.pop(run_id, {"seconds": []})
         entry |= {f: labels.get(f) for f in FACTORS} | {"seconds": (entry["seconds"] + [seconds])[-KEEP_TIMES:],
                                                         "last": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
