@@ -82,12 +82,15 @@ def _compiled(path_or_model, device: str, hint: str | None, threads: int | None,
 
 
 class OpenVINORunner:
-    """An IR compiled on an OpenVINO device (the precision stored in it unless ``hint`` is given)."""
+    """An IR compiled on an OpenVINO device (the precision stored in it unless ``hint`` is given), on ``threads``
+    (default: the threads the process is given)."""
 
     runtime = "openvino"
 
-    def __init__(self, path: Path | str, device: str = "CPU", threads: int | None = 2, hint: str | None = None):
-        self.compiled = _compiled(path, device, hint, threads)
+    def __init__(self, path: Path | str, device: str = "CPU", threads: int | None = None, hint: str | None = None):
+        from edgevit.validate.runners import process_threads
+
+        self.compiled = _compiled(path, device, hint, threads or process_threads())
         self.request = self.compiled.create_infer_request()
         self.output = self.compiled.output(0)
 
@@ -201,12 +204,10 @@ class OpenVINO(Runtime):
         return artifact_row(job, self, job.file, size, facts)
 
     def local_runner(self, path: Path, device):
-        from edgevit.validate.runners import process_threads
-
         if self.unavailable() is not None:
             return None
         options = device.options if device is not None and device.runtime == self.name else {}
-        return OpenVINORunner(path, str(options.get("device", "CPU")), device.threads if device else process_threads())
+        return OpenVINORunner(path, str(options.get("device", "CPU")), device.threads if device else None)
 
     def profile(self, path: Path, device, x, runs: int) -> dict[str, float]:
         return node_times(path, str(device.options.get("device", "CPU")), device.threads, x, runs)

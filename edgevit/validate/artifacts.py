@@ -16,7 +16,7 @@ from edgevit.runtimes.onnxruntime import OnnxExport
 from edgevit.validate.accuracy import accuracy_metrics, changed_predictions, collect_logits, compare_logits
 from edgevit.validate.checks import STAGE_ROWS, artifact_checks, budget_checks
 from edgevit.validate.latency import measure_interleaved, timed_iterations
-from edgevit.validate.runners import TorchRunner, process_threads
+from edgevit.validate.runners import TorchRunner
 
 log = logging.getLogger("edgevit")
 REFERENCE_NAME, REFERENCE_FILE = "onnx-fp32-original", "reference/original-fp32.onnx"
@@ -74,7 +74,7 @@ def validate(recipe, model, sims: dict, info, params: int, artifacts: list[dict]
         np.random.default_rng(seed).standard_normal((8, 3, info.input_size, info.input_size)).astype(np.float32)
     rows = [{"name": "pytorch-fp32", "file": None, "format": "pytorch", "precision": "fp32",
              "runtime": "torch", "size_bytes": params * 4, "export": None}]
-    threads = devices[0].threads if devices else process_threads()
+    threads = devices[0].threads if devices else None  # None: the runners' default, the process's threads
     runners = [TorchRunner(model, threads)]
     for sim_name, sim_model in sims.items():
         is_float = sim_name in FLOAT_STAGES  # pruned or token-reduced float model: timed like the dense one
