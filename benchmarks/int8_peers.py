@@ -37,7 +37,7 @@ from edgevit.api import compress  # noqa: E402
 from edgevit.data import Preprocess, open_image_set  # noqa: E402
 from edgevit.runtimes.openvino import OpenVINORunner  # noqa: E402
 from edgevit.validate.accuracy import compare_logits  # noqa: E402
-from edgevit.validate.latency import load_average  # noqa: E402
+from edgevit.validate.latency import cpu_facts, load_average  # noqa: E402
 from edgevit.validate.profiling import interleaved_medians  # noqa: E402
 from edgevit.validate.runners import OrtRunner  # noqa: E402
 
@@ -199,7 +199,7 @@ def main() -> None:
                 traceback.print_exc()
                 continue
         args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "onnxruntime": onnxruntime.__version__,
-                                        "openvino": openvino.__version__, "results": results}, indent=1) + "\n")
+                                        "openvino": openvino.__version__, "cpu": cpu_facts(), "results": results}, indent=1) + "\n")
         print(table(results[-1:]), flush=True)
     print("\n" + table(results))
 

@@ -26,6 +26,7 @@ from edgevit.stages import STAGES, RunContext
 from edgevit.stages.context import load_eval
 from edgevit.stages.export import ExportJob, artifact_files, export_all
 from edgevit.validate.artifacts import original_reference, validate
+from edgevit.validate.latency import cpu_facts
 from edgevit.validate.checks import BEFORE_FALLBACK
 
 log = logging.getLogger("edgevit")
@@ -63,7 +64,7 @@ def environment() -> dict:
     return {"python": platform.python_version(), "platform": platform.platform(),
             "cpu_count": __import__("os").cpu_count(), "torch": torch.__version__,
             "timm": timm.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-            "edgevit": __version__}
+            "edgevit": __version__, "cpu": cpu_facts()}
 
 
 def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:

@@ -1,6 +1,8 @@
 """Metrics, label mapping and latency summaries."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from edgevit.recipe import DeviceConfig
@@ -177,3 +179,26 @@ def test_without_a_device_profile_runners_use_the_threads_the_process_is_given(t
                              env=os.environ | {"OMP_NUM_THREADS": n})
         assert res.returncode == 0, res.stderr[-2000:]
         assert res.stdout.split() == [n, n, n]
+
+
+def test_reports_name_the_cpu_and_its_int8_bf16_features(tmp_path):
+    """Speed ratios depend on the CPU (AMX, VNNI, BF16): the report's environment names the model and the
+    features it has, read from the first processor of /proc/cpuinfo."""
+    from edgevit.report.writers import _cpu
+    from edgevit.validate.latency import SPEED_FLAGS, cpu_facts
+
+    info = tmp_path / "cpuinfo"
+    block = ("processor\t: {}\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
+             "flags\t\t: fpu sse avx2 avx512f avx512_vnni amx_int8 amx_bf16 avx512_bf16\n")
+    info.write_text(block.format(0) + "\n" + block.format(1))
+    facts = cpu_facts(str(info))
+    assert facts == {"model": "Intel(R) Xeon(R) Platinum 8480+",
+                     "flags": ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"]}
+    assert _cpu({"cpu": facts}) == (" (Intel(R) Xeon(R) Platinum 8480+; avx2, avx512f, avx512_vnni, avx512_bf16, "
+                                    "amx_bf16, amx_int8)")
+    assert _cpu({}) == ""  # a report from before the CPU was recorded
+    assert cpu_facts(str(tmp_path / "missing"))["flags"] == []
+    here = cpu_facts()
+    assert set(here["flags"]) <= set(SPEED_FLAGS)
+    if Path("/proc/cpuinfo").exists():
+        assert here["model"]

@@ -230,9 +230,16 @@ def markdown(report: dict) -> str:
         lines.append(f"- FP16 LayerNorm ({mode}): {'kept in FP32' if pol['keep_fp32'] else 'FP16'}: {pol['reason']}")
     env = report["environment"]
     lines += ["", f"Environment: Python {env['python']}, torch {env['torch']}, timm {env['timm']}, "
-                  f"onnx {env['onnx']}, onnxruntime {env['onnxruntime']}, {env['cpu_count']} CPUs; "
+                  f"onnx {env['onnx']}, onnxruntime {env['onnxruntime']}, {env['cpu_count']} CPUs{_cpu(env)}; "
                   f"edgevit {env['edgevit']}; run took {report['elapsed_s']} s.", ""]
     return "\n".join(lines)
+
+
+def _cpu(env: dict) -> str:
+    cpu = env.get("cpu") or {}  # reports written before the CPU was recorded have none
+    if not cpu.get("model"):
+        return ""
+    return f" ({cpu['model']}" + (f"; {', '.join(cpu['flags'])}" if cpu.get("flags") else "") + ")"
 
 
 def yardsticks(results: list[dict]) -> list[dict]:

@@ -6,8 +6,10 @@ average is recorded beside it (on a shared 2-core machine, timings under load sw
 from __future__ import annotations
 
 import os
+import platform
 import random
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -43,6 +45,24 @@ def load_average() -> float | None:
         return float(os.getloadavg()[0])
     except (OSError, AttributeError):
         return None
+
+
+#: the instruction-set features INT8 and BF16 speeds depend on, as /proc/cpuinfo names them
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_facts(cpuinfo: str = "/proc/cpuinfo") -> dict:
+    """The CPU's model name and which of ``SPEED_FLAGS`` it has: speed ratios between INT8, BF16 and FP32
+    depend on them (on a CPU with AMX, OpenVINO runs BF16 on it), so figures from two machines compare only
+    when these match. Empty values where the OS does not say (no /proc/cpuinfo)."""
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {"model": platform.processor() or None, "flags": []}
+    fields = dict(line.split(":", 1) for line in text.split("\n\n")[0].splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    have = set(fields.get("flags", "").split())
+    return {"model": fields.get("model name") or None, "flags": [f for f in SPEED_FLAGS if f in have]}
 
 
 def measure(run: Callable[[np.ndarray], object], sample: np.ndarray, device,
