@@ -35,7 +35,7 @@ from ptq_baselines import nncf_quantize, ort_static  # noqa: E402
 
 from edgevit.api import compress  # noqa: E402
 from edgevit.data import Preprocess, open_image_set  # noqa: E402
-from edgevit.runtimes.openvino import OpenVINORunner  # noqa: E402
+from edgevit.runtimes.openvino import OpenVINORunner, fixed_batch  # noqa: E402
 from edgevit.validate.accuracy import compare_logits  # noqa: E402
 from edgevit.validate.latency import cpu_facts, load_average  # noqa: E402
 from edgevit.validate.profiling import interleaved_medians  # noqa: E402
@@ -95,6 +95,20 @@ def peers(fp32: Path, ov_fp32, calib: np.ndarray, work: Path, builtin: bool) -> 
     return made, seconds, notes
 
 
+def fixed_batch_ir(path: Path, graph: Path, x: np.ndarray, kind: str) -> tuple[tuple[str, Path], str]:
+    """A peer's IR with its input fixed to batch 1 under edgevit's rule (``fixed_batch``: where OpenVINO computes
+    that form as closely to ``graph`` as the dynamic one), saved beside it; (variant, why)."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(path))
+    fixed, facts = fixed_batch(model, 1, "f32" if kind == "ov-f32" else None, graph, x)
+    if fixed is model:
+        return (kind, path), facts["reason"]
+    out = path.with_name(path.stem + "-b1.xml")
+    ov.save_model(fixed, str(out), compress_to_fp16=False)
+    return (kind, out), facts["reason"]
+
+
 def run_model(name: str, work: Path, args) -> dict:
     src, size, conv_output = MODELS[name]
     builtin = src.startswith("builtin:")
@@ -115,6 +129,8 @@ def run_model(name: str, work: Path, args) -> dict:
 
     ov.save_model(ov.convert_model(str(run / "onnx-fp32.onnx")), str(work / "ov-fp32.xml"), compress_to_fp16=False)
     made, seconds, notes = peers(run / "onnx-fp32.onnx", work / "ov-fp32.xml", calib, work, builtin)
+    out_notes = [f"edgevit {r['name']}: input {r['export']['batch']['reason']}" for r in rep["results"]
+                 if r.get("runtime") == "openvino"]
     variants = {"ORT FP32": ("ort", run / "onnx-fp32.onnx"), "edgevit INT8 in ORT": ("ort", run / "onnx-int8.onnx"),
                 "OpenVINO FP32": ("ov-f32", work / "ov-fp32.xml"),
                 "edgevit BF16 in OpenVINO": ("ov", run / "openvino-bf16.xml"),
@@ -125,6 +141,10 @@ def run_model(name: str, work: Path, args) -> dict:
             return OrtRunner(path, args.threads)
         return OpenVINORunner(path, "CPU", args.threads, hint="f32" if kind == "ov-f32" else None)
 
+    for k, (kind, path) in list(variants.items()):  # the peers' IRs fixed to batch 1 as edgevit's are
+        if kind.startswith("ov") and not k.startswith("edgevit"):
+            variants[k], why = fixed_batch_ir(path, run / "onnx-fp32.onnx", calib[:8], kind)
+            out_notes.append(f"{k}: input {why}")
     runners = {k: runner(*v) for k, v in variants.items()}
     # accuracy: the same images for every variant
     if builtin:
@@ -132,6 +152,7 @@ def run_model(name: str, work: Path, args) -> dict:
     else:
         x_eval, y_eval = calib[:args.sqnr_images], None
     ref = logits(runners["ORT FP32"], x_eval)
+    notes += out_notes
     out = {"model": name, "source": src, "input_size": pre.input_size, "eval_images": int(len(x_eval)),
            "placement": {k: placement[k] for k in ("shipped", "activations", "float_regions", "float_sites",
                                                    "candidates", "confirmation", "speedup", "reason")},

@@ -79,12 +79,31 @@ class _Normalized(nn.Module):
 
 
 def _convert(ct, traced, target: str, size: int, info, precision: str, layernorm_fp32: bool, compression: str):
-    mlmodel = ct.convert(
-        traced, convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, target),
-        inputs=[ct.ImageType(name="image", shape=(1, 3, size, size), color_layout=ct.colorlayout.RGB)],
-        classifier_config=ct.ClassifierConfig(list(info.labels)),
-        compute_precision=_compute_precision(ct, precision, layernorm_fp32))
+    with _small_constants_shared(ct) as pipeline:
+        mlmodel = ct.convert(
+            traced, convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, target),
+            inputs=[ct.ImageType(name="image", shape=(1, 3, size, size), color_layout=ct.colorlayout.RGB)],
+            classifier_config=ct.ClassifierConfig(list(info.labels)),
+            compute_precision=_compute_precision(ct, precision, layernorm_fp32), pass_pipeline=pipeline)
     return _compress(mlmodel, compression)
+
+
+@contextmanager
+def _small_constants_shared(ct) -> Iterator[object]:
+    """The converter's default pass pipeline with its constant deduplication extended to constants of any
+    size: coremltools merges equal constants of 100 or more elements only, and keeps one copy per use of each
+    smaller one - the scale and zero point of every activation quantizer, shapes, axes - which the program
+    (``model.mlmodel``) stores inline with its name. Merged, the built-in hybrid's W8A8 program is a quarter
+    smaller. The threshold is a class attribute in coremltools, so it is restored for whatever converts next."""
+    from coremltools.converters.mil.mil.passes.defs.cleanup.const_deduplication import const_deduplication
+
+    default = const_deduplication._const_threshold
+    pipeline = ct.PassPipeline.DEFAULT
+    pipeline.set_options("common::const_deduplication", {"const_threshold": 1})
+    try:
+        yield pipeline
+    finally:
+        const_deduplication._const_threshold = default
 
 
 @contextmanager
