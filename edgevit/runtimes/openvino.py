@@ -7,11 +7,12 @@ that compiles it gets the precision that was validated; labels and preprocessing
 ``edgevit`` in its rt_info. Runs on ``CPU`` here, and on ``GPU`` / ``NPU`` where a device profile's
 ``options: {device: GPU}`` names them.
 
-The IR's input is fixed to batch 1 (``batch``): OpenVINO's CPU plugin compiles a fixed shape into faster
-kernels than a dynamic batch (the same IR at batch 1: MobileViT-XXS INT8 6.69 -> 4.49 ms, DeiT-Tiny INT8 4.86
--> 4.08 ms, FP32 and BF16 1.15x), so an app that compiles the file as shipped gets the speed edgevit measured.
-The graph stays reshapeable: ``model.reshape([N, 3, H, W])`` before compiling runs batch N, which is what
-edgevit's runners do for batches of another size.
+The IR's input is fixed to batch 1 (``batch``) where OpenVINO computes that form as it computes the dynamic
+one (``fixed_batch``): its CPU plugin compiles a fixed shape into faster kernels than a dynamic batch (the same
+IR at batch 1: MobileViT-XXS INT8 6.69 -> 4.49 ms, DeiT-Tiny INT8 4.86 -> 4.08 ms, FP32 and BF16 1.15x), so an
+app that compiles the file as shipped gets the speed edgevit measured. The graph stays reshapeable:
+``model.reshape([N, 3, H, W])`` before compiling runs batch N, which is what edgevit's runners do for batches
+of another size.
 """
 from __future__ import annotations
 
@@ -37,10 +38,12 @@ HINTS = {"fp32": "f32", "bf16": "bf16", "f16": "f16"}
 #: runtime layer types that do the model's arithmetic (what an INT8 artifact should run in integers)
 COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Deconvolution")
 #: an IR fixed to one batch ships when OpenVINO computes it about as close to its ONNX graph (in ONNX Runtime)
-#: as the dynamic-batch IR: logit SQNR at most this many dB below the dynamic one's (both capped at
-#: FIXED_BATCH_CAP_DB, where float kernels agree to rounding). OpenVINO 2026.4's fixed-shape attention
-#: kernel computes the built-in hybrid's 4-token attention wrongly in f32 (24 dB against 120 dB dynamic)
-FIXED_BATCH_MARGIN_DB, FIXED_BATCH_CAP_DB = 3.0, 60.0
+#: as the dynamic-batch IR - logit SQNR at most FIXED_BATCH_MARGIN_DB below the dynamic one's (both capped at
+#: FIXED_BATCH_CAP_DB, where float kernels agree to rounding) - or at least FIXED_BATCH_FLOOR_DB from it (INT8
+#: kernels of the two forms round differently: the built-in ViT's INT8 IR reads 44.8 dB dynamic, 36.0 fixed).
+#: OpenVINO 2026.4's fixed-shape attention kernel computes the built-in hybrid's 4-token attention wrongly in
+#: f32 on an AMD EPYC: 24.2 dB (FP32 IR) and 22.7 dB (INT8 IR), against 125.7 and 36.1 dB dynamic
+FIXED_BATCH_MARGIN_DB, FIXED_BATCH_CAP_DB, FIXED_BATCH_FLOOR_DB = 3.0, 60.0, 30.0
 #: share of the graph's quantized layers OpenVINO may run in float and the check still pass: it keeps a few
 #: by its own choice (timm EfficientFormerV2-S0: 5 of 85, the depthwise `v_local` convs), where the bug this
 #: check catches left half (shared weight zero points: 13 of a ViT's 26 layers)
@@ -135,9 +138,14 @@ def with_batch(model, batch: int | None):
     return model
 
 
+def fixed_form_ok(fixed_db: float, dynamic_db: float) -> bool:
+    """Whether the fixed-batch form computes close enough to the ONNX graph (logit SQNRs, capped)."""
+    return fixed_db >= min(dynamic_db - FIXED_BATCH_MARGIN_DB, FIXED_BATCH_FLOOR_DB)
+
+
 def fixed_batch(model, batch: int | None, hint: str, graph: Path, x) -> tuple[object, dict]:
     """``model`` (as converted) with its input fixed to ``batch`` when OpenVINO computes the fixed form about
-    as close to the ONNX ``graph`` run in ONNX Runtime as the dynamic form (see ``FIXED_BATCH_MARGIN_DB``),
+    as close to the ONNX ``graph`` run in ONNX Runtime as the dynamic form (``fixed_form_ok``),
     else as converted; and what was measured on the images ``x`` (fed ``batch`` at a time)."""
     import numpy as np
 
@@ -157,14 +165,13 @@ def fixed_batch(model, batch: int | None, hint: str, graph: Path, x) -> tuple[ob
         compiled = _compiled(m, "CPU", hint, 1)
         out = np.concatenate([compiled(np.ascontiguousarray(c, dtype=np.float32))[compiled.output(0)] for c in chunks])
         sqnr[form] = min(compare_logits(out, ref)["sqnr_db"], FIXED_BATCH_CAP_DB)
-    ok = sqnr["fixed"] >= sqnr["dynamic"] - FIXED_BATCH_MARGIN_DB
+    ok = fixed_form_ok(sqnr["fixed"], sqnr["dynamic"])
     facts = {"batch": batch if ok else None, "sqnr_db_vs_onnx": {k: round(v, 1) for k, v in sqnr.items()},
              "images": int(len(x))}
-    facts["reason"] = (f"fixed to batch {batch}: OpenVINO computes it as closely to the ONNX graph as the dynamic "
-                       f"IR ({sqnr['fixed']:.1f} vs {sqnr['dynamic']:.1f} dB logit SQNR on {len(x)} images)") if ok \
-        else (f"batch left dynamic: OpenVINO computes the IR fixed to batch {batch} further from the ONNX graph "
-              f"than the dynamic one ({sqnr['fixed']:.1f} vs {sqnr['dynamic']:.1f} dB logit SQNR on {len(x)} "
-              "images)")
+    measured = f"{sqnr['fixed']:.1f} dB logit SQNR against {sqnr['dynamic']:.1f} dB dynamic, on {len(x)} images"
+    facts["reason"] = f"fixed to batch {batch}: OpenVINO computes it close to the ONNX graph ({measured})" if ok \
+        else f"batch left dynamic: OpenVINO computes the IR fixed to batch {batch} further from the ONNX graph " \
+             f"({measured})"
     if not ok:
         log.info("%s", facts["reason"])
     return (fixed if ok else model), facts
