@@ -83,6 +83,16 @@ def test_ir_carries_preprocessing_labels_and_precision(ov_run):
         fixed, dynamic = facts["sqnr_db_vs_onnx"]["fixed"], facts["sqnr_db_vs_onnx"]["dynamic"]
         assert (facts["batch"] == 1) == fixed_form_ok(fixed, dynamic), name
         assert facts["reason"] in next(d for d in rows[name]["export"]["details"] if "inference precision" in d)
+    # OpenVINO does not apply the stored precision itself: the report says what a plain compile gives here,
+    # and edgevit's runner compiles with the stored one
+    from edgevit.runtimes.openvino import OpenVINORunner
+
+    plain = ov.Core().compile_model(str(out / "openvino-fp32.xml"), "CPU").get_property("INFERENCE_PRECISION_HINT")
+    e = rows["openvino-fp32"]["export"]
+    assert e["default_inference_precision"] == plain.to_string()
+    assert any("does not apply the stored precision" in d for d in e["details"]) == (plain.to_string() != "f32")
+    runner = OpenVINORunner(out / "openvino-fp32.xml", "CPU", 1)
+    assert runner.compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
     ir = ov.Core().read_model(str(out / "openvino-int8.xml"))
     ir.reshape([1, 3, 32, 32])
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)

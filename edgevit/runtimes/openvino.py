@@ -2,9 +2,11 @@
 from edgevit's ONNX graph: the FP32 graph (``precision: fp32``, run with f32 inference precision, or
 ``bf16``: the same graph run in bfloat16, which AMX CPUs execute natively) or the INT8 QDQ graph
 (``precision: int8``: OpenVINO turns the Q/DQ pairs into FakeQuantize and runs the quantized layers on
-its integer kernels). The inference precision is stored in the IR (``runtime_options``), so an app
-that compiles it gets the precision that was validated; labels and preprocessing are stored under
-``edgevit`` in its rt_info. Runs on ``CPU`` here, and on ``GPU`` / ``NPU`` where a device profile's
+its integer kernels). The inference precision that was validated is stored in the IR
+(``runtime_options/INFERENCE_PRECISION_HINT``); OpenVINO 2026.4's CPU plugin does not apply it by itself
+(compiled without a config, an IR marked f32 runs in bf16 on a CPU with AVX-512 BF16 or AMX), so edgevit's
+runners pass it and the report tells the app to. Labels and preprocessing are stored under ``edgevit`` in
+its rt_info. Runs on ``CPU`` here, and on ``GPU`` / ``NPU`` where a device profile's
 ``options: {device: GPU}`` names them.
 
 The IR's input is fixed to batch 1 (``batch``) where OpenVINO computes that form as it computes the dynamic
@@ -292,7 +294,10 @@ class OpenVINO(Runtime):
             shutil.rmtree(tmp, ignore_errors=True)
         compiled = _compiled(xml, "CPU", cfg.hint, 1)
         layers = layer_precisions(compiled)
+        # what an app gets that compiles the file with no config (OpenVINO does not apply the stored hint)
+        default = ov.Core().compile_model(str(xml), "CPU").get_property("INFERENCE_PRECISION_HINT").to_string()
         facts |= {"openvino": ov.__version__, "inference_precision": cfg.hint, "weights": bin_.name, "batch": batch,
+                  "default_inference_precision": default,
                   "runtime_layers": layers, "graph_nodes": facts.pop("nodes"), "graph_ops": facts.pop("ops")}
         if cfg.precision == "int8":
             facts |= {"quantized_layers": len(quantized),
@@ -304,6 +309,11 @@ class OpenVINO(Runtime):
             f"{cfg.hint} (stored in the IR); input {batch['reason']}",
             "compute layers on CPU by precision: " + (", ".join(f"{n} {p}" for p, n in layers.items()) or "none")
             + (f" ({int8} in INT8)" if cfg.precision == "int8" else "")]
+        if default != cfg.hint:
+            facts["details"].append(
+                f"OpenVINO {ov.__version__.split('-')[0]} does not apply the stored precision by itself: compiled "
+                f"without a config this IR runs in {default} on this CPU; compile it with "
+                f"`{{\"INFERENCE_PRECISION_HINT\": \"{cfg.hint}\"}}` to run what was validated")
         size = sum(p.stat().st_size for p in self.files(xml))
         log.info("exported %s + %s (%.2f MB, inference precision %s)", xml.name, bin_.name, size / 1e6, cfg.hint)
         return artifact_row(job, self, job.file, size, facts)
