@@ -175,11 +175,12 @@ def run_model(name: str, work: Path, args) -> dict:
             except Exception as e:  # noqa: BLE001
                 out["notes"].append(f"{k}: batch {batch} does not run ({type(e).__name__})")
                 out["variants"][k][f"b{batch}_ms"] = out["variants"][k][f"b{batch}_speed"] = None
-        med = interleaved_medians(ok, x, rounds, warmup=3, seed=batch)
+        med = interleaved_medians(ok, x, rounds, warmup=3, seed=batch, per_round=args.per_round)
         for k, ms in med.items():
             out["variants"][k][f"b{batch}_ms"] = round(ms, 3)
             out["variants"][k][f"b{batch}_speed"] = round(med["ORT FP32"] / ms, 3)
     out["load_after"] = load_average()
+    out["per_round"] = args.per_round
     return out
 
 
@@ -205,6 +206,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--rounds-b32", type=int, default=8)
+    ap.add_argument("--per-round", type=int, default=1, help="calls in a row per variant and round (5: as the "
+                    "pipeline's validation times, warm caches)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "int8_peers.json")
     args = ap.parse_args()
     import onnxruntime

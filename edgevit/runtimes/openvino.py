@@ -156,7 +156,7 @@ def fixed_batch(model, batch: int | None, hint: str, graph: Path, x) -> tuple[ob
 
     if batch is None or _fixed_batch(model) is not None:
         return model, {"batch": _fixed_batch(model), "reason": "batch: null" if batch is None else
-                       "the ONNX graph is traced at a fixed batch (dynamic_batch: false)"}
+                       f"the graph's input is already fixed to batch {_fixed_batch(model)}"}
     x = np.concatenate([x] * -(-batch // len(x)))[:max(batch, len(x) // batch * batch)]
     chunks = [x[i:i + batch] for i in range(0, len(x), batch)]
     ort = OrtRunner(graph, 1)
