@@ -223,7 +223,8 @@ def main() -> None:
                 traceback.print_exc()
                 continue
         args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "onnxruntime": onnxruntime.__version__,
-                                        "openvino": openvino.__version__, "cpu": cpu_facts(), "results": results}, indent=1) + "\n")
+                                        "openvino": openvino.__version__, "cpu": cpu_facts(), "results": results},
+                                       indent=1) + "\n")
         print(table(results[-1:]), flush=True)
     print("\n" + table(results))
 

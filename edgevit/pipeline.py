@@ -26,8 +26,8 @@ from edgevit.stages import STAGES, RunContext
 from edgevit.stages.context import load_eval
 from edgevit.stages.export import ExportJob, artifact_files, export_all
 from edgevit.validate.artifacts import original_reference, validate
-from edgevit.validate.latency import cpu_facts
 from edgevit.validate.checks import BEFORE_FALLBACK
+from edgevit.validate.latency import cpu_facts
 
 log = logging.getLogger("edgevit")
 

@@ -87,7 +87,8 @@ def test_ir_carries_preprocessing_labels_and_precision(ov_run):
     # and edgevit's runner compiles with the stored one
     from edgevit.runtimes.openvino import OpenVINORunner
 
-    plain = ov.Core().compile_model(str(out / "openvino-fp32.xml"), "CPU").get_property("INFERENCE_PRECISION_HINT")
+    plain = ov.Core().compile_model(str(out / "openvino-fp32.xml"), "CPU").get_property(
+        "INFERENCE_PRECISION_HINT")
     e = rows["openvino-fp32"]["export"]
     assert e["default_inference_precision"] == plain.to_string()
     assert any("does not apply the stored precision" in d for d in e["details"]) == (plain.to_string() != "f32")
@@ -206,7 +207,8 @@ def test_runner_reshapes_an_ir_fixed_to_one_batch(tmp_path):
     assert fixed.input(0).get_partial_shape().is_static and fixed.input(0).get_partial_shape()[0].get_length() == 1
     assert dynamic.input(0).get_partial_shape()[0].is_dynamic
     x = np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
-    runner, ref = OpenVINORunner(tmp_path / "run" / "fixed.xml", "CPU", 1), OpenVINORunner(tmp_path / "run" / "any.xml")
+    runner = OpenVINORunner(tmp_path / "run" / "fixed.xml", "CPU", 1)
+    ref = OpenVINORunner(tmp_path / "run" / "any.xml")
     five, one = runner(x), np.concatenate([runner(x[i:i + 1]) for i in range(5)])
     assert five.shape == (5, 10) and len(runner._requests) == 2  # batch 1 as shipped, batch 5 reshaped
     assert np.abs(five - one).max() < 1e-3 and np.abs(five - ref(x)).max() < 1e-3

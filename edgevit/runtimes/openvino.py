@@ -11,8 +11,8 @@ its rt_info. Runs on ``CPU`` here, and on ``GPU`` / ``NPU`` where a device profi
 
 The IR's input is fixed to batch 1 (``batch``) where OpenVINO computes that form as it computes the dynamic
 one (``fixed_batch``): its CPU plugin compiles a fixed shape into faster kernels than a dynamic batch (the same
-IR at batch 1: MobileViT-XXS INT8 6.69 -> 4.49 ms, DeiT-Tiny INT8 4.86 -> 4.08 ms, FP32 and BF16 1.15x), so an
-app that compiles the file as shipped gets the speed edgevit measured. The graph stays reshapeable:
+IRs at batch 1: 1.10-1.49x on MobileViT-XXS, LeViT-128S, DeiT-Tiny and the built-in models, FP32, BF16 and
+INT8), so an app that compiles the file as shipped gets the speed edgevit measured. The graph stays reshapeable:
 ``model.reshape([N, 3, H, W])`` before compiling runs batch N, which is what edgevit's runners do for batches
 of another size.
 """
@@ -128,13 +128,12 @@ def _fixed_batch(model_or_compiled) -> int | None:
     return first.get_length() if first.is_static else None
 
 
-def with_batch(model, batch: int | None):
-    """``model`` with its input fixed to ``batch`` images (None: any batch): itself if it already is, else a
-    reshaped copy."""
+def with_batch(model, batch: int):
+    """``model`` with its input fixed to ``batch`` images: itself if it already is, else a reshaped copy."""
     if _fixed_batch(model) == batch:
         return model
     shape = model.input(0).get_partial_shape()
-    shape[0] = -1 if batch is None else batch
+    shape[0] = batch
     model = model.clone()
     model.reshape({model.input(0): shape})
     return model
@@ -157,7 +156,7 @@ def fixed_batch(model, batch: int | None, hint: str, graph: Path, x) -> tuple[ob
     if batch is None or _fixed_batch(model) is not None:
         return model, {"batch": _fixed_batch(model), "reason": "batch: null" if batch is None else
                        f"the graph's input is already fixed to batch {_fixed_batch(model)}"}
-    x = np.concatenate([x] * -(-batch // len(x)))[:max(batch, len(x) // batch * batch)]
+    x = np.concatenate([x] * -(-batch // len(x)))[:max(batch, len(x) // batch * batch)]  # whole batches
     chunks = [x[i:i + batch] for i in range(0, len(x), batch)]
     ort = OrtRunner(graph, 1)
     ref = np.concatenate([ort(c) for c in chunks])
