@@ -202,3 +202,30 @@ def test_reports_name_the_cpu_and_its_int8_bf16_features(tmp_path):
     assert set(here["flags"]) <= set(SPEED_FLAGS)
     if Path("/proc/cpuinfo").exists():
         assert here["model"]
+
+
+def test_interleaved_medians_time_blocks_of_calls_per_round():
+    """``per_round`` calls in a row per runner and round, every one timed, the order shuffled each round: a
+    runner whose first call of a block is slow (cold) reads fast with blocks of 5 and slow with one call."""
+    import time
+
+    from edgevit.validate.profiling import interleaved_medians
+
+    calls = {"a": 0, "b": 0}
+    last = []
+
+    def runner(name: str, cold_ms: float):
+        def run(x):
+            calls[name] += 1
+            if not last or last[-1] != name:  # the first call after the other runner
+                time.sleep(cold_ms / 1e3)
+            last.append(name)
+        return run
+
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    runners = {"a": runner("a", 20.0), "b": runner("b", 0.0)}
+    one = interleaved_medians(runners, x, rounds=6, warmup=1)
+    assert calls == {"a": 7, "b": 7} and one["a"] > 15.0
+    calls.update(a=0, b=0)
+    warm = interleaved_medians(runners, x, rounds=6, warmup=1, per_round=5)
+    assert calls == {"a": 31, "b": 31} and warm["a"] < 5.0
