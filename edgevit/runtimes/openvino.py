@@ -88,10 +88,9 @@ def _check_images(ctx, n: int = 8):
     """A few of the run's images to compare IR forms on: calibration, else evaluation, else seeded noise."""
     import numpy as np
 
-    if ctx.recipe.calibration is not None:
-        return ctx.calibration_images(n).numpy()
-    if ctx.evalset is not None:
-        return ctx.evalset.x[:n]
+    images = ctx.sample_images(n)
+    if images is not None:
+        return images.numpy()
     return np.random.default_rng(0).standard_normal((n, 3, ctx.info.input_size, ctx.info.input_size)).astype(
         np.float32)
 

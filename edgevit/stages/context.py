@@ -60,15 +60,20 @@ class RunContext:
         """The FP16 LayerNorm decision for ``mode``, measured once per run on up to 64 calibration (else
         eval) images; see exporters.fp16."""
         if mode not in self.policies:
-            images = None
-            if mode == "auto" and self.recipe.calibration is not None:
-                images = self.calibration_images(64)
-            elif mode == "auto" and self.evalset is not None:
-                images = torch.from_numpy(self.evalset.x[:64])
+            images = self.sample_images(64) if mode == "auto" else None
             self.policies[mode] = layernorm_policy(self.model, images, mode)
             log.info("FP16 LayerNorm: %s (%s)", "kept in FP32" if self.policies[mode]["keep_fp32"] else "FP16",
                      self.policies[mode]["reason"])
         return self.policies[mode]
+
+    def sample_images(self, n: int) -> torch.Tensor | None:
+        """Up to ``n`` of the run's images, preprocessed: the calibration sample, else the evaluation images,
+        else None."""
+        if self.recipe.calibration is not None:
+            return self.calibration_images(n)
+        if self.evalset is not None:
+            return torch.from_numpy(self.evalset.x[:n])
+        return None
 
     def calibration_images(self, n: int) -> torch.Tensor:
         """The seeded sample of ``n`` calibration images (no more than calibration.num), preprocessed, classes
