@@ -94,6 +94,9 @@ def placement_lines(results: list[dict]) -> list[str]:
                           " Timed again, the fastest and FP32 alone: " + ", ".join(
                               f"{k} {v:.3f}" for k, v in p["confirmation"].items()) + "." if p.get("confirmation")
                           else ""), ""]
+        if p.get("refused"):
+            lines += ["Faster candidates not shipped: " + "; ".join(f"{k}: {v}" for k, v in p["refused"].items())
+                      + ".", ""]
         if p.get("regions"):
             lines += ["| region | kind | quantizers | INT8 node time (ms) | float node time (ms) | faster in | shipped |",
                       "|---|---|---|---|---|---|---|"]

@@ -69,7 +69,6 @@ class Runtime:
     platforms: ClassVar[tuple[str, ...]] = ("linux", "darwin", "win32")  # where it can predict
     local_device: ClassVar[bool] = False  # whether a `kind: local` device profile may name it
     profiles: ClassVar[bool] = False  # whether profile() gives per-node times (INT8 placement needs them)
-    symmetric_form: ClassVar[str | None] = None  # why placement may not try symmetric int8 activations (None: it may)
 
     def lowering_for(self, cfg: ExportBase) -> Lowering | None:
         """The plan lowering an int8 artifact of this config uses."""
