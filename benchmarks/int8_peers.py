@@ -50,6 +50,8 @@ MODELS = {  # name -> source, input size (None: the model's own), quantize conv 
     "deit_tiny": ("timm:deit_tiny_patch16_224", 224, False),
 }
 EXPORTS = ["export/onnx-fp32.yaml", "export/onnx-int8.yaml", "export/openvino-bf16.yaml", "export/openvino-int8.yaml"]
+PLACEMENT_KEYS = ("shipped", "activations", "float_regions", "float_sites", "candidates", "confirmation", "speedup",
+                  "reason")
 CIFAR = "model.labels=[airplane,automobile,bird,cat,deer,dog,frog,horse,ship,truck]"
 TEST = Path.home() / ".cache" / "edgevit" / "cifar10-images" / "test"
 
@@ -120,8 +122,10 @@ def run_model(name: str, work: Path, args) -> dict:
     t0 = time.time()
     res = compress("int8_ptq", sets, out=work / "run", overwrite=True)
     rep, run = res.report, work / "run"
-    placement = json.loads((run / "placement.json").read_text())["artifacts"]["onnx-int8"]
-    print(f"[{name}] compress {time.time() - t0:.0f} s; placement: {placement['reason']}", flush=True)
+    placements = json.loads((run / "placement.json").read_text())["artifacts"]
+    placement = placements["onnx-int8"]
+    print(f"[{name}] compress {time.time() - t0:.0f} s; placement: {placement['reason']}; OpenVINO: "
+          f"{placements['openvino-int8']['form']}, {placements['openvino-int8']['reason']}", flush=True)
     pp = rep["model"]["preprocessing"]
     pre = Preprocess(**{k: pp[k] for k in ("input_size", "mean", "std", "crop_pct", "interpolation")})
     calib = open_image_set(ROOT / "calibration" / "builtin-calib", args.calib, 0).load(pre)[0]
@@ -154,8 +158,8 @@ def run_model(name: str, work: Path, args) -> dict:
     ref = logits(runners["ORT FP32"], x_eval)
     notes += out_notes
     out = {"model": name, "source": src, "input_size": pre.input_size, "eval_images": int(len(x_eval)),
-           "placement": {k: placement[k] for k in ("shipped", "activations", "float_regions", "float_sites",
-                                                   "candidates", "confirmation", "speedup", "reason")},
+           "placement": {k: placement[k] for k in PLACEMENT_KEYS},
+           "placement_openvino": {k: placements["openvino-int8"].get(k) for k in PLACEMENT_KEYS + ("form", "refused")},
            "notes": notes, "seconds_to_quantize": seconds, "variants": {}}
     for k, r in runners.items():
         lg = logits(r, x_eval)

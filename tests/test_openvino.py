@@ -222,7 +222,7 @@ def _concat_conv(scale_shape: tuple = (), zero_type=np.int8, readers: int = 1):
                                            for k in "ab"], outs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    feed = {"a": rng.normal(0, 2, (1, 48, 8, 8)).astype(np.float32), "b": rng.normal(0, 1, (1, 48, 8, 8)).astype(np.float32)}
+    feed = {k: rng.normal(0, sd, (1, 48, 8, 8)).astype(np.float32) for k, sd in (("a", 2.0), ("b", 1.0))}
     return model, feed
 
 

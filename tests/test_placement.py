@@ -391,7 +391,8 @@ def test_a_symmetric_candidate_unlike_its_simulation_is_not_shipped(tmp_path, mo
     res = run(recipe, tmp_path / "sym")
     saved = json.loads((tmp_path / "sym" / "placement.json").read_text())["artifacts"]["onnx-int8"]
     symmetric = [k for k in saved["candidates"] if "symmetric" in k]
-    assert symmetric and not saved["not_timed"], saved["forms"]  # timed: the 8 images they are first checked on are unchanged
+    # timed: the 8 images they are first checked on are unchanged
+    assert symmetric and not saved["not_timed"], saved["forms"]
     assert set(saved["refused"]) == set(symmetric)
     agreed = [re.search(r"agrees with its simulation on ([\d.]+) % of 500 images \(a symmetric form needs >= 99.5 %",
                         why) for why in saved["refused"].values()]

@@ -12,6 +12,7 @@ from edgevit.stages.prune import PRUNED_NAME
 from edgevit.stages.tokens import TOKENS_NAME
 
 RANDOM_WEIGHTS_SQNR_DB = 20.0
+MIN_AGREEMENT = 0.99  # top-1 agreement of a deployed INT8 / FP16 artifact with the model it came from
 STAGE_ROWS = (("pruning", PRUNED_NAME), ("token reduction", TOKENS_NAME))  # the float model after each stage
 BEFORE_FALLBACK = "-before-fallback"  # the all-quantized row beside an accuracy-budget fallback: a diagnostic
 # token merging picks pairs by argmax over similarity scores: where two scores tie in float the runtime can merge
@@ -118,7 +119,8 @@ def _agreement_check(name: str, agree: float, sqnr: float | None, against: str, 
         return sqnr >= RANDOM_WEIGHTS_SQNR_DB, (
             f"random weights: logit SQNR vs {against} {sqnr:.1f} dB on {n_eval} images (needs >= "
             f"{RANDOM_WEIGHTS_SQNR_DB:g} dB; top-1 agreement {100 * agree:.1f} % is not judged, logits are near ties)")
-    return agree >= 0.99, f"top-1 agreement {name} {against} {100 * agree:.1f} % on {n_eval} images (needs >= 99 %)"
+    return agree >= MIN_AGREEMENT, (f"top-1 agreement {name} {against} {100 * agree:.1f} % on {n_eval} images "
+                                    f"(needs >= {100 * MIN_AGREEMENT:g} %)")
 
 
 def _parity_checks(r: dict, rows: list[dict], rt, val, n_eval: int, random_weights: bool) -> list[CheckResult]:
