@@ -6,7 +6,7 @@ The rate is measured on one large QDQ MatMul (u8 activations x s8 weights, per-c
 M = N = K = 1024 by default) in ONNX Runtime and in OpenVINO (whose x86 kernels use AMX / VNNI where the
 CPU has them), 2 threads, median of interleaved runs. The floor is the time the model's matmul and
 convolution FLOPs (torch's flop counter) would take at that rate: a lower bound no graph form beats. The
-script prints the floor and, when benchmarks/results/int8_peers.json has the model, how far edgevit's
+script prints the floor and, when the int8_peers.py results (``--peers``) have the model, how far edgevit's
 INT8 artifacts measured there are above it. Writes benchmarks/results/compute_floor.json.
 """
 from __future__ import annotations
@@ -83,6 +83,8 @@ def main() -> None:
     ap.add_argument("--gemm", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--peers", type=Path, default=ROOT / "benchmarks" / "results" / "int8_peers.json",
+                    help="the int8_peers.py results whose edgevit INT8 times are set against the floor")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compute_floor.json")
     args = ap.parse_args()
     rates = gemm_rates(args.gemm, args.threads, args.rounds)
@@ -90,7 +92,7 @@ def main() -> None:
     out = {"date": time.strftime("%Y-%m-%d"), "model": args.model, "input_size": args.size, "gflops": flops / 1e9,
            "gemm": args.gemm, "threads": args.threads, "int8_gflops_per_s": rates,
            "floor_ms": {k: flops / (r * 1e9) * 1e3 for k, r in rates.items()}}
-    peers = ROOT / "benchmarks" / "results" / "int8_peers.json"
+    peers = args.peers
     if peers.exists():
         for r in json.loads(peers.read_text())["results"]:
             if r["model"] == args.name:

@@ -159,7 +159,8 @@ def run_model(name: str, work: Path, args) -> dict:
     notes += out_notes
     out = {"model": name, "source": src, "input_size": pre.input_size, "eval_images": int(len(x_eval)),
            "placement": {k: placement[k] for k in PLACEMENT_KEYS},
-           "placement_openvino": {k: placements["openvino-int8"].get(k) for k in PLACEMENT_KEYS + ("form", "refused")},
+           "placement_openvino": {k: placements["openvino-int8"].get(k)
+                                  for k in PLACEMENT_KEYS + ("form", "forms", "not_timed", "refused")},
            "notes": notes, "seconds_to_quantize": seconds, "variants": {}}
     for k, r in runners.items():
         lg = logits(r, x_eval)
