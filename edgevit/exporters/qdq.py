@@ -118,8 +118,9 @@ def quantize_concat_inputs(model: onnx.ModelProto) -> int:
     (one scale and zero point for every element). Returns how many were moved.
 
     OpenVINO 2026.4 computes Concat -> signed int8 QuantizeLinear (zero point 0) -> DequantizeLinear ->
-    Conv wrongly on CPU: 15 dB logit SQNR against ONNX Runtime on a one-conv graph, 11 dB on the built-in
-    hybrid's symmetric INT8 graph (asymmetric uint8: exact); the integer Concat it computes right."""
+    Conv wrongly on CPU: 15 dB logit SQNR against ONNX Runtime on a one-conv graph (uint8 with zero point
+    128 there: exact), 11 dB on the built-in hybrid's symmetric INT8 graph; the integer Concat it computes
+    right."""
     g = model.graph
     consts = _constants(g)
     producer = {o: n for n in g.node for o in n.output}
