@@ -249,14 +249,14 @@ def float_quantized_layers(compiled, quantized: list[str]) -> list[str]:
                   for name in names if name in wanted)
 
 
-def _integer_concats(graph: Path, facts: dict) -> list[str]:
-    """Rewrite the INT8 graph OpenVINO is handed so each quantized Concat joins integers
-    (``quantize_concat_inputs``: equal values, a form OpenVINO computes right); its quantized layers."""
+def _with_integer_concats(graph: Path, facts: dict) -> onnx.ModelProto:
+    """The INT8 graph OpenVINO is handed, rewritten in place so each quantized Concat joins integers
+    (``quantize_concat_inputs``: equal values, a form OpenVINO computes right)."""
     proto = onnx.load(str(graph))
     facts["concat_quantizers_moved"] = quantize_concat_inputs(proto)
     if facts["concat_quantizers_moved"]:
         onnx.save(proto, str(graph))
-    return quantized_layers(proto)
+    return proto
 
 
 @register
@@ -284,7 +284,8 @@ class OpenVINO(Runtime):
         tmp.mkdir()
         try:
             facts = write_graph(job, ctx, f"{tmp.name}/graph.onnx", graph)
-            quantized = _integer_concats(tmp / "graph.onnx", facts) if cfg.precision == "int8" else []
+            quantized = quantized_layers(_with_integer_concats(tmp / "graph.onnx", facts)) \
+                if cfg.precision == "int8" else []
             model = ov.convert_model(str(tmp / "graph.onnx"))
             for key, value in artifact_metadata(ctx.info, ctx.recipe.name, cfg.precision).items():
                 model.set_rt_info(value, ["edgevit", key])

@@ -289,18 +289,12 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
             add(name + "-placed", placed, form)
     timer = _device_timer(device, ctx.info, x) if device.kind == "ssh" else _local_timer(rt, device, x)
     if len(files) == 1:  # every INT8 candidate was refused: FP32 ships (quantize.when_slower does not apply)
-        p.shipped, p.reason = "fp32", "no INT8 candidate could be timed: " + "; ".join(
-            f"{k}: {v}" for k, v in p.not_timed.items())
-        log.warning("placement %s: %s", job.name, p.reason)
-        return None, p
+        return None, _fp32_ships(p, "no INT8 candidate could be timed", p.not_timed)
     p.candidates = {k: round(v, 4) for k, v in timer(files, 1).items()}
     while True:  # the fastest candidate that runs as simulated
         left = {k: v for k, v in p.candidates.items() if k not in p.refused}
         if len(left) == 1:
-            p.shipped, p.reason = "fp32", "no INT8 candidate runs as simulated: " + "; ".join(
-                f"{k}: {v}" for k, v in p.refused.items())
-            log.warning("placement %s: %s", job.name, p.reason)
-            return None, p
+            return None, _fp32_ships(p, "no INT8 candidate runs as simulated", p.refused)
         best, faster = fastest(left)
         inexact = form_of[best].startswith("symmetric")
         why = _unlike_simulation(ctx, rt, prof_dev, plans[best], files[best]) if inexact else None
@@ -336,6 +330,13 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
                 f"quantize.when_slower: {when} shipped the {'FP32 model' if when == 'fp32' else 'fastest INT8'}")
     log.warning("placement %s: %s", job.name, p.reason)
     return (chosen if when == "int8" else None), p
+
+
+def _fp32_ships(p: Placement, why: str, candidates: dict[str, str]) -> Placement:
+    """``p`` saying the FP32 model ships because no INT8 candidate may (``candidates``: each one's reason)."""
+    p.shipped, p.reason = "fp32", f"{why}: " + "; ".join(f"{k}: {v}" for k, v in candidates.items())
+    log.warning("placement %s: %s", p.artifact, p.reason)
+    return p
 
 
 def _local_timer(rt, device, x: np.ndarray):
