@@ -30,7 +30,8 @@ def ov_run(tmp_path_factory):
     rep = json.loads((out / "report.json").read_text())
     failed = [c["name"] for c in rep["checks"] if not c["ok"]]
     # whether INT8 beats FP32 on this 32 px model varies run to run; only the speed check may say no
-    assert set(failed) <= {"openvino-int8: INT8 not slower than openvino-fp32 on local-openvino-cpu"}, failed
+    assert set(failed) <= {f"openvino-int8: INT8 not slower than openvino-fp32{at} on local-openvino-cpu"
+                           for at in ("", " at batch 32")}, failed
     assert (res.returncode, rep["status"]) == ((1, "failed_checks") if failed else (0, "ok")), res.stderr
     return out, rep
 

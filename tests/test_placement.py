@@ -83,20 +83,28 @@ def test_decisions_from_a_timing_table():
     assert fastest({"fp32": 1.0, "int8": 0.93, "int8-placed": 0.93}) == ("int8", True)  # ties: by name
 
 
-def _row(name, precision, ms, placement=None, runtime="onnxruntime"):
-    return {"name": name, "precision": precision, "runtime": runtime, "placement": placement,
-            "latency": [{"device": "local-ort-cpu", "batch1": {"median_ms": ms}}]}
+def _row(name, precision, ms, placement=None, runtime="onnxruntime", b32_ms=None):
+    lat = {"device": "local-ort-cpu", "batch1": {"batch": 1, "median_ms": ms}}
+    if b32_ms is not None:
+        lat["throughput"] = {"batch": 32, "median_ms": b32_ms}
+    return {"name": name, "precision": precision, "runtime": runtime, "placement": placement, "latency": [lat]}
 
 
 def test_not_slower_check_on_synthetic_rows():
-    """An INT8 artifact lowered for its own runtime fails when its median exceeds FP32's by the margin;
-    one lowered for TensorRT (timed here only as an ONNX) is not judged."""
+    """An INT8 artifact lowered for its own runtime fails when its median exceeds FP32's by the margin, at
+    batch 1 and at the profile's throughput batch; one lowered for TensorRT (timed here only as an ONNX) is
+    not judged."""
     own = {"mode": "all", "lowering": "onnxruntime"}
-    rows = [_row("onnx-fp32", "fp32", 1.0), _row("a", "int8", 1.0 + SLOWER_MARGIN / 2, own),
-            _row("b", "int8", 1.0 + 2 * SLOWER_MARGIN, own),
-            _row("c", "int8", 3.0, {"mode": "auto", "lowering": "tensorrt"})]
-    checks = {c.name.split(":")[0]: c.ok for c in not_slower_checks(rows)}
-    assert checks == {"a": True, "b": False}
+    rows = [_row("onnx-fp32", "fp32", 1.0, b32_ms=20.0),
+            _row("a", "int8", 1.0 + SLOWER_MARGIN / 2, own, b32_ms=20.0 * (1 + SLOWER_MARGIN / 2)),
+            _row("b", "int8", 1.0 + 2 * SLOWER_MARGIN, own, b32_ms=10.0),
+            _row("d", "int8", 0.5, own, b32_ms=20.0 * (1 + 2 * SLOWER_MARGIN)),
+            _row("c", "int8", 3.0, {"mode": "auto", "lowering": "tensorrt"}, b32_ms=60.0)]
+    checks = {c.name: c.ok for c in not_slower_checks(rows)}
+    on = " on local-ort-cpu"
+    assert checks == {f"{a}: INT8 not slower than onnx-fp32{at}{on}": ok for a, at, ok in [
+        ("a", "", True), ("a", " at batch 32", True), ("b", "", False), ("b", " at batch 32", True),
+        ("d", "", True), ("d", " at batch 32", False)]}
 
 
 def _recipe(tmp_path, **quant):
