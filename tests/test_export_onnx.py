@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from edgevit.exporters.onnx import export_onnx, read_metadata
 from edgevit.models import load_model
@@ -109,3 +111,61 @@ def test_compact_keeps_outputs_and_shrinks_the_file(builtin, real_images):
     np.testing.assert_allclose(run(ids), run(raw), atol=1e-5)
     assert short_node_name("/stages/stages.2/stages.2.1/attn/MatMul") == "stages.2.1/attn/MatMul"
     assert short_node_name("/blocks/blocks.0/norm1/LayerNormalization") == "blocks.0/norm1/LayerNormalization"
+
+
+class _ConvGelu(torch.nn.Module):
+    """conv -> GELU -> conv; with ``quantized`` the first conv's output goes through a QuantizeLinear /
+    DequantizeLinear pair, as a quantized conv output does in edgevit's INT8 graphs."""
+
+    def __init__(self, quantized: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.quantized = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 4, 1), quantized
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.quantized:
+            y = torch.fake_quantize_per_tensor_affine(y, 0.05, 128, 0, 255)
+        return self.b(torch.nn.functional.gelu(y))
+
+
+def _ort(proto: onnx.ModelProto, x: np.ndarray, tmp_path) -> tuple[np.ndarray, dict]:
+    """ONNX Runtime's output on ``x`` and the op counts of the graph it runs after its optimizations."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    s = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    out = s.run(None, {"input": x})[0]
+    return out, Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+
+
+@pytest.mark.parametrize("quantized", [False, True], ids=["fp32", "int8"])
+def test_onnx_runtime_runs_each_gelu_as_one_op(quantized, tmp_path):
+    """The simplified FP32 graph keeps GELU's "* 0.5" (onnxsim would fold it into the next conv and ONNX
+    Runtime would then run the GELU as four elementwise ops); in an INT8 graph, where ONNX Runtime does not
+    fuse a GELU that reads a DequantizeLinear, ``fuse_erf_gelu`` writes the one op it would have fused,
+    with the same outputs in ONNX Runtime and in OpenVINO."""
+    from edgevit.exporters.onnx import simplify, torch_to_onnx
+    from edgevit.exporters.qdq import fuse_erf_gelu
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    proto, how = simplify(torch_to_onnx(_ConvGelu(quantized).eval(), 16))
+    assert how.startswith("onnxsim")
+    before, ops = _ort(proto, x, tmp_path)
+    if quantized:
+        assert (ops["Erf"], ops["Gelu"]) == (1, 0)  # why the rewrite exists
+        original = onnx.load_from_string(proto.SerializeToString())
+        assert fuse_erf_gelu(proto) == 1 and fuse_erf_gelu(proto) == 0
+        assert [n.op_type for n in proto.graph.node].count("Gelu") == 1
+        assert not {"Erf", "Div"} & {n.op_type for n in proto.graph.node}
+    out, ops = _ort(proto, x, tmp_path)
+    assert (ops["Erf"], ops["Gelu"]) == (0, 1)
+    np.testing.assert_allclose(out, before, atol=1e-5)
+    if quantized:
+        ov = pytest.importorskip("openvino")
+        for m in (original, proto):
+            (tmp_path / "g.onnx").write_bytes(m.SerializeToString())
+            got = ov.Core().compile_model(ov.convert_model(str(tmp_path / "g.onnx")), "CPU",
+                                          {"INFERENCE_PRECISION_HINT": "f32"})(x)[0]
+            np.testing.assert_allclose(got, before, atol=2e-3)

@@ -114,8 +114,8 @@ def not_slower_checks(rows: list[dict]) -> list[CheckResult]:
                     ok=mine <= theirs * (1 + SLOWER_MARGIN),
                     detail=f"batch-{batch} median {mine:.3f} ms vs {theirs:.3f} ms ({theirs / mine:.2f}x FP32's "
                            f"speed; timed interleaved; noise margin {100 * SLOWER_MARGIN:g} %); placement: "
-                           f"{pl.get('mode')}" + ("" if key == "batch1" else
-                                                  " (the placement chose by batch-1 timings)")))
+                           f"{pl.get('mode')}" + (" (chosen by batch-1 timings)" if key != "batch1" and
+                                                  pl.get("mode") in ("auto", "replay") else "")))
     return out
 
 
