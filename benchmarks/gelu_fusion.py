@@ -1,11 +1,12 @@
 """Whether ONNX Runtime runs each GELU as one op, in edgevit's FP32 and INT8 graphs, and what it costs when not:
 
-    .venv/bin/python benchmarks/gelu_fusion.py [--models NAME ...] [--rounds 40]
+    .venv/bin/python benchmarks/gelu_fusion.py [--models NAME ...] [--rounds 40] [--openvino]
 
 FP32, per model (random weights; the built-in models with theirs): the PyTorch export simplified by onnxsim
 with every pass (edgevit before 2026-11-30) and as edgevit's ``simplify`` does it now (without the pass that
 folds GELU's ``* 0.5`` into the next conv); the GELU / Erf nodes in the graph ONNX Runtime runs after its
-own optimizations, and the two files timed interleaved at batch 1.
+own optimizations, and the two files timed interleaved at batch 1 (with ``--openvino`` also each converted to
+an OpenVINO IR, run in f32 and in bf16).
 INT8, on EfficientFormerV2-S0 (the GELU model whose conv outputs are quantized, so its GELUs read a
 DequantizeLinear): one ``edgevit compress --recipe int8_ptq`` run (``placement: all``, ``conv_output: true``)
 writes the graph; it is timed with and without ``fuse_erf_gelu`` beside both FP32 files, at batch 1 and 32.
@@ -34,6 +35,7 @@ from edgevit.models import load_model  # noqa: E402
 from edgevit.recipe import ModelConfig  # noqa: E402
 from edgevit.validate.latency import cpu_facts, load_average  # noqa: E402
 from edgevit.validate.profiling import interleaved_medians  # noqa: E402
+from edgevit.runtimes.openvino import OpenVINORunner  # noqa: E402
 from edgevit.validate.runners import OrtRunner  # noqa: E402
 
 MODELS = {"hybrid": ("builtin:hybrid-cifar10", None), "vit": ("builtin:vit-cifar10", None),
@@ -77,8 +79,19 @@ def as_five_ops(model: onnx.ModelProto) -> int:
     return k
 
 
-def timed(files: dict[str, Path], x: np.ndarray, rounds: int) -> dict[str, float]:
+def timed(files: dict[str, Path], x: np.ndarray, rounds: int, openvino: bool = False) -> dict[str, float]:
+    """Interleaved medians (ms) of the ONNX files in ONNX Runtime; with ``openvino`` also of each converted to
+    an OpenVINO IR at the batch of ``x``, run in f32 and in bf16."""
     runners = {k: OrtRunner(p, 2) for k, p in files.items()}
+    if openvino:
+        import openvino as ov
+
+        for k, p in files.items():
+            m = ov.convert_model(str(p))
+            m.reshape([len(x), *x.shape[1:]])
+            ov.save_model(m, str(p.with_suffix(".xml")), compress_to_fp16=False)
+            runners |= {f"{k}, OpenVINO {h}": OpenVINORunner(p.with_suffix(".xml"), "CPU", 2, hint=h)
+                        for h in ("f32", "bf16")}
     return {k: round(v, 3) for k, v in interleaved_medians(runners, x, rounds, warmup=3, seed=len(x)).items()}
 
 
@@ -99,6 +112,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(MODELS)[:7], choices=list(MODELS))
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--rounds-b32", type=int, default=8)
+    ap.add_argument("--openvino", action="store_true", help="also time the FP32 files in OpenVINO (f32, bf16)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gelu_fusion.json")
     args = ap.parse_args()
     out = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_facts(), "load_before": load_average(),
@@ -110,9 +124,13 @@ def main() -> None:
             files, size = fp32_files(name, work)
             fp32[name] = files
             x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-            med = timed(files, x, args.rounds)
+            med = timed(files, x, args.rounds, openvino=args.openvino)
             row = {k: {"ort_ops": ort_ops(p), "b1_ms": med[k]} for k, p in files.items()}
             row["speedup"] = round(med["fp32 onnxsim all passes"] / med["fp32 edgevit"], 3)
+            if args.openvino:
+                row["openvino_b1_ms"] = {k: v for k, v in med.items() if "OpenVINO" in k}
+                row["openvino_speedup"] = {h: round(med[f"fp32 onnxsim all passes, OpenVINO {h}"] /
+                                                    med[f"fp32 edgevit, OpenVINO {h}"], 3) for h in ("f32", "bf16")}
             out["fp32"][name] = row
             print(name, json.dumps(row), flush=True)
         if "efficientformerv2_s0" in args.models:
