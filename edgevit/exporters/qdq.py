@@ -195,7 +195,8 @@ def fuse_erf_gelu(model: onnx.ModelProto) -> int:
         half = only_reader(mul.output[0], "Mul")
         if half is None or not _scalar(consts, other(half, mul.output[0]), 0.5):
             continue
-        name = erf.name.rsplit("/", 1)[0] + "/Gelu" if "/" in erf.name else erf.name + "_gelu"
+        scope, _, op = erf.name.rpartition("/")  # "blocks.0/mlp/act/Erf_1" -> "blocks.0/mlp/act/Gelu_1"
+        name = scope + "/" * bool(scope) + op.replace("Erf", "Gelu", 1) if "Erf" in op else f"{erf.name}_gelu"
         gelu = onnx.helper.make_node("Gelu", [x], [half.output[0]], name=name, domain="com.microsoft")
         g.node.insert(list(g.node).index(half), gelu)
         for n in (scale, erf, add, mul, half):
