@@ -71,6 +71,9 @@ def test_qdq_graph_follows_explicit_quantization_rules(quantized, tmp_path):
     assert p8.stat().st_size <= 0.4 * p32.stat().st_size
     assert read_metadata(p8)["precision"] == "int8" and json.loads(read_metadata(p8)["labels"]) == info.labels
     assert facts["ort_int8"]["int8_nodes"] >= facts["ops"].get("MatMul", 0) // 2
+    # each GELU is the one op ONNX Runtime runs it as (hybrid: SiLU, none)
+    n_gelu = sum(isinstance(m, nn.GELU) for m in model.modules())
+    assert facts["gelu_fused"] == facts["ops"].get("Gelu", 0) == n_gelu and "Erf" not in facts["ops"]
 
 
 def test_deployed_int8_agrees_with_simulation(quantized, tmp_path):
