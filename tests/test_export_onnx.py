@@ -170,3 +170,40 @@ def test_onnx_runtime_runs_each_gelu_as_one_op(quantized, tmp_path):
             got = ov.Core().compile_model(ov.convert_model(str(tmp_path / "g.onnx")), "CPU",
                                           {"INFERENCE_PRECISION_HINT": "f32"})(x)[0]
             np.testing.assert_allclose(got, before, atol=2e-3)
+
+
+def _erf_gelu_graph(half: float = 0.5, expose: str | None = None) -> onnx.ModelProto:
+    """y = half * x * (1 + Erf(x / sqrt 2)) as PyTorch writes it; ``expose``: an inner tensor also made a graph
+    output (another reader)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    consts = [numpy_helper.from_array(np.array(v, np.float32), n)
+              for n, v in (("sqrt2", np.sqrt(2.0)), ("one", 1.0), ("half", half))]
+    nodes = [helper.make_node("Div", ["x", "sqrt2"], ["d"], name="act/Div"),
+             helper.make_node("Erf", ["d"], ["e"], name="act/Erf"),
+             helper.make_node("Add", ["e", "one"], ["a"], name="act/Add"),
+             helper.make_node("Mul", ["x", "a"], ["m"], name="act/Mul"),
+             helper.make_node("Mul", ["m", "half"], ["y"], name="act/Mul_1")]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 8]) for n in ["y"] + ([expose] if expose else [])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])], outputs,
+                              consts)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("half, expose, fused", [(0.5, None, 1), (0.4, None, 0), (0.5, "d", 0), (0.5, "a", 0),
+                                                 (0.5, "m", 0)])
+def test_fuse_erf_gelu_takes_only_the_exact_pattern(half, expose, fused):
+    """Another factor than 0.5, or an inner tensor someone else reads, leaves the graph as it is."""
+    import onnxruntime as ort
+
+    from edgevit.exporters.qdq import fuse_erf_gelu
+
+    model = _erf_gelu_graph(half, expose)
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert fuse_erf_gelu(model) == fused
+    assert [n.op_type for n in model.graph.node] == (["Gelu"] if fused else ["Div", "Erf", "Add", "Mul", "Mul"])
+    assert [n.name for n in model.graph.node][0] == ("act/Gelu" if fused else "act/Div")
+    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    for a, b in zip(after, before):
+        np.testing.assert_allclose(a, b, atol=1e-6)
