@@ -139,7 +139,6 @@ def main() -> None:
                                   "model.num_classes=10", 'export=["export/onnx-int8.yaml"]', "quantize.placement=all",
                                   "quantize.conv_output=true", "validate.eval.num=20", "validate.devices.0.iters=2",
                                   "validate.devices.0.warmup=1"], out=run, overwrite=True)
-            graph = onnx.load(str(run / "onnx-int8.onnx"))
             files = dict(fp32["efficientformerv2_s0"])
             files["int8 edgevit (one Gelu op)"] = run / "onnx-int8.onnx"
             erf = onnx.load(str(run / "onnx-int8.onnx"))
