@@ -184,7 +184,8 @@ def export_onnx(model: nn.Module, info, cfg, path: Path, recipe_name: str, layer
     compact(proto, numbered=cfg.precision == "int8")
     if cfg.precision == "int8" and cfg.target != "tensorrt":  # TensorRT's rules want every zero point written
         drop_zero_weight_zero_points(proto)
-        facts["gelu_fused"] = fuse_erf_gelu(proto)
+    if cfg.precision == "int8" and cfg.target == "onnxruntime":  # an ORT op (OpenVINO reads it too); a graph for
+        facts["gelu_fused"] = fuse_erf_gelu(proto)                # TensorRT keeps standard ONNX ops only
     facts["layernorm_nodes"] = layernorm_nodes(proto)
     write_onnx(proto, path, onnx_metadata(info, recipe_name, cfg.precision))
     if cfg.precision == "int8":

@@ -178,7 +178,7 @@ def fuse_erf_gelu(model: onnx.ModelProto) -> int:
     fused = 0
     for erf in [n for n in g.node if n.op_type == "Erf"]:
         scale = producer.get(erf.input[0])
-        if scale is None or readers.get(erf.input[0]) != [erf] or erf.input[0] in outputs:
+        if scale is None or only_reader(erf.input[0], "Erf") is not erf:
             continue
         if scale.op_type == "Div" and _scalar(consts, scale.input[1], np.sqrt(2.0)):
             x = scale.input[0]
