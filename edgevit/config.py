@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapt
 
 from edgevit.prune.config import PruneConfig
 from edgevit.quant.config import QuantConfig
+from edgevit.quant.lowering import WEIGHT_BITS_IN_INT8
 from edgevit.runtimes import RUNTIMES, ExportBase, formats, runtime
 from edgevit.runtimes.onnxruntime import OnnxExport
 from edgevit.tokens.config import TokenConfig
@@ -213,7 +214,8 @@ class Recipe(_Strict):
                 continue
             if self.quantize is None:
                 raise ValueError(f"export.{i}.precision: int8 needs a quantize: section")
-            bits = {"quantize.weights.bits": self.quantize.weights.bits,
+            w = self.quantize.weights
+            bits = {"quantize.weights.bits": WEIGHT_BITS_IN_INT8 if w.overflow_fix == "on" and w.bits == 8 else w.bits,
                     "quantize.activations.bits": self.quantize.activations.bits}
             for key, b in bits.items():
                 problem = e.sub8bit_problem(key, b, i) if b != 8 else None

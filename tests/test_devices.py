@@ -112,17 +112,24 @@ def run_tiny(sshd, tiny_onnx):
 
 
 def test_tiny_artifact_runs_and_cleans_up(run_tiny, sshd):
-    """...and times only once it holds the device's bench lock (here held by this process for a second: the
-    'device' is this machine)."""
+    """...and times only once it holds the device's bench lock (here held by this process until the device's
+    process waits for it, then 1.5 s more: the 'device' is this machine)."""
     import fcntl
+    import os
     import tempfile
 
     held = threading.Event()
 
     def hold():
-        with open(Path(tempfile.gettempdir()) / "edgevit-bench.lock", "a") as f:
+        path = Path(tempfile.gettempdir()) / "edgevit-bench.lock"
+        with open(path, "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             held.set()
+            inode = f":{os.stat(path).st_ino} "
+            deadline = time.monotonic() + 120  # a waiter shows in /proc/locks as "-> FLOCK ..."
+            while time.monotonic() < deadline and not any(
+                    "->" in line and inode in line for line in Path("/proc/locks").read_text().splitlines()):
+                time.sleep(0.05)
             time.sleep(1.5)
 
     holder = threading.Thread(target=hold)

@@ -187,7 +187,10 @@ def export_onnx(model: nn.Module, info, cfg, path: Path, recipe_name: str, layer
     if cfg.precision == "int8" and cfg.target == "onnxruntime":  # an ORT op (OpenVINO reads it too); a graph for
         facts["gelu_fused"] = fuse_erf_gelu(proto)                # TensorRT keeps standard ONNX ops only
     facts["layernorm_nodes"] = layernorm_nodes(proto)
-    write_onnx(proto, path, onnx_metadata(info, recipe_name, cfg.precision))
+    meta = onnx_metadata(info, recipe_name, cfg.precision)
+    if cfg.precision == "int8" and getattr(cfg, "target", None):  # a runner reads whose integer kernels it is for
+        meta["target"] = cfg.target
+    write_onnx(proto, path, meta)
     if cfg.precision == "int8":
         facts["target"] = cfg.target
         facts["lowering"] = cfg.lowering

@@ -23,6 +23,12 @@ class WeightQuant(_Strict):
     granularity: Literal["channel", "tensor"] = "channel"
     symmetric: bool = True
     method: Literal["minmax", "mse"] = "mse"
+    overflow_fix: Literal["auto", "on", "off"] = Field(
+        "auto", description="8-bit weights quantized with 7 bits (int8 codes -63..63): on an x86 CPU without VNNI, "
+        "ONNX Runtime's and OpenVINO's int8 kernels add each pair of uint8 x int8 products in 16 bits, which "
+        "saturates with 8-bit weights, so the INT8 file computes otherwise than its simulation. auto: when this "
+        "machine's CPU is one and the recipe has an INT8 artifact for ONNX Runtime or OpenVINO (evaluated here); "
+        "on: always; off: never")
 
 
 class ActivationQuant(_Strict):

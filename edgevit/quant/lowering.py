@@ -32,6 +32,10 @@ from edgevit.quant.uniform import qparams_from_range
 POLICIES = ("exact", "uniform", "float")
 
 
+#: weights of this many bits go into int8 files as they are (codes -63..63)
+WEIGHT_BITS_IN_INT8 = 7
+
+
 def plan_bits(plan: QuantPlan) -> set[int]:
     """Every bit width the plan uses (weights and activations)."""
     return {q.bits for q in plan.weights.values()} | {e.qparams.bits for e in plan.activations.values()}
@@ -53,7 +57,10 @@ def lower_plan(plan: QuantPlan, target: str | Lowering, policy: str = "uniform")
     if not target.exact and policy == "exact":
         raise ValueError(f"lowering: exact cannot target {target.label}: its kernels take only uniform int8 "
                          "quantize/dequantize pairs; use lowering: uniform or float")
-    low = sorted(b for b in plan_bits(plan) if b < 8)
+    # 7-bit weights are int8 codes in -63..63, which int8 kernels run as they are (and which cannot saturate x86
+    # kernels without VNNI); fewer bits gain nothing in an int8 file, and narrower activations are not int8 codes
+    low = sorted({q.bits for q in plan.weights.values() if q.bits not in (WEIGHT_BITS_IN_INT8, 8)}
+                 | {e.qparams.bits for e in plan.activations.values() if e.qparams.bits < 8})
     if low and policy != "exact":
         raise ValueError(f"the plan uses {low[0]}-bit quantizers, which no {target.name} integer kernel runs; "
                          "export them with lowering: exact (a float decomposition that reproduces the "

@@ -150,6 +150,9 @@ def markdown(report: dict) -> str:
                   f"({cfg.get('gelu', 'uniform')})), {c['weight_tensors']} "
                   f"weight tensors, {c['folded_batchnorm']} BatchNorms folded; calibration took {quant['seconds']} s. "
                   "The full plan (every site's range, scale and zero point) is in `plan.json`.", ""]
+        if quant.get("overflow_fix"):
+            fix = quant["overflow_fix"]
+            lines += [f"{fix[0].upper()}{fix[1:]}.", ""]
         adalog = [k for k in ("softmax", "gelu") if cfg.get(k) == "adalog"]
         if adalog:
             form = cfg.get("adalog_form", "float")
@@ -226,6 +229,10 @@ def markdown(report: dict) -> str:
                 trt = e.get("tensorrt_problems", [])
                 lines.append(f"  - lowered for {e['target']}; TensorRT explicit-quantization rules: "
                              + ("followed" if not trt else f"{len(trt)} problem(s), e.g. {trt[0]}"))
+                if r.get("exact_integers"):
+                    lines.append("  - validated in ONNX Runtime without its integer kernels (each quantized op as "
+                                 "DequantizeLinear -> float op -> QuantizeLinear, exact int32 sums): this CPU has no "
+                                 "VNNI, so ONNX Runtime's uint8 x int8 kernels saturate here, which TensorRT's do not")
     for mode, pol in (report.get("fp16_layernorm") or {}).items():
         lines.append(f"- FP16 LayerNorm ({mode}): {'kept in FP32' if pol['keep_fp32'] else 'FP16'}: {pol['reason']}")
     env = report["environment"]

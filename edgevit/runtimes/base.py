@@ -37,8 +37,11 @@ class ExportBase(BaseModel):
         "to measure); fp32 always; fp16 never")
 
     def sub8bit_problem(self, key: str, bits: int, index: int) -> str | None:
-        """Why this artifact cannot hold a ``bits``-bit quantizer (None: it can)."""
-        if self.lowering != "exact":
+        """Why this artifact cannot hold a ``bits``-bit quantizer (None: it can). 7-bit weights are int8 codes in
+        -63..63 (x86 int8 kernels without VNNI cannot saturate on them), which int8 kernels run as they are."""
+        from edgevit.quant.lowering import WEIGHT_BITS_IN_INT8
+
+        if self.lowering != "exact" and not (key.endswith("weights.bits") and bits == WEIGHT_BITS_IN_INT8):
             return (f"{key}: {bits}-bit can be simulated, but ONNX Runtime and TensorRT run 8-bit integer kernels "
                     f"only; set export.{index}.lowering: exact to export a graph that reproduces the simulation, "
                     "or quantize with 8 bits")
@@ -69,6 +72,8 @@ class Runtime:
     platforms: ClassVar[tuple[str, ...]] = ("linux", "darwin", "win32")  # where it can predict
     local_device: ClassVar[bool] = False  # whether a `kind: local` device profile may name it
     profiles: ClassVar[bool] = False  # whether profile() gives per-node times (INT8 placement needs them)
+    # whether its CPU int8 kernels add uint8 x int8 products in pairs in 16 bits where the CPU has no VNNI
+    int8_kernels_saturate: ClassVar[bool] = False
 
     def lowering_for(self, cfg: ExportBase) -> Lowering | None:
         """The plan lowering an int8 artifact of this config uses."""

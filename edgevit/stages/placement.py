@@ -20,8 +20,9 @@
    the FP32 graph, batch 1. The fastest ships if it beats FP32 by ``MARGIN`` there and again when the two
    are timed alone (twice as many rounds); otherwise
    ``quantize.when_slower`` decides (the FP32 model, or the fastest INT8 anyway), and the report says so.
-   A symmetric form is inexact (the runtime rounds it otherwise than the simulation), so before it is chosen
-   its file must agree with its simulation on the accuracy images ``AGREEMENT_MARGIN`` above the
+   A symmetric form is inexact (the runtime rounds it otherwise than the simulation), and so is every form with
+   8-bit weights where the runtime's integer kernels saturate (a local x86 CPU without VNNI), so before it is
+   chosen its file must agree with its simulation on the accuracy images ``AGREEMENT_MARGIN`` above the
    validation's 99 % check; else the next fastest candidate is taken (``refused`` says why).
 
 The device is the deployment target when the recipe has one: an SSH device profile running the artifact's
@@ -55,6 +56,7 @@ from edgevit.runtimes import for_format
 from edgevit.validate import TorchRunner, collect_logits
 from edgevit.validate.accuracy import compare_logits
 from edgevit.validate.checks import MIN_AGREEMENT, RANDOM_WEIGHTS_SQNR_DB
+from edgevit.validate.latency import int8_dot_saturates
 from edgevit.validate.profiling import interleaved_medians, rounds_for
 
 log = logging.getLogger("edgevit")
@@ -288,6 +290,7 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
         if placed is not None:
             add(name + "-placed", placed, form)
     timer = _device_timer(device, ctx.info, x) if device.kind == "ssh" else _local_timer(rt, device, x)
+    saturates = _saturating_kernels(rt, device, plan)
     if len(files) == 1:  # every INT8 candidate was refused: FP32 ships (quantize.when_slower does not apply)
         return None, _fp32_ships(p, "no INT8 candidate could be timed", p.not_timed)
     p.candidates = {k: round(v, 4) for k, v in timer(files, 1).items()}
@@ -296,8 +299,8 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
         if len(left) == 1:
             return None, _fp32_ships(p, "no INT8 candidate runs as simulated", p.refused)
         best, faster = fastest(left)
-        inexact = form_of[best].startswith("symmetric")
-        why = _unlike_simulation(ctx, rt, prof_dev, plans[best], files[best]) if inexact else None
+        inexact = "a symmetric form" if form_of[best].startswith("symmetric") else saturates
+        why = _unlike_simulation(ctx, rt, prof_dev, plans[best], files[best], inexact) if inexact else None
         if why is None:
             break
         p.refused[best] = why
@@ -383,10 +386,23 @@ def _not_a_candidate(rt, row: dict, path: Path, qmodel, x: np.ndarray, device) -
     return None
 
 
-def _unlike_simulation(ctx, rt, device, plan, path: Path) -> str | None:
-    """Why the runtime's file of an inexact form (symmetric activations) must not ship: on the accuracy images it
-    agrees with its simulation less than ``AGREEMENT_MARGIN`` above the validation's minimum (random weights:
-    logit SQNR less than ``SQNR_MARGIN_DB`` above its threshold). None: it may ship, or cannot run here."""
+def _saturating_kernels(rt, device, plan) -> str | None:
+    """Why every INT8 candidate of ``plan`` may run otherwise than its simulation on this machine (None: only a
+    symmetric form may): the runtime's x86 integer kernels saturate on a CPU without VNNI once weights use 8 bits
+    (see :func:`int8_dot_saturates`). An SSH device's CPU is not known here."""
+    if not rt.int8_kernels_saturate or device.kind != "local" or not int8_dot_saturates():
+        return None
+    if max((q.bits for q in plan.weights.values()), default=8) <= 7:
+        return None
+    return "an INT8 file with 8-bit weights on a CPU without VNNI (its uint8 x int8 kernels saturate; " \
+        "7-bit weights, quantize.weights.overflow_fix: on, avoid it)"
+
+
+def _unlike_simulation(ctx, rt, device, plan, path: Path, inexact: str) -> str | None:
+    """Why the runtime's file of an inexact form (``inexact`` says which: symmetric activations, or 8-bit weights
+    where the CPU's kernels saturate) must not ship: on the accuracy images it agrees with its simulation less than
+    ``AGREEMENT_MARGIN`` above the validation's minimum (random weights: logit SQNR less than ``SQNR_MARGIN_DB``
+    above its threshold). None: it may ship, or cannot run here."""
     runner = rt.local_runner(path, device) if rt.can_run_here() else None
     if runner is None or ctx.evalset is None:
         return None
@@ -397,12 +413,12 @@ def _unlike_simulation(ctx, rt, device, plan, path: Path) -> str | None:
     if ctx.info.random_weights:
         need = RANDOM_WEIGHTS_SQNR_DB + SQNR_MARGIN_DB
         return None if c["sqnr_db"] >= need else \
-            f"{rt.label} runs it {c['sqnr_db']:.1f} dB from its simulation on {len(x)} images (a symmetric form " \
+            f"{rt.label} runs it {c['sqnr_db']:.1f} dB from its simulation on {len(x)} images ({inexact} " \
             f"needs >= {need:g} dB)"
     need = MIN_AGREEMENT + AGREEMENT_MARGIN
     return None if c["top1_agreement"] >= need else \
         f"{rt.label} agrees with its simulation on {100 * c['top1_agreement']:.1f} % of {len(x)} images " \
-        f"(a symmetric form needs >= {100 * need:g} %)"
+        f"({inexact} needs >= {100 * need:g} %)"
 
 
 def _check_images(ctx) -> np.ndarray:

@@ -13,8 +13,11 @@ from edgevit.errors import BadInput, RunFailure
 from edgevit.progress import new_progress
 from edgevit.quant import apply_plan, quantize
 from edgevit.quant.diagnostics import layer_errors, site_histograms
+from edgevit.quant.lowering import WEIGHT_BITS_IN_INT8
 from edgevit.results import StageRecord
+from edgevit.runtimes import for_format
 from edgevit.validate import TorchRunner, collect_logits
+from edgevit.validate.latency import int8_dot_saturates
 
 log = logging.getLogger("edgevit")
 SIM_NAME = "pytorch-int8-sim"
@@ -24,6 +27,25 @@ def sim_name(cfg) -> str:
     """The simulated model's row name: pytorch-int8-sim, or pytorch-w4a4-sim below 8 bits."""
     w, a = cfg.weights.bits, cfg.activations.bits
     return SIM_NAME if w == a == 8 else f"pytorch-w{w}a{a}-sim"
+
+
+def overflow_fix(recipe) -> str | None:
+    """Why the recipe's 8-bit weights are quantized with 7 bits in this run (None: they are not); see
+    ``quantize.weights.overflow_fix``."""
+    w = recipe.quantize.weights
+    if w.bits != 8 or w.overflow_fix == "off":
+        return None
+    if w.overflow_fix == "on":
+        return f"weights in {WEIGHT_BITS_IN_INT8} bits (quantize.weights.overflow_fix: on)"
+    hit = [e.name or e.format for e in recipe.export if e.precision == "int8"
+           and for_format(e.format).int8_kernels_saturate and getattr(e, "target", None) != "tensorrt"]
+    refused = [e.name or e.format for i, e in enumerate(recipe.export) if e.precision == "int8"
+               and e.sub8bit_problem("quantize.weights.bits", WEIGHT_BITS_IN_INT8, i)]
+    if not hit or refused or not int8_dot_saturates():  # (a CoreML int8 package holds 8-bit weights only)
+        return None
+    return (f"weights in {WEIGHT_BITS_IN_INT8} bits (quantize.weights.overflow_fix: auto): this CPU has no VNNI, so "
+            f"the int8 kernels that run {', '.join(hit)} here add pairs of uint8 x int8 products in 16 bits, which "
+            "saturates with 8-bit weights; set overflow_fix: off to keep 8 bits for a CPU with VNNI")
 
 
 def write_plan(plan, stage: Path) -> None:
@@ -41,6 +63,12 @@ class QuantizeStage:
         return recipe.quantize is not None
 
     def apply(self, ctx) -> StageRecord:
+        fix = overflow_fix(ctx.recipe)
+        if fix:  # every later stage and export reads the recipe: they all see the 7-bit weights
+            log.warning("quantize: %s", fix)
+            q = ctx.recipe.quantize
+            ctx.recipe = ctx.recipe.model_copy(update={"quantize": q.model_copy(update={
+                "weights": q.weights.model_copy(update={"bits": WEIGHT_BITS_IN_INT8})})})
         cfg, qcfg = ctx.recipe.calibration, ctx.recipe.quantize
         images = ctx.calibration_set()
         with new_progress() as progress:
@@ -66,7 +94,7 @@ class QuantizeStage:
         ctx.calibration_summary = {"path": str(cfg.path), "images": len(images) - len(images.skipped),
                                    "skipped": len(images.skipped), "used_by": ["quantize"]}
         return StageRecord.model_validate({"plan": plan.to_dict() | {"counts": plan.counts()}, "seconds": seconds,
-                                           "diagnostics": diagnostics})
+                                           "diagnostics": diagnostics, "overflow_fix": fix})
 
 
 class FallbackStage:

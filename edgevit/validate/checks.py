@@ -164,6 +164,9 @@ def _parity_checks(r: dict, rows: list[dict], rt, val, n_eval: int, random_weigh
     if r["precision"] == "int8" and "agreement_with_simulation" in acc:
         ok, detail = _agreement_check(f"{rt.short} vs", acc["agreement_with_simulation"],
                                       acc.get("sqnr_db_vs_simulation"), r["simulated_by"], n_eval, random_weights)
+        if not ok and r.get("saturating_cpu"):
+            detail += (f"; this CPU has no VNNI, so {rt.label}'s uint8 x int8 kernels saturate where weights use 8 "
+                       "bits: 7-bit weights (quantize.weights.overflow_fix: on) avoid it")
         out.append(CheckResult(name=f"{r['name']}: deployed model agrees with the simulation", ok=ok, detail=detail))
     sp = (r["export"] or {}).get("sparsity") or {}
     if "expected_nm_layers" in sp:

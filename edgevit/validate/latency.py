@@ -65,6 +65,22 @@ def cpu_facts(cpuinfo: str = "/proc/cpuinfo") -> dict:
     return {"model": fields.get("model name") or None, "flags": [f for f in SPEED_FLAGS if f in have]}
 
 
+#: x86 instructions that add int8 products in 32 bits; without one of them, x86 int8 kernels (ONNX Runtime's, and
+#: oneDNN's under OpenVINO) add each pair of uint8 x int8 products in 16 bits (vpmaddubsw), which saturates
+EXACT_INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def int8_dot_saturates(facts: dict | None = None, machine: str | None = None) -> bool:
+    """Whether this CPU's uint8 x int8 kernels can saturate: on x86 without VNNI or AMX, a pair of products
+    above 32,767 (255 x 127 x 2 can reach 64,770) is clipped, so an INT8 file computes otherwise than its
+    simulation unless its weights use 7 bits (2 x 255 x 63 = 32,130 fits). False where the OS does not say
+    (``cpu_facts`` empty) and on other architectures (ARM's int8 dot products add in 32 bits)."""
+    facts = cpu_facts() if facts is None else facts
+    machine = (machine or platform.machine()).lower()
+    return machine in ("x86_64", "amd64") and bool(facts["flags"]) and \
+        not set(EXACT_INT8_FLAGS) & set(facts["flags"])
+
+
 def measure(run: Callable[[np.ndarray], object], sample: np.ndarray, device,
             on_iter: Callable[[], None] | None = None) -> dict:
     """Batch-1 latency and throughput-batch latency of one runner on one device profile."""

@@ -36,14 +36,21 @@ class TorchRunner:
 
 
 class OrtRunner:
-    """An ONNX file in ONNX Runtime. Spinning is off so timings are stable on a shared machine."""
+    """An ONNX file in ONNX Runtime. Spinning is off so timings are stable on a shared machine.
+    ``exact_integers``: ONNX Runtime does not fuse quantized groups into its integer kernels; each runs as
+    DequantizeLinear -> float op -> QuantizeLinear, which computes the int32 sums exactly (a stand-in for another
+    runtime's integer kernels on a CPU whose own ones saturate)."""
 
     runtime = "onnxruntime"
 
-    def __init__(self, path: Path | str, threads: int | None = None, providers: list[str] | None = None):
+    def __init__(self, path: Path | str, threads: int | None = None, providers: list[str] | None = None,
+                 exact_integers: bool = False):
         import onnxruntime as ort
 
+        self.exact_integers = exact_integers
         opts = ort.SessionOptions()
+        if exact_integers:
+            opts.add_session_config_entry("session.disable_quant_qdq", "1")
         opts.intra_op_num_threads = threads or process_threads()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

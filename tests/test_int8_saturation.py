@@ -1,0 +1,131 @@
+"""x86 CPUs without VNNI add each pair of uint8 x int8 products in 16 bits, which saturates: what edgevit
+detects, and what it does about it (exact stand-in for TensorRT files, 7-bit weights, refusals)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgevit.validate.latency import int8_dot_saturates
+
+K = 64  # products per output: 32 pairs, each 255 x w x 2
+
+
+def _matmul_graph(path, weight: int, target: str | None = None) -> float:
+    """A QDQ MatMul of uint8 activations (all 255) with int8 weights (all ``weight``), scales 1: ONNX Runtime
+    fuses it into its integer kernel. Returns the exact output."""
+    w = np.full((K, 1), weight, np.int8)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "one", "zu"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "one", "zu"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "one", "zs"], ["wd"]),
+             helper.make_node("MatMul", ["xd", "wd"], ["y"]),
+             helper.make_node("QuantizeLinear", ["y", "out_scale", "zu"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "out_scale", "zu"], ["out"])]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             numpy_helper.from_array(np.array(0, np.uint8), "zu"), numpy_helper.from_array(np.array(0, np.int8), "zs"),
+             numpy_helper.from_array(np.array(2 * K * 127 * 255 / 255, np.float32), "out_scale")]
+    g = helper.make_graph(nodes, "sat", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, K])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    if target:
+        m.metadata_props.add(key="target", value=target)
+    onnx.save(m, str(path))
+    scale = 2 * K * 127
+    return float(np.round(K * 255 * weight / scale) * scale)
+
+
+@pytest.mark.parametrize("weight", [127, 63])
+def test_onnx_runtime_saturates_where_int8_dot_saturates_says(tmp_path, weight):
+    from edgevit.validate.runners import OrtRunner
+
+    exact = _matmul_graph(tmp_path / "m.onnx", weight)
+    x = np.full((1, K), 255.0, np.float32)
+    fused = float(OrtRunner(tmp_path / "m.onnx", 1)(x)[0, 0])
+    unfused = OrtRunner(tmp_path / "m.onnx", 1, exact_integers=True)
+    assert unfused.exact_integers and float(unfused(x)[0, 0]) == exact
+    if weight == 63:  # 7-bit weights: 2 x 255 x 63 = 32,130 fits in 16 bits, on every CPU
+        assert fused == exact
+    else:  # the pairs of 255 x 127 clip at 32,767 where the CPU has no VNNI, nowhere else
+        assert (fused != exact) == int8_dot_saturates(), (fused, exact)
+        if int8_dot_saturates():
+            assert fused < 0.6 * exact
+
+
+def test_int8_dot_saturates_reads_the_cpu_flags():
+    assert int8_dot_saturates({"model": "x", "flags": ["avx2"]}, "x86_64")
+    assert int8_dot_saturates({"model": "x", "flags": ["avx2", "avx512f"]}, "AMD64")
+    assert not int8_dot_saturates({"model": "x", "flags": ["avx2", "avx512f", "avx512_vnni"]}, "x86_64")
+    assert not int8_dot_saturates({"model": "x", "flags": ["avx2", "avx_vnni"]}, "x86_64")
+    assert not int8_dot_saturates({"model": None, "flags": []}, "x86_64")  # the OS does not say
+    assert not int8_dot_saturates({"model": "x", "flags": ["avx2"]}, "aarch64")
+
+
+@pytest.mark.parametrize("target", ["tensorrt", "onnxruntime"])
+def test_a_tensorrt_graph_is_checked_without_saturating_kernels(tmp_path, target):
+    """ONNX Runtime stands in for TensorRT here; TensorRT adds int8 products in 32 bits, so on a CPU whose
+    kernels saturate the stand-in runs without them. A graph for ONNX Runtime itself runs as deployed."""
+    from edgevit.runtimes import RUNTIMES
+
+    exact = _matmul_graph(tmp_path / "m.onnx", 127, target)
+    runner = RUNTIMES["onnxruntime"].local_runner(tmp_path / "m.onnx", None)
+    assert runner.exact_integers == (target == "tensorrt" and int8_dot_saturates())
+    out = float(runner(np.full((1, K), 255.0, np.float32))[0, 0])
+    assert (out == exact) == (target == "tensorrt" or not int8_dot_saturates())
+
+
+def test_seven_bit_weights_go_into_int8_files(tmp_path):
+    """quantize.weights.bits: 7 is accepted for the integer runtimes (int8 codes in -63..63) and its file holds
+    no weight code outside them; other widths below 8 still need lowering: exact; CoreML refuses 7 too."""
+    import torch
+
+    from edgevit.errors import BadInput
+    from edgevit.quant import QuantConfig, quantize
+    from edgevit.quant.lowering import lower_plan
+    from edgevit.recipe import build_recipe
+
+    from conftest import CALIB_DIR
+
+    base = {"name": "x", "calibration": {"path": str(CALIB_DIR)}, "quantize": {"weights": {"bits": 7}}}
+    for export in ({"precision": "int8"}, {"precision": "int8", "target": "tensorrt"},
+                   {"format": "openvino", "precision": "int8"}):
+        assert build_recipe(base | {"export": [export]}).quantize.weights.bits == 7
+    with pytest.raises(BadInput, match="quantize.weights.bits: 7-bit"):
+        build_recipe(base | {"export": [{"format": "coreml", "precision": "int8", "compression": "w8"}]})
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+    qmodel, plan = quantize(model, QuantConfig(weights={"bits": 7}), [torch.randn(64, 8)])
+    assert lower_plan(plan, "onnxruntime", "uniform") is plan
+    assert lower_plan(plan, "tensorrt", "uniform").weights.keys() == plan.weights.keys()
+    for q in plan.weights.values():
+        assert (q.qmin, q.qmax) == (-63, 63)
+    _, p6 = quantize(model, QuantConfig(weights={"bits": 6}), [torch.randn(64, 8)])
+    with pytest.raises(ValueError, match="6-bit"):
+        lower_plan(p6, "onnxruntime", "uniform")
+
+
+def test_overflow_fix_takes_seven_bits_where_this_cpu_saturates():
+    """auto: 7-bit weights when an INT8 artifact for ONNX Runtime or OpenVINO is evaluated on a CPU whose int8
+    kernels saturate (not for a graph lowered for TensorRT, nor when a CoreML int8 package shares the plan)."""
+    from edgevit.errors import BadInput
+    from edgevit.recipe import build_recipe
+    from edgevit.stages.quantize import overflow_fix
+
+    from conftest import CALIB_DIR
+
+    def fix(exports, mode="auto", bits=8):
+        return overflow_fix(build_recipe({"name": "x", "calibration": {"path": str(CALIB_DIR)}, "export": exports,
+                                          "quantize": {"weights": {"bits": bits, "overflow_fix": mode}}}))
+
+    ort, ov = {"precision": "int8"}, {"format": "openvino", "precision": "int8"}
+    trt = {"precision": "int8", "target": "tensorrt"}
+    coreml = {"format": "coreml", "precision": "int8", "compression": "w8"}
+    saturates = int8_dot_saturates()
+    for exports in ([ort], [ov], [trt, ort]):
+        assert (fix(exports) is not None) == saturates
+        assert fix(exports, "off") is None and "overflow_fix: on" in fix(exports, "on")
+    assert "no VNNI" in (fix([ort]) or "no VNNI")
+    assert fix([trt]) is None and fix([ort, coreml]) is None and fix([ort | {"lowering": "exact"}], "on", 4) is None
+    with pytest.raises(BadInput, match="quantize.weights.bits: 7-bit"):
+        fix([coreml], "on")
