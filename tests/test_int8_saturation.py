@@ -129,3 +129,40 @@ def test_overflow_fix_takes_seven_bits_where_this_cpu_saturates():
     assert fix([trt]) is None and fix([ort, coreml]) is None and fix([ort | {"lowering": "exact"}], "on", 4) is None
     with pytest.raises(BadInput, match="quantize.weights.bits: 7-bit"):
         fix([coreml], "on")
+
+
+def test_overflow_fix_reads_yaml_on_and_off(tmp_path):
+    """A bare on / off in a recipe (YAML reads them as true / false) means "on" / "off"."""
+    from edgevit.recipe import load_recipe
+
+    from conftest import CALIB_DIR
+
+    r = tmp_path / "r.yaml"
+    for word in ("on", "off", "auto"):
+        r.write_text(f"name: x\ncalibration: {{path: {CALIB_DIR}}}\nquantize:\n  weights: {{overflow_fix: {word}}}\n")
+        assert load_recipe(str(r)).quantize.weights.overflow_fix == word
+
+
+def test_placement_checks_every_candidate_where_the_kernels_saturate():
+    """With 8-bit weights on a CPU whose int8 kernels saturate, every INT8 candidate of ONNX Runtime and OpenVINO
+    is inexact (checked against its simulation before it ships); 7-bit weights, TensorRT's lowering's runtime
+    check elsewhere, and an SSH device's CPU (unknown here) are not."""
+    import torch
+
+    from edgevit.quant import QuantConfig, quantize
+    from edgevit.recipe import DeviceConfig
+    from edgevit.runtimes import RUNTIMES
+    from edgevit.stages.placement import _saturating_kernels
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+    _, p8 = quantize(model, QuantConfig(), [torch.randn(64, 8)])
+    _, p7 = quantize(model, QuantConfig(weights={"bits": 7}), [torch.randn(64, 8)])
+    local = DeviceConfig(name="here", kind="local", runtime="onnxruntime")
+    ssh = DeviceConfig.model_construct(name="pi", kind="ssh", runtime="onnxruntime")
+    for rt in ("onnxruntime", "openvino"):
+        why = _saturating_kernels(RUNTIMES[rt], local, p8)
+        assert (why is not None) == int8_dot_saturates() and (why is None or "overflow_fix: on" in why)
+        assert _saturating_kernels(RUNTIMES[rt], local, p7) is None
+        assert _saturating_kernels(RUNTIMES[rt], ssh, p8) is None
+    assert not RUNTIMES["coreml"].int8_kernels_saturate

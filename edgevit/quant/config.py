@@ -30,6 +30,11 @@ class WeightQuant(_Strict):
         "machine's CPU is one and the recipe has an INT8 artifact for ONNX Runtime or OpenVINO (evaluated here); "
         "on: always; off: never")
 
+    @field_validator("overflow_fix", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v):  # YAML reads a bare on / off as true / false
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
 
 class ActivationQuant(_Strict):
     """Activations: per tensor; unsigned asymmetric (ONNX Runtime's fast u8s8 path) by default."""

@@ -150,6 +150,7 @@ def fixed_batch(model, batch: int | None, hint: str, graph: Path, x) -> tuple[ob
     import numpy as np
 
     from edgevit.validate.accuracy import compare_logits
+    from edgevit.validate.latency import int8_dot_saturates
     from edgevit.validate.runners import OrtRunner
 
     if batch is None or _fixed_batch(model) is not None:
@@ -157,7 +158,7 @@ def fixed_batch(model, batch: int | None, hint: str, graph: Path, x) -> tuple[ob
                        f"the graph's input is already fixed to batch {_fixed_batch(model)}"}
     x = np.concatenate([x] * -(-batch // len(x)))[:max(batch, len(x) // batch * batch)]  # whole batches
     chunks = [x[i:i + batch] for i in range(0, len(x), batch)]
-    ort = OrtRunner(graph, 1)
+    ort = OrtRunner(graph, 1, exact_integers=int8_dot_saturates())  # the graph's own sums, not a saturated copy
     ref = np.concatenate([ort(c) for c in chunks])
     fixed = with_batch(model, batch)
     sqnr = {}

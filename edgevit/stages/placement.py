@@ -48,7 +48,7 @@ import numpy as np
 from edgevit.devices.lease import timing_lease
 from edgevit.errors import BadInput
 from edgevit.quant import apply_plan
-from edgevit.quant.lowering import has_nonuniform, lower_plan, plan_bits
+from edgevit.quant.lowering import WEIGHT_BITS_IN_INT8, has_nonuniform, lower_plan, plan_bits
 from edgevit.quant.regions import node_region, plan_regions, without_regions, without_sites
 from edgevit.quant.sites import ActQuant
 from edgevit.quant.targets import Lowering
@@ -392,7 +392,7 @@ def _saturating_kernels(rt, device, plan) -> str | None:
     (see :func:`int8_dot_saturates`). An SSH device's CPU is not known here."""
     if not rt.int8_kernels_saturate or device.kind != "local" or not int8_dot_saturates():
         return None
-    if max((q.bits for q in plan.weights.values()), default=8) <= 7:
+    if max((q.bits for q in plan.weights.values()), default=8) <= WEIGHT_BITS_IN_INT8:
         return None
     return "an INT8 file with 8-bit weights on a CPU without VNNI (its uint8 x int8 kernels saturate; " \
         "7-bit weights, quantize.weights.overflow_fix: on, avoid it)"

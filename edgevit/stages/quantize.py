@@ -24,9 +24,10 @@ SIM_NAME = "pytorch-int8-sim"
 
 
 def sim_name(cfg) -> str:
-    """The simulated model's row name: pytorch-int8-sim, or pytorch-w4a4-sim below 8 bits."""
+    """The simulated model's row name: pytorch-int8-sim (also with 7-bit weights, which go into int8 files as they
+    are: the name does not change with ``overflow_fix``), or pytorch-w4a4-sim below."""
     w, a = cfg.weights.bits, cfg.activations.bits
-    return SIM_NAME if w == a == 8 else f"pytorch-w{w}a{a}-sim"
+    return SIM_NAME if w in (WEIGHT_BITS_IN_INT8, 8) and a == 8 else f"pytorch-w{w}a{a}-sim"
 
 
 def overflow_fix(recipe) -> str | None:
