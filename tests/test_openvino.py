@@ -16,6 +16,7 @@ from loopback_sshd import SSHD
 from loopback_sshd import profile as loopback_profile
 from edgevit.errors import BadInput
 from edgevit.recipe import build_recipe
+from edgevit.validate.latency import cpu_facts, int8_dot_saturates
 
 ov = pytest.importorskip("openvino", reason="pip install 'edgevit[openvino]'")
 
@@ -58,10 +59,14 @@ def test_recipe_validates_every_openvino_artifact(ov_run):
     assert [f["activations"] for f in pl["forms"]] == ["symmetric"] and isinstance(
         int8["export"]["concat_quantizers_moved"], int)
     shipped = min(pl["candidates"], key=lambda k: (k in pl["refused"] or k == "fp32", pl["candidates"][k]))
-    assert all(k in pl["refused"] for k, ms in pl["candidates"].items() if ms < pl["candidates"][shipped])
+    assert all(k in pl["refused"] for k, ms in pl["candidates"].items()
+               if k != "fp32" and ms < pl["candidates"][shipped])  # (FP32 is faster on a CPU without VNNI)
     layers = int8["export"]["runtime_layers"]
     assert layers.get("u8", 0) + layers.get("i8", 0) > 0 and set(fp32["export"]["runtime_layers"]) == {"f32"}
-    assert bf16["export"]["runtime_layers"].keys() <= {"bf16", "f32"} and "bf16" in bf16["export"]["runtime_layers"]
+    # a CPU without AVX-512 BF16 or AMX runs the bf16 hint's layers in f16 (OpenVINO 2026.4 on an AVX2 EPYC)
+    bf16_cpu = bool({"avx512_bf16", "amx_bf16"} & set(cpu_facts()["flags"]))
+    assert bf16["export"]["runtime_layers"].keys() <= {"bf16", "f32"} | (set() if bf16_cpu else {"f16"})
+    assert ("bf16" in bf16["export"]["runtime_layers"]) == bf16_cpu
     names = {c["name"] for c in rep["checks"]}
     assert {"openvino-fp32: FP32 IR matches PyTorch", "openvino-bf16: BF16 predictions agree with FP32 PyTorch",
             "openvino-int8: deployed model agrees with the simulation",
@@ -163,11 +168,18 @@ def test_every_quantized_layer_runs_in_int8(tmp_path):
     out = tmp_path / "run"
     res = cli("compress", "--recipe", "int8_ptq_vit", "--out", str(out), "--set", "quantize.placement=all",
               "--set", "export=[export/onnx-int8.yaml,export/openvino-int8.yaml,export/onnx-int8-tensorrt.yaml]",
-              "--set", "validate.eval.num=50", "--set", "validate.devices=[]", "--set", "budget=null")
-    assert res.returncode == 0, res.stderr
-    rows = {r["name"]: r for r in json.loads((out / "report.json").read_text())["results"]}
+              "--set", "validate.eval.num=200", "--set", "validate.devices=[]", "--set", "budget=null")
+    rep = json.loads((out / "report.json").read_text())
+    failed = [c for c in rep["checks"] if not c["ok"]]
+    # OpenVINO's int8 kernels on an x86 CPU without VNNI compute even 7-bit weights otherwise than the simulation
+    # (the run says so); elsewhere every check passes
+    assert all(int8_dot_saturates() and c["name"].startswith("openvino-int8: deployed model agrees")
+               and "no VNNI" in c["detail"] for c in failed), failed
+    assert res.returncode == (1 if failed else 0), res.stderr
+    rows = {r["name"]: r for r in rep["results"]}
     e = rows["openvino-int8"]["export"]
-    assert e["quantized_layers"] == 26 and e["quantized_layers_in_float"] == [] and e["runtime_layers"] == {"u8": 26}
+    # (how OpenVINO splits the graph into executed layers depends on the CPU: on an AVX2 EPYC 27 u8 and 1 f32)
+    assert e["quantized_layers"] == 26 and e["quantized_layers_in_float"] == [] and e["runtime_layers"]["u8"] >= 26
 
     def weight_dqs(path):
         m = onnx.load(str(path))
@@ -207,7 +219,9 @@ def _concat_conv(scale_shape: tuple = (), zero_type=np.int8, readers: int = 1):
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.integers(-127, 128, (64, 96, 3, 3)).astype(np.int8), "w"),
+    # even 7-bit codes: OpenVINO's int8 convs on x86 without VNNI halve the codes (an odd one loses its lowest bit)
+    # and ONNX Runtime's add pairs of products in 16 bits (8-bit codes saturate): both compute these exactly
+    inits = [numpy_helper.from_array(rng.integers(-31, 32, (64, 96, 3, 3)).astype(np.int8) * 2, "w"),
              numpy_helper.from_array((rng.random(64) * 0.01 + 0.001).astype(np.float32), "ws"),
              numpy_helper.from_array(np.full(scale_shape, 0.04, np.float32), "s"),
              numpy_helper.from_array(np.zeros(scale_shape, zero_type), "z")]
