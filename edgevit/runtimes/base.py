@@ -72,7 +72,7 @@ class Runtime:
     platforms: ClassVar[tuple[str, ...]] = ("linux", "darwin", "win32")  # where it can predict
     local_device: ClassVar[bool] = False  # whether a `kind: local` device profile may name it
     profiles: ClassVar[bool] = False  # whether profile() gives per-node times (INT8 placement needs them)
-    # whether its CPU int8 kernels add uint8 x int8 products in pairs in 16 bits where the CPU has no VNNI
+    # whether its x86 int8 kernels compute otherwise than the exact sums on a CPU without VNNI (16-bit pair sums)
     int8_kernels_saturate: ClassVar[bool] = False
 
     def lowering_for(self, cfg: ExportBase) -> Lowering | None:
