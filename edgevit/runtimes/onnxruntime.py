@@ -138,7 +138,7 @@ class OnnxRuntime(Runtime):
 
         # a graph lowered for TensorRT, checked here on a CPU whose integer kernels saturate, runs without them:
         # TensorRT adds int8 products in 32 bits, so the saturated sums would be this CPU's error, not the file's
-        stand_in = read_metadata(path).get("target") == "tensorrt" and int8_dot_saturates()
+        stand_in = int8_dot_saturates() and read_metadata(path).get("target") == "tensorrt"
         return OrtRunner(path, device.threads if device else None, device.providers if device else None,
                          exact_integers=stand_in)
 

@@ -15,7 +15,7 @@ from edgevit.runtimes import RUNTIMES
 from edgevit.runtimes.onnxruntime import OnnxExport
 from edgevit.validate.accuracy import accuracy_metrics, changed_predictions, collect_logits, compare_logits
 from edgevit.validate.checks import STAGE_ROWS, artifact_checks, budget_checks
-from edgevit.validate.latency import int8_dot_saturates, measure_interleaved, timed_iterations
+from edgevit.validate.latency import measure_interleaved, timed_iterations
 from edgevit.validate.runners import TorchRunner
 
 log = logging.getLogger("edgevit")
@@ -89,8 +89,6 @@ def validate(recipe, model, sims: dict, info, params: int, artifacts: list[dict]
         runners.append(RUNTIMES[a["runtime"]].local_runner(stage / a["file"], devices[0] if devices else None))
         if getattr(runners[-1], "exact_integers", False):
             a["exact_integers"] = True
-        elif a["precision"] == "int8" and RUNTIMES[a["runtime"]].int8_kernels_saturate and int8_dot_saturates():
-            a["saturating_cpu"] = True  # what a failed agreement check names as the likely cause
     timed = [(r, run) for r, run in zip(rows, runners) if r["precision"] != "int8-sim" and run is not None]
     n_eval = len(evalset.x) if evalset else 0
     logits: dict[str, np.ndarray] = {}

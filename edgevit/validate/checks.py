@@ -10,6 +10,7 @@ from edgevit.results import CheckResult
 from edgevit.runtimes import RUNTIMES
 from edgevit.stages.prune import PRUNED_NAME
 from edgevit.stages.tokens import TOKENS_NAME
+from edgevit.validate.latency import int8_dot_saturates
 
 RANDOM_WEIGHTS_SQNR_DB = 20.0
 MIN_AGREEMENT = 0.99  # top-1 agreement of a deployed INT8 / FP16 artifact with the model it came from
@@ -164,7 +165,7 @@ def _parity_checks(r: dict, rows: list[dict], rt, val, n_eval: int, random_weigh
     if r["precision"] == "int8" and "agreement_with_simulation" in acc:
         ok, detail = _agreement_check(f"{rt.short} vs", acc["agreement_with_simulation"],
                                       acc.get("sqnr_db_vs_simulation"), r["simulated_by"], n_eval, random_weights)
-        if not ok and r.get("saturating_cpu"):
+        if not ok and rt.int8_kernels_saturate and not r.get("exact_integers") and int8_dot_saturates():
             detail += (f"; this CPU has no VNNI, so {rt.label}'s uint8 x int8 kernels saturate where weights use 8 "
                        "bits: 7-bit weights (quantize.weights.overflow_fix: on) avoid it")
         out.append(CheckResult(name=f"{r['name']}: deployed model agrees with the simulation", ok=ok, detail=detail))

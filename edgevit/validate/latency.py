@@ -5,6 +5,7 @@ average is recorded beside it (on a shared 2-core machine, timings under load sw
 """
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import random
@@ -75,10 +76,17 @@ def int8_dot_saturates(facts: dict | None = None, machine: str | None = None) ->
     above 32,767 (255 x 127 x 2 can reach 64,770) is clipped, so an INT8 file computes otherwise than its
     simulation unless its weights use 7 bits (2 x 255 x 63 = 32,130 fits). False where the OS does not say
     (``cpu_facts`` empty) and on other architectures (ARM's int8 dot products add in 32 bits)."""
+    if facts is None and machine is None:
+        return _this_cpu_saturates()
     facts = cpu_facts() if facts is None else facts
     machine = (machine or platform.machine()).lower()
     return machine in ("x86_64", "amd64") and bool(facts["flags"]) and \
         not set(EXACT_INT8_FLAGS) & set(facts["flags"])
+
+
+@functools.cache
+def _this_cpu_saturates() -> bool:  # read /proc/cpuinfo once: every runner and check asks
+    return int8_dot_saturates(cpu_facts(), platform.machine())
 
 
 def measure(run: Callable[[np.ndarray], object], sample: np.ndarray, device,
