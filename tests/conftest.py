@@ -14,6 +14,15 @@ EVAL_DIR = ROOT / "calibration" / "builtin-eval"
 CALIB_DIR = ROOT / "calibration" / "builtin-calib"
 
 
+def deployable_weights() -> dict:
+    """Weight settings under which ONNX Runtime's int8 kernels compute what was simulated, as
+    quantize.weights.overflow_fix: auto chooses: 7 bits on an x86 CPU without VNNI (its kernels add
+    pairs of uint8 x int8 products in 16 bits, which 8-bit weights overflow), 8 elsewhere."""
+    from edgevit.validate.latency import int8_dot_saturates
+
+    return {"bits": 7} if int8_dot_saturates() else {}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def sweep_history(tmp_path_factory):
     """The sweeps' duration history in a file of this test session (not the user's cache); Ray workers and

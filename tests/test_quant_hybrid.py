@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import deployable_weights
 from edgevit.exporters.onnx import export_onnx, read_metadata
 from edgevit.data import Preprocess, open_image_set
 from edgevit.errors import BadInput
@@ -72,7 +73,8 @@ def test_timm_model_w8a8_export_ort(name, tmp_path):
         ref = model(x).numpy()
     assert np.abs(OrtRunner(fp32, 1)(x.numpy()) - ref).max() <= 1e-3 * max(1.0, np.abs(ref).max())
 
-    cfg = QuantConfig(activations={"method": "percentile"}, search=LayerSearch() if name in SEARCHED else None)
+    cfg = QuantConfig(activations={"method": "percentile"}, weights=deployable_weights(),
+                      search=LayerSearch() if name in SEARCHED else None)
     qm, plan = quantize(model, cfg, [x])
     layers = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
     assert len(plan.weights) == layers  # every Conv2d/Linear quantized

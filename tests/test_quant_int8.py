@@ -10,7 +10,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from conftest import CALIB_DIR, EVAL_DIR, cli
+from conftest import CALIB_DIR, EVAL_DIR, cli, deployable_weights
 from edgevit.data import Preprocess, open_image_set
 from edgevit.errors import BadInput
 from edgevit.exporters.onnx import export_onnx, read_metadata
@@ -21,12 +21,9 @@ from edgevit.quant.sites import QuantAttention, QuantConv2d, QuantLinear, weight
 from edgevit.recipe import ExportConfig, ModelConfig, build_recipe
 from edgevit.validate import OrtRunner, TorchRunner
 from edgevit.validate.accuracy import compare_logits
-from edgevit.validate.latency import int8_dot_saturates
 
 
-# as quantize.weights.overflow_fix: auto does: 7-bit weights where ONNX Runtime's int8 kernels saturate on 8-bit
-# ones (an x86 CPU without VNNI), so that the deployed file computes what was simulated on every CPU
-WEIGHTS = {"bits": 7} if int8_dot_saturates() else {}
+WEIGHTS = deployable_weights()  # the deployed file computes what was simulated on every CPU
 
 
 @pytest.fixture(scope="module", params=["hybrid-cifar10", "vit-cifar10"])

@@ -318,7 +318,7 @@ def test_efficientformer_attention_stage_merges_and_exports(tmp_path):
 
 def test_merged_hybrid_quantizes_and_runs_in_onnx_runtime(tmp_path):
     """MobileViT with merge -> attention -> unmerge, then W8A8: the QDQ export follows the simulation."""
-    from conftest import CALIB_DIR
+    from conftest import CALIB_DIR, deployable_weights
     from edgevit.data import Preprocess, open_image_set
     from edgevit.exporters.onnx import export_onnx
     from edgevit.quant import QuantConfig, quantize
@@ -328,7 +328,7 @@ def test_merged_hybrid_quantizes_and_runs_in_onnx_runtime(tmp_path):
     model, info = load_model(ModelConfig(source="builtin:hybrid-cifar10"))
     x = torch.from_numpy(open_image_set(CALIB_DIR, num=64).load(Preprocess(info.input_size, info.mean, info.std))[0])
     apply_tokens(model, TokenConfig(r=4))
-    qmodel, _ = quantize(model, QuantConfig(), [x])
+    qmodel, _ = quantize(model, QuantConfig(weights=deployable_weights()), [x])
     export_onnx(qmodel, info, ExportConfig(precision="int8"), tmp_path / "q.onnx", "test")
     got = OrtRunner(tmp_path / "q.onnx", 1)(x.numpy())
     sim = qmodel(x).detach().numpy()
