@@ -111,6 +111,13 @@ def test_compact_keeps_outputs_and_shrinks_the_file(builtin, real_images):
     np.testing.assert_allclose(run(ids), run(raw), atol=1e-5)
     assert short_node_name("/stages/stages.2/stages.2.1/attn/MatMul") == "stages.2.1/attn/MatMul"
     assert short_node_name("/blocks/blocks.0/norm1/LayerNormalization") == "blocks.0/norm1/LayerNormalization"
+    assert short_node_name("/blocks/blocks.0/attn/qkv/input_quant/QuantizeLinear_1") == "blocks.0/attn/qkv/input_quant/Q_1"
+    # attributes at their default are left out (a Conv's unit strides, zero pads, group 1), the others stay
+    convs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in ids.graph.node
+             if n.op_type == "Conv"]
+    assert not any(a.get("strides") == [1, 1] or a.get("pads") == [0, 0, 0, 0] or a.get("group") == 1 for a in convs)
+    assert any(a.get("strides", [1, 1]) != [1, 1] for a in convs) and all("kernel_shape" in a for a in convs)
+    assert {i.name for t in ids.graph.initializer for i in [t]} >= {"0", "a"}  # base-62 ids, shortest first
 
 
 class _ConvGelu(torch.nn.Module):

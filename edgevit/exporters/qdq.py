@@ -80,7 +80,9 @@ def fold_weight_transposes(model: onnx.ModelProto) -> int:
             continue
         inits[dq.input[0]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w.T), dq.input[0]))
         axis = next((a for a in dq.attribute if a.name == "axis"), None)
-        if axis is not None:
+        if axis is None:  # left out: the default, 1, which the transposed weight's channels are not on
+            dq.attribute.append(onnx.helper.make_attribute("axis", 0))
+        else:
             axis.i = 1 - (axis.i % 2)
         for m in g.node:
             for k, i in enumerate(m.input):
