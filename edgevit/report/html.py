@@ -84,8 +84,9 @@ def histogram_figure(diag: dict):
         edges = h["edges"]
         ax.stairs(h["counts"], edges, fill=True, color="#8172b3", alpha=0.7)
         ax.set_yscale("log")
-        for lv in h["levels"]:
-            ax.axvline(lv, color="#c44e52", lw=0.4, alpha=0.6)
+        ax.minorticks_off()  # a log axis' minor ticks were most of the figure's layout time
+        # one collection for all levels: an artist per level (256 at 8 bits) made rendering take seconds
+        ax.vlines(h["levels"], 0, 1, transform=ax.get_xaxis_transform(), color="#c44e52", lw=0.4, alpha=0.6)
         ax.set_title(f"{h['site']}\n{h['quantizer']}: {len(h['levels'])} of {h['levels_total']} levels in range",
                      fontsize=8)
         ax.tick_params(labelsize=7)
