@@ -107,7 +107,7 @@ class _QDQ(torch.autograd.Function):
             shape[axis] = -1
             scale = torch.tensor(scale, dtype=torch.float32).view(shape)
             zero_point = torch.tensor(zero_point, dtype=torch.float32).view(shape)
-        # in place on the one new tensor: the same ops in the same order (same values), a fifth faster here
+        # in place on the one new tensor: the same ops in the same order (same values), no temporaries
         return (x / scale).round_().add_(zero_point).clamp_(qmin, qmax).sub_(zero_point).mul_(scale)
 
     @staticmethod
