@@ -117,7 +117,7 @@ def test_compact_keeps_outputs_and_shrinks_the_file(builtin, real_images):
              if n.op_type == "Conv"]
     assert not any(a.get("strides") == [1, 1] or a.get("pads") == [0, 0, 0, 0] or a.get("group") == 1 for a in convs)
     assert any(a.get("strides", [1, 1]) != [1, 1] for a in convs) and all("kernel_shape" in a for a in convs)
-    assert {i.name for t in ids.graph.initializer for i in [t]} >= {"0", "a"}  # base-62 ids, shortest first
+    assert {t.name for t in ids.graph.initializer} >= {"0", "a"}  # base-62 ids, shortest first
 
 
 class _ConvGelu(torch.nn.Module):
