@@ -18,9 +18,10 @@ def deployable_weights() -> dict:
     """Weight settings under which ONNX Runtime's int8 kernels compute what was simulated, as
     quantize.weights.overflow_fix: auto chooses: 7 bits on an x86 CPU without VNNI (its kernels add
     pairs of uint8 x int8 products in 16 bits, which 8-bit weights overflow), 8 elsewhere."""
+    from edgevit.quant.lowering import WEIGHT_BITS_IN_INT8
     from edgevit.validate.latency import int8_dot_saturates
 
-    return {"bits": 7} if int8_dot_saturates() else {}
+    return {"bits": WEIGHT_BITS_IN_INT8} if int8_dot_saturates() else {}
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -169,7 +169,8 @@ def short_node_name(name: str) -> str:
 
 
 def compact(model: onnx.ModelProto, numbered: bool = False) -> onnx.ModelProto:
-    """Drop value_info, turn Constant nodes into initializers, shorten names (in place).
+    """Drop value_info, turn Constant nodes into initializers, shorten names, leave out default-valued
+    attributes (in place).
 
     ``numbered`` replaces tensor names by ids (smallest file; for INT8 QDQ artifacts). FP32/FP16 files
     keep descriptive tensor names: with bare ids, ONNX Runtime's quantize_static fails on them
