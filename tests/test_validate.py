@@ -229,3 +229,35 @@ def test_interleaved_medians_time_blocks_of_calls_per_round():
     calls.update(a=0, b=0)
     warm = interleaved_medians(runners, x, rounds=6, warmup=1, per_round=5)
     assert calls == {"a": 31, "b": 31} and warm["a"] < 5.0
+
+
+def test_kernel_events_read_off_an_onnx_runtime_profile_equal_the_parsed_json(tmp_path):
+    """The profile's kernel events read line by line are those the whole JSON gives (names with a quote or a
+    backslash included), and a profile in another layout is parsed as JSON with the same result."""
+    import json
+
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from edgevit.validate.profiling import kernel_events
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], np.eye(4, dtype=np.float32).ravel().tolist())
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name='blocks.0/attn "q"/MatMul'),
+             helper.make_node("Relu", ["y"], ["z"], name="blocks.0\\mlp/Relu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4])], [w])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    so = ort.SessionOptions()
+    so.enable_profiling, so.profile_file_prefix = True, str(tmp_path / "p")
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        session.run(None, {"x": np.ones((1, 4), np.float32)})
+    text = Path(session.end_profiling()).read_text()
+    parsed = [(e["name"][:-len("_kernel_time")], e["dur"]) for e in json.loads(text)
+              if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    assert len(parsed) == 6 and {n for n, _ in parsed} == {n.name for n in nodes}
+    assert kernel_events(text) == parsed
+    assert kernel_events(json.dumps(json.loads(text))) == parsed  # no line layout: the JSON path
