@@ -3,8 +3,8 @@
 The model takes an RGB image (``ImageType``, 0-255 pixels at the model's input size) and returns the
 class label and a probability per label (``ClassifierConfig``). The per-channel normalization
 (x / 255 - mean) / std is folded into a first layer, since ``ImageType`` only has a scalar scale;
-labels and preprocessing also travel in the model's metadata. Weight compression is applied on the
-converted program with ``coremltools.optimize.coreml``:
+labels and preprocessing also travel in the model's metadata. Weight compression is
+``coremltools.optimize.coreml``'s graph passes, run at the end of the conversion's own pass pipeline:
 
 * ``w8``: int8 per-channel linear weights (``constexpr_blockwise_shift_scale`` / ``constexpr_affine_dequantize``);
 * ``palettize4`` / ``palettize6``: k-means look-up tables (``constexpr_lut_to_dense``);
@@ -80,12 +80,12 @@ class _Normalized(nn.Module):
 
 def _convert(ct, traced, target: str, size: int, info, precision: str, layernorm_fp32: bool, compression: str):
     with _small_constants_shared(ct) as pipeline:
-        mlmodel = ct.convert(
+        _add_compression(pipeline, compression)
+        return ct.convert(
             traced, convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, target),
             inputs=[ct.ImageType(name="image", shape=(1, 3, size, size), color_layout=ct.colorlayout.RGB)],
             classifier_config=ct.ClassifierConfig(list(info.labels)),
             compute_precision=_compute_precision(ct, precision, layernorm_fp32), pass_pipeline=pipeline)
-    return _compress(mlmodel, compression)
 
 
 @contextmanager
@@ -164,30 +164,39 @@ def _int8_graph(model: nn.Module, on: bool) -> Iterator[None]:
             m.weight_override = o
 
 
-def _compress(mlmodel, compression: str):
+def _add_compression(pipeline, compression: str) -> None:
+    """Append the weight compression passes of ``compression`` to the conversion's pass pipeline, after its
+    cleanup (so they compress the weights the fusions left), then merge the constants they add. coremltools'
+    ``optimize.coreml`` functions apply the same passes to a converted model, but each then converts the whole
+    program again through the default pipeline: in one pipeline a W8A8 + sparse package of the built-in hybrid
+    converted in 15 s instead of 24-28 s here, with the same ops and the same ``weight.bin``."""
     import coremltools.optimize.coreml as cto
 
     if compression == "none":
-        return mlmodel
+        return
+    passes: list[tuple[str, dict]] = []
     if compression in ("w8", "w8-sparse"):
         # with sparse storage every tensor is quantized, so the pruned ones all get the joint form
         op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
                                          weight_threshold=512 if compression == "w8" else 1)
-        mlmodel = cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
-        if compression == "w8":
-            return mlmodel
-        op = cto.OpThresholdPrunerConfig(threshold=1e-12, minimum_sparsity_percentile=0.3, weight_threshold=1)
-        return cto.prune_weights(mlmodel, cto.OptimizationConfig(global_config=op), joint_compression=True)
-    if compression.startswith("palettize"):
+        passes.append(("linear_quantize_weights", {"config": cto.OptimizationConfig(global_config=op)}))
+    elif compression.startswith("palettize"):
         op = cto.OpPalettizerConfig(mode="kmeans", nbits=int(compression.removeprefix("palettize")),
                                     weight_threshold=512)
-        return cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
-    if compression == "sparse":
+        passes.append(("palettize_weights", {"config": cto.OptimizationConfig(global_config=op)}))
+    elif compression != "sparse":
+        raise ValueError(f"unknown CoreML compression {compression!r}")
+    if compression in ("sparse", "w8-sparse"):
         # every pruned tensor, however small (a hybrid's 16-channel convs have < 512 weights): sparse storage
         # (a bit mask + the non-zeros) is smaller than dense at 2:4 for any size
         op = cto.OpThresholdPrunerConfig(threshold=1e-12, minimum_sparsity_percentile=0.3, weight_threshold=1)
-        return cto.prune_weights(mlmodel, cto.OptimizationConfig(global_config=op))
-    raise ValueError(f"unknown CoreML compression {compression!r}")
+        passes.append(("prune_weights", {"config": cto.OptimizationConfig(global_config=op),
+                                         "joint_compression": compression == "w8-sparse"}))
+    for name, options in passes:
+        pipeline.append_pass(f"compression::{name}")
+        pipeline.set_options(f"compression::{name}", options)
+    pipeline.append_pass("common::const_deduplication")
+    pipeline.append_pass("common::dead_code_elimination")
 
 
 def export_coreml(model: nn.Module, info, path: Path, compression: str = "none", precision: str = "fp16",
