@@ -119,7 +119,7 @@ def bench(artifact: Path | str, device: DeviceConfig | None = None) -> dict:
         raise BadInput(f"artifact not found: {artifact}")
     rt = for_suffix(artifact.suffix)
     if rt is None or not rt.local_device:
-        local = ", ".join(r.suffix for r in RUNTIMES.values() if r.local_device)
+        local = ", ".join(s for r in RUNTIMES.values() if r.local_device for s in (r.suffix, *r.other_suffixes))
         raise BadInput(f"{artifact}: only {local} artifacts can be benchmarked here (got '{artifact.suffix}'); "
                        "others need a device profile of kind ssh")
     try:
@@ -155,7 +155,7 @@ def _bench_remote(artifact: Path, device: DeviceConfig) -> dict:
     from edgevit.devices.remote import measure_remote
 
     rt = runtime(device.runtime)
-    if artifact.suffix != rt.suffix or not artifact.exists():
+    if artifact.suffix not in (rt.suffix, *rt.other_suffixes) or not artifact.exists():
         raise BadInput(f"{artifact}: device {device.name} runs {device.runtime}, which takes an existing "
                        f"{rt.suffix} artifact")
     meta = rt.read_metadata(artifact)

@@ -198,6 +198,12 @@ def markdown(report: dict) -> str:
             lines.append(f"- `{r['file']}`: opset {e['opset']}, {e['nodes']} nodes, simplifier: {e['simplifier']}, "
                          f"max abs logit diff vs {par.get('against', 'PyTorch')} "
                          f"{par.get('max_abs_diff', float('nan')):.2e} on {par.get('images', 0)} images")
+            o = e.get("ort_format")
+            if o:
+                lines.append(f"  - ONNX Runtime's ORT format ({o['optimization']}; ONNX Runtime {o['ort_version']}): "
+                             f"{r['size_bytes'] / o['onnx_bytes']:.2f}x the bytes of its ONNX graph, session created "
+                             f"in {o['load_ms']:.1f} ms vs {o['onnx_load_ms']:.1f} ms from the ONNX graph here; "
+                             f"operators for a reduced build: `{o['required_operators']}`")
             eng = e.get("engine")
             if eng:
                 sp_eng = eng.get("sparsity")

@@ -67,6 +67,7 @@ class Runtime:
     file_kind: ClassVar[str] = "artifact"  # "FP32 ONNX", "FP32 IR": what check names call the FP32 file
     file_noun: ClassVar[str] = "artifact"  # "ONNX", "OpenVINO IR": in "not a readable ... file"
     short: ClassVar[str] = ""  # "ORT": in check names and details
+    other_suffixes: ClassVar[tuple[str, ...]] = ()  # further artifact suffixes it runs (ONNX Runtime: .ort)
     lowering: ClassVar[Lowering | None] = None
     device_runner: ClassVar[str | None] = None  # file under runtimes/device/ that runs it on a device
     platforms: ClassVar[tuple[str, ...]] = ("linux", "darwin", "win32")  # where it can predict
@@ -74,6 +75,10 @@ class Runtime:
     profiles: ClassVar[bool] = False  # whether profile() gives per-node times (INT8 placement needs them)
     # whether its x86 int8 kernels compute otherwise than the exact sums on a CPU without VNNI (16-bit pair sums)
     int8_kernels_saturate: ClassVar[bool] = False
+
+    def file_suffix(self, cfg: ExportBase) -> str:
+        """The suffix of the file an export entry writes (``suffix`` unless the config picks another form)."""
+        return self.suffix
 
     def lowering_for(self, cfg: ExportBase) -> Lowering | None:
         """The plan lowering an int8 artifact of this config uses."""
@@ -164,4 +169,5 @@ def formats() -> dict[str, type[ExportBase]]:
 
 
 def for_suffix(suffix: str) -> Runtime | None:
-    return next((rt for rt in RUNTIMES.values() if rt.suffix == suffix), None)
+    """The runtime that runs artifacts with this file suffix, or None."""
+    return next((rt for rt in RUNTIMES.values() if suffix in (rt.suffix, *rt.other_suffixes)), None)

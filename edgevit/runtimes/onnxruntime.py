@@ -1,5 +1,6 @@
 """ONNX Runtime: ``format: onnx`` writes an ``.onnx`` file (FP32, FP16, or INT8 QDQ lowered for the
-runtime named by ``target``: ONNX Runtime itself, or TensorRT, which gets the ONNX and a trtexec line)."""
+runtime named by ``target``: ONNX Runtime itself, or TensorRT, which gets the ONNX and a trtexec line), or with
+``ort_format: true`` the same graph optimized offline in ONNX Runtime's ``.ort`` format."""
 from __future__ import annotations
 
 import logging
@@ -56,11 +57,19 @@ class OnnxExport(ExportBase, OnnxGraphFields):
         "signed int8, zero point 0 everywhere); with tensorrt the report gives the trtexec line that builds the engine "
         "on the device (an FP16 engine from an fp32 ONNX)")
 
+    ort_format: bool = Field(
+        False, description="write the artifact in ONNX Runtime's ORT format (.ort), the graph optimized offline: "
+        "what ONNX Runtime Mobile and other reduced builds load, and quicker for any ONNX Runtime to load; "
+        "a <name>.required_operators.config beside it lists its operators for a reduced build")
+
     @model_validator(mode="after")
     def _lowering_fits_target(self) -> "OnnxExport":
         if self.precision == "int8" and self.target == "tensorrt" and self.lowering == "exact":
             raise ValueError("lowering: exact cannot target TensorRT, whose kernels take only uniform int8 "
                              "quantize/dequantize; use lowering: uniform or float")
+        if self.ort_format and self.target == "tensorrt":
+            raise ValueError("ort_format: TensorRT builds its engine from the ONNX file; set ort_format: false or "
+                             "target: onnxruntime")
         return self
 
 
@@ -106,6 +115,7 @@ def tensorrt_rules_check(row: dict) -> list[dict]:
 @register
 class OnnxRuntime(Runtime):
     name, label, format, suffix, config = "onnxruntime", "ONNX Runtime", "onnx", ".onnx", OnnxExport
+    other_suffixes = (".ort",)
     file_kind, file_noun, short = "FP32 ONNX", "ONNX", "ORT"
     lowering = ONNXRUNTIME
     device_runner = "onnxruntime_runner.py"
@@ -123,7 +133,12 @@ class OnnxRuntime(Runtime):
     def runs_fp16(self, cfg) -> bool:
         return cfg.precision == "fp16" or cfg.target == "tensorrt"  # TensorRT builds INT8 engines with FP16 on
 
+    def file_suffix(self, cfg) -> str:
+        return ".ort" if cfg.ort_format else self.suffix
+
     def export(self, job, ctx) -> dict:
+        if job.file.endswith(".ort"):
+            return self._export_ort_format(job, ctx)
         engine = ("fp16" if job.cfg.precision == "fp32" else job.cfg.precision) if job.cfg.target == "tensorrt" \
             else None
         facts = write_graph(job, ctx, job.file, job.cfg, engine)
@@ -131,14 +146,27 @@ class OnnxRuntime(Runtime):
         log.info("exported %s (%.2f MB, %s)", job.file, size / 1e6, facts["simplifier"])
         return artifact_row(job, self, job.file, size, facts)
 
+    def _export_ort_format(self, job, ctx) -> dict:
+        """The ONNX graph written beside, then saved in ORT format as ``job.file``; the ONNX file is removed."""
+        from edgevit.exporters.ort_format import save_ort_format
+
+        onnx_file = f".tmp-{job.file.removesuffix('.ort')}.onnx"
+        try:
+            facts = write_graph(job, ctx, onnx_file, job.cfg)
+            facts["ort_format"] = save_ort_format(ctx.stage / onnx_file, ctx.stage / job.file)
+        finally:
+            (ctx.stage / onnx_file).unlink(missing_ok=True)
+        size = (ctx.stage / job.file).stat().st_size
+        log.info("exported %s (%.2f MB, ORT format)", job.file, size / 1e6)
+        return artifact_row(job, self, job.file, size, facts)
+
     def local_runner(self, path: Path, device):
-        from edgevit.exporters.onnx import read_metadata
         from edgevit.validate.latency import int8_dot_saturates
         from edgevit.validate.runners import OrtRunner
 
         # a graph lowered for TensorRT, checked here on a CPU whose integer kernels saturate, runs without them:
         # TensorRT adds int8 products in 32 bits, so the saturated sums would be this CPU's error, not the file's
-        stand_in = int8_dot_saturates() and read_metadata(path).get("target") == "tensorrt"
+        stand_in = int8_dot_saturates() and self.read_metadata(path).get("target") == "tensorrt"
         return OrtRunner(path, device.threads if device else None, device.providers if device else None,
                          exact_integers=stand_in)
 
@@ -153,6 +181,13 @@ class OnnxRuntime(Runtime):
     def read_metadata(self, path: Path) -> dict[str, str]:
         from edgevit.exporters.onnx import read_metadata
 
+        if Path(path).suffix == ".ort":  # ONNX Runtime's own format: only ONNX Runtime reads it
+            import onnxruntime as ort
+
+            so = ort.SessionOptions()
+            so.log_severity_level = 3
+            meta = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).get_modelmeta()
+            return dict(meta.custom_metadata_map)
         return read_metadata(path)
 
     def input_shape(self, runner) -> list:

@@ -19,7 +19,8 @@ log = logging.getLogger("edgevit")
 
 def artifact_files(exports) -> list[str]:
     """The file name of each export entry (its name, else FORMAT-PRECISION, with the runtime's suffix)."""
-    names = [f"{cfg.name or f'{cfg.format}-{cfg.precision}'}{for_format(cfg.format).suffix}" for cfg in exports]
+    names = [f"{cfg.name or f'{cfg.format}-{cfg.precision}'}{for_format(cfg.format).file_suffix(cfg)}"
+             for cfg in exports]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise BadInput(f"export: two artifacts would both be written as {dupes[0]}; give them distinct 'name's")
