@@ -4,8 +4,9 @@ ONNX Runtime Mobile and other reduced (minimal) builds load only this format; ev
 faster than the ``.onnx`` it came from, since the graph optimizations (QDQ groups fused into integer
 kernels, constant folding, op fusions) are already applied. The optimizations are ONNX Runtime's "all"
 level without its NCHWc layout transformer, whose x86-specific layouts would tie the file to x86 (ONNX
-Runtime's own converter leaves it out unless asked for amd64); the file is made by, and for, the ONNX
-Runtime version installed here. Beside it, ``<name>.required_operators.config`` lists the operators the
+Runtime's own converter leaves it out unless asked for amd64); on an x86 CPU float convs then run slower than
+from the ``.onnx``, which ONNX Runtime lays out in NCHWc at load. The file is made by the ONNX Runtime
+installed here; an older ONNX Runtime may not read it. Beside it, ``<name>.required_operators.config`` lists the operators the
 file uses, the input of ONNX Runtime's reduced-build script (``--include_ops_by_config``).
 """
 from __future__ import annotations
