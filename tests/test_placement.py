@@ -107,21 +107,25 @@ def test_not_slower_check_on_synthetic_rows():
         ("d", "", True), ("d", " at batch 32", False)]}
 
 
-def _recipe(tmp_path, **quant):
+def _recipe(tmp_path, exports=("onnx-fp32", "onnx-int8"), **quant):
     sets = [f"quantize.{k}={v}" for k, v in quant.items()]
     return load_recipe(str(ROOT / "recipes" / "int8_ptq.yaml"), sets + [
         f"calibration.path={CALIB_DIR}", "calibration.num=64", "validate.eval.num=100",
         "validate.devices.0.iters=5", "validate.devices.0.warmup=1", "validate.devices.0.throughput_batch=2",
-        "export=[export/onnx-fp32.yaml,export/onnx-int8.yaml]"])
+        f"export=[{','.join(f'export/{e}.yaml' for e in exports)}]"])
 
 
 def test_auto_placement_from_injected_timings_and_replay(tmp_path, monkeypatch):
     """With injected timings (profile and interleaved medians), auto leaves the regions the profile calls
-    slow in float and ships the placed INT8 graph; placement.json replays it to the same bytes. When no
-    candidate beats FP32, the FP32 model ships and the run's status says so."""
+    slow in float and ships the placed INT8 graph; placement.json replays it to the same bytes. The same graph
+    stored in ORT format takes that search's placement without searching again. When no candidate beats FP32,
+    the FP32 model ships and the run's status says so."""
     from edgevit.pipeline import run
 
+    profiled = []
+
     def fake_profile(self, path, device, x, runs):
+        profiled.append(path.name)
         # INT8 is slower than float in the stem and the first stage, faster in the head
         if path.name == "fp32.onnx":
             return {"stem/conv/Conv": 0.1, "stages.0.0/conv1_1x1/conv/Conv": 0.1, "head/fc/Gemm": 0.3}
@@ -132,8 +136,14 @@ def test_auto_placement_from_injected_timings_and_replay(tmp_path, monkeypatch):
     monkeypatch.setattr(placement_mod, "interleaved_medians", lambda runners, x, rounds, **kw:
                         {k: table[k] for k in runners})
     monkeypatch.setattr(placement_mod, "rounds_for", lambda *a, **kw: 1)
-    first = run(_recipe(tmp_path), tmp_path / "auto")
-    saved = json.loads((tmp_path / "auto" / "placement.json").read_text())["artifacts"]["onnx-int8"]
+    both = ("onnx-fp32", "onnx-int8", "onnx-int8-ort")
+    first = run(_recipe(tmp_path, exports=both), tmp_path / "auto")
+    artifacts = json.loads((tmp_path / "auto" / "placement.json").read_text())["artifacts"]
+    saved = artifacts["onnx-int8"]
+    assert profiled.count("fp32.onnx") == 1  # one search for the two artifacts
+    assert {k: v for k, v in artifacts["onnx-int8-ort"].items() if k not in ("artifact", "reason")} == \
+        {k: v for k, v in saved.items() if k not in ("artifact", "reason")}
+    assert "the search made for onnx-int8" in artifacts["onnx-int8-ort"]["reason"]
     assert saved["shipped"] == "int8" and saved["activations"] == "as calibrated"
     assert saved["float_regions"] == ["stem", "stages.0.0"]
     assert {r["region"]: r["decision"] for r in saved["regions"]}["head"] == "int8"
@@ -143,12 +153,16 @@ def test_auto_placement_from_injected_timings_and_replay(tmp_path, monkeypatch):
     row = next(r for r in first.report["results"] if r["name"] == "onnx-int8")
     assert row["precision"] == "int8" and row["simulated_by"] == "pytorch-int8-sim-placed-onnx-int8"
     assert plan["float_regions"] == []  # the run's plan itself is not placed; each artifact is
+    ort_row = next(r for r in first.report["results"] if r["name"] == "onnx-int8-ort")
+    assert ort_row["precision"] == "int8" and ort_row["accuracy"]["top1"] == row["accuracy"]["top1"]
 
     monkeypatch.undo()  # the replay times nothing
-    replay = run(_recipe(tmp_path, placement=str(tmp_path / "auto" / "placement.json")), tmp_path / "replay")
+    replay = run(_recipe(tmp_path, exports=both, placement=str(tmp_path / "auto" / "placement.json")),
+                 tmp_path / "replay")
     assert (tmp_path / "auto" / "onnx-int8.onnx").read_bytes() == (tmp_path / "replay" / "onnx-int8.onnx").read_bytes()
-    rp = next(r for r in replay.report["results"] if r["name"] == "onnx-int8")["placement"]
-    assert rp["mode"] == "replay" and rp["float_regions"] == ["stem", "stages.0.0"]
+    for name in ("onnx-int8", "onnx-int8-ort"):
+        rp = next(r for r in replay.report["results"] if r["name"] == name)["placement"]
+        assert rp["mode"] == "replay" and rp["float_regions"] == ["stem", "stages.0.0"], name
 
     monkeypatch.setattr("edgevit.runtimes.onnxruntime.OnnxRuntime.profile", fake_profile)
     monkeypatch.setattr(placement_mod, "interleaved_medians", lambda runners, x, rounds, **kw:

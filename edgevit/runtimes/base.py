@@ -68,6 +68,9 @@ class Runtime:
     file_noun: ClassVar[str] = "artifact"  # "ONNX", "OpenVINO IR": in "not a readable ... file"
     short: ClassVar[str] = ""  # "ORT": in check names and details
     other_suffixes: ClassVar[tuple[str, ...]] = ()  # further artifact suffixes it runs (ONNX Runtime: .ort)
+    # export config fields that choose how the graph is stored, not the graph: INT8 candidates are timed without
+    # them, so two artifacts differing only in these share one placement search
+    storage_fields: ClassVar[tuple[str, ...]] = ()
     lowering: ClassVar[Lowering | None] = None
     device_runner: ClassVar[str | None] = None  # file under runtimes/device/ that runs it on a device
     platforms: ClassVar[tuple[str, ...]] = ("linux", "darwin", "win32")  # where it can predict

@@ -115,7 +115,7 @@ def tensorrt_rules_check(row: dict) -> list[dict]:
 @register
 class OnnxRuntime(Runtime):
     name, label, format, suffix, config = "onnxruntime", "ONNX Runtime", "onnx", ".onnx", OnnxExport
-    other_suffixes = (".ort",)
+    other_suffixes, storage_fields = (".ort",), ("ort_format",)
     file_kind, file_noun, short = "FP32 ONNX", "ONNX", "ORT"
     lowering = ONNXRUNTIME
     device_runner = "onnxruntime_runner.py"

@@ -48,6 +48,7 @@ class RunContext:
     calibration_summary: dict | None = None  # the report's data.calibration (set by the quantize stage)
     policies: dict = field(default_factory=dict)  # FP16 LayerNorm decision by mode (the report's fp16_layernorm)
     placements: dict = field(default_factory=dict)  # INT8 artifact name -> its Placement (placement.json)
+    searches: dict = field(default_factory=dict)  # placement search key -> (plan searched, plan shipped, Placement)
     _calibration: dict = field(default_factory=dict)
     _placements: dict = field(default_factory=dict)
 
