@@ -244,8 +244,8 @@ def test_ort_format_artifact_runs_as_its_onnx_graph(tmp_path):
         onnx.load(str(path))
     rt = for_suffix(".ort")
     assert rt is for_suffix(".onnx") and rt.read_metadata(path) == read_metadata(out / "onnx-int8.onnx")
-    x, _ = open_image_set(EVAL_DIR, num=64, seed=0).load(Preprocess(32, (0.4914, 0.4822, 0.4465),
-                                                                    (0.2470, 0.2435, 0.2616)))
+    meta = {k: json.loads(v) for k, v in rt.read_metadata(path).items() if k in ("input_size", "mean", "std")}
+    x, _ = open_image_set(EVAL_DIR, num=64, seed=0).load(Preprocess(meta["input_size"][-1], meta["mean"], meta["std"]))
     a, b = OrtRunner(path)(x), OrtRunner(out / "onnx-int8.onnx")(x)
     assert (a.argmax(1) == b.argmax(1)).all() and np.abs(a - b).max() < 1e-4
     assert ort_row["accuracy"]["top1"] == onnx_row["accuracy"]["top1"]

@@ -6,8 +6,8 @@ kernels, constant folding, op fusions) are already applied. The optimizations ar
 level without its NCHWc layout transformer, whose x86-specific layouts would tie the file to x86 (ONNX
 Runtime's own converter leaves it out unless asked for amd64); on an x86 CPU float convs then run slower than
 from the ``.onnx``, which ONNX Runtime lays out in NCHWc at load. The file is made by the ONNX Runtime
-installed here; an older ONNX Runtime may not read it. Beside it, ``<name>.required_operators.config`` lists the operators the
-file uses, the input of ONNX Runtime's reduced-build script (``--include_ops_by_config``).
+installed here; an older ONNX Runtime may not read it. Beside it, ``<name>.required_operators.config`` lists
+the operators the file uses, the input of ONNX Runtime's reduced-build script (``--include_ops_by_config``).
 """
 from __future__ import annotations
 
@@ -80,4 +80,3 @@ def session_creation_ms(paths: list[Path], rounds: int = 7) -> dict[str, float]:
             ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
             times[str(p)].append((time.perf_counter() - t0) * 1e3)
     return {k: round(float(np.median(v)), 2) for k, v in times.items()}
-
