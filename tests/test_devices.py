@@ -72,14 +72,20 @@ def test_recipe_reports_local_and_ssh_device_side_by_side(sshd, tmp_path):
     assert not any(p.name.startswith("edgevit-bench-") for p in sshd["dir"].iterdir())  # cleaned up on the device
 
 
-def test_bench_command_on_ssh_device(sshd, tmp_path):
+@pytest.mark.parametrize("suffix", [".onnx", ".ort"])
+def test_bench_command_on_ssh_device(sshd, tmp_path, suffix):
+    """An ONNX file, and the same graph in ONNX Runtime's ORT format, timed on the device."""
     from edgevit.exporters.onnx import export_onnx
+    from edgevit.exporters.ort_format import save_ort_format
     from edgevit.models import load_model
     from edgevit.recipe import ExportConfig, ModelConfig
 
     model, info = load_model(ModelConfig(source="builtin:vit-cifar10"))
     path = tmp_path / "vit.onnx"
     export_onnx(model, info, ExportConfig(), path, "test")
+    if suffix == ".ort":
+        save_ort_format(path, tmp_path / "vit.ort")
+        path = tmp_path / "vit.ort"
     profile = tmp_path / "p.yaml"
     profile.write_text(yaml.safe_dump(loopback_profile(sshd)))
     res = cli("bench", str(path), "--device", str(profile), "--json")
