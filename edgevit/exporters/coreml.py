@@ -174,27 +174,26 @@ def _add_compression(pipeline, compression: str) -> None:
 
     if compression == "none":
         return
-    passes: list[tuple[str, dict]] = []
+    passes: list[tuple[str, object, dict]] = []  # pass, its op config, further options
     if compression in ("w8", "w8-sparse"):
         # with sparse storage every tensor is quantized, so the pruned ones all get the joint form
         op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
                                          weight_threshold=512 if compression == "w8" else 1)
-        passes.append(("linear_quantize_weights", {"config": cto.OptimizationConfig(global_config=op)}))
+        passes.append(("linear_quantize_weights", op, {}))
     elif compression.startswith("palettize"):
         op = cto.OpPalettizerConfig(mode="kmeans", nbits=int(compression.removeprefix("palettize")),
                                     weight_threshold=512)
-        passes.append(("palettize_weights", {"config": cto.OptimizationConfig(global_config=op)}))
+        passes.append(("palettize_weights", op, {}))
     elif compression != "sparse":
         raise ValueError(f"unknown CoreML compression {compression!r}")
     if compression in ("sparse", "w8-sparse"):
         # every pruned tensor, however small (a hybrid's 16-channel convs have < 512 weights): sparse storage
         # (a bit mask + the non-zeros) is smaller than dense at 2:4 for any size
         op = cto.OpThresholdPrunerConfig(threshold=1e-12, minimum_sparsity_percentile=0.3, weight_threshold=1)
-        passes.append(("prune_weights", {"config": cto.OptimizationConfig(global_config=op),
-                                         "joint_compression": compression == "w8-sparse"}))
-    for name, options in passes:
+        passes.append(("prune_weights", op, {"joint_compression": compression == "w8-sparse"}))
+    for name, op, options in passes:
         pipeline.append_pass(f"compression::{name}")
-        pipeline.set_options(f"compression::{name}", options)
+        pipeline.set_options(f"compression::{name}", {"config": cto.OptimizationConfig(global_config=op), **options})
     pipeline.append_pass("common::const_deduplication")
     pipeline.append_pass("common::dead_code_elimination")
 

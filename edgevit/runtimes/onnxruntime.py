@@ -137,27 +137,21 @@ class OnnxRuntime(Runtime):
         return ".ort" if cfg.ort_format else self.suffix
 
     def export(self, job, ctx) -> dict:
-        if job.file.endswith(".ort"):
-            return self._export_ort_format(job, ctx)
         engine = ("fp16" if job.cfg.precision == "fp32" else job.cfg.precision) if job.cfg.target == "tensorrt" \
             else None
-        facts = write_graph(job, ctx, job.file, job.cfg, engine)
+        ort_format = job.file.endswith(".ort")  # the ONNX graph is written beside, saved as .ort, then removed
+        graph_file = f".tmp-{job.file.removesuffix('.ort')}.onnx" if ort_format else job.file
+        try:
+            facts = write_graph(job, ctx, graph_file, job.cfg, engine)
+            if ort_format:
+                from edgevit.exporters.ort_format import save_ort_format
+
+                facts["ort_format"] = save_ort_format(ctx.stage / graph_file, ctx.stage / job.file)
+        finally:
+            if ort_format:
+                (ctx.stage / graph_file).unlink(missing_ok=True)
         size = (ctx.stage / job.file).stat().st_size
         log.info("exported %s (%.2f MB, %s)", job.file, size / 1e6, facts["simplifier"])
-        return artifact_row(job, self, job.file, size, facts)
-
-    def _export_ort_format(self, job, ctx) -> dict:
-        """The ONNX graph written beside, then saved in ORT format as ``job.file``; the ONNX file is removed."""
-        from edgevit.exporters.ort_format import save_ort_format
-
-        onnx_file = f".tmp-{job.file.removesuffix('.ort')}.onnx"
-        try:
-            facts = write_graph(job, ctx, onnx_file, job.cfg)
-            facts["ort_format"] = save_ort_format(ctx.stage / onnx_file, ctx.stage / job.file)
-        finally:
-            (ctx.stage / onnx_file).unlink(missing_ok=True)
-        size = (ctx.stage / job.file).stat().st_size
-        log.info("exported %s (%.2f MB, ORT format)", job.file, size / 1e6)
         return artifact_row(job, self, job.file, size, facts)
 
     def local_runner(self, path: Path, device):
