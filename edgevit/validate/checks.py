@@ -28,7 +28,8 @@ def _origin_row(rows: list[dict], r: dict) -> dict:
 
 def artifact_checks(rows: list[dict], val, n_eval: int, random_weights: bool = False) -> list[CheckResult]:
     """Every artifact's checks: FP32 equals PyTorch; FP16/BF16 and INT8 predictions agree with the model they
-    came from; pruned weights stay sparse; then the checks of the artifact's own runtime."""
+    came from; pruned weights stay sparse; then the checks of the artifact's own runtime. The not-slower checks
+    are :func:`not_slower_checks`, run once every device (SSH ones too) has timed the rows."""
     checks: list[CheckResult] = []
     for r in rows:
         rt = RUNTIMES.get(r["runtime"])
@@ -38,7 +39,7 @@ def artifact_checks(rows: list[dict], val, n_eval: int, random_weights: bool = F
         if par is not None:
             checks += _parity_checks(r, rows, rt, val, n_eval, random_weights)
         checks += [CheckResult(**c) for c in rt.checks(r)]
-    return checks + not_slower_checks(rows)
+    return checks
 
 
 def budget_checks(rows: list[dict], budget, random_weights: bool) -> list[CheckResult]:
