@@ -107,6 +107,29 @@ def test_not_slower_check_on_synthetic_rows():
         ("d", "", True), ("d", " at batch 32", False)]}
 
 
+def test_an_int8_artifact_without_an_fp32_sibling_is_said_to_be_unchecked():
+    """An INT8 ONNX Runtime artifact timed with no FP32 ONNX Runtime artifact beside it gets no not-slower check;
+    the status line and report.md say its speed was not compared (the TensorRT-lowered one is not judged here)."""
+    from edgevit.report.writers import status_line
+    from edgevit.validate.checks import speed_not_compared
+
+    own = {"mode": "all", "lowering": "onnxruntime"}
+    rows = [_row("onnx-int8", "int8", 2.0, own), _row("trt", "int8", 2.0, {"mode": "auto", "lowering": "tensorrt"})]
+    checks = [c.model_dump() for c in not_slower_checks(rows)]
+    assert checks == []
+    assert speed_not_compared(rows, checks) == [
+        "onnx-int8: speed not compared with FP32 (no FP32 ONNX Runtime artifact timed beside it; add "
+        "export/onnx-fp32.yaml)"]
+    report = {"status": "ok", "checks": checks, "results": rows, "recipe": "r", "model": {
+        "source": "s", "arch": "a", "params": 1, "num_classes": 10, "preprocessing": {"input_size": 32}}}
+    assert status_line(report).startswith("status: ok, all 0 checks passed; INT8 SPEED NOT CHECKED: onnx-int8: ")
+    # with the FP32 sibling the check exists and nothing is said
+    rows.insert(0, _row("onnx-fp32", "fp32", 1.0))
+    checks = [c.model_dump() for c in not_slower_checks(rows)]
+    assert [c["name"] for c in checks] == ["onnx-int8: INT8 not slower than onnx-fp32 on local-ort-cpu"]
+    assert speed_not_compared(rows, checks) == []
+
+
 def _recipe(tmp_path, exports=("onnx-fp32", "onnx-int8"), **quant):
     sets = [f"quantize.{k}={v}" for k, v in quant.items()]
     return load_recipe(str(ROOT / "recipes" / "int8_ptq.yaml"), sets + [

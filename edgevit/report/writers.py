@@ -73,7 +73,11 @@ def status_line(report: dict) -> str:
         return f"status: FAILED {len(failed)} check(s): " + "; ".join(failed[:3]) + (" ..." if len(failed) > 3 else "")
     if report["status"] == "int8_not_faster":
         return "status: INT8 NOT FASTER: " + "; ".join(_not_faster(report))
-    return f"status: ok, all {len(report['checks'])} checks passed"
+    from edgevit.validate.checks import speed_not_compared
+
+    unjudged = speed_not_compared(report["results"], report["checks"])
+    return f"status: ok, all {len(report['checks'])} checks passed" + (
+        "; INT8 SPEED NOT CHECKED: " + "; ".join(unjudged) if unjudged else "")
 
 
 def markdown(report: dict) -> str:
@@ -82,7 +86,11 @@ def markdown(report: dict) -> str:
     lines = [f"# edgevit run: {report['recipe']}", ""]
     if report.get("description"):
         lines += [report["description"], ""]
-    status = {"ok": "all checks passed", "failed_checks": "**SOME CHECKS FAILED**",
+    from edgevit.validate.checks import speed_not_compared
+
+    unjudged = speed_not_compared(report["results"], report["checks"])
+    status = {"ok": "all checks passed" + ("; **INT8 SPEED NOT CHECKED**: " + "; ".join(unjudged) if unjudged else ""),
+              "failed_checks": "**SOME CHECKS FAILED**",
               "over_budget": "**OVER THE ACCURACY BUDGET**: " + "; ".join(_over_budget(report)),
               "int8_not_faster": "**INT8 NOT FASTER**: " + "; ".join(_not_faster(report))}[report["status"]]
     lines += [f"Status: {status}. Model `{m['source']}` ({m['arch']}, {m['params']:,} parameters, "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from edgevit.results import CheckResult
 from edgevit.runtimes import RUNTIMES
+from edgevit.shipped import root as shipped_root
 from edgevit.stages.prune import PRUNED_NAME
 from edgevit.stages.tokens import TOKENS_NAME
 from edgevit.validate.latency import int8_dot_saturates
@@ -96,10 +97,9 @@ def not_slower_checks(rows: list[dict]) -> list[CheckResult]:
     batch 1 and, where the device profile timed one, at its throughput batch."""
     out = []
     for r in rows:
-        pl = r.get("placement") or {}
-        rt = RUNTIMES.get(r["runtime"])
-        if r["precision"] != "int8" or rt is None or rt.lowering is None or pl.get("lowering") != rt.lowering.name:
+        if not _int8_for_its_runtime(r):
             continue
+        pl = r.get("placement") or {}
         fp32 = next((o for o in rows if o["runtime"] == r["runtime"] and o["precision"] == "fp32"
                      and not o.get("placement") and o.get("latency")), None)
         for lat in r.get("latency") or []:
@@ -118,6 +118,29 @@ def not_slower_checks(rows: list[dict]) -> list[CheckResult]:
                            f"speed; timed interleaved; noise margin {100 * SLOWER_MARGIN:g} %); placement: "
                            f"{pl.get('mode')}" + (" (chosen by batch-1 timings)" if key != "batch1" and
                                                   pl.get("mode") in ("auto", "replay") else "")))
+    return out
+
+
+def _int8_for_its_runtime(r: dict) -> bool:
+    """An INT8 artifact lowered for the runtime it ships to (its speed against FP32 means something there)."""
+    rt = RUNTIMES.get(r["runtime"])
+    return r["precision"] == "int8" and rt is not None and rt.lowering is not None and not r.get("reference") \
+        and (r.get("placement") or {}).get("lowering") == rt.lowering.name
+
+
+def speed_not_compared(rows: list[dict], checks: list[dict]) -> list[str]:
+    """INT8 artifacts lowered for their own runtime and timed, that no not-slower check judged because the run
+    has no FP32 artifact of that runtime timed on the same device: one sentence each (the status line says it)."""
+    out = []
+    for r in rows:
+        if not (_int8_for_its_runtime(r) and r.get("latency")) or \
+                any(c["name"].startswith(f"{r['name']}: INT8 not slower than") for c in checks):
+            continue
+        rt = RUNTIMES[r["runtime"]]
+        preset = f"export/{rt.format}-fp32.yaml"
+        add = preset if (shipped_root() / preset).is_file() else f"an export with format: {rt.format}, precision: fp32"
+        out.append(f"{r['name']}: speed not compared with FP32 (no FP32 {rt.label} artifact timed beside it; add "
+                   f"{add})")
     return out
 
 
