@@ -109,7 +109,7 @@ def test_not_slower_check_on_synthetic_rows():
 
 def test_an_int8_artifact_without_an_fp32_sibling_is_said_to_be_unchecked():
     """An INT8 ONNX Runtime artifact timed with no FP32 ONNX Runtime artifact beside it gets no not-slower check;
-    the status line and report.md say its speed was not compared (the TensorRT-lowered one is not judged here)."""
+    the status line says its speed was not compared (the TensorRT-lowered one is not judged here)."""
     from edgevit.report.writers import status_line
     from edgevit.validate.checks import speed_not_compared
 
