@@ -59,6 +59,12 @@ def _not_faster(report: dict) -> list[str]:
             if (r.get("placement") or {}).get("shipped") == "fp32"]
 
 
+def _speed_not_compared(report: dict) -> list[str]:
+    from edgevit.validate.checks import speed_not_compared
+
+    return speed_not_compared(report["results"], report["checks"])
+
+
 def _over_budget(report: dict) -> list[str]:
     return [f"{c['name'].split(':')[0]}: {c['detail']}" for c in report["checks"]
             if not c["ok"] and c.get("kind") == "budget"]
@@ -73,9 +79,7 @@ def status_line(report: dict) -> str:
         return f"status: FAILED {len(failed)} check(s): " + "; ".join(failed[:3]) + (" ..." if len(failed) > 3 else "")
     if report["status"] == "int8_not_faster":
         return "status: INT8 NOT FASTER: " + "; ".join(_not_faster(report))
-    from edgevit.validate.checks import speed_not_compared
-
-    unjudged = speed_not_compared(report["results"], report["checks"])
+    unjudged = _speed_not_compared(report)
     return f"status: ok, all {len(report['checks'])} checks passed" + (
         "; INT8 SPEED NOT CHECKED: " + "; ".join(unjudged) if unjudged else "")
 
@@ -86,9 +90,7 @@ def markdown(report: dict) -> str:
     lines = [f"# edgevit run: {report['recipe']}", ""]
     if report.get("description"):
         lines += [report["description"], ""]
-    from edgevit.validate.checks import speed_not_compared
-
-    unjudged = speed_not_compared(report["results"], report["checks"])
+    unjudged = _speed_not_compared(report)
     status = {"ok": "all checks passed" + ("; **INT8 SPEED NOT CHECKED**: " + "; ".join(unjudged) if unjudged else ""),
               "failed_checks": "**SOME CHECKS FAILED**",
               "over_budget": "**OVER THE ACCURACY BUDGET**: " + "; ".join(_over_budget(report)),
