@@ -55,6 +55,30 @@ def test_hybrid_converts_in_every_variant(hybrid, tmp_path):
         < 0.7 * facts["none"]["size_bytes"]
 
 
+def test_the_program_is_checked_once_per_pass_pipeline_and_comes_out_the_same(hybrid, tmp_path, monkeypatch):
+    """coremltools' consistency check of the whole program runs after each pass pipeline instead of after each
+    of its ~120 passes: it still runs, and the package is the same bytes as with the check after every pass."""
+    import contextlib
+
+    from coremltools.converters.mil.mil import Program
+
+    import edgevit.exporters.coreml as coreml_mod
+
+    model, info = hybrid
+    calls = []
+    check = Program.validate
+    monkeypatch.setattr(Program, "validate", lambda self, **kw: calls.append(kw) or check(self, **kw))
+    export_coreml(model, info, tmp_path / "once.mlpackage", "w8", recipe="test")
+    once = len(calls)
+    assert 3 <= once <= 8 and {"check_essential_scope": True} in calls  # frontend, main, backend pipelines
+    monkeypatch.setattr(coreml_mod, "_validated_once_per_pipeline", contextlib.nullcontext)
+    export_coreml(model, info, tmp_path / "each.mlpackage", "w8", recipe="test")
+    assert len(calls) - once > 100
+    for part in ("model.mlmodel", "weights/weight.bin"):
+        a, b = (tmp_path / f"{k}.mlpackage" / "Data" / "com.apple.CoreML" / part for k in ("once", "each"))
+        assert a.read_bytes() == b.read_bytes(), part
+
+
 def test_merged_hybrid_converts_when_a_merge_takes_every_a_token(tmp_path):
     """ToMe r=4 on the built-in hybrid merges MobileViT's last stages down to one token per patch, where a
     bipartite step merges every A token (no unmerged block left): that graph converts to CoreML (the
