@@ -4,6 +4,7 @@ pruned weights are stored sparse; the folded preprocessing equals the model's ow
 from __future__ import annotations
 
 import copy
+import json
 import sys
 
 import numpy as np
@@ -57,7 +58,8 @@ def test_hybrid_converts_in_every_variant(hybrid, tmp_path):
 
 def test_the_program_is_checked_once_per_pass_pipeline_and_comes_out_the_same(hybrid, tmp_path, monkeypatch):
     """coremltools' consistency check of the whole program runs after each pass pipeline instead of after each
-    of its ~120 passes: it still runs, and the package is the same bytes as with the check after every pass."""
+    of its ~120 passes: it still runs, and the package is the same bytes as with the check after every pass
+    (its manifest too: the items are named by content, not by random UUIDs)."""
     import contextlib
 
     from coremltools.converters.mil.mil import Program
@@ -74,9 +76,18 @@ def test_the_program_is_checked_once_per_pass_pipeline_and_comes_out_the_same(hy
     monkeypatch.setattr(coreml_mod, "_validated_once_per_pipeline", contextlib.nullcontext)
     export_coreml(model, info, tmp_path / "each.mlpackage", "w8", recipe="test")
     assert len(calls) - once > 100
-    for part in ("model.mlmodel", "weights/weight.bin"):
-        a, b = (tmp_path / f"{k}.mlpackage" / "Data" / "com.apple.CoreML" / part for k in ("once", "each"))
-        assert a.read_bytes() == b.read_bytes(), part
+    assert _package_files(tmp_path / "once.mlpackage") == _package_files(tmp_path / "each.mlpackage")
+    manifest = json.loads((tmp_path / "once.mlpackage" / "Manifest.json").read_text())
+    items = manifest["itemInfoEntries"]
+    assert items[manifest["rootModelIdentifier"]]["path"] == "com.apple.CoreML/model.mlmodel" and len(items) == 2
+    export_coreml(model, info, tmp_path / "fp32.mlpackage", "none", precision="fp32", recipe="test")
+    other = json.loads((tmp_path / "fp32.mlpackage" / "Manifest.json").read_text())  # other bytes: other ids
+    assert not set(other["itemInfoEntries"]) & set(items)
+
+
+def _package_files(package) -> dict[str, bytes]:
+    """Every file of an .mlpackage by its path inside it."""
+    return {p.relative_to(package).as_posix(): p.read_bytes() for p in sorted(package.rglob("*")) if p.is_file()}
 
 
 def test_merged_hybrid_converts_when_a_merge_takes_every_a_token(tmp_path):

@@ -23,9 +23,12 @@ is the saved package: input/output descriptions, metadata, and which compressed-
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
+import uuid
 import warnings
 from collections import Counter
 from contextlib import contextmanager
@@ -253,12 +256,30 @@ def export_coreml(model: nn.Module, info, path: Path, compression: str = "none",
     tmp = path.with_name(f".tmp-{path.name}")  # coremltools wants the .mlpackage suffix
     shutil.rmtree(tmp, ignore_errors=True)
     mlmodel.save(str(tmp))
+    _name_items_by_content(tmp)
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
     return {"format": "coreml", "target": target, "compression": compression, "precision": precision,
             "layernorm_fp32": layernorm_fp32 and precision != "fp32", "traced_quantize_ops": traced_ops} \
         | inspect_package(path)
+
+
+def _name_items_by_content(package: Path) -> None:
+    """coremltools names the package's two items (program, weights) with random UUIDs in ``Manifest.json``, so
+    the same model saved twice differed in that file: each identifier becomes a UUID derived from the item's path
+    and the bytes of the package's data, so the same recipe and seed give the same package bytes. The identifiers
+    only key the items within the manifest (``rootModelIdentifier`` names the program)."""
+    manifest_path = package / "Manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    digest = hashlib.sha256()
+    for f in sorted(p for p in (package / "Data").rglob("*") if p.is_file()):
+        digest.update(f.relative_to(package).as_posix().encode() + b"\0" + f.read_bytes())
+    renamed = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, f"edgevit:{digest.hexdigest()}:{item['path']}"))
+               for old, item in manifest["itemInfoEntries"].items()}
+    manifest["itemInfoEntries"] = {renamed[old]: item for old, item in manifest["itemInfoEntries"].items()}
+    manifest["rootModelIdentifier"] = renamed[manifest["rootModelIdentifier"]]
+    manifest_path.write_text(json.dumps(manifest, indent=4, sort_keys=True) + "\n")
 
 
 def _quantize_ops(traced) -> dict[str, int]:

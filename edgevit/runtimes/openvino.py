@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -260,6 +261,21 @@ def _with_integer_concats(graph: Path, facts: dict) -> onnx.ModelProto:
     return proto
 
 
+_GENERATED_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*(_\d+)+")  # Reshape_15, Reshape_15_1
+
+
+def _number_generated_names(model) -> None:
+    """OpenVINO names the nodes its ONNX frontend and passes create ``<Type>_<n>``, ``n`` a counter of every node
+    the process has made, so the same graph converted after other models (the placement's candidates, an earlier
+    run in a test or a Ray worker) got other names in its .xml. Those names are numbered by the node's place in
+    the graph instead: the same recipe and seed give the same IR bytes. Names from the ONNX graph (module paths)
+    are kept."""
+    for i, op in enumerate(model.get_ordered_ops()):
+        name = op.get_friendly_name()
+        if _GENERATED_NAME.fullmatch(name):
+            op.set_friendly_name(f"{name.split('_', 1)[0]}_{i}")
+
+
 @register
 class OpenVINO(Runtime):
     name, label, format, suffix, config = "openvino", "OpenVINO", "openvino", ".xml", OpenVINOExport
@@ -294,6 +310,7 @@ class OpenVINO(Runtime):
                 model.set_rt_info(value, ["edgevit", key])
             model.set_rt_info(cfg.hint, ["runtime_options", "INFERENCE_PRECISION_HINT"])
             model, batch = fixed_batch(model, cfg.batch, cfg.hint, tmp / "graph.onnx", _check_images(ctx))
+            _number_generated_names(model)
             ov.save_model(model, str(tmp / job.file), compress_to_fp16=cfg.precision == "bf16")
             xml, bin_ = ctx.stage / job.file, ctx.stage / job.file.replace(".xml", ".bin")
             os.replace(tmp / bin_.name, bin_)
