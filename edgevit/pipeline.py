@@ -26,7 +26,7 @@ from edgevit.stages import STAGES, RunContext
 from edgevit.stages.context import load_eval
 from edgevit.stages.export import ExportJob, artifact_files, export_all
 from edgevit.validate.artifacts import original_reference, validate
-from edgevit.validate.checks import BEFORE_FALLBACK
+from edgevit.validate.checks import BEFORE_FALLBACK, speed_not_compared
 from edgevit.validate.latency import cpu_facts
 
 log = logging.getLogger("edgevit")
@@ -107,7 +107,8 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
                   "eval": ctx.evalset.summary if ctx.evalset else None},
             pruning=ctx.records.get("pruning"), tokens=ctx.records.get("tokens"),
             quantization=ctx.records.get("quantization"), fp16_layernorm=ctx.policies or None,
-            results=results, checks=checks, environment=environment(),
+            results=results, checks=checks, speed_not_checked=speed_not_compared(results, checks),
+            environment=environment(),
             elapsed_s=round(time.time() - started, 1)).to_dict()
         for c in checks:
             (log.info if c["ok"] else log.error)("%s %s: %s", "PASS" if c["ok"] else "FAIL", c["name"], c["detail"])

@@ -210,6 +210,7 @@ def test_report_json_follows_the_report_schema(default_run):
     assert {"status", "model", "results", "checks"} <= set(schema["required"])
     rep = json.loads((default_run[0] / "report.json").read_text())
     jsonschema.validate(rep, schema)
+    assert rep["speed_not_checked"] == [] and "speed_not_checked" in schema["properties"]  # an FP32-only run
     for broken in ({k: v for k, v in rep.items() if k != "status"},
                    rep | {"results": [rep["results"][0] | {"name": 7}]},
                    rep | {"checks": [{"name": "x", "ok": "maybe", "detail": ""}]}):

@@ -138,6 +138,22 @@ def _recipe(tmp_path, exports=("onnx-fp32", "onnx-int8"), **quant):
         f"export=[{','.join(f'export/{e}.yaml' for e in exports)}]"])
 
 
+def test_report_json_lists_the_int8_speeds_no_check_compared(tmp_path):
+    """A run that ships an INT8 ONNX Runtime artifact (placement: all) with no FP32 one beside it judges no speed:
+    report.json says so for scripts (speed_not_checked), with the sentence the status line gives."""
+    from edgevit.pipeline import run
+    from edgevit.report.writers import status_line
+
+    res = run(_recipe(tmp_path, exports=("onnx-int8",), placement="all"), tmp_path / "alone")
+    rep = json.loads((tmp_path / "alone" / "report.json").read_text())
+    assert rep["speed_not_checked"] == ["onnx-int8: speed not compared with FP32 (no FP32 ONNX Runtime artifact "
+                                        "timed beside it; add export/onnx-fp32.yaml)"]
+    assert not any("not slower" in c["name"] for c in rep["checks"])
+    assert res.report["speed_not_checked"] == rep["speed_not_checked"]
+    if rep["status"] == "ok":
+        assert status_line(rep).endswith("INT8 SPEED NOT CHECKED: " + rep["speed_not_checked"][0])
+
+
 def test_auto_placement_from_injected_timings_and_replay(tmp_path, monkeypatch):
     """With injected timings (profile and interleaved medians), auto leaves the regions the profile calls
     slow in float and ships the placed INT8 graph; placement.json replays it to the same bytes. The same graph
