@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import subprocess
 import sys
@@ -86,8 +87,9 @@ def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 
 
 def speed_only_failures(report: dict) -> list[str]:
-    """The failed checks of a run, asserting that they are only "INT8 not slower than FP32" ones (how a
-    tiny model's INT8 timing compares with FP32 on a shared 2-core machine varies from run to run)."""
+    """The failed checks of a run, asserting that they are only "not slower than FP32" ones (how a tiny model's
+    INT8 timing compares with FP32 on a shared 2-core machine varies from run to run; FP16 / BF16 files run
+    slower than FP32 on CPUs without native FP16 / BF16 arithmetic)."""
     failed = [c["name"] for c in report["checks"] if not c["ok"]]
-    assert all("INT8 not slower than" in n for n in failed), failed
+    assert all(re.search(r": (INT8|FP16|BF16) not slower than ", n) for n in failed), failed
     return failed

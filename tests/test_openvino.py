@@ -30,9 +30,10 @@ def ov_run(tmp_path_factory):
               "--set", "quantize.when_slower=int8")  # the INT8 IR ships even where it is not faster
     rep = json.loads((out / "report.json").read_text())
     failed = [c["name"] for c in rep["checks"] if not c["ok"]]
-    # whether INT8 beats FP32 on this 32 px model varies run to run; only the speed check may say no
-    assert set(failed) <= {f"openvino-int8: INT8 not slower than openvino-fp32{at} on local-openvino-cpu"
-                           for at in ("", " at batch 32")}, failed
+    # whether INT8 beats FP32 on this 32 px model varies run to run, and BF16 runs slower than FP32 on a CPU
+    # without AMX / AVX512-BF16: only the speed checks may say no
+    assert set(failed) <= {f"openvino-{p}: {p.upper()} not slower than openvino-fp32{at} on local-openvino-cpu"
+                           for p in ("int8", "bf16") for at in ("", " at batch 32")}, failed
     assert (res.returncode, rep["status"]) == ((1, "failed_checks") if failed else (0, "ok")), res.stderr
     return out, rep
 

@@ -107,6 +107,25 @@ def test_not_slower_check_on_synthetic_rows():
         ("d", "", True), ("d", " at batch 32", False)]}
 
 
+def test_fp16_and_bf16_artifacts_are_judged_against_fp32_too():
+    """A float file narrower than FP32 (FP16 ONNX, a BF16 OpenVINO IR) trades precision for speed as INT8 does: it
+    fails "not slower" against its runtime's FP32 file where it runs slower (ONNX Runtime's CPU provider on x86,
+    OpenVINO without AMX / AVX512-BF16), naming where it pays; a reference row is not judged."""
+    rows = [_row("onnx-fp32", "fp32", 1.0, b32_ms=20.0), _row("onnx-fp16", "fp16", 1.33, b32_ms=36.0),
+            _row("openvino-fp32", "fp32", 1.0, runtime="openvino"),
+            _row("openvino-bf16", "bf16", 0.7, runtime="openvino"),
+            _row("onnx-fp16-original", "fp16", 9.0) | {"reference": True}]
+    checks = {c.name: c for c in not_slower_checks(rows)}
+    on = " on local-ort-cpu"
+    assert {n: c.ok for n, c in checks.items()} == {
+        f"onnx-fp16: FP16 not slower than onnx-fp32{on}": False,
+        f"onnx-fp16: FP16 not slower than onnx-fp32 at batch 32{on}": False,
+        f"openvino-bf16: BF16 not slower than openvino-fp32{on}": True}
+    assert checks[f"onnx-fp16: FP16 not slower than onnx-fp32{on}"].detail.startswith(
+        "batch-1 median 1.330 ms vs 1.000 ms (0.75x FP32's speed")
+    assert "FP16 pays on devices that compute it natively (GPUs" in checks[f"onnx-fp16: FP16 not slower than onnx-fp32{on}"].detail
+
+
 def test_an_int8_artifact_without_an_fp32_sibling_is_said_to_be_unchecked():
     """An INT8 ONNX Runtime artifact timed with no FP32 ONNX Runtime artifact beside it gets no not-slower check;
     the status line says its speed was not compared (the TensorRT-lowered one is not judged here)."""

@@ -22,7 +22,7 @@ def test_shipped_recipe_composes_referenced_files():
     assert r.name == "fp32_export"
     assert r.model.source == "builtin:hybrid-cifar10"
     assert r.calibration.num == 256 and r.calibration.path == (ROOT / "calibration" / "builtin-calib").resolve()
-    assert [e.precision for e in r.export] == ["fp32", "fp16"]
+    assert [e.precision for e in r.export] == ["fp32"]
     assert r.validation.eval.path == (ROOT / "calibration" / "builtin-eval").resolve()
     assert r.validation.devices[0].name == "local-ort-cpu"
 

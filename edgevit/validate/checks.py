@@ -20,7 +20,7 @@ BEFORE_FALLBACK = "-before-fallback"  # the all-quantized row beside an accuracy
 # token merging picks pairs by argmax over similarity scores: where two scores tie in float the runtime can merge
 # another pair and the logits move past any tie (tome_int8, 10,000 images: 2 such changes, none without merging)
 MERGE_CHANGE_SHARE = 0.001
-SLOWER_MARGIN = 0.05  # an INT8 artifact fails "not slower" when its median is > 5 % above FP32's
+SLOWER_MARGIN = 0.05  # an FP16/BF16/INT8 artifact fails "not slower" when its median is > 5 % above FP32's
 
 
 def _origin_row(rows: list[dict], r: dict) -> dict:
@@ -92,14 +92,16 @@ def _score(acc: dict, top1: bool) -> float:
 
 
 def not_slower_checks(rows: list[dict]) -> list[CheckResult]:
-    """Every INT8 artifact lowered for its own runtime is, on each device it was timed on (here or over
-    SSH), at most ``SLOWER_MARGIN`` slower than that runtime's FP32 artifact timed interleaved with it: at
-    batch 1 and, where the device profile timed one, at its throughput batch."""
+    """Every artifact that trades precision for speed (FP16, BF16, and INT8 lowered for its own runtime) is, on
+    each device it was timed on (here or over SSH), at most ``SLOWER_MARGIN`` slower than that runtime's FP32
+    artifact timed interleaved with it: at batch 1 and, where the device profile timed one, at its throughput
+    batch. A smaller file that runs slower than the one it replaces is not a success on that device."""
     out = []
     for r in rows:
-        if not _int8_for_its_runtime(r):
+        if not _judged_against_fp32(r):
             continue
         pl = r.get("placement") or {}
+        prec = r["precision"].upper()
         fp32 = next((o for o in rows if o["runtime"] == r["runtime"] and o["precision"] == "fp32"
                      and not o.get("placement") and o.get("latency")), None)
         for lat in r.get("latency") or []:
@@ -110,15 +112,30 @@ def not_slower_checks(rows: list[dict]) -> list[CheckResult]:
                 if not (lat.get(key) and base.get(key)):
                     continue
                 mine, theirs, batch = lat[key]["median_ms"], base[key]["median_ms"], lat[key].get("batch", 1)
+                ok = mine <= theirs * (1 + SLOWER_MARGIN)
                 at = "" if key == "batch1" else f" at batch {batch}"
-                out.append(CheckResult(
-                    name=f"{r['name']}: INT8 not slower than {fp32['name']}{at} on {lat['device']}",
-                    ok=mine <= theirs * (1 + SLOWER_MARGIN),
-                    detail=f"batch-{batch} median {mine:.3f} ms vs {theirs:.3f} ms ({theirs / mine:.2f}x FP32's "
-                           f"speed; timed interleaved; noise margin {100 * SLOWER_MARGIN:g} %); placement: "
-                           f"{pl.get('mode')}" + (" (chosen by batch-1 timings)" if key != "batch1" and
-                                                  pl.get("mode") in ("auto", "replay") else "")))
+                detail = (f"batch-{batch} median {mine:.3f} ms vs {theirs:.3f} ms ({theirs / mine:.2f}x FP32's speed; "
+                          f"timed interleaved; noise margin {100 * SLOWER_MARGIN:g} %)")
+                if pl:
+                    detail += f"; placement: {pl.get('mode')}" + (
+                        " (chosen by batch-1 timings)" if key != "batch1" and pl.get("mode") in ("auto", "replay") else "")
+                elif not ok:
+                    detail += f"; {prec} pays on devices that compute it natively ({NATIVE[r['precision']]})"
+                out.append(CheckResult(name=f"{r['name']}: {prec} not slower than {fp32['name']}{at} on {lat['device']}",
+                                       ok=ok, detail=detail))
     return out
+
+
+#: where float formats narrower than FP32 run faster than it (the hint of a failed not-slower check)
+NATIVE = {"fp16": "GPUs, NPUs, ARM CPUs with FP16 arithmetic", "bf16": "CPUs with AMX or AVX512-BF16, GPUs"}
+
+
+def _judged_against_fp32(r: dict) -> bool:
+    """An artifact whose speed against its runtime's FP32 artifact means something: FP16 / BF16 ones, and INT8
+    ones lowered for the runtime they ship to."""
+    if r.get("reference") or r["runtime"] not in RUNTIMES:
+        return False
+    return r["precision"] in NATIVE or _int8_for_its_runtime(r)
 
 
 def _int8_for_its_runtime(r: dict) -> bool:
