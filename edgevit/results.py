@@ -82,8 +82,8 @@ class RunReport(_Open):
     fp16_layernorm: dict | None = None
     results: list[ArtifactResult]
     checks: list[CheckResult]
-    # INT8 artifacts timed on their own runtime that no "not slower than FP32" check judged (no FP32 artifact of
-    # that runtime beside them): one sentence each; the status line says them after "INT8 SPEED NOT CHECKED"
+    # FP16 / BF16 / INT8 artifacts timed on their own runtime that no "not slower than FP32" check judged (no FP32
+    # artifact of that runtime beside them): one sentence each; the status line says them after "SPEED NOT CHECKED"
     speed_not_checked: list[str] = Field(default_factory=list)
     environment: dict
     elapsed_s: float

@@ -111,6 +111,8 @@ def test_fp16_and_bf16_artifacts_are_judged_against_fp32_too():
     """A float file narrower than FP32 (FP16 ONNX, a BF16 OpenVINO IR) trades precision for speed as INT8 does: it
     fails "not slower" against its runtime's FP32 file where it runs slower (ONNX Runtime's CPU provider on x86,
     OpenVINO without AMX / AVX512-BF16), naming where it pays; a reference row is not judged."""
+    from edgevit.validate.checks import speed_not_compared
+
     rows = [_row("onnx-fp32", "fp32", 1.0, b32_ms=20.0), _row("onnx-fp16", "fp16", 1.33, b32_ms=36.0),
             _row("openvino-fp32", "fp32", 1.0, runtime="openvino"),
             _row("openvino-bf16", "bf16", 0.7, runtime="openvino"),
@@ -121,6 +123,12 @@ def test_fp16_and_bf16_artifacts_are_judged_against_fp32_too():
         f"onnx-fp16: FP16 not slower than onnx-fp32{on}": False,
         f"onnx-fp16: FP16 not slower than onnx-fp32 at batch 32{on}": False,
         f"openvino-bf16: BF16 not slower than openvino-fp32{on}": True}
+    assert speed_not_compared(rows, [c.model_dump() for c in checks.values()]) == []
+    # without the FP32 IR beside it the BF16 one is not judged, and the run says so
+    alone = [r for r in rows if r["name"] != "openvino-fp32"]
+    assert speed_not_compared(alone, [c.model_dump() for c in not_slower_checks(alone)]) == [
+        "openvino-bf16: speed not compared with FP32 (no FP32 OpenVINO artifact timed beside it; add "
+        "export/openvino-fp32.yaml)"]
     assert checks[f"onnx-fp16: FP16 not slower than onnx-fp32{on}"].detail.startswith(
         "batch-1 median 1.330 ms vs 1.000 ms (0.75x FP32's speed")
     assert "FP16 pays on devices that compute it natively (GPUs" in checks[f"onnx-fp16: FP16 not slower than onnx-fp32{on}"].detail
@@ -141,7 +149,7 @@ def test_an_int8_artifact_without_an_fp32_sibling_is_said_to_be_unchecked():
         "export/onnx-fp32.yaml)"]
     report = {"status": "ok", "checks": checks, "results": rows, "recipe": "r", "model": {
         "source": "s", "arch": "a", "params": 1, "num_classes": 10, "preprocessing": {"input_size": 32}}}
-    assert status_line(report).startswith("status: ok, all 0 checks passed; INT8 SPEED NOT CHECKED: onnx-int8: ")
+    assert status_line(report).startswith("status: ok, all 0 checks passed; SPEED NOT CHECKED: onnx-int8: ")
     # with the FP32 sibling the check exists and nothing is said
     rows.insert(0, _row("onnx-fp32", "fp32", 1.0))
     checks = [c.model_dump() for c in not_slower_checks(rows)]
@@ -170,7 +178,7 @@ def test_report_json_lists_the_int8_speeds_no_check_compared(tmp_path):
     assert not any("not slower" in c["name"] for c in rep["checks"])
     assert res.report["speed_not_checked"] == rep["speed_not_checked"]
     if rep["status"] == "ok":
-        assert status_line(rep).endswith("INT8 SPEED NOT CHECKED: " + rep["speed_not_checked"][0])
+        assert status_line(rep).endswith("SPEED NOT CHECKED: " + rep["speed_not_checked"][0])
 
 
 def test_auto_placement_from_injected_timings_and_replay(tmp_path, monkeypatch):

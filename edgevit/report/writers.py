@@ -83,7 +83,7 @@ def status_line(report: dict) -> str:
         return "status: INT8 NOT FASTER: " + "; ".join(_not_faster(report))
     unjudged = _speed_not_compared(report)
     return f"status: ok, all {len(report['checks'])} checks passed" + (
-        "; INT8 SPEED NOT CHECKED: " + "; ".join(unjudged) if unjudged else "")
+        "; SPEED NOT CHECKED: " + "; ".join(unjudged) if unjudged else "")
 
 
 def markdown(report: dict) -> str:
@@ -93,7 +93,7 @@ def markdown(report: dict) -> str:
     if report.get("description"):
         lines += [report["description"], ""]
     unjudged = _speed_not_compared(report)
-    status = {"ok": "all checks passed" + ("; **INT8 SPEED NOT CHECKED**: " + "; ".join(unjudged) if unjudged else ""),
+    status = {"ok": "all checks passed" + ("; **SPEED NOT CHECKED**: " + "; ".join(unjudged) if unjudged else ""),
               "failed_checks": "**SOME CHECKS FAILED**",
               "over_budget": "**OVER THE ACCURACY BUDGET**: " + "; ".join(_over_budget(report)),
               "int8_not_faster": "**INT8 NOT FASTER**: " + "; ".join(_not_faster(report))}[report["status"]]

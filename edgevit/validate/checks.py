@@ -146,12 +146,13 @@ def _int8_for_its_runtime(r: dict) -> bool:
 
 
 def speed_not_compared(rows: list[dict], checks: list[dict]) -> list[str]:
-    """INT8 artifacts lowered for their own runtime and timed, that no not-slower check judged because the run
-    has no FP32 artifact of that runtime timed on the same device: one sentence each (the status line says it)."""
+    """FP16 / BF16 artifacts and INT8 ones lowered for their own runtime, timed, that no not-slower check judged
+    because the run has no FP32 artifact of that runtime timed on the same device: one sentence each (the status
+    line and report.json's ``speed_not_checked`` say them)."""
     out = []
     for r in rows:
-        if not (_int8_for_its_runtime(r) and r.get("latency")) or \
-                any(c["name"].startswith(f"{r['name']}: INT8 not slower than") for c in checks):
+        if not (_judged_against_fp32(r) and r.get("latency")) or \
+                any(c["name"].startswith(f"{r['name']}: {r['precision'].upper()} not slower than") for c in checks):
             continue
         rt = RUNTIMES[r["runtime"]]
         preset = f"export/{rt.format}-fp32.yaml"
