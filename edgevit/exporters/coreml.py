@@ -113,8 +113,9 @@ def _small_constants_shared(ct) -> Iterator[object]:
 @contextmanager
 def _validated_once_per_pipeline() -> Iterator[None]:
     """coremltools checks the whole program's consistency (every op's inputs and outputs, var visibility) after
-    each of its ~120 graph passes; the check changes nothing, and on the built-in hybrid it was 20 % of an FP16
-    conversion and 40 % of a W8A8 one. Within this block each pass pipeline runs the same check once, after its
+    each of its ~120 graph passes; the check changes nothing, and a W8A8 package of the pruned, token-merged
+    built-in hybrid converted in 9.8 s with it and 7.7 s without. Within this block each pass pipeline runs the
+    same check once, after its
     last pass (with the scope check coremltools makes after dead-code elimination, when the pipeline has that
     pass): the same program comes out, and a pass that broke it still fails the conversion, only without naming
     the pass."""
