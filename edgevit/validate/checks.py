@@ -133,16 +133,12 @@ NATIVE = {"fp16": "GPUs, NPUs, ARM CPUs with FP16 arithmetic", "bf16": "CPUs wit
 def _judged_against_fp32(r: dict) -> bool:
     """An artifact whose speed against its runtime's FP32 artifact means something: FP16 / BF16 ones, and INT8
     ones lowered for the runtime they ship to."""
-    if r.get("reference") or r["runtime"] not in RUNTIMES:
-        return False
-    return r["precision"] in NATIVE or _int8_for_its_runtime(r)
-
-
-def _int8_for_its_runtime(r: dict) -> bool:
-    """An INT8 artifact lowered for the runtime it ships to (its speed against FP32 means something there)."""
     rt = RUNTIMES.get(r["runtime"])
-    return r["precision"] == "int8" and rt is not None and rt.lowering is not None and not r.get("reference") \
-        and (r.get("placement") or {}).get("lowering") == rt.lowering.name
+    if r.get("reference") or rt is None:
+        return False
+    if r["precision"] == "int8":
+        return rt.lowering is not None and (r.get("placement") or {}).get("lowering") == rt.lowering.name
+    return r["precision"] in NATIVE
 
 
 def speed_not_compared(rows: list[dict], checks: list[dict]) -> list[str]:
