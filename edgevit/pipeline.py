@@ -22,7 +22,7 @@ from edgevit.recipe import Recipe, recipe_to_yaml
 from edgevit.report import write_reports
 from edgevit.results import SCHEMA_VERSION, RunReport
 from edgevit.runfolder import STATUS_FILE, mark, staged_run_folder
-from edgevit.stages import STAGES, RunContext
+from edgevit.stages import STAGES, RunContext, check_stages
 from edgevit.stages.context import load_eval
 from edgevit.stages.export import ExportJob, artifact_files, export_all
 from edgevit.validate.artifacts import original_reference, validate
@@ -80,6 +80,7 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
         pre = Preprocess(info.input_size, info.mean, info.std, info.crop_pct, info.interpolation, info.resize)
         ctx = RunContext(recipe=recipe, stage=stage, info=info, pre=pre, model=model, dense=model,
                          evalset=load_eval(recipe, pre, info))
+        check_stages(ctx)
         for st in STAGES:
             if st.enabled(recipe):
                 mark(stage, st.step)

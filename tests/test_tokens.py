@@ -465,3 +465,21 @@ def test_efficientformerv2_stages_merge_export_and_come_off(tmp_path):
     remove_tokens(m)
     with torch.no_grad():
         assert torch.equal(m(x), ref)
+
+
+def test_a_model_without_attention_stages_is_refused_before_pruning(tmp_path, monkeypatch):
+    """hybrid_full on EfficientViT (its cascaded group attention is not a stage token reduction supports): the
+    run is refused with exit 2 and one line naming `tokens` and how to go on, before the pruning stage starts
+    (it took minutes, then failed), and leaves no run folder."""
+    from edgevit.stages.prune import PruneStage
+
+    def pruned(*a, **kw):
+        raise AssertionError("pruning ran before the tokens settings were checked")
+
+    monkeypatch.setattr(PruneStage, "apply", pruned)
+    out = tmp_path / "run"
+    res = cli("compress", "--recipe", "hybrid_full", "--model", "builtin:efficientvit-cifar10", "--out", str(out))
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 2 and last.startswith("error: tokens: the model has no attention stage"), res.stderr
+    assert "--set tokens=null" in last and "Traceback" not in res.stderr and "tokens: tokens" not in last
+    assert not out.exists() and not list(tmp_path.glob(".run*"))

@@ -2,7 +2,10 @@
 did as a :class:`~edgevit.results.StageRecord`; the export stage then writes the artifacts.
 
 A stage is anything with ``section`` (the report key it fills), ``step`` (its name in run.json),
-``enabled(recipe)`` and ``apply(ctx) -> StageRecord``; :data:`STAGES` lists them in the order they run.
+``enabled(recipe)`` and ``apply(ctx) -> StageRecord``, and may have ``check(ctx)``: it raises BadInput when the
+recipe's settings cannot apply to the loaded model, and runs for every enabled stage before the first one applies
+(a run is refused before, not after, the minutes an earlier stage takes). :data:`STAGES` lists them in the order
+they run.
 """
 from __future__ import annotations
 
@@ -24,6 +27,13 @@ class Stage(Protocol):
     def apply(self, ctx: RunContext) -> StageRecord: ...
 
 
+def check_stages(ctx: RunContext) -> None:
+    """Run the ``check`` of every stage the recipe enables (see the module docstring)."""
+    for st in STAGES:
+        if st.enabled(ctx.recipe) and hasattr(st, "check"):
+            st.check(ctx)
+
+
 STAGES: list[Stage] = [PruneStage(), TokenStage(), QuantizeStage(), FallbackStage()]
 
-__all__ = ["STAGES", "FallbackStage", "PruneStage", "QuantizeStage", "RunContext", "Stage", "TokenStage"]
+__all__ = ["STAGES", "check_stages", "FallbackStage", "PruneStage", "QuantizeStage", "RunContext", "Stage", "TokenStage"]

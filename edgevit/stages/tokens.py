@@ -8,6 +8,7 @@ import torch
 from edgevit.errors import BadInput
 from edgevit.results import StageRecord
 from edgevit.tokens import summarize
+from edgevit.tokens.patch import selected_stages
 from edgevit.stages.timing import model_timer
 from edgevit.tokens.choose import choose_stages, keep_stages_that_pay, reduce_stages
 
@@ -23,6 +24,13 @@ class TokenStage:
 
     def enabled(self, recipe) -> bool:
         return recipe.tokens is not None
+
+    def check(self, ctx) -> None:
+        """Refuse a model with no attention stage the recipe's ``tokens`` can reduce, before any stage runs."""
+        try:
+            selected_stages(ctx.model, ctx.recipe.tokens)
+        except ValueError as e:
+            raise BadInput(f"tokens: {e}") from e
 
     def apply(self, ctx) -> StageRecord:
         cfg = ctx.recipe.tokens

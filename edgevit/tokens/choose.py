@@ -18,14 +18,13 @@ model's time is left unreduced, and so is every stage when the reduced stages to
 from __future__ import annotations
 
 import copy
-import fnmatch
 
 import torch
 from torch import nn
 
 from edgevit.costs import disagreement, kl_cost, outputs
 from edgevit.tokens.config import TokenConfig
-from edgevit.tokens.patch import apply_tokens, find_stages
+from edgevit.tokens.patch import apply_tokens, selected_stages
 from edgevit.tokens.summary import count_flops
 
 
@@ -52,9 +51,7 @@ def choose_stages(model: nn.Module, cfg: TokenConfig, one: torch.Tensor,
     """The stages to reduce tokens in, with their rate, and one record per candidate stage (each rate's
     saving and cost, the decision and why). ``one``: an input of the model's shape (FLOPs are counted on it);
     ``x``: calibration images (None: costs not measured, ``max_disagreement`` not applied)."""
-    candidates = [s for s in find_stages(model) if any(fnmatch.fnmatch(s, p) for p in cfg.stages)]
-    if not candidates:
-        apply_tokens(copy.deepcopy(model), cfg)  # raises the error that names the supported families
+    candidates = selected_stages(model, cfg)
     flops = count_flops(model, one)
     ref = outputs(model, x) if x is not None else None
     records: dict[str, dict] = {}

@@ -279,14 +279,21 @@ def _prefix_tokens(model: nn.Module, stage: str) -> tuple[int, bool]:
     return 0, True
 
 
+def selected_stages(model: nn.Module, cfg: TokenConfig) -> list[str]:
+    """The attention stages ``cfg.stages`` selects in ``model``; ValueError naming the supported families
+    when there is none."""
+    stages = [s for s in find_stages(model) if any(fnmatch.fnmatch(s, p) for p in cfg.stages)]
+    if not stages:
+        raise ValueError(f"the model has no attention stage to reduce tokens in (stages: {cfg.stages}); supported: "
+                         "timm ViT/DeiT, MobileViT (v1), EfficientFormer (v1) and EfficientFormerV2 attention blocks; "
+                         "remove the recipe's tokens section (--set tokens=null) for this model")
+    return stages
+
+
 def apply_tokens(model: nn.Module, cfg: TokenConfig) -> list[dict]:
     """Wrap ``model``'s attention stages (in place) so that they reduce tokens as ``cfg`` says; returns
     one record per stage (name, tokens merged or kept per block)."""
-    stages = [s for s in find_stages(model) if any(fnmatch.fnmatch(s, p) for p in cfg.stages)]
-    if not stages:
-        raise ValueError("tokens: the model has no attention stage to reduce tokens in "
-                         f"(stages: {cfg.stages}); supported: timm ViT/DeiT, MobileViT (v1) and EfficientFormer "
-                         "(v1) attention blocks")
+    stages = selected_stages(model, cfg)
     records = []
     for name in stages:
         seq = model.get_submodule(name)
