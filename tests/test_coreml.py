@@ -137,6 +137,37 @@ def test_int8_weights_with_the_zeros_stored_sparse(tmp_path):
     assert joint["size_bytes"] < 0.8 * w8["size_bytes"]
 
 
+def test_equal_int8_sparse_weights_are_stored_once(hybrid, tmp_path):
+    """Two layers with equal weights (a random-weight timm EfficientFormerV2 zero-initializes the norm after its
+    MLPs' last convs) in w8-sparse: coremltools' deduplication left the second copy's mask in use and stopped the conversion; now
+    the two layers read one stored copy, and coremltools' own deduplication step is left as it was."""
+    from coremltools.converters.mil.mil.passes.defs.cleanup.const_deduplication import const_deduplication
+
+    _, info = hybrid
+
+    class TwoEqual(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 32, 3, padding=1)
+            # conv + batch norm with a zero scale, as there: the weights become equal when the norm is folded in,
+            # after coremltools merged the equal constants
+            self.a, self.b = (torch.nn.Sequential(torch.nn.Conv2d(32, 32, 1), torch.nn.BatchNorm2d(32)) for _ in "ab")
+            torch.nn.init.zeros_(self.a[1].weight)
+            torch.nn.init.zeros_(self.b[1].weight)
+            self.head = torch.nn.Linear(32, 10)
+
+        def forward(self, x):
+            x = torch.relu(self.stem(x))
+            x = x + self.a(x)
+            return self.head((x + self.b(torch.relu(x))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    f = export_coreml(TwoEqual().eval(), info, tmp_path / "twice.mlpackage", "w8-sparse", target="iOS18")
+    assert f["compressed_ops"].get("constexpr_sparse_blockwise_shift_scale") == 1, f["compressed_ops"]
+    assert const_deduplication.remove_duplicate_ops is const_deduplication.__dict__["remove_duplicate_ops"]
+    assert const_deduplication.remove_duplicate_ops.__module__.startswith("coremltools")
+
+
 def test_folded_preprocessing_equals_the_models(hybrid):
     """The package takes 0-255 RGB pixels; the folded per-channel scale/shift must give the model exactly
     the input edgevit's own preprocessing gives it."""

@@ -102,12 +102,31 @@ def _small_constants_shared(ct) -> Iterator[object]:
     from coremltools.converters.mil.mil.passes.defs.cleanup.const_deduplication import const_deduplication
 
     default = const_deduplication._const_threshold
+    remove = const_deduplication.__dict__["remove_duplicate_ops"]
+    const_deduplication.remove_duplicate_ops = _remove_duplicate_ops
     pipeline = ct.PassPipeline.DEFAULT
     pipeline.set_options("common::const_deduplication", {"const_threshold": 1})
     try:
         yield pipeline
     finally:
         const_deduplication._const_threshold = default
+        const_deduplication.remove_duplicate_ops = remove
+
+
+def _remove_duplicate_ops(self, block, unique2duplicates: dict, force_replace: bool) -> None:
+    """coremltools' deduplication step, for ops of any number of outputs: it moves the uses of a duplicate's
+    first output only, then cannot delete an op with two (``constexpr_sparse_blockwise_shift_scale``, the int8
+    + sparse form: its mask and its values), so two equal weights in that form stopped the conversion (a
+    random-weight timm EfficientFormerV2: the zero-initialized norm after each MLP's last conv, folded into it,
+    makes those weights all zero)."""
+    for unique, duplicates in unique2duplicates.items():
+        for duplicate in duplicates:
+            if any(v in block.outputs for v in duplicate.op.outputs):
+                continue
+            for old, new in zip(duplicate.op.outputs, unique.op.outputs):
+                block.replace_uses_of_var_after_op(anchor_op=duplicate.op, old_var=old, new_var=new,
+                                                   force_replace=force_replace)
+            block.remove_ops([duplicate.op])
 
 
 @contextmanager
