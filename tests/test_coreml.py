@@ -164,6 +164,14 @@ def test_equal_int8_sparse_weights_are_stored_once(hybrid, tmp_path):
     torch.manual_seed(0)
     f = export_coreml(TwoEqual().eval(), info, tmp_path / "twice.mlpackage", "w8-sparse", target="iOS18")
     assert f["compressed_ops"].get("constexpr_sparse_blockwise_shift_scale") == 1, f["compressed_ops"]
+    assert f["compressed_layers"].get("constexpr_sparse_blockwise_shift_scale") == 2, f["compressed_layers"]
+    # the check of the stored form counts the layers that read such weights, not the ops
+    from edgevit.runtimes.coreml import CoreML
+
+    row = {"name": "coreml-w8-sparse", "export": f | {"expected": {"input_size": 32, "labels": info.labels,
+                                                                     "sparse_layers": 2}}}
+    stored = next(c for c in CoreML().checks(row) if "weights stored" in c["name"])
+    assert stored["ok"] and stored["detail"].startswith("2 layers read weights stored by"), stored
     assert const_deduplication.remove_duplicate_ops is const_deduplication.__dict__["remove_duplicate_ops"]
     assert const_deduplication.remove_duplicate_ops.__module__.startswith("coremltools")
 

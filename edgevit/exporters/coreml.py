@@ -330,10 +330,17 @@ def inspect_package(path: Path) -> dict:
     spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
     desc = spec.description
     ops, labels, norm_types = Counter(), [], Counter()
+    chains: dict[str, set[str]] = {}  # var made by constexpr ops -> the constexpr op kinds it is made by
+    layers: Counter = Counter()  # compressed op kind -> ops (conv, linear, ...) that read a weight made by it
     for fn in spec.mlProgram.functions.values():
         for block in fn.block_specializations.values():
             for op in block.operations:
                 ops[op.type] += 1
+                made_by = set().union(*(chains.get(b.name, set()) for arg in op.inputs.values() for b in arg.arguments))
+                if op.type.startswith("constexpr_"):
+                    chains.update({o.name: made_by | {op.type} for o in op.outputs})
+                else:
+                    layers.update(made_by)
                 if op.type == "layer_norm":
                     dtype = op.outputs[0].type.tensorType.dataType
                     norm_types[ct.proto.MIL_pb2.DataType.Name(dtype).lower()] += 1
@@ -346,6 +353,7 @@ def inspect_package(path: Path) -> dict:
             "outputs": [o.name for o in desc.output], "predicted_label": desc.predictedFeatureName,
             "labels": labels, "metadata": dict(desc.metadata.userDefined),
             "compressed_ops": {k: ops[k] for k in COMPRESSED_OPS if ops[k]}, "ops": sum(ops.values()),
+            "compressed_layers": {k: layers[k] for k in COMPRESSED_OPS if layers[k]},
             "activation_quantize_ops": ops["quantize"], "layer_norm_dtypes": dict(norm_types),
             "spec_version": spec.specificationVersion, "size_bytes": package_size(path)}
 
