@@ -139,8 +139,8 @@ def test_int8_weights_with_the_zeros_stored_sparse(tmp_path):
 
 def test_equal_int8_sparse_weights_are_stored_once(hybrid, tmp_path):
     """Two layers with equal weights (a random-weight timm EfficientFormerV2 zero-initializes the norm after its
-    MLPs' last convs) in w8-sparse: coremltools' deduplication left the second copy's mask in use and stopped the conversion; now
-    the two layers read one stored copy, and coremltools' own deduplication step is left as it was."""
+    MLPs' last convs) in w8-sparse: coremltools' deduplication left the second copy's mask in use and stopped the
+    conversion; now the two layers read one stored copy, and coremltools' own deduplication step is left as it was."""
     from coremltools.converters.mil.mil.passes.defs.cleanup.const_deduplication import const_deduplication
 
     _, info = hybrid

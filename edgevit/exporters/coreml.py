@@ -97,8 +97,9 @@ def _small_constants_shared(ct) -> Iterator[object]:
     size: coremltools merges equal constants of 100 or more elements only, and keeps one copy per use of each
     smaller one - the scale and zero point of every activation quantizer, shapes, axes - which the program
     (``model.mlmodel``) stores inline with its name. Merged, the built-in hybrid's programs are 17-20 % smaller
-    (W8A8 + sparse: 261 -> 217 KB). The threshold is a class attribute in coremltools, so it is restored for
-    whatever converts next."""
+    (W8A8 + sparse: 261 -> 217 KB). The same deduplication also removes duplicates of two-output ops correctly
+    (:func:`_remove_duplicate_ops`). Both are class attributes in coremltools, so they are restored for whatever
+    converts next."""
     from coremltools.converters.mil.mil.passes.defs.cleanup.const_deduplication import const_deduplication
 
     default = const_deduplication._const_threshold
