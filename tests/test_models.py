@@ -64,9 +64,9 @@ def test_timm_checkpoint_infers_num_classes(tmp_path):
 def test_timm_safetensors_and_recipe_preprocessing(tmp_path):
     save_file(_timm_state(5), str(tmp_path / "w.safetensors"))
     _, info = load_model(ModelConfig(source=TIMM_SMALL, checkpoint=tmp_path / "w.safetensors",
-                                     mean=[0.1, 0.2, 0.3], std=[0.3, 0.2, 0.1], input_size=160,
+                                     mean=[0.1, 0.2, 0.3], std=[0.3, 0.2, 0.1], input_size=224,
                                      labels=list("abcde")))
-    assert info.mean == (0.1, 0.2, 0.3) and info.input_size == 160 and info.labels == list("abcde")
+    assert info.mean == (0.1, 0.2, 0.3) and info.input_size == 224 and info.labels == list("abcde")
 
 
 def test_pickled_checkpoint_refused_unless_trusted(tmp_path):
@@ -130,3 +130,21 @@ def test_timm_kwargs_build_the_model_the_checkpoint_was_trained_as(tmp_path):
         load_model(ModelConfig(source="timm:levit_128s", checkpoint=ckpt, kwargs={"img_sz": 64}))
     with pytest.raises(ValueError, match="apply to timm: sources only"):
         ModelConfig(source="builtin:hybrid-cifar10", kwargs={"img_size": 64})
+
+
+def test_a_model_that_cannot_take_the_input_size_is_refused_at_load(tmp_path):
+    """One forward pass at load: timm's EfficientFormer accepts img_size but keeps attention biases for 224 px, so
+    at 64 px it fails; the error names the size, the model's own size and the setting (not a stage's traceback)."""
+    with pytest.raises(BadInput) as e:
+        load_model(ModelConfig(source="timm:efficientformer_l1", kwargs={"img_size": 64}))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("model timm:efficientformer_l1 does not run on a 64 px input (RuntimeError:")
+    assert msg.endswith("its own input size is 224 px; change model.kwargs.img_size to a size the architecture supports")
+    (tmp_path / "net.py").write_text(
+        "import torch.nn as nn\n"
+        "def build():\n    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 14 * 14, 6))\n")
+    _, info = load_model(ModelConfig(source=f"file:{tmp_path / 'net.py'}:build", input_size=16))
+    assert info.input_size == 16
+    with pytest.raises(BadInput, match=r"does not run on a 32 px input \(RuntimeError: .*\); change model.input_size "
+                                       r"to a size the architecture supports$"):
+        load_model(ModelConfig(source=f"file:{tmp_path / 'net.py'}:build", input_size=32))

@@ -281,6 +281,7 @@ def load_model(cfg) -> tuple[nn.Module, ModelInfo]:
                          crop_pct=float(tcfg.get("crop_pct", 0.875)),
                          interpolation=str(tcfg.get("interpolation", "bilinear")),
                          random_weights=state is None and source.startswith("timm:"))
+    own_size = None if source.startswith("file:") else info.input_size  # a Python file's model states none
     if cfg.input_size:
         info.input_size = cfg.input_size
     if cfg.crop_pct:
@@ -293,7 +294,24 @@ def load_model(cfg) -> tuple[nn.Module, ModelInfo]:
         if len(cfg.labels) != info.num_classes:
             raise BadInput(f"model.labels has {len(cfg.labels)} names but the model has {info.num_classes} outputs")
         info.labels = list(cfg.labels)
-    return model.eval(), info
+    _check_runs(model.eval(), info.input_size, own_size, cfg)
+    return model, info
+
+
+def _check_runs(model: nn.Module, size: int, own_size: int | None, cfg) -> None:
+    """One forward pass on a blank image of the run's input size, so that a model that cannot take that size
+    is refused at load in one line naming the setting, not minutes later inside a stage."""
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size))
+    except Exception as e:  # whatever the architecture raises: the user's fix is the same
+        msg = (str(e).splitlines() or [""])[0][:200]
+        setting = "model.kwargs.img_size" if "img_size" in (cfg.kwargs or {}) else \
+            "model.input_size" if cfg.input_size else None
+        hint = (f"; its own input size is {own_size} px" if own_size not in (None, size) else "") + (
+            f"; change {setting} to a size the architecture supports" if setting else "")
+        raise BadInput(f"model {cfg.source} does not run on a {size} px input ({type(e).__name__}: {msg})"
+                       + hint) from e
 
 
 def _inference_form(model: nn.Module) -> nn.Module:
