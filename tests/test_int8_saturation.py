@@ -131,6 +131,56 @@ def test_overflow_fix_takes_seven_bits_where_this_cpu_saturates():
         fix([coreml], "on")
 
 
+def test_int8_files_beside_a_coreml_package_take_seven_bit_weights_alone():
+    """auto with a CoreML int8 package (8-bit codes only) beside the ONNX Runtime / OpenVINO INT8 files: only
+    those files take 7-bit weights where this CPU saturates; the 7-bit grid spans each 8-bit weight range."""
+    import torch
+
+    from edgevit.quant import QuantConfig, apply_plan, quantize
+    from edgevit.quant.lowering import lower_plan, seven_bit_weights
+    from edgevit.recipe import build_recipe
+    from edgevit.stages.quantize import overflow_fix_per_artifact, saturating_int8
+
+    from conftest import CALIB_DIR
+
+    def recipe(exports, mode="auto"):
+        return build_recipe({"name": "x", "calibration": {"path": str(CALIB_DIR)}, "export": exports,
+                             "quantize": {"weights": {"overflow_fix": mode}}})
+
+    ort, trt = {"precision": "int8", "name": "ort"}, {"precision": "int8", "target": "tensorrt"}
+    coreml = {"format": "coreml", "precision": "int8", "compression": "w8", "name": "cm"}
+    both = recipe([ort, trt, coreml])
+    why = overflow_fix_per_artifact(both)
+    assert (why is not None) == int8_dot_saturates()
+    if why:
+        assert why.startswith("weights of ort on the 7-bit grid") and "cm keep 8-bit weights" in why
+    assert [saturating_int8(e) for e in both.export] == [True, False, False]
+    for exports, mode in (([ort], "auto"), ([trt, coreml], "auto"), ([ort, coreml], "off")):
+        assert overflow_fix_per_artifact(recipe(exports, mode)) is None
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+    x = torch.randn(64, 8)
+    _, plan = quantize(model, QuantConfig(), [x])
+    plan.rounded["0"] = plan.weights["0"].quantize(model[0].weight.detach()).to(torch.int8)  # as reconstruction
+    seven = seven_bit_weights(plan)
+    assert lower_plan(seven, "onnxruntime", "uniform") is seven and seven.config.weights.bits == 7
+    for name, q in plan.weights.items():
+        q7 = seven.weights[name]
+        assert (q.bits, q7.bits, q7.qmin, q7.qmax) == (8, 7, -63, 63)
+        assert torch.allclose(q7.scale * 63, q.scale * 127)  # the same range
+    assert plan.weights["0"].bits == 8 and plan.rounded["0"].abs().max() == 127  # the 8-bit plan is untouched
+    assert seven.rounded["0"].abs().max() == 63
+    assert torch.equal(seven.rounded["0"], torch.round(plan.rounded["0"].float() * 63 / 127).to(torch.int8))
+    q7 = apply_plan(model, seven)
+    for name in ("0", "2"):
+        codes = q7.get_submodule(name).inner.weight / seven.weights[name].scale[:, None]
+        assert torch.allclose(codes, codes.round(), atol=1e-4) and codes.abs().max() <= 63 + 1e-4
+    with torch.no_grad():  # coarser weights, the same function within the 7-bit rounding error
+        ref, got = apply_plan(model, plan)(x), q7(x)
+    assert 0 < (got - ref).abs().max() < 0.1 * ref.abs().max()
+
+
 def test_overflow_fix_reads_yaml_on_and_off(tmp_path):
     """A bare on / off in a recipe (YAML reads them as true / false) means "on" / "off"."""
     from edgevit.recipe import load_recipe

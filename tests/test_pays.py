@@ -7,7 +7,9 @@ import copy
 import json
 
 import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
 import torch
 from torch import nn
 
@@ -22,6 +24,7 @@ from edgevit.recipe import ModelConfig, load_recipe
 from edgevit.report.sections import pruning_lines, token_lines
 from edgevit.tokens import TokenConfig
 from edgevit.tokens.choose import TOGETHER, UNREDUCED, choose_stages, keep_stages_that_pay
+from edgevit.validate.latency import int8_dot_saturates
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +235,16 @@ def test_hybrid_full_recipe_chains_every_stage_within_its_budget(tmp_path):
     md = (out / "report.md").read_text()
     assert md.index("## What each stage cost and saved") < md.index("## Accuracy budget") < md.index("## Artifacts")
     assert "| + token reduction | not applied:" in md
+    # where this CPU's int8 kernels saturate on 8-bit weights, the ONNX Runtime file alone takes 7-bit ones (its
+    # own simulation); the TensorRT graph and the CoreML packages keep the 8-bit codes
+    seven = int8_dot_saturates()
+    by = {r["name"]: r for r in rep["results"]}
+    assert by["onnx-int8"]["simulated_by"].endswith("-w7") == seven
+    assert not any(by[n]["simulated_by"].endswith("-w7") for n in ("onnx-int8-tensorrt", "coreml-w8a8-sparse"))
+    assert next(c for c in rep["checks"] if c["name"].startswith("onnx-int8: deployed model agrees"))["ok"]
+    top = {n: max(int(np.abs(numpy_helper.to_array(t)).max()) for t in onnx.load(out / f"{n}.onnx").graph.initializer
+                  if t.data_type == onnx.TensorProto.INT8) for n in ("onnx-int8", "onnx-int8-tensorrt")}
+    assert top == {"onnx-int8": 63 if seven else 127, "onnx-int8-tensorrt": 127}
 
 
 def test_settings_errors_name_the_key():

@@ -499,3 +499,16 @@ def test_a_symmetric_candidate_unlike_its_simulation_is_not_shipped(tmp_path, mo
     run(recipe, tmp_path / "exact")
     saved = json.loads((tmp_path / "exact" / "placement.json").read_text())["artifacts"]["onnx-int8"]
     assert saved["activations"] == "symmetric" and not saved["refused"]
+
+
+def test_a_cause_every_refused_candidate_shares_is_said_once():
+    """FP32 ships when every INT8 candidate is refused: each candidate's reason is listed, and a likely cause
+    they all share (8-bit weights where this CPU's int8 kernels saturate) ends the reason once."""
+    cause = placement_mod.LIKELY + "an INT8 file with 8-bit weights on a CPU without VNNI"
+    p = placement_mod._fp32_ships(Placement("onnx-int8", "auto"), "no INT8 candidate could be timed",
+                                  {"int8": "17.4 dB" + cause, "int8-symmetric": "17.7 dB" + cause})
+    assert p.shipped == "fp32" and p.reason == ("no INT8 candidate could be timed: int8: 17.4 dB; int8-symmetric: "
+                                                "17.7 dB" + cause)
+    p = placement_mod._fp32_ships(Placement("onnx-int8", "auto"), "no INT8 candidate could be timed",
+                                  {"int8": "17.4 dB" + cause, "int8-symmetric": "no integer layer"})
+    assert p.reason == f"no INT8 candidate could be timed: int8: 17.4 dB{cause}; int8-symmetric: no integer layer"

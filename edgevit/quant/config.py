@@ -27,7 +27,8 @@ class WeightQuant(_Strict):
         "auto", description="8-bit weights quantized with 7 bits (int8 codes -63..63): on an x86 CPU without VNNI, "
         "ONNX Runtime's and OpenVINO's int8 kernels add each pair of uint8 x int8 products in 16 bits, which "
         "saturates with 8-bit weights, so the INT8 file computes otherwise than its simulation. auto: when this "
-        "machine's CPU is one and the recipe has an INT8 artifact for ONNX Runtime or OpenVINO (evaluated here); "
+        "machine's CPU is one and the recipe has an INT8 artifact for ONNX Runtime or OpenVINO (evaluated here; "
+        "beside a CoreML int8 package, which stores 8-bit codes, those files alone take 7-bit weights); "
         "on: always; off: never")
 
     @field_validator("overflow_fix", mode="before")

@@ -27,7 +27,7 @@ import torch
 
 from edgevit.quant.plan import QuantPlan
 from edgevit.quant.targets import LOWERINGS, Lowering
-from edgevit.quant.uniform import qparams_from_range
+from edgevit.quant.uniform import QParams, qparams_from_range, qrange
 
 POLICIES = ("exact", "uniform", "float")
 
@@ -86,3 +86,22 @@ def lower_plan(plan: QuantPlan, target: str | Lowering, policy: str = "uniform")
                 raise ValueError(f"{target.label} needs symmetric weights; {name} is asymmetric "
                                  "(set quantize.weights.symmetric: true)")
     return lowered
+
+
+def seven_bit_weights(plan: QuantPlan) -> QuantPlan:
+    """A copy of ``plan`` whose 8-bit weights use the 7-bit grid over the same range (codes -63..63, the scale
+    times 127/63): what an int8 file needs where x86 kernels without VNNI add pairs of uint8 x int8 products in
+    16 bits, which 8-bit weights can saturate. Learned roundings (reconstruction) map to the nearest 7-bit code."""
+    out = copy.deepcopy(plan)
+    out.config = plan.config.model_copy(update={"weights": plan.config.weights.model_copy(
+        update={"bits": WEIGHT_BITS_IN_INT8})})
+    top = qrange(WEIGHT_BITS_IN_INT8, True)[1]
+    ratio = qrange(8, True)[1] / top
+    for name, q in plan.weights.items():
+        if q.bits != 8 or not q.symmetric:
+            continue
+        out.weights[name] = QParams(q.scale * ratio, torch.zeros_like(q.zero_point), WEIGHT_BITS_IN_INT8, True,
+                                    q.axis, narrow=True)
+        if name in plan.rounded:
+            out.rounded[name] = torch.clamp(torch.round(plan.rounded[name].float() / ratio), -top, top).to(torch.int8)
+    return out

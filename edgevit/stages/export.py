@@ -7,12 +7,13 @@ import logging
 from edgevit.errors import BadInput
 from edgevit.progress import new_progress
 from edgevit.quant import apply_plan
-from edgevit.quant.lowering import has_nonuniform, lower_plan
+from edgevit.quant.lowering import has_nonuniform, lower_plan, seven_bit_weights
 from edgevit.runfolder import mark
 from edgevit.runtimes import for_format
 from edgevit.stages.context import RunContext
 from edgevit.stages.jobs import ExportJob
 from edgevit.stages.placement import place, write_placements
+from edgevit.stages.quantize import saturating_int8
 
 log = logging.getLogger("edgevit")
 
@@ -39,9 +40,12 @@ def prepare(job: ExportJob, ctx: RunContext) -> ExportJob:
         lowered = lower_plan(job.plan or ctx.plan, target, job.cfg.lowering)
     except ValueError as e:
         raise BadInput(f"export {job.cfg.name or job.file}: {e}") from e
+    seven = ctx.seven_bit_files and saturating_int8(job.cfg)
+    if seven:
+        lowered = seven_bit_weights(lowered)
     job.sim_name = "-".join([ctx.sim_base] + [target.name] * (target.name != "onnxruntime")
-                            + [job.cfg.lowering] * (has_nonuniform(ctx.plan) and job.cfg.lowering != "exact")) \
-        + job.suffix
+                            + [job.cfg.lowering] * (has_nonuniform(ctx.plan) and job.cfg.lowering != "exact")
+                            + ["w7"] * seven) + job.suffix
     if not job.suffix:  # the before-fallback row shows the full plan: every quantizer, not placed
         placed, job.placement = place(job, ctx, lowered)
         ctx.placements[job.name] = job.placement

@@ -67,6 +67,7 @@ PROFILE_RUNS = 30
 CHAIN_SLOWDOWN = 1.5  # a layout chain is dropped when its INT8 Transposes take 1.5x their float time (not noise)
 SYMMETRIC = Lowering("symmetric", "symmetric int8 activations", symmetric=True, exact=False)
 CONV_OUTPUT_KINDS = ("conv_output", "sigmoid_output")
+LIKELY = "; likely cause: "
 AS_SIMULATED_DB = 20.0  # a candidate the runtime runs further than this from its own simulation is not timed
 CHECK_IMAGES = 8
 ACCURACY_IMAGES = 1000  # evaluation images a candidate form's accuracy is judged on
@@ -251,12 +252,15 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
     prof_dev = device if device.kind == "local" else next(
         (d for d in ctx.recipe.validation.devices if d.kind == "local"), device)
     xs = _check_images(ctx)
+    saturates = _saturating_kernels(rt, device, plan)
 
     def export(name: str, source, precision: str) -> Path:
         j = dataclasses.replace(job, cfg=job.cfg.model_copy(update={"precision": precision}),
                                 file=f"{name}{rt.suffix}", source=source, suffix="")
         row = rt.export(j, scratch)
         why = _not_a_candidate(rt, row, tmp / j.file, source, xs, prof_dev) if precision == "int8" else None
+        if why and saturates and "from its simulation" in why:
+            why += f"{LIKELY}{saturates}"
         if why:
             p.not_timed[name] = why
             log.warning("placement %s: candidate %s not timed: %s", job.name, name, why)
@@ -300,7 +304,6 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
         if placed is not None:
             add(name + "-placed", placed, form)
     timer = _device_timer(device, ctx.info, x) if device.kind == "ssh" else _local_timer(rt, device, x)
-    saturates = _saturating_kernels(rt, device, plan)
     if len(files) == 1:  # every INT8 candidate was refused: FP32 ships (quantize.when_slower does not apply)
         return None, _fp32_ships(p, "no INT8 candidate could be timed", p.not_timed)
     p.candidates = {k: round(v, 4) for k, v in timer(files, 1).items()}
@@ -346,8 +349,13 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
 
 
 def _fp32_ships(p: Placement, why: str, candidates: dict[str, str]) -> Placement:
-    """``p`` saying the FP32 model ships because no INT8 candidate may (``candidates``: each one's reason)."""
-    p.shipped, p.reason = "fp32", f"{why}: " + "; ".join(f"{k}: {v}" for k, v in candidates.items())
+    """``p`` saying the FP32 model ships because no INT8 candidate may (``candidates``: each one's reason; a
+    likely cause they all share is said once, at the end)."""
+    causes = {v.partition(LIKELY)[2] for v in candidates.values()}
+    shared = causes.pop() if len(causes) == 1 else ""
+    p.shipped, p.reason = "fp32", f"{why}: " + "; ".join(
+        f"{k}: {v.partition(LIKELY)[0] if shared else v}" for k, v in candidates.items()) + (
+        f"{LIKELY}{shared}" if shared else "")
     log.warning("placement %s: %s", p.artifact, p.reason)
     return p
 

@@ -30,6 +30,22 @@ def sim_name(cfg) -> str:
     return SIM_NAME if w in (WEIGHT_BITS_IN_INT8, 8) and a == 8 else f"pytorch-w{w}a{a}-sim"
 
 
+def saturating_int8(e) -> bool:
+    """Whether export entry ``e`` is an INT8 file whose runtime's x86 int8 kernels add pairs of uint8 x int8
+    products in 16 bits (ONNX Runtime, OpenVINO; not a graph lowered for TensorRT)."""
+    return e.precision == "int8" and for_format(e.format).int8_kernels_saturate and \
+        getattr(e, "target", None) != "tensorrt"
+
+
+def _overflow_cases(recipe) -> tuple[list[str], list[str]]:
+    """The recipe's INT8 artifacts whose kernels saturate on 8-bit weights, and those that cannot hold 7-bit ones
+    (a CoreML int8 package stores 8-bit codes)."""
+    hit = [e.name or e.format for e in recipe.export if saturating_int8(e)]
+    refused = [e.name or f"{e.format}-{e.precision}" for i, e in enumerate(recipe.export) if e.precision == "int8"
+               and e.sub8bit_problem("quantize.weights.bits", WEIGHT_BITS_IN_INT8, i)]
+    return hit, refused
+
+
 def overflow_fix(recipe) -> str | None:
     """Why the recipe's 8-bit weights are quantized with 7 bits in this run (None: they are not); see
     ``quantize.weights.overflow_fix``."""
@@ -38,15 +54,29 @@ def overflow_fix(recipe) -> str | None:
         return None
     if w.overflow_fix == "on":
         return f"weights in {WEIGHT_BITS_IN_INT8} bits (quantize.weights.overflow_fix: on)"
-    hit = [e.name or e.format for e in recipe.export if e.precision == "int8"
-           and for_format(e.format).int8_kernels_saturate and getattr(e, "target", None) != "tensorrt"]
-    refused = [e.name or e.format for i, e in enumerate(recipe.export) if e.precision == "int8"
-               and e.sub8bit_problem("quantize.weights.bits", WEIGHT_BITS_IN_INT8, i)]
-    if not hit or refused or not int8_dot_saturates():  # (a CoreML int8 package holds 8-bit weights only)
+    hit, refused = _overflow_cases(recipe)
+    if not hit or refused or not int8_dot_saturates():
         return None
     return (f"weights in {WEIGHT_BITS_IN_INT8} bits (quantize.weights.overflow_fix: auto): this CPU has no VNNI, so "
             f"the int8 kernels that run {', '.join(hit)} here add pairs of uint8 x int8 products in 16 bits, which "
             "saturates with 8-bit weights; set overflow_fix: off to keep 8 bits for a CPU with VNNI")
+
+
+def overflow_fix_per_artifact(recipe) -> str | None:
+    """Why only some INT8 artifacts take their weights on the 7-bit grid (``seven_bit_weights`` of the 8-bit
+    plan, each with its own simulation): with ``overflow_fix: auto`` where the kernels that run them saturate
+    here and another INT8 artifact of the recipe needs 8-bit codes. None: not so in this run."""
+    w = recipe.quantize.weights
+    if w.bits != 8 or w.overflow_fix != "auto":
+        return None
+    hit, refused = _overflow_cases(recipe)
+    if not (hit and refused and int8_dot_saturates()):
+        return None
+    return (f"weights of {', '.join(hit)} on the {WEIGHT_BITS_IN_INT8}-bit grid over the 8-bit ranges (quantize."
+            "weights.overflow_fix: auto): this CPU has no VNNI, so the int8 kernels that run them here add pairs "
+            f"of uint8 x int8 products in 16 bits, which saturates with 8-bit weights; {', '.join(refused)} keep "
+            "8-bit weights (a CoreML int8 package stores 8-bit codes); set overflow_fix: off to keep 8 bits "
+            "everywhere for a CPU with VNNI")
 
 
 def write_plan(plan, stage: Path) -> None:
@@ -64,9 +94,11 @@ class QuantizeStage:
         return recipe.quantize is not None
 
     def apply(self, ctx) -> StageRecord:
-        fix = overflow_fix(ctx.recipe)
+        fix, per_file = overflow_fix(ctx.recipe), overflow_fix_per_artifact(ctx.recipe)
+        ctx.seven_bit_files = per_file is not None  # the export stage lowers those files' plans to 7-bit weights
+        if fix or per_file:
+            log.warning("quantize: %s", fix or per_file)
         if fix:  # every later stage and export reads the recipe: they all see the 7-bit weights
-            log.warning("quantize: %s", fix)
             q = ctx.recipe.quantize
             ctx.recipe = ctx.recipe.model_copy(update={"quantize": q.model_copy(update={
                 "weights": q.weights.model_copy(update={"bits": WEIGHT_BITS_IN_INT8})})})
@@ -95,7 +127,7 @@ class QuantizeStage:
         ctx.calibration_summary = {"path": str(cfg.path), "images": len(images) - len(images.skipped),
                                    "skipped": len(images.skipped), "used_by": ["quantize"]}
         return StageRecord.model_validate({"plan": plan.to_dict() | {"counts": plan.counts()}, "seconds": seconds,
-                                           "diagnostics": diagnostics, "overflow_fix": fix})
+                                           "diagnostics": diagnostics, "overflow_fix": fix or per_file})
 
 
 class FallbackStage:
