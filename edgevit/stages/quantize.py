@@ -40,7 +40,7 @@ def saturating_int8(e) -> bool:
 def _overflow_cases(recipe) -> tuple[list[str], list[str]]:
     """The recipe's INT8 artifacts whose kernels saturate on 8-bit weights, and those that cannot hold 7-bit ones
     (a CoreML int8 package stores 8-bit codes)."""
-    hit = [e.name or e.format for e in recipe.export if saturating_int8(e)]
+    hit = [e.name or f"{e.format}-{e.precision}" for e in recipe.export if saturating_int8(e)]
     refused = [e.name or f"{e.format}-{e.precision}" for i, e in enumerate(recipe.export) if e.precision == "int8"
                and e.sub8bit_problem("quantize.weights.bits", WEIGHT_BITS_IN_INT8, i)]
     return hit, refused
