@@ -235,3 +235,44 @@ def test_conv_hidden_channels_shrink_on_the_hybrid(calib):
         a, ref = shrunk(calib), model(calib)
         assert (a - masked(calib)).abs().max() <= 1e-4 * float(ref.abs().max())
         assert ((a - ref) ** 2).mean() < 0.5 * ((plain(calib) - ref) ** 2).mean()
+
+
+def test_pruning_names_each_phase_of_its_progress_bar_with_its_length():
+    """A long pruning step shows which phase it is in and how far: each phase starts the bar with its label and
+    length, and the bar advances once per unit of it (the greedy pass over the layers moved no bar before)."""
+    class Steps:  # what edgevit.progress.Steps does to a rich task, recorded
+        def __init__(self):
+            self.phases = []
+
+        def __call__(self, name=None):
+            self.phases[-1][2] += 1
+
+        def phase(self, label, total):
+            self.phases.append([label, total, 0])
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
+
+        def forward(self, x):
+            return x + self.fc2(torch.relu(self.fc1(x)))
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), Block(), Block(), nn.Linear(16, 10))
+    cfg = PruneConfig.model_validate({"nm": {"n": 2, "m": 4, "criterion": "sparsegpt", "max_disagreement": 50.0},
+                                      "images": 64, "reconstruct": {"iters": 2}})
+    steps = Steps()
+    out = prune(model, cfg, torch.randn(64, 8), steps)
+    pruned = len(out["layers"])
+    assert steps.phases == [["cost of each layer pruned alone", 4, 4], ["layers taken by gain per cost", 4, 4],
+                            ["2:4 weights", pruned, pruned], ["reconstruct blocks", 2, 2]]
+    from edgevit.progress import Steps as RichSteps, new_progress
+
+    with new_progress() as progress:
+        bar = RichSteps(progress, "prune (nm)")
+        bar.phase("2:4 weights", 3)
+        bar("1.fc1")
+        bar("1.fc2")
+        task = progress.tasks[0]
+        assert (task.description, task.total, task.completed) == ("prune (nm): 2:4 weights", 3, 2)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from edgevit.costs import disagreement, kl_cost, outputs
+from edgevit.progress import phase
 
 GAINS = {"macs": "multiply-accumulates per image", "weights": "weights"}
 
@@ -67,6 +68,7 @@ def choose_layers(model: nn.Module, layers: list[tuple[str, nn.Module]], trial: 
     dense = {n: m.weight.detach().clone() for n, m in layers}
     ref = outputs(model, x) if ref is None else ref
     cost = {}
+    phase(on_layer, "cost of each layer pruned alone", len(layers))
     for name, mod in layers:
         mod.weight.copy_(trial[name])
         cost[name] = kl_cost(outputs(model, x), ref)
@@ -75,6 +77,7 @@ def choose_layers(model: nn.Module, layers: list[tuple[str, nn.Module]], trial: 
             on_layer(name)
     order = sorted(layers, key=lambda nl: (-gains[nl[0]] / max(cost[nl[0]], 1e-9), nl[0]))
     taken, records = set(), {}
+    phase(on_layer, "layers taken by gain per cost", len(layers))
     try:
         for name, mod in order:
             mod.weight.copy_(trial[name])
@@ -87,6 +90,8 @@ def choose_layers(model: nn.Module, layers: list[tuple[str, nn.Module]], trial: 
             records[name] = {"cost_kl": cost[name], "gain": int(gains[name]),
                              "gain_per_cost": gains[name] / max(cost[name], 1e-9), "pruned": ok,
                              "disagreement_if_pruned": round(dis, 3)}
+            if on_layer:
+                on_layer(name)
     finally:
         for name, mod in layers:
             mod.weight.copy_(dense[name])

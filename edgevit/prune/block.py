@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from edgevit.progress import phase
 from edgevit.prune.config import BlockSparsity, PruneConfig
 from edgevit.prune.layerwise import all_hessians, eligible_layers, sequential
 from edgevit.prune.layout import from_matrix, to_matrix
@@ -97,6 +98,7 @@ def distortion_curves(model: nn.Module, layers: list[tuple[str, nn.Module]], sco
     """Mean squared logit change when each layer alone loses each level's fraction of its blocks."""
     ref = model(x)
     curves = {}
+    phase(on_layer, "distortion of each layer", len(layers))
     for name, mod in layers:
         dense = mod.weight.detach().clone()
         curve = []
@@ -144,6 +146,7 @@ def prune_blocks(model: nn.Module, cfg: PruneConfig, x: torch.Tensor,
                 "sparsity": float(mask.float().mean()),
                 "distortion_curve": curves[name] if curves else None}
 
+    phase(on_layer, "block-pruned weights", len(layers))
     records = sequential(model, layers, x, one, needs_data=b.criterion == "obs", on_layer=on_layer)
     achieved = sum(r["sparsity"] * r["params"] for r in records) / sum(sizes.values())
     return {"block": b.block, "criterion": b.criterion, "allocation": b.allocation, "target": b.sparsity,

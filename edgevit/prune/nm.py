@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from edgevit.costs import disagreement, outputs
+from edgevit.progress import phase
 from edgevit.prune.allocate import GAINS, choose_layers, layer_macs
 from edgevit.prune.config import PruneConfig
 from edgevit.prune.layerwise import all_hessians, eligible_layers, sequential
@@ -72,6 +73,7 @@ def prune_nm(model: nn.Module, cfg: PruneConfig, x: torch.Tensor,
         return {"shape": list(mod.weight.shape), "params": mod.weight.numel(),
                 "sparsity": float(mask.float().mean())}
 
+    phase(on_layer, f"{nm.n}:{nm.m} weights", len(layers))
     records = sequential(model, layers, x, one, needs_data=nm.criterion == "sparsegpt" and trial is None,
                          on_layer=on_layer)
     if allocation is not None:

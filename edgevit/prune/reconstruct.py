@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgevit.progress import phase
 from edgevit.quant.bridges import holding
 from edgevit.quant.partial import execution_order
 from edgevit.quant.reconstruct import unit_io, unit_loss
@@ -35,7 +36,9 @@ def reconstruct_pruned(dense: nn.Module, pruned: nn.Module, layers: list[str], x
     block output on ``x``; the zeros of the pruned layers stay zero. Returns a record per block."""
     gen = torch.Generator().manual_seed(seed)
     records = []
-    for name in blocks_holding(pruned, layers, x):
+    blocks = blocks_holding(pruned, layers, x)
+    phase(on_block, "reconstruct blocks", len(blocks))
+    for name in blocks:
         t0 = time.time()
         p_block, d_block = pruned.get_submodule(name), dense.get_submodule(name)
         x_p, _ = unit_io(pruned, p_block, x, batch)

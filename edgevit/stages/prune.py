@@ -6,7 +6,7 @@ import logging
 import time
 
 from edgevit.errors import BadInput
-from edgevit.progress import new_progress
+from edgevit.progress import Steps, new_progress
 from edgevit.prune import prune
 from edgevit.prune.allocate import sparse_gain
 from edgevit.results import StageRecord
@@ -29,9 +29,9 @@ class PruneStage:
         pruned = copy.deepcopy(ctx.model)
         t0 = time.time()
         with new_progress() as progress:
-            task = progress.add_task(f"prune ({cfg.method})", total=None)
+            steps = Steps(progress, f"prune ({cfg.method})")
             try:
-                facts = prune(pruned, cfg, x, lambda name: progress.advance(task), sparse_gain(ctx.recipe.export))
+                facts = prune(pruned, cfg, x, steps, sparse_gain(ctx.recipe.export))
             except ValueError as e:
                 raise BadInput(f"prune: {e}") from e
         facts["seconds"] = round(time.time() - t0, 1)
