@@ -265,7 +265,8 @@ def test_pruning_names_each_phase_of_its_progress_bar_with_its_length():
     steps = Steps()
     out = prune(model, cfg, torch.randn(64, 8), steps)
     pruned = len(out["layers"])
-    assert steps.phases == [["cost of each layer pruned alone", 4, 4], ["layers taken by gain per cost", 4, 4],
+    assert steps.phases == [["2:4 weights of each layer alone", 4, 4], ["cost of each layer pruned alone", 4, 4],
+                            ["layers taken by gain per cost", 4, 4],
                             ["2:4 weights", pruned, pruned], ["reconstruct blocks", 2, 2]]
     from edgevit.progress import Steps as RichSteps, new_progress
 

@@ -26,15 +26,18 @@ def _pruned_matrix(mat: torch.Tensor, h, nm, damp: float) -> tuple[torch.Tensor,
 
 @torch.no_grad()
 def trial_weights(model: nn.Module, layers: list[tuple[str, nn.Module]], cfg: PruneConfig,
-                  x: torch.Tensor) -> dict[str, torch.Tensor]:
+                  x: torch.Tensor, on_layer: Callable[[str], None] | None = None) -> dict[str, torch.Tensor]:
     """Each layer's weight pruned alone (its Hessian from the unpruned model), in the module's own shape."""
     hs = all_hessians(model, layers, x) if cfg.nm.criterion == "sparsegpt" else {}
     trial = {}
+    phase(on_layer, f"{cfg.nm.n}:{cfg.nm.m} weights of each layer alone", len(layers))
     for name, mod in layers:
         dense = mod.weight.detach().clone()
         from_matrix(mod, _pruned_matrix(to_matrix(mod), hs.get(name), cfg.nm, cfg.damp)[0])
         trial[name] = mod.weight.detach().clone()
         mod.weight.copy_(dense)
+        if on_layer:
+            on_layer(name)
     return trial
 
 
@@ -49,7 +52,7 @@ def prune_nm(model: nn.Module, cfg: PruneConfig, x: torch.Tensor,
     if nm.max_disagreement is not None and layers:
         ref = outputs(model, x)
         gains = layer_macs(model, layers, x) if gain[0] == "macs" else {n: m.weight.numel() for n, m in layers}
-        trial = trial_weights(model, layers, cfg, x)
+        trial = trial_weights(model, layers, cfg, x, on_layer)
         chosen, records = choose_layers(model, layers, trial, gains, x, nm.max_disagreement, on_layer, ref)
         for r in records:
             if not r["pruned"]:
