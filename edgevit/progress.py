@@ -18,7 +18,7 @@ def new_progress() -> Progress:
 
 class Steps:
     """One progress bar task for a long step made of phases (``phase(label, total)`` restarts the bar with its
-    own description and length); calling it advances one unit. Passed where a ``on_layer(name)`` callback is
+    own description and length); calling it advances one unit. Passed where an ``on_layer(name)`` callback is
     taken, so code that knows its phases names them and other code only advances."""
 
     def __init__(self, progress: Progress, prefix: str):
