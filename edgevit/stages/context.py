@@ -49,7 +49,6 @@ class RunContext:
     policies: dict = field(default_factory=dict)  # FP16 LayerNorm decision by mode (the report's fp16_layernorm)
     placements: dict = field(default_factory=dict)  # INT8 artifact name -> its Placement (placement.json)
     searches: dict = field(default_factory=dict)  # placement search key -> (plan searched, plan shipped, Placement)
-    seven_bit_files: bool = False  # INT8 files whose kernels saturate here take 7-bit weights (quantize.overflow_fix)
     _calibration: dict = field(default_factory=dict)
     _placements: dict = field(default_factory=dict)
 

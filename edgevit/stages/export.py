@@ -13,7 +13,7 @@ from edgevit.runtimes import for_format
 from edgevit.stages.context import RunContext
 from edgevit.stages.jobs import ExportJob
 from edgevit.stages.placement import place, write_placements
-from edgevit.stages.quantize import saturating_int8
+from edgevit.stages.quantize import overflow_fix_per_artifact, saturating_int8
 
 log = logging.getLogger("edgevit")
 
@@ -40,7 +40,7 @@ def prepare(job: ExportJob, ctx: RunContext) -> ExportJob:
         lowered = lower_plan(job.plan or ctx.plan, target, job.cfg.lowering)
     except ValueError as e:
         raise BadInput(f"export {job.cfg.name or job.file}: {e}") from e
-    seven = ctx.seven_bit_files and saturating_int8(job.cfg)
+    seven = saturating_int8(job.cfg) and overflow_fix_per_artifact(ctx.recipe) is not None
     if seven:
         lowered = seven_bit_weights(lowered)
     job.sim_name = "-".join([ctx.sim_base] + [target.name] * (target.name != "onnxruntime")

@@ -94,8 +94,7 @@ class QuantizeStage:
         return recipe.quantize is not None
 
     def apply(self, ctx) -> StageRecord:
-        fix, per_file = overflow_fix(ctx.recipe), overflow_fix_per_artifact(ctx.recipe)
-        ctx.seven_bit_files = per_file is not None  # the export stage lowers those files' plans to 7-bit weights
+        fix, per_file = overflow_fix(ctx.recipe), overflow_fix_per_artifact(ctx.recipe)  # per_file: at export
         if fix or per_file:
             log.warning("quantize: %s", fix or per_file)
         if fix:  # every later stage and export reads the recipe: they all see the 7-bit weights
