@@ -258,9 +258,7 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
         j = dataclasses.replace(job, cfg=job.cfg.model_copy(update={"precision": precision}),
                                 file=f"{name}{rt.suffix}", source=source, suffix="")
         row = rt.export(j, scratch)
-        why = _not_a_candidate(rt, row, tmp / j.file, source, xs, prof_dev) if precision == "int8" else None
-        if why and saturates and "from its simulation" in why:
-            why += f"{LIKELY}{saturates}"
+        why = _not_a_candidate(rt, row, tmp / j.file, source, xs, prof_dev, saturates) if precision == "int8" else None
         if why:
             p.not_timed[name] = why
             log.warning("placement %s: candidate %s not timed: %s", job.name, name, why)
@@ -388,11 +386,12 @@ def _quantizer_sites(qmodel) -> dict[str, str]:
     return {module: q.site for module, q in qmodel.named_modules() if isinstance(q, ActQuant)}
 
 
-def _not_a_candidate(rt, row: dict, path: Path, qmodel, x: np.ndarray, device) -> str | None:
+def _not_a_candidate(rt, row: dict, path: Path, qmodel, x: np.ndarray, device, saturates: str | None) -> str | None:
     """Why an exported INT8 candidate must not be timed (None: it may): the runtime's audit of the file finds no
     integer layer (the float model under an INT8 name), or the runtime runs it further than
     ``AS_SIMULATED_DB`` from its own simulation (OpenVINO 2026.4 runs EfficientViT-M0's INT8 graph without
-    conv-output quantizers 1.1 dB from it: leaving quantizers out does not always keep accuracy)."""
+    conv-output quantizers 1.1 dB from it: leaving quantizers out does not always keep accuracy); ``saturates``
+    (:func:`_saturating_kernels`) is then named as the likely cause."""
     if rt.int8_layers(row) == 0:
         return f"{rt.label} runs no layer of it in INT8"
     runner = rt.local_runner(path, device) if rt.can_run_here() else None
@@ -400,7 +399,8 @@ def _not_a_candidate(rt, row: dict, path: Path, qmodel, x: np.ndarray, device) -
         return None
     sqnr = compare_logits(runner(x), collect_logits(TorchRunner(qmodel), x, len(x)))["sqnr_db"]
     if sqnr < AS_SIMULATED_DB:
-        return f"{rt.label} runs it {sqnr:.1f} dB from its simulation (needs >= {AS_SIMULATED_DB:g} dB)"
+        return f"{rt.label} runs it {sqnr:.1f} dB from its simulation (needs >= {AS_SIMULATED_DB:g} dB)" + (
+            f"{LIKELY}{saturates}" if saturates else "")
     return None
 
 

@@ -7,10 +7,10 @@ import torch
 
 from edgevit.errors import BadInput
 from edgevit.results import StageRecord
-from edgevit.tokens import summarize
-from edgevit.tokens.patch import selected_stages
 from edgevit.stages.timing import model_timer
+from edgevit.tokens import summarize
 from edgevit.tokens.choose import choose_stages, keep_stages_that_pay, reduce_stages
+from edgevit.tokens.patch import selected_stages
 
 log = logging.getLogger("edgevit")
 TOKENS_NAME = "pytorch-tokens"
