@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgevit.errors import BadInput, RunFailure, one_line
+from edgevit.paths import user_path
 from edgevit.progress import console, setup_logging
 from edgevit.report.writers import status_line
 from edgevit.results import STATUS_EXIT
@@ -47,7 +48,7 @@ def _guard(fn: Callable[[], int | None], debug: bool) -> None:
 
 
 def _abs(p: Optional[Path]) -> Optional[str]:
-    return str(p.expanduser().resolve()) if p is not None else None
+    return str(user_path(p).resolve()) if p is not None else None
 
 
 @app.command()

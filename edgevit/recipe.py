@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from edgevit.config import (MODEL_PREFIXES, DataConfig, DeviceConfig, ExportConfig, ExportEntry, ModelConfig,
                             Recipe, SshConfig, ValidateConfig)
 from edgevit.errors import BadInput, one_line
+from edgevit.paths import user_path
 from edgevit.quant.config import PLACEMENT_MODES
 from edgevit.runtimes import formats
 from edgevit.shipped import root as shipped_root
@@ -68,7 +69,10 @@ def _read_yaml(path: Path, what: str) -> Any:
 
 
 def _resolve_path(value: str, base_file: Path | None, key: str, origin: str) -> Path:
-    p = Path(value).expanduser()
+    try:
+        p = user_path(value)
+    except BadInput as e:
+        raise BadInput(f"{origin}: {key}: {e}") from None
     if p.is_absolute():
         candidates = [p]
     else:

@@ -14,6 +14,7 @@ import yaml
 from torch import nn
 
 from edgevit.errors import BadInput
+from edgevit.paths import user_path
 
 #: target -> (export presets, local device profile or None, comment)
 TARGETS = {
@@ -71,7 +72,7 @@ def starter_recipe(model: str, out: Path, checkpoint: Path | None = None, trust_
              "# preprocessing as the model states it; change it here if your images were prepared otherwise"]
     model_section = {"source": model}
     if checkpoint:
-        model_section["checkpoint"] = str(Path(checkpoint).expanduser().resolve())
+        model_section["checkpoint"] = str(user_path(checkpoint).resolve())
     if trust_checkpoint:
         model_section["trust_checkpoint"] = True
     if kwargs:
@@ -84,7 +85,7 @@ def starter_recipe(model: str, out: Path, checkpoint: Path | None = None, trust_
     lines.append("")
     if calib:
         lines += ["# 256 images like the ones the model will see (labels not needed)",
-                  *_yaml({"calibration": {"path": str(Path(calib).expanduser().resolve()), "num": 256}})]
+                  *_yaml({"calibration": {"path": str(user_path(calib).resolve()), "num": 256}})]
     else:
         lines += ["# the shipped CIFAR-10 images, so that this runs as it is: replace them with ~256 of your own",
                   f"calibration: {SHIPPED_CALIB}"]
@@ -106,11 +107,11 @@ def starter_recipe(model: str, out: Path, checkpoint: Path | None = None, trust_
     lines += [f"export: [{', '.join(exports)}]", "", "validate:"]
     if eval_images:
         lines += ["  # held-out images; with class sub-folders top-1 is measured, without only agreement with FP32",
-                  f"  eval: {{path: {_quote(Path(eval_images).expanduser().resolve())}, num: 1000}}"]
+                  f"  eval: {{path: {_quote(user_path(eval_images).resolve())}, num: 1000}}"]
     elif calib:
         lines += ["  # no --eval given: the calibration images stand in (unlabeled: agreement with FP32 only);",
                   "  # pass held-out images instead",
-                  f"  eval: {{path: {_quote(Path(calib).expanduser().resolve())}, num: 1000}}"]
+                  f"  eval: {{path: {_quote(user_path(calib).resolve())}, num: 1000}}"]
     else:
         lines += ["  # the shipped CIFAR-10 evaluation images: replace with held-out images of your own",
                   "  eval: calibration/builtin-val.yaml"]

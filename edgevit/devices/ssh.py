@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 from edgevit.errors import BadInput, RunFailure
+from edgevit.paths import user_path
 
 
 class DeviceError(RunFailure):
@@ -42,10 +43,10 @@ class SshDevice:
     def __init__(self, name: str, ssh):
         self.name, self.cfg = name, ssh
         for key in ("key_file", "known_hosts"):
-            p = Path(getattr(ssh, key)).expanduser()
+            p = user_path(getattr(ssh, key))
             if not p.is_file():
                 raise BadInput(f"device {name}: ssh.{key} not found: {p}")
-        self.key, self.known = str(Path(ssh.key_file).expanduser()), str(Path(ssh.known_hosts).expanduser())
+        self.key, self.known = str(user_path(ssh.key_file)), str(user_path(ssh.known_hosts))
         self.where = f"device {name} ({ssh.user}@{ssh.host}:{ssh.port})"
 
     def _options(self) -> list[str]:

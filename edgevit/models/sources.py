@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from edgevit.errors import BadInput
+from edgevit.paths import user_path
 from edgevit.models.builtin import BUILTINS
 
 log = logging.getLogger("edgevit")
@@ -179,11 +180,11 @@ def _timm(name: str, state: dict | None, num_classes: int | None, input_size: in
 def source_path(source: str) -> tuple[Path, str] | None:
     """(path, function) of an ``hf:FOLDER`` or ``file:path.py:function`` source; None for the others."""
     if source.startswith("hf:"):
-        return Path(source[len("hf:"):]).expanduser(), ""
+        return user_path(source[len("hf:"):]), ""
     if source.startswith("file:"):
         body = source[len("file:"):]
         file, _, func = body.rpartition(":") if ":" in body else (body, "", "")
-        return Path(file).expanduser(), func
+        return user_path(file), func
     return None
 
 

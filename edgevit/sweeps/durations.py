@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgevit.paths import user_path
+
 log = logging.getLogger("edgevit")
 
 FACTORS = ("recipe", "model", "device")  # what a new run shares with earlier ones, each a multiplicative factor
@@ -33,7 +35,7 @@ def history_path() -> Path | None:
     """The durations file (None: switched off with ``EDGEVIT_SWEEP_HISTORY=off``)."""
     env = os.environ.get("EDGEVIT_SWEEP_HISTORY")
     if env is not None:
-        return None if env.strip().lower() in ("", "off", "none") else Path(env).expanduser()
+        return None if env.strip().lower() in ("", "off", "none") else user_path(env)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgevit" / "sweep-durations.json"
 
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgevit.config import ModelConfig
 from edgevit.errors import BadInput, one_line
+from edgevit.paths import user_path
 from edgevit.recipe import Recipe, find_recipe, load_recipe, load_section, recipe_to_yaml
 
 
@@ -100,7 +101,7 @@ def runs_folder(plan: Plan, plan_file: Path | None, out_dir: Path) -> Path:
     """Where the plan's run folders go: its ``runs_dir`` (relative to the plan file) or ``OUT/runs``."""
     if plan.runs_dir is None:
         return out_dir / "runs"
-    path = Path(plan.runs_dir).expanduser()
+    path = user_path(plan.runs_dir)
     return path if path.is_absolute() or plan_file is None else (plan_file.parent / path).resolve()
 
 

@@ -275,3 +275,18 @@ def test_cyclic_base_references_are_one_clear_line(tmp_path):
         with pytest.raises(BadInput, match="circular reference") as e:
             load_recipe(tmp_path / name)
         _one_clear_line(str(e.value))
+
+
+def test_a_home_directory_of_an_unknown_user_is_one_clear_line(tmp_path):
+    """``~user`` paths whose user does not exist here (pathlib raises a bare RuntimeError): in a recipe, the file and
+    key path; on the command line, exit code 2 and one line; no run folder either way."""
+    data = yaml.safe_load(yaml.safe_dump(VALID)) | {"calibration": {"path": "~no-such-user-0/images", "num": 8}}
+    path = tmp_path / "r.yaml"
+    with pytest.raises(BadInput, match=r"r\.yaml: calibration\.path: path '~no-such-user-0/images': no home "
+                                       r"directory for user 'no-such-user-0'"):
+        build_recipe(data, path)
+    out = tmp_path / "run"
+    res = cli("compress", "--recipe", "int8_ptq", "--calib", "~no-such-user-0/images", "--out", str(out))
+    assert res.returncode == 2 and "no home directory for user 'no-such-user-0'" in res.stderr, res.stderr
+    _one_clear_line(res.stderr.strip())
+    assert not out.exists()

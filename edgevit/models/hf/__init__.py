@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from edgevit.errors import BadInput
+from edgevit.paths import user_path
 
 log = logging.getLogger("edgevit")
 
@@ -52,7 +53,7 @@ class HFClassifier(nn.Module):
 
 def folder(spec: str) -> Path:
     """The folder an ``hf:PATH`` source names, or one line saying why it cannot be used."""
-    path = Path(spec[len("hf:"):]).expanduser()
+    path = user_path(spec[len("hf:"):])
     if not path.is_dir():
         hub_like = not path.is_absolute() and len(path.parts) == 2 and not str(path).startswith(".")
         hint = (f" ({spec[3:]!r} looks like a Hub id: edgevit does not download models; fetch it yourself, e.g. "
