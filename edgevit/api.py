@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from edgevit.errors import BadInput, RunFailure
 from edgevit.models.sources import ModelInfo, source_path
+from edgevit.paths import user_path
 from edgevit.pipeline import RunResult, run
 from edgevit.recipe import DeviceConfig, ModelConfig, Recipe, build_recipe, load_recipe
 from edgevit.results import RunReport
@@ -31,7 +32,7 @@ def compress(recipe: Recipe | str | Path, overrides: list[str] = (), out: Path |
     (default ``runs/<recipe name>``)."""
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, list(overrides))
-    out_dir = Path(out) if out else Path("runs") / recipe.name
+    out_dir = user_path(out) if out else Path("runs") / recipe.name
     return run(recipe, out_dir, overwrite=overwrite)
 
 
@@ -43,7 +44,7 @@ def sweep(recipe: str | Path, spec: str, overrides: list[str] = (), out: Path | 
 
     key, values = parse_sweep(spec)
     plan = one_recipe_plan(recipe, key, values, list(overrides))
-    return run_plan(plan, Path(out) if out else Path("runs") / plan.name, executor=executor, address=address,
+    return run_plan(plan, user_path(out) if out else Path("runs") / plan.name, executor=executor, address=address,
                     overwrite=overwrite, strict=True)
 
 
@@ -54,7 +55,7 @@ def sweep_plan(plan: str | Path, out: Path | str | None = None, executor: str = 
     from edgevit.sweeps import load_plan, run_plan
 
     p, plan_file = load_plan(plan)
-    return run_plan(p, Path(out) if out else Path("runs") / p.name, plan_file, executor, address, overwrite,
+    return run_plan(p, user_path(out) if out else Path("runs") / p.name, plan_file, executor, address, overwrite,
                     num_cpus=num_cpus)
 
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from edgevit.config import (MODEL_PREFIXES, DataConfig, DeviceConfig, ExportConfig, ExportEntry, ModelConfig,
                             Recipe, SshConfig, ValidateConfig)
 from edgevit.errors import BadInput, one_line
-from edgevit.paths import user_path
+from edgevit.paths import shown, user_path
 from edgevit.quant.config import PLACEMENT_MODES
 from edgevit.runtimes import formats
 from edgevit.shipped import root as shipped_root
@@ -44,14 +44,17 @@ _PATH_KEYS = {("model", "checkpoint"), ("calibration", "path"), ("validate", "ev
 
 def find_recipe(arg: str | Path) -> Path:
     """A recipe path as given, or the name of a shipped recipe (``int8_ptq`` -> recipes/int8_ptq.yaml)."""
-    p = Path(arg)
+    try:
+        p = user_path(arg)
+    except BadInput as e:
+        raise BadInput(f"recipe {e}") from None
     if p.is_file():
         return p
     for cand in (SHIPPED_RECIPES / p.name, SHIPPED_RECIPES / f"{p.name}.yaml"):
         if cand.is_file() and p.parent in (Path("."), Path("recipes")):
             return cand
     shipped = ", ".join(sorted(x.stem for x in SHIPPED_RECIPES.glob("*.yaml")))
-    raise BadInput(f"recipe file not found: {arg} (shipped recipes: {shipped}; see `edgevit recipes`)")
+    raise BadInput(f"recipe file not found: {shown(str(arg))} (shipped recipes: {shipped}; see `edgevit recipes`)")
 
 
 def _read_yaml(path: Path, what: str) -> Any:
@@ -83,14 +86,8 @@ def _resolve_path(value: str, base_file: Path | None, key: str, origin: str) -> 
     for c in candidates:
         if c.exists():
             return c.resolve()
-    tried = ", ".join(_shown(str(c)) for c in dict.fromkeys(candidates))
-    raise BadInput(f"{origin}: {key}: path does not exist: {_shown(value)} (looked in: {tried})")
-
-
-def _shown(text: str) -> str:
-    """``text`` as is, or quoted with escapes when it holds a newline or another unprintable character (the
-    error stays one line)."""
-    return text if text.isprintable() else repr(text)
+    tried = ", ".join(shown(str(c)) for c in dict.fromkeys(candidates))
+    raise BadInput(f"{origin}: {key}: path does not exist: {shown(value)} (looked in: {tried})")
 
 
 def _load_reference(value: Any, base_file: Path | None, key: str, origin: str,
@@ -292,8 +289,8 @@ def _format_error(err: ValidationError, path: Path | None, origins: dict[str, st
         msg = "required key is missing"
     else:
         got = e.get("input")
-        shown = json.dumps(got, default=str) if not isinstance(got, dict) else "a mapping"
-        msg = f"{e['msg']} (got {shown[:80]})"
+        got_text = json.dumps(got, default=str) if not isinstance(got, dict) else "a mapping"
+        msg = f"{e['msg']} (got {got_text[:80]})"
     return one_line(f"{origin}: {dotted or '<top>'}: {msg}{more}")
 
 

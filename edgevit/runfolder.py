@@ -10,12 +10,20 @@ from pathlib import Path
 from typing import Iterator
 
 from edgevit.errors import BadInput
+from edgevit.paths import NAME_MAX, shown, user_path
 
 FINISHED_MARKER = "report.json"
 
 
 def check_target(out: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing run (or any non-empty folder) unless ``overwrite``."""
+    """Refuse to replace an existing run (or any non-empty folder) unless ``overwrite``, and a folder name the
+    file system cannot hold with the run's temporary sibling (``partial_path``) beside it."""
+    user_path(out)
+    staged = len(partial_path(out).name.encode(errors="surrogateescape"))
+    if staged > NAME_MAX:
+        most = NAME_MAX - (staged - len(out.name.encode(errors="surrogateescape")))
+        raise BadInput(f"--out {shown(str(out))}: the run folder's name is too long (at most {most} bytes here: "
+                       "the run is built beside it under a longer temporary name)")
     if out.exists() and not overwrite:
         if out.is_dir() and not any(out.iterdir()):
             return

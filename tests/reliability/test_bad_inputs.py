@@ -277,16 +277,27 @@ def test_cyclic_base_references_are_one_clear_line(tmp_path):
         _one_clear_line(str(e.value))
 
 
-def test_a_home_directory_of_an_unknown_user_is_one_clear_line(tmp_path):
-    """``~user`` paths whose user does not exist here (pathlib raises a bare RuntimeError): in a recipe, the file and
-    key path; on the command line, exit code 2 and one line; no run folder either way."""
-    data = yaml.safe_load(yaml.safe_dump(VALID)) | {"calibration": {"path": "~no-such-user-0/images", "num": 8}}
-    path = tmp_path / "r.yaml"
-    with pytest.raises(BadInput, match=r"r\.yaml: calibration\.path: path '~no-such-user-0/images': no home "
-                                       r"directory for user 'no-such-user-0'"):
-        build_recipe(data, path)
+def test_a_path_the_system_cannot_hold_is_one_clear_line(tmp_path):
+    """A ``~user`` path whose user does not exist here (pathlib raises a bare RuntimeError) and names longer than the
+    file system allows (OSError: File name too long): in a recipe, the file and key path and the value cut short; on
+    the command line (--calib, --recipe, --out), exit code 2 and one line; no run folder either way."""
+    for value, why in (("~no-such-user-0/images", "no home directory for user 'no-such-user-0'"),
+                       ("x" * 5000, "xxx...xxx"), ("x" * 5000, "xxx (5000 characters): too long for the file system"),
+                       ("a/" * 3000, "(6000 characters): too long for the file system")):
+        data = yaml.safe_load(yaml.safe_dump(VALID)) | {"calibration": {"path": value, "num": 8}}
+        with pytest.raises(BadInput) as e:
+            build_recipe(data, tmp_path / "r.yaml")
+        msg = str(e.value)
+        assert msg.startswith(f"{tmp_path / 'r.yaml'}: calibration.path: path ") and why in msg, msg
+        _one_clear_line(msg)
     out = tmp_path / "run"
-    res = cli("compress", "--recipe", "int8_ptq", "--calib", "~no-such-user-0/images", "--out", str(out))
-    assert res.returncode == 2 and "no home directory for user 'no-such-user-0'" in res.stderr, res.stderr
-    _one_clear_line(res.stderr.strip())
-    assert not out.exists()
+    for args, why in ((("--recipe", "int8_ptq", "--calib", "~no-such-user-0/images", "--out", str(out)),
+                       "no home directory for user 'no-such-user-0'"),
+                      (("--recipe", "r" * 5000, "--out", str(out)), "recipe path rrr"),
+                      (("--recipe", "int8_ptq", "--out", str(tmp_path / ("o" * 300))), "too long for the file system"),
+                      (("--recipe", "int8_ptq", "--out", str(tmp_path / ("o" * 250))),
+                       "the run folder's name is too long (at most ")):
+        res = cli("compress", *args)
+        assert res.returncode == 2 and why in res.stderr, res.stderr
+        _one_clear_line(res.stderr.strip())
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
