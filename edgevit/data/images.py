@@ -128,7 +128,10 @@ class ImageSet:
 
 
 def _is_image(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    try:
+        return p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    except OSError:  # an entry this user may not read (a link into a folder without permission) is not an image
+        return False
 
 
 def open_image_set(root: Path | str, num: int | None = None, seed: int = 0) -> ImageSet:

@@ -69,8 +69,10 @@ def read_checkpoint(path: Path, trust: bool = False) -> dict[str, torch.Tensor]:
                 "its origin, pass --trust-checkpoint (model.trust_checkpoint: true)") from e
         raise BadInput(f"checkpoint {path} is not a readable PyTorch or safetensors file "
                        "(expected a state_dict saved with torch.save, or .safetensors)") from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise BadInput(f"checkpoint {path} is not a readable PyTorch file: {str(e).splitlines()[0]}") from e
+    except Exception as e:  # a file that is not a torch.save archive fails inside the unpickler in many ways
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BadInput(f"checkpoint {path} is not a readable PyTorch file: {first} (expected a state_dict saved "
+                       "with torch.save, or .safetensors)") from e
     return _unwrap_state_dict(obj, path)
 
 
@@ -195,6 +197,8 @@ def _python_file(spec: str) -> nn.Module:
     if not path.is_file():
         raise BadInput(f"model source {spec!r}: file not found: {path}")
     mod_spec = importlib.util.spec_from_file_location(f"edgevit_user_{path.stem}", path)
+    if mod_spec is None or mod_spec.loader is None:
+        raise BadInput(f"model source {spec!r}: {path} is not a Python file (expected file:path/to/model.py:function)")
     module = importlib.util.module_from_spec(mod_spec)
     try:
         mod_spec.loader.exec_module(module)

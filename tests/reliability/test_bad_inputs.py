@@ -301,3 +301,49 @@ def test_a_path_the_system_cannot_hold_is_one_clear_line(tmp_path):
         assert res.returncode == 2 and why in res.stderr, res.stderr
         _one_clear_line(res.stderr.strip())
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+@pytest.mark.parametrize("content", [b"root:x:0:0:root:/root:/bin/bash\n", b"", b"PK\x03\x04 not a zip", bytes(range(256))])
+def test_a_file_that_is_no_checkpoint_is_one_clear_line(tmp_path, content):
+    """Any file given as a checkpoint that torch.load cannot read (text, empty, a broken zip, random bytes: its
+    unpickler raises IndexError, EOFError, RuntimeError, ...) is BadInput naming the file."""
+    from edgevit.models.sources import read_checkpoint
+
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(BadInput, match=r"checkpoint .*weights\.pth is not a readable PyTorch") as e:
+        read_checkpoint(path)
+    _one_clear_line(str(e.value))
+
+
+def test_a_model_file_that_is_no_python_file_is_one_clear_line(tmp_path):
+    path = tmp_path / "model.txt"
+    path.write_text("def build():\n    pass\n")
+    out = tmp_path / "run"
+    res = cli("compress", "--recipe", "int8_ptq", "--model", f"file:{path}:build", "--out", str(out))
+    assert res.returncode == 2 and "model.txt is not a Python file" in res.stderr, res.stderr
+    _one_clear_line(res.stderr.strip())
+    assert not out.exists()
+
+
+def test_an_entry_the_user_may_not_read_is_not_an_image(tmp_path, monkeypatch):
+    """A folder entry whose stat fails with EACCES (a link into a folder without permission) is skipped, not a
+    PermissionError out of the image scan."""
+    from pathlib import Path
+
+    from edgevit.data import images
+
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "ok.png")
+    (folder / "locked.png").write_bytes(b"")
+    real = Path.is_file
+
+    def is_file(self):
+        if self.name == "locked.png":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "is_file", is_file)
+    assert [p.name for p in open_image_set(folder).files] == ["ok.png"]
+    assert images._is_image(folder / "locked.png") is False
