@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgevit.errors import BadInput, RunFailure, one_line
-from edgevit.paths import user_path
+from edgevit.paths import cut, user_path
 from edgevit.progress import console, setup_logging
 from edgevit.report.writers import status_line
 from edgevit.results import STATUS_EXIT
@@ -36,7 +36,8 @@ def _guard(fn: Callable[[], int | None], debug: bool) -> None:
     except BadInput as e:
         if debug:
             raise
-        console.print(f"[red]error:[/red] {escape(one_line(str(e)))}", markup=True, highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(cut(one_line(str(e)), 500))}", markup=True, highlight=False,
+                      soft_wrap=True)  # a message quoting a long value stays readable
         raise typer.Exit(2)
     except Exception as e:
         if debug:

@@ -18,11 +18,15 @@ def _limit(name: str, default: int) -> int:
 NAME_MAX, PATH_MAX = _limit("PC_NAME_MAX", 255), _limit("PC_PATH_MAX", 4096)
 
 
+def cut(text: str, most: int = 120) -> str:
+    """``text``, cut in the middle when longer than ``most`` characters (an error message stays short)."""
+    return text if len(text) <= most else f"{text[:most // 2]}...{text[-most // 4:]} ({len(text)} characters)"
+
+
 def shown(text: str, most: int = 120) -> str:
-    """``text`` for an error message: as is, quoted with escapes when it holds a newline or another unprintable
-    character (the message stays one line), and cut in the middle when longer than ``most`` characters."""
-    out = text if text.isprintable() else repr(text)
-    return out if len(out) <= most else f"{out[:most // 2]}...{out[-most // 4:]} ({len(text)} characters)"
+    """``text`` for an error message: as is, or quoted with escapes when it holds a newline or another unprintable
+    character (the message stays one line), cut in the middle when longer than ``most`` characters."""
+    return cut(text if text.isprintable() else repr(text), most)
 
 
 def user_path(text: str | os.PathLike) -> Path:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from edgevit.config import (MODEL_PREFIXES, DataConfig, DeviceConfig, ExportConfig, ExportEntry, ModelConfig,
                             Recipe, SshConfig, ValidateConfig)
 from edgevit.errors import BadInput, one_line
-from edgevit.paths import shown, user_path
+from edgevit.paths import cut, shown, user_path
 from edgevit.quant.config import PLACEMENT_MODES
 from edgevit.runtimes import formats
 from edgevit.shipped import root as shipped_root
@@ -306,7 +306,7 @@ def build_recipe(data: dict, path: Path | None = None, overrides: list[str] = ()
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        raise BadInput(_format_error(e, path, origins)) from e
+        raise BadInput(cut(_format_error(e, path, origins), 500)) from e  # a quoted value may be long
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
@@ -345,4 +345,4 @@ def load_section(path: str | Path, cls: type[BaseModel], what: str) -> BaseModel
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        raise BadInput(_format_error(e, p, {}, cls)) from e
+        raise BadInput(cut(_format_error(e, p, {}, cls), 500)) from e

@@ -34,7 +34,8 @@ BAD_VALUES = st.one_of(
     st.text(max_size=12), st.lists(st.integers(-3, 3), max_size=3), st.dictionaries(st.text(max_size=5),
                                                                                       st.integers(), max_size=2),
     st.sampled_from(["../../etc/passwd", "no/such/file.yaml", "builtin:nope", "timm:", "file:x.py:f", "int4",
-                     "tensorrt", "coreml", "fp8", "-1", "1e9", "\x00", "ümlaut", "*", ""]),
+                     "tensorrt", "coreml", "fp8", "-1", "1e9", "\x00", "ümlaut", "*", "", "~no-such-user-0/x", "n" * 300,
+                     "d/" * 2100]),
 )
 
 
