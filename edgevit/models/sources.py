@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from edgevit.errors import BadInput
-from edgevit.paths import user_path
 from edgevit.models.builtin import BUILTINS
+from edgevit.paths import user_path
 
 log = logging.getLogger("edgevit")
 
