@@ -8,7 +8,6 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, field_validator, model_validator
 
-from edgevit.paths import shown
 from edgevit.prune.config import PruneConfig
 from edgevit.quant.config import QuantConfig
 from edgevit.quant.lowering import WEIGHT_BITS_IN_INT8
@@ -44,7 +43,7 @@ class ModelConfig(_Strict):
     @classmethod
     def _known_prefix(cls, v: str) -> str:
         if not v.startswith(MODEL_PREFIXES):
-            raise ValueError(f"must start with one of {', '.join(MODEL_PREFIXES)} (got {shown(repr(v))})")
+            raise ValueError(f"must start with one of {', '.join(MODEL_PREFIXES)} (got {v!r})")
         return v
 
     @model_validator(mode="after")
