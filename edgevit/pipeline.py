@@ -73,8 +73,8 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
     started = time.time()
     files = artifact_files(recipe.export)
     with staged_run_folder(out_dir, overwrite) as stage, _run_log(stage / "run.log"), _memory_errors(stage):
+        mark(stage, "load", recipe=recipe.name)  # first, so a run killed at any later point says where it died
         (stage / "recipe.lock.yaml").write_text(recipe_to_yaml(recipe))
-        mark(stage, "load", recipe=recipe.name)
         model, info = load_model(recipe.model)
         log.info("model %s: %s, %d classes, input %d px", info.source, info.arch, info.num_classes, info.input_size)
         pre = Preprocess(info.input_size, info.mean, info.std, info.crop_pct, info.interpolation, info.resize)
