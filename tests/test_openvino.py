@@ -105,6 +105,13 @@ def test_ir_carries_preprocessing_labels_and_precision(ov_run):
     e = rows["openvino-fp32"]["export"]
     assert e["default_inference_precision"] == plain.to_string()
     assert any("does not apply the stored precision" in d for d in e["details"]) == (plain.to_string() != "f32")
+    for name in ("openvino-bf16", "openvino-int8"):
+        try:
+            ov.Core().compile_model(str(out / f"{name}.xml"), "CPU")
+            plain_error = None
+        except RuntimeError as err:
+            plain_error = str(err)
+        assert (rows[name]["export"]["default_compile_error"] is None) == (plain_error is None), name
     runner = OpenVINORunner(out / "openvino-fp32.xml", "CPU", 1)
     assert runner.compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
     ir = ov.Core().read_model(str(out / "openvino-int8.xml"))
@@ -114,6 +121,22 @@ def test_ir_carries_preprocessing_labels_and_precision(ov_run):
     ir.reshape([3, 3, 32, 32])
     three = ov.Core().compile_model(ir, "CPU")(x)[0]
     assert three.shape == (3, 10) and np.abs(three - one).max() < 0.05 * np.abs(one).max()
+
+
+def test_a_plain_compile_that_fails_is_reported_not_raised(ov_run, tmp_path):
+    """Compiled with no config, OpenVINO 2026.4 picks bf16 on an AMX CPU and fails on some INT8 IRs that compile
+    in f32 (EfficientFormerV2-S0 with quantized conv outputs: "No suitable implementations"): the export asks
+    what a plain compile does, and a failure there is a fact in the report, not a crash of the run."""
+    from edgevit.runtimes.openvino import plain_compile
+
+    out, _ = ov_run
+    default = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
+    assert plain_compile(out / "openvino-int8.xml") == (default, None)
+    shutil.copy(out / "openvino-int8.xml", tmp_path / "cut.xml")  # a real compile failure on any CPU: half a .bin
+    data = (out / "openvino-int8.bin").read_bytes()
+    (tmp_path / "cut.bin").write_bytes(data[:len(data) // 2])
+    precision, error = plain_compile(tmp_path / "cut.xml")
+    assert precision == default and "bin file" in error and "Exception from" not in error and len(error) < 400
 
 
 def test_bench_times_an_ir_locally(ov_run, tmp_path):

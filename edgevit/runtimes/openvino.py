@@ -31,6 +31,7 @@ from pydantic import Field, model_validator
 
 from edgevit.exporters.onnx import artifact_metadata
 from edgevit.exporters.qdq import quantize_concat_inputs, quantized_layers
+from edgevit.paths import cut
 from edgevit.quant.targets import ONNXRUNTIME
 from edgevit.runtimes.base import ExportBase, OnnxGraphFields, Runtime, register
 from edgevit.runtimes.onnxruntime import OnnxExport, artifact_row, write_graph
@@ -224,6 +225,25 @@ def node_times(path: Path, device: str, threads: int, x, runs: int, warmup: int 
     return dict(totals)
 
 
+def plain_compile(xml: Path) -> tuple[str, str | None]:
+    """What an app gets that compiles ``xml`` on the CPU with no config (OpenVINO does not apply the precision
+    stored in the IR): the CPU's default inference precision, and OpenVINO's error if that compile fails (on
+    CPUs whose default is bf16 some INT8 IRs that compile in f32 do not)."""
+    core = _openvino().Core()
+    default = core.get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
+    try:
+        core.compile_model(str(xml), "CPU")
+    except RuntimeError as e:
+        return default, _first_reason(str(e))
+    return default, None
+
+
+def _first_reason(message: str, most: int = 300) -> str:
+    """OpenVINO's error on one line without its chain of 'Exception from <file>' lines."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip() and not ln.startswith("Exception from")]
+    return cut(" ".join(lines) or message.strip(), most)
+
+
 def layer_precisions(compiled) -> dict:
     """Compute layers of the compiled (runtime) model by the precision they execute in."""
     return dict(sorted(Counter(precision for _, precision in _compute_layers(compiled)).items()))
@@ -319,10 +339,9 @@ class OpenVINO(Runtime):
             shutil.rmtree(tmp, ignore_errors=True)
         compiled = _compiled(xml, "CPU", cfg.hint, 1)
         layers = layer_precisions(compiled)
-        # what an app gets that compiles the file with no config (OpenVINO does not apply the stored hint)
-        default = ov.Core().compile_model(str(xml), "CPU").get_property("INFERENCE_PRECISION_HINT").to_string()
+        default, plain_error = plain_compile(xml)
         facts |= {"openvino": ov.__version__, "inference_precision": cfg.hint, "weights": bin_.name, "batch": batch,
-                  "default_inference_precision": default,
+                  "default_inference_precision": default, "default_compile_error": plain_error,
                   "runtime_layers": layers, "graph_nodes": facts.pop("nodes"), "graph_ops": facts.pop("ops")}
         if cfg.precision == "int8":
             facts |= {"quantized_layers": len(quantized),
@@ -335,9 +354,11 @@ class OpenVINO(Runtime):
             "compute layers on CPU by precision: " + (", ".join(f"{n} {p}" for p, n in layers.items()) or "none")
             + (f" ({int8} in INT8)" if cfg.precision == "int8" else "")]
         if default != cfg.hint:
+            plain = (f"in {default} OpenVINO cannot compile this IR on this CPU ({plain_error})" if plain_error
+                     else f"this IR runs in {default} on this CPU")
             facts["details"].append(
                 f"OpenVINO {ov.__version__.split('-')[0]} does not apply the stored precision by itself: compiled "
-                f"without a config this IR runs in {default} on this CPU; compile it with "
+                f"without a config {plain}; compile it with "
                 f"`{{\"INFERENCE_PRECISION_HINT\": \"{cfg.hint}\"}}` to run what was validated")
         size = sum(p.stat().st_size for p in self.files(xml))
         log.info("exported %s + %s (%.2f MB, inference precision %s)", xml.name, bin_.name, size / 1e6, cfg.hint)
