@@ -354,7 +354,7 @@ class OpenVINO(Runtime):
             "compute layers on CPU by precision: " + (", ".join(f"{n} {p}" for p, n in layers.items()) or "none")
             + (f" ({int8} in INT8)" if cfg.precision == "int8" else "")]
         if default != cfg.hint:
-            plain = (f"in {default} OpenVINO cannot compile this IR on this CPU ({plain_error})" if plain_error
+            plain = (f"OpenVINO compiles it in {default} and fails on this CPU ({plain_error})" if plain_error
                      else f"this IR runs in {default} on this CPU")
             facts["details"].append(
                 f"OpenVINO {ov.__version__.split('-')[0]} does not apply the stored precision by itself: compiled "
