@@ -225,12 +225,15 @@ def node_times(path: Path, device: str, threads: int, x, runs: int, warmup: int 
     return dict(totals)
 
 
-def plain_compile(xml: Path) -> tuple[str, str | None]:
+def plain_compile(xml: Path, compiled_in: str | None = None) -> tuple[str, str | None]:
     """What an app gets that compiles ``xml`` on the CPU with no config (OpenVINO does not apply the precision
     stored in the IR): the CPU's default inference precision, and OpenVINO's error if that compile fails (on
-    CPUs whose default is bf16 some INT8 IRs that compile in f32 do not)."""
+    CPUs whose default is bf16 some INT8 IRs that compile in f32 do not). ``compiled_in``: a precision the IR
+    already compiled in; when it is the default, that compile answers and none is repeated."""
     core = _openvino().Core()
     default = core.get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
+    if default == compiled_in:
+        return default, None
     try:
         core.compile_model(str(xml), "CPU")
     except RuntimeError as e:
@@ -339,7 +342,7 @@ class OpenVINO(Runtime):
             shutil.rmtree(tmp, ignore_errors=True)
         compiled = _compiled(xml, "CPU", cfg.hint, 1)
         layers = layer_precisions(compiled)
-        default, plain_error = plain_compile(xml)
+        default, plain_error = plain_compile(xml, compiled_in=cfg.hint)
         facts |= {"openvino": ov.__version__, "inference_precision": cfg.hint, "weights": bin_.name, "batch": batch,
                   "default_inference_precision": default, "default_compile_error": plain_error,
                   "runtime_layers": layers, "graph_nodes": facts.pop("nodes"), "graph_ops": facts.pop("ops")}
