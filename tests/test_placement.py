@@ -349,6 +349,59 @@ def test_auto_placement_drops_costly_layout_chains(tmp_path, monkeypatch):
     assert (tmp_path / "auto" / "onnx-int8.onnx").read_bytes() == (tmp_path / "replay" / "onnx-int8.onnx").read_bytes()
 
 
+def test_auto_placement_times_float_layers_in_bf16_where_the_cpu_runs_it(tmp_path, monkeypatch):
+    """Where OpenVINO runs bf16 natively (a CPU with AVX-512 BF16 or AMX), every INT8 form is also a candidate with
+    its float layers in bf16; the FP32 graph in bf16 is timed beside them as a reference, never shipped as INT8, and
+    the reason says when it is faster than every INT8 candidate. A bf16 candidate is inexact: it ships only when
+    its IR agrees with its simulation; then the IR stores bf16, and placement.json replays it to the same bytes."""
+    pytest.importorskip("openvino")
+    from edgevit.pipeline import run
+    from edgevit.runtimes.openvino import OpenVINO
+
+    # the choice is what is tested: a CPU without bf16 runs such an IR in f32 (or f16) when it validates it
+    monkeypatch.setattr(OpenVINO, "float_precisions", lambda self, cfg, device: ["f32", "bf16"])
+    monkeypatch.setattr(OpenVINO, "profile", lambda *a, **kw: {})
+
+    def ms(k: str) -> float:  # every bf16 candidate faster than every other; the FP32 graph in bf16 faster still
+        return {"fp32": 1.0, "fp32-bf16": 0.5}.get(k, 0.6 if "bf16" in k else 0.8)
+
+    monkeypatch.setattr(placement_mod, "interleaved_medians", lambda runners, x, rounds, **kw:
+                        {k: ms(k) for k in runners})
+    monkeypatch.setattr(placement_mod, "rounds_for", lambda *a, **kw: 1)
+    res = run(_recipe(tmp_path, exports=("openvino-int8",)), tmp_path / "auto")
+    saved = json.loads((tmp_path / "auto" / "placement.json").read_text())["artifacts"]["openvino-int8"]
+    cands = saved["candidates"]
+    assert saved["references"] == {"fp32-bf16": 0.5} and "fp32-bf16" not in cands
+    twins = {k for k in cands if "-bf16" in k}
+    assert twins and {k.replace("-bf16", "", 1) for k in twins} == set(cands) - twins - {"fp32"}
+    assert "faster still: the FP32 graph with every layer in bf16, 0.500 ms (an export with precision: bf16)" in \
+        saved["reason"]
+    assert "Timed with them, not INT8: fp32-bf16 0.500." in (tmp_path / "auto" / "report.md").read_text()
+    row = next(r for r in res.report["results"] if r["name"] == "openvino-int8")
+    stored = ov_hint(tmp_path / "auto" / "openvino-int8.xml")
+    if saved["inference_precision"] == "bf16":
+        assert saved["form"].endswith(", float layers in bf16") and stored == row["export"]["inference_precision"] \
+            == "bf16"
+        assert not set(saved["refused"]) & {min(twins, key=lambda k: (ms(k), k))}
+    else:  # its IR did not agree with its simulation on this CPU: every bf16 candidate was refused, and said why
+        assert saved["inference_precision"] is None and stored == "f32" and twins <= set(saved["refused"])
+        assert all("float layers in bf16 needs" in saved["refused"][k] for k in twins)
+    assert row["accuracy"]["agreement_with_simulation"] >= 0.99
+
+    monkeypatch.undo()  # the replay times nothing and stores what was chosen
+    run(_recipe(tmp_path, exports=("openvino-int8",), placement=str(tmp_path / "auto" / "placement.json")),
+        tmp_path / "replay")
+    for f in ("openvino-int8.xml", "openvino-int8.bin"):
+        assert (tmp_path / "auto" / f).read_bytes() == (tmp_path / "replay" / f).read_bytes(), f
+
+
+def ov_hint(xml) -> str:
+    """The inference precision stored in an IR."""
+    import openvino as ov
+
+    return ov.Core().read_model(str(xml)).get_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"]).astype(str)
+
+
 def test_auto_placement_times_conv_outputs_in_float(tmp_path, monkeypatch):
     """With quantize.conv_output, every form is also timed with its conv-output (and sigmoid) quantizers in
     float (OpenVINO pays a dequantization after each conv; ONNX Runtime's QLinearConv chains gain); when that

@@ -93,6 +93,9 @@ def placement_lines(results: list[dict]) -> list[str]:
                       + ", ".join(f"{k} {v:.3f}" for k, v in p["candidates"].items()) + "." + (
                           " Timed again, the fastest and FP32 alone: " + ", ".join(
                               f"{k} {v:.3f}" for k, v in p["confirmation"].items()) + "." if p.get("confirmation")
+                          else "") + (
+                          " Timed with them, not INT8: " + ", ".join(
+                              f"{k} {v:.3f}" for k, v in p["references"].items()) + "." if p.get("references")
                           else ""), ""]
         if p.get("refused"):
             lines += ["Faster candidates not shipped: " + "; ".join(f"{k}: {v}" for k, v in p["refused"].items())

@@ -114,6 +114,12 @@ class Runtime:
         then runs on integers), by quantizer module path -> those nodes' names; none unless a runtime says."""
         return {}
 
+    def float_precisions(self, cfg: ExportBase, device: Any) -> list[str]:
+        """The precisions an INT8 artifact's float layers may be stored to run in on ``device``, the export's own
+        first, when the runtime lets the artifact choose and the device runs more than one natively (the
+        placement times each); empty: no choice."""
+        return []
+
     def can_run_here(self) -> bool:
         """Whether this machine can run the runtime's artifacts (its OS, its package, its GPU)."""
         return sys.platform in self.platforms and self.unavailable() is None

@@ -63,7 +63,9 @@ class OpenVINOExport(ExportBase, OnnxGraphFields):
         "int8 (the QDQ graph from the quantize stage)")
     inference_precision: Literal["auto", "f32", "bf16", "f16"] = Field(
         "auto", description="the INFERENCE_PRECISION_HINT stored in the IR and used to validate it; auto: f32 for "
-        "fp32 and int8 (layers left in float compute as the simulation did), bf16 for bf16")
+        "fp32 and int8 (layers left in float compute as the simulation did), bf16 for bf16; for int8 with "
+        "quantize.placement: auto on a CPU where OpenVINO runs bf16 by default (AMX), the placement also times "
+        "the float layers in bf16 and stores bf16 when that candidate is the fastest and agrees with its simulation")
     batch: int | None = Field(
         1, ge=1, description="the batch the IR's input is fixed to (OpenVINO compiles a fixed shape into faster "
         "CPU kernels than a dynamic one); null: a dynamic batch. Either runs other batches after "
@@ -225,17 +227,21 @@ def node_times(path: Path, device: str, threads: int, x, runs: int, warmup: int 
     return dict(totals)
 
 
+def default_precision(device: str = "CPU") -> str:
+    """The inference precision OpenVINO compiles in on ``device`` without a config (bf16 on CPUs with AMX)."""
+    return _openvino().Core().get_property(device, "INFERENCE_PRECISION_HINT").to_string()
+
+
 def plain_compile(xml: Path, compiled_in: str | None = None) -> tuple[str, str | None]:
     """What an app gets that compiles ``xml`` on the CPU with no config (OpenVINO does not apply the precision
     stored in the IR): the CPU's default inference precision, and OpenVINO's error if that compile fails (on
     CPUs whose default is bf16 some INT8 IRs that compile in f32 do not). ``compiled_in``: a precision the IR
     already compiled in; when it is the default, that compile answers and none is repeated."""
-    core = _openvino().Core()
-    default = core.get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
+    default = default_precision()
     if default == compiled_in:
         return default, None
     try:
-        core.compile_model(str(xml), "CPU")
+        _openvino().Core().compile_model(str(xml), "CPU")
     except RuntimeError as e:
         return default, _first_reason(str(e))
     return default, None
@@ -372,6 +378,15 @@ class OpenVINO(Runtime):
             return None
         options = device.options if device is not None and device.runtime == self.name else {}
         return OpenVINORunner(path, str(options.get("device", "CPU")), device.threads if device else None)
+
+    def float_precisions(self, cfg, device) -> list[str]:
+        # bf16 where OpenVINO itself picks it on this CPU (AMX): an INT8 IR's float layers (LayerNorm, softmax,
+        # GELU, the regions left in float) then run at bf16 speed; a device's CPU is not known here
+        if cfg.precision != "int8" or cfg.inference_precision != "auto" or device is None or \
+                device.kind != "local" or str(device.options.get("device", "CPU")) != "CPU" or \
+                self.unavailable() is not None or default_precision() != "bf16":
+            return []
+        return [cfg.hint, "bf16"]
 
     def profile(self, path: Path, device, x, runs: int) -> dict[str, float]:
         return node_times(path, str(device.options.get("device", "CPU")), device.threads, x, runs)

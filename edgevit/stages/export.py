@@ -53,6 +53,8 @@ def prepare(job: ExportJob, ctx: RunContext) -> ExportJob:
             job.cfg = job.cfg.model_copy(update={"precision": "fp32"})
             job.source, job.sim_name = ctx.model, ctx.float_sim
             return job
+        if job.placement.inference_precision:  # the float layers' precision the placement timed and chose
+            job.cfg = job.cfg.model_copy(update={"inference_precision": job.placement.inference_precision})
         if placed is not lowered:
             lowered, job.sim_name = placed, f"{job.sim_name}-placed-{job.name}"
     if job.sim_name not in ctx.sims:

@@ -7,9 +7,13 @@
    ``ACCURACY_SLACK_PTS`` of the calibrated plan's (or within ``max_accuracy_drop`` of FP32; with random
    weights, logit SQNR >= 20 dB against FP32); with ``quantize.conv_output``, each of these also with its
    conv-output quantizers in float (ONNX Runtime's QLinearConv chains gain from them; OpenVINO pays a
-   dequantization after every conv: 1.6 of 7.5 ms in its profile of timm mobilevit_xxs). A candidate with
-   no layer left in integers (by the plan, or by the runtime's audit of its file), or that the runtime runs
-   further than ``AS_SIMULATED_DB`` from its own simulation on a few images, is not timed.
+   dequantization after every conv: 1.6 of 7.5 ms in its profile of timm mobilevit_xxs). Where the runtime
+   lets an artifact store its float layers' precision and the device runs another one natively (OpenVINO on
+   a CPU with AMX: bf16), every form is also a candidate with its float layers in that precision, its regions
+   judged against the FP32 graph in the same precision, which is timed beside the candidates as a reference
+   (``references``), never shipped as INT8. A candidate with no layer left in integers (by the plan, or by
+   the runtime's audit of its file), or that the runtime runs further than ``AS_SIMULATED_DB`` from its own
+   simulation on a few images, is not timed.
 2. Each form's all-INT8 graph and the FP32 graph are exported and profiled by the runtime itself.
    Quantizers the runtime moves into layout ops (ONNX Runtime runs the Transposes above a QuantizeLinear
    on uint8) are dropped, with their layer's weights, when those Transposes take ``CHAIN_SLOWDOWN``
@@ -20,7 +24,8 @@
    the FP32 graph, batch 1. The fastest ships if it beats FP32 by ``MARGIN`` there and again when the two
    are timed alone (twice as many rounds); otherwise
    ``quantize.when_slower`` decides (the FP32 model, or the fastest INT8 anyway), and the report says so.
-   A symmetric form is inexact (the runtime rounds it otherwise than the simulation), and so is every form with
+   A symmetric form is inexact (the runtime rounds it otherwise than the simulation), so are float layers in
+   a lower precision than the simulation's, and so is every form with
    8-bit weights where the runtime's integer kernels saturate (a local x86 CPU without VNNI), so before it is
    chosen its file must agree with its simulation on the accuracy images ``AGREEMENT_MARGIN`` above the
    validation's 99 % check; else the next fastest candidate is taken (``refused`` says why).
@@ -85,6 +90,7 @@ class Placement:
     shipped: str = "int8"  # int8 | fp32
     activations: str = "as calibrated"  # or "symmetric": signed int8, zero point 0, per tensor
     form: str = "as calibrated"  # the shipped form: its activations, and ", conv outputs in float" when dropped
+    inference_precision: str | None = None  # the float layers' precision stored in the artifact, when chosen here
     float_regions: list[str] = field(default_factory=list)
     float_sites: list[str] = field(default_factory=list)  # quantizers dropped: layout chains, conv outputs
     runtime: str | None = None
@@ -93,6 +99,7 @@ class Placement:
     regions: list[dict] = field(default_factory=list)  # region, kind, sites, int8_ms, float_ms, faster_in, decision
     candidates: dict[str, float] = field(default_factory=dict)  # candidate -> batch-1 median ms (with fp32)
     confirmation: dict[str, float] = field(default_factory=dict)  # the fastest and fp32 timed again, alone
+    references: dict[str, float] = field(default_factory=dict)  # the FP32 graph in another precision, timed with them
     forms: list[dict] = field(default_factory=list)  # each activation form tried: accuracy, verdict
     chains: list[dict] = field(default_factory=list)  # costly layout chains: site, transposes, int8_ms, float_ms
     not_timed: dict[str, str] = field(default_factory=dict)  # candidate -> why it was not timed
@@ -254,9 +261,10 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
     xs = _check_images(ctx)
     saturates = _saturating_kernels(rt, device, plan)
 
-    def export(name: str, source, precision: str) -> Path:
-        j = dataclasses.replace(job, cfg=job.cfg.model_copy(update={"precision": precision}),
-                                file=f"{name}{rt.suffix}", source=source, suffix="")
+    def export(name: str, source, precision: str, float_in: str | None = None) -> Path:
+        update = {"precision": precision} | ({"inference_precision": float_in} if float_in else {})
+        j = dataclasses.replace(job, cfg=job.cfg.model_copy(update=update), file=f"{name}{rt.suffix}", source=source,
+                                suffix="")
         row = rt.export(j, scratch)
         why = _not_a_candidate(rt, row, tmp / j.file, source, xs, prof_dev, saturates) if precision == "int8" else None
         if why:
@@ -276,41 +284,54 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
     fp32_path = export("fp32", ctx.model, "fp32")
     # without a profile every region counts as faster in INT8: the candidates are the activation forms only
     fp32_nodes = profile(fp32_path) if profile else {}
-    float_ms = region_times(fp32_nodes, regions)
     plans: dict[str, object] = {}
-    tables: dict[str, dict[str, float]] = {}  # form -> region -> INT8 node ms
-    chains: dict[str, list[dict]] = {}  # form -> its costly layout chains
+    # keyed by (activation form, the precision its float layers run in; None: the export's own)
+    tables: dict[tuple, dict[str, float]] = {}  # region -> INT8 node ms
+    float_tables: dict[tuple, dict[str, float]] = {}  # region -> the float graph's node ms, in the same precision
+    chains: dict[tuple, list[dict]] = {}  # its costly layout chains
+    form_of: dict[str, tuple] = {}  # candidate -> its key
+    references: list[str] = []  # the FP32 graph in another precision: timed beside the candidates, never shipped
 
-    form_of: dict[str, str] = {}  # candidate -> its form
-
-    def add(name: str, candidate, form: str) -> tuple[Path, object]:
-        plans[name], form_of[name] = candidate, form
+    def add(name: str, candidate, key: tuple) -> tuple[Path, object]:
+        plans[name], form_of[name] = candidate, key
         qmodel = apply_plan(ctx.model, candidate)
-        return export(name, qmodel, "int8"), qmodel
+        return export(name, qmodel, "int8", key[1]), qmodel
 
-    for form, (name, form_plan) in _forms(ctx, plan, p, rt).items():
-        path, qmodel = add(name, form_plan, form)
-        nodes = profile(path) if profile else {}
-        chains[form] = costly_chains(rt.layout_chains(path), nodes, fp32_nodes, _quantizer_sites(qmodel)) \
-            if profile else []
-        if chains[form]:  # the form without them, profiled again for the per-region decision
-            name, form_plan = name + "-unchained", without_sites(form_plan, [c["site"] for c in chains[form]])
-            nodes = profile(add(name, form_plan, form)[0])
-        tables[form] = region_times(nodes, regions)
-        slow = slow_regions(tables[form], float_ms)
-        placed = placed_plan(form_plan, regions, slow)
-        if placed is not None:
-            add(name + "-placed", placed, form)
+    forms = _forms(ctx, plan, p, rt)
+    # the export's own float precision, then each other one the device runs natively (OpenVINO on AMX: bf16)
+    for float_in in [None, *rt.float_precisions(job.cfg, device)[1:]]:
+        tag, float_nodes = f"-{float_in}" if float_in else "", fp32_nodes
+        if float_in:
+            references.append(f"fp32{tag}")
+            reference = export(references[-1], ctx.model, "fp32", float_in)
+            float_nodes = profile(reference) if profile else {}
+        float_ms = region_times(float_nodes, regions)
+        for form, (name, form_plan) in forms.items():
+            key, name = (form, float_in), name.replace("int8", f"int8{tag}", 1)
+            path, qmodel = add(name, form_plan, key)
+            nodes = profile(path) if profile else {}
+            chains[key] = costly_chains(rt.layout_chains(path), nodes, float_nodes, _quantizer_sites(qmodel)) \
+                if profile else []
+            if chains[key]:  # the form without them, profiled again for the per-region decision
+                name, form_plan = name + "-unchained", without_sites(form_plan, [c["site"] for c in chains[key]])
+                nodes = profile(add(name, form_plan, key)[0])
+            tables[key], float_tables[key] = region_times(nodes, regions), float_ms
+            placed = placed_plan(form_plan, regions, slow_regions(tables[key], float_ms))
+            if placed is not None:
+                add(name + "-placed", placed, key)
     timer = _device_timer(device, ctx.info, x) if device.kind == "ssh" else _local_timer(rt, device, x)
-    if len(files) == 1:  # every INT8 candidate was refused: FP32 ships (quantize.when_slower does not apply)
+    if not any(k in plans for k in files):  # every INT8 candidate was refused: FP32 ships (when_slower does not apply)
         return None, _fp32_ships(p, "no INT8 candidate could be timed", p.not_timed)
     p.candidates = {k: round(v, 4) for k, v in timer(files, 1).items()}
+    p.references = {k: p.candidates.pop(k) for k in references if k in p.candidates}
     while True:  # the fastest candidate that runs as simulated
         left = {k: v for k, v in p.candidates.items() if k not in p.refused}
         if len(left) == 1:
             return None, _fp32_ships(p, "no INT8 candidate runs as simulated", p.refused)
         best, faster = fastest(left)
-        inexact = "a symmetric form" if form_of[best].startswith("symmetric") else saturates
+        form, float_in = form_of[best]
+        inexact = " and ".join(filter(None, ("a symmetric form" if form.startswith("symmetric") else None,
+                                             f"float layers in {float_in}" if float_in else None, saturates)))
         why = _unlike_simulation(ctx, rt, prof_dev, plans[best], files[best], inexact) if inexact else None
         if why is None:
             break
@@ -320,21 +341,26 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
         again = timer({best: files[best], "fp32": files["fp32"]}, 2)
         p.confirmation = {k: round(v, 4) for k, v in again.items()}
         faster = fastest(again)[1]
-    chosen, p.form = plans[best], form_of[best]
-    p.activations = "symmetric" if p.form.startswith("symmetric") else "as calibrated"
+    chosen, key = plans[best], form_of[best]
+    p.inference_precision = float_in
+    p.form = form + (f", float layers in {float_in}" if float_in else "")
+    p.activations = "symmetric" if form.startswith("symmetric") else "as calibrated"
     p.float_regions = list(chosen.float_regions[len(plan.float_regions):])
     p.float_sites = list(chosen.float_sites[len(plan.float_sites):])
-    p.chains = chains[p.form]
+    p.chains = chains[key]
     p.speedup = round(p.candidates["fp32"] / p.candidates[best], 3)
     p.shipped = "int8" if faster else ctx.recipe.quantize.when_slower
-    slow = set(slow_regions(tables[p.form], float_ms))
+    slow = set(slow_regions(tables[key], float_tables[key]))
     p.regions = [{"region": r.name, "kind": r.kind, "sites": r.sites,
-                  "int8_ms": round(tables[p.form][r.name], 4), "float_ms": round(float_ms[r.name], 4),
+                  "int8_ms": round(tables[key][r.name], 4), "float_ms": round(float_tables[key][r.name], 4),
                   "faster_in": "float" if r.name in slow else "int8",
                   "decision": "float" if r.name in p.float_regions or p.shipped == "fp32" else "int8"}
                  for r in regions.values()]
     summary = f"{best} {p.candidates[best]:.3f} ms vs FP32 {p.candidates['fp32']:.3f} ms ({p.speedup:.2f}x)" + (
         f", timed again {p.confirmation[best]:.3f} vs {p.confirmation['fp32']:.3f} ms" if p.confirmation else "")
+    summary += "".join(f"; faster still: the FP32 graph with every layer in {k.split('-', 1)[1]}, {v:.3f} ms "
+                       f"(an export with precision: {k.split('-', 1)[1]})"
+                       for k, v in p.references.items() if v < p.candidates[best])
     if faster:
         p.reason = f"fastest INT8 candidate beats FP32 by more than {100 * MARGIN:g} %: {summary}"
         log.info("placement %s: %s", job.name, p.reason)
