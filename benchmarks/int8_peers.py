@@ -160,7 +160,8 @@ def run_model(name: str, work: Path, args) -> dict:
     out = {"model": name, "source": src, "input_size": pre.input_size, "eval_images": int(len(x_eval)),
            "placement": {k: placement[k] for k in PLACEMENT_KEYS},
            "placement_openvino": {k: placements["openvino-int8"].get(k)
-                                  for k in PLACEMENT_KEYS + ("form", "forms", "not_timed", "refused", "references", "inference_precision")},
+                                  for k in PLACEMENT_KEYS + ("form", "forms", "not_timed", "refused", "references",
+                                                             "inference_precision")},
            "notes": notes, "seconds_to_quantize": seconds, "variants": {}}
     for k, r in runners.items():
         lg = logits(r, x_eval)
