@@ -81,6 +81,12 @@ class OpenVINOExport(ExportBase, OnnxGraphFields):
         return self
 
     @property
+    def fp16_weights(self) -> bool:
+        """Whether float weights are stored FP16: where the IR computes in 16 bits (in bf16 OpenVINO converts them
+        anyway); in an INT8 IR those of its float layers (its int8 weights stay int8)."""
+        return self.hint in ("bf16", "f16")
+
+    @property
     def hint(self) -> str:
         """The inference precision the IR is compiled with."""
         if self.inference_precision != "auto":
@@ -290,6 +296,38 @@ def _with_integer_concats(graph: Path, facts: dict) -> onnx.ModelProto:
     return proto
 
 
+def fp16_float_weights(model, least: int = 256) -> int:
+    """Store an INT8 IR's float weights (the layers left in float, biases) as FP16 constants converted to f32, as
+    ``compress_to_fp16`` does for a float IR (OpenVINO 2026.4 skips IRs that hold FakeQuantize); returns how many.
+    Constants of fewer than ``least`` values and those of quantization (FakeQuantize ranges, weight
+    dequantization scales and zero points) stay f32."""
+    ov = _openvino()
+    from openvino import opset13
+
+    n = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Constant" or op.get_element_type() != ov.Type.f32 or \
+                shape_size(op.get_output_shape(0)) < least:
+            continue
+        targets = list(op.output(0).get_target_inputs())
+        if any(t.get_node().get_type_name() in ("FakeQuantize", "Multiply", "Subtract") for t in targets):
+            continue
+        weights = opset13.convert(opset13.constant(op.get_data().astype("float16")), ov.Type.f32)
+        weights.set_friendly_name(op.get_friendly_name())
+        for t in targets:
+            t.replace_source_output(weights.output(0))
+        n += 1
+    return n
+
+
+def shape_size(shape) -> int:
+    """How many values a static shape holds."""
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
 _GENERATED_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*(_\d+)+")  # Reshape_15, Reshape_15_1
 
 
@@ -339,8 +377,10 @@ class OpenVINO(Runtime):
                 model.set_rt_info(value, ["edgevit", key])
             model.set_rt_info(cfg.hint, ["runtime_options", "INFERENCE_PRECISION_HINT"])
             model, batch = fixed_batch(model, cfg.batch, cfg.hint, tmp / "graph.onnx", _check_images(ctx))
+            if cfg.fp16_weights and cfg.precision == "int8":
+                facts["fp16_float_weights"] = fp16_float_weights(model)
             _number_generated_names(model)
-            ov.save_model(model, str(tmp / job.file), compress_to_fp16=cfg.precision == "bf16")
+            ov.save_model(model, str(tmp / job.file), compress_to_fp16=cfg.fp16_weights)
             xml, bin_ = ctx.stage / job.file, ctx.stage / job.file.replace(".xml", ".bin")
             os.replace(tmp / bin_.name, bin_)
             os.replace(tmp / job.file, xml)
@@ -362,6 +402,9 @@ class OpenVINO(Runtime):
             f"{cfg.hint} (stored in the IR); input {batch['reason']}",
             "compute layers on CPU by precision: " + (", ".join(f"{n} {p}" for p, n in layers.items()) or "none")
             + (f" ({int8} in INT8)" if cfg.precision == "int8" else "")]
+        if facts.get("fp16_float_weights"):
+            facts["details"].append(f"weights of the layers left in float stored FP16 ({facts['fp16_float_weights']} "
+                                    f"constants; computed in {cfg.hint})")
         if default != cfg.hint:
             plain = (f"OpenVINO compiles it in {default} and fails on this CPU ({plain_error})" if plain_error
                      else f"this IR runs in {default} on this CPU")
