@@ -52,6 +52,7 @@ import numpy as np
 
 from edgevit.devices.lease import timing_lease
 from edgevit.errors import BadInput
+from edgevit.paths import cut
 from edgevit.quant import apply_plan
 from edgevit.quant.lowering import WEIGHT_BITS_IN_INT8, has_nonuniform, lower_plan, plan_bits
 from edgevit.quant.regions import node_region, plan_regions, without_regions, without_sites
@@ -261,11 +262,19 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
     xs = _check_images(ctx)
     saturates = _saturating_kernels(rt, device, plan)
 
-    def export(name: str, source, precision: str, float_in: str | None = None) -> Path:
+    def export(name: str, source, precision: str, float_in: str | None = None) -> Path | None:
         update = {"precision": precision} | ({"inference_precision": float_in} if float_in else {})
         j = dataclasses.replace(job, cfg=job.cfg.model_copy(update=update), file=f"{name}{rt.suffix}", source=source,
                                 suffix="")
-        row = rt.export(j, scratch)
+        try:
+            row = rt.export(j, scratch)
+        except RuntimeError as e:  # OpenVINO 2026.4 cannot compile some INT8 IRs in bf16 that it compiles in f32
+            if not float_in or precision != "int8":
+                raise
+            p.not_timed[name] = f"{rt.label} cannot compile it with its float layers in {float_in} " \
+                f"({cut(' '.join(ln for ln in str(e).splitlines() if not ln.startswith('Exception from')), 200)})"
+            log.warning("placement %s: candidate %s not timed: %s", job.name, name, p.not_timed[name])
+            return None
         why = _not_a_candidate(rt, row, tmp / j.file, source, xs, prof_dev, saturates) if precision == "int8" else None
         if why:
             p.not_timed[name] = why
@@ -292,7 +301,7 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
     form_of: dict[str, tuple] = {}  # candidate -> its key
     references: list[str] = []  # the FP32 graph in another precision: timed beside the candidates, never shipped
 
-    def add(name: str, candidate, key: tuple) -> tuple[Path, object]:
+    def add(name: str, candidate, key: tuple) -> tuple[Path | None, object]:
         plans[name], form_of[name] = candidate, key
         qmodel = apply_plan(ctx.model, candidate)
         return export(name, qmodel, "int8", key[1]), qmodel
@@ -309,13 +318,18 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
         for form, (name, form_plan) in forms.items():
             key, name = (form, float_in), name.replace("int8", f"int8{tag}", 1)
             path, qmodel = add(name, form_plan, key)
+            if path is None:
+                continue
             nodes = profile(path) if profile else {}
             chains[key] = costly_chains(rt.layout_chains(path), nodes, float_nodes, _quantizer_sites(qmodel)) \
                 if profile else []
+            tables[key], float_tables[key] = region_times(nodes, regions), float_ms
             if chains[key]:  # the form without them, profiled again for the per-region decision
                 name, form_plan = name + "-unchained", without_sites(form_plan, [c["site"] for c in chains[key]])
-                nodes = profile(add(name, form_plan, key)[0])
-            tables[key], float_tables[key] = region_times(nodes, regions), float_ms
+                path = add(name, form_plan, key)[0]
+                if path is None:
+                    continue
+                tables[key] = region_times(profile(path), regions)
             placed = placed_plan(form_plan, regions, slow_regions(tables[key], float_ms))
             if placed is not None:
                 add(name + "-placed", placed, key)
