@@ -64,8 +64,9 @@ class OpenVINOExport(ExportBase, OnnxGraphFields):
     inference_precision: Literal["auto", "f32", "bf16", "f16"] = Field(
         "auto", description="the INFERENCE_PRECISION_HINT stored in the IR and used to validate it; auto: f32 for "
         "fp32 and int8 (layers left in float compute as the simulation did), bf16 for bf16; for int8 with "
-        "quantize.placement: auto on a CPU where OpenVINO runs bf16 by default (AMX), the placement also times "
-        "the float layers in bf16 and stores bf16 when that candidate is the fastest and agrees with its simulation")
+        "quantize.placement: auto on a CPU where OpenVINO runs bf16 by default (AVX-512 BF16 or AMX), the placement "
+        "also times the float layers in bf16 and stores bf16 when that candidate is the fastest and agrees with its "
+        "simulation")
     batch: int | None = Field(
         1, ge=1, description="the batch the IR's input is fixed to (OpenVINO compiles a fixed shape into faster "
         "CPU kernels than a dynamic one); null: a dynamic batch. Either runs other batches after "
@@ -423,7 +424,7 @@ class OpenVINO(Runtime):
         return OpenVINORunner(path, str(options.get("device", "CPU")), device.threads if device else None)
 
     def float_precisions(self, cfg, device) -> list[str]:
-        # bf16 where OpenVINO itself picks it on this CPU (AMX): an INT8 IR's float layers (LayerNorm, softmax,
+        # bf16 where OpenVINO picks it by default (AVX-512 BF16, AMX): an INT8 IR's float layers (LayerNorm, softmax,
         # GELU, the regions left in float) then run at bf16 speed; a device's CPU is not known here
         if cfg.precision != "int8" or cfg.inference_precision != "auto" or device is None or \
                 device.kind != "local" or str(device.options.get("device", "CPU")) != "CPU" or \
