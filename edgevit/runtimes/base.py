@@ -15,6 +15,7 @@ from typing import Any, Callable, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgevit.paths import cut
 from edgevit.quant.targets import Lowering
 
 DEVICE_RUNNERS = Path(__file__).with_name("device")
@@ -119,6 +120,10 @@ class Runtime:
         first, when the runtime lets the artifact choose and the device runs more than one natively (the
         placement times each); empty: no choice."""
         return []
+
+    def error_reason(self, error: Exception) -> str:
+        """The runtime's error on one line, for a report (an OpenVINO error without its chain of source lines)."""
+        return cut(" ".join(str(error).split()), 300)
 
     def can_run_here(self) -> bool:
         """Whether this machine can run the runtime's artifacts (its OS, its package, its GPU)."""

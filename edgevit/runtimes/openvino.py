@@ -19,6 +19,7 @@ of another size.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import shutil
@@ -308,7 +309,7 @@ def fp16_float_weights(model, least: int = 256) -> int:
     n = 0
     for op in model.get_ordered_ops():
         if op.get_type_name() != "Constant" or op.get_element_type() != ov.Type.f32 or \
-                shape_size(op.get_output_shape(0)) < least:
+                math.prod(op.get_output_shape(0)) < least:
             continue
         targets = list(op.output(0).get_target_inputs())
         if any(t.get_node().get_type_name() in ("FakeQuantize", "Multiply", "Subtract") for t in targets):
@@ -318,14 +319,6 @@ def fp16_float_weights(model, least: int = 256) -> int:
         for t in targets:
             t.replace_source_output(weights.output(0))
         n += 1
-    return n
-
-
-def shape_size(shape) -> int:
-    """How many values a static shape holds."""
-    n = 1
-    for d in shape:
-        n *= d
     return n
 
 
@@ -431,6 +424,9 @@ class OpenVINO(Runtime):
                 self.unavailable() is not None or default_precision() != "bf16":
             return []
         return [cfg.hint, "bf16"]
+
+    def error_reason(self, error: Exception) -> str:
+        return _first_reason(str(error))
 
     def profile(self, path: Path, device, x, runs: int) -> dict[str, float]:
         return node_times(path, str(device.options.get("device", "CPU")), device.threads, x, runs)

@@ -52,7 +52,6 @@ import numpy as np
 
 from edgevit.devices.lease import timing_lease
 from edgevit.errors import BadInput
-from edgevit.paths import cut
 from edgevit.quant import apply_plan
 from edgevit.quant.lowering import WEIGHT_BITS_IN_INT8, has_nonuniform, lower_plan, plan_bits
 from edgevit.quant.regions import node_region, plan_regions, without_regions, without_sites
@@ -272,7 +271,7 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
             if not float_in or precision != "int8":
                 raise
             p.not_timed[name] = f"{rt.label} cannot compile it with its float layers in {float_in} " \
-                f"({cut(' '.join(ln for ln in str(e).splitlines() if not ln.startswith('Exception from')), 200)})"
+                f"({rt.error_reason(e)})"
             log.warning("placement %s: candidate %s not timed: %s", job.name, name, p.not_timed[name])
             return None
         why = _not_a_candidate(rt, row, tmp / j.file, source, xs, prof_dev, saturates) if precision == "int8" else None
