@@ -359,7 +359,7 @@ def test_auto_placement_times_float_layers_in_bf16_where_the_cpu_runs_it(tmp_pat
     from edgevit.runtimes.openvino import OpenVINO
 
     # the choice is what is tested: a CPU without bf16 runs such an IR in f32 (or f16) when it validates it
-    monkeypatch.setattr(OpenVINO, "float_precisions", lambda self, cfg, device: ["f32", "bf16"])
+    monkeypatch.setattr(OpenVINO, "float_precisions", lambda self, cfg, device: ["bf16"])
     monkeypatch.setattr(OpenVINO, "profile", lambda *a, **kw: {})
 
     def ms(k: str) -> float:  # every bf16 candidate faster than every other; the FP32 graph in bf16 faster still
@@ -413,7 +413,7 @@ def test_a_bf16_candidate_openvino_cannot_compile_is_not_timed(tmp_path, monkeyp
         return real_export(self, job, ctx)
 
     monkeypatch.setattr(OpenVINO, "export", export)
-    monkeypatch.setattr(OpenVINO, "float_precisions", lambda self, cfg, device: ["f32", "bf16"])
+    monkeypatch.setattr(OpenVINO, "float_precisions", lambda self, cfg, device: ["bf16"])
     monkeypatch.setattr(OpenVINO, "profile", lambda *a, **kw: {})
     monkeypatch.setattr(placement_mod, "interleaved_medians", lambda runners, x, rounds, **kw:
                         {k: 1.0 if k.startswith("fp32") else 0.8 for k in runners})

@@ -116,9 +116,9 @@ class Runtime:
         return {}
 
     def float_precisions(self, cfg: ExportBase, device: Any) -> list[str]:
-        """The precisions an INT8 artifact's float layers may be stored to run in on ``device``, the export's own
-        first, when the runtime lets the artifact choose and the device runs more than one natively (the
-        placement times each); empty: no choice."""
+        """Precisions other than the export's own that an INT8 artifact's float layers may be stored to run in on
+        ``device``, when the runtime lets the artifact choose and the device runs them natively (the placement
+        times each); empty: no choice."""
         return []
 
     def error_reason(self, error: Exception) -> str:

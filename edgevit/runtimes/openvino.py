@@ -423,7 +423,7 @@ class OpenVINO(Runtime):
                 device.kind != "local" or str(device.options.get("device", "CPU")) != "CPU" or \
                 self.unavailable() is not None or default_precision() != "bf16":
             return []
-        return [cfg.hint, "bf16"]
+        return ["bf16"]
 
     def error_reason(self, error: Exception) -> str:
         return _first_reason(str(error))

@@ -295,7 +295,7 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
     plans: dict[str, object] = {}
     # keyed by (activation form, the precision its float layers run in; None: the export's own)
     tables: dict[tuple, dict[str, float]] = {}  # region -> INT8 node ms
-    float_tables: dict[tuple, dict[str, float]] = {}  # region -> the float graph's node ms, in the same precision
+    float_by: dict[str | None, dict[str, float]] = {}  # float precision -> region -> the FP32 graph's node ms
     chains: dict[tuple, list[dict]] = {}  # its costly layout chains
     form_of: dict[str, tuple] = {}  # candidate -> its key
     references: list[str] = []  # the FP32 graph in another precision: timed beside the candidates, never shipped
@@ -307,13 +307,13 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
 
     forms = _forms(ctx, plan, p, rt)
     # the export's own float precision, then each other one the device runs natively (OpenVINO on AMX: bf16)
-    for float_in in [None, *rt.float_precisions(job.cfg, device)[1:]]:
+    for float_in in [None, *rt.float_precisions(job.cfg, device)]:
         tag, float_nodes = f"-{float_in}" if float_in else "", fp32_nodes
         if float_in:
             references.append(f"fp32{tag}")
             reference = export(references[-1], ctx.model, "fp32", float_in)
             float_nodes = profile(reference) if profile else {}
-        float_ms = region_times(float_nodes, regions)
+        float_ms = float_by[float_in] = region_times(float_nodes, regions)
         for form, (name, form_plan) in forms.items():
             key, name = (form, float_in), name.replace("int8", f"int8{tag}", 1)
             path, qmodel = add(name, form_plan, key)
@@ -322,7 +322,7 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
             nodes = profile(path) if profile else {}
             chains[key] = costly_chains(rt.layout_chains(path), nodes, float_nodes, _quantizer_sites(qmodel)) \
                 if profile else []
-            tables[key], float_tables[key] = region_times(nodes, regions), float_ms
+            tables[key] = region_times(nodes, regions)
             if chains[key]:  # the form without them, profiled again for the per-region decision
                 name, form_plan = name + "-unchained", without_sites(form_plan, [c["site"] for c in chains[key]])
                 path = add(name, form_plan, key)[0]
@@ -363,9 +363,9 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
     p.chains = chains[key]
     p.speedup = round(p.candidates["fp32"] / p.candidates[best], 3)
     p.shipped = "int8" if faster else ctx.recipe.quantize.when_slower
-    slow = set(slow_regions(tables[key], float_tables[key]))
+    slow = set(slow_regions(tables[key], float_by[float_in]))
     p.regions = [{"region": r.name, "kind": r.kind, "sites": r.sites,
-                  "int8_ms": round(tables[key][r.name], 4), "float_ms": round(float_tables[key][r.name], 4),
+                  "int8_ms": round(tables[key][r.name], 4), "float_ms": round(float_by[float_in][r.name], 4),
                   "faster_in": "float" if r.name in slow else "int8",
                   "decision": "float" if r.name in p.float_regions or p.shipped == "fp32" else "int8"}
                  for r in regions.values()]
