@@ -138,3 +138,44 @@ def test_local_sweep_records_a_bad_run_finishes_the_others_and_resumes(tmp_path,
     assert stamp == {f: (out / "runs" / f / "report.json").stat().st_mtime_ns for f in stamp}
     other = cli("sweep", write_plan(tmp_path / "other.yaml", name="other"), "--out", str(out))
     assert other.returncode == 2 and "holds the sweep 'zoo'" in other.stderr and "--overwrite" in other.stderr
+
+
+def test_a_run_that_lands_as_ctrl_c_arrives_is_recorded_complete_and_an_old_one_is_not(tmp_path, monkeypatch):
+    """Ctrl-C reaching the driver just after a run's folder is in place, before the executor says so (a Ray worker
+    writing to a shared runs_dir can finish in that window): sweep.json says that run is complete, with its
+    report's figures, and the next one pending; the restart skips it. A run --overwrite was redoing when
+    interrupted stays pending even though the shared runs_dir still holds its old folder."""
+    from edgevit.sweeps import executors
+    from edgevit.sweeps.driver import run_plan
+
+    monkeypatch.setenv("EDGEVIT_SWEEP_HISTORY", "off")
+    real = executors.execute_run
+
+    def lands_then_ctrl_c(recipe, dest, node):
+        real(recipe, dest, node)
+        raise KeyboardInterrupt
+
+    plan, plan_file = load_plan(write_plan(tmp_path / "plan.yaml", set={"seed": [0, 1]}, runs_dir="shared"))
+    out, shared = tmp_path / "out", tmp_path / "shared"
+    monkeypatch.setattr(executors, "execute_run", lands_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run_plan(plan, out, plan_file)
+    sweep = json.loads((out / "sweep.json").read_text())
+    first, second = sweep["runs"]
+    assert [first["status"], second["status"]] == ["complete", "pending"]
+    report = json.loads((shared / first["folder"] / "report.json").read_text())
+    assert first["run_status"] == report["status"] and first["artifact"] == "onnx-int8" and 0 < first["top1"] <= 1
+    assert sorted(p.name for p in shared.iterdir()) == [first["folder"]]
+    assert sweep["progress"] | {"total": 2} == {"total": 2, "complete": 1, "running": 0, "failed": 0, "pending": 1}
+
+    def ctrl_c(recipe, dest, node):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(executors, "execute_run", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):  # redoing both: the first's old folder is not this sweep's result
+        run_plan(plan, out, plan_file, overwrite=True)
+    assert [r["status"] for r in json.loads((out / "sweep.json").read_text())["runs"]] == ["pending", "pending"]
+    with pytest.raises(KeyboardInterrupt):  # restarted: the finished run is skipped, the other is started
+        run_plan(plan, out, plan_file)
+    again = json.loads((out / "sweep.json").read_text())["runs"]
+    assert [(r["status"], r.get("resumed")) for r in again] == [("complete", True), ("pending", None)]

@@ -80,6 +80,15 @@ def _finished_report(folder: Path) -> dict | None:
     return None
 
 
+def _stamp(folder: Path) -> tuple[int, int] | None:
+    """Which write of ``folder``'s status file is there (a run swapped in anew gives another), or None."""
+    try:
+        st = (folder / STATUS_FILE).stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
 def dry_run_lines(specs: list[RunSpec]) -> list[str]:
     """One line per run of the plan (``--dry-run``), with its expected duration where this machine's earlier
     sweeps give one, and their sum."""
@@ -154,11 +163,19 @@ def run_plan(plan: Plan, out_dir: Path, plan_file: Path | None = None, executor:
             p["failed"], p["running"])
 
     write_leaderboard(sweep, out_dir)
+    before = {j.id: _stamp(runs_dir / j.folder) for j in jobs}  # an --overwrite keeps a shared runs_dir's old runs
     try:
         ex.run(jobs, runs_dir, started, done, shared=plan.runs_dir is not None)
     finally:
-        for r in sweep["runs"]:
-            if r["status"] == "running":  # interrupted: it will run again when the sweep is restarted
-                r["status"] = "pending"
+        for job in jobs:  # interrupted: a run not done runs again when the sweep is restarted...
+            r = sweep["runs"][at[job.id]]
+            if r["status"] not in ("running", "pending"):
+                continue
+            # ...unless its folder landed before the executor could say so (a worker writing to a shared
+            # runs_dir finishes while Ctrl-C reaches the driver): the table says what the disk holds
+            fresh = _stamp(runs_dir / job.folder) not in (None, before[job.id])
+            report = _finished_report(runs_dir / job.folder) if fresh else None
+            sweep["runs"][at[job.id]] = run_entry(r | {"status": "complete"}, report) if report else r | {
+                "status": "pending"}
         write_leaderboard(sweep, out_dir, final=True)
     return SweepResult(out_dir, sweep)
