@@ -21,7 +21,8 @@ FLOAT_COMPUTE_OPS = {"Conv", "MatMul", "Gemm", "FusedConv", "FusedMatMul", "Fuse
 WEIGHT_ONLY_OPS = {"MatMulNBits"}  # quantized weights, activations quantized on the fly: not the simulation
 
 
-def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+def constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """The value of every initializer and Constant node's output, by tensor name."""
     values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     for n in graph.node:
         if n.op_type == "Constant":
@@ -34,7 +35,7 @@ def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
 def fold_weight_quantizers(model: onnx.ModelProto) -> int:
     """Replace QuantizeLinear(constant float) by its integer result; returns how many were folded."""
     g = model.graph
-    consts = _constants(g)
+    consts = constants(g)
     folded, keep = 0, []
     for n in g.node:
         if n.op_type == "QuantizeLinear" and all(i in consts for i in n.input if i):
@@ -124,7 +125,7 @@ def quantize_concat_inputs(model: onnx.ModelProto) -> int:
     128 there: exact), 11 dB on the built-in hybrid's symmetric INT8 graph; the integer Concat it computes
     right."""
     g = model.graph
-    consts = _constants(g)
+    consts = constants(g)
     producer = {o: n for n in g.node for o in n.output}
     readers = Counter(i for n in g.node for i in n.input)
     outputs = {o.name for o in g.output}
@@ -162,7 +163,7 @@ def fuse_erf_gelu(model: onnx.ModelProto) -> int:
     does not match, and the GELU runs as five elementwise ops over the full tensor: EfficientFormerV2-S0's
     INT8 graph ran 1.30x slower at batch 1 (1.62x at batch 32) for that alone."""
     g = model.graph
-    consts = _constants(g)
+    consts = constants(g)
     producer = {o: n for n in g.node for o in n.output}
     readers: dict[str, list] = {}
     for n in g.node:
@@ -275,7 +276,7 @@ def tensorrt_qdq_problems(model: onnx.ModelProto) -> list[str]:
     activations are quantized per tensor.
     """
     g = model.graph
-    consts = _constants(g)
+    consts = constants(g)
     inits = {t.name for t in g.initializer}
     problems: list[str] = []
     for n in g.node:

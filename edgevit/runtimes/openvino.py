@@ -30,6 +30,7 @@ from typing import Literal
 import onnx
 from pydantic import Field, model_validator
 
+from edgevit.exporters.conv_splits import split_conv_outputs
 from edgevit.exporters.onnx import artifact_metadata
 from edgevit.exporters.qdq import quantize_concat_inputs, quantized_layers
 from edgevit.paths import cut
@@ -288,12 +289,15 @@ def float_quantized_layers(compiled, quantized: list[str]) -> list[str]:
                   for name in names if name in wanted)
 
 
-def _with_integer_concats(graph: Path, facts: dict) -> onnx.ModelProto:
-    """The INT8 graph OpenVINO is handed, rewritten in place so each quantized Concat joins integers
-    (``quantize_concat_inputs``: equal values, a form OpenVINO computes right)."""
+def _openvino_form(graph: Path, facts: dict, int8: bool) -> onnx.ModelProto:
+    """The graph OpenVINO is handed, rewritten in place into the form it computes right and fast: each
+    quantized Concat joins integers (``quantize_concat_inputs``: equal values, a form OpenVINO computes right)
+    and each channel Split of a conv's output is one conv per part (``split_conv_outputs``: equal values,
+    without the reference-kernel Split)."""
     proto = onnx.load(str(graph))
-    facts["concat_quantizers_moved"] = quantize_concat_inputs(proto)
-    if facts["concat_quantizers_moved"]:
+    facts["concat_quantizers_moved"] = quantize_concat_inputs(proto) if int8 else 0
+    facts["conv_splits"] = split_conv_outputs(proto)
+    if facts["concat_quantizers_moved"] or facts["conv_splits"]:
         onnx.save(proto, str(graph))
     return proto
 
@@ -364,8 +368,8 @@ class OpenVINO(Runtime):
         tmp.mkdir()
         try:
             facts = write_graph(job, ctx, f"{tmp.name}/graph.onnx", graph)
-            quantized = quantized_layers(_with_integer_concats(tmp / "graph.onnx", facts)) \
-                if cfg.precision == "int8" else []
+            proto = _openvino_form(tmp / "graph.onnx", facts, cfg.precision == "int8")
+            quantized = quantized_layers(proto) if cfg.precision == "int8" else []
             model = ov.convert_model(str(tmp / "graph.onnx"))
             for key, value in artifact_metadata(ctx.info, ctx.recipe.name, cfg.precision).items():
                 model.set_rt_info(value, ["edgevit", key])
@@ -396,6 +400,9 @@ class OpenVINO(Runtime):
             f"{cfg.hint} (stored in the IR); input {batch['reason']}",
             "compute layers on CPU by precision: " + (", ".join(f"{n} {p}" for p, n in layers.items()) or "none")
             + (f" ({int8} in INT8)" if cfg.precision == "int8" else "")]
+        if facts["conv_splits"]:
+            facts["details"].append(f"{facts['conv_splits']} channel splits of a conv's output computed as one conv "
+                                    "per part (OpenVINO's CPU runs such a split with its reference kernel)")
         if facts.get("fp16_float_weights"):
             facts["details"].append(f"weights of the layers left in float stored FP16 ({facts['fp16_float_weights']} "
                                     f"constants; computed in {cfg.hint})")
