@@ -61,6 +61,10 @@ def test_fp32_parity_in_ort_on_real_images(builtin, real_images, tmp_path):
     ort_out, ref = OrtRunner(path, threads=1)(real_images), TorchRunner(model)(real_images)
     assert np.abs(ort_out - ref).max() < 1e-4
     assert (ort_out.argmax(1) == ref.argmax(1)).all()
+    # ONNX Runtime's default (threads spinning), as a benchmark's extra baseline runs it: the same numbers
+    spinning = OrtRunner(path, threads=2, spinning=True)
+    assert spinning.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert np.array_equal(spinning(real_images), OrtRunner(path, threads=2)(real_images))
 
 
 def test_fp16_export_is_half_size_and_close(builtin, real_images, tmp_path):

@@ -75,7 +75,7 @@ def split_conv_outputs(model: onnx.ModelProto) -> int:
     are sliced by output channel; a per-tensor output quantizer is repeated for each part. The new convs are named
     after the old one (``<name>_part<i>``), so they belong to the same module path."""
     g = model.graph
-    shapes = [_shapes_at(model, b) for b in (2, 3)]
+    shapes: list[dict] = []  # inferred when a view is met (most graphs have none before a split)
     values = constants(g)
     producer = {o: n for n in g.node for o in n.output}
     readers = Counter(i for n in g.node for i in n.input)
@@ -105,6 +105,8 @@ def split_conv_outputs(model: onnx.ModelProto) -> int:
         if conv is None or conv.op_type != "Conv" or readers[t] != 1 or t in outputs or _attr(conv, "group", 1) != 1:
             continue
         quant = [p for p in chain if p.op_type != "Reshape"]
+        if len(quant) < len(chain) and not shapes:
+            shapes += [_shapes_at(model, b) for b in (2, 3)]
         if any(not all(scalar(i) for i in p.input[1:]) for p in quant) or any(
                 not _keeps_shape(p, shapes) for p in chain if p.op_type == "Reshape"):
             continue

@@ -36,7 +36,9 @@ class TorchRunner:
 
 
 class OrtRunner:
-    """An ONNX file in ONNX Runtime. Spinning is off so timings are stable on a shared machine.
+    """An ONNX file in ONNX Runtime. Spinning is off so timings are stable on a shared machine (``spinning``:
+    ONNX Runtime's default, its intra-op threads busy-waiting for work: 1.2-1.5x faster at batch 1 on two threads
+    of a dedicated machine, benchmarks/BENCHMARKS.md).
     ``exact_integers``: ONNX Runtime does not fuse quantized groups into its integer kernels; each runs as
     DequantizeLinear -> float op -> QuantizeLinear, which computes the int32 sums exactly (a stand-in for another
     runtime's integer kernels on a CPU whose own ones saturate)."""
@@ -44,7 +46,7 @@ class OrtRunner:
     runtime = "onnxruntime"
 
     def __init__(self, path: Path | str, threads: int | None = None, providers: list[str] | None = None,
-                 exact_integers: bool = False):
+                 exact_integers: bool = False, spinning: bool = False):
         import onnxruntime as ort
 
         self.exact_integers = exact_integers
@@ -54,7 +56,7 @@ class OrtRunner:
         opts.intra_op_num_threads = threads or process_threads()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         opts.log_severity_level = 3
         available = ort.get_available_providers()
         wanted = [p for p in (providers or ["CPUExecutionProvider"]) if p in available]
