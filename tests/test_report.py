@@ -16,7 +16,7 @@ from edgevit.models import load_model
 from edgevit.quant import QuantConfig, quantize
 from edgevit.recipe import ModelConfig
 from edgevit.quant.diagnostics import layer_errors, site_histograms
-from edgevit.report.writers import pareto
+from edgevit.report.writers import markdown, pareto
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -110,6 +110,16 @@ def test_html_report_is_self_contained(int8_run):
     rep = json.loads((int8_run / "report.json").read_text())
     diag = rep["quantization"]["diagnostics"]
     assert len(diag["layer_error"]) == 26 and len(diag["histograms"]) == 6
+
+
+def test_a_speed_across_runtimes_says_how_onnx_runtime_ran(int8_run):
+    """An artifact of another runtime timed beside the FP32 ONNX: the report says ONNX Runtime ran without
+    spinning (slower than its default); with ONNX Runtime against itself it says nothing."""
+    rep = json.loads((int8_run / "report.json").read_text())
+    assert "not spinning" not in markdown(rep)
+    row = next(r for r in rep["results"] if r["name"] == "onnx-int8")
+    rep["results"].append(row | {"name": "openvino-int8", "runtime": "openvino"})
+    assert markdown(rep).count("ONNX Runtime ran with its intra-op threads not spinning") == 1
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium: bash scripts/system-deps.sh installs it")
