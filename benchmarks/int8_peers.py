@@ -100,6 +100,20 @@ def peers(fp32: Path, ov_fp32, calib: np.ndarray, work: Path, builtin: bool) -> 
     return made, seconds, notes
 
 
+def fp32_run(name: str, work: Path) -> tuple[dict, np.ndarray]:
+    """One ``edgevit compress --recipe fp32_export`` run of ``name`` into ``work/run`` writing the FP32 ONNX and the
+    OpenVINO BF16 IR: its report and one calibration image preprocessed as the model wants."""
+    src, size, _ = MODELS[name]
+    sets = [f"model.source={src}", 'export=["export/onnx-fp32.yaml","export/openvino-bf16.yaml"]',
+            "validate.eval.num=50", "calibration.num=16"]
+    if size:
+        sets += [f"model.input_size={size}", "model.num_classes=10", CIFAR]
+    report = compress("fp32_export", sets, out=work / "run", overwrite=True).report
+    pp = report["model"]["preprocessing"]
+    pre = Preprocess(**{k: pp[k] for k in ("input_size", "mean", "std", "crop_pct", "interpolation")})
+    return report, np.ascontiguousarray(open_image_set(ROOT / "calibration" / "builtin-calib", 1, 0).load(pre)[0])
+
+
 def fixed_batch_ir(path: Path, graph: Path, x: np.ndarray, kind: str) -> tuple[tuple[str, Path], str]:
     """A peer's IR with its input fixed to batch 1 under edgevit's rule (``fixed_batch``: where OpenVINO computes
     that form as closely to ``graph`` as the dynamic one), saved beside it; (variant, why)."""

@@ -24,10 +24,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from int8_peers import CIFAR, MODELS  # noqa: E402
+from int8_peers import MODELS, fp32_run  # noqa: E402
 
-from edgevit.api import compress  # noqa: E402
-from edgevit.data import Preprocess, open_image_set  # noqa: E402
 from edgevit.runtimes.openvino import OpenVINORunner, _compiled, with_batch  # noqa: E402
 from edgevit.validate.latency import cpu_facts, load_average  # noqa: E402
 from edgevit.validate.profiling import interleaved_medians  # noqa: E402
@@ -53,16 +51,8 @@ def op_type_times(ir: Path, hint: str, x: np.ndarray, runs: int = 50, threads: i
 def run_model(name: str, work: Path, args) -> dict:
     import openvino as ov
 
-    src, size, _ = MODELS[name]
-    sets = [f"model.source={src}", 'export=["export/onnx-fp32.yaml","export/openvino-bf16.yaml"]',
-            "validate.eval.num=50", "calibration.num=16"]
-    if size:
-        sets += [f"model.input_size={size}", "model.num_classes=10", CIFAR]
-    res = compress("fp32_export", sets, out=work / "run", overwrite=True)
-    row = next(r for r in res.report["results"] if r["name"] == "openvino-bf16")
-    pp = res.report["model"]["preprocessing"]
-    pre = Preprocess(**{k: pp[k] for k in ("input_size", "mean", "std", "crop_pct", "interpolation")})
-    x = np.ascontiguousarray(open_image_set(ROOT / "calibration" / "builtin-calib", 1, 0).load(pre)[0])
+    report, x = fp32_run(name, work)
+    row = next(r for r in report["results"] if r["name"] == "openvino-bf16")
     after, onnx_file = work / "run" / "openvino-bf16.xml", work / "run" / "onnx-fp32.onnx"
     hint = row["export"]["inference_precision"]
     before = work / "before.xml"
@@ -73,7 +63,7 @@ def run_model(name: str, work: Path, args) -> dict:
                                                         for k, p in irs.items()}
     load = load_average()
     med = interleaved_medians(runners, x, args.rounds, warmup=5, seed=0, per_round=args.per_round)
-    return {"model": name, "input_size": pre.input_size, "inference_precision": hint,
+    return {"model": name, "input_size": report["model"]["preprocessing"]["input_size"], "inference_precision": hint,
             "conv_splits": row["export"]["conv_splits"], "profiles": profiles, "load_before": load,
             "load_after": load_average(),
             "b1_ms": {k: round(v, 3) for k, v in med.items()},

@@ -18,14 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from int8_peers import CIFAR, MODELS  # noqa: E402
+from int8_peers import MODELS, fp32_run  # noqa: E402
 
-from edgevit.api import compress  # noqa: E402
-from edgevit.data import Preprocess, open_image_set  # noqa: E402
 from edgevit.runtimes.openvino import OpenVINORunner  # noqa: E402
 from edgevit.validate.latency import cpu_facts, load_average  # noqa: E402
 from edgevit.validate.profiling import interleaved_medians  # noqa: E402
@@ -35,15 +31,7 @@ BASELINE = "ORT FP32, 2 threads, no spinning"
 
 
 def run_model(name: str, work: Path, args) -> dict:
-    src, size, _ = MODELS[name]
-    sets = [f"model.source={src}", 'export=["export/onnx-fp32.yaml","export/openvino-bf16.yaml"]',
-            "validate.eval.num=50", "calibration.num=16"]
-    if size:
-        sets += [f"model.input_size={size}", "model.num_classes=10", CIFAR]
-    res = compress("fp32_export", sets, out=work / "run", overwrite=True)
-    pp = res.report["model"]["preprocessing"]
-    pre = Preprocess(**{k: pp[k] for k in ("input_size", "mean", "std", "crop_pct", "interpolation")})
-    x = np.ascontiguousarray(open_image_set(ROOT / "calibration" / "builtin-calib", 1, 0).load(pre)[0])
+    report, x = fp32_run(name, work)
     onnx_file, ir = work / "run" / "onnx-fp32.onnx", work / "run" / "openvino-bf16.xml"
     runners = {f"ORT FP32, {t} thread{'s' * (t > 1)}, {'spinning' if s else 'no spinning'}":
                OrtRunner(onnx_file, t, spinning=s) for t in (1, 2) for s in (False, True)}
@@ -51,8 +39,8 @@ def run_model(name: str, work: Path, args) -> dict:
     runners |= {f"OpenVINO BF16 IR, {t} thread{'s' * (t > 1)}": OpenVINORunner(ir, "CPU", t) for t in (1, 2)}
     load = load_average()
     med = interleaved_medians(runners, x, args.rounds, warmup=5, seed=0, per_round=args.per_round)
-    return {"model": name, "input_size": pre.input_size, "ir_precision": str(precision), "load_before": load,
-            "load_after": load_average(),
+    return {"model": name, "input_size": report["model"]["preprocessing"]["input_size"], "ir_precision": precision,
+            "load_before": load, "load_after": load_average(),
             "variants": {k: {"b1_ms": round(ms, 3), "speed": round(med[BASELINE] / ms, 3)} for k, ms in med.items()}}
 
 

@@ -68,7 +68,8 @@ def _run(model, x):
 @pytest.mark.parametrize("qdq", [False, True], ids=["float", "qdq"])
 def test_a_channel_split_of_a_conv_output_becomes_one_conv_per_part(tmp_path, qdq):
     """Conv -> [Q -> DQ] -> view -> Split(8, 8, 32): three convs (each with its quantizer pair), no Split and no
-    view (nor its shape arithmetic) left, the outputs equal (float graph: to the bit) at two batch sizes; the new convs keep the old conv's module path."""
+    view (nor its shape arithmetic) left, the outputs equal (float graph: to the bit) at two batch sizes; the new
+    convs keep the old conv's module path."""
     model = _onnx(QKV(), tmp_path)
     model = _as_qdq(model) if qdq else model
     xs = [np.random.default_rng(b).standard_normal((b, 16, 7, 7)).astype(np.float32) for b in (1, 3)]
