@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgevit.exporters.qdq import constants
+from edgevit.exporters.qdq import constants, drop_unused
 
 # between the conv and the split: per-tensor quantization (the conv's output quantizer) and a view that keeps the
 # shape (EfficientViT's ``view(B, -1, H, W)``)
@@ -54,9 +54,8 @@ def _attr(node, name, default=None):
     return default
 
 
-def _drop_dead(g: onnx.GraphProto, dropped: set[str]) -> None:
-    """Remove the nodes nothing reads any more (a removed view's shape arithmetic), noting their inputs in
-    ``dropped``."""
+def _drop_dead(g: onnx.GraphProto) -> None:
+    """Remove the nodes nothing reads any more (a removed view's shape arithmetic)."""
     outputs = {o.name for o in g.output}
     while True:
         used = {i for n in g.node for i in n.input} | outputs
@@ -65,7 +64,6 @@ def _drop_dead(g: onnx.GraphProto, dropped: set[str]) -> None:
             return
         for n in dead:
             g.node.remove(n)
-            dropped.update(n.input)
 
 
 def split_conv_outputs(model: onnx.ModelProto) -> int:
@@ -92,7 +90,7 @@ def split_conv_outputs(model: onnx.ModelProto) -> int:
         v = const(name)
         return v is not None and v.size == 1
 
-    rewritten, new_inits, dropped = 0, [], set()
+    rewritten, new_inits = 0, []
     for split in [n for n in g.node if n.op_type == "Split"]:
         sizes = const(split.input[1]) if len(split.input) > 1 and split.input[1] else _attr(split, "split")
         if sizes is None or _attr(split, "axis", 0) != 1:
@@ -156,14 +154,11 @@ def split_conv_outputs(model: onnx.ModelProto) -> int:
             g.node.insert(at + k, node)
         for old in [split, *chain, conv]:
             g.node.remove(old)
-            dropped.update(old.input)
         rewritten += 1
     if rewritten:
         g.initializer.extend(new_inits)
-        _drop_dead(g, dropped)
-        used = {i for n in g.node for i in n.input}
-        for t in [t for t in g.initializer if t.name in dropped and t.name not in used]:
-            g.initializer.remove(t)
+        _drop_dead(g)
+        drop_unused(model)
         live = {o for n in g.node for o in n.output}
         for v in [v for v in g.value_info if v.name not in live]:
             g.value_info.remove(v)

@@ -56,7 +56,7 @@ def fold_weight_quantizers(model: onnx.ModelProto) -> int:
             keep.append(n)
     del g.node[:]
     g.node.extend(keep)
-    _drop_unused(model)
+    drop_unused(model)
     return folded
 
 
@@ -111,7 +111,7 @@ def drop_zero_weight_zero_points(model: onnx.ModelProto) -> int:
                 and not numpy_helper.to_array(inits[n.input[2]]).any():
             del n.input[2]
             dropped += 1
-    _drop_unused(model)
+    drop_unused(model)
     return dropped
 
 
@@ -208,11 +208,12 @@ def fuse_erf_gelu(model: onnx.ModelProto) -> int:
     if fused:
         if not any(o.domain == "com.microsoft" for o in model.opset_import):
             model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
-        _drop_unused(model)
+        drop_unused(model)
     return fused
 
 
-def _drop_unused(model: onnx.ModelProto) -> None:
+def drop_unused(model: onnx.ModelProto) -> None:
+    """Remove the initializers and Constant nodes nothing reads."""
     g = model.graph
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
     alive = [t for t in g.initializer if t.name in used]
