@@ -50,7 +50,8 @@ def test_recipe_validates_every_openvino_artifact(ov_run):
     # FP32 IR equals PyTorch; BF16 is close; INT8 is the same simulated model as ONNX Runtime's INT8
     assert fp32["parity"]["max_abs_diff"] < 1e-3 and fp32["accuracy"]["top1"] == rows["pytorch-fp32"]["accuracy"]["top1"]
     assert 1e-4 < bf16["parity"]["max_abs_diff"] < 0.5 and bf16["accuracy"]["agreement_with_fp32"] >= 0.99
-    assert bf16["size_bytes"] < 0.6 * fp32["size_bytes"]  # weights stored FP16
+    weights = {k: (out / r["export"]["weights"]).stat().st_size for k, r in (("fp32", fp32), ("bf16", bf16))}
+    assert weights["bf16"] < 0.6 * weights["fp32"]  # weights stored FP16
     assert int8["simulated_by"].startswith("pytorch-int8-sim") and int8["placement"]["device"] == "local-openvino-cpu"
     assert int8["placement"]["candidates"]["fp32"] > 0 and "openvino-int8" in json.loads(
         (out / "placement.json").read_text())["artifacts"]
@@ -64,6 +65,10 @@ def test_recipe_validates_every_openvino_artifact(ov_run):
                if k != "fp32" and ms < pl["candidates"][shipped])  # (FP32 is faster on a CPU without VNNI)
     layers = int8["export"]["runtime_layers"]
     assert layers.get("u8", 0) + layers.get("i8", 0) > 0 and set(fp32["export"]["runtime_layers"]) == {"f32"}
+    # the 9 float qkv projections are split (or left where only the graph as exported can be fixed to one batch)
+    for e in (fp32["export"], bf16["export"]):
+        assert (e["qkv_splits"], "qkv_splits_left" in e) in ((9, False), (0, True)), e["qkv_splits"]
+        assert any(d.startswith("9 qkv projection(s) ") for d in e["details"])
     # a CPU without AVX-512 BF16 or AMX runs the bf16 hint's layers in f16 (OpenVINO 2026.4 on an AVX2 EPYC)
     bf16_cpu = bool({"avx512_bf16", "amx_bf16"} & set(cpu_facts()["flags"]))
     assert bf16["export"]["runtime_layers"].keys() <= {"bf16", "f32"} | (set() if bf16_cpu else {"f16"})
