@@ -1,11 +1,12 @@
-"""OpenVINO's time per op type on an IR with and without edgevit's conv-per-part form of a conv output's channel
-Split, for one model at a time.
+"""OpenVINO's time per op type on an IR with and without edgevit's graph forms for OpenVINO, for one model at a time:
+each channel Split of a conv's output as one conv per part (EfficientViT), each timm qkv projection as separate q,
+k and v projections (ViT, DeiT, MobileViT).
 
     .venv/bin/python benchmarks/openvino_conv_splits.py [--only efficientvit_m0 ...]
 
 Per model, one ``edgevit compress --recipe fp32_export`` run writes the FP32 ONNX and edgevit's BF16 IR (after:
-each channel Split of a conv's output is one conv per part). Before: the same FP32 ONNX converted by
-``openvino.convert_model`` as it is, fixed to batch 1 and stored with FP16 weights as edgevit's IR is. Both are
+the graph forms applied). Before: the same FP32 ONNX converted by ``openvino.convert_model`` as it is, fixed to
+batch 1 and stored with FP16 weights as edgevit's IR is. Both are
 compiled with the precision edgevit's IR stores (bf16 on a CPU with AVX-512 BF16 or AMX), profiled with OpenVINO's
 performance counters (batch 1, 2 threads, 50 calls after 20) per (op type, kernel), and timed interleaved with ONNX
 Runtime FP32 (``--per-round`` calls a round, 40 rounds). Writes benchmarks/results/openvino_conv_splits.json.
@@ -64,7 +65,8 @@ def run_model(name: str, work: Path, args) -> dict:
     load = load_average()
     med = interleaved_medians(runners, x, args.rounds, warmup=5, seed=0, per_round=args.per_round)
     return {"model": name, "input_size": report["model"]["preprocessing"]["input_size"], "inference_precision": hint,
-            "conv_splits": row["export"]["conv_splits"], "profiles": profiles, "load_before": load,
+            "conv_splits": row["export"]["conv_splits"], "qkv_splits": row["export"]["qkv_splits"],
+            "qkv_splits_left": row["export"].get("qkv_splits_left"), "profiles": profiles, "load_before": load,
             "load_after": load_average(),
             "b1_ms": {k: round(v, 3) for k, v in med.items()},
             "b1_speed_vs_ort_fp32": {k: round(med["ORT FP32"] / v, 3) for k, v in med.items()}}
@@ -82,7 +84,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix=f"edgevit-convsplits-{name}-") as tmp:
             r = run_model(name, Path(tmp), args)
         results.append(r)
-        print(f"[{name}] {r['conv_splits']} splits rewritten; b1 ms {r['b1_ms']}; speed vs ORT FP32 "
+        print(f"[{name}] {r['conv_splits']} conv splits, {r['qkv_splits']} qkv projections rewritten; b1 ms {r['b1_ms']}; speed vs ORT FP32 "
               f"{r['b1_speed_vs_ort_fp32']}")
         for k, p in r["profiles"].items():
             print(f"  {k}: {p['nodes']} nodes, {p['node_ms']:.3f} ms of node time; " + ", ".join(
