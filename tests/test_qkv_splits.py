@@ -41,7 +41,8 @@ def _onnx(module, tmp_path) -> onnx.ModelProto:
 
 
 def _run(model, x):
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x})[0]
 
 
 def _perms(model) -> list:
@@ -114,7 +115,8 @@ def test_the_graph_as_exported_ships_where_only_it_can_be_fixed_to_one_batch(tmp
     x = np.random.default_rng(0).standard_normal((8, 10, 32)).astype(np.float32)
 
     def unbinds(ir) -> int:
-        return sum(op.get_type_name() == "Transpose" and len(op.get_output_partial_shape(0)) == 5 for op in ir.get_ops())
+        return sum(op.get_type_name() == "Transpose" and len(op.get_output_partial_shape(0)) == 5
+                   for op in ir.get_ops())
 
     ir, batch = ovmod._fixed_form(graph, unsplit, ov.convert_model, cfg, x, facts)
     assert batch["batch"] == 1 and facts["qkv_splits"] == 1 and unbinds(ir) == 0 and "qkv_splits_left" not in facts

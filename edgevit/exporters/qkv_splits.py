@@ -108,7 +108,7 @@ def split_qkv_projections(model: onnx.ModelProto) -> int:
         add = source if source is not None and source.op_type == "Add" else None
         bias = _bias(add, values, 3 * width) if add is not None else None
         proj = producer.get(add.input[1 - bias[1]]) if bias is not None else source
-        if proj is None or (add is not None and bias is None) or any(
+        if proj is None or (add is not None and (bias is None or proj.op_type != "MatMul")) or any(
                 len(readers[o]) != 1 or o in outputs for o in [*proj.output, *((add.output) if add else [])]):
             continue
         found = _projection(proj, values)
@@ -140,19 +140,19 @@ def split_qkv_projections(model: onnx.ModelProto) -> int:
             weight = f"{proj.input[1]}_{tag}{rewritten}"
             new_inits.append(numpy_helper.from_array(np.ascontiguousarray(
                 (w[:, lo:hi] if axis == 1 else w[lo:hi]) * scale), weight))
-            inputs = [proj.input[0], weight]
+            biased = []
             if bias is not None:
-                b = f"{bias[0]}_{tag}{rewritten}"
-                new_inits.append(numpy_helper.from_array(values[bias[0]][lo:hi] * scale, b))
+                biased = [f"{bias[0]}_{tag}{rewritten}"]
+                new_inits.append(numpy_helper.from_array(values[bias[0]][lo:hi] * scale, biased[0]))
+            projected = f"{proj.output[0]}_{tag}"
             if proj.op_type == "Gemm":
-                nodes.append(helper.make_node("Gemm", inputs + ([b] if bias is not None else []), [f"{proj.output[0]}_{tag}"],
+                nodes.append(helper.make_node("Gemm", [proj.input[0], weight, *biased], [projected],
                                               name=f"{proj.name}_{tag}", transB=int(axis == 0)))
-                projected = f"{proj.output[0]}_{tag}"
             else:
-                nodes.append(helper.make_node("MatMul", inputs, [f"{proj.output[0]}_{tag}"], name=f"{proj.name}_{tag}"))
-                projected = f"{proj.output[0]}_{tag}"
+                nodes.append(helper.make_node("MatMul", [proj.input[0], weight], [projected],
+                                              name=f"{proj.name}_{tag}"))
                 if add is not None:
-                    nodes.append(helper.make_node("Add", [projected, b], [f"{add.output[0]}_{tag}"],
+                    nodes.append(helper.make_node("Add", [projected, *biased], [f"{add.output[0]}_{tag}"],
                                                   name=f"{add.name}_{tag}"))
                     projected = f"{add.output[0]}_{tag}"
             nodes.append(helper.make_node("Reshape", [projected, view_shape], [f"{view.output[0]}_{tag}"],

@@ -379,7 +379,10 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
         log.info("placement %s: %s", job.name, p.reason)
         return chosen, p
     when = p.shipped
-    p.reason = (f"no INT8 placement beats FP32 by {100 * MARGIN:g} % on {device.name} (best: {summary}); "
+    # timed on another runtime's local profile when none runs this one: its threads, not its runtime
+    where = device.name if device.runtime == rt.name else \
+        f"this machine in {rt.label}, with {device.name}'s threads"
+    p.reason = (f"no INT8 placement beats FP32 by {100 * MARGIN:g} % on {where} (best: {summary}); "
                 f"quantize.when_slower: {when} shipped the {'FP32 model' if when == 'fp32' else 'fastest INT8'}")
     log.warning("placement %s: %s", job.name, p.reason)
     return (chosen if when == "int8" else None), p
