@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgevit.exporters.qdq import constants, drop_unused
+from edgevit.exporters.qdq import constants, drop_unused, node_attr
 
 # between the conv and the split: per-tensor quantization (the conv's output quantizer) and a view that keeps the
 # shape (EfficientViT's ``view(B, -1, H, W)``)
@@ -46,12 +46,6 @@ def _keeps_shape(reshape, shapes: list[dict]) -> bool:
     return all(s.get(reshape.input[0]) is not None and None not in s[reshape.input[0]]
                and s.get(reshape.output[0]) == s[reshape.input[0]] for s in shapes)
 
-
-def _attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def _drop_dead(g: onnx.GraphProto) -> None:
@@ -92,15 +86,15 @@ def split_conv_outputs(model: onnx.ModelProto) -> int:
 
     rewritten, new_inits = 0, []
     for split in [n for n in g.node if n.op_type == "Split"]:
-        sizes = const(split.input[1]) if len(split.input) > 1 and split.input[1] else _attr(split, "split")
-        if sizes is None or _attr(split, "axis", 0) != 1:
+        sizes = const(split.input[1]) if len(split.input) > 1 and split.input[1] else node_attr(split, "split")
+        if sizes is None or node_attr(split, "axis", 0) != 1:
             continue
         chain, t = [], split.input[0]
         while (p := producer.get(t)) is not None and p.op_type in _PASSING and readers[t] == 1 and t not in outputs:
             chain.append(p)
             t = p.input[0]
         conv = producer.get(t)
-        if conv is None or conv.op_type != "Conv" or readers[t] != 1 or t in outputs or _attr(conv, "group", 1) != 1:
+        if conv is None or conv.op_type != "Conv" or readers[t] != 1 or t in outputs or node_attr(conv, "group", 1) != 1:
             continue
         quant = [p for p in chain if p.op_type != "Reshape"]
         if len(quant) < len(chain) and not shapes:
@@ -111,7 +105,7 @@ def split_conv_outputs(model: onnx.ModelProto) -> int:
         w = const(conv.input[1])
         wdq = producer.get(conv.input[1]) if w is None else None
         if wdq is not None and (wdq.op_type != "DequantizeLinear" or (w := const(wdq.input[0])) is None
-                                or _attr(wdq, "axis", 1) != 0 and not all(scalar(i) for i in wdq.input[1:])):
+                                or node_attr(wdq, "axis", 1) != 0 and not all(scalar(i) for i in wdq.input[1:])):
             continue
         cout = w.shape[0] if w is not None else None
         bias = conv.input[2] if len(conv.input) > 2 and conv.input[2] else None

@@ -13,12 +13,20 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 INT8_OPS = {"QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat",
             "QGemm", "DynamicQuantizeMatMul", "QAttention", "NhwcQLinearConv"}
 FLOAT_COMPUTE_OPS = {"Conv", "MatMul", "Gemm", "FusedConv", "FusedMatMul", "FusedGemm", "NchwcConv"}
 WEIGHT_ONLY_OPS = {"MatMulNBits"}  # quantized weights, activations quantized on the fly: not the simulation
+
+
+def node_attr(node: onnx.NodeProto, name: str, default=None):
+    """The value of a node's attribute, or ``default`` when it has none of that name."""
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
 
 
 def constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:

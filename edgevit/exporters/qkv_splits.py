@@ -17,16 +17,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgevit.exporters.qdq import constants, drop_unused
+from edgevit.exporters.qdq import constants, drop_unused, node_attr
 
 _UNBIND_PERM = [2, 0, 3, 1, 4]  # (B, N, 3, h, d) -> (3, B, h, N, d)
 
-
-def _attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def _projection(node, values: dict) -> tuple[np.ndarray, int] | None:
@@ -37,9 +31,9 @@ def _projection(node, values: dict) -> tuple[np.ndarray, int] | None:
         return None
     if node.op_type == "MatMul":
         return w, 1
-    if node.op_type == "Gemm" and _attr(node, "alpha", 1.0) == 1.0 and _attr(node, "beta", 1.0) == 1.0 \
-            and not _attr(node, "transA", 0):
-        return w, 0 if _attr(node, "transB", 0) else 1
+    if node.op_type == "Gemm" and node_attr(node, "alpha", 1.0) == 1.0 and node_attr(node, "beta", 1.0) == 1.0 \
+            and not node_attr(node, "transA", 0):
+        return w, 0 if node_attr(node, "transB", 0) else 1
     return None
 
 
@@ -54,7 +48,7 @@ def _bias(node, values: dict, width: int) -> tuple[str, int] | None:
 
 
 def _squeezed_axes(node, values: dict) -> list | None:
-    axes = values.get(node.input[1]) if len(node.input) > 1 and node.input[1] else _attr(node, "axes")
+    axes = values.get(node.input[1]) if len(node.input) > 1 and node.input[1] else node_attr(node, "axes")
     return None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
 
 
@@ -88,13 +82,13 @@ def split_qkv_projections(model: onnx.ModelProto) -> int:
         return (mul, float(v.reshape(-1)[0])) if v is not None and v.size == 1 else (None, None)
 
     removed, added_after, new_inits, rewritten = set(), {}, [], 0
-    for tr in [n for n in g.node if n.op_type == "Transpose" and list(_attr(n, "perm", [])) == _UNBIND_PERM]:
+    for tr in [n for n in g.node if n.op_type == "Transpose" and list(node_attr(n, "perm", [])) == _UNBIND_PERM]:
         view = producer.get(tr.input[0])
         split = only_reader(tr.output[0], "Split")
         if view is None or view.op_type != "Reshape" or split is None or len(split.output) != 3 \
-                or only_reader(view.output[0], "Transpose") is not tr or _attr(split, "axis", 0) != 0:
+                or only_reader(view.output[0], "Transpose") is not tr or node_attr(split, "axis", 0) != 0:
             continue
-        sizes = values.get(split.input[1]) if len(split.input) > 1 and split.input[1] else _attr(split, "split")
+        sizes = values.get(split.input[1]) if len(split.input) > 1 and split.input[1] else node_attr(split, "split")
         shape = values.get(view.input[1])
         if sizes is not None and list(np.asarray(sizes).reshape(-1)) != [1, 1, 1] or shape is None \
                 or shape.shape != (5,) or shape[2] != 3 or min(shape[3], shape[4]) <= 0:
@@ -125,7 +119,7 @@ def split_qkv_projections(model: onnx.ModelProto) -> int:
         folded, factor = [], 1.0
         q_mul, q_scale = scalar_mul(squeezes[0].output[0])
         k_t = only_reader(squeezes[1].output[0], "Transpose")
-        k_mul, k_scale = scalar_mul(k_t.output[0]) if k_t is not None and list(_attr(k_t, "perm", [])) == \
+        k_mul, k_scale = scalar_mul(k_t.output[0]) if k_t is not None and list(node_attr(k_t, "perm", [])) == \
             [0, 1, 3, 2] else (None, None)
         if q_mul is not None and k_mul is not None and (scores := only_reader(q_mul.output[0], "MatMul")) is not None \
                 and list(scores.input) == [q_mul.output[0], k_mul.output[0]]:
