@@ -84,8 +84,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix=f"edgevit-convsplits-{name}-") as tmp:
             r = run_model(name, Path(tmp), args)
         results.append(r)
-        print(f"[{name}] {r['conv_splits']} conv splits, {r['qkv_splits']} qkv projections rewritten; b1 ms {r['b1_ms']}; speed vs ORT FP32 "
-              f"{r['b1_speed_vs_ort_fp32']}")
+        print(f"[{name}] {r['conv_splits']} conv splits, {r['qkv_splits']} qkv projections rewritten; "
+              f"b1 ms {r['b1_ms']}; speed vs ORT FP32 {r['b1_speed_vs_ort_fp32']}")
         for k, p in r["profiles"].items():
             print(f"  {k}: {p['nodes']} nodes, {p['node_ms']:.3f} ms of node time; " + ", ".join(
                 f"{op} {v['ms']:.3f} ms / {v['nodes']}" for op, v in list(p["ops"].items())[:6]))

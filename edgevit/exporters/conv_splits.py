@@ -47,7 +47,6 @@ def _keeps_shape(reshape, shapes: list[dict]) -> bool:
                and s.get(reshape.output[0]) == s[reshape.input[0]] for s in shapes)
 
 
-
 def _drop_dead(g: onnx.GraphProto) -> None:
     """Remove the nodes nothing reads any more (a removed view's shape arithmetic)."""
     outputs = {o.name for o in g.output}
@@ -94,7 +93,8 @@ def split_conv_outputs(model: onnx.ModelProto) -> int:
             chain.append(p)
             t = p.input[0]
         conv = producer.get(t)
-        if conv is None or conv.op_type != "Conv" or readers[t] != 1 or t in outputs or node_attr(conv, "group", 1) != 1:
+        if conv is None or conv.op_type != "Conv" or readers[t] != 1 or t in outputs \
+                or node_attr(conv, "group", 1) != 1:
             continue
         quant = [p for p in chain if p.op_type != "Reshape"]
         if len(quant) < len(chain) and not shapes:
