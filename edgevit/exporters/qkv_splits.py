@@ -6,7 +6,7 @@ exported scaled-dot-product attention then multiplies q and the transposed k by 
 OpenVINO 2026.4's CPU plugin runs the 5-D Transpose with its generic permute kernel (80 us per block at 256 tokens on
 timm ``mobilevit_xxs`` in bf16) and keeps the two multiplications outside its fused attention. Three projections,
 each viewed as ``(B, N, heads, head_dim)`` and transposed to ``(B, heads, N, head_dim)``, with both scale factors
-folded into q's weights and bias, give the same values up to float rounding (4-6 % less time for the BF16 IR of
+folded into q's weights and bias, give the same values up to float rounding (4-7 % less time for the BF16 IR of
 ``mobilevit_xxs``, 1.5-3 % for DeiT-Tiny). Only float projections are rewritten: a quantized one is left as it is.
 """
 from __future__ import annotations
