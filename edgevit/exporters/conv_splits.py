@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgevit.exporters.qdq import constants, drop_unused, node_attr
+from edgevit.exporters.qdq import constants, drop_stale_value_info, drop_unused, node_attr
 
 # between the conv and the split: per-tensor quantization (the conv's output quantizer) and a view that keeps the
 # shape (EfficientViT's ``view(B, -1, H, W)``)
@@ -153,7 +153,5 @@ def split_conv_outputs(model: onnx.ModelProto) -> int:
         g.initializer.extend(new_inits)
         _drop_dead(g)
         drop_unused(model)
-        live = {o for n in g.node for o in n.output}
-        for v in [v for v in g.value_info if v.name not in live]:
-            g.value_info.remove(v)
+        drop_stale_value_info(g)
     return rewritten

@@ -220,6 +220,14 @@ def fuse_erf_gelu(model: onnx.ModelProto) -> int:
     return fused
 
 
+def drop_stale_value_info(graph: onnx.GraphProto) -> None:
+    """Remove the shape annotations of tensors no node produces any more (after a graph rewrite)."""
+    live = {o for n in graph.node for o in n.output}
+    infos = [v for v in graph.value_info if v.name in live]
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
+
+
 def drop_unused(model: onnx.ModelProto) -> None:
     """Remove the initializers and Constant nodes nothing reads."""
     g = model.graph

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgevit.exporters.qdq import constants, drop_unused, node_attr
+from edgevit.exporters.qdq import constants, drop_stale_value_info, drop_unused, node_attr
 
 _UNBIND_PERM = [2, 0, 3, 1, 4]  # (B, N, 3, h, d) -> (3, B, h, N, d)
 
@@ -168,10 +168,7 @@ def split_qkv_projections(model: onnx.ModelProto) -> int:
         del g.node[:]
         g.node.extend(kept)
         g.initializer.extend(new_inits)
-        names = {o for n in g.node for o in n.output}
-        infos = [v for v in g.value_info if v.name in names]
-        del g.value_info[:]
-        g.value_info.extend(infos)
+        drop_stale_value_info(g)
         drop_unused(model)
     return rewritten
 
