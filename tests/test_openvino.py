@@ -367,3 +367,33 @@ def test_export_command_writes_an_ir_checked_in_openvino(tmp_path):
     res = cli("export", "--model", "builtin:hybrid-cifar10", "--to", "onnx", "--precision", "bf16",
               "--out", str(tmp_path))
     assert res.returncode == 2 and "--precision: Input should be" in res.stderr
+
+
+def test_onnx_conversion_gives_convert_models_ir(ov_run, tmp_path):
+    """``convert_onnx`` (convert_model's frontend and transformations without its empty preprocessing step) writes
+    the IR that ``openvino.convert_model`` writes, byte for byte, for the hybrid's FP32 graph and an INT8 QDQ graph
+    (ONNX Runtime's quantize_static of it), with the converter's metadata."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from edgevit.runtimes.openvino import _number_generated_names, convert_onnx
+
+    out, _ = ov_run
+    fp32, int8 = out / "onnx-fp32.onnx", tmp_path / "int8.onnx"
+    x = np.random.default_rng(0).standard_normal((4, 1, 3, 32, 32)).astype(np.float32)
+
+    class Images(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter({"input": i} for i in x)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(fp32), str(int8), Images(), quant_format=QuantFormat.QDQ)
+    for graph in (fp32, int8):
+        files = {}
+        for name, model in (("ovc", ov.convert_model(str(graph))), ("edgevit", convert_onnx(graph))):
+            _number_generated_names(model)
+            ov.save_model(model, str(tmp_path / f"{name}.xml"), compress_to_fp16=False)
+            files[name] = [(tmp_path / f"{name}.{s}").read_bytes() for s in ("xml", "bin")]
+        assert files["ovc"] == files["edgevit"], graph.name
+        assert b'<input_model value="DIR/' + graph.name.encode() in files["edgevit"][0]
