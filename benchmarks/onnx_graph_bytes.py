@@ -33,10 +33,9 @@ def _split(path: Path) -> dict:
             "graph_rest": total - int8 - params - names, "nodes": len(g.node)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--models", nargs="+", default=["hybrid-cifar10", "vit-cifar10"])
-    args = ap.parse_args()
+def export_graphs(name: str, folder: Path) -> tuple[Path, Path]:
+    """The FP32 and INT8 ONNX files of built-in model ``name`` in ``folder``, quantized as
+    ``recipes/int8_ptq.yaml`` does (every region INT8), both from the product's exporter."""
     import torch
 
     from edgevit.data import Preprocess, open_image_set
@@ -46,18 +45,26 @@ def main() -> None:
     from edgevit.recipe import ExportConfig, ModelConfig, load_recipe
 
     recipe = load_recipe(ROOT / "recipes" / "int8_ptq.yaml")
+    model, info = load_model(ModelConfig(source=f"builtin:{name}"))
+    x, _ = open_image_set(ROOT / "calibration" / "builtin-calib", num=256, seed=0).load(
+        Preprocess(info.input_size, info.mean, info.std))
+    fp32, int8 = folder / f"{name}-fp32.onnx", folder / f"{name}-int8.onnx"
+    export_onnx(model, info, ExportConfig(precision="fp32"), fp32, recipe.name)
+    qmodel, _ = quantize(model, recipe.quantize, [torch.from_numpy(x)])
+    export_onnx(qmodel, info, ExportConfig(precision="int8"), int8, recipe.name)
+    return fp32, int8
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="+", default=["hybrid-cifar10", "vit-cifar10"])
+    args = ap.parse_args()
     rows = {}
     print("| model | FP32 bytes | INT8 bytes | ratio | int8 weights | other parameters | node names | rest of graph "
           "| ratio without node names |\n|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            model, info = load_model(ModelConfig(source=f"builtin:{name}"))
-            x, _ = open_image_set(ROOT / "calibration" / "builtin-calib", num=256, seed=0).load(
-                Preprocess(info.input_size, info.mean, info.std))
-            fp32, int8 = Path(tmp) / f"{name}-fp32.onnx", Path(tmp) / f"{name}-int8.onnx"
-            export_onnx(model, info, ExportConfig(precision="fp32"), fp32, recipe.name)
-            qmodel, _ = quantize(model, recipe.quantize, [torch.from_numpy(x)])
-            export_onnx(qmodel, info, ExportConfig(precision="int8"), int8, recipe.name)
+            fp32, int8 = export_graphs(name, Path(tmp))
             r = {"fp32_bytes": fp32.stat().st_size, **_split(int8)}
             r["ratio"] = r["bytes"] / r["fp32_bytes"]
             r["ratio_without_node_names"] = (r["bytes"] - r["node_names"]) / r["fp32_bytes"]

@@ -27,26 +27,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     import openvino as ov
-    import torch
 
-    from edgevit.data import Preprocess, open_image_set
-    from edgevit.exporters.onnx import export_onnx
-    from edgevit.models import load_model
-    from edgevit.quant import quantize
-    from edgevit.recipe import ExportConfig, ModelConfig, load_recipe
     from edgevit.runtimes.openvino import _number_generated_names, convert_onnx
+    from onnx_graph_bytes import export_graphs
 
-    recipe = load_recipe(ROOT / "recipes" / "int8_ptq.yaml")
-    model, info = load_model(ModelConfig(source="builtin:hybrid-cifar10"))
-    x, _ = open_image_set(ROOT / "calibration" / "builtin-calib", num=256, seed=0).load(
-        Preprocess(info.input_size, info.mean, info.std))
     results = {"date": datetime.date.today().isoformat(), "openvino": ov.__version__, "rounds": args.rounds}
     print("| graph | convert_model (s, median) | convert_onnx (s, median) | ratio | same IR bytes |\n|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        graphs = {"fp32": Path(tmp) / "fp32.onnx", "int8": Path(tmp) / "int8.onnx"}
-        export_onnx(model, info, ExportConfig(precision="fp32"), graphs["fp32"], recipe.name)
-        qmodel, _ = quantize(model, recipe.quantize, [torch.from_numpy(x)])
-        export_onnx(qmodel, info, ExportConfig(precision="int8"), graphs["int8"], recipe.name)
+        graphs = dict(zip(("fp32", "int8"), export_graphs("hybrid-cifar10", Path(tmp))))
         convert = {"convert_model": lambda p: ov.convert_model(str(p)), "convert_onnx": convert_onnx}
         for name, graph in graphs.items():
             times: dict[str, list[float]] = {k: [] for k in convert}

@@ -22,7 +22,6 @@ from edgevit.exporters.qdq import constants, drop_stale_value_info, drop_unused,
 _UNBIND_PERM = [2, 0, 3, 1, 4]  # (B, N, 3, h, d) -> (3, B, h, N, d)
 
 
-
 def _projection(node, values: dict) -> tuple[np.ndarray, int] | None:
     """A float Linear's weight as (in, out) and which axis of the stored tensor is ``out``, or None when the node
     is not a float projection by a constant (a dequantized weight is not a constant)."""
