@@ -438,12 +438,12 @@ def test_an_int8_ir_computed_in_bf16_stores_its_float_weights_fp16(tmp_path):
 
     from edgevit.pipeline import run
 
-    run(_recipe(tmp_path, exports=("openvino-int8",), placement="all"), tmp_path / "all")
-    data = json.loads((tmp_path / "all" / "placement.json").read_text())
     float_regions = ["stages.2.1.transformer.0.mlp", "stages.3.1.transformer.0.attn", "head"]
     files = {}
     for name, precision in (("f32", None), ("bf16", "bf16"), ("bf16-again", "bf16")):
-        data["artifacts"]["openvino-int8"] |= {"float_regions": float_regions, "inference_precision": precision}
+        data = {"format": "edgevit.placement/1", "artifacts": {"openvino-int8": {
+            "artifact": "openvino-int8", "mode": "auto", "float_regions": float_regions,
+            "inference_precision": precision}}}
         saved = tmp_path / f"placement-{name}.json"
         saved.write_text(json.dumps(data))
         res = run(_recipe(tmp_path, exports=("openvino-int8",), placement=str(saved)), tmp_path / name)

@@ -5,13 +5,16 @@ import json
 from pathlib import Path
 
 from edgevit.report.html import render_html
-from edgevit.report.writers import jsonable, json_default, atomic_write, markdown, plot_accuracy_latency
+from edgevit.report.writers import accuracy_latency_png, atomic_write, json_default, jsonable, markdown
 
 
 def write_reports(report: dict, out_dir: Path) -> None:
     """Write report.json, accuracy_latency.png, report.md and report.html (self-contained) into ``out_dir``."""
-    report["plots"] = ["accuracy_latency.png"] if plot_accuracy_latency(report, out_dir / "accuracy_latency.png") else []
+    png = accuracy_latency_png(report)
+    if png is not None:
+        atomic_write(out_dir / "accuracy_latency.png", png)
+    report["plots"] = ["accuracy_latency.png"] if png is not None else []
     clean = jsonable(report)
     atomic_write(out_dir / "report.md", markdown(report))
-    atomic_write(out_dir / "report.html", render_html(json.loads(json.dumps(clean, default=json_default))))
+    atomic_write(out_dir / "report.html", render_html(json.loads(json.dumps(clean, default=json_default)), png))
     atomic_write(out_dir / "report.json", json.dumps(clean, indent=2, default=json_default) + "\n")

@@ -440,20 +440,25 @@ def accuracy_latency_figure(report: dict):
     return accuracy_latency_axes(series, f"{report['recipe']}: accuracy vs latency (dashed: Pareto front)")
 
 
-def save_png(fig, path: Path) -> None:
-    """Write a matplotlib figure as a PNG (atomically, without a software tag: the same figure, the same bytes)."""
+def png_bytes(fig) -> bytes:
+    """A matplotlib figure as PNG bytes at 100 dpi, without a software tag (the same figure, the same bytes);
+    closes the figure."""
+    import io
+
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, metadata={"Software": None})
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
-    os.replace(tmp, path)
+    return buf.getvalue()
 
 
-def plot_accuracy_latency(report: dict, path: Path) -> bool:
-    """Write :func:`accuracy_latency_figure` as a PNG (atomically); False when there is nothing to plot."""
+def save_png(fig, path: Path) -> None:
+    """Write a matplotlib figure as a PNG (atomically; :func:`png_bytes`)."""
+    atomic_write(path, png_bytes(fig))
+
+
+def accuracy_latency_png(report: dict) -> bytes | None:
+    """:func:`accuracy_latency_figure` as PNG bytes; None when there is nothing to plot."""
     fig = accuracy_latency_figure(report)
-    if fig is None:
-        return False
-    save_png(fig, path)
-    return True
+    return None if fig is None else png_bytes(fig)

@@ -17,6 +17,7 @@ class ExportJob:
     sim_name: str | None = None  # filled in: the row the artifact is compared with
     keep_layernorm_fp32: bool = False
     placement: Any = None  # filled in for INT8 artifacts: where INT8 runs (edgevit.stages.placement)
+    candidate: bool = False  # a placement candidate: written to be timed and audited, never shipped
 
     @property
     def name(self) -> str:

@@ -264,7 +264,7 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
     def export(name: str, source, precision: str, float_in: str | None = None) -> Path | None:
         update = {"precision": precision} | ({"inference_precision": float_in} if float_in else {})
         j = dataclasses.replace(job, cfg=job.cfg.model_copy(update=update), file=f"{name}{rt.suffix}", source=source,
-                                suffix="")
+                                suffix="", candidate=True)
         try:
             row = rt.export(j, scratch)
         except RuntimeError as e:  # OpenVINO 2026.4 cannot compile some INT8 IRs in bf16 that it compiles in f32
