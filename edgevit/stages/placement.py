@@ -260,6 +260,14 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
         (d for d in ctx.recipe.validation.devices if d.kind == "local"), device)
     xs = _check_images(ctx)
     saturates = _saturating_kernels(rt, device, plan)
+    runners: dict[tuple[Path, str], object] = {}
+
+    def runner(path: Path, dev):
+        """One runner of a file on a device for the whole search: the audit, both timings and the agreement
+        check use it (an OpenVINO compile takes 0.3-1 s; one per use was most of a small model's search)."""
+        if (path, dev.name) not in runners:
+            runners[path, dev.name] = rt.local_runner(path, dev) if rt.can_run_here() else None
+        return runners[path, dev.name]
 
     def export(name: str, source, precision: str, float_in: str | None = None) -> Path | None:
         update = {"precision": precision} | ({"inference_precision": float_in} if float_in else {})
@@ -274,7 +282,8 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
                 f"({rt.error_reason(e)})"
             log.warning("placement %s: candidate %s not timed: %s", job.name, name, p.not_timed[name])
             return None
-        why = _not_a_candidate(rt, row, tmp / j.file, source, xs, prof_dev, saturates) if precision == "int8" else None
+        why = _not_a_candidate(rt, row, lambda: runner(tmp / j.file, prof_dev), source, xs, saturates) \
+            if precision == "int8" else None
         if why:
             p.not_timed[name] = why
             log.warning("placement %s: candidate %s not timed: %s", job.name, name, why)
@@ -332,7 +341,7 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
             placed = placed_plan(form_plan, regions, slow_regions(tables[key], float_ms))
             if placed is not None:
                 add(name + "-placed", placed, key)
-    timer = _device_timer(device, ctx.info, x) if device.kind == "ssh" else _local_timer(rt, device, x)
+    timer = _device_timer(device, ctx.info, x) if device.kind == "ssh" else _local_timer(runner, device, x)
     if not any(k in plans for k in files):  # every INT8 candidate was refused: FP32 ships (when_slower does not apply)
         return None, _fp32_ships(p, "no INT8 candidate could be timed", p.not_timed)
     p.candidates = {k: round(v, 4) for k, v in timer(files, 1).items()}
@@ -345,7 +354,7 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
         form, float_in = form_of[best]
         inexact = " and ".join(filter(None, ("a symmetric form" if form.startswith("symmetric") else None,
                                              f"float layers in {float_in}" if float_in else None, saturates)))
-        why = _unlike_simulation(ctx, rt, prof_dev, plans[best], files[best], inexact) if inexact else None
+        why = _unlike_simulation(ctx, rt, runner(files[best], prof_dev), plans[best], inexact) if inexact else None
         if why is None:
             break
         p.refused[best] = why
@@ -400,10 +409,11 @@ def _fp32_ships(p: Placement, why: str, candidates: dict[str, str]) -> Placement
     return p
 
 
-def _local_timer(rt, device, x: np.ndarray):
-    """Batch-1 medians of artifact files on this machine, interleaved (``scale``: relative length)."""
+def _local_timer(runner, device, x: np.ndarray):
+    """Batch-1 medians of artifact files on this machine, interleaved (``scale``: relative length);
+    ``runner(path, device)`` gives each file's runner."""
     def time_files(files: dict[str, Path], scale: int) -> dict[str, float]:
-        runners = {k: rt.local_runner(f, device) for k, f in files.items()}
+        runners = {k: runner(f, device) for k, f in files.items()}
         with timing_lease(device, "placement"):
             rounds = scale * rounds_for(runners["fp32"], x[:1], len(runners))
             return interleaved_medians(runners, x[:1], rounds, seed=scale)
@@ -428,7 +438,7 @@ def _quantizer_sites(qmodel) -> dict[str, str]:
     return {module: q.site for module, q in qmodel.named_modules() if isinstance(q, ActQuant)}
 
 
-def _not_a_candidate(rt, row: dict, path: Path, qmodel, x: np.ndarray, device, saturates: str | None) -> str | None:
+def _not_a_candidate(rt, row: dict, make_runner, qmodel, x: np.ndarray, saturates: str | None) -> str | None:
     """Why an exported INT8 candidate must not be timed (None: it may): the runtime's audit of the file finds no
     integer layer (the float model under an INT8 name), or the runtime runs it further than
     ``AS_SIMULATED_DB`` from its own simulation (OpenVINO 2026.4 runs EfficientViT-M0's INT8 graph without
@@ -436,8 +446,8 @@ def _not_a_candidate(rt, row: dict, path: Path, qmodel, x: np.ndarray, device, s
     (:func:`_saturating_kernels`) is then named as the likely cause."""
     if rt.int8_layers(row) == 0:
         return f"{rt.label} runs no layer of it in INT8"
-    runner = rt.local_runner(path, device) if rt.can_run_here() else None
-    if runner is None:
+    runner = make_runner()
+    if runner is None:  # it cannot run here
         return None
     sqnr = compare_logits(runner(x), collect_logits(TorchRunner(qmodel), x, len(x)))["sqnr_db"]
     if sqnr < AS_SIMULATED_DB:
@@ -458,12 +468,11 @@ def _saturating_kernels(rt, device, plan) -> str | None:
         "7-bit weights, quantize.weights.overflow_fix: on, avoid it)"
 
 
-def _unlike_simulation(ctx, rt, device, plan, path: Path, inexact: str) -> str | None:
+def _unlike_simulation(ctx, rt, runner, plan, inexact: str) -> str | None:
     """Why the runtime's file of an inexact form (``inexact`` says which: symmetric activations, or 8-bit weights
     where the CPU's kernels saturate) must not ship: on the accuracy images it agrees with its simulation less than
     ``AGREEMENT_MARGIN`` above the validation's minimum (random weights: logit SQNR less than ``SQNR_MARGIN_DB``
-    above its threshold). None: it may ship, or cannot run here."""
-    runner = rt.local_runner(path, device) if rt.can_run_here() else None
+    above its threshold). None: it may ship, or cannot run here (``runner`` None)."""
     if runner is None or ctx.evalset is None:
         return None
     ev = ctx.evalset
