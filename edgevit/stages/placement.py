@@ -264,7 +264,8 @@ def _search(job, ctx, plan, rt, device, tmp: Path) -> tuple[object | None, Place
 
     def runner(path: Path, dev):
         """One runner of a file on a device for the whole search: the audit, both timings and the agreement
-        check use it (an OpenVINO compile takes 0.3-1 s; one per use was most of a small model's search)."""
+        check share it instead of each compiling the file again (an OpenVINO compile, 0.4 s on average in the
+        test suite, longer in bf16; an ONNX Runtime session)."""
         if (path, dev.name) not in runners:
             runners[path, dev.name] = rt.local_runner(path, dev) if rt.can_run_here() else None
         return runners[path, dev.name]
