@@ -3,6 +3,7 @@ accuracy/latency Pareto plot, sizes, per-layer quantization error and activation
 quantizer's levels; `edgevit report RUN_DIR` rebuilds everything from report.json."""
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -106,6 +107,8 @@ def int8_run(tmp_path_factory):
 def test_html_report_is_self_contained(int8_run):
     html = (int8_run / "report.html").read_text()
     assert html.count('src="data:image/png;base64,') == 4  # Pareto, sizes, layer error, histograms
+    first = html.split('src="data:image/png;base64,', 1)[1].split('"', 1)[0]  # the plot drawn once for both
+    assert base64.b64decode(first) == (int8_run / "accuracy_latency.png").read_bytes()
     assert "<table>" in html and "onnx-int8" in html and "http://" not in html and "https://" not in html
     rep = json.loads((int8_run / "report.json").read_text())
     diag = rep["quantization"]["diagnostics"]
