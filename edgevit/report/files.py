@@ -5,15 +5,17 @@ import json
 from pathlib import Path
 
 from edgevit.report.html import render_html
-from edgevit.report.writers import accuracy_latency_png, atomic_write, json_default, jsonable, markdown
+from edgevit.report.writers import (accuracy_latency_figure, atomic_write, json_default, jsonable, markdown,
+                                    png_bytes)
 
 
 def write_reports(report: dict, out_dir: Path) -> None:
     """Write report.json, accuracy_latency.png, report.md and report.html (self-contained) into ``out_dir``."""
-    png = accuracy_latency_png(report)
+    png = png_bytes(accuracy_latency_figure(report))
+    report["plots"] = []
     if png is not None:
         atomic_write(out_dir / "accuracy_latency.png", png)
-    report["plots"] = ["accuracy_latency.png"] if png is not None else []
+        report["plots"] = ["accuracy_latency.png"]
     clean = jsonable(report)
     atomic_write(out_dir / "report.md", markdown(report))
     atomic_write(out_dir / "report.html", render_html(json.loads(json.dumps(clean, default=json_default)), png))

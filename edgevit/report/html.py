@@ -12,17 +12,13 @@ import re
 
 import numpy as np
 
-from edgevit.report.writers import accuracy_latency_png, markdown, png_bytes
+from edgevit.report.writers import accuracy_latency_figure, markdown, png_bytes
 
 STYLE = """body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#222;line-height:1.45}table{border-collapse:collapse;margin:1em 0;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left}th{background:#f3f3f3}
 code{background:#f5f5f5;padding:0 .2em}img{max-width:100%}h1{border-bottom:2px solid #444}
 h2{border-bottom:1px solid #ccc;margin-top:1.6em}.fail{color:#b00020;font-weight:bold}"""
-
-
-def _drawn(fig) -> bytes | None:
-    return None if fig is None else png_bytes(fig)
 
 
 def _data_url(png: bytes) -> str:
@@ -110,12 +106,12 @@ def render_html(report: dict, accuracy_png: bytes | None = None) -> str:
     body = MarkdownIt("commonmark").enable("table").render(md)
     body = body.replace("FAIL:", '<span class="fail">FAIL:</span>')
     if accuracy_png is None:
-        accuracy_png = accuracy_latency_png(report)
-    pngs = [("Accuracy vs latency", accuracy_png), ("Sizes", _drawn(size_figure(report)))]
+        accuracy_png = png_bytes(accuracy_latency_figure(report))
+    pngs = [("Accuracy vs latency", accuracy_png), ("Sizes", png_bytes(size_figure(report)))]
     diag = (report.get("quantization") or {}).get("diagnostics")
     if diag:
-        pngs += [("Per-layer quantization error", _drawn(layer_error_figure(diag))),
-                 ("Activation histograms", _drawn(histogram_figure(diag)))]
+        pngs += [("Per-layer quantization error", png_bytes(layer_error_figure(diag))),
+                 ("Activation histograms", png_bytes(histogram_figure(diag)))]
     plots = "".join(f'<h2>{title}</h2><img alt="{title}" src="{_data_url(png)}">' for title, png in pngs if png)
     # the plots right after the artifact tables, before the stage sections (a long placement table)
     at = min((i for h in ("<h2>Pruning", "<h2>Token", "<h2>Quantization", "<h2>Checks") if (i := body.find(h)) >= 0),

@@ -440,12 +440,15 @@ def accuracy_latency_figure(report: dict):
     return accuracy_latency_axes(series, f"{report['recipe']}: accuracy vs latency (dashed: Pareto front)")
 
 
-def png_bytes(fig) -> bytes:
+def png_bytes(fig) -> bytes | None:
     """A matplotlib figure as PNG bytes at 100 dpi, without a software tag (the same figure, the same bytes);
-    closes the figure."""
+    closes the figure. None for no figure (a plot with nothing to show)."""
     import io
 
     import matplotlib.pyplot as plt
+
+    if fig is None:
+        return None
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
@@ -456,9 +459,3 @@ def png_bytes(fig) -> bytes:
 def save_png(fig, path: Path) -> None:
     """Write a matplotlib figure as a PNG (atomically; :func:`png_bytes`)."""
     atomic_write(path, png_bytes(fig))
-
-
-def accuracy_latency_png(report: dict) -> bytes | None:
-    """:func:`accuracy_latency_figure` as PNG bytes; None when there is nothing to plot."""
-    fig = accuracy_latency_figure(report)
-    return None if fig is None else png_bytes(fig)
