@@ -44,13 +44,29 @@ class LogQuantizer:
     def levels(self) -> int:
         return 2 ** self.bits
 
+    def log_ratio(self, x: torch.Tensor) -> torch.Tensor:
+        """log(x / scale), x <= 0 clamped to a ratio of 1e-30 (a huge code: underflow); the part of
+        :meth:`codes` that depends on the scale alone."""
+        return torch.log(torch.clamp(x / self.scale, min=1e-30))
+
+    def raw_codes(self, log_ratio: torch.Tensor) -> torch.Tensor:
+        """Unclamped integer codes (float tensor) from :meth:`log_ratio`."""
+        # log(.) * constant rather than log2: the same ops (Log, Mul, Round) as the exported ONNX
+        return torch.round(log_ratio * (-1.0 / (math.log(2.0) * self.step)))
+
     def codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Integer codes (float tensor) and the mask of values that underflow to 0."""
-        ratio = torch.clamp(x / self.scale, min=1e-30)  # x <= 0 -> huge code -> underflow
-        # log(.) * constant rather than log2: the same ops (Log, Mul, Round) as the exported ONNX
-        raw = torch.round(torch.log(ratio) * (-1.0 / (math.log(2.0) * self.step)))
+        raw = self.raw_codes(self.log_ratio(x))
         underflow = raw > self.levels - 1
         return torch.clamp(raw, 0, self.levels - 1), underflow
+
+    def fake_quant_log_ratio(self, log_ratio: torch.Tensor) -> torch.Tensor:
+        """:meth:`fake_quant` from a precomputed :meth:`log_ratio`, bit for bit: each value looked up in
+        the dequantized codes (0 past the last code). A search over many quantizers of one scale computes
+        the logarithm once; the lookup is ~10x faster than :meth:`dequantize` on every element."""
+        levels = self.dequantize(torch.arange(self.levels, dtype=log_ratio.dtype))
+        table = torch.cat([levels, levels.new_zeros(1)])
+        return torch.take(table, self.raw_codes(log_ratio).clamp_(0, self.levels).long())
 
     def dequantize(self, code: torch.Tensor, underflow: torch.Tensor | None = None) -> torch.Tensor:
         if self.table:  # code * q = 37 k + j (exact in float: < 2^24), x = scale * T[j] / 2^k

@@ -48,7 +48,8 @@ def _refine_scales(pool: list[tuple], err, step: float, rounds: int, new_scales:
     for r in range(rounds):
         offsets = [float(o) for o in (torch.linspace(0, 1, new_scales) - 0.5) * step]
         cands = {(sc, tag) for _, sc, tag in pool} | {(sc + o, tag) for _, sc, tag in pool for o in offsets if sc + o > 0}
-        pool = sorted((err(sc, tag), sc, tag) for sc, tag in cands)[:1 if r == rounds - 1 else keep]
+        # evaluated in scale order (``err`` may reuse work between candidates of one scale); the same sort
+        pool = sorted((err(sc, tag), sc, tag) for sc, tag in sorted(cands))[:1 if r == rounds - 1 else keep]
         step /= 7.5
     return pool[0]
 
@@ -65,8 +66,19 @@ def search_softmax(kind: str, bits: int, attn: list[torch.Tensor], v: list[torch
     v_hat = [v_qparams.fake_quant(t) if v_qparams is not None else t for t in v]
     ref = [a @ vh for a, vh in zip(attn, v_hat)]
 
+    logs: dict[float, list[torch.Tensor]] = {}  # AdaLog's candidates share scale 1: one logarithm for all
+
+    def fake_quant(q, i: int, a: torch.Tensor) -> torch.Tensor:
+        if not isinstance(q, LogQuantizer):
+            return q.fake_quant(a)
+        if q.scale not in logs:
+            logs.clear()
+            logs[q.scale] = [q.log_ratio(t) for t in attn]
+        return q.fake_quant_log_ratio(logs[q.scale][i])
+
     def err(q) -> float:
-        return float(sum(((q.fake_quant(a) @ vh - r) ** 2).sum() for a, vh, r in zip(attn, v_hat, ref)))
+        return float(sum(((fake_quant(q, i, a) @ vh - r) ** 2).sum()
+                         for i, (a, vh, r) in enumerate(zip(attn, v_hat, ref))))
 
     candidates = [dataclasses.replace(q, table=table) if getattr(q, "base_q", None) is not None else q
                   for q in entry.softmax_candidates(bits, attn)]
@@ -109,11 +121,14 @@ def search_post_activation(bits: int, x: torch.Tensor, weight: torch.Tensor, shi
     xs = x + shift
 
     seen: dict[tuple[float, int], float] = {}
+    last: list = [None, None]  # the last scale and its log ratio: candidates come grouped by scale
 
     def err(scale: float, base_q: int) -> float:
         if (scale, base_q) not in seen:
             q = adalog_quantizer(bits, scale, base_q, shift, table)
-            seen[scale, base_q] = float((((q.fake_quant(xs) - shift) @ w.t() - ref) ** 2).sum())
+            if last[0] != scale:
+                last[:] = scale, q.log_ratio(xs)
+            seen[scale, base_q] = float((((q.fake_quant_log_ratio(last[1]) - shift) @ w.t() - ref) ** 2).sum())
         return seen[scale, base_q]
 
     top = float(xs.max())
@@ -122,7 +137,7 @@ def search_post_activation(bits: int, x: torch.Tensor, weight: torch.Tensor, shi
     positive = xs[xs > 0]
     pcts = torch.quantile(positive, torch.linspace(0.90, 1.0, FPCS_SCALES)).tolist()
     scales = sorted({s for s in pcts + [shift] if s > 0})
-    pool = sorted((err(s, b), s, b) for b in bases for s in scales)[:FPCS_KEEP]
+    pool = sorted((err(s, b), s, b) for s in scales for b in bases)[:FPCS_KEEP]
     step = (max(scales) - min(scales)) / max(len(scales) - 1, 1)
     _, scale, base_q = _refine_scales(pool, err, step, FPCS_ROUNDS, FPCS_NEW_SCALES, FPCS_KEEP)
     return adalog_quantizer(bits, scale, base_q, shift, table)
