@@ -101,15 +101,21 @@ def test_adalog_simulates_the_table_it_ships_by_default():
     lambda b: adalog_quantizer(b, 0.9, 23), lambda b: adalog_quantizer(b, 2.3, 101, GELU_SHIFT),
     lambda b: adalog_quantizer(b, 0.9, 55, table=False), lambda b: adalog_quantizer(b, 1.7, 138, table=False)])
 @pytest.mark.parametrize("bits", [3, 4, 6, 8])
-def test_the_searches_lookup_equals_fake_quant_bit_for_bit(make, bits):
-    """The searches evaluate a log quantizer from a log ratio shared by every candidate of one scale, by a
-    lookup of its dequantized codes: the same values as fake_quant, bit for bit (so the same choice)."""
+def test_a_log_quantizers_lookup_equals_its_exported_ops_bit_for_bit(make, bits):
+    """Eager evaluation (the searches, from a log ratio shared by every candidate of one scale; the
+    simulation's forward) looks each value up in the dequantized codes; traced, the quantizer is the ops
+    the exporters write (Log, Round, ..., a table Gather and Pow). The two give the same values, bit for bit."""
     g = torch.Generator().manual_seed(bits)
     x = torch.cat([torch.rand(40_013, generator=g) ** 6 * 2.5, torch.randn(997, generator=g), torch.zeros(5),
                    torch.tensor([1e-38, 1e-30, 3.0, float(2 ** -60)])])
     q = make(bits)
+    ops = q.dequantize(*q.codes(x))
     fast = q.fake_quant_log_ratio(q.log_ratio(x))
-    assert torch.equal(fast.view(torch.int32), q.fake_quant(x).view(torch.int32))
+    assert torch.equal(fast.view(torch.int32), ops.view(torch.int32))
+    assert torch.equal(q.fake_quant(x).view(torch.int32), ops.view(torch.int32))
+    traced = torch.jit.trace(q.fake_quant, x[:64])
+    assert "aten::log" in str(traced.graph) and "aten::take" not in str(traced.graph)
+    assert torch.equal(traced(x).view(torch.int32), ops.view(torch.int32))
     assert len(torch.unique(fast)) > min(2 ** bits // 2, 16)  # many levels are reached, not only the extremes
 
 
