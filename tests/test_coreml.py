@@ -59,7 +59,8 @@ def test_hybrid_converts_in_every_variant(hybrid, tmp_path):
 def test_the_program_is_checked_once_per_pass_pipeline_and_comes_out_the_same(hybrid, tmp_path, monkeypatch):
     """coremltools' consistency check of the whole program runs after each pass pipeline instead of after each
     of its ~120 passes: it still runs, and the package is the same bytes as with the check after every pass
-    (its manifest too: the items are named by content, not by random UUIDs)."""
+    (its manifest too: the items are named by content, not by random UUIDs). The program is written with
+    protobuf's deterministic serialization: coremltools' own order of map entries changes between processes."""
     import contextlib
 
     from coremltools.converters.mil.mil import Program
@@ -77,6 +78,12 @@ def test_the_program_is_checked_once_per_pass_pipeline_and_comes_out_the_same(hy
     export_coreml(model, info, tmp_path / "each.mlpackage", "w8", recipe="test")
     assert len(calls) - once > 100
     assert _package_files(tmp_path / "once.mlpackage") == _package_files(tmp_path / "each.mlpackage")
+    from coremltools.proto import Model_pb2
+
+    program = (tmp_path / "once.mlpackage" / "Data" / "com.apple.CoreML" / "model.mlmodel").read_bytes()
+    spec = Model_pb2.Model.FromString(program)
+    assert len(spec.description.metadata.userDefined) > 3 and len(spec.mlProgram.functions) == 1
+    assert program == spec.SerializeToString(deterministic=True)
     manifest = json.loads((tmp_path / "once.mlpackage" / "Manifest.json").read_text())
     items = manifest["itemInfoEntries"]
     assert items[manifest["rootModelIdentifier"]]["path"] == "com.apple.CoreML/model.mlmodel" and len(items) == 2

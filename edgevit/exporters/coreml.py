@@ -280,6 +280,7 @@ def export_coreml(model: nn.Module, info, path: Path, compression: str = "none",
     tmp = path.with_name(f".tmp-{path.name}")  # coremltools wants the .mlpackage suffix
     shutil.rmtree(tmp, ignore_errors=True)
     mlmodel.save(str(tmp))
+    _serialize_deterministically(tmp)
     _name_items_by_content(tmp)
     if path.exists():
         shutil.rmtree(path)
@@ -287,6 +288,19 @@ def export_coreml(model: nn.Module, info, path: Path, compression: str = "none",
     return {"format": "coreml", "target": target, "compression": compression, "precision": precision,
             "layernorm_fp32": layernorm_fp32 and precision != "fp32", "traced_quantize_ops": traced_ops} \
         | inspect_package(path)
+
+
+def _serialize_deterministically(package: Path) -> None:
+    """Rewrite the package's program with protobuf's deterministic serialization (map entries sorted by key):
+    coremltools writes map fields (the user metadata among them) in an order that changes from one process to
+    the next, so the same recipe and seed gave another model.mlmodel (the same program, other bytes) each run."""
+    from coremltools.proto import Model_pb2
+
+    manifest = json.loads((package / "Manifest.json").read_text())
+    item = manifest["itemInfoEntries"][manifest["rootModelIdentifier"]]
+    program = package / "Data" / item["path"]
+    spec = Model_pb2.Model.FromString(program.read_bytes())
+    program.write_bytes(spec.SerializeToString(deterministic=True))
 
 
 def _name_items_by_content(package: Path) -> None:
