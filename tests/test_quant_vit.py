@@ -107,7 +107,7 @@ def test_a_log_quantizers_lookup_equals_its_exported_ops_bit_for_bit(make, bits)
     the exporters write (Log, Round, ..., a table Gather and Pow). The two give the same values, bit for bit."""
     g = torch.Generator().manual_seed(bits)
     x = torch.cat([torch.rand(40_013, generator=g) ** 6 * 2.5, torch.randn(997, generator=g), torch.zeros(5),
-                   torch.tensor([1e-38, 1e-30, 3.0, float(2 ** -60)])])
+                   torch.tensor([1e-38, 1e-30, 3.0, float(2 ** -60), float("inf"), -float("inf")])])
     q = make(bits)
     ops = q.dequantize(*q.codes(x))
     fast = q.fake_quant_log_ratio(q.log_ratio(x))
@@ -117,6 +117,7 @@ def test_a_log_quantizers_lookup_equals_its_exported_ops_bit_for_bit(make, bits)
     assert "aten::log" in str(traced.graph) and "aten::take" not in str(traced.graph)
     assert torch.equal(traced(x).view(torch.int32), ops.view(torch.int32))
     assert len(torch.unique(fast)) > min(2 ** bits // 2, 16)  # many levels are reached, not only the extremes
+    assert torch.isnan(q.fake_quant(torch.tensor([0.5, float("nan")]))).tolist() == [False, True]  # not an index
 
 
 def test_activation_floor_of_gelu_is_adalogs_eta():

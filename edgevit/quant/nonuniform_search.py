@@ -121,14 +121,15 @@ def search_post_activation(bits: int, x: torch.Tensor, weight: torch.Tensor, shi
     xs = x + shift
 
     seen: dict[tuple[float, int], float] = {}
-    last: list = [None, None]  # the last scale and its log ratio: candidates come grouped by scale
+    logs: dict[float, torch.Tensor] = {}  # the last scale's log ratio: candidates come grouped by scale
 
     def err(scale: float, base_q: int) -> float:
         if (scale, base_q) not in seen:
             q = adalog_quantizer(bits, scale, base_q, shift, table)
-            if last[0] != scale:
-                last[:] = scale, q.log_ratio(xs)
-            seen[scale, base_q] = float((((q.fake_quant_log_ratio(last[1]) - shift) @ w.t() - ref) ** 2).sum())
+            if scale not in logs:
+                logs.clear()
+                logs[scale] = q.log_ratio(xs)
+            seen[scale, base_q] = float((((q.fake_quant_log_ratio(logs[scale]) - shift) @ w.t() - ref) ** 2).sum())
         return seen[scale, base_q]
 
     top = float(xs.max())
