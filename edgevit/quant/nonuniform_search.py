@@ -42,6 +42,19 @@ def _sample(t: torch.Tensor, n: int) -> torch.Tensor:
     return t[torch.randperm(len(t), generator=torch.Generator().manual_seed(0))[:n]]
 
 
+def _log_ratios(xs: list[torch.Tensor]):
+    """``LogQuantizer.log_ratio`` of each of ``xs`` for a quantizer's scale, kept for the last scale asked: the
+    searches evaluate their candidates grouped by scale, so each logarithm is computed once per scale."""
+    last: dict[float, list[torch.Tensor]] = {}
+
+    def of(q: LogQuantizer) -> list[torch.Tensor]:
+        if q.scale not in last:
+            last.clear()
+            last[q.scale] = [q.log_ratio(x) for x in xs]
+        return last[q.scale]
+    return of
+
+
 def _refine_scales(pool: list[tuple], err, step: float, rounds: int, new_scales: int, keep: int) -> tuple:
     """FPCS refinement: ``rounds`` rounds of ``new_scales`` scales around each survivor (scale, tag) of
     ``pool`` (entries (error, scale, tag)), the step shrinking 7.5x a round; returns the best entry."""
@@ -66,15 +79,10 @@ def search_softmax(kind: str, bits: int, attn: list[torch.Tensor], v: list[torch
     v_hat = [v_qparams.fake_quant(t) if v_qparams is not None else t for t in v]
     ref = [a @ vh for a, vh in zip(attn, v_hat)]
 
-    logs: dict[float, list[torch.Tensor]] = {}  # AdaLog's candidates share scale 1: one logarithm for all
+    logs = _log_ratios(attn)  # AdaLog's candidates share scale 1: one logarithm for all
 
     def fake_quant(q, i: int, a: torch.Tensor) -> torch.Tensor:
-        if not isinstance(q, LogQuantizer):
-            return q.fake_quant(a)
-        if q.scale not in logs:
-            logs.clear()
-            logs[q.scale] = [q.log_ratio(t) for t in attn]
-        return q.fake_quant_log_ratio(logs[q.scale][i])
+        return q.fake_quant_log_ratio(logs(q)[i]) if isinstance(q, LogQuantizer) else q.fake_quant(a)
 
     def err(q) -> float:
         return float(sum(((fake_quant(q, i, a) @ vh - r) ** 2).sum()
@@ -121,15 +129,12 @@ def search_post_activation(bits: int, x: torch.Tensor, weight: torch.Tensor, shi
     xs = x + shift
 
     seen: dict[tuple[float, int], float] = {}
-    logs: dict[float, torch.Tensor] = {}  # the last scale's log ratio: candidates come grouped by scale
+    logs = _log_ratios([xs])
 
     def err(scale: float, base_q: int) -> float:
         if (scale, base_q) not in seen:
             q = adalog_quantizer(bits, scale, base_q, shift, table)
-            if scale not in logs:
-                logs.clear()
-                logs[scale] = q.log_ratio(xs)
-            seen[scale, base_q] = float((((q.fake_quant_log_ratio(logs[scale]) - shift) @ w.t() - ref) ** 2).sum())
+            seen[scale, base_q] = float((((q.fake_quant_log_ratio(logs(q)[0]) - shift) @ w.t() - ref) ** 2).sum())
         return seen[scale, base_q]
 
     top = float(xs.max())
