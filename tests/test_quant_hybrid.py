@@ -310,11 +310,11 @@ def test_block_reconstruction_beats_nearest_rounding():
             assert torch.equal(plan_w.rounded[k].float(), plan0.weights[k].quantize(_float_weight(model, cfg, k)))
 
 
-def test_reconstruction_learns_activation_steps_that_ship():
+def test_reconstruction_learns_activation_steps_that_ship(monkeypatch):
     """W4A4 with ``learn_act_scale``: each block also learns the steps of its uniform activation quantizers
     (LSQ); the plan carries them (softmax's AdaLog quantizers untouched), apply_plan rebuilds the model
-    exactly, the exact ONNX export computes what was simulated, and every block reconstructs its float output
-    at least as well as with calibrated steps."""
+    exactly, the exact ONNX export computes what was simulated, the blocks reconstruct their float outputs
+    better than with calibrated steps, and steps that reconstruct a block worse are not kept."""
     import onnxruntime as ort
 
     from edgevit.exporters.onnx import torch_to_onnx
@@ -354,16 +354,44 @@ def test_reconstruction_learns_activation_steps_that_ship():
         # ViT, -0.6 on the MobileViT hybrid); here it only must not break the model
         assert kl(stepped) < 1.25 * kl(fixed)
         want = stepped(x[:64]).numpy()
-    # on the images it learns from, every block ends closer to the float block than with calibrated steps
+    # on the images it learns from, the blocks end closer to the float blocks than with calibrated steps (summed:
+    # one block may not, e.g. the head by 9 % in a process whose float rounding differs; its learned steps are
+    # then kept only if they beat its calibrated ones under its own learned rounding)
     after = {r["unit"]: r["loss_after"] for r in plan0.reconstruction}
-    assert all(r["loss_after"] <= after[r["unit"]] * 1.001 for r in plan.reconstruction)
     assert sum(r["loss_after"] for r in plan.reconstruction) < 0.98 * sum(after.values())
+    _kept_steps_beat_calibrated(plan.reconstruction)
     proto = torch_to_onnx(stepped, info.input_size, dynamic_batch=True)
     got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"input": x[:64].numpy()})[0]
     assert float((got.argmax(1) == want.argmax(1)).mean()) >= 0.98
     # most images bit-close (a value on a 4-bit code boundary may land one code over and move one image)
     assert float(np.median(np.abs(got - want).max(1))) < 1e-4
+
+    # steps that learn nonsense (one Adam step of 10 in log-step: each step e^10 times off) reconstruct every unit
+    # worse than its calibrated steps under the learned rounding: no unit keeps them, the plan carries calibrated ones
+    monkeypatch.setattr("edgevit.quant.reconstruct.SCALE_LR_RATIO", 1000.0)
+    wild = cfg_s.model_copy(update={"reconstruct": cfg_s.reconstruct.model_copy(update={"iters": 1})})
+    _, plan_w = quantize(model, wild, [calib])
+    _kept_steps_beat_calibrated(plan_w.reconstruction)
+    assert all(r["activation_steps_tried"] and not r["activation_steps"] for r in plan_w.reconstruction), \
+        plan_w.reconstruction
+    assert not any(e.search == "reconstruction" for e in plan_w.activations.values())
+    n = sum(r["kept"] == "learned" for r in plan_w.reconstruction)
+    assert f"({n} of them with their calibrated activation steps: the learned ones reconstructed them worse)" in \
+        "\n".join(reconstruction_lines(plan_w.to_dict()))
+    assert all(torch.equal(plan_w.activations[k].qparams.scale, plan0.activations[k].qparams.scale) for k in learned)
+
+
+def _kept_steps_beat_calibrated(records: list[dict]) -> None:
+    """Each unit that learned activation steps kept them only if they reconstruct it at least as well as its
+    calibrated steps under the same learned rounding; otherwise its record holds the calibrated steps' loss."""
+    for r in records:
+        assert r["activation_steps"] in (0, r["activation_steps_tried"]), r
+        if r["activation_steps_tried"] and r["kept"] == "learned":
+            if r["activation_steps"]:
+                assert r["loss_after"] <= r["loss_calibrated_steps"], r
+            else:
+                assert r["loss_after"] == r["loss_calibrated_steps"], r
 
 
 def _float_weight(model, cfg, site):

@@ -131,8 +131,9 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
     the same structure: ``prepare`` output) on images ``x``. Returns the integer weight codes of every
     reconstructed layer, their weight quantizers (scales learned when ``learn_scale``), the activation
     quantizers whose steps were learned (``learn_act_scale``) and one record per unit (loss with nearest
-    rounding, before and after learning, iterations, seconds). A unit whose learning reconstructs worse
-    than nearest rounding with its calibrated activation steps keeps those."""
+    rounding, before and after learning, iterations, seconds). Learned activation steps are kept only where
+    they reconstruct the unit better than its calibrated steps under the learned rounding; a unit whose learning
+    reconstructs worse than nearest rounding with its calibrated activation steps keeps those."""
     gen = torch.Generator().manual_seed(seed)
     names = units(qm, x)
     share = budget_s / max(len(names), 1) if budget_s else None
@@ -197,11 +198,22 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
             with torch.no_grad():
                 m.inner.weight.copy_(m.weight_qparams.dequantize(codes.float()))
         after = unit_loss(q_unit, x_q, target, batch)
+        learned_steps, steps_record = {s.site: s.qparams for s in stepped}, {}
+        if stepped:  # learned steps ship only where they beat the calibrated ones under the learned rounding
+            for s in stepped:
+                s.qparams = calibrated[s.site]
+            with_calibrated = unit_loss(q_unit, x_q, target, batch)
+            steps_record = {"loss_calibrated_steps": with_calibrated}
+            if with_calibrated < after:
+                after, learned_steps = with_calibrated, {}
+            else:
+                for s in stepped:
+                    s.qparams = learned_steps[s.site]
         # the learned rounding ships only if it reconstructs the unit at least as well as nearest rounding
         # (a step too large for the unit, or too few iterations in the time budget, can end worse)
         learned = after <= nearest
         if learned:
-            out.activations.update({s.site: s.qparams for s in stepped})
+            out.activations.update(learned_steps)
         else:
             for m in layers:
                 w, q = kept[m.site]
@@ -213,7 +225,9 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
                 s.qparams = calibrated[s.site]
         records.append({"unit": name, "layers": len(layers), "iters": done, "loss_before": before,
                         "loss_nearest": nearest, "loss_after": after, "kept": "learned" if learned else "nearest",
-                        "activation_steps": len(stepped), "seconds": round(time.time() - t0, 1)})
+                        "activation_steps": len(learned_steps) if learned else 0,
+                        "activation_steps_tried": len(stepped), **steps_record,
+                        "seconds": round(time.time() - t0, 1)})
         if on_unit:
             on_unit(name, records[-1])
     return out

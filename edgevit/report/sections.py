@@ -37,10 +37,13 @@ def reconstruction_lines(plan: dict) -> list[str]:
         return []
     learned = [b for b in blocks if b["kept"] == "learned"]
     steps = sum(b.get("activation_steps", 0) for b in learned)
+    calibrated = sum(1 for b in learned if b.get("activation_steps_tried") and not b.get("activation_steps"))
     cfg = plan["config"]["reconstruct"]
     lines = [f"Block reconstruction ({cfg['iters']} Adam steps per block on {cfg['images']} calibration images, "
              f"QDrop {cfg['drop_prob']:g}): {len(learned)} of {len(blocks)} blocks keep their learned weight rounding"
              + (f" and {steps} activation steps" if steps else "")
+             + (f" ({calibrated} of them with their calibrated activation steps: the learned ones reconstructed "
+                "them worse)" if calibrated else "")
              + ("; the others keep nearest rounding and calibrated steps (learning reconstructed them worse)"
                 if len(learned) < len(blocks) else "") + ". Block output error (summed squares per image):", "",
              "| block | layers | nearest rounding | learned | kept |", "|---|---|---|---|---|"]
