@@ -157,8 +157,8 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
         # the soft start is the float weight (clamped to the grid): its error is what the activation quantizers cost
         before = unit_loss(q_unit, x_q, target, batch)  # (before QDrop is switched on: no dropped elements)
         sites = act_sites(q_unit)
-        for s in sites:
-            s.drop_prob = drop_prob
+        for s in sites:  # QDrop's masks from the seeded stream: the same seed learns the same rounding in any process
+            s.drop_prob, s.drop_generator = drop_prob, gen
         stepped = [s for s in sites if learn_act_scale and s.qparams is not None and s.qparams.axis is None
                    and s.nonuniform is None]
         for s in stepped:
@@ -186,7 +186,7 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
             opt.step()
             done = it + 1
         for s in sites:
-            s.drop_prob = 0.0
+            s.drop_prob, s.drop_generator = 0.0, None
         calibrated = {s.site: s.qparams for s in stepped}
         for s in stepped:
             s.qparams = replace(s.qparams, scale=(s.qparams.scale * s.scale_gain.detach().exp()).contiguous())
@@ -203,7 +203,7 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
             for s in stepped:
                 s.qparams = calibrated[s.site]
             with_calibrated = unit_loss(q_unit, x_q, target, batch)
-            steps_record = {"loss_calibrated_steps": with_calibrated}
+            steps_record = {"loss_learned_steps": after, "loss_calibrated_steps": with_calibrated}
             if with_calibrated < after:
                 after, learned_steps = with_calibrated, {}
             else:

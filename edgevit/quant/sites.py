@@ -52,6 +52,7 @@ class ActQuant(nn.Module):
         self.nonuniform = None  # LogQuantizer | TanQuantizer
         self.shift = 0.0  # post-activation sites: -min(act), what a log quantizer adds before quantizing
         self.drop_prob = 0.0  # set during block reconstruction (QDrop), in training mode only
+        self.drop_generator: torch.Generator | None = None  # the reconstruction's seeded stream for QDrop's masks
         self.scale_gain: torch.Tensor | None = None  # block reconstruction: log of the learned step's ratio
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,7 +79,8 @@ class ActQuant(nn.Module):
             y = fake_quant_activation(x, self.qparams) if self.scale_gain is None else \
                 lsq_fake_quant(x, self.qparams, self.scale_gain)
             if self.drop_prob:  # QDrop (set during block reconstruction only): elements keep their float value
-                return torch.where(torch.rand_like(x) < self.drop_prob, x, y)
+                keep = torch.rand(x.shape, generator=self.drop_generator, dtype=x.dtype, device=x.device)
+                return torch.where(keep < self.drop_prob, x, y)
             return y
         return x
 
