@@ -79,7 +79,8 @@ def _task(recipe, run_id: str, progress, shared_dest: str | None = None) -> dict
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
     # not waited for: a task blocked on a Ray call lends its CPUs to another task
-    progress.start.remote(run_id, {"node": node, "host": host, "pid": os.getpid(), "started": time.time()})
+    where = {"node": node, "host": host, "pid": os.getpid(), "started": time.time()}
+    progress.start.remote(run_id, where)
     try:
         outcome = execute_run(recipe, dest, node)
         outcome.discarded_partial = discarded
@@ -89,7 +90,7 @@ def _task(recipe, run_id: str, progress, shared_dest: str | None = None) -> dict
             with tarfile.open(fileobj=buf, mode="w") as tar:
                 tar.add(dest, arcname="run")
             archive = buf.getvalue()
-        return {"outcome": outcome, "archive": archive}
+        return {"outcome": outcome, "archive": archive, "where": where}
     finally:
         if not shared_dest:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -161,7 +162,10 @@ class RayExecutor:
                     for ref in ready:
                         job = pending.pop(ref)
                         attempts = len(starts.get(job.id, [])) or 1
-                        done(job, self._finish(ray, ref, job, runs_dir, attempts))
+                        outcome, where = self._finish(ray, ref, job, runs_dir, attempts)
+                        if where is not None and not seen.get(job.id):  # done before its start reached the actor
+                            started(job, where)
+                        done(job, outcome)
             except KeyboardInterrupt:
                 for ref in pending:
                     ray.cancel(ref, force=True)
@@ -174,14 +178,15 @@ class RayExecutor:
             ray.shutdown()
 
     @staticmethod
-    def _finish(ray, ref, job: Job, runs_dir: Path, attempts: int) -> Outcome:
+    def _finish(ray, ref, job: Job, runs_dir: Path, attempts: int) -> tuple[Outcome, dict | None]:
+        """The finished task's outcome (its run unpacked into ``runs_dir``) and where it started (None if it died)."""
         try:
             payload = ray.get(ref)
         except ray.exceptions.RayError as e:  # the worker died more often than max_retries allows
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            return Outcome("failed", error=one_line(f"{type(e).__name__}: {msg}"), attempts=attempts)
+            return Outcome("failed", error=one_line(f"{type(e).__name__}: {msg}"), attempts=attempts), None
         outcome: Outcome = payload["outcome"]
         outcome.attempts = attempts
         if payload["archive"] is not None:
             unpack_run(payload["archive"], runs_dir / job.folder)
-        return outcome
+        return outcome, payload["where"]
