@@ -401,6 +401,62 @@ def test_reconstruction_learns_activation_steps_that_ship(monkeypatch):
     assert all(torch.equal(plan_w.activations[k].qparams.scale, plan0.activations[k].qparams.scale) for k in learned)
 
 
+def test_reconstruction_learns_biases_that_ship(builtin_hybrid, calib_batch, monkeypatch):
+    """W4A4 with ``learn_bias``: each block of the hybrid also learns its layers' float biases (AdaQuant); the plan
+    carries them, apply_plan rebuilds the model exactly, the exact ONNX export computes what was simulated and the
+    blocks reconstruct their float outputs better than with the float biases. A region left in float gets its
+    float bias back; a block whose learning ends worse than nearest rounding keeps its float biases."""
+    import onnxruntime as ort
+
+    from edgevit.exporters.onnx import torch_to_onnx
+    from edgevit.quant.plan import prepare
+    from edgevit.quant.regions import plan_regions, without_regions
+    from edgevit.quant.sites import weighted_sites
+
+    model, info = builtin_hybrid
+    cfg = QuantConfig(weights={"bits": 4}, activations={"bits": 4, "method": "mse"}, keep_8bit=["stem*", "head*"])
+    rec = Reconstruct(images=48, iters=40, batch=16, time_budget_s=None)
+    _, plan0 = quantize(model, cfg.model_copy(update={"reconstruct": rec}), [calib_batch])
+    cfg_b = cfg.model_copy(update={"reconstruct": rec.model_copy(update={"learn_bias": True})})
+    biased, plan = quantize(model, cfg_b, [calib_batch])
+
+    def float_biases(plan_):
+        return {m.site: m.inner.bias.detach() for m in weighted_sites(prepare(model, cfg, plan_.reparam)[0])
+                if m.inner.bias is not None}
+
+    start = float_biases(plan)
+    learned_units = [r["unit"] for r in plan.reconstruction if r["kept"] == "learned" and r["biases"]]
+    assert learned_units and set(plan.biases) <= set(plan.rounded)
+    assert sum(r["biases"] for r in plan.reconstruction) == len(plan.biases)
+    assert f"and {len(plan.biases)} layer biases" in "\n".join(reconstruction_lines(plan.to_dict()))
+    assert max(float((plan.biases[k] - start[k]).abs().max()) for k in plan.biases) > 1e-3  # they moved
+    assert sum(r["loss_after"] for r in plan.reconstruction) < 0.97 * sum(r["loss_after"] for r in plan0.reconstruction)
+    x = calib_batch[48:]  # images the reconstruction did not learn from
+    with torch.no_grad():
+        assert torch.equal(apply_plan(model, plan)(x), biased(x))
+        want = biased(x).numpy()
+    proto = torch_to_onnx(biased, info.input_size, dynamic_batch=True)
+    got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()})[0]
+    assert float(np.median(np.abs(got - want).max(1))) < 1e-4
+
+    # a region placed in float drops its layers' learned biases with their weight quantizers
+    regions = plan_regions(model, plan)
+    name = next(n for n, r in regions.items() if set(r.weights) & set(plan.biases))
+    floated = without_regions(plan, regions, [name])
+    gone = set(regions[name].weights) & set(plan.biases)
+    assert not gone & set(floated.biases)
+    rebuilt = {m.site: m.inner.bias for m in weighted_sites(apply_plan(model, floated))}
+    assert all(torch.equal(rebuilt[k], start[k]) for k in gone)
+
+    # biases that learn nonsense (one Adam step of 10) reconstruct every block worse than nearest rounding: no
+    # block keeps them
+    monkeypatch.setattr("edgevit.quant.reconstruct.SCALE_LR_RATIO", 1000.0)
+    wild = cfg_b.model_copy(update={"reconstruct": cfg_b.reconstruct.model_copy(update={"iters": 1})})
+    _, plan_w = quantize(model, wild, [calib_batch])
+    assert plan_w.biases == {} and all(r["kept"] == "nearest" and r["biases"] == 0 for r in plan_w.reconstruction)
+
+
 def _kept_steps_beat_calibrated(records: list[dict]) -> None:
     """Each unit that learned activation steps kept them only if they reconstruct it at least as well as its
     calibrated steps under the same learned rounding; otherwise its record holds the calibrated steps' loss."""

@@ -88,6 +88,8 @@ class Reconstruct(_Strict):
                                   "for low-bit activations; at W4A4 measured +0.3 points on the built-in ViT, +0.6 "
                                   "on EfficientViT-M0; on the MobileViT hybrid +0.1 to +0.2 with 1,024 calibration "
                                   "images and 8-bit depthwise convs, -0.2 to -0.7 otherwise (BENCHMARKS.md)")
+    learn_bias: bool = Field(False, description="also learn the float bias of every layer inside each block (as "
+                             "AdaQuant does), so that it absorbs the mean shift low-bit activations leave")
     time_budget_s: float | None = Field(900, gt=0, description="wall-clock budget for all blocks (split evenly)")
 
 

@@ -38,9 +38,8 @@ def without_layers(plan, layers: list[str]):
     """A copy of ``plan`` with the given layers (their input site and weight) left in float."""
     out = copy.deepcopy(plan)
     for name in layers:
-        out.weights.pop(name, None)
+        out.drop_weight(name)
         out.activations.pop(f"{name}.input", None)
-        out.rounded.pop(name, None)
     out.float_layers = list(plan.float_layers) + list(layers)
     return out
 

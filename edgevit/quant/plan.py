@@ -24,8 +24,8 @@ from edgevit.quant.quantizers import QUANTIZERS, ActivationQuantizer, quantizer
 from edgevit.quant.reconstruct import reconstruct
 from edgevit.quant.reparam import apply_reparam, reparameterize
 from edgevit.quant.search import ChannelClipSearch, activation_range, weight_qparams
-from edgevit.quant.sites import (AttentionSites, act_sites, clamp_weight, insert_sites, set_mode,
-                                 weighted_sites)
+from edgevit.quant.sites import (AttentionSites, act_sites, bias_on_int32_grid, clamp_weight, insert_sites,
+                                 set_mode, weighted_sites)
 from edgevit.quant.uniform import QParams, qparams_from_range
 
 
@@ -82,7 +82,13 @@ class QuantPlan:
     float_regions: list[str] = field(default_factory=list)  # left in float by the latency placement
     float_sites: list[str] = field(default_factory=list)  # quantizers the placement dropped (layout chains)
     rounded: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> int8 weight codes (reconstruction)
+    biases: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> learned float bias (reconstruction)
     reconstruction: list[dict] = field(default_factory=list)  # per block: loss before/after, iterations
+
+    def drop_weight(self, layer: str) -> None:
+        """Leave ``layer``'s weight in float: its quantizer and what reconstruction learned for it go."""
+        for learned in (self.weights, self.rounded, self.biases):
+            learned.pop(layer, None)
 
     def to_dict(self, full: bool = False) -> dict:
         """Plain data for report.json / plan.json (``full`` includes every per-channel scale)."""
@@ -223,8 +229,8 @@ def calibrate(model: nn.Module, cfg: QuantConfig, batches: Iterable[torch.Tensor
         rec = reconstruct(
             prepare(model, cfg, plan.reparam)[0], apply_plan(model, plan), torch.cat(kept)[:r.images], r.iters,
             r.batch, r.lr, r.time_budget_s, drop_prob=r.drop_prob, learn_scale=r.learn_scale,
-            learn_act_scale=r.learn_act_scale, on_unit=on_unit)
-        plan.rounded, plan.reconstruction = rec.rounded, rec.records
+            learn_act_scale=r.learn_act_scale, learn_bias=r.learn_bias, on_unit=on_unit)
+        plan.rounded, plan.biases, plan.reconstruction = rec.rounded, rec.biases, rec.records
         plan.weights.update(rec.weights)
         for site, q in rec.activations.items():
             entry = plan.activations[site]
@@ -352,28 +358,14 @@ def apply_plan(model: nn.Module, plan: QuantPlan) -> nn.Module:
     set_mode(m, "quant")
     for mod in weighted_sites(m):
         shift = getattr(mod.input_quant.nonuniform, "shift", 0.0)
-        if shift:
+        learned = plan.biases.get(mod.site)
+        if learned is not None:  # learned on the model with the shift already folded in
+            with torch.no_grad():
+                mod.inner.bias.copy_(learned)
+        elif shift:
             _fold_shift_into_bias(mod, shift)
-        _bias_on_int32_grid(mod)
+        bias_on_int32_grid(mod)
     return m
-
-
-@torch.no_grad()
-def _bias_on_int32_grid(mod) -> None:
-    """A Conv (or a Linear on 2-D input, exported as Gemm) behind a per-tensor uniform input quantizer adds
-    its bias as int32 codes of scale input scale x weight scale: ONNX Runtime rewrites the float bias so
-    (round(b / (s_x s_w)), in float32, half to even). The simulation adds the same bias: a difference of
-    a fraction of a code is enough to flip later activation codes (10 dB of logit SQNR on the built-in
-    hybrid with quantized conv outputs)."""
-    site, w, bias = mod.input_quant, mod.weight_qparams, getattr(mod.inner, "bias", None)
-    if bias is None or w is None or site.qparams is None or site.nonuniform is not None or site.qparams.axis is not None:
-        return
-    scale = (site.qparams.scale.float().reshape(()) * w.scale.float().reshape(-1)).float()
-    rounded = torch.round(bias.detach().float() / scale) * scale
-    if isinstance(mod.inner, nn.Conv2d):
-        bias.copy_(rounded)
-    else:
-        mod.gemm_bias = rounded  # used only when the input is 2-D (a Gemm in the exported graph)
 
 
 @torch.no_grad()

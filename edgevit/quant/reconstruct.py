@@ -15,6 +15,8 @@ blocks), in execution order:
    g starting at 0 (the codes stay on the grid of the initial scale; only their step changes).
    With ``learn_act_scale`` the step of every uniform per-tensor activation quantizer inside the unit is learned
    the same way, with LSQ's gradient, as BRECQ and QDrop do for low-bit activations (zero points stay);
+   With ``learn_bias`` the float biases of the unit's layers are learned too (as AdaQuant, Hubara et al. 2021,
+   does per layer): they absorb the mean shift that low-bit activations leave in the unit's output;
 3. the rounding is fixed (h(V) >= 0.5 -> up); the integer codes go into the plan (``plan.rounded``)
    and the learned scales into its weight and activation quantizers, so ``apply_plan`` and the ONNX
    export carry them.
@@ -34,7 +36,7 @@ from torch import nn
 
 from edgevit.quant.bridges import is_container
 from edgevit.quant.partial import execution_order, run_until
-from edgevit.quant.sites import QuantWeighted, act_sites, set_mode, weighted_sites
+from edgevit.quant.sites import QuantWeighted, act_sites, bias_on_int32_grid, set_mode, weighted_sites
 
 ZETA, GAMMA = 1.1, -0.1
 REG_WEIGHT = 0.01
@@ -120,18 +122,19 @@ class Reconstruction:
     rounded: dict[str, torch.Tensor] = field(default_factory=dict)
     weights: dict[str, object] = field(default_factory=dict)
     activations: dict[str, object] = field(default_factory=dict)
+    biases: dict[str, torch.Tensor] = field(default_factory=dict)
     records: list[dict] = field(default_factory=list)
 
 
 def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500, batch: int = 32,
                 lr: float = 1e-2, budget_s: float | None = None, seed: int = 0, drop_prob: float = 0.5,
-                learn_scale: bool = False, learn_act_scale: bool = False,
+                learn_scale: bool = False, learn_act_scale: bool = False, learn_bias: bool = False,
                 on_unit: Callable[[str, dict], None] | None = None) -> Reconstruction:
     """Reconstruct ``qm`` (``apply_plan`` output, modified in place) against ``fm`` (the float model with
     the same structure: ``prepare`` output) on images ``x``. Returns the integer weight codes of every
     reconstructed layer, their weight quantizers (scales learned when ``learn_scale``), the activation
-    quantizers whose steps were learned (``learn_act_scale``) and one record per unit (loss with nearest
-    rounding, before and after learning, iterations, seconds). Learned activation steps are kept only where
+    quantizers whose steps were learned (``learn_act_scale``), the learned biases (``learn_bias``) and one record
+    per unit (loss with nearest rounding, before and after learning, iterations, seconds). Learned activation steps are kept only where
     they reconstruct the unit better than its calibrated steps under the learned rounding; a unit whose learning
     reconstructs worse than nearest rounding with its calibrated activation steps keeps those."""
     gen = torch.Generator().manual_seed(seed)
@@ -163,11 +166,18 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
                    and s.nonuniform is None]
         for s in stepped:
             s.scale_gain = torch.zeros_like(s.qparams.scale, requires_grad=True)
+        biased = [m for m in layers if learn_bias and getattr(m.inner, "bias", None) is not None]
+        start_bias = {m.site: m.inner.bias.detach().clone() for m in biased}
+        for m in biased:
+            m.inner.bias.requires_grad_(True)
+            m.gemm_bias = None  # a 2-D Linear adds inner.bias while it learns (apply_plan puts it back on its grid)
         groups = [{"params": [r.v for r in rounders]}]
         if learn_scale:
             groups.append({"params": [r.gain for r in rounders], "lr": lr * SCALE_LR_RATIO})
         if stepped:
             groups.append({"params": [s.scale_gain for s in stepped], "lr": lr * SCALE_LR_RATIO})
+        if biased:
+            groups.append({"params": [m.inner.bias for m in biased], "lr": lr * SCALE_LR_RATIO})
         opt = torch.optim.Adam(groups, lr=lr)
         done = 0
         for it in range(iters):
@@ -187,6 +197,9 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
             done = it + 1
         for s in sites:
             s.drop_prob, s.drop_generator = 0.0, None
+        for m in biased:
+            m.inner.bias.requires_grad_(False)
+            bias_on_int32_grid(m)  # as apply_plan will ship it
         calibrated = {s.site: s.qparams for s in stepped}
         for s in stepped:
             s.qparams = replace(s.qparams, scale=(s.qparams.scale * s.scale_gain.detach().exp()).contiguous())
@@ -214,6 +227,7 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
         learned = after <= nearest
         if learned:
             out.activations.update(learned_steps)
+            out.biases.update({m.site: m.inner.bias.detach().clone() for m in biased})
         else:
             for m in layers:
                 w, q = kept[m.site]
@@ -223,10 +237,15 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
                 rounded[m.site] = q.quantize(w).to(torch.int8)
             for s in stepped:
                 s.qparams = calibrated[s.site]
+            for m in biased:
+                with torch.no_grad():
+                    m.inner.bias.copy_(start_bias[m.site])
+                bias_on_int32_grid(m)
         records.append({"unit": name, "layers": len(layers), "iters": done, "loss_before": before,
                         "loss_nearest": nearest, "loss_after": after, "kept": "learned" if learned else "nearest",
                         "activation_steps": len(learned_steps) if learned else 0,
-                        "activation_steps_tried": len(stepped), **steps_record,
+                        "activation_steps_tried": len(stepped), "biases": len(biased) if learned else 0,
+                        **steps_record,
                         "seconds": round(time.time() - t0, 1)})
         if on_unit:
             on_unit(name, records[-1])

@@ -106,8 +106,7 @@ def without_regions(plan, regions: dict[str, Region], names) -> object:
     for name in names:
         r = regions[name]
         for w in r.weights:
-            out.weights.pop(w, None)
-            out.rounded.pop(w, None)
+            out.drop_weight(w)
         for a in r.activations:
             out.activations.pop(a, None)
     out.float_regions = list(getattr(plan, "float_regions", [])) + list(names)
@@ -123,7 +122,6 @@ def without_sites(plan, sites) -> object:
         out.activations.pop(site, None)
         layer, kind = site.rsplit(".", 1)
         if kind == "input":
-            out.weights.pop(layer, None)
-            out.rounded.pop(layer, None)
+            out.drop_weight(layer)
     out.float_sites = list(getattr(plan, "float_sites", [])) + list(sites)
     return out

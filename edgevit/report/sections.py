@@ -37,15 +37,19 @@ def reconstruction_lines(plan: dict) -> list[str]:
         return []
     learned = [b for b in blocks if b["kept"] == "learned"]
     steps = sum(b.get("activation_steps", 0) for b in learned)
+    biases = sum(b.get("biases", 0) for b in learned)
     calibrated = sum(1 for b in learned if b.get("activation_steps_tried") and not b.get("activation_steps"))
     cfg = plan["config"]["reconstruct"]
+    kept = ["weight rounding"] + ([f"{steps} activation steps"] if steps else []) + \
+        ([f"{biases} layer biases"] if biases else [])
     lines = [f"Block reconstruction ({cfg['iters']} Adam steps per block on {cfg['images']} calibration images, "
-             f"QDrop {cfg['drop_prob']:g}): {len(learned)} of {len(blocks)} blocks keep their learned weight rounding"
-             + (f" and {steps} activation steps" if steps else "")
+             f"QDrop {cfg['drop_prob']:g}): {len(learned)} of {len(blocks)} blocks keep their learned "
+             + (", ".join(kept[:-1]) + " and " + kept[-1] if len(kept) > 1 else kept[0])
              + (f" ({calibrated} of them with their calibrated activation steps: the learned ones reconstructed "
                 "them worse)" if calibrated else "")
-             + ("; the others keep nearest rounding and calibrated steps (learning reconstructed them worse)"
-                if len(learned) < len(blocks) else "") + ". Block output error (summed squares per image):", "",
+             + ("; the others keep nearest rounding, calibrated steps and float biases (learning reconstructed them "
+                "worse)" if len(learned) < len(blocks) else "") + ". Block output error (summed squares per image):",
+             "",
              "| block | layers | nearest rounding | learned | kept |", "|---|---|---|---|---|"]
     lines += [f"| `{b['unit']}` | {b['layers']} | {b['loss_nearest']:.4g} | {b['loss_after']:.4g} | {b['kept']} |"
               for b in blocks]
