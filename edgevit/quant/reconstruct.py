@@ -134,9 +134,10 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
     the same structure: ``prepare`` output) on images ``x``. Returns the integer weight codes of every
     reconstructed layer, their weight quantizers (scales learned when ``learn_scale``), the activation
     quantizers whose steps were learned (``learn_act_scale``), the learned biases (``learn_bias``) and one record
-    per unit (loss with nearest rounding, before and after learning, iterations, seconds). Learned activation steps are kept only where
-    they reconstruct the unit better than its calibrated steps under the learned rounding; a unit whose learning
-    reconstructs worse than nearest rounding with its calibrated activation steps keeps those."""
+    per unit (loss with nearest rounding, before and after learning, iterations, seconds). Learned activation
+    steps are kept only where they reconstruct the unit better than its calibrated steps under the learned
+    rounding; a unit whose learning reconstructs worse than nearest rounding keeps its calibrated activation
+    steps and float biases."""
     gen = torch.Generator().manual_seed(seed)
     names = units(qm, x)
     share = budget_s / max(len(names), 1) if budget_s else None
@@ -199,7 +200,7 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
             s.drop_prob, s.drop_generator = 0.0, None
         for m in biased:
             m.inner.bias.requires_grad_(False)
-            bias_on_int32_grid(m)  # as apply_plan will ship it
+            bias_on_int32_grid(m)  # (apply_plan puts it on the grid of the steps and scales that ship)
         calibrated = {s.site: s.qparams for s in stepped}
         for s in stepped:
             s.qparams = replace(s.qparams, scale=(s.qparams.scale * s.scale_gain.detach().exp()).contiguous())
