@@ -200,7 +200,7 @@ def reconstruct(fm: nn.Module, qm: nn.Module, x: torch.Tensor, iters: int = 500,
             s.drop_prob, s.drop_generator = 0.0, None
         for m in biased:
             m.inner.bias.requires_grad_(False)
-            bias_on_int32_grid(m)  # (apply_plan puts it on the grid of the steps and scales that ship)
+            bias_on_int32_grid(m)  # of the steps before learning; apply_plan regrids it for the steps that ship
         calibrated = {s.site: s.qparams for s in stepped}
         for s in stepped:
             s.qparams = replace(s.qparams, scale=(s.qparams.scale * s.scale_gain.detach().exp()).contiguous())
