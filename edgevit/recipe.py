@@ -164,6 +164,10 @@ def _apply_override(data: dict, parts: list[str], value: Any, item: str) -> None
             node[part] = value
         else:
             if not isinstance(node.get(part), (dict, list)):
+                if parts[i + 1].isdigit():  # an entry of a list the recipe does not give
+                    where = ".".join(parts[:i + 1])
+                    raise BadInput(f"--set {item}: the recipe has no {where} list, so no entry {parts[i + 1]} to "
+                                   f"change; give the whole list instead, e.g. --set '{where}=[...]'")
                 node[part] = {}
             node = node[part]
 

@@ -237,6 +237,38 @@ def test_conv_hidden_channels_shrink_on_the_hybrid(calib):
         assert ((a - ref) ** 2).mean() < 0.5 * ((plain(calib) - ref) ** 2).mean()
 
 
+def test_structured_settings_that_shrink_nothing_are_refused_before_calibration(tmp_path, monkeypatch):
+    """The structured recipe (MLP hidden units only) on EfficientViT, whose MLPs are convs: exit 2 before any stage
+    runs, one line naming the setting that would shrink them and no run folder; that setting then shrinks them. A
+    model with nothing structured pruning removes is told to use nm or block pruning."""
+    from edgevit.prune.structured import check_structured
+    from edgevit.stages.prune import PruneStage
+
+    def pruned(*a, **kw):
+        raise AssertionError("pruning ran before its settings were checked")
+
+    with monkeypatch.context() as m:
+        m.setattr(PruneStage, "apply", pruned)
+        out = tmp_path / "run"
+        res = cli("compress", "--recipe", "structured_prune", "--model", "builtin:efficientvit-cifar10",
+                  "--out", str(out))
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 2 and last.startswith("error: prune: structured pruning with mlp_hidden=0.3"), res.stderr
+    assert "conv MLP / inverted residual" in last and "--set prune.structured.conv_hidden=0.3" in last
+    assert "Traceback" not in res.stderr and not out.exists() and not list(tmp_path.glob(".run*"))
+    model, _ = load_model(ModelConfig(source="builtin:efficientvit-cifar10"))
+    cfg = PruneConfig(structured={"mlp_hidden": 0.0, "conv_hidden": 0.3})
+    check_structured(model, cfg)
+    x = torch.randn(8, 3, 64, 64)
+    rep = prune_structured(model, cfg, x)
+    assert rep["modules"] and all(r["kind"] == "conv" and r["kept"] < r["units"] for r in rep["modules"])
+    vit, _ = load_model(ModelConfig(source="builtin:vit-cifar10"))
+    with pytest.raises(ValueError, match=r"it has 6 timm Mlp .* set prune.structured.mlp_hidden"):
+        check_structured(vit, PruneConfig(structured={"mlp_hidden": 0.0, "heads": 0.0}))
+    with pytest.raises(ValueError, match="use prune.nm or prune.block"):
+        check_structured(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten()), PruneConfig(structured={"mlp_hidden": 0.3}))
+
+
 def test_pruning_names_each_phase_of_its_progress_bar_with_its_length():
     """A long pruning step shows which phase it is in and how far: each phase starts the bar with its label and
     length, and the bar advances once per unit of it (the greedy pass over the layers moved no bar before)."""

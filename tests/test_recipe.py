@@ -122,6 +122,13 @@ def test_bad_override_syntax():
     with pytest.raises(BadInput) as e:
         load_recipe(ROOT / "recipes" / "fp32_export.yaml", ["validate.devices.5.threads=1"])
     assert "index" in str(e.value)
+    # an entry of a list the recipe leaves out (coreml_mobile times nothing): one line saying so, not a schema error
+    # about a key '0'
+    with pytest.raises(BadInput) as e:
+        load_recipe("coreml_mobile", ["validate.devices.0.iters=5"])
+    assert str(e.value) == ("--set validate.devices.0.iters=5: the recipe has no validate.devices list, so no entry 0 "
+                            "to change; give the whole list instead, e.g. --set 'validate.devices=[...]'")
+    assert load_recipe("coreml_mobile", ["validate.devices=[devices/local-ort-cpu.yaml]"]).validation.devices
 
 
 def test_schema_lists_sections():

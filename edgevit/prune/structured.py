@@ -66,9 +66,35 @@ def _narrow(consumer: nn.Linear, producer_rows: torch.Tensor, producer: nn.Linea
     return _linear(pw_m, pb_m), _linear(w_m, b_new)
 
 
+def _shrinkable(model: nn.Module) -> dict[str, int]:
+    """How many units of each setting's kind the model holds: ``mlp_hidden`` (timm Mlp), ``heads`` (attention
+    whose heads can be removed) and ``conv_hidden`` (conv MLPs / inverted residuals)."""
+    mods = [m for _, m in model.named_modules()]
+    return {"mlp_hidden": sum(map(_is_mlp, mods)), "heads": sum(map(_is_attention, mods)),
+            "conv_hidden": len(conv_units(model))}
+
+
+def check_structured(model: nn.Module, cfg: PruneConfig) -> None:
+    """ValueError naming the settings that would shrink something when the recipe's settings shrink nothing in
+    this model (so the run stops before calibrating)."""
+    s = cfg.structured
+    have = _shrinkable(model)
+    if any(getattr(s, k) > 0 and n for k, n in have.items()):
+        return
+    asked = ", ".join(f"{k}={getattr(s, k)}" for k in have)
+    kinds = {"mlp_hidden": "timm Mlp (fc1 -> act -> fc2)", "heads": "attention with removable heads",
+             "conv_hidden": "conv MLP / inverted residual"}
+    found = [f"{n} {kinds[k]} unit(s): set prune.structured.{k} (e.g. --set prune.structured.{k}=0.3)"
+             for k, n in have.items() if n]
+    raise ValueError(f"structured pruning with {asked} finds nothing to shrink in this model; "
+                     + ("it has " + "; ".join(found) if found else
+                        "it has no " + ", ".join(kinds.values()) + " to shrink; use prune.nm or prune.block"))
+
+
 def prune_structured(model: nn.Module, cfg: PruneConfig, x: torch.Tensor, shrink: bool = True,
                      on_layer: Callable[[str], None] | None = None) -> dict:
     """Remove MLP hidden units / attention heads from ``model`` in place; returns per-module records."""
+    check_structured(model, cfg)
     s = cfg.structured
     obs = s.criterion == "obs"
 
@@ -103,9 +129,6 @@ def prune_structured(model: nn.Module, cfg: PruneConfig, x: torch.Tensor, shrink
             records.append({"module": name, "kind": "attention", "units": heads, "kept": keep_n})
         if on_layer:
             on_layer(name)
-    if not records:
-        raise ValueError("structured pruning found no timm Mlp (fc1 -> act -> fc2), Attention or conv MLP / "
-                         "inverted residual to shrink")
     return {"criterion": s.criterion, "mlp_hidden": s.mlp_hidden, "heads": s.heads, "conv_hidden": s.conv_hidden,
             "shrunk": shrink,
             "modules": records}

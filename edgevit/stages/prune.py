@@ -23,6 +23,16 @@ class PruneStage:
     def enabled(self, recipe) -> bool:
         return recipe.prune is not None
 
+    def check(self, ctx) -> None:
+        """Refuse structured settings that shrink nothing in this model, before any stage runs."""
+        if ctx.recipe.prune.structured is not None:
+            from edgevit.prune.structured import check_structured
+
+            try:
+                check_structured(ctx.model, ctx.recipe.prune)
+            except ValueError as e:
+                raise BadInput(f"prune: {e}") from e
+
     def apply(self, ctx) -> StageRecord:
         cfg = ctx.recipe.prune
         x = ctx.calibration_images(cfg.images)
