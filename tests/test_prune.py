@@ -237,6 +237,46 @@ def test_conv_hidden_channels_shrink_on_the_hybrid(calib):
         assert ((a - ref) ** 2).mean() < 0.5 * ((plain(calib) - ref) ** 2).mean()
 
 
+@pytest.mark.parametrize("arch,setting", [("levit_128s", "mlp_hidden"), ("efficientformerv2_s0", "conv_hidden")])
+def test_structured_pruning_shrinks_levit_and_efficientformerv2_mlps(arch, setting):
+    """LeViT's MLPs (Linear + BatchNorm pairs) and EfficientFormerV2's conv MLPs (1x1 -> depthwise -> 1x1, convs
+    with biases) lose 30 % of their hidden units: every MLP is narrowed with its norm, the shrunk model computes
+    what the masked one does, OBS with the refit stays closer to the dense logits than weight norms without it,
+    and the shrunk model exports to an ONNX file ONNX Runtime runs as PyTorch does."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(arch, img_size=64, num_classes=10).eval()
+    with torch.no_grad():  # as if trained: timm starts the norm after each MLP at zero, so the MLPs would add nothing
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.normal_(1, 0.2), m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 2)
+    x = torch.randn(24, 3, 64, 64)
+    cfg = PruneConfig(structured={"mlp_hidden": 0.0, setting: 0.3})
+    shrunk, masked, plain = copy.deepcopy(model), copy.deepcopy(model), copy.deepcopy(model)
+    rep = prune_structured(shrunk, cfg, x)
+    prune_structured(masked, cfg, x, shrink=False)
+    prune_structured(plain, PruneConfig(structured={"mlp_hidden": 0.0, setting: 0.3, "criterion": "magnitude"}), x)
+    mlps = [n for n, m in model.named_modules() if type(m).__name__ in ("LevitMlp", "ConvMlpWithNorm")]
+    assert [r["module"] for r in rep["modules"]] == mlps and all(r["kept"] < r["units"] for r in rep["modules"])
+    first = shrunk.get_submodule(mlps[0])
+    producer = first.ln1 if arch.startswith("levit") else first.fc1
+    assert producer.bn.num_features == rep["modules"][0]["kept"]
+    assert sum(p.numel() for p in shrunk.parameters()) < 0.9 * sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        a, ref = shrunk(x), model(x)
+        assert (a - masked(x)).abs().max() <= 1e-4 * float(ref.abs().max())
+        assert ((a - ref) ** 2).mean() < 0.5 * ((plain(x) - ref) ** 2).mean()
+    import onnxruntime as ort
+
+    from edgevit.exporters.onnx import torch_to_onnx
+
+    proto = torch_to_onnx(shrunk, 64)
+    got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x[:8].numpy()})[0]
+    assert np.abs(got - a[:8].numpy()).max() <= 1e-4 * float(ref.abs().max()) + 1e-5
+
+
 def test_structured_settings_that_shrink_nothing_are_refused_before_calibration(tmp_path, monkeypatch):
     """The structured recipe (MLP hidden units only) on EfficientViT, whose MLPs are convs: exit 2 before any stage
     runs, one line naming the setting that would shrink them and no run folder; that setting then shrinks them. A
@@ -263,7 +303,7 @@ def test_structured_settings_that_shrink_nothing_are_refused_before_calibration(
     rep = prune_structured(model, cfg, x)
     assert rep["modules"] and all(r["kind"] == "conv" and r["kept"] < r["units"] for r in rep["modules"])
     vit, _ = load_model(ModelConfig(source="builtin:vit-cifar10"))
-    with pytest.raises(ValueError, match=r"it has 6 timm Mlp .* set prune.structured.mlp_hidden"):
+    with pytest.raises(ValueError, match=r"it has 6 MLP .* set prune.structured.mlp_hidden"):
         check_structured(vit, PruneConfig(structured={"mlp_hidden": 0.0, "heads": 0.0}))
     with pytest.raises(ValueError, match="use prune.nm or prune.block"):
         check_structured(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten()), PruneConfig(structured={"mlp_hidden": 0.3}))

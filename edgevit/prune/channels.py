@@ -1,11 +1,12 @@
 """Structured pruning of conv hidden channels: the conv counterpart of an MLP's hidden units.
 
 A unit is ``producer 1x1 conv -> BN(+act) [-> depthwise conv -> BN(+act)] -> consumer conv -> BN``:
-MobileViT / MobileNet inverted residuals (timm ``BottleneckBlock`` with a depthwise middle) and
-EfficientViT's ``ConvMlp`` (pw1 -> act -> pw2). Removing hidden channel j removes the producer's
-output j (and its BN entry), the depthwise filter j, and the consumer's input column j; the
-consumer is refit by least squares to what the removed channels contributed, and the refit bias
-goes into the consumer's BN (running mean) since the conv has none.
+MobileViT / MobileNet inverted residuals (timm ``BottleneckBlock`` with a depthwise middle), EfficientViT's
+``ConvMlp`` (pw1 -> act -> pw2) and EfficientFormerV2's ``ConvMlpWithNorm`` (fc1 -> act [-> depthwise mid ->
+act] -> fc2). Removing hidden channel j removes the producer's output j (and its BN entry), the depthwise
+filter j, and the consumer's input column j; the consumer is refit by least squares to what the removed
+channels contributed, the refit bias going into the conv's bias, or into the BN after it (running mean) where
+the conv has none.
 """
 from __future__ import annotations
 
@@ -36,11 +37,18 @@ def conv_units(model: nn.Module) -> dict[str, tuple]:
                 out[name] = (p, mid, c)
         elif all(_conv_bn(getattr(m, k, None)) for k in ("pw1", "pw2")):
             out[name] = (m.pw1, None, m.pw2)
+        elif all(_conv_bn(getattr(m, k, None)) for k in ("fc1", "fc2")):
+            mid = getattr(m, "mid", None)
+            if _conv_bn(mid) and mid.conv.groups == mid.conv.in_channels == mid.conv.out_channels:
+                out[name] = (m.fc1, mid, m.fc2)
+            elif mid is None or isinstance(mid, nn.Identity):
+                out[name] = (m.fc1, None, m.fc2)
     return {n: u for n, u in out.items() if _conv_bn(u[0])[0].groups == 1 and _conv_bn(u[2])[0].groups == 1
             and tuple(_conv_bn(u[0])[0].kernel_size) == (1, 1)}
 
 
-def _slice_bn(bn: nn.BatchNorm2d, keep: torch.Tensor) -> nn.BatchNorm2d:
+def slice_bn(bn: nn.BatchNorm2d | nn.BatchNorm1d, keep: torch.Tensor) -> nn.BatchNorm2d | nn.BatchNorm1d:
+    """A copy of ``bn`` with only the ``keep`` features."""
     new = copy.deepcopy(bn)
     new.num_features = len(keep)
     with torch.no_grad():
@@ -100,11 +108,11 @@ def narrow_conv_unit(model: nn.Module, unit: tuple, ratio: float, multiple: int,
     producer.conv = _conv_like(pc, pc.weight[keep], 1)
     if pc.bias is not None:
         producer.conv.bias.copy_(pc.bias[keep])
-    producer.bn = _slice_bn(pbn, keep)
+    producer.bn = slice_bn(pbn, keep)
     if middle is not None:
         mc, mbn = _conv_bn(middle)
         middle.conv = _conv_like(mc, mc.weight[keep], keep_n)
         if mc.bias is not None:
             middle.conv.bias.copy_(mc.bias[keep])
-        middle.bn = _slice_bn(mbn, keep)
+        middle.bn = slice_bn(mbn, keep)
     return hidden, keep_n

@@ -1,7 +1,7 @@
 """Structured pruning: whole MLP hidden units and attention heads (and, in ``channels``, conv hidden
 channels) removed, layers physically shrunk.
 
-For every timm ``Mlp`` (fc1 -> act -> fc2) and ``Attention`` (qkv -> heads -> proj), in execution
+For every timm ``Mlp`` (fc1 -> act -> fc2; LeViT's Linear + BatchNorm pairs ln1 -> act -> ln2) and ``Attention`` (qkv -> heads -> proj), in execution
 order on the model pruned so far:
 
 * score each hidden unit (a column of fc2) or head (a group of proj columns) by its OBS saliency,
@@ -21,15 +21,37 @@ import torch
 from torch import nn
 
 from edgevit.models.families import attention_family
-from edgevit.prune.channels import conv_units, narrow_conv_unit
+from edgevit.prune.channels import conv_units, narrow_conv_unit, slice_bn
 from edgevit.prune.config import PruneConfig
 from edgevit.prune.units import input_hessian, keep_count, refit, unit_saliency
 from edgevit.quant.partial import execution_order
 
 
+def _is_levit_mlp(m: nn.Module) -> bool:
+    """LeViT's MLP: ``ln1`` (Linear + BatchNorm1d) -> act -> ``ln2`` (Linear + BatchNorm1d)."""
+    return all(isinstance(getattr(getattr(m, k, None), "linear", None), nn.Linear) and
+               isinstance(getattr(getattr(m, k, None), "bn", None), nn.BatchNorm1d) for k in ("ln1", "ln2"))
+
+
 def _is_mlp(m: nn.Module) -> bool:
-    return all(isinstance(getattr(m, k, None), nn.Linear) for k in ("fc1", "fc2")) and \
-        isinstance(getattr(m, "norm", nn.Identity()), nn.Identity)
+    return (all(isinstance(getattr(m, k, None), nn.Linear) for k in ("fc1", "fc2")) and
+            isinstance(getattr(m, "norm", nn.Identity()), nn.Identity)) or _is_levit_mlp(m)
+
+
+def _mlp_layers(m: nn.Module) -> tuple[nn.Linear, nn.Linear]:
+    """The (producer, consumer) Linear layers of a timm or LeViT MLP."""
+    return (m.ln1.linear, m.ln2.linear) if _is_levit_mlp(m) else (m.fc1, m.fc2)
+
+
+def _set_mlp_layers(m: nn.Module, fc1: nn.Linear, fc2: nn.Linear, keep: torch.Tensor | None) -> None:
+    """Put the narrowed layers back; with ``keep`` (shrunk) LeViT's norm after the producer loses the removed
+    units too (masked, it stays: the consumer's zero columns ignore what it makes of them)."""
+    if not _is_levit_mlp(m):
+        m.fc1, m.fc2 = fc1, fc2
+        return
+    m.ln1.linear, m.ln2.linear = fc1, fc2
+    if keep is not None:
+        m.ln1.bn = slice_bn(m.ln1.bn, keep)
 
 
 def _is_attention(m: nn.Module) -> bool:
@@ -67,7 +89,7 @@ def _narrow(consumer: nn.Linear, producer_rows: torch.Tensor, producer: nn.Linea
 
 
 def _shrinkable(model: nn.Module) -> dict[str, int]:
-    """How many units of each setting's kind the model holds: ``mlp_hidden`` (timm Mlp), ``heads`` (attention
+    """How many units of each setting's kind the model holds: ``mlp_hidden`` (timm or LeViT MLP), ``heads`` (attention
     whose heads can be removed) and ``conv_hidden`` (conv MLPs / inverted residuals)."""
     mods = [m for _, m in model.named_modules()]
     return {"mlp_hidden": sum(map(_is_mlp, mods)), "heads": sum(map(_is_attention, mods)),
@@ -82,7 +104,7 @@ def check_structured(model: nn.Module, cfg: PruneConfig) -> None:
     if any(getattr(s, k) > 0 and n for k, n in have.items()):
         return
     asked = ", ".join(f"{k}={getattr(s, k)}" for k in have)
-    kinds = {"mlp_hidden": "timm Mlp (fc1 -> act -> fc2)", "heads": "attention with removable heads",
+    kinds = {"mlp_hidden": "MLP (fc1 -> act -> fc2)", "heads": "attention with removable heads",
              "conv_hidden": "conv MLP / inverted residual"}
     found = [f"{n} {kinds[k]} unit(s): set prune.structured.{k} (e.g. --set prune.structured.{k}=0.3)"
              for k, n in have.items() if n]
@@ -109,13 +131,14 @@ def prune_structured(model: nn.Module, cfg: PruneConfig, x: torch.Tensor, shrink
             hidden, kept = narrow_conv_unit(model, units[name], s.conv_hidden, s.multiple_of, obs, x, cfg.damp, shrink)
             records.append({"module": name, "kind": "conv", "units": hidden, "kept": kept})
         elif _is_mlp(m):
-            hidden = m.fc1.out_features
+            fc1, fc2 = _mlp_layers(m)
+            hidden = fc1.out_features
             keep_n = keep_count(hidden, s.mlp_hidden, s.multiple_of)
-            h_aug = input_hessian(model, m.fc2, x) if obs else None
-            score = unit_saliency(m.fc2.weight.detach(), h_aug, hidden, cfg.damp) if obs else \
-                m.fc1.weight.detach().norm(dim=1) * m.fc2.weight.detach().norm(dim=0)
+            h_aug = input_hessian(model, fc2, x) if obs else None
+            score = unit_saliency(fc2.weight.detach(), h_aug, hidden, cfg.damp) if obs else \
+                fc1.weight.detach().norm(dim=1) * fc2.weight.detach().norm(dim=0)
             keep = score.argsort(descending=True)[:keep_n].sort().values
-            m.fc1, m.fc2 = _narrow(m.fc2, keep, m.fc1, keep, h_aug, cfg.damp, shrink)
+            _set_mlp_layers(m, *_narrow(fc2, keep, fc1, keep, h_aug, cfg.damp, shrink), keep if shrink else None)
             records.append({"module": name, "kind": "mlp", "units": hidden, "kept": keep_n})
         else:
             family, heads = attention_family(m), m.num_heads
