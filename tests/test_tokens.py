@@ -221,6 +221,9 @@ def test_hybrid_stages_unmerge_to_the_full_grid():
     out = m(x)
     assert seen["shape"] == (2 * 4, 16, 64) and out.shape == ref.shape and torch.isfinite(out).all()
     assert not torch.allclose(out, ref)  # 16 -> 8 tokens in the first stage changes the result
+    # the class-token score on stages without one: the error gives the setting that works there
+    with pytest.raises(ValueError, match=r"stage stages\.2\.1\.transformer has none \(--set tokens\.score=received"):
+        apply_tokens(copy.deepcopy(model), TokenConfig(method="evit", keep_rate=0.7, score="cls"))
 
 
 @pytest.mark.parametrize("source, cfg, precision", [

@@ -307,7 +307,8 @@ def apply_tokens(model: nn.Module, cfg: TokenConfig) -> list[dict]:
         prunes = set(cfg.pruning_blocks(depth)) if cfg.method == "evit" else set()
         score = cfg.score if cfg.score != "auto" else ("cls" if protected else "received")
         if score == "cls" and not protected:
-            raise ValueError(f"tokens.score: cls needs a class token; stage {name} has none (use received)")
+            raise ValueError(f"tokens.score: cls needs a class token; stage {name} has none (--set "
+                             "tokens.score=received scores each token by the attention it receives)")
         head_only = cfg.head_only and protected > 0 and not must_unmerge
         for i, at in enumerate(blocks):
             seq[at] = TokenBlock(seq[at], protected, merges[i], cfg.keep_rate if i in prunes else None,
