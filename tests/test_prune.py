@@ -277,6 +277,29 @@ def test_structured_pruning_shrinks_levit_and_efficientformerv2_mlps(arch, setti
     assert np.abs(got - a[:8].numpy()).max() <= 1e-4 * float(ref.abs().max()) + 1e-5
 
 
+def test_structured_pruning_narrows_tinyvits_mlp_not_an_mlp_that_normalizes_its_hidden_units():
+    """TinyViT's NormMlp normalizes its input, so its hidden units can go (shrunk = masked); timm's Mlp with a norm
+    on its hidden units is left alone (removing units would change what that norm computes)."""
+    from timm.layers import Mlp
+    from timm.models.tiny_vit import NormMlp
+
+    from edgevit.prune.structured import check_structured
+
+    torch.manual_seed(0)
+    model = nn.Sequential(NormMlp(32, 64), nn.GELU(), Mlp(32, 64, norm_layer=nn.LayerNorm)).eval()
+    x = torch.randn(16, 10, 32)
+    cfg = PruneConfig(structured={"mlp_hidden": 0.5})
+    shrunk, masked = copy.deepcopy(model), copy.deepcopy(model)
+    rep = prune_structured(shrunk, cfg, x)
+    prune_structured(masked, cfg, x, shrink=False)
+    assert [(r["module"], r["units"], r["kept"]) for r in rep["modules"]] == [("0", 64, 32)]
+    assert shrunk[0].fc1.out_features == shrunk[0].fc2.in_features == 32 and shrunk[2].fc1.out_features == 64
+    with torch.no_grad():
+        assert (shrunk(x) - masked(x)).abs().max() <= 1e-5 and not torch.allclose(shrunk(x), model(x))
+    with pytest.raises(ValueError, match="finds nothing to shrink"):
+        check_structured(model[2:], cfg)
+
+
 def test_structured_settings_that_shrink_nothing_are_refused_before_calibration(tmp_path, monkeypatch):
     """The structured recipe (MLP hidden units only) on EfficientViT, whose MLPs are convs: exit 2 before any stage
     runs, one line naming the setting that would shrink them and no run folder; that setting then shrinks them. A

@@ -34,8 +34,11 @@ def _is_levit_mlp(m: nn.Module) -> bool:
 
 
 def _is_mlp(m: nn.Module) -> bool:
+    # timm's Mlp may normalize its hidden units (a norm the removed units would change); TinyViT's NormMlp
+    # normalizes its input, before fc1
     return (all(isinstance(getattr(m, k, None), nn.Linear) for k in ("fc1", "fc2")) and
-            isinstance(getattr(m, "norm", nn.Identity()), nn.Identity)) or _is_levit_mlp(m)
+            (isinstance(getattr(m, "norm", nn.Identity()), nn.Identity) or type(m).__name__ == "NormMlp")) \
+        or _is_levit_mlp(m)
 
 
 def _mlp_layers(m: nn.Module) -> tuple[nn.Linear, nn.Linear]:
@@ -89,7 +92,7 @@ def _narrow(consumer: nn.Linear, producer_rows: torch.Tensor, producer: nn.Linea
 
 
 def _shrinkable(model: nn.Module) -> dict[str, int]:
-    """How many units of each setting's kind the model holds: ``mlp_hidden`` (timm or LeViT MLP), ``heads`` (attention
+    """How many units of each setting's kind the model holds: ``mlp_hidden`` (timm, TinyViT or LeViT MLP), ``heads`` (attention
     whose heads can be removed) and ``conv_hidden`` (conv MLPs / inverted residuals)."""
     mods = [m for _, m in model.named_modules()]
     return {"mlp_hidden": sum(map(_is_mlp, mods)), "heads": sum(map(_is_attention, mods)),
