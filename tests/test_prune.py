@@ -300,6 +300,50 @@ def test_structured_pruning_narrows_tinyvits_mlp_not_an_mlp_that_normalizes_its_
         check_structured(model[2:], cfg)
 
 
+@pytest.mark.parametrize("mlp", ["efficientformer", "fastvit"])
+def test_conv_mlps_with_norms_beside_the_convs_or_none_shrink(mlp):
+    """EfficientFormer's conv MLP (BatchNorms held beside the convs: fc1 -> norm1 -> act -> fc2 -> norm2) and
+    FastViT's (plain 1x1 convs with biases, a depthwise conv on the input) are conv units: the shrunk model
+    computes what the masked one does, with fewer parameters and every unit narrowed."""
+    from timm.layers import ConvMlp
+    from timm.models.efficientformer import ConvMlpWithNorm
+
+    from edgevit.prune.channels import conv_units
+
+    torch.manual_seed(0)
+    class FastVitMlp(ConvMlp):  # FastViT's ConvMlp: a depthwise conv on the input, then timm's ConvMlp
+        def __init__(self):
+            super().__init__(16, 64)
+            self.conv = nn.Conv2d(16, 16, 7, padding=3, groups=16)
+
+        def forward(self, x):
+            return super().forward(self.conv(x))
+
+    block = ConvMlpWithNorm(16, 64) if mlp == "efficientformer" else FastVitMlp()
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), block).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.normal_(1, 0.2), m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 2)
+    assert list(conv_units(model)) == ["1"]
+    x = torch.randn(8, 3, 8, 8)
+    cfg = PruneConfig(structured={"mlp_hidden": 0.0, "conv_hidden": 0.5})
+    shrunk, masked = copy.deepcopy(model), copy.deepcopy(model)
+    rep = prune_structured(shrunk, cfg, x)
+    prune_structured(masked, cfg, x, shrink=False)
+    assert [(r["units"], r["kept"]) for r in rep["modules"]] == [(64, 32)] and shrunk[1].fc1.out_channels == 32
+    if mlp == "efficientformer":
+        assert shrunk[1].norm1.num_features == 32
+    def fc_params(m):
+        return sum(p.numel() for k in ("fc1", "fc2") for p in getattr(m[1], k).parameters())
+
+    assert fc_params(shrunk) < 0.55 * fc_params(model)
+    with torch.no_grad():
+        ref = model(x)
+        assert (shrunk(x) - masked(x)).abs().max() <= 1e-5 * float(ref.abs().max()) + 1e-6
+        assert not torch.allclose(shrunk(x), ref)
+
+
 def test_structured_settings_that_shrink_nothing_are_refused_before_calibration(tmp_path, monkeypatch):
     """The structured recipe (MLP hidden units only) on EfficientViT, whose MLPs are convs: exit 2 before any stage
     runs, one line naming the setting that would shrink them and no run folder; that setting then shrinks them. A
