@@ -300,10 +300,11 @@ def test_structured_pruning_narrows_tinyvits_mlp_not_an_mlp_that_normalizes_its_
         check_structured(model[2:], cfg)
 
 
-@pytest.mark.parametrize("mlp", ["efficientformer", "fastvit"])
+@pytest.mark.parametrize("mlp", ["efficientformer", "fastvit", "no-bias"])
 def test_conv_mlps_with_norms_beside_the_convs_or_none_shrink(mlp):
     """EfficientFormer's conv MLP (BatchNorms held beside the convs: fc1 -> norm1 -> act -> fc2 -> norm2) and
-    FastViT's (plain 1x1 convs with biases, a depthwise conv on the input) are conv units: the shrunk model
+    FastViT's (plain 1x1 convs with biases, a depthwise conv on the input) are conv units, as are 1x1 convs with
+    neither bias nor norm (the refit's bias then gets a conv with one): the shrunk model
     computes what the masked one does, with fewer parameters and every unit narrowed."""
     from timm.layers import ConvMlp
     from timm.models.efficientformer import ConvMlpWithNorm
@@ -319,7 +320,9 @@ def test_conv_mlps_with_norms_beside_the_convs_or_none_shrink(mlp):
         def forward(self, x):
             return super().forward(self.conv(x))
 
-    block = ConvMlpWithNorm(16, 64) if mlp == "efficientformer" else FastVitMlp()
+    # no-bias: 1x1 convs with neither a bias nor a norm after them; the refit's bias needs a new conv with one
+    block = ConvMlpWithNorm(16, 64) if mlp == "efficientformer" else FastVitMlp() if mlp == "fastvit" else \
+        ConvMlp(16, 64, bias=False)
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), block).eval()
     with torch.no_grad():
         for m in model.modules():
@@ -334,6 +337,8 @@ def test_conv_mlps_with_norms_beside_the_convs_or_none_shrink(mlp):
     assert [(r["units"], r["kept"]) for r in rep["modules"]] == [(64, 32)] and shrunk[1].fc1.out_channels == 32
     if mlp == "efficientformer":
         assert shrunk[1].norm1.num_features == 32
+    if mlp == "no-bias":
+        assert shrunk[1].fc1.bias is None and shrunk[1].fc2.bias is not None and masked[1].fc2.bias is not None
     def fc_params(m):
         return sum(p.numel() for k in ("fc1", "fc2") for p in getattr(m[1], k).parameters())
 

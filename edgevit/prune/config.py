@@ -62,11 +62,11 @@ class StructuredPruning(_Strict):
     """Whole MLP hidden units and attention heads removed; the layers are physically shrunk."""
 
     mlp_hidden: float = Field(0.3, ge=0, lt=1, description="fraction of every MLP's hidden units removed (timm Mlp, "
-                              "LeViT's Linear + BatchNorm MLP)")
+                              "TinyViT's NormMlp, LeViT's Linear + BatchNorm MLP)")
     heads: float = Field(0.0, ge=0, lt=1, description="fraction of every attention's heads removed")
     conv_hidden: float = Field(0.0, ge=0, lt=1, description="fraction of the hidden channels of every conv MLP / "
-                               "inverted residual (1x1 expand -> [depthwise] -> project) removed: MobileViT, "
-                               "EfficientViT and EfficientFormerV2 MLPs")
+                               "inverted residual (1x1 expand -> [depthwise] -> project) removed: MobileViT(V2), "
+                               "EfficientViT, EfficientFormer(V2) and FastViT conv MLPs")
     criterion: Literal["magnitude", "obs"] = Field(
         "obs", description="unit score: weight norm (magnitude) or the OBS saliency of the unit's outgoing "
         "weights; obs also refits the next layer to the removed units' contribution (least squares)")

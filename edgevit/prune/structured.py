@@ -1,8 +1,8 @@
 """Structured pruning: whole MLP hidden units and attention heads (and, in ``channels``, conv hidden
 channels) removed, layers physically shrunk.
 
-For every timm ``Mlp`` (fc1 -> act -> fc2; LeViT's Linear + BatchNorm pairs ln1 -> act -> ln2) and ``Attention`` (qkv -> heads -> proj), in execution
-order on the model pruned so far:
+For every MLP (timm ``Mlp`` and TinyViT's ``NormMlp``, fc1 -> act -> fc2; LeViT's Linear + BatchNorm pairs,
+ln1 -> act -> ln2) and ``Attention`` (qkv -> heads -> proj), in execution order on the model pruned so far:
 
 * score each hidden unit (a column of fc2) or head (a group of proj columns) by its OBS saliency,
   the sum of ||W[:, j]||^2 / [H^-1]_jj over its columns, H the Hessian of the consuming layer's
@@ -92,8 +92,8 @@ def _narrow(consumer: nn.Linear, producer_rows: torch.Tensor, producer: nn.Linea
 
 
 def _shrinkable(model: nn.Module) -> dict[str, int]:
-    """How many units of each setting's kind the model holds: ``mlp_hidden`` (timm, TinyViT or LeViT MLP), ``heads`` (attention
-    whose heads can be removed) and ``conv_hidden`` (conv MLPs / inverted residuals)."""
+    """How many units of each setting's kind the model holds: ``mlp_hidden`` (timm, TinyViT or LeViT MLP),
+    ``heads`` (attention whose heads can be removed) and ``conv_hidden`` (conv MLPs / inverted residuals)."""
     mods = [m for _, m in model.named_modules()]
     return {"mlp_hidden": sum(map(_is_mlp, mods)), "heads": sum(map(_is_attention, mods)),
             "conv_hidden": len(conv_units(model))}
