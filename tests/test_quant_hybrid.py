@@ -3,6 +3,7 @@ per-channel activation export, and the TensorRT lowering of channel-wise plans."
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -563,6 +564,74 @@ def test_depthwise_inputs_can_be_clipped_per_channel_at_w4a4(builtin_hybrid, cal
     out = OrtRunner(path, 1)(calib_batch.numpy())
     assert (out.argmax(1) == sim.argmax(1)).mean() >= 0.98
     assert np.abs(out - sim).max() < 1e-2 * np.abs(sim).max()
+
+
+# per family: 1x1 convs reading a GELU-like activation's output in the conv trunk (random weights) and that
+# activation's floor -min act(x); EfficientViT's FFN reads a ReLU's output and keeps the uniform quantizer
+TRUNK_POINTWISE = [("mobilevit_xxs", 10, 0.2785), ("mobilevitv2_050", 6, 0.2785), ("efficientformer_l1", 14, 0.16997),
+                   ("efficientformerv2_s0", 14, 0.16997), ("fastvit_t8", 10, 0.16997), ("efficientvit_m0", 0, None)]
+
+
+@pytest.mark.parametrize("name,count,floor", TRUNK_POINTWISE)
+def test_gelu_sites_pointwise_marks_the_1x1_convs_that_read_an_activation(name, count, floor):
+    """gelu_sites: pointwise adds, to the MLP sites, exactly the 1x1 convs whose input is a GELU/SiLU output: on
+    images, each such input reaches below zero but never below the activation's floor, the shift it is given."""
+    from edgevit.quant.plan import prepare
+    from edgevit.quant.sites import act_sites
+
+    torch.manual_seed(0)
+    model, info = load_model(ModelConfig(source=f"timm:{name}", num_classes=10))
+    posts = {}
+    for sites in ("mlp", "pointwise"):
+        m, _, _ = prepare(model, QuantConfig(gelu_sites=sites), None)
+        posts[sites] = {s.site: s for s in act_sites(m) if s.kind == "post_act"}
+    extra = {k: s for k, s in posts["pointwise"].items() if k not in posts["mlp"]}
+    assert len(extra) == count and set(posts["mlp"]) <= set(posts["pointwise"])
+    seen = {}
+    for site, s in extra.items():
+        conv = m.get_submodule(site[:-len(".input")])
+        assert conv.inner.kernel_size == (1, 1) and conv.inner.groups == 1 and s.shift == pytest.approx(floor, abs=1e-4)
+        conv.register_forward_pre_hook(lambda mod, a, site=site: seen.__setitem__(site, a[0].detach()))
+    with torch.no_grad():
+        m(torch.randn(2, 3, info.input_size, info.input_size))
+    for site, x in seen.items():
+        assert -floor - 1e-5 <= float(x.min()) < 0, (site, float(x.min()))
+
+
+def test_log_quantizer_on_the_trunks_1x1_inputs_sits_closer_at_w4a4(builtin_hybrid, calib_batch, tmp_path):
+    """On the built-in hybrid at W4A4 (8-bit depthwise convs), AdaLog on the ten post-SiLU 1x1 conv inputs brings
+    the simulation closer to the float model on held-out images; the exact ONNX (the shift folded into each
+    conv's bias, made where the conv had none) computes what was simulated."""
+    from edgevit.quant.fallback import _kl
+
+    model, info = builtin_hybrid
+    cfg = QuantConfig(weights={"bits": 4}, activations={"bits": 4, "method": "mse"}, softmax="adalog", gelu="adalog",
+                      keep_8bit_depthwise=True, keep_8bit=["stem*", "head*"])
+    held_out, _ = open_image_set(EVAL_DIR, num=128, seed=0).load(Preprocess(info.input_size, info.mean, info.std))
+    held_out = torch.from_numpy(held_out)
+    with torch.no_grad():
+        fp = model(held_out)
+    kl = {}
+    for sites in ("mlp", "pointwise"):
+        qm, plan = quantize(model, cfg.model_copy(update={"gelu_sites": sites}), [calib_batch])
+        with torch.no_grad():
+            kl[sites] = _kl(fp, qm(held_out))
+    adalog = [k for k, e in plan.activations.items() if e.kind == "post_act" and e.quantizer is not None]
+    assert len(adalog) == 19 and "stages.2.1.conv_1x1.input" in adalog  # 9 MLPs + 10 trunk 1x1 convs
+    assert kl["pointwise"] < 0.9 * kl["mlp"], kl
+    # a bias learned in block reconstruction for a conv that had none (its shift gave it one) ships with it
+    learned = torch.linspace(-0.5, 0.5, 64)
+    rebuilt = apply_plan(model, dataclasses.replace(plan, biases={"stages.2.1.conv_1x1": learned}))
+    assert torch.allclose(rebuilt.get_submodule("stages.2.1.conv_1x1").inner.bias, learned, atol=1e-3)
+
+    path = tmp_path / "w4a4.onnx"
+    export_onnx(qm, info, ExportConfig(precision="int8", lowering="exact"), path, "test")
+    with torch.no_grad():
+        sim = qm(held_out).numpy()
+    out = OrtRunner(path, 1)(held_out.numpy())
+    # at 4 bits a value on a rounding tie may land on the other code in ONNX Runtime: a few rows differ
+    assert (out.argmax(1) == sim.argmax(1)).mean() >= 0.98
+    assert np.median(np.abs(out - sim).max(1)) < 1e-4
 
 
 def test_channel_clip_search_streams():

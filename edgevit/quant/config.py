@@ -112,6 +112,11 @@ class QuantConfig(_Strict):
         "uniform", description="quantizer of the MLP's hidden activation (GELU/SiLU output, fc2 input); "
         "adalog shifts it by -min(act) to make it non-negative and folds the shift into fc2's bias",
         json_schema_extra={"enum": post_activation_names()})
+    gelu_sites: Literal["mlp", "pointwise"] = Field(
+        "mlp", description="where the gelu quantizer applies: mlp = the input of an MLP's second layer (timm Mlp "
+        "and ConvMlp, LeViT's MLP); pointwise = also every 1x1 conv that reads an activation's output in a conv "
+        "trunk (the projection of MobileNetV2 / MobileViT bottlenecks, the 1x1 after a MobileViT block's local "
+        "conv, EfficientFormer(V2)'s and FastViT's conv MLPs); GELU-like activations only, not ReLU")
 
     adalog_form: Literal["table", "float"] = Field(
         "table", description="how AdaLog quantizers dequantize in the simulation, the searches and the exact "

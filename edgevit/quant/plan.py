@@ -164,7 +164,8 @@ def prepare(model: nn.Module, cfg: QuantConfig, reparam: dict | None = None) -> 
     m, folded = _float_copy(model, cfg)
     if reparam:
         apply_reparam(m, reparam)
-    skipped = insert_sites(m, attention=cfg.attention, skip=cfg.skip, conv_output=cfg.conv_output)
+    skipped = insert_sites(m, attention=cfg.attention, skip=cfg.skip, conv_output=cfg.conv_output,
+                           post_act=cfg.gelu_sites)
     return m, folded, skipped
 
 
@@ -361,7 +362,10 @@ def apply_plan(model: nn.Module, plan: QuantPlan) -> nn.Module:
         learned = plan.biases.get(mod.site)
         if learned is not None:  # learned on the model with the shift already folded in
             with torch.no_grad():
-                mod.inner.bias.copy_(learned)
+                if mod.inner.bias is None:  # a bias-less layer got one when its shift was folded in
+                    mod.inner.bias = nn.Parameter(learned.clone())
+                else:
+                    mod.inner.bias.copy_(learned)
         elif shift:
             _fold_shift_into_bias(mod, shift)
         bias_on_int32_grid(mod)

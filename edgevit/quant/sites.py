@@ -344,7 +344,7 @@ class QuantAttention(AttentionSites):
 
 
 def insert_sites(model: nn.Module, attention: bool = True, skip: list[str] = (),
-                 conv_output: bool = False) -> list[str]:
+                 conv_output: bool = False, post_act: str = "mlp") -> list[str]:
     """Replace Linear/Conv2d (and timm Attention) modules by their quantized wrappers, in place.
 
     Returns the names of the modules left in float because they match a ``skip`` pattern.
@@ -373,7 +373,7 @@ def insert_sites(model: nn.Module, attention: bool = True, skip: list[str] = (),
                     setattr(parent, child_name, QuantAttention(child, name, family))
 
     visit(model, "")
-    mark_post_activation_sites(model)
+    mark_post_activation_sites(model, post_act)
     return skipped
 
 
@@ -406,13 +406,58 @@ def _after_activation(m: nn.Module) -> nn.Module | None:
     return None
 
 
-def mark_post_activation_sites(model: nn.Module) -> None:
-    """Mark the input of the layer after an MLP's activation as ``post_act`` (see ``_after_activation``)."""
+def _activation(m: nn.Module | None) -> nn.Module | None:
+    """``m`` if it is a GELU-like activation (torch's or timm's GELU, SiLU, Hardswish: a small negative tail the
+    log quantizers' shift takes in), else None. ReLU's output (EfficientViT's FFN) is left to the uniform
+    quantizer: AdaLog read no closer to the float model there at W4A4."""
+    names = ("GELU", "GELUTanh", "QuickGELU", "SiLU", "Swish", "HardSwish", "Hardswish")
+    return m if isinstance(m, (nn.SiLU, nn.GELU, nn.Hardswish)) or type(m).__name__ in names else None
+
+
+def _unit_activation(unit: nn.Module) -> nn.Module | None:
+    """The activation a conv-norm-act unit ends with (timm ``ConvNormAct``: in ``bn.act``, or alone in ``bn``
+    once the BatchNorm is folded), or None."""
+    bn = getattr(unit, "bn", None)
+    if isinstance(bn, nn.Sequential):
+        return _activation(bn[-1]) if len(bn) else None
+    return _activation(getattr(bn, "act", None))
+
+
+def _trunk_pointwise_after_activation(m: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """(activation, 1x1 conv reading its output) in a conv trunk: the projection of a MobileNetV2 / byobnet
+    bottleneck (kxk conv-norm-act -> 1x1 conv), the 1x1 after a MobileViT block's local kxk conv, and the
+    conv MLPs of EfficientFormer(V2) and FastViT (... -> act -> 1x1 conv fc2)."""
+    from timm.models.byobnet import BottleneckBlock
+    from timm.models.mobilevit import MobileVitBlock
+
+    kind = (type(m).__module__, type(m).__name__)
+    if type(m) is BottleneckBlock and all(isinstance(getattr(m, a), nn.Identity) for a in ("conv2b_kxk", "attn")):
+        act, layer = _unit_activation(m.conv2_kxk), getattr(m.conv3_1x1, "conv", None)
+    elif type(m) is MobileVitBlock:
+        act, layer = _unit_activation(m.conv_kxk), m.conv_1x1
+    elif kind in (("timm.models.efficientformer", "ConvMlpWithNorm"), ("timm.models.fastvit", "ConvMlp")):
+        act, layer = _activation(m.act), m.fc2
+    elif kind == ("timm.models.efficientformer_v2", "ConvMlpWithNorm"):
+        act = _unit_activation(m.fc1 if isinstance(m.mid, nn.Identity) else m.mid)
+        layer = getattr(m.fc2, "conv", None)
+    else:
+        return None
+    return (act, layer) if act is not None and _pointwise(layer) else None
+
+
+def mark_post_activation_sites(model: nn.Module, sites: str = "mlp") -> None:
+    """Mark the input of the layer after an MLP's activation as ``post_act`` (see ``_after_activation``);
+    ``sites="pointwise"``: also every 1x1 conv that reads an activation's output in a conv trunk (see
+    ``_trunk_pointwise_after_activation``)."""
     for m in model.modules():
         act, layer = getattr(m, "act", None), _after_activation(m)
         if isinstance(act, nn.Module) and not isinstance(act, nn.Identity) and isinstance(layer, QuantWeighted):
             layer.input_quant.kind = "post_act"
             layer.input_quant.shift = activation_floor(act)
+        pair = _trunk_pointwise_after_activation(m) if sites == "pointwise" else None
+        if pair is not None and pair[1].input_quant.kind != "post_act":
+            pair[1].input_quant.kind = "post_act"
+            pair[1].input_quant.shift = activation_floor(pair[0])
 
 
 def act_sites(model: nn.Module, quantized: bool = False) -> list[ActQuant]:
