@@ -311,6 +311,46 @@ def test_block_reconstruction_beats_nearest_rounding():
             assert torch.equal(plan_w.rounded[k].float(), plan0.weights[k].quantize(_float_weight(model, cfg, k)))
 
 
+@pytest.mark.parametrize("kind", ["adalog", "log2", "logsqrt2", "tanq"])
+def test_a_log_or_tan_site_passes_gradients_straight_through(kind):
+    """With a gradient (block reconstruction) a non-uniform site computes the values it computes without one and
+    passes the gradient through unchanged, as the uniform sites' straight-through estimator does: the codes are
+    rounded, and a rounded code has no gradient."""
+    from edgevit.quant.nonuniform import TanQuantizer, adalog_quantizer, log2_quantizer, logsqrt2_quantizer
+    from edgevit.quant.sites import ActQuant
+
+    site = ActQuant("x", "post_act")
+    site.mode, site.nonuniform = "quant", {"adalog": adalog_quantizer(4, 1.0, 40, 0.17), "log2": log2_quantizer(4),
+                                           "logsqrt2": logsqrt2_quantizer(4), "tanq": TanQuantizer(4, 1.2)}[kind]
+    x = (torch.rand(1000) - 0.1).requires_grad_(True)
+    y = site(x)
+    (y * torch.arange(1000.0)).sum().backward()
+    with torch.no_grad():
+        assert torch.equal(y, site(x.detach()))
+    assert torch.equal(x.grad, torch.arange(1000.0))
+
+
+def test_reconstruction_learns_the_rounding_of_layers_before_a_log_quantized_site():
+    """W4A4 with AdaLog softmax and post-GELU sites (the built-in ViT): each block's fc1 (read only through the
+    post-GELU site) and the q and k rows of its qkv projection (read only through the softmax site) learn a
+    rounding other than nearest; with no gradient through those sites they kept nearest rounding."""
+    model, info = load_model(ModelConfig(source="builtin:vit-cifar10"))
+    calib = torch.from_numpy(open_image_set(CALIB_DIR, num=32, seed=0).load(
+        Preprocess(info.input_size, info.mean, info.std))[0])
+    cfg = QuantConfig(weights={"bits": 4}, activations={"bits": 4, "method": "mse"}, softmax="adalog", gelu="adalog",
+                      keep_8bit=["patch_embed*", "head*"])
+    _, nearest = quantize(model, cfg, [calib])
+    _, plan = quantize(model, cfg.model_copy(update={"reconstruct": Reconstruct(images=32, iters=30, batch=16)}),
+                       [calib])
+    for b in range(6):
+        if next(r for r in plan.reconstruction if r["unit"] == f"blocks.{b}")["kept"] != "learned":
+            continue
+        fc1, qkv = f"blocks.{b}.mlp.fc1", f"blocks.{b}.attn.qkv"
+        moved = {k: plan.rounded[k].float() != nearest.weights[k].quantize(_float_weight(model, cfg, k))
+                 for k in (fc1, qkv)}
+        assert moved[fc1].any() and moved[qkv][:2 * 128].any(), b  # qkv rows: q (128), k (128), v (128)
+
+
 def test_reconstruction_is_the_same_whatever_the_global_random_state():
     """Reconstruction draws every random number (minibatches, QDrop's input mixing and its masks inside the
     blocks) from its own seeded stream: called with the global generator in two different states it learns

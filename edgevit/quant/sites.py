@@ -74,7 +74,14 @@ class ActQuant(nn.Module):
         if self.mode != "quant":
             return x + shift if shift else x
         if self.nonuniform is not None:
-            return self.nonuniform.fake_quant(x + shift if shift else x)
+            x = x + shift if shift else x
+            if x.requires_grad and not torch.jit.is_tracing():
+                # straight-through, as the uniform sites: the log/tan codes are rounded, so without it no gradient
+                # reaches the layers before the site (block reconstruction's q/k and fc1 rounding learned nothing)
+                with torch.no_grad():
+                    y = self.nonuniform.fake_quant(x)
+                return y + (x - x.detach())
+            return self.nonuniform.fake_quant(x)
         if self.qparams is not None:
             y = fake_quant_activation(x, self.qparams) if self.scale_gain is None else \
                 lsq_fake_quant(x, self.qparams, self.scale_gain)
