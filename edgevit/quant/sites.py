@@ -78,9 +78,7 @@ class ActQuant(nn.Module):
             if x.requires_grad and not torch.jit.is_tracing():
                 # straight-through, as the uniform sites: the log/tan codes are rounded, so without it no gradient
                 # reaches the layers before the site (block reconstruction's q/k and fc1 rounding learned nothing)
-                with torch.no_grad():
-                    y = self.nonuniform.fake_quant(x)
-                return y + (x - x.detach())
+                return self.nonuniform.fake_quant(x.detach()) + (x - x.detach())
             return self.nonuniform.fake_quant(x)
         if self.qparams is not None:
             y = fake_quant_activation(x, self.qparams) if self.scale_gain is None else \
