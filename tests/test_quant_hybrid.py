@@ -571,6 +571,15 @@ def test_depthwise_convs_can_keep_8_bits_at_w4a4(builtin_hybrid, calib_batch):
     assert err[1] < err[0]
 
 
+def _simulated_and_exact_onnx(qm: nn.Module, info, x: torch.Tensor, tmp_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The fake-quant model's logits on ``x`` and those of its exact ONNX export run in ONNX Runtime."""
+    path = tmp_path / "w4a4.onnx"
+    export_onnx(qm, info, ExportConfig(precision="int8", lowering="exact"), path, "test")
+    with torch.no_grad():
+        sim = qm(x).numpy()
+    return sim, OrtRunner(path, 1)(x.numpy())
+
+
 def test_depthwise_inputs_can_be_clipped_per_channel_at_w4a4(builtin_hybrid, calib_batch, tmp_path):
     """activations.depthwise: channel gives exactly the depthwise convs' inputs per-channel ranges, each with less
     quantization error than the per-tensor range on held-out images; the exact ONNX reproduces the simulation."""
@@ -597,11 +606,7 @@ def test_depthwise_inputs_can_be_clipped_per_channel_at_w4a4(builtin_hybrid, cal
                for p in (tensor, plan)]
         assert err[1] < err[0], (n, err)
 
-    path = tmp_path / "w4a4.onnx"
-    export_onnx(qm, info, ExportConfig(precision="int8", lowering="exact"), path, "test")
-    with torch.no_grad():
-        sim = qm(calib_batch).numpy()
-    out = OrtRunner(path, 1)(calib_batch.numpy())
+    sim, out = _simulated_and_exact_onnx(qm, info, calib_batch, tmp_path)
     assert (out.argmax(1) == sim.argmax(1)).mean() >= 0.98
     assert np.abs(out - sim).max() < 1e-2 * np.abs(sim).max()
 
@@ -664,11 +669,7 @@ def test_log_quantizer_on_the_trunks_1x1_inputs_sits_closer_at_w4a4(builtin_hybr
     rebuilt = apply_plan(model, dataclasses.replace(plan, biases={"stages.2.1.conv_1x1": learned}))
     assert torch.allclose(rebuilt.get_submodule("stages.2.1.conv_1x1").inner.bias, learned, atol=1e-3)
 
-    path = tmp_path / "w4a4.onnx"
-    export_onnx(qm, info, ExportConfig(precision="int8", lowering="exact"), path, "test")
-    with torch.no_grad():
-        sim = qm(held_out).numpy()
-    out = OrtRunner(path, 1)(held_out.numpy())
+    sim, out = _simulated_and_exact_onnx(qm, info, held_out, tmp_path)
     # at 4 bits a value on a rounding tie may land on the other code in ONNX Runtime: a few rows differ
     assert (out.argmax(1) == sim.argmax(1)).mean() >= 0.98
     assert np.median(np.abs(out - sim).max(1)) < 1e-4
