@@ -432,13 +432,11 @@ def _trunk_pointwise_after_activation(m: nn.Module) -> tuple[nn.Module, nn.Modul
     """(activation, 1x1 conv reading its output) in a conv trunk: the projection of a MobileNetV2 / byobnet
     bottleneck (kxk conv-norm-act -> 1x1 conv), the 1x1 after a MobileViT block's local kxk conv, and the
     conv MLPs of EfficientFormer(V2) and FastViT (... -> act -> 1x1 conv fc2)."""
-    from timm.models.byobnet import BottleneckBlock
-    from timm.models.mobilevit import MobileVitBlock
-
     kind = (type(m).__module__, type(m).__name__)
-    if type(m) is BottleneckBlock and all(isinstance(getattr(m, a), nn.Identity) for a in ("conv2b_kxk", "attn")):
+    if kind == ("timm.models.byobnet", "BottleneckBlock") and all(
+            isinstance(getattr(m, a), nn.Identity) for a in ("conv2b_kxk", "attn")):
         act, layer = _unit_activation(m.conv2_kxk), getattr(m.conv3_1x1, "conv", None)
-    elif type(m) is MobileVitBlock:
+    elif kind == ("timm.models.mobilevit", "MobileVitBlock"):
         act, layer = _unit_activation(m.conv_kxk), m.conv_1x1
     elif kind in (("timm.models.efficientformer", "ConvMlpWithNorm"), ("timm.models.fastvit", "ConvMlp")):
         act, layer = _activation(m.act), m.fc2
@@ -454,15 +452,17 @@ def mark_post_activation_sites(model: nn.Module, sites: str = "mlp") -> None:
     """Mark the input of the layer after an MLP's activation as ``post_act`` (see ``_after_activation``);
     ``sites="pointwise"``: also every 1x1 conv that reads an activation's output in a conv trunk (see
     ``_trunk_pointwise_after_activation``)."""
+    def mark(act: nn.Module, layer: QuantWeighted) -> None:
+        layer.input_quant.kind = "post_act"
+        layer.input_quant.shift = activation_floor(act)
+
     for m in model.modules():
         act, layer = getattr(m, "act", None), _after_activation(m)
         if isinstance(act, nn.Module) and not isinstance(act, nn.Identity) and isinstance(layer, QuantWeighted):
-            layer.input_quant.kind = "post_act"
-            layer.input_quant.shift = activation_floor(act)
+            mark(act, layer)
         pair = _trunk_pointwise_after_activation(m) if sites == "pointwise" else None
         if pair is not None and pair[1].input_quant.kind != "post_act":
-            pair[1].input_quant.kind = "post_act"
-            pair[1].input_quant.shift = activation_floor(pair[0])
+            mark(*pair)
 
 
 def act_sites(model: nn.Module, quantized: bool = False) -> list[ActQuant]:
