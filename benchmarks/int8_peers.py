@@ -9,8 +9,11 @@ OpenVINO BF16 / INT8 IRs. The peers are made from the same FP32 ONNX and the sam
 ONNX Runtime ``quantize_static`` (QDQ with uint8 and with int8 activations, QOperator with uint8; MinMax
 calibration: the calibrator changes scales, not speed; on the built-in model, whose accuracy means
 something, MinMax, Entropy and Percentile are all scored), NNCF on the ONNX (ORT) and on the OpenVINO
-IR, OpenVINO FP32 and BF16 (AMX). Every variant is timed in one loop, interleaved in a shuffled order
-each round, batch 1 and then batch 32, 2 threads; speeds are ratios to ONNX Runtime FP32 in that loop, run as
+IR, and the plain OpenVINO conversion of the FP32 ONNX run in f32 ("OpenVINO FP32") and, where the CPU
+computes bf16 natively (OpenVINO's default there: AMX, AVX-512 BF16), in bf16 ("OpenVINO BF16": what a user
+gets from OpenVINO alone; edgevit's BF16 IR is the same model after edgevit's graph rewrites and with its
+input fixed to batch 1 where OpenVINO computes that form right). Every variant is timed in one loop,
+interleaved in a shuffled order each round, batch 1 and then batch 32, 2 threads; speeds are ratios to ONNX Runtime FP32 in that loop, run as
 edgevit's validation runs it (intra-op threads not spinning); "ORT FP32, spinning" is the same file run as ONNX
 Runtime runs it by default (1.2-1.5x faster at batch 1 on two threads: divide a speed by its ratio to read it
 against ORT's default).
@@ -38,7 +41,7 @@ from ptq_baselines import nncf_quantize, ort_static  # noqa: E402
 
 from edgevit.api import compress  # noqa: E402
 from edgevit.data import Preprocess, open_image_set  # noqa: E402
-from edgevit.runtimes.openvino import OpenVINORunner, fixed_batch  # noqa: E402
+from edgevit.runtimes.openvino import OpenVINORunner, default_precision, fixed_batch  # noqa: E402
 from edgevit.validate.accuracy import compare_logits  # noqa: E402
 from edgevit.validate.latency import cpu_facts, load_average  # noqa: E402
 from edgevit.validate.profiling import interleaved_medians  # noqa: E402
@@ -55,6 +58,9 @@ MODELS = {  # name -> source, input size (None: the model's own), quantize conv 
 EXPORTS = ["export/onnx-fp32.yaml", "export/onnx-int8.yaml", "export/openvino-bf16.yaml", "export/openvino-int8.yaml"]
 PLACEMENT_KEYS = ("shipped", "activations", "float_regions", "float_sites", "candidates", "confirmation", "speedup",
                   "reason")
+#: the plain OpenVINO conversion of the FP32 ONNX, run in f32 and (where the CPU computes it natively, OpenVINO's
+#: default there) in bf16: what a user gets from OpenVINO without edgevit
+PEER_HINTS = {"ov-f32": "f32", "ov-bf16": "bf16"}
 CIFAR = "model.labels=[airplane,automobile,bird,cat,deer,dog,frog,horse,ship,truck]"
 TEST = Path.home() / ".cache" / "edgevit" / "cifar10-images" / "test"
 
@@ -120,10 +126,10 @@ def fixed_batch_ir(path: Path, graph: Path, x: np.ndarray, kind: str) -> tuple[t
     import openvino as ov
 
     model = ov.Core().read_model(str(path))
-    fixed, facts = fixed_batch(model, 1, "f32" if kind == "ov-f32" else None, graph, x)
+    fixed, facts = fixed_batch(model, 1, PEER_HINTS.get(kind), graph, x)
     if fixed is model:
         return (kind, path), facts["reason"]
-    out = path.with_name(path.stem + "-b1.xml")
+    out = path.with_name(f"{path.stem}-b1-{kind}.xml")
     ov.save_model(fixed, str(out), compress_to_fp16=False)
     return (kind, out), facts["reason"]
 
@@ -155,13 +161,14 @@ def run_model(name: str, work: Path, args) -> dict:
     variants = {"ORT FP32": ("ort", run / "onnx-fp32.onnx"), "ORT FP32, spinning": ("ort-spin", run / "onnx-fp32.onnx"),
                 "edgevit INT8 in ORT": ("ort", run / "onnx-int8.onnx"),
                 "OpenVINO FP32": ("ov-f32", work / "ov-fp32.xml"),
+                **({"OpenVINO BF16": ("ov-bf16", work / "ov-fp32.xml")} if default_precision() == "bf16" else {}),
                 "edgevit BF16 in OpenVINO": ("ov", run / "openvino-bf16.xml"),
                 "edgevit INT8 in OpenVINO": ("ov", run / "openvino-int8.xml")} | made
 
     def runner(kind: str, path: Path):
         if kind.startswith("ort"):
             return OrtRunner(path, args.threads, spinning=kind == "ort-spin")
-        return OpenVINORunner(path, "CPU", args.threads, hint="f32" if kind == "ov-f32" else None)
+        return OpenVINORunner(path, "CPU", args.threads, hint=PEER_HINTS.get(kind))
 
     for k, (kind, path) in list(variants.items()):  # the peers' IRs fixed to batch 1 as edgevit's are
         if kind.startswith("ov") and not k.startswith("edgevit"):
