@@ -11,10 +11,13 @@ FAST = fast(calib_num=None)
 
 def test_sweep_runs_each_value_and_tabulates_them(tmp_path):
     """tome_fp32 over r=2 and r=8: a finished run per value, each with the original model's ONNX as its
-    speed yardstick; the table has both values, and more merging means fewer FLOPs. r=8 pays in time, at batch 1
-    or in throughput (it is timed against the unreduced model before it is applied); r=2 may or may not, here."""
+    speed yardstick; the table has both values, and more merging means fewer FLOPs. FLOPs decide here
+    (``tokens.min_time_saving: null``): whether merging on the 32 px ViT pays in time is within this machine's
+    noise (r=8 timed 2.7 % slower at batch 1 once in a loaded suite), and the rule that judges measured times is
+    tested on injected ones (tests/test_pays.py)."""
     out = tmp_path / "sweep"
-    res = cli("compress", "--recipe", "recipes/tome_fp32.yaml", "--sweep", "tokens.r=2,8", "--out", str(out), *FAST)
+    res = cli("compress", "--recipe", "recipes/tome_fp32.yaml", "--sweep", "tokens.r=2,8", "--out", str(out), *FAST,
+              "--set", "tokens.min_time_saving=null")
     assert res.returncode == 0, res.stderr
     summary = json.loads((out / "sweep.json").read_text())
     assert summary["name"] == "tome_fp32-sweep" and [r["settings"] for r in summary["runs"]] == [
@@ -28,11 +31,10 @@ def test_sweep_runs_each_value_and_tabulates_them(tmp_path):
         assert v["artifact"] == "onnx-fp32" and v["speed_vs_fp32"] == rows["onnx-fp32"]["speed_vs_reference"]
         assert f"r: {v['settings']['tokens.r']}" in (folder / "recipe.lock.yaml").read_text()
     r2, r8 = summary["runs"]
-    assert r8["flops_ratio"] < (r2["flops_ratio"] or 1.0) <= 1  # None: r=2 did not pay in time here
-    timing = json.loads((out / "runs" / r8["folder"] / "report.json").read_text())["tokens"]["timing"]
-    # the recipe judges the saving at batch 1 or in throughput (tokens.time_at: either): one of them paid
-    paid = [k for k in ("batch1", "throughput") if timing["time_saving"][k] >= 0.03]
-    assert paid and all(timing["reduced_ms"][k] < timing["unreduced_ms"][k] for k in paid), timing
+    assert r8["flops_ratio"] < r2["flops_ratio"] < 1
+    for v in (r2, r8):  # reduced as FLOPs chose, with no timing of the reduction
+        tokens = json.loads((out / "runs" / v["folder"] / "report.json").read_text())["tokens"]
+        assert tokens["stages"] and tokens["timing"] == {}, tokens["timing"]
     md = (out / "sweep.md").read_text()
     assert "| tome_fp32 | `tokens.r=2` | local-ort-cpu | ok |" in md and "| tome_fp32 | `tokens.r=8` | local-ort-cpu | ok |" in md
 
