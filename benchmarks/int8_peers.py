@@ -13,10 +13,10 @@ IR, and the plain OpenVINO conversion of the FP32 ONNX run in f32 ("OpenVINO FP3
 computes bf16 natively (OpenVINO's default there: AMX, AVX-512 BF16), in bf16 ("OpenVINO BF16": what a user
 gets from OpenVINO alone; edgevit's BF16 IR is the same model after edgevit's graph rewrites and with its
 input fixed to batch 1 where OpenVINO computes that form right). Every variant is timed in one loop,
-interleaved in a shuffled order each round, batch 1 and then batch 32, 2 threads; speeds are ratios to ONNX Runtime FP32 in that loop, run as
-edgevit's validation runs it (intra-op threads not spinning); "ORT FP32, spinning" is the same file run as ONNX
-Runtime runs it by default (1.2-1.5x faster at batch 1 on two threads: divide a speed by its ratio to read it
-against ORT's default).
+interleaved in a shuffled order each round, batch 1 and then batch 32, 2 threads; speeds are ratios to ONNX
+Runtime FP32 in that loop, run as edgevit's validation runs it (intra-op threads not spinning); "ORT FP32,
+spinning" is the same file run as ONNX Runtime runs it by default (1.2-1.5x faster at batch 1 on two threads:
+divide a speed by its ratio to read it against ORT's default).
 Accuracy: top-1 on the 10,000 CIFAR-10 test images for the built-in hybrid (``--test``); logit SQNR
 against FP32 for the random-weight timm models (their top-1 is meaningless). Writes
 benchmarks/results/int8_peers.json and prints the table.
