@@ -106,6 +106,18 @@ def peers(fp32: Path, ov_fp32, calib: np.ndarray, work: Path, builtin: bool) -> 
     return made, seconds, notes
 
 
+def preprocess_of(report: dict) -> Preprocess:
+    """The preprocessing a run's report says its model wants."""
+    pp = report["model"]["preprocessing"]
+    return Preprocess(**{k: pp[k] for k in ("input_size", "mean", "std", "crop_pct", "interpolation")})
+
+
+def calibration_images(report: dict, n: int) -> np.ndarray:
+    """The first ``n`` shipped calibration images, preprocessed as the run's model wants."""
+    images = open_image_set(ROOT / "calibration" / "builtin-calib", n, 0)
+    return np.ascontiguousarray(images.load(preprocess_of(report))[0])
+
+
 def fp32_run(name: str, work: Path) -> tuple[dict, np.ndarray]:
     """One ``edgevit compress --recipe fp32_export`` run of ``name`` into ``work/run`` writing the FP32 ONNX and the
     OpenVINO BF16 IR: its report and one calibration image preprocessed as the model wants."""
@@ -115,9 +127,7 @@ def fp32_run(name: str, work: Path) -> tuple[dict, np.ndarray]:
     if size:
         sets += [f"model.input_size={size}", "model.num_classes=10", CIFAR]
     report = compress("fp32_export", sets, out=work / "run", overwrite=True).report
-    pp = report["model"]["preprocessing"]
-    pre = Preprocess(**{k: pp[k] for k in ("input_size", "mean", "std", "crop_pct", "interpolation")})
-    return report, np.ascontiguousarray(open_image_set(ROOT / "calibration" / "builtin-calib", 1, 0).load(pre)[0])
+    return report, calibration_images(report, 1)
 
 
 def fixed_batch_ir(path: Path, graph: Path, x: np.ndarray, kind: str) -> tuple[tuple[str, Path], str]:
@@ -149,9 +159,8 @@ def run_model(name: str, work: Path, args) -> dict:
     placement = placements["onnx-int8"]
     print(f"[{name}] compress {time.time() - t0:.0f} s; placement: {placement['reason']}; OpenVINO: "
           f"{placements['openvino-int8']['form']}, {placements['openvino-int8']['reason']}", flush=True)
-    pp = rep["model"]["preprocessing"]
-    pre = Preprocess(**{k: pp[k] for k in ("input_size", "mean", "std", "crop_pct", "interpolation")})
-    calib = open_image_set(ROOT / "calibration" / "builtin-calib", args.calib, 0).load(pre)[0]
+    pre = preprocess_of(rep)
+    calib = calibration_images(rep, args.calib)
     import openvino as ov
 
     ov.save_model(ov.convert_model(str(run / "onnx-fp32.onnx")), str(work / "ov-fp32.xml"), compress_to_fp16=False)

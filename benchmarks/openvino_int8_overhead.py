@@ -27,10 +27,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from int8_peers import CIFAR, MODELS  # noqa: E402
+from int8_peers import CIFAR, MODELS, calibration_images, preprocess_of  # noqa: E402
 
 from edgevit.api import compress  # noqa: E402
-from edgevit.data import Preprocess, open_image_set  # noqa: E402
 from edgevit.runtimes.openvino import OpenVINORunner, _compiled  # noqa: E402
 from edgevit.validate.latency import cpu_facts, load_average  # noqa: E402
 from edgevit.validate.profiling import interleaved_medians  # noqa: E402
@@ -49,9 +48,7 @@ def run_model(name: str, work: Path, args) -> dict:
         sets += [f"model.input_size={size}", "model.num_classes=10", CIFAR]
     report = compress("int8_ptq", sets, out=work / "run", overwrite=True).report
     rows = {r["name"]: r for r in report["results"]}
-    pp = report["model"]["preprocessing"]
-    pre = Preprocess(**{k: pp[k] for k in ("input_size", "mean", "std", "crop_pct", "interpolation")})
-    x = np.ascontiguousarray(open_image_set(ROOT / "calibration" / "builtin-calib", 1, 0).load(pre)[0])
+    x = calibration_images(report, 1)
     irs = {k: work / "run" / f"openvino-{k}.xml" for k in ("bf16", "int8")}
     hints = {k: rows[f"openvino-{k}"]["export"]["inference_precision"] for k in irs}
     profiles = kind_profiles({k: _compiled(p, "CPU", hints[k], 2, profile=True) for k, p in irs.items()}, x,
@@ -60,7 +57,7 @@ def run_model(name: str, work: Path, args) -> dict:
         f"{k.upper()} IR": OpenVINORunner(p, "CPU", 2, hints[k]) for k, p in irs.items()}
     load = load_average()
     med = interleaved_medians(runners, x, args.rounds, warmup=5, seed=0, per_round=args.per_round)
-    out = {"model": name, "input_size": pre.input_size, "hints": hints, "load_before": load,
+    out = {"model": name, "input_size": preprocess_of(report).input_size, "hints": hints, "load_before": load,
            "load_after": load_average(), "b1_ms": {k: round(v, 3) for k, v in med.items()},
            "b1_speed_vs_ort_fp32": {k: round(med["ORT FP32"] / v, 3) for k, v in med.items()}, "irs": {}}
     for k, p in profiles.items():
