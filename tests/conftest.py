@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,57 @@ def deployable_weights() -> dict:
     from edgevit.validate.latency import int8_dot_saturates
 
     return {"bits": WEIGHT_BITS_IN_INT8} if int8_dot_saturates() else {}
+
+
+_MACHINE_LOCK = "EDGEVIT_TEST_MACHINE_LOCK"
+
+
+def pytest_configure(config):
+    """On pytest-xdist workers (the suite's default, ``-n 2``), before any worker starts: each worker's share of
+    the cores for torch's, ONNX Runtime's and OpenVINO's thread pools (a pool per core in every worker makes
+    their threads wait on each other: block reconstruction ran 10x slower), and the lock file that lets a module
+    marked ``alone`` run with no other test running."""
+    config.addinivalue_line("markers", "alone: the module runs while no other test module runs (under xdist)")
+    workers = getattr(config.option, "numprocesses", None) or 0
+    if workers and not os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // workers)))
+        lock_dir = tempfile.mkdtemp(prefix="edgevit-tests-")
+        os.environ[_MACHINE_LOCK] = str(Path(lock_dir) / "machine.lock")
+
+
+def pytest_unconfigure(config):
+    path = os.environ.get(_MACHINE_LOCK)
+    if path and not os.environ.get("PYTEST_XDIST_WORKER"):
+        shutil.rmtree(Path(path).parent, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _machine(exclusive: bool):
+    """A readers-writer lock over the test workers: shared for a test module, exclusive for an ``alone`` one. The
+    gate is a turnstile: a worker waiting for the exclusive lock holds it, so the other worker's next module
+    waits rather than starving it."""
+    path = os.environ.get(_MACHINE_LOCK)
+    if not path or not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    with open(path + ".gate", "a") as gate, open(path, "a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def machine_share(request):
+    """Every test module holds the machine shared; one marked ``alone`` (a real Ray cluster whose scheduling order
+    a test checks) holds it alone, from before its module fixtures start to after they stop."""
+    with _machine(exclusive=request.node.get_closest_marker("alone") is not None):
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)
