@@ -45,6 +45,7 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
+    """The controller removes the lock file's folder it made."""
     path = os.environ.get(_MACHINE_LOCK)
     if path and not os.environ.get("PYTEST_XDIST_WORKER"):
         shutil.rmtree(Path(path).parent, ignore_errors=True)
