@@ -56,8 +56,8 @@ def _machine(exclusive: bool):
     """A readers-writer lock over the test workers: shared for a test module, exclusive for an ``alone`` one. The
     gate is a turnstile: a worker waiting for the exclusive lock holds it, so the other worker's next module
     waits rather than starving it."""
-    path = os.environ.get(_MACHINE_LOCK)
-    if not path or not os.environ.get("PYTEST_XDIST_WORKER"):
+    path = os.environ.get(_MACHINE_LOCK)  # set only for xdist workers
+    if not path:
         yield
         return
     with open(path + ".gate", "a") as gate, open(path, "a") as lock:
