@@ -26,7 +26,7 @@ from edgevit.stages import STAGES, RunContext, check_stages
 from edgevit.stages.context import load_eval
 from edgevit.stages.export import ExportJob, artifact_files, export_all
 from edgevit.validate.artifacts import original_reference, validate
-from edgevit.validate.checks import BEFORE_FALLBACK, speed_not_compared
+from edgevit.validate.checks import BEFORE_FALLBACK, check_budget_measurable, speed_not_compared
 from edgevit.validate.latency import cpu_facts
 
 log = logging.getLogger("edgevit")
@@ -81,6 +81,7 @@ def run(recipe: Recipe, out_dir: Path, overwrite: bool = False) -> RunResult:
         ctx = RunContext(recipe=recipe, stage=stage, info=info, pre=pre, model=model, dense=model,
                          evalset=load_eval(recipe, pre, info))
         check_stages(ctx)
+        check_budget_measurable(recipe, ctx.evalset, info.random_weights)
         for st in STAGES:
             if st.enabled(recipe):
                 mark(stage, st.step)

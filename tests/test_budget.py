@@ -2,13 +2,17 @@
 ends ``over_budget`` (exit 1) and says which stage spent what."""
 from __future__ import annotations
 
+import shutil
+
+import numpy as np
 import pytest
 
 from conftest import CALIB_DIR, ROOT, cli
 from edgevit.config import BudgetConfig
 from edgevit.errors import BadInput
 from edgevit.recipe import load_recipe
-from edgevit.validate.checks import budget_checks
+from edgevit.stages.context import EvalSet
+from edgevit.validate.checks import budget_checks, check_budget_measurable
 
 
 def _row(name, runtime, top1, agreement=None, **kw):
@@ -52,6 +56,30 @@ def test_budget_without_labels_uses_agreement():
     assert not c.ok
     [c] = budget_checks(rows, BudgetConfig(max_accuracy_drop=1.0), False)
     assert not c.ok and "budget.max_agreement_loss" in c.detail
+
+
+def test_a_top1_budget_without_labels_is_refused_before_the_run(tmp_path):
+    """Unlabelled evaluation images cannot measure a top-1 budget: the run is refused in seconds, exit 2, one line
+    naming both budget keys, nothing written; an agreement budget beside it measures the run instead."""
+    flat, out = tmp_path / "flat", tmp_path / "runs" / "run"
+    flat.mkdir()
+    for f in sorted(CALIB_DIR.rglob("*.jpg"))[:16]:  # images without class folders
+        shutil.copy(f, flat / f"{f.parent.name}-{f.name}")
+    r = cli("compress", "--recipe", "int8_ptq", "--eval", str(flat), "--out", str(out))
+    assert r.returncode == 2, r.stderr[-2000:]
+    [line] = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert "budget.max_accuracy_drop" in line and "budget.max_agreement_loss" in line and str(flat) in line
+    assert not out.exists() and list((tmp_path / "runs").iterdir()) == []
+    x = np.zeros((2, 3, 32, 32), np.float32)
+    unlabelled = EvalSet(x, None, 2, {"path": "imgs", "label_mapping": "3 class folders do not match the model's "
+                                      "10 labels: top-1 not computed"})
+    recipe = _recipe("budget.max_accuracy_drop=1.0")
+    with pytest.raises(BadInput, match="3 class folders do not match"):
+        check_budget_measurable(recipe, unlabelled, random_weights=False)
+    check_budget_measurable(recipe, unlabelled, random_weights=True)  # random weights: the budget does not judge
+    check_budget_measurable(_recipe("budget.max_accuracy_drop=1.0", "budget.max_agreement_loss=2.0"), unlabelled,
+                            random_weights=False)
+    check_budget_measurable(recipe, EvalSet(x, np.zeros(2, np.int64), 2, {}), random_weights=False)
 
 
 def _recipe(*sets):

@@ -113,6 +113,8 @@ class QuantizeStage:
                                         lambda name, rec: progress.advance(blocks))
             except ValueError as e:
                 raise BadInput(f"calibration {cfg.path}: {e} ({len(images.skipped)} unreadable image(s))") from e
+            if images.skipped:  # the bar counts calibrated images: it ends full, at the readable ones
+                progress.update(task, total=len(images) - len(images.skipped))
         seconds = round(time.time() - t0, 1)
         if not plan.activations and not plan.weights:
             raise RunFailure("quantize: found nothing to quantize in this model (no Linear/Conv2d layers)")

@@ -6,6 +6,7 @@ the model they came from (at least ``RANDOM_WEIGHTS_SQNR_DB``: noise at most 1 %
 """
 from __future__ import annotations
 
+from edgevit.errors import BadInput
 from edgevit.results import CheckResult
 from edgevit.runtimes import RUNTIMES
 from edgevit.shipped import root as shipped_root
@@ -41,6 +42,22 @@ def artifact_checks(rows: list[dict], val, n_eval: int, random_weights: bool = F
             checks += _parity_checks(r, rows, rt, val, n_eval, random_weights)
         checks += [CheckResult(**c) for c in rt.checks(r)]
     return checks
+
+
+def check_budget_measurable(recipe, evalset, random_weights: bool) -> None:
+    """Refuse, before any stage runs, a top-1 budget that the evaluation images cannot measure (no labels, or
+    labels that do not map to the model's classes) while no agreement budget stands in: the run would spend its
+    minutes and end failing every budget check. Random weights are not judged by the budget (see
+    :func:`budget_checks`)."""
+    b = recipe.budget
+    if b is None or b.max_accuracy_drop is None or b.max_agreement_loss is not None or random_weights \
+            or evalset is None or evalset.labels is not None:
+        return
+    s = evalset.summary
+    raise BadInput(f"recipe {recipe.name}: budget.max_accuracy_drop needs labelled evaluation images, and top-1 "
+                   f"cannot be measured on {s['path']} ({s['label_mapping']}): give validate.eval (--eval) a folder "
+                   "with one subfolder per class of the model, or set budget.max_agreement_loss (points of top-1 "
+                   "agreement with the FP32 model, measured without labels)")
 
 
 def budget_checks(rows: list[dict], budget, random_weights: bool) -> list[CheckResult]:
