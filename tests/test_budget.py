@@ -59,7 +59,7 @@ def test_budget_without_labels_uses_agreement():
 
 
 def test_a_top1_budget_without_labels_is_refused_before_the_run(tmp_path):
-    """Unlabelled evaluation images cannot measure a top-1 budget: the run is refused in seconds, exit 2, one line
+    """Unlabeled evaluation images cannot measure a top-1 budget: the run is refused in seconds, exit 2, one line
     naming both budget keys, nothing written; an agreement budget beside it measures the run instead."""
     flat, out = tmp_path / "flat", tmp_path / "runs" / "run"
     flat.mkdir()
@@ -71,13 +71,13 @@ def test_a_top1_budget_without_labels_is_refused_before_the_run(tmp_path):
     assert "budget.max_accuracy_drop" in line and "budget.max_agreement_loss" in line and str(flat) in line
     assert not out.exists() and list((tmp_path / "runs").iterdir()) == []
     x = np.zeros((2, 3, 32, 32), np.float32)
-    unlabelled = EvalSet(x, None, 2, {"path": "imgs", "label_mapping": "3 class folders do not match the model's "
+    unlabeled = EvalSet(x, None, 2, {"path": "imgs", "label_mapping": "3 class folders do not match the model's "
                                       "10 labels: top-1 not computed"})
     recipe = _recipe("budget.max_accuracy_drop=1.0")
     with pytest.raises(BadInput, match="3 class folders do not match"):
-        check_budget_measurable(recipe, unlabelled, random_weights=False)
-    check_budget_measurable(recipe, unlabelled, random_weights=True)  # random weights: the budget does not judge
-    check_budget_measurable(_recipe("budget.max_accuracy_drop=1.0", "budget.max_agreement_loss=2.0"), unlabelled,
+        check_budget_measurable(recipe, unlabeled, random_weights=False)
+    check_budget_measurable(recipe, unlabeled, random_weights=True)  # random weights: the budget does not judge
+    check_budget_measurable(_recipe("budget.max_accuracy_drop=1.0", "budget.max_agreement_loss=2.0"), unlabeled,
                             random_weights=False)
     check_budget_measurable(recipe, EvalSet(x, np.zeros(2, np.int64), 2, {}), random_weights=False)
 

@@ -54,7 +54,7 @@ def check_budget_measurable(recipe, evalset, random_weights: bool) -> None:
             or evalset is None or evalset.labels is not None:
         return
     s = evalset.summary
-    raise BadInput(f"recipe {recipe.name}: budget.max_accuracy_drop needs labelled evaluation images, and top-1 "
+    raise BadInput(f"recipe {recipe.name}: budget.max_accuracy_drop needs labeled evaluation images, and top-1 "
                    f"cannot be measured on {s['path']} ({s['label_mapping']}): give validate.eval (--eval) a folder "
                    "with one subfolder per class of the model, or set budget.max_agreement_loss (points of top-1 "
                    "agreement with the FP32 model, measured without labels)")
