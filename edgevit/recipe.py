@@ -302,15 +302,26 @@ def build_recipe(data: dict, path: Path | None = None, overrides: list[str] = ()
     """Validate a raw recipe mapping (references loaded, ``--set`` overrides applied)."""
     origins: dict[str, str] = {}
     data = _normalize(copy.deepcopy(data), path, origins)
+    written_for = _model_source(data)
     for item in overrides:
         parts, value = _parse_override(item)
         _apply_override(data, parts, value, item)
     data = _normalize(data, path, origins)  # overrides may name new reference files
+    if data.get("description") and _model_source(data) != written_for:
+        # the description speaks of the recipe's own model; the report and the lock file must not pass it off
+        # as a description of the model this run compressed
+        data["description"] = (f"{str(data['description']).strip()} (Written for `{written_for}`; this run "
+                               f"compressed `{_model_source(data)}`, given by --model or --set.)")
     _resolve_paths(data, path, origins)
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
         raise BadInput(cut(_format_error(e, path, origins), 500)) from e  # a quoted value may be long
+
+
+def _model_source(data: dict) -> Any:
+    model = data.get("model")
+    return model.get("source", ModelConfig.model_fields["source"].default) if isinstance(model, dict) else model
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:

@@ -41,6 +41,20 @@ def test_overrides_parse_yaml_values_and_index_lists():
     assert r.seed == 7
 
 
+def test_description_says_which_model_it_was_written_for_when_the_model_is_overridden(tmp_path):
+    """A shipped recipe's description names its own model; a run on another model keeps the text and says so
+    (once: replaying the run's lock file adds nothing), and an override that keeps the model leaves it alone."""
+    plain = load_recipe("int8_ptq").description
+    other = load_recipe("int8_ptq", ["model.source=timm:fastvit_t8"]).description
+    assert other.startswith(plain.strip()) and other != plain
+    assert "Written for `builtin:hybrid-cifar10`" in other and "`timm:fastvit_t8`" in other
+    assert load_recipe("int8_ptq", ["model.source=builtin:hybrid-cifar10"]).description == plain
+    assert load_recipe("int8_ptq", ["model.input_size=32"]).description == plain
+    assert load_recipe("int8_ptq", ["model=builtin:vit-cifar10"]).description != plain
+    r = load_recipe("int8_ptq", ["model.source=timm:fastvit_t8"])
+    assert load_recipe(write(tmp_path / "recipe.lock.yaml", recipe_to_yaml(r))) == r
+
+
 def test_lock_file_round_trips(tmp_path):
     r = load_recipe(ROOT / "recipes" / "fp32_export.yaml", ["validate.devices.0.iters=3"])
     lock = write(tmp_path / "recipe.lock.yaml", recipe_to_yaml(r))
