@@ -103,11 +103,33 @@ def test_python_file_source(tmp_path):
         "def build():\n    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 6))\n"
         "def not_a_model():\n    return 3\n")
     model, info = load_model(ModelConfig(source=f"file:{tmp_path / 'net.py'}:build", input_size=16))
-    assert info.num_classes == 6 and info.input_size == 16
+    assert info.num_classes == 6 and info.input_size == 16 and info.arch == "Sequential"
     with pytest.raises(BadInput, match="not a torch nn.Module"):
         load_model(ModelConfig(source=f"file:{tmp_path / 'net.py'}:not_a_model"))
     with pytest.raises(BadInput, match="has no function"):
         load_model(ModelConfig(source=f"file:{tmp_path / 'net.py'}:missing"))
+
+
+def test_a_timm_model_built_in_a_python_file_keeps_its_own_preprocessing(tmp_path, caplog):
+    """A user's file that builds a timm model: the run takes the model's own size, mean, std and crop (timm's
+    ``pretrained_cfg``: MobileViT is 256 px with mean 0 and std 1, not ImageNet's 224 px defaults), folds
+    train-time branches as a ``timm:`` source would, and does not claim the weights are random."""
+    (tmp_path / "mine.py").write_text(
+        "import timm\n"
+        "def mobilevit():\n    return timm.create_model('mobilevit_xxs', num_classes=5)\n"
+        "def fastvit():\n    return timm.create_model('fastvit_t8', num_classes=5)\n"
+        "def levit():\n    return timm.create_model('levit_128s', num_classes=5)\n")
+    _, info = load_model(ModelConfig(source=f"file:{tmp_path / 'mine.py'}:mobilevit"))
+    assert (info.input_size, info.mean, info.std, info.crop_pct) == (256, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 0.9)
+    assert info.num_classes == 5 and not info.random_weights and info.arch == "mobilevit_xxs"
+    assert "random unless it loads them" in caplog.text
+    _, info = load_model(ModelConfig(source=f"file:{tmp_path / 'mine.py'}:mobilevit", input_size=64, mean=[0.5] * 3))
+    assert (info.input_size, info.mean, info.std) == (64, (0.5, 0.5, 0.5), (1.0, 1.0, 1.0))  # the recipe wins
+    model, _ = load_model(ModelConfig(source=f"file:{tmp_path / 'mine.py'}:fastvit"))
+    folding = [m for m in model.modules() if hasattr(m, "reparameterize")]
+    assert folding and all(getattr(m, "reparam_conv", None) is not None for m in folding)
+    with pytest.raises(BadInput, match="its own input size is 224 px"):  # LeViT's attention biases fix its size
+        load_model(ModelConfig(source=f"file:{tmp_path / 'mine.py'}:levit", input_size=64))
 
 
 def test_timm_kwargs_build_the_model_the_checkpoint_was_trained_as(tmp_path):

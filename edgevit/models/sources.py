@@ -247,6 +247,7 @@ def load_model(cfg) -> tuple[nn.Module, ModelInfo]:
     """
     source = cfg.source
     state = read_checkpoint(cfg.checkpoint, cfg.trust_checkpoint) if cfg.checkpoint else None
+    tcfg: dict = {}  # a timm configuration: the model's own preprocessing
     if source.startswith("builtin:"):
         if state is not None:
             raise BadInput("model.checkpoint is not used with builtin: models (use timm:NAME or file:...)")
@@ -258,7 +259,10 @@ def load_model(cfg) -> tuple[nn.Module, ModelInfo]:
             model, tcfg = _timm(source[len("timm:"):], state, cfg.num_classes, cfg.input_size, cfg.kwargs)
             arch = source[len("timm:"):]
         else:
-            model, tcfg, arch = _python_file(source), {}, source
+            model = _python_file(source)
+            tcfg = _own_config(model)
+            # the architecture, not the file's path: it is written into artifacts an app ships
+            arch = str(tcfg.get("architecture") or type(model).__name__)
         if state is not None:
             try:
                 load_state(model, state, cfg.checkpoint)
@@ -272,10 +276,13 @@ def load_model(cfg) -> tuple[nn.Module, ModelInfo]:
                     load_state(model, state, cfg.checkpoint)
                 except BadInput:
                     raise first from None
-        else:
+        elif source.startswith("timm:"):
             log.warning("%s has no checkpoint: random weights (fine for latency and export checks, "
                         "meaningless for accuracy; pass --checkpoint)", source)
-        if source.startswith("timm:"):
+        else:
+            log.warning("%s: no checkpoint given; the weights are what %s sets (random unless it loads them; "
+                        "pass --checkpoint for a state dict)", source, source.rsplit(":", 1)[-1] + "()")
+        if source.startswith("timm:") or tcfg:
             model = _inference_form(model.eval())
         num_classes = _count_outputs(model)
         size = tcfg.get("input_size", (3, 224, 224))[-1]
@@ -286,7 +293,8 @@ def load_model(cfg) -> tuple[nn.Module, ModelInfo]:
                          crop_pct=float(tcfg.get("crop_pct", 0.875)),
                          interpolation=str(tcfg.get("interpolation", "bilinear")),
                          random_weights=state is None and source.startswith("timm:"))
-    own_size = None if source.startswith("file:") else info.input_size  # a Python file's model states none
+    # a Python file's model states no size unless it carries timm's configuration
+    own_size = None if source.startswith("file:") and not tcfg else info.input_size
     if cfg.input_size:
         info.input_size = cfg.input_size
     if cfg.crop_pct:
@@ -317,6 +325,13 @@ def _check_runs(model: nn.Module, size: int, own_size: int | None, cfg) -> None:
             f"; change {setting} to a size the architecture supports" if setting else "")
         raise BadInput(f"model {cfg.source} does not run on a {size} px input ({type(e).__name__}: {msg})"
                        + hint) from e
+
+
+def _own_config(model: nn.Module) -> dict:
+    """The preprocessing a model built in a user's Python file states itself: timm's ``pretrained_cfg`` (a timm
+    model created or subclassed there keeps it), else nothing (ImageNet's at 224 px then apply)."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    return dict(cfg) if isinstance(cfg, dict) and "input_size" in cfg else {}
 
 
 def _inference_form(model: nn.Module) -> nn.Module:
