@@ -40,6 +40,13 @@ def _describe(model: nn.Module) -> tuple[bool, bool]:
     return attention, convs > 1  # a patch embedding alone does not make a hybrid
 
 
+def _folder_labels(model_labels: list[str], folders: list[str] | None) -> list[str] | None:
+    """The evaluation set's class folder names when the model only has placeholder labels (``class_3``,
+    Hugging Face's ``LABEL_3``) and as many outputs as there are folders; else None."""
+    placeholders = all(re.fullmatch(r"(class|LABEL)_\d+", n) for n in model_labels)
+    return list(folders) if placeholders and folders and len(folders) == len(model_labels) else None
+
+
 def _name(out: Path) -> str:
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", out.stem).lstrip(".") or "my_recipe"
     return name[:100]
@@ -62,7 +69,9 @@ def starter_recipe(model: str, out: Path, checkpoint: Path | None = None, trust_
         raise BadInput(f"--model / --kwargs: {str(e).splitlines()[-1].strip()}") from e
     net, info = load_model(mcfg)
     attention, convs = _describe(net)
-    labeled = open_image_set(eval_images).labeled if eval_images else False
+    evalset = open_image_set(eval_images) if eval_images else None
+    labeled = bool(evalset and evalset.labeled)
+    folder_names = _folder_labels(info.labels, evalset.classes if labeled else None)
     kind = "hybrid conv+attention" if attention and convs else "vision transformer" if attention else "convolutional"
 
     lines = [f"# Starter recipe written by `edgevit init` for {model} ({info.arch}, {kind}, {info.num_classes} classes).",
@@ -79,6 +88,10 @@ def starter_recipe(model: str, out: Path, checkpoint: Path | None = None, trust_
         model_section["kwargs"] = dict(kwargs)
     model_section.update(input_size=info.input_size, crop_pct=round(info.crop_pct, 6), mean=list(info.mean),
                          std=list(info.std))
+    if folder_names:
+        model_section["labels"] = folder_names
+        lines += ["# labels: the class folders of --eval in sorted order (torchvision ImageFolder's class order);",
+                  "# the artifacts name their predictions with them: check that this is your model's output order"]
     lines += _yaml({"model": model_section})
     if info.random_weights:
         lines += ["# no checkpoint: random weights, fine for timing and export checks; top-1 means nothing"]

@@ -39,11 +39,14 @@ def test_init_for_a_timm_checkpoint_trained_at_another_size(tmp_path):
     data = yaml.safe_load(text)
     assert data["model"]["kwargs"] == {"img_size": 64} and data["model"]["input_size"] == 64
     assert data["budget"] == {"max_accuracy_drop": 1.0}  # labeled eval images: top-1 points
+    # LeViT's labels are placeholders (class_0 ...): the eval folders name the classes, in ImageFolder's order
+    assert data["model"]["labels"] == sorted(d.name for d in EVAL_DIR.iterdir() if d.is_dir())
     assert "export/onnx-int8-tensorrt.yaml" in data["export"] and "# tensorrt:" in text
     rec = load_recipe(recipe)
     assert rec.calibration.path == CALIB_DIR.resolve() and rec.validation.eval.path == EVAL_DIR.resolve()
     rep = _compress(recipe, tmp_path / "run")
     assert {"onnx-fp32", "onnx-int8", "onnx-int8-tensorrt"} <= {r["name"] for r in rep["results"]}
+    assert rep["data"]["eval"]["label_mapping"] == "by class name" and rep["model"]["labels"][0] == "airplane"
     again = cli("init", "--model", "timm:levit_128s", "--out", str(recipe))
     assert again.returncode == 2 and "--force" in again.stderr and recipe.read_text() == text
 
@@ -76,8 +79,17 @@ def test_init_for_an_hf_folder_and_a_python_file(tmp_path):
     text = recipe.read_text()
     data = yaml.safe_load(text)
     assert data["budget"] == {"max_agreement_loss": 2.0}  # the calibration images stand in, without labels
-    assert "adalog" not in text and "convolutional" in text.splitlines()[0]
+    assert "adalog" not in text and "convolutional" in text.splitlines()[0] and "labels" not in data["model"]
     _compress(recipe, tmp_path / "run-net")
+    five = tmp_path / "five"  # as many class folders as the model has outputs, or no labels are written
+    for d in sorted(EVAL_DIR.iterdir())[:5]:
+        (five / d.name).mkdir(parents=True)
+        (five / d.name / "a.png").write_bytes(next(d.iterdir()).read_bytes())
+    for images, labels in ((EVAL_DIR, sorted(d.name for d in EVAL_DIR.iterdir())), (five, None)):
+        res = cli("init", "--model", f"file:{tmp_path / 'net.py'}:build", "--eval", str(images), "--out",
+                  str(recipe), "--force", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        assert yaml.safe_load(recipe.read_text())["model"].get("labels") == labels
 
 
 def test_init_refuses_bad_arguments(tmp_path):
