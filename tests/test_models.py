@@ -101,13 +101,16 @@ def test_python_file_source(tmp_path):
     (tmp_path / "net.py").write_text(
         "import torch.nn as nn\n"
         "def build():\n    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 6))\n"
-        "def not_a_model():\n    return 3\n")
+        "def not_a_model():\n    return 3\n"
+        "def broken():\n    open('/nonexistent/weights.pt')\n")
     model, info = load_model(ModelConfig(source=f"file:{tmp_path / 'net.py'}:build", input_size=16))
     assert info.num_classes == 6 and info.input_size == 16 and info.arch == "Sequential"
     with pytest.raises(BadInput, match="not a torch nn.Module"):
         load_model(ModelConfig(source=f"file:{tmp_path / 'net.py'}:not_a_model"))
     with pytest.raises(BadInput, match="has no function"):
         load_model(ModelConfig(source=f"file:{tmp_path / 'net.py'}:missing"))
+    with pytest.raises(BadInput, match=r"broken\(\) raised FileNotFoundError: .*weights.pt"):
+        load_model(ModelConfig(source=f"file:{tmp_path / 'net.py'}:broken"))
 
 
 def test_a_timm_model_built_in_a_python_file_keeps_its_own_preprocessing(tmp_path, caplog):

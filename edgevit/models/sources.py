@@ -209,7 +209,10 @@ def _python_file(spec: str) -> nn.Module:
         names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
                  and inspect.getmodule(v) is module]
         raise BadInput(f"model source {spec!r}: {path} has no function {func!r} (found: {', '.join(names)})")
-    model = fn()
+    try:
+        model = fn()
+    except Exception as e:  # the user's code: name it, and exit as bad input rather than as edgevit's failure
+        raise BadInput(f"model source {spec!r}: {func}() raised {type(e).__name__}: {e}") from e
     if not isinstance(model, nn.Module):
         raise BadInput(f"model source {spec!r}: {func}() returned {type(model).__name__}, not a torch nn.Module")
     return model
