@@ -287,6 +287,8 @@ def test_timm_model_trained_at_another_size_runs_with_kwargs(tmp_path):
     onnx = next(c for c in rep["checks"] if c["name"].startswith("onnx-fp32: top-1 in ORT equals PyTorch"))
     assert onnx["ok"], onnx
     # int8_ptq's description speaks of the built-in hybrid: the report says whose description it is
-    opening = (out / "report.md").read_text().split("Status:")[0]
+    text = (out / "report.md").read_text()
+    assert "\n\n\n" not in text  # the folded description's own newline is not a second blank line
+    opening = text.split("Status:")[0]
     assert "built-in hybrid" in opening and "Written for `builtin:hybrid-cifar10`" in opening, opening
     assert "this run compressed `timm:levit_128s`" in opening, opening

@@ -125,6 +125,11 @@ def test_a_speed_across_runtimes_says_how_onnx_runtime_ran(int8_run):
     assert markdown(rep).count("ONNX Runtime ran with its intra-op threads not spinning") == 1
 
 
+def test_a_folded_description_opens_the_report_once(int8_run):
+    rep = json.loads((int8_run / "report.json").read_text()) | {"description": "Two\nlines.\n"}
+    assert markdown(rep).startswith(f"# edgevit run: {rep['recipe']}\n\nTwo\nlines.\n\nStatus: ")
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium: bash scripts/system-deps.sh installs it")
 def test_html_report_renders_in_headless_chromium(int8_run, tmp_path):
     from PIL import Image

@@ -90,8 +90,8 @@ def markdown(report: dict) -> str:
     """The human-readable report."""
     m = report["model"]
     lines = [f"# edgevit run: {report['recipe']}", ""]
-    if report.get("description"):
-        lines += [report["description"], ""]
+    if (report.get("description") or "").strip():
+        lines += [report["description"].strip(), ""]  # a folded YAML description ends with a newline
     unjudged = _speed_not_compared(report)
     status = {"ok": "all checks passed" + ("; **SPEED NOT CHECKED**: " + "; ".join(unjudged) if unjudged else ""),
               "failed_checks": "**SOME CHECKS FAILED**",
