@@ -72,8 +72,9 @@ def export_model(model: ModelConfig, out_dir: Path | str, precision: str = "fp32
     tolerance on 8 seeded random images; a CoreML package is checked as far as Linux allows). With no
     images to measure them on, LayerNorms of FP16 artifacts stay in FP32. Returns the export facts with
     ``file``, ``size_bytes``, ``max_abs_diff`` (None where nothing ran), ``layernorm`` and ``checks``."""
-    located = source_path(model.source)  # a path: the folder's or the file's name says which model
-    spec = located[0].name if located else model.source.split(":", 1)[1]
+    located = source_path(model.source)  # a path: the folder's name, or the file's and its function's
+    spec = (f"{located[0].stem}-{located[1]}" if located[1] else located[0].name) if located else \
+        model.source.split(":", 1)[1]
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", spec).strip("-")
     name = f"{stem}-{precision}" + (f"-{compression}" if compression != "none" else "")
     options = {"opset": opset, "compression": compression, "deployment_target": deployment_target}

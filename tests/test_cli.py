@@ -118,6 +118,19 @@ def test_export_fails_when_the_onnx_does_not_compute_what_pytorch_does(tmp_path)
     assert not out.exists() or not any(out.iterdir())  # nothing written, no work folder left
 
 
+def test_export_of_a_python_file_model_is_named_after_the_file_and_its_function(tmp_path):
+    (tmp_path / "nets.py").write_text(
+        "import torch\n"
+        "def small():\n"
+        "    torch.manual_seed(0)\n"
+        "    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),\n"
+        "                               torch.nn.Linear(4, 3))\n")
+    out = tmp_path / "exports"
+    res = cli("export", "--model", f"file:{tmp_path / 'nets.py'}:small", "--to", "onnx", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["nets-small-fp32.onnx"]
+
+
 def test_same_recipe_same_onnx_bytes(default_run, tmp_path, small_imagefolder):
     out, _ = default_run
     again = tmp_path / "again"
