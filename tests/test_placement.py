@@ -157,8 +157,8 @@ def test_an_int8_artifact_without_an_fp32_sibling_is_said_to_be_unchecked():
     assert speed_not_compared(rows, checks) == []
 
 
-def _recipe(tmp_path, exports=("onnx-fp32", "onnx-int8"), **quant):
-    sets = [f"quantize.{k}={v}" for k, v in quant.items()]
+def _recipe(tmp_path, exports=("onnx-fp32", "onnx-int8"), extra=(), **quant):
+    sets = [f"quantize.{k}={v}" for k, v in quant.items()] + list(extra)
     return load_recipe(str(ROOT / "recipes" / "int8_ptq.yaml"), sets + [
         f"calibration.path={CALIB_DIR}", "calibration.num=64", "validate.eval.num=100",
         "validate.devices.0.iters=5", "validate.devices.0.warmup=1", "validate.devices.0.throughput_batch=2",
@@ -418,7 +418,9 @@ def test_a_bf16_candidate_openvino_cannot_compile_is_not_timed(tmp_path, monkeyp
     monkeypatch.setattr(placement_mod, "interleaved_medians", lambda runners, x, rounds, **kw:
                         {k: 1.0 if k.startswith("fp32") else 0.8 for k in runners})
     monkeypatch.setattr(placement_mod, "rounds_for", lambda *a, **kw: 1)
-    res = run(_recipe(tmp_path, exports=("openvino-int8",)), tmp_path / "run")
+    # the budget is not this test's subject: on a CPU without VNNI the weights are 7-bit (overflow_fix: auto),
+    # which cost 3 of these 100 images (-3.0 points) on a 2-core AMD EPYC with AVX2 only
+    res = run(_recipe(tmp_path, exports=("openvino-int8",), extra=["budget.max_accuracy_drop=5"]), tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "placement.json").read_text())["artifacts"]["openvino-int8"]
     skipped = {k: v for k, v in saved["not_timed"].items() if "-bf16" in k}
     assert skipped and not any("-bf16" in k for k in saved["candidates"]), saved
