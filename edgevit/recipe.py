@@ -307,11 +307,12 @@ def build_recipe(data: dict, path: Path | None = None, overrides: list[str] = ()
         parts, value = _parse_override(item)
         _apply_override(data, parts, value, item)
     data = _normalize(data, path, origins)  # overrides may name new reference files
-    if data.get("description") and _model_source(data) != written_for:
+    compressed = _model_source(data)
+    if data.get("description") and compressed != written_for:
         # the description speaks of the recipe's own model; the report and the lock file must not pass it off
         # as a description of the model this run compressed
         data["description"] = (f"{str(data['description']).strip()} (Written for `{written_for}`; this run "
-                               f"compressed `{_model_source(data)}`, given by --model or --set.)")
+                               f"compressed `{compressed}`, given by --model or --set.)")
     _resolve_paths(data, path, origins)
     try:
         return Recipe.model_validate(data)

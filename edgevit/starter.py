@@ -41,10 +41,12 @@ def _describe(model: nn.Module) -> tuple[bool, bool]:
 
 
 def _folder_labels(model_labels: list[str], folders: list[str] | None) -> list[str] | None:
-    """The evaluation set's class folder names when the model only has placeholder labels (``class_3``,
-    Hugging Face's ``LABEL_3``) and as many outputs as there are folders; else None."""
-    placeholders = all(re.fullmatch(r"(class|LABEL)_\d+", n) for n in model_labels)
-    return list(folders) if placeholders and folders and len(folders) == len(model_labels) else None
+    """The evaluation set's class folder names when the model only has placeholder labels and as many outputs
+    as there are folders; else None."""
+    from edgevit.models.sources import placeholder_labels
+
+    return list(folders) if folders and len(folders) == len(model_labels) and placeholder_labels(model_labels) \
+        else None
 
 
 def _name(out: Path) -> str:

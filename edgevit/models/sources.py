@@ -233,6 +233,12 @@ def _hf(source: str, cfg, state) -> tuple[nn.Module, ModelInfo]:
                             interpolation=d["interpolation"], notes=d["notes"], resize=d["resize"])
 
 
+def placeholder_labels(labels: list[str]) -> bool:
+    """Whether ``labels`` only number the outputs: edgevit's ``class_3`` (``_default_labels``) or the
+    ``LABEL_3`` that ``transformers`` writes into a config without ``id2label``."""
+    return all(re.fullmatch(r"(class|LABEL)_\d+", n) for n in labels)
+
+
 def _default_labels(n: int) -> list[str]:
     if n == 1000:
         from timm.data import ImageNetInfo
@@ -283,8 +289,8 @@ def load_model(cfg) -> tuple[nn.Module, ModelInfo]:
             log.warning("%s has no checkpoint: random weights (fine for latency and export checks, "
                         "meaningless for accuracy; pass --checkpoint)", source)
         else:
-            log.warning("%s: no checkpoint given; the weights are what %s sets (random unless it loads them; "
-                        "pass --checkpoint for a state dict)", source, source.rsplit(":", 1)[-1] + "()")
+            log.warning("%s: no checkpoint given; the weights are what %s() sets (random unless it loads them; "
+                        "pass --checkpoint for a state dict)", source, source_path(source)[1])
         if source.startswith("timm:") or tcfg:
             model = _inference_form(model.eval())
         num_classes = _count_outputs(model)
