@@ -51,6 +51,23 @@ def pytest_unconfigure(config):
         shutil.rmtree(Path(path).parent, ignore_errors=True)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Modules marked ``alone`` first, then the others by their number of tests, largest first (xdist's own order
+    under ``--dist loadscope``, which ``--no-loadscope-reorder`` hands to this hook). First, an ``alone`` module
+    waits only for the other worker's first ``alone`` module; later, it waited for whichever long module the other
+    worker had just begun, with its own worker idle."""
+    sizes: dict[str, int] = {}
+    for item in items:
+        sizes[item.module.__name__] = sizes.get(item.module.__name__, 0) + 1
+    order = {name: i for i, name in enumerate(sizes)}
+
+    def key(item):
+        name = item.module.__name__
+        return item.get_closest_marker("alone") is None, -sizes[name], order[name]
+
+    items.sort(key=key)  # stable: tests keep their order inside a module
+
+
 @contextlib.contextmanager
 def _machine(exclusive: bool):
     """A readers-writer lock over the test workers: shared for a test module, exclusive for an ``alone`` one. The
