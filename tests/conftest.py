@@ -92,7 +92,7 @@ def _machine(exclusive: bool):
 @pytest.fixture(scope="module", autouse=True)
 def machine_share(request):
     """Every test module holds the machine shared; one marked ``alone`` (a real Ray cluster whose scheduling order
-    a test checks) holds it alone, from before its module fixtures start to after they stop."""
+    a test checks; a verdict read from measured times) holds it alone, from before its module fixtures start to after they stop."""
     with _machine(exclusive=request.node.get_closest_marker("alone") is not None):
         yield
 

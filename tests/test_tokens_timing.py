@@ -1,6 +1,6 @@
 """Token reduction judged by measured time: a merge whose FP32 artifact runs no faster than the unreduced one
 is not applied. A module of its own that runs with no other test running: on a 2-core machine the r=1 merge below
-timed 15-27 % slower at batch 1 and 8-16 % slower in throughput, also beside a process multiplying matrices on one
+timed 18-27 % slower at batch 1 and 8-16 % slower in throughput, also beside a process multiplying matrices on one
 or two threads, yet in a CI run beside a busy test worker it read a saving of 3 % or more."""
 from __future__ import annotations
 
