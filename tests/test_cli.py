@@ -119,6 +119,7 @@ def test_export_fails_when_the_onnx_does_not_compute_what_pytorch_does(tmp_path)
 
 
 def test_export_of_a_python_file_model_is_named_after_the_file_and_its_function(tmp_path):
+    """`edgevit export --model file:nets.py:small` writes `nets-small-fp32.onnx`, not a name made from the path."""
     (tmp_path / "nets.py").write_text(
         "import torch\n"
         "def small():\n"
