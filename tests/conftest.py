@@ -59,13 +59,8 @@ def pytest_collection_modifyitems(config, items):
     sizes: dict[str, int] = {}
     for item in items:
         sizes[item.module.__name__] = sizes.get(item.module.__name__, 0) + 1
-    order = {name: i for i, name in enumerate(sizes)}
-
-    def key(item):
-        name = item.module.__name__
-        return item.get_closest_marker("alone") is None, -sizes[name], order[name]
-
-    items.sort(key=key)  # stable: tests keep their order inside a module
+    # stable: modules of equal size keep their order, and tests their order inside a module
+    items.sort(key=lambda item: (item.get_closest_marker("alone") is None, -sizes[item.module.__name__]))
 
 
 @contextlib.contextmanager
