@@ -263,3 +263,48 @@ def test_ort_format_artifact_runs_as_its_onnx_graph(tmp_path):
     assert bench(path)["size_bytes"] == path.stat().st_size
     with pytest.raises(BadInput, match=r"export\.0.*ort_format"):
         load_recipe("int8_ptq", ["export=[{format: onnx, precision: int8, target: tensorrt, ort_format: true}]"])
+
+
+def test_transposed_int8_weights_are_stored_transposed():
+    """DequantizeLinear -> Transpose(1, 0) of an int8 weight becomes the transposed int8 weight with its channel
+    axis moved, in one pass for every such pair (the MatMul and a graph output read the DequantizeLinear); a
+    DequantizeLinear with a second reader keeps its Transpose. The graph computes the same outputs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgevit.exporters.qdq import fold_weight_transposes
+
+    rng = np.random.default_rng(0)
+    inits, nodes = [], []
+    for k, axis in enumerate((0, 1, 0)):  # weight k: (8, 6) int8, scale per channel on `axis`
+        inits += [numpy_helper.from_array(rng.integers(-127, 128, (8, 6)).astype(np.int8), f"w{k}"),
+                  numpy_helper.from_array(rng.uniform(0.01, 0.1, (8, 6)[axis]).astype(np.float32), f"s{k}")]
+        nodes += [helper.make_node("DequantizeLinear", [f"w{k}", f"s{k}"], [f"d{k}"], name=f"dq{k}", axis=axis),
+                  helper.make_node("Transpose", [f"d{k}"], [f"t{k}"], name=f"tr{k}", perm=[1, 0])]
+    nodes += [helper.make_node("MatMul", ["x", "t0"], ["y0"], name="mm0"),
+              helper.make_node("MatMul", ["x", "t1"], ["y1"], name="mm1"),
+              helper.make_node("Relu", ["d2"], ["r2"], name="second_reader")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 6])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n, shape in (
+                                  ("y0", [3, 8]), ("y1", [3, 8]), ("t1", [6, 8]), ("t2", [6, 8]), ("r2", [8, 6]))],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+
+    def outputs(m):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()  # the graph as written: with float inputs ORT runs DQ -> MatMul as MatMulNBits
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": x})))
+
+    before = outputs(model)
+    assert fold_weight_transposes(model) == 2
+    onnx.checker.check_model(model)
+    assert [n.name for n in model.graph.node if n.op_type == "Transpose"] == ["tr2"]
+    assert {n.name: [a.i for a in n.attribute if a.name == "axis"] for n in model.graph.node
+            if n.op_type == "DequantizeLinear"} == {"dq0": [1], "dq1": [0], "dq2": [0]}
+    assert [o.name for o in model.graph.output] == ["y0", "y1", "d1", "t2", "r2"]
+    after = outputs(model)
+    for a, b in (("y0", "y0"), ("y1", "y1"), ("t1", "d1"), ("t2", "t2"), ("r2", "r2")):
+        np.testing.assert_array_equal(before[a], after[b], err_msg=a)

@@ -75,8 +75,9 @@ def fold_weight_transposes(model: onnx.ModelProto) -> int:
     inits = {t.name: t for t in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
     uses: dict[str, int] = Counter(i for n in g.node for i in n.input)
-    removed = 0
-    for n in list(g.node):
+    renamed: dict[str, str] = {}  # a folded Transpose's output -> its DequantizeLinear's
+    drop: set[int] = set()  # their positions
+    for pos, n in enumerate(g.node):
         if n.op_type != "Transpose":
             continue
         dq = producer.get(n.input[0])
@@ -93,16 +94,19 @@ def fold_weight_transposes(model: onnx.ModelProto) -> int:
             dq.attribute.append(onnx.helper.make_attribute("axis", 0))
         else:
             axis.i = 1 - (axis.i % 2)
-        for m in g.node:
+        renamed[n.output[0]] = dq.output[0]
+        drop.add(pos)
+    if renamed:  # one pass over the graph for every transpose folded
+        keep = [n for pos, n in enumerate(g.node) if pos not in drop]
+        for m in keep:
             for k, i in enumerate(m.input):
-                if i == n.output[0]:
-                    m.input[k] = dq.output[0]
+                if i in renamed:
+                    m.input[k] = renamed[i]
         for o in g.output:
-            if o.name == n.output[0]:
-                o.name = dq.output[0]
-        g.node.remove(n)
-        removed += 1
-    return removed
+            o.name = renamed.get(o.name, o.name)
+        del g.node[:]
+        g.node.extend(keep)
+    return len(renamed)
 
 
 def drop_zero_weight_zero_points(model: onnx.ModelProto) -> int:
