@@ -271,8 +271,9 @@ def export_coreml(model: nn.Module, info, path: Path, compression: str = "none",
     wrapped = _Normalized(model, info.mean, info.std).eval()
     with torch.no_grad(), warnings.catch_warnings(), _int8_graph(model, precision == "int8"):
         warnings.simplefilter("ignore")  # tracer chatter about timm's shape asserts
-        # check_trace off: the check traces and runs the model again (60 % of the trace time) only to warn,
-        # and its warnings are silenced here; the ONNX exporter traces once too
+        # check_trace off: on the same input it traces and runs the model again (60 % of the trace time) to warn
+        # of output mismatches, silenced here, and to fail a forward pass that traces another graph the second
+        # time (a random or stateful one; the ONNX exporter, tracing once, does not check that either)
         traced = torch.jit.trace(wrapped, torch.rand(1, 3, size, size) * 255, check_trace=False)
     traced_ops = _quantize_ops(traced) if precision == "int8" else None
     with _quiet_progress():
