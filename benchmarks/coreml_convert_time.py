@@ -23,11 +23,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPORTS = ["export/onnx-fp32.yaml", "export/coreml-w8a8.yaml", "export/coreml-sparse.yaml"]
-AGAINST = {"every-pass": "after every pass", "trace-check": "trace checked"}
 
 
 @contextlib.contextmanager
-def _trace_checked():
+def _checked_after_every_pass(coreml):
+    """coremltools' own whole-program check after every graph pass, not edgevit's once per pass pipeline."""
+    once = coreml._validated_once_per_pipeline
+    coreml._validated_once_per_pipeline = contextlib.nullcontext
+    try:
+        yield
+    finally:
+        coreml._validated_once_per_pipeline = once
+
+
+@contextlib.contextmanager
+def _trace_checked(coreml):
     """torch.jit.trace with its default check: the model traced and run again, outputs compared."""
     import torch
 
@@ -39,6 +49,11 @@ def _trace_checked():
         torch.jit.trace = trace
 
 
+# --against: (the form's name, what undoes edgevit's choice, the results file)
+AGAINST = {"every-pass": ("after every pass", _checked_after_every_pass, "coreml_convert_time"),
+           "trace-check": ("trace checked", _trace_checked, "coreml_trace_time")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2)
@@ -48,8 +63,8 @@ def main() -> None:
     from edgevit.pipeline import run
     from edgevit.recipe import load_recipe
 
-    once, export = coreml._validated_once_per_pipeline, coreml.export_coreml
-    other = AGAINST[args.against]
+    export = coreml.export_coreml
+    other, undone, results = AGAINST[args.against]
     timings: list[tuple[str, float]] = []
 
     def timed(model, info, path, *a, **k):
@@ -67,11 +82,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for form in ("edgevit", other):
-                coreml._validated_once_per_pipeline = contextlib.nullcontext if form == "after every pass" else once
                 timings.clear()
                 folder = Path(tmp) / f"{r}-{form.split()[0]}"
                 t = time.perf_counter()
-                with _trace_checked() if form == "trace checked" else contextlib.nullcontext():
+                with undone(coreml) if form == other else contextlib.nullcontext():
                     run(load_recipe(str(ROOT / "recipes" / "int8_ptq.yaml"), sets), folder)
                 row = {"form": form, "run_s": round(time.perf_counter() - t, 1),
                        "convert_s": {name: round(s, 2) for name, s in timings}}
@@ -84,8 +98,7 @@ def main() -> None:
         rows = [r for r in out["rounds"] if r["form"] == form]
         out[form] = {name: statistics.median(r["convert_s"][name] for r in rows) for name in rows[0]["convert_s"]}
     print(json.dumps({k: v for k, v in out.items() if k != "rounds"}, indent=1))
-    name = "coreml_convert_time" if args.against == "every-pass" else "coreml_trace_time"
-    (ROOT / "benchmarks" / "results" / f"{name}.json").write_text(json.dumps(out, indent=1) + "\n")
+    (ROOT / "benchmarks" / "results" / f"{results}.json").write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -76,8 +76,7 @@ def fold_weight_transposes(model: onnx.ModelProto) -> int:
     producer = {o: n for n in g.node for o in n.output}
     uses: dict[str, int] = Counter(i for n in g.node for i in n.input)
     renamed: dict[str, str] = {}  # a folded Transpose's output -> its DequantizeLinear's
-    drop: set[int] = set()  # their positions
-    for pos, n in enumerate(g.node):
+    for n in g.node:
         if n.op_type != "Transpose":
             continue
         dq = producer.get(n.input[0])
@@ -95,9 +94,8 @@ def fold_weight_transposes(model: onnx.ModelProto) -> int:
         else:
             axis.i = 1 - (axis.i % 2)
         renamed[n.output[0]] = dq.output[0]
-        drop.add(pos)
     if renamed:  # one pass over the graph for every transpose folded
-        keep = [n for pos, n in enumerate(g.node) if pos not in drop]
+        keep = [n for n in g.node if n.op_type != "Transpose" or n.output[0] not in renamed]
         for m in keep:
             for k, i in enumerate(m.input):
                 if i in renamed:
